@@ -1,0 +1,3 @@
+module github.com/thinback/thinback
+
+go 1.24
