@@ -1,0 +1,348 @@
+package archive
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"reflect"
+	"testing"
+	"time"
+)
+
+func TestRoundTripFull(t *testing.T) {
+	r := testRand(t)
+	for _, tc := range []struct {
+		name   string
+		blocks int
+		tail   int
+		chunk  int
+	}{
+		{"aligned", 300, 0, 0},
+		{"short last block", 300, 1000, 0},
+		{"small chunks", 97, 17, 8192},
+		{"one block", 1, 0, 0},
+		{"only a short block", 0, 123, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vol := volume(r, tc.blocks, tc.tail)
+			file := build(t, testHeader(int64(len(vol))), fullSource(vol), SendOptions{ChunkSize: tc.chunk})
+			got, err := applyTo(file, bytes.Repeat([]byte{0xAA}, len(vol)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, vol) {
+				t.Fatal("applied full differs from the volume")
+			}
+		})
+	}
+}
+
+func TestHeaderRoundTrip(t *testing.T) {
+	h := testHeader(1 << 30)
+	h.Parent = Snapshot{ID: DeriveID("test", "snap0"), Name: "vg0/vm1.snap0", Time: time.Date(2026, 11, 20, 3, 0, 0, 5, time.UTC)}
+	h.ParentSize = 1 << 29
+	h.Optional = FeatureSnapback
+	h.SetAttr("lvm.thin_id", "8")
+	h.SetAttr("lvm.pool", "pool0")
+	var buf bytes.Buffer
+	w := NewWriter(&buf)
+	if err := w.WriteHeader(h); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteRecord(&Record{Kind: KindZero, Offset: 1 << 29, Length: 1 << 29}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rd := NewReader(&buf)
+	got, err := rd.Header()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := *h
+	want.Version = Version
+	if !reflect.DeepEqual(got, &want) {
+		t.Fatalf("header round trip:\n got %+v\nwant %+v", got, &want)
+	}
+	if got.IsFull() || !got.IsSnapback() || got.Attr("lvm.thin_id") != "8" {
+		t.Fatalf("accessors: full %v snapback %v thin %q", got.IsFull(), got.IsSnapback(), got.Attr("lvm.thin_id"))
+	}
+	for {
+		if _, err := rd.Next(); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if tr := rd.Trailer(); tr.Records != 1 || tr.ZeroBytes != 1<<29 || tr.Digest != w.Trailer().Digest {
+		t.Fatalf("trailer %+v, writer's %+v", tr, w.Trailer())
+	}
+}
+
+func TestIncrementalAndCoverage(t *testing.T) {
+	r := testRand(t)
+	base := volume(r, 64, 0)
+	next := append([]byte(nil), base...)
+	r.Read(next[4096*3 : 4096*5])
+	clear(next[4096*10 : 4096*12])
+	h := testHeader(int64(len(next)))
+	h.Parent = Snapshot{ID: DeriveID("test", "snap0"), Name: "snap0"}
+	h.ParentSize = int64(len(base))
+	src := &memSource{data: next, extents: []Extent{
+		{4096 * 3, 4096 * 2, KindData},
+		{4096 * 10, 4096 * 2, KindZero},
+	}}
+	file := build(t, h, src, SendOptions{})
+	got, err := applyTo(file, append([]byte(nil), base...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, next) {
+		t.Fatal("incremental applied to base differs from next")
+	}
+
+	// A volume that grew must have its new part covered.
+	h.VolumeSize = int64(len(next)) + 8192
+	h.ParentSize = int64(len(next))
+	w := NewWriter(io.Discard)
+	if err := w.WriteHeader(h); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteRecord(&Record{Kind: KindZero, Offset: 0, Length: 4096}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); !errors.Is(err, ErrWriteOrder) {
+		t.Fatalf("Close of a grown incremental without its tail: %v, want ErrWriteOrder", err)
+	}
+	// So must all of a full.
+	w = NewWriter(io.Discard)
+	if err := w.WriteHeader(testHeader(8192)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteRecord(&Record{Kind: KindZero, Offset: 4096, Length: 4096}); !errors.Is(err, ErrWriteOrder) {
+		t.Fatalf("full with a gap: %v, want ErrWriteOrder", err)
+	}
+}
+
+func TestWriterRefusesBadRecords(t *testing.T) {
+	digest := []Digest{{1}}
+	for _, tc := range []struct {
+		name string
+		recs []Record
+	}{
+		{"unaligned", []Record{{Kind: KindZero, Offset: 0, Length: 4096}, {Kind: KindZero, Offset: 4097, Length: 4096}}},
+		{"overlap", []Record{{Kind: KindData, Offset: 0, Length: 8192, Digests: []Digest{{1}, {2}}, Payload: make([]byte, 8192)}, {Kind: KindData, Offset: 4096, Length: 4096, Digests: digest, Payload: make([]byte, 4096)}}},
+		{"past the end", []Record{{Kind: KindZero, Offset: 0, Length: 32 << 20}}},
+		{"digest count", []Record{{Kind: KindData, Offset: 0, Length: 8192, Digests: digest, Payload: make([]byte, 8192)}}},
+		{"compressed does not shrink", []Record{{Kind: KindData, Offset: 0, Length: 4096, Digests: digest, Compressed: true, Payload: make([]byte, 4096)}}},
+		{"too long", []Record{{Kind: KindData, Offset: 0, Length: MaxDataLen + 4096, Digests: make([]Digest, MaxDataLen/4096+1), Payload: make([]byte, MaxDataLen+4096)}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := testHeader(16 << 20)
+			h.Parent.ID = DeriveID("test", "parent")
+			h.ParentSize = h.VolumeSize
+			w := NewWriter(io.Discard)
+			if err := w.WriteHeader(h); err != nil {
+				t.Fatal(err)
+			}
+			var err error
+			for i := range tc.recs {
+				if err = w.WriteRecord(&tc.recs[i]); err != nil {
+					break
+				}
+			}
+			if err == nil {
+				err = w.Close()
+			}
+			if !errors.Is(err, ErrWriteOrder) {
+				t.Fatalf("got %v, want ErrWriteOrder", err)
+			}
+			if err2 := w.Close(); err2 != err {
+				t.Fatalf("error is not sticky: %v then %v", err, err2)
+			}
+		})
+	}
+}
+
+func TestWriterRefusesBadHeaders(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mod  func(h *Header)
+	}{
+		{"block size", func(h *Header) { h.BlockSize = 1000 }},
+		{"block size too large", func(h *Header) { h.BlockSize = 8 << 20 }},
+		{"codec", func(h *Header) { h.Codec = 9 }},
+		{"zero id", func(h *Header) { h.Snapshot.ID = ID{} }},
+		{"own parent", func(h *Header) { h.Parent.ID = h.Snapshot.ID }},
+		{"full with parent size", func(h *Header) { h.ParentSize = 5 }},
+		{"long name", func(h *Header) { h.VolumeName = string(make([]byte, 5000)) }},
+		{"bad utf8", func(h *Header) { h.Tool = "\xff" }},
+		{"duplicate attr", func(h *Header) { h.Attrs = []Attr{{"a", "1"}, {"a", "2"}} }},
+		{"required feature", func(h *Header) { h.Required = 1 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := testHeader(1 << 20)
+			tc.mod(h)
+			if err := NewWriter(io.Discard).WriteHeader(h); err == nil {
+				t.Fatal("WriteHeader accepted an invalid header")
+			}
+		})
+	}
+}
+
+func TestZeroBlocksNeverData(t *testing.T) {
+	vol := make([]byte, 1<<20)
+	copy(vol[4096*7:], "hello")
+	file := build(t, testHeader(int64(len(vol))), fullSource(vol), SendOptions{})
+	rd := NewReader(bytes.NewReader(file))
+	var kinds []Extent
+	for {
+		rec, err := rd.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		kinds = append(kinds, Extent{rec.Offset, rec.Length, rec.Kind})
+	}
+	want := []Extent{{0, 4096 * 7, KindZero}, {4096 * 7, 4096, KindData}, {4096 * 8, 1<<20 - 4096*8, KindZero}}
+	if !reflect.DeepEqual(kinds, want) {
+		t.Fatalf("records %v, want %v", kinds, want)
+	}
+}
+
+func TestAligner(t *testing.T) {
+	const bs, size = 100, 1050
+	for _, tc := range []struct {
+		name string
+		in   []Extent
+		want []Extent
+	}{
+		{"aligned", []Extent{{0, 200, KindData}, {200, 300, KindZero}}, []Extent{{0, 200, KindData}, {200, 300, KindZero}}},
+		{"data widened", []Extent{{150, 10, KindData}}, []Extent{{100, 100, KindData}}},
+		{"zero edges become data", []Extent{{150, 300, KindZero}}, []Extent{{100, 100, KindData}, {200, 200, KindZero}, {400, 100, KindData}}},
+		{"zero inside one block", []Extent{{110, 20, KindZero}}, []Extent{{100, 100, KindData}}},
+		{"zero across two partial blocks", []Extent{{150, 100, KindZero}}, []Extent{{100, 200, KindData}}},
+		{"adjacent zeros make a block", []Extent{{0, 50, KindZero}, {50, 150, KindZero}}, []Extent{{0, 200, KindZero}}},
+		{"data then zero in one block", []Extent{{0, 150, KindData}, {150, 250, KindZero}}, []Extent{{0, 200, KindData}, {200, 200, KindZero}}},
+		{"zero then data in one block", []Extent{{0, 150, KindZero}, {150, 10, KindData}}, []Extent{{0, 100, KindZero}, {100, 100, KindData}}},
+		{"short last block zero", []Extent{{1000, 50, KindZero}}, []Extent{{1000, 50, KindZero}}},
+		{"short last block data", []Extent{{1020, 30, KindData}}, []Extent{{1000, 50, KindData}}},
+		{"merge data", []Extent{{0, 10, KindData}, {20, 10, KindData}, {150, 10, KindData}}, []Extent{{0, 200, KindData}}},
+		{"gap kept", []Extent{{0, 10, KindData}, {500, 10, KindData}}, []Extent{{0, 100, KindData}, {500, 100, KindData}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := &aligner{src: &memSource{extents: tc.in}, bs: bs, size: size}
+			var got []Extent
+			for {
+				e, err := a.next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, e)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+	for _, bad := range [][]Extent{
+		{{100, 10, KindData}, {50, 10, KindData}},
+		{{1000, 100, KindData}},
+		{{0, 0, KindData}},
+		{{0, 10, Kind(9)}},
+	} {
+		a := &aligner{src: &memSource{extents: bad}, bs: bs, size: size}
+		var err error
+		for err == nil {
+			_, err = a.next()
+		}
+		if err == io.EOF {
+			t.Errorf("aligner accepted %v", bad)
+		}
+	}
+}
+
+// TestAlignerRandom checks, on random unaligned extents, the property that
+// matters: applying the aligned file gives the new volume exactly.
+func TestAlignerRandom(t *testing.T) {
+	r := testRand(t)
+	for iter := 0; iter < 200; iter++ {
+		size := int64(4096*(1+r.Intn(40)) + r.Intn(4096))
+		base := make([]byte, size)
+		r.Read(base)
+		next := append([]byte(nil), base...)
+		var ext []Extent
+		for off := int64(r.Intn(3000)); off < size; {
+			n := min(int64(1+r.Intn(20000)), size-off)
+			k := KindData
+			if r.Intn(2) == 0 {
+				k = KindZero
+				clear(next[off : off+n])
+			} else {
+				r.Read(next[off : off+n])
+			}
+			ext = append(ext, Extent{off, n, k})
+			off += n + int64(r.Intn(3))*int64(r.Intn(9000))
+		}
+		h := testHeader(size)
+		h.Parent = Snapshot{ID: DeriveID("test", "base")}
+		h.ParentSize = size
+		file := build(t, h, &memSource{data: next, extents: ext}, SendOptions{ChunkSize: 4096 * (1 + r.Intn(4))})
+		got, err := applyTo(file, append([]byte(nil), base...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, next) {
+			t.Fatalf("iteration %d: applied file differs (extents %v)", iter, ext)
+		}
+	}
+}
+
+func TestSendSourceErrors(t *testing.T) {
+	vol := make([]byte, 1<<20)
+	vol[5] = 1
+	src := fullSource(vol[:1<<19]) // the source is shorter than the volume
+	src.extents[0].Length = 1 << 20
+	w := NewWriter(io.Discard)
+	if err := w.WriteHeader(testHeader(1 << 20)); err != nil {
+		t.Fatal(err)
+	}
+	err := Send(context.Background(), w, src, SendOptions{ChunkSize: 64 << 10})
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("short source: %v", err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	w = NewWriter(io.Discard)
+	if err := w.WriteHeader(testHeader(1 << 20)); err != nil {
+		t.Fatal(err)
+	}
+	if err := Send(ctx, w, fullSource(vol), SendOptions{}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled send: %v", err)
+	}
+}
+
+func TestIDs(t *testing.T) {
+	a, b := DeriveID("lvm", "x"), DeriveID("lvm", "x")
+	if a != b || a == DeriveID("lvm", "y") || a == DeriveID("file", "x") {
+		t.Fatal("DeriveID is not a function of namespace and key")
+	}
+	if a[6]>>4 != 8 || NewID()[6]>>4 != 4 {
+		t.Fatal("UUID version bits")
+	}
+	p, err := ParseID(a.String())
+	if err != nil || p != a {
+		t.Fatalf("ParseID(%s) = %v, %v", a, p, err)
+	}
+	if _, err := ParseID("nope"); err == nil {
+		t.Fatal("ParseID accepted garbage")
+	}
+}

@@ -1,0 +1,194 @@
+package archive
+
+import (
+	"bytes"
+	"fmt"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/zeebo/blake3"
+)
+
+// Level is a compression effort.
+type Level int
+
+// Compression levels, mapped onto klauspost/compress/zstd's.
+const (
+	LevelFastest Level = 1 // about zstd -1: the default, keeps up with disks
+	LevelDefault Level = 3 // about zstd -3
+	LevelBetter  Level = 7 // about zstd -7
+)
+
+func (l Level) zstd() zstd.EncoderLevel {
+	switch {
+	case l <= LevelFastest:
+		return zstd.SpeedFastest
+	case l < LevelBetter:
+		return zstd.SpeedDefault
+	}
+	return zstd.SpeedBetterCompression
+}
+
+// An Encoder turns volume data into records: all-zero blocks become ZERO
+// records, runs of other blocks DATA records with their digests, compressed
+// when that shrinks them. An Encoder is not safe for concurrent use; the
+// send pipeline gives each worker its own.
+type Encoder struct {
+	enc *zstd.Encoder
+}
+
+// NewEncoder returns an Encoder compressing at level.
+func NewEncoder(level Level) *Encoder {
+	enc, err := zstd.NewWriter(nil,
+		zstd.WithEncoderLevel(level.zstd()),
+		zstd.WithEncoderConcurrency(1),
+		// BLAKE3 digests cover the data; zstd's own checksum would only
+		// cost time and four bytes per record.
+		zstd.WithEncoderCRC(false),
+		zstd.WithZeroFrames(true),
+		zstd.WithLowerEncoderMem(true))
+	if err != nil {
+		panic("archive: zstd encoder options: " + err.Error())
+	}
+	return &Encoder{enc: enc}
+}
+
+// Close releases the Encoder's compression state.
+func (e *Encoder) Close() { e.enc.Close() }
+
+// MaxEncodedLen is the most payload bytes Encode can produce for n bytes of
+// data, for sizing the buffer passed to Encode.
+func MaxEncodedLen(n int) int { return n + n/255 + 64 }
+
+// Encode splits data, which holds the volume bytes at offset off, into
+// records appended to dst. data must start on a block boundary and be at
+// most MaxDataLen bytes; it may end short of a block only at the end of the
+// volume. Compressed payloads are appended to buf (give it capacity
+// MaxEncodedLen(len(data)) to avoid allocations); raw payloads alias data.
+// The records are valid as long as data and buf are.
+func (e *Encoder) Encode(dst []Record, off int64, data []byte, blockSize int64, buf []byte) ([]Record, []byte) {
+	bs := int(blockSize)
+	for start := 0; start < len(data); {
+		// A run of blocks of one kind: zero or not.
+		zero := isZero(data[start:min(start+bs, len(data))])
+		end := start
+		for end < len(data) && isZero(data[end:min(end+bs, len(data))]) == zero {
+			end = min(end+bs, len(data))
+		}
+		if zero {
+			dst = append(dst, Record{Kind: KindZero, Offset: off + int64(start), Length: int64(end - start), blockSize: blockSize})
+		} else {
+			dst, buf = e.encodeData(dst, off+int64(start), data[start:end], bs, buf)
+		}
+		start = end
+	}
+	return dst, buf
+}
+
+func (e *Encoder) encodeData(dst []Record, off int64, data []byte, bs int, buf []byte) ([]Record, []byte) {
+	rec := Record{Kind: KindData, Offset: off, Length: int64(len(data)), blockSize: int64(bs)}
+	rec.Digests = make([]Digest, (len(data)+bs-1)/bs)
+	for i := range rec.Digests {
+		rec.Digests[i] = blake3.Sum256(data[i*bs : min((i+1)*bs, len(data))])
+	}
+	mark := len(buf)
+	buf = e.enc.EncodeAll(data, buf)
+	if n := len(buf) - mark; n < len(data) {
+		rec.Compressed = true
+		rec.Payload = buf[mark:len(buf):len(buf)]
+	} else {
+		buf = buf[:mark]
+		rec.Payload = data
+	}
+	return append(dst, rec), buf
+}
+
+// isZero reports whether b is all zeroes, at memory speed.
+func isZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeroes))
+		if !bytes.Equal(b[:n], zeroes[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+
+// A Decoder turns a DATA record's payload into verified data. It is not safe
+// for concurrent use.
+type Decoder struct {
+	dec *zstd.Decoder
+}
+
+// NewDecoder returns a Decoder.
+func NewDecoder() *Decoder {
+	dec, err := zstd.NewReader(nil,
+		zstd.WithDecoderConcurrency(1),
+		// Never let a frame header decide how much memory to take: the
+		// record's length, checked against MaxDataLen, does.
+		zstd.WithDecodeAllCapLimit(true),
+		zstd.WithDecoderMaxMemory(2*MaxDataLen),
+		zstd.WithDecoderMaxWindow(2*MaxDataLen))
+	if err != nil {
+		panic("archive: zstd decoder options: " + err.Error())
+	}
+	return &Decoder{dec: dec}
+}
+
+// Close releases the Decoder's state.
+func (d *Decoder) Close() { d.dec.Close() }
+
+// Decode decodes payload, the payload of DATA record rec, into dst (grown if
+// its capacity is less than rec.Length) and verifies every block against the
+// record's digests. It returns the data (which aliases payload when the
+// record is stored raw), or a *FormatError wrapping
+// ErrChecksum that names the first bad block.
+func (d *Decoder) Decode(dst []byte, rec *Record, payload []byte) ([]byte, error) {
+	if rec.Kind != KindData {
+		return nil, fmt.Errorf("archive: Decode of a %v record", rec.Kind)
+	}
+	n := int(rec.Length)
+	if cap(dst) < n {
+		dst = make([]byte, 0, n)
+	}
+	var data []byte
+	if rec.Compressed {
+		out, err := d.dec.DecodeAll(payload, dst[:0:n])
+		if err != nil {
+			return nil, recordError(rec, ErrChecksum, fmt.Sprintf("payload does not decompress (%v): the payload is corrupt", err))
+		}
+		if len(out) != n {
+			return nil, recordError(rec, ErrChecksum, fmt.Sprintf("payload decompresses to %d bytes, want %d: the payload is corrupt", len(out), n))
+		}
+		data = out
+	} else {
+		if len(payload) != n {
+			return nil, recordError(rec, ErrChecksum, fmt.Sprintf("raw payload of %d bytes, want %d", len(payload), n))
+		}
+		data = payload // verified in place, no copy
+	}
+	if err := Verify(rec, data); err != nil {
+		return nil, err
+	}
+	return data, nil
+}
+
+// Verify checks data, the decoded data of DATA record rec, against the
+// record's block digests.
+func Verify(rec *Record, data []byte) error {
+	bs := int(rec.blockSize)
+	if bs == 0 || int64(len(data)) != rec.Length || len(rec.Digests) != (len(data)+bs-1)/bs {
+		return recordError(rec, ErrChecksum, "data does not match the record's length")
+	}
+	for i := range rec.Digests {
+		if Digest(blake3.Sum256(data[i*bs:min((i+1)*bs, len(data))])) != rec.Digests[i] {
+			off := rec.Offset + int64(i*bs)
+			return recordError(rec, ErrChecksum, fmt.Sprintf("block %d (volume bytes %d to %d) does not match its digest: the payload is corrupt", i, off, off+int64(min(bs, len(data)-i*bs))))
+		}
+	}
+	return nil
+}
+
+func recordError(rec *Record, sentinel error, detail string) error {
+	return &FormatError{Offset: rec.Pos, Record: rec.Num, Err: sentinel, Detail: detail}
+}

@@ -1,0 +1,54 @@
+package archive
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Errors from Reader, Writer and Decoder wrap one of them;
+// test with errors.Is.
+var (
+	// ErrHeader means the file is not a delta file or a header or record is
+	// malformed (bad magic, bad lengths, records out of order...).
+	ErrHeader = errors.New("malformed delta file")
+	// ErrChecksum means a digest did not match: the file is corrupt, or
+	// records were reordered or spliced in from another file.
+	ErrChecksum = errors.New("checksum mismatch")
+	// ErrTruncated means the file ended before its END record.
+	ErrTruncated = errors.New("file is truncated")
+	// ErrVersion means the file needs a newer thinback: an unknown format
+	// version or required feature.
+	ErrVersion = errors.New("unsupported format version or feature")
+	// ErrTrailingData means bytes follow the END record (for example two
+	// files concatenated).
+	ErrTrailingData = errors.New("data after end of file")
+	// ErrWriteOrder means a Writer was given records out of order,
+	// overlapping, unaligned or outside the volume: a bug in the caller.
+	ErrWriteOrder = errors.New("record out of order or outside the volume")
+)
+
+// A FormatError says what is wrong with a delta file and where.
+type FormatError struct {
+	// Offset is the byte offset in the file where the bad structure starts
+	// (the record header, or 0 for the file header).
+	Offset int64
+	// Record is the 1-based number of the record, or 0 for the file header.
+	Record int64
+	// Err is one of the sentinel errors.
+	Err error
+	// Detail says what exactly was found.
+	Detail string
+}
+
+func (e *FormatError) Error() string {
+	where := "header"
+	if e.Record > 0 {
+		where = fmt.Sprintf("record %d at byte %d", e.Record, e.Offset)
+	}
+	if e.Detail == "" {
+		return fmt.Sprintf("%s: %v", where, e.Err)
+	}
+	return fmt.Sprintf("%s: %v: %s", where, e.Err, e.Detail)
+}
+
+func (e *FormatError) Unwrap() error { return e.Err }

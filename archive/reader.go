@@ -1,0 +1,374 @@
+package archive
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/zeebo/blake3"
+)
+
+// A Reader reads a delta file front to back. Header returns the verified
+// header; Next returns each DATA and ZERO record after verifying its link in
+// the chain and its place in the volume, and io.EOF after a verified END
+// record with nothing after it. Unknown optional records are verified and
+// skipped. Errors are sticky.
+//
+// Next does not read payloads: call ReadPayload for the current record, or
+// call Next again to skip it (with a seek when the underlying reader is an
+// io.Seeker, so reading the structure of a file costs only its metadata).
+type Reader struct {
+	r       io.Reader
+	seeker  io.Seeker
+	pos     int64
+	hdr     *Header
+	lay     layout
+	chain   Digest
+	hasher  *blake3.Hasher
+	n       int64 // records read, END excluded
+	counts  Trailer
+	trailer Trailer
+	skipped int64 // optional records skipped
+	pending int64 // unread payload bytes of the current record
+	zeroBS  Digest
+	zeroEnd Digest // digest of the volume's last, short block
+	meta    []byte
+	err     error
+	done    bool
+}
+
+// NewReader returns a Reader reading from r.
+func NewReader(r io.Reader) *Reader {
+	rd := &Reader{r: r, hasher: blake3.New()}
+	if s, ok := r.(io.Seeker); ok {
+		rd.seeker = s
+		if cur, err := s.Seek(0, io.SeekCurrent); err == nil {
+			rd.pos = cur
+		} else {
+			rd.seeker = nil // a pipe or terminal: not seekable after all
+		}
+	}
+	return rd
+}
+
+// Offset returns the reader's byte offset in the file.
+func (r *Reader) Offset() int64 { return r.pos }
+
+// Trailer returns the verified END record; valid after Next returned io.EOF.
+func (r *Reader) Trailer() Trailer { return r.trailer }
+
+// SkippedOptional returns how many unknown optional records were skipped.
+func (r *Reader) SkippedOptional() int64 { return r.skipped }
+
+// Header reads and verifies the file header (once) and returns it.
+func (r *Reader) Header() (*Header, error) {
+	if r.hdr != nil {
+		return r.hdr, nil
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	var fixed [fixedHeaderLen]byte
+	n, err := io.ReadFull(r.r, fixed[:])
+	r.pos += int64(n)
+	if err != nil {
+		switch {
+		case n == 0 && errors.Is(err, io.EOF):
+			return nil, r.corrupt(0, 0, ErrTruncated, "the input is empty")
+		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+			if !bytes.HasPrefix([]byte(magic), fixed[:min(n, len(magic))]) {
+				return nil, r.corrupt(0, 0, ErrHeader, "not a thinback delta file (bad magic)")
+			}
+			return nil, r.corrupt(0, 0, ErrTruncated, fmt.Sprintf("the file ends after %d bytes, inside the header", n))
+		}
+		return nil, r.fail(err)
+	}
+	if string(fixed[:8]) != magic {
+		if string(fixed[:4]) == magic[:4] {
+			return nil, r.corrupt(0, 0, ErrHeader, "bad magic: line endings were changed (copied in text mode?)")
+		}
+		return nil, r.corrupt(0, 0, ErrHeader, "not a thinback delta file (bad magic)")
+	}
+	version := binary.LittleEndian.Uint16(fixed[8:])
+	bodyLen := binary.LittleEndian.Uint32(fixed[10:])
+	if version != Version {
+		// The first 14 bytes are the same in every version; what follows
+		// may not be, so nothing more can be checked.
+		return nil, r.corrupt(0, 0, ErrVersion, fmt.Sprintf("format version %d (or a corrupt header): this thinback reads version %d; use a newer thinback", version, Version))
+	}
+	if bodyLen < minHeaderBody || bodyLen > maxHeaderBody {
+		return nil, r.corrupt(0, 0, ErrHeader, fmt.Sprintf("header length %d out of range [%d, %d]", bodyLen, minHeaderBody, maxHeaderBody))
+	}
+	buf := make([]byte, fixedHeaderLen+int(bodyLen)+DigestSize)
+	copy(buf, fixed[:])
+	n, err = io.ReadFull(r.r, buf[fixedHeaderLen:])
+	r.pos += int64(n)
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, r.corrupt(0, 0, ErrTruncated, fmt.Sprintf("the file ends after %d bytes, inside the header", r.pos))
+		}
+		return nil, r.fail(err)
+	}
+	tagAt := fixedHeaderLen + int(bodyLen)
+	if Digest(blake3.Sum256(buf[:tagAt])) != Digest(buf[tagAt:]) {
+		return nil, r.corrupt(0, 0, ErrChecksum, "header digest does not match: the header is corrupt")
+	}
+	h, detail := parseBody(buf[fixedHeaderLen:tagAt])
+	if detail != "" {
+		return nil, r.corrupt(0, 0, ErrHeader, detail)
+	}
+	if unknown := h.Required &^ knownRequired; unknown != 0 {
+		return nil, r.corrupt(0, 0, ErrVersion, fmt.Sprintf("unknown required features %#x: use a newer thinback", uint64(unknown)))
+	}
+	copy(r.chain[:], buf[tagAt:])
+	r.hdr = h
+	r.lay = newLayout(h)
+	r.zeroBS = zeroDigest(h.BlockSize)
+	if tail := h.VolumeSize % h.BlockSize; tail != 0 {
+		r.zeroEnd = zeroDigest(tail)
+	}
+	return h, nil
+}
+
+// Next returns the next DATA or ZERO record, or io.EOF after the END record.
+// The record's payload, if any, is skipped unless ReadPayload is called
+// before the next call to Next.
+func (r *Reader) Next() (*Record, error) {
+	if _, err := r.Header(); err != nil {
+		return nil, err
+	}
+	for {
+		if r.err != nil {
+			return nil, r.err
+		}
+		if r.done {
+			return nil, io.EOF
+		}
+		if err := r.skipPayload(); err != nil {
+			return nil, err
+		}
+		rec, err := r.next()
+		if err != nil || rec != nil {
+			return rec, err
+		}
+	}
+}
+
+// next reads one record; it returns (nil, nil) after an END or a skipped
+// optional record.
+func (r *Reader) next() (*Record, error) {
+	num, at := r.n+1, r.pos
+	var rh [rhdrLen]byte
+	n, err := io.ReadFull(r.r, rh[:])
+	r.pos += int64(n)
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			if n == 0 {
+				if r.seeker != nil {
+					// A payload skipped with a seek may have run past the end.
+					if end, serr := r.seeker.Seek(0, io.SeekEnd); serr == nil && end < at {
+						return nil, r.corrupt(end, r.n, ErrTruncated, fmt.Sprintf("the file ends at byte %d, inside the payload of record %d", end, r.n))
+					}
+				}
+				return nil, r.corrupt(at, num, ErrTruncated, fmt.Sprintf("the file ends after %d records without an END record", r.n))
+			}
+			return nil, r.corrupt(at, num, ErrTruncated, "the file ends inside a record header")
+		}
+		return nil, r.fail(err)
+	}
+	typ, flags := rh[0], rh[1]
+	metaLen := binary.LittleEndian.Uint32(rh[4:])
+	payloadLen := binary.LittleEndian.Uint32(rh[8:])
+	if metaLen > maxOptionalMeta || payloadLen > maxPayload {
+		return nil, r.corrupt(at, num, ErrHeader, fmt.Sprintf("record lengths (meta %d, payload %d) exceed the format's bounds", metaLen, payloadLen))
+	}
+	if cap(r.meta) < int(metaLen)+DigestSize {
+		r.meta = make([]byte, int(metaLen)+DigestSize)
+	}
+	buf := r.meta[:int(metaLen)+DigestSize]
+	n, err = io.ReadFull(r.r, buf)
+	r.pos += int64(n)
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, r.corrupt(at, num, ErrTruncated, "the file ends inside a record")
+		}
+		return nil, r.fail(err)
+	}
+	meta := buf[:metaLen]
+	next := chainNext(r.hasher, r.chain, rh[:], meta)
+	if next != Digest(buf[metaLen:]) {
+		return nil, r.corrupt(at, num, ErrChecksum, "record digest does not match the chain: the record is corrupt, or records were reordered, dropped or spliced from another file")
+	}
+	r.chain = next
+	if rh[2] != 0 || rh[3] != 0 {
+		return nil, r.corrupt(at, num, ErrHeader, "reserved record header bytes are not zero")
+	}
+	r.pending = int64(payloadLen)
+	payloadPos := r.pos
+
+	switch {
+	case typ == typeEnd:
+		return nil, r.readEnd(at, num, flags, meta, payloadLen)
+	case typ == typeData:
+		return r.readData(at, num, flags, meta, payloadLen, payloadPos)
+	case typ == typeZero:
+		if flags != 0 || metaLen != zeroMetaLen || payloadLen != 0 {
+			return nil, r.corrupt(at, num, ErrHeader, "malformed ZERO record")
+		}
+		off := binary.LittleEndian.Uint64(meta[0:])
+		length := binary.LittleEndian.Uint64(meta[8:])
+		if off > MaxVolumeSize || length > MaxVolumeSize {
+			return nil, r.corrupt(at, num, ErrHeader, fmt.Sprintf("ZERO record range (%d, %d) out of range", off, length))
+		}
+		rec := &Record{Kind: KindZero, Offset: int64(off), Length: int64(length), Num: num, Pos: at, PayloadPos: payloadPos, blockSize: r.hdr.BlockSize}
+		if d := r.lay.add(KindZero, rec.Offset, rec.Length); d != "" {
+			return nil, r.corrupt(at, num, ErrHeader, d)
+		}
+		r.n++
+		r.counts.ZeroBytes += rec.Length
+		return rec, nil
+	case typ&typeOptional != 0:
+		r.n++
+		r.skipped++
+		r.counts.PayloadBytes += int64(payloadLen)
+		return nil, nil
+	}
+	return nil, r.corrupt(at, num, ErrHeader, fmt.Sprintf("unknown record type %d", typ))
+}
+
+func (r *Reader) readData(at, num int64, flags byte, meta []byte, payloadLen uint32, payloadPos int64) (*Record, error) {
+	if len(meta) < dataMetaFixed || len(meta) > maxDataMeta {
+		return nil, r.corrupt(at, num, ErrHeader, fmt.Sprintf("DATA record metadata of %d bytes", len(meta)))
+	}
+	if flags&^encMask != 0 || flags&encMask > encZstd {
+		return nil, r.corrupt(at, num, ErrHeader, fmt.Sprintf("DATA record has unknown flags %#x", flags))
+	}
+	off := binary.LittleEndian.Uint64(meta[0:])
+	length := int64(binary.LittleEndian.Uint32(meta[8:]))
+	bs := r.hdr.BlockSize
+	switch {
+	case off > MaxVolumeSize:
+		return nil, r.corrupt(at, num, ErrHeader, fmt.Sprintf("DATA record offset %d out of range", off))
+	case length < 1 || length > MaxDataLen:
+		return nil, r.corrupt(at, num, ErrHeader, fmt.Sprintf("DATA record length %d not in [1, %d]", length, MaxDataLen))
+	case int64(len(meta)) != dataMetaFixed+DigestSize*blocks(length, bs):
+		return nil, r.corrupt(at, num, ErrHeader, fmt.Sprintf("DATA record of %d bytes has %d bytes of digests, want %d", length, len(meta)-dataMetaFixed, DigestSize*blocks(length, bs)))
+	}
+	compressed := flags&encMask == encZstd
+	if compressed && int64(payloadLen) >= length || !compressed && int64(payloadLen) != length {
+		return nil, r.corrupt(at, num, ErrHeader, fmt.Sprintf("DATA record of %d bytes has a payload of %d bytes", length, payloadLen))
+	}
+	rec := &Record{Kind: KindData, Offset: int64(off), Length: length, Compressed: compressed,
+		Num: num, Pos: at, PayloadPos: payloadPos, PayloadLen: int64(payloadLen), blockSize: bs}
+	if d := r.lay.add(KindData, rec.Offset, rec.Length); d != "" {
+		return nil, r.corrupt(at, num, ErrHeader, d)
+	}
+	rec.Digests = make([]Digest, blocks(length, bs))
+	for i := range rec.Digests {
+		copy(rec.Digests[i][:], meta[dataMetaFixed+i*DigestSize:])
+		zero := r.zeroBS
+		if blockEnd := rec.Offset + int64(i+1)*bs; blockEnd > r.hdr.VolumeSize {
+			zero = r.zeroEnd
+		}
+		if rec.Digests[i] == zero {
+			return nil, r.corrupt(at, num, ErrHeader, fmt.Sprintf("DATA record stores an all-zero block at volume offset %d (must be a ZERO record)", rec.Offset+int64(i)*bs))
+		}
+	}
+	r.n++
+	r.counts.DataBytes += length
+	r.counts.PayloadBytes += int64(payloadLen)
+	return rec, nil
+}
+
+func (r *Reader) readEnd(at, num int64, flags byte, meta []byte, payloadLen uint32) error {
+	if flags != 0 || len(meta) != endMetaLen || payloadLen != 0 {
+		return r.corrupt(at, num, ErrHeader, "malformed END record")
+	}
+	t := Trailer{
+		Records:      int64(binary.LittleEndian.Uint64(meta[0:])),
+		DataBytes:    int64(binary.LittleEndian.Uint64(meta[8:])),
+		ZeroBytes:    int64(binary.LittleEndian.Uint64(meta[16:])),
+		PayloadBytes: int64(binary.LittleEndian.Uint64(meta[24:])),
+		Digest:       r.chain,
+	}
+	c := r.counts
+	if t.Records != r.n || t.DataBytes != c.DataBytes || t.ZeroBytes != c.ZeroBytes || t.PayloadBytes != c.PayloadBytes {
+		return r.corrupt(at, num, ErrHeader, fmt.Sprintf("END record counts (%d records, %d data, %d zero, %d payload bytes) differ from the file's (%d, %d, %d, %d)",
+			t.Records, t.DataBytes, t.ZeroBytes, t.PayloadBytes, r.n, c.DataBytes, c.ZeroBytes, c.PayloadBytes))
+	}
+	if d := r.lay.finish(); d != "" {
+		return r.corrupt(at, num, ErrHeader, d)
+	}
+	var one [1]byte
+	n, err := io.ReadFull(r.r, one[:])
+	if n > 0 {
+		return r.corrupt(r.pos, num+1, ErrTrailingData, "bytes follow the END record (two files concatenated?)")
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		return r.fail(err)
+	}
+	r.trailer = t
+	r.done = true
+	return nil
+}
+
+// ReadPayload reads the current record's payload into dst (grown if too
+// small) and returns it. It may be called once per record, after Next.
+func (r *Reader) ReadPayload(dst []byte) ([]byte, error) {
+	if r.err != nil {
+		return nil, r.err
+	}
+	n := int(r.pending)
+	if cap(dst) < n {
+		dst = make([]byte, n)
+	}
+	dst = dst[:n]
+	got, err := io.ReadFull(r.r, dst)
+	r.pos += int64(got)
+	r.pending = 0
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, r.corrupt(r.pos-int64(got), r.n, ErrTruncated, "the file ends inside a record's payload")
+		}
+		return nil, r.fail(err)
+	}
+	return dst, nil
+}
+
+func (r *Reader) skipPayload() error {
+	if r.pending == 0 {
+		return nil
+	}
+	n := r.pending
+	r.pending = 0
+	if r.seeker != nil {
+		pos, err := r.seeker.Seek(n, io.SeekCurrent)
+		if err != nil {
+			return r.fail(err)
+		}
+		r.pos = pos
+		return nil
+	}
+	got, err := io.CopyN(io.Discard, r.r, n)
+	r.pos += got
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return r.corrupt(r.pos, r.n, ErrTruncated, "the file ends inside a record's payload")
+		}
+		return r.fail(err)
+	}
+	return nil
+}
+
+func (r *Reader) corrupt(at, num int64, sentinel error, detail string) error {
+	return r.fail(&FormatError{Offset: at, Record: num, Err: sentinel, Detail: detail})
+}
+
+func (r *Reader) fail(err error) error {
+	if r.err == nil {
+		r.err = err
+	}
+	return r.err
+}
