@@ -346,3 +346,48 @@ func TestIDs(t *testing.T) {
 		t.Fatal("ParseID accepted garbage")
 	}
 }
+
+// TestCheckpoint checks that a file cut right after any checkpoint is a
+// complete, valid delta file, and that writing on overwrites the END.
+func TestCheckpoint(t *testing.T) {
+	r := testRand(t)
+	vol := volume(r, 40, 0)
+	h := testHeader(int64(len(vol)))
+	h.Parent.ID = DeriveID("test", "parent")
+	h.ParentSize = h.VolumeSize
+	var buf bytes.Buffer
+	w := NewWriter(&buf)
+	if err := w.WriteHeader(h); err != nil {
+		t.Fatal(err)
+	}
+	enc := NewEncoder(LevelFastest)
+	defer enc.Close()
+	for off := 0; off < len(vol); off += 8 * 4096 {
+		recs, _ := enc.Encode(nil, int64(off), vol[off:off+8*4096], 4096, nil)
+		for i := range recs {
+			if err := w.WriteRecord(&recs[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		end, err := w.Checkpoint()
+		if err != nil {
+			t.Fatal(err)
+		}
+		snapshot := append(append([]byte(nil), buf.Bytes()...), end...)
+		want := make([]byte, len(vol))
+		copy(want, vol[:off+8*4096])
+		got, err := applyTo(snapshot, make([]byte, len(vol)))
+		if err != nil {
+			t.Fatalf("file at checkpoint %d: %v", off, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("file at checkpoint %d applies wrongly", off)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := applyTo(buf.Bytes(), nil); err != nil || !bytes.Equal(got, vol) {
+		t.Fatalf("closed file: %v", err)
+	}
+}

@@ -200,6 +200,41 @@ func (w *Writer) writeRecord(typ, flags byte, meta, payload []byte) error {
 	return nil
 }
 
+// Checkpoint returns the bytes of an END record for the records written so
+// far, without writing it. A caller writing to a file can put them at
+// Offset() (with WriteAt, leaving the file offset where it was) and fsync:
+// the file is then a complete delta file, and the next record overwrites
+// those bytes. Snapback files use this so that they are valid at every
+// moment, even after a crash.
+func (w *Writer) Checkpoint() ([]byte, error) {
+	if w.err != nil {
+		return nil, w.err
+	}
+	if w.hdr == nil || w.closed {
+		return nil, w.fail(errors.New("archive: Checkpoint outside WriteHeader..Close"))
+	}
+	if err := w.flushZero(); err != nil {
+		return nil, err
+	}
+	if d := w.lay.finish(); d != "" {
+		return nil, fmt.Errorf("%w: %s", ErrWriteOrder, d)
+	}
+	rh, meta := w.endRecord()
+	tag := chainNext(w.hasher, w.chain, rh[:], meta[:])
+	b := append(rh[:], meta[:]...)
+	return append(b, tag[:]...), nil
+}
+
+func (w *Writer) endRecord() (rh [rhdrLen]byte, meta [endMetaLen]byte) {
+	rh[0] = typeEnd
+	binary.LittleEndian.PutUint32(rh[4:], endMetaLen)
+	binary.LittleEndian.PutUint64(meta[0:], uint64(w.trailer.Records))
+	binary.LittleEndian.PutUint64(meta[8:], uint64(w.trailer.DataBytes))
+	binary.LittleEndian.PutUint64(meta[16:], uint64(w.trailer.ZeroBytes))
+	binary.LittleEndian.PutUint64(meta[24:], uint64(w.trailer.PayloadBytes))
+	return rh, meta
+}
+
 // Close writes the END record. It fails if the records do not cover what
 // the file must define (all of a full, the grown part of an incremental).
 func (w *Writer) Close() error {
@@ -218,11 +253,7 @@ func (w *Writer) Close() error {
 	if d := w.lay.finish(); d != "" {
 		return w.fail(fmt.Errorf("%w: %s", ErrWriteOrder, d))
 	}
-	var meta [endMetaLen]byte
-	binary.LittleEndian.PutUint64(meta[0:], uint64(w.trailer.Records))
-	binary.LittleEndian.PutUint64(meta[8:], uint64(w.trailer.DataBytes))
-	binary.LittleEndian.PutUint64(meta[16:], uint64(w.trailer.ZeroBytes))
-	binary.LittleEndian.PutUint64(meta[24:], uint64(w.trailer.PayloadBytes))
+	_, meta := w.endRecord()
 	if err := w.writeRecord(typeEnd, 0, meta[:], nil); err != nil {
 		return err
 	}

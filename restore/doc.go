@@ -1,0 +1,27 @@
+// Package restore applies delta files to a regular file or block device.
+//
+// Apply takes one or more delta files that form a chain (each one's parent
+// is the previous one's snapshot) and writes the state of the last one onto
+// a Target. Files given together are merged first: for each byte the newest
+// record wins, so each block is written once however long the chain, and
+// an incremental file is never applied on top of a state it was not made
+// from (the chain rules of CheckChain, like ZFS's "does not match
+// incremental source").
+//
+// Every record is verified before any of it is written. Seekable files are
+// checked completely (structure, digest chain, END record) before the
+// target is touched; a stream is checked as it is read, and an apply cut
+// short by a bad or truncated stream leaves the target marked as in
+// progress, to be finished by applying the same file again (applying a
+// file is idempotent).
+//
+// With a snapback file, the old contents of every range are saved, and made
+// durable, before the range is overwritten. The snapback file is itself a
+// delta file, complete after every saved range: applying it undoes the
+// apply, even one that was interrupted.
+//
+// The state of a target (which snapshot it holds, an apply in progress) is
+// kept by the caller, which passes it in as State and is told of changes
+// through Options.Begin and Options.Finish; this package does not store
+// anything itself.
+package restore

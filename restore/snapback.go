@@ -1,0 +1,182 @@
+package restore
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/thinback/thinback/archive"
+	"golang.org/x/sys/unix"
+)
+
+// snapback saves the contents of the target's ranges before they are
+// overwritten, into a delta file whose parent is the state being applied
+// and whose snapshot is the target's state before the apply.
+type snapback struct {
+	path  string
+	f     *os.File
+	w     *archive.Writer
+	enc   *archive.Encoder
+	t     *Target
+	bs    int64
+	size  int64 // the snapback file's volume size: what it can restore
+	saved int64 // everything below is saved
+	data  []byte
+	out   []byte
+	recs  []archive.Record
+}
+
+const snapbackChunk = 1 << 20
+
+// createSnapback creates path (never overwriting a file) and writes h.
+func createSnapback(path string, t *Target, h *archive.Header) (*snapback, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("snapback file %s already exists: choose another name (it would be overwritten)", path)
+		}
+		return nil, fmt.Errorf("snapback file: %w", err)
+	}
+	s := &snapback{path: path, f: f, w: archive.NewWriter(f), enc: archive.NewEncoder(archive.LevelFastest),
+		t: t, bs: h.BlockSize, size: h.VolumeSize}
+	chunk := max(snapbackChunk/s.bs, 1) * s.bs
+	s.data = make([]byte, chunk)
+	s.out = make([]byte, 0, archive.MaxEncodedLen(int(chunk)))
+	if err := s.w.WriteHeader(h); err != nil {
+		s.abandon()
+		return nil, fmt.Errorf("snapback file %s: %w", path, err)
+	}
+	if err := s.checkpoint(); err != nil {
+		s.abandon()
+		return nil, err
+	}
+	// The file's name must be durable too, or a crash could lose it.
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		s.abandon()
+		return nil, fmt.Errorf("snapback file %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// save saves the target's contents of [off, end), widened to the snapback
+// file's blocks and clipped to its volume, then makes them durable. Ranges
+// must come in ascending order; what was saved already is skipped.
+func (s *snapback) save(off, end int64) error {
+	lo := max(off/s.bs*s.bs, s.saved)
+	hi := min((end+s.bs-1)/s.bs*s.bs, s.size)
+	if lo >= hi {
+		return nil
+	}
+	for lo < hi {
+		n, hole, err := s.nextRun(lo, hi)
+		if err != nil {
+			return err
+		}
+		if hole {
+			if err := s.w.WriteRecord(&archive.Record{Kind: archive.KindZero, Offset: lo, Length: n}); err != nil {
+				return s.wrap(err)
+			}
+			lo += n
+			continue
+		}
+		for a := lo; a < lo+n; {
+			c := min(int64(len(s.data)), lo+n-a)
+			buf := s.data[:c]
+			if got, err := s.t.ReadAt(buf, a); int64(got) != c {
+				return fmt.Errorf("snapback: reading target %s at offset %d: %v", s.t.Path, a, err)
+			}
+			s.recs, _ = s.enc.Encode(s.recs[:0], a, buf, s.bs, s.out[:0])
+			for i := range s.recs {
+				if err := s.w.WriteRecord(&s.recs[i]); err != nil {
+					return s.wrap(err)
+				}
+			}
+			a += c
+		}
+		lo += n
+	}
+	s.saved = hi
+	return s.checkpoint()
+}
+
+// nextRun returns the length of the run of data or hole starting at lo in
+// a regular-file target (holes need not be read), or all of it otherwise.
+// Holes are rounded inward to blocks: a partial hole is read.
+func (s *snapback) nextRun(lo, hi int64) (int64, bool, error) {
+	if s.t.block {
+		return hi - lo, false, nil
+	}
+	fd := int(s.t.f.Fd())
+	data, err := unix.Seek(fd, lo, unix.SEEK_DATA)
+	if errors.Is(err, unix.ENXIO) {
+		data = hi
+	} else if err != nil {
+		return hi - lo, false, nil // no SEEK_DATA here: read it all
+	}
+	if data = min(data/s.bs*s.bs, hi); data > lo {
+		return data - lo, true, nil
+	}
+	hole, err := unix.Seek(fd, lo, unix.SEEK_HOLE)
+	if err != nil {
+		return hi - lo, false, nil
+	}
+	hole = min((hole+s.bs-1)/s.bs*s.bs, hi)
+	if hole <= lo {
+		hole = min(lo+s.bs, hi)
+	}
+	return hole - lo, false, nil
+}
+
+// checkpoint makes the file a complete delta file of what was saved so far
+// and makes it durable, before the caller overwrites anything.
+func (s *snapback) checkpoint() error {
+	end, err := s.w.Checkpoint()
+	if err != nil {
+		return s.wrap(err)
+	}
+	if _, err := s.f.WriteAt(end, s.w.Offset()); err != nil {
+		return s.wrap(err)
+	}
+	if err := s.f.Sync(); err != nil {
+		return s.wrap(err)
+	}
+	return nil
+}
+
+// close writes the END record and makes the file durable.
+func (s *snapback) close() (archive.Trailer, error) {
+	defer s.enc.Close()
+	if err := s.w.Close(); err != nil {
+		s.f.Close()
+		return archive.Trailer{}, s.wrap(err)
+	}
+	if err := s.f.Sync(); err != nil {
+		s.f.Close()
+		return archive.Trailer{}, s.wrap(err)
+	}
+	if err := s.f.Close(); err != nil {
+		return archive.Trailer{}, s.wrap(err)
+	}
+	return s.w.Trailer(), nil
+}
+
+// abandon removes a snapback file that never covered anything.
+func (s *snapback) abandon() {
+	s.enc.Close()
+	s.f.Close()
+	os.Remove(s.path)
+}
+
+func (s *snapback) wrap(err error) error {
+	return fmt.Errorf("snapback file %s: %w", s.path, err)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

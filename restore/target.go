@@ -1,0 +1,295 @@
+package restore
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"unsafe"
+
+	"github.com/thinback/thinback/archive"
+	"golang.org/x/sys/unix"
+)
+
+// Typed errors of opening and sizing a target. Test with errors.Is.
+var (
+	// ErrTargetReadOnly: the target cannot be opened for writing.
+	ErrTargetReadOnly = errors.New("target is read-only")
+	// ErrTargetBusy: a block device target is mounted or open exclusively.
+	ErrTargetBusy = errors.New("target is in use")
+	// ErrTargetTooSmall: a block device is smaller than the volume.
+	ErrTargetTooSmall = errors.New("target is smaller than the volume")
+	// ErrTargetKind: the target is neither a regular file nor a block device.
+	ErrTargetKind = errors.New("target is not a regular file or block device")
+)
+
+// TargetOptions say how to open a target.
+type TargetOptions struct {
+	// DiscardZeroes says that a discarded range of this block device reads
+	// as zeroes afterwards (true of dm-thin volumes, where a discard unmaps
+	// whole blocks). ZERO ranges are then discarded, which also returns the
+	// space to a thin pool; without it they are zeroed with
+	// fallocate(PUNCH_HOLE) or BLKZEROOUT, which guarantee zeroes.
+	DiscardZeroes bool
+	// NoCreate refuses to create a regular file that does not exist.
+	NoCreate bool
+}
+
+// Target is a regular file or block device that delta files are applied to.
+type Target struct {
+	Path  string
+	f     *os.File
+	size  int64
+	block bool
+	opts  TargetOptions
+
+	discardGranularity int64
+	punchFailed        bool // fallocate is unsupported here; use BLKZEROOUT or writes
+	zeroOutFailed      bool
+}
+
+// OpenTarget opens path for writing. A block device is opened exclusively
+// (O_EXCL), so a mounted filesystem or a device another program holds
+// exclusively is refused instead of corrupted. A regular file is created
+// (mode 0600: disk images hold secrets) unless opts.NoCreate.
+func OpenTarget(path string, opts TargetOptions) (*Target, error) {
+	st, err := os.Stat(path)
+	flags := os.O_RDWR
+	switch {
+	case errors.Is(err, os.ErrNotExist) && !opts.NoCreate:
+		flags |= os.O_CREATE
+	case err != nil:
+		return nil, fmt.Errorf("target %s: %w", path, err)
+	case st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0:
+		flags |= unix.O_EXCL
+	case !st.Mode().IsRegular():
+		return nil, fmt.Errorf("target %s (%v): %w", path, st.Mode().Type(), ErrTargetKind)
+	}
+	f, err := os.OpenFile(path, flags|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		switch {
+		case errors.Is(err, syscall.EROFS), errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+			return nil, fmt.Errorf("target %s cannot be opened for writing (%v): %w; make it writable (blockdev --setrw, remount read-write, chattr -i) or choose another target", path, errors.Unwrap(err), ErrTargetReadOnly)
+		case errors.Is(err, syscall.EBUSY):
+			return nil, fmt.Errorf("target %s is mounted or held by another program: %w; unmount it or stop what uses it first", path, ErrTargetBusy)
+		}
+		return nil, fmt.Errorf("target %s: %w", path, err)
+	}
+	size, block, err := archive.FileSize(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	t := &Target{Path: path, f: f, size: size, block: block, opts: opts}
+	if block && opts.DiscardZeroes {
+		t.discardGranularity = t.queueLimit("discard_granularity")
+		if t.discardGranularity <= 0 {
+			t.opts.DiscardZeroes = false // the device does not discard at all
+		}
+	}
+	return t, nil
+}
+
+// Size returns the target's size in bytes.
+func (t *Target) Size() int64 { return t.size }
+
+// IsBlockDevice reports whether the target is a block device.
+func (t *Target) IsBlockDevice() bool { return t.block }
+
+// Resize sets a regular file's size; it fails on block devices.
+func (t *Target) Resize(size int64) error {
+	if t.block {
+		return fmt.Errorf("target %s is a block device and cannot be resized", t.Path)
+	}
+	if err := t.f.Truncate(size); err != nil {
+		return fmt.Errorf("target %s: resizing to %d bytes: %w", t.Path, size, err)
+	}
+	t.size = size
+	return nil
+}
+
+// ReadAt reads from the target (for snapback files).
+func (t *Target) ReadAt(p []byte, off int64) (int, error) { return t.f.ReadAt(p, off) }
+
+// WriteAt writes p at off.
+func (t *Target) WriteAt(p []byte, off int64) error {
+	if _, err := t.f.WriteAt(p, off); err != nil {
+		return fmt.Errorf("target %s: writing %d bytes at offset %d: %w", t.Path, len(p), off, err)
+	}
+	return nil
+}
+
+// Zero makes [off, off+n) read as zeroes: punching a hole in a file,
+// discarding on a device that guarantees zeroes after a discard, else
+// BLKZEROOUT or fallocate(PUNCH_HOLE), which guarantee them, and plain
+// writes of zeroes as the last resort.
+func (t *Target) Zero(off, n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	if !t.block {
+		if !t.punchFailed {
+			err := unix.Fallocate(int(t.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+			if err == nil {
+				return nil
+			}
+			if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) {
+				return fmt.Errorf("target %s: punching a hole at offset %d (%d bytes): %w", t.Path, off, n, err)
+			}
+			t.punchFailed = true
+		}
+		return t.writeZeroes(off, n)
+	}
+	if t.opts.DiscardZeroes {
+		g := t.discardGranularity
+		lo := (off + g - 1) / g * g
+		hi := (off + n) / g * g
+		if lo < hi {
+			if err := t.ioctlRange(unix.BLKDISCARD, lo, hi-lo); err != nil {
+				return fmt.Errorf("target %s: discarding %d bytes at offset %d: %w", t.Path, hi-lo, lo, err)
+			}
+			if err := t.zeroDevice(off, lo-off); err != nil {
+				return err
+			}
+			return t.zeroDevice(hi, off+n-hi)
+		}
+	}
+	return t.zeroDevice(off, n)
+}
+
+// zeroDevice zeroes a range of a block device with the guaranteed methods.
+func (t *Target) zeroDevice(off, n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	// BLKZEROOUT needs 512-byte alignment; a volume whose size is not a
+	// multiple of 512 ends in a short piece that is written.
+	lo, hi := (off+511)/512*512, (off+n)/512*512
+	if lo < hi {
+		if !t.punchFailed {
+			err := unix.Fallocate(int(t.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, lo, hi-lo)
+			if err == nil {
+				return t.writeEdges(off, n, lo, hi)
+			}
+			t.punchFailed = true
+		}
+		if !t.zeroOutFailed {
+			err := t.ioctlRange(unix.BLKZEROOUT, lo, hi-lo)
+			if err == nil {
+				return t.writeEdges(off, n, lo, hi)
+			}
+			if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOTTY) && !errors.Is(err, unix.EINVAL) {
+				return fmt.Errorf("target %s: zeroing %d bytes at offset %d: %w", t.Path, hi-lo, lo, err)
+			}
+			t.zeroOutFailed = true
+		}
+	}
+	return t.writeZeroes(off, n)
+}
+
+func (t *Target) writeEdges(off, n, lo, hi int64) error {
+	if err := t.writeZeroes(off, lo-off); err != nil {
+		return err
+	}
+	return t.writeZeroes(hi, off+n-hi)
+}
+
+var zeroBuf = make([]byte, 1<<20)
+
+func (t *Target) writeZeroes(off, n int64) error {
+	for n > 0 {
+		c := min(n, int64(len(zeroBuf)))
+		if err := t.WriteAt(zeroBuf[:c], off); err != nil {
+			return err
+		}
+		off += c
+		n -= c
+	}
+	return nil
+}
+
+func (t *Target) ioctlRange(req uint, off, n int64) error {
+	r := [2]uint64{uint64(off), uint64(n)}
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, t.f.Fd(), uintptr(req), uintptr(unsafe.Pointer(&r[0])))
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// queueLimit reads a block device's /sys/dev/block/M:m/queue/NAME, or 0.
+func (t *Target) queueLimit(name string) int64 {
+	st, err := t.f.Stat()
+	if err != nil {
+		return 0
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0
+	}
+	dir := fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(sys.Rdev), unix.Minor(sys.Rdev))
+	for _, p := range []string{dir + "/queue/" + name, dir + "/../queue/" + name} { // a partition's queue is its disk's
+		if b, err := os.ReadFile(p); err == nil {
+			v, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+			return v
+		}
+	}
+	return 0
+}
+
+// Sync flushes the target to stable storage.
+func (t *Target) Sync() error {
+	if err := t.f.Sync(); err != nil {
+		return fmt.Errorf("target %s: fsync: %w", t.Path, err)
+	}
+	return nil
+}
+
+// Close closes the target.
+func (t *Target) Close() error { return t.f.Close() }
+
+// Identity is how the state file recognises a target across runs.
+type Identity struct {
+	// Key is stable for the same target: a regular file's absolute path
+	// with links resolved, a device-mapper device's UUID (stable across
+	// reboots, unlike dm-N), or a block device's resolved path.
+	Key string
+	// Dev and Ino of a regular file, so that a file replaced under the
+	// same name is not mistaken for the one whose state was recorded.
+	Dev, Ino uint64
+}
+
+// Identity returns the target's identity.
+func (t *Target) Identity() (Identity, error) {
+	st, err := t.f.Stat()
+	if err != nil {
+		return Identity{}, err
+	}
+	sys := st.Sys().(*syscall.Stat_t)
+	abs, err := filepath.Abs(t.Path)
+	if err != nil {
+		return Identity{}, err
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	if !t.block {
+		return Identity{Key: "file:" + abs, Dev: uint64(sys.Dev), Ino: sys.Ino}, nil
+	}
+	uuidPath := fmt.Sprintf("/sys/dev/block/%d:%d/dm/uuid", unix.Major(sys.Rdev), unix.Minor(sys.Rdev))
+	if b, err := os.ReadFile(uuidPath); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return Identity{Key: "dm:" + strings.TrimSpace(string(b))}, nil
+	}
+	return Identity{Key: "dev:" + abs}, nil
+}
+
+// checkSize refuses a block device smaller than size; regular files grow.
+func (t *Target) checkSize(size int64) error {
+	if t.block && t.size < size {
+		return fmt.Errorf("target %s is %d bytes, the volume is %d bytes: %w; use a device of at least %d bytes", t.Path, t.size, size, ErrTargetTooSmall, size)
+	}
+	return nil
+}
