@@ -140,13 +140,13 @@ func TestChainRefusals(t *testing.T) {
 		}
 		t.Logf("refused as expected: %v", err)
 	}
-	expect([]string{incr12}, ErrMismatch)           // unknown target
-	expect([]string{full1, incr23}, ErrNotChain)    // gap in the chain
+	expect([]string{incr12}, ErrMismatch)        // unknown target
+	expect([]string{full1, incr23}, ErrNotChain) // gap in the chain
 	expect([]string{full1, incr12, full1}, ErrNotChain)
 	if _, err := st.apply(t, target, []string{full1}, Options{}); err != nil {
 		t.Fatal(err)
 	}
-	expect([]string{incr23}, ErrMismatch)     // wrong base
+	expect([]string{incr23}, ErrMismatch) // wrong base
 	expect([]string{otherVol}, ErrVolumeMismatch)
 	if _, err := st.apply(t, target, []string{otherVol}, Options{Force: true}); err != nil {
 		t.Fatalf("--force over another volume: %v", err)
