@@ -67,6 +67,12 @@ type seekReaderAt interface {
 // Apply applies inputs, a chain oldest first, to t. See the package
 // documentation for the guarantees.
 func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (*Result, error) {
+	began := false
+	defer func() {
+		if !began {
+			t.removeIfCreated()
+		}
+	}()
 	start := time.Now()
 	now := opts.Now
 	if now == nil {
@@ -137,6 +143,7 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (*Resul
 		return nil, err
 	}
 
+	began = true
 	begin := opts.State
 	begin.InProgress = mark
 	if opts.Begin != nil {

@@ -47,6 +47,7 @@ type Target struct {
 	opts  TargetOptions
 
 	discardGranularity int64
+	created            bool // OpenTarget created the file
 	punchFailed        bool // fallocate is unsupported here; use BLKZEROOUT or writes
 	zeroOutFailed      bool
 }
@@ -83,7 +84,7 @@ func OpenTarget(path string, opts TargetOptions) (*Target, error) {
 		f.Close()
 		return nil, err
 	}
-	t := &Target{Path: path, f: f, size: size, block: block, opts: opts}
+	t := &Target{Path: path, f: f, size: size, block: block, opts: opts, created: flags&os.O_CREATE != 0}
 	if block && opts.DiscardZeroes {
 		t.discardGranularity = t.queueLimit("discard_granularity")
 		if t.discardGranularity <= 0 {
@@ -91,6 +92,15 @@ func OpenTarget(path string, opts TargetOptions) (*Target, error) {
 		}
 	}
 	return t, nil
+}
+
+// removeIfCreated removes a regular file that OpenTarget created, when an
+// apply was refused before writing: a refused apply leaves nothing behind.
+func (t *Target) removeIfCreated() {
+	if t.created && t.size == 0 {
+		os.Remove(t.Path)
+		t.created = false
+	}
 }
 
 // Size returns the target's size in bytes.

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/thinback/thinback/restore"
+	"github.com/urfave/cli/v2"
+)
+
+func applyCommand(e *env) *cli.Command {
+	return &cli.Command{
+		Name:      "apply",
+		Usage:     "write delta files onto a file or block device",
+		ArgsUsage: "FILE... | -",
+		Description: "Applies a full and/or incrementals, in chain order, to TARGET. Several files are merged\n" +
+			"first, so each block is written once. Every record is verified before it is written;\n" +
+			"files are checked to their end before TARGET is touched (a stream as it is read).\n\n" +
+			"TARGET is overwritten: a block device must be at least the volume's size and is\n" +
+			"opened exclusively (a mounted device is refused); a regular file is created or\n" +
+			"resized to the volume's size. An incremental is refused unless the state file says\n" +
+			"TARGET holds its base snapshot (--force skips that check). An interrupted apply is\n" +
+			"finished by running it again; --snapback FILE saves what is overwritten, and\n" +
+			"applying FILE undoes the apply.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "to", Usage: "the file or block device to write (required)"},
+			&cli.StringFlag{Name: "snapback", Usage: "save the data the apply overwrites in this new delta file"},
+			&cli.BoolFlag{Name: "force", Usage: "apply even if TARGET is not known to hold the base snapshot"},
+			&cli.StringFlag{Name: "state", Usage: "state file recording what each target holds (default $THINBACK_STATE or " + defaultStateFile + ")"},
+			quietFlag,
+		},
+		Action: func(c *cli.Context) error {
+			files, err := args(c, 1, -1, "give the delta files to apply, or - for standard input")
+			if err != nil {
+				return err
+			}
+			if c.String("to") == "" {
+				return usageError{"apply: give the target with --to FILE|DEVICE"}
+			}
+			return runApply(c.Context, e, applyOptions{
+				files: files, target: c.String("to"), snapback: c.String("snapback"),
+				force: c.Bool("force"), state: stateFilePath(c.String("state")), quiet: c.Bool("quiet"),
+			})
+		},
+	}
+}
+
+type applyOptions struct {
+	files    []string
+	target   string
+	snapback string
+	force    bool
+	state    string
+	quiet    bool
+}
+
+func runApply(ctx context.Context, e *env, o applyOptions) error {
+	var inputs []restore.Input
+	for _, name := range o.files {
+		if name == "-" {
+			if len(o.files) > 1 {
+				return usageError{"apply: - (standard input) must be the only file"}
+			}
+			inputs = append(inputs, restore.Input{Name: "standard input", R: e.stdin})
+			continue
+		}
+		f, err := os.Open(name)
+		if err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
+		defer f.Close()
+		inputs = append(inputs, restore.Input{Name: name, R: f})
+	}
+	t, err := restore.OpenTarget(o.target, restore.TargetOptions{})
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	defer t.Close()
+	res, err := applyTo(ctx, e, t, inputs, o)
+	if err != nil {
+		return err
+	}
+	if !o.quiet {
+		msg := fmt.Sprintf("applied %s to %s: it holds %s now (%s written, %s zeroed", strings.Join(o.files, " "), o.target,
+			res.Snapshot.Name, bytesHuman(res.DataBytes), bytesHuman(res.ZeroBytes))
+		if res.Skipped > 0 {
+			msg += fmt.Sprintf(", %s superseded", bytesHuman(res.Skipped))
+		}
+		msg += fmt.Sprintf(", in %s)", res.Duration.Round(1e6))
+		if res.Snapback != nil {
+			msg += fmt.Sprintf("; undo with: thinback apply %s --to %s", o.snapback, o.target)
+		}
+		fmt.Fprintln(e.stderr, msg)
+	}
+	return nil
+}
+
+// applyTo applies inputs to an open target, keeping its state in the state
+// file. It is shared by apply, receive and restore.
+func applyTo(ctx context.Context, e *env, t *restore.Target, inputs []restore.Input, o applyOptions) (*restore.Result, error) {
+	id, err := t.Identity()
+	if err != nil {
+		return nil, fmt.Errorf("apply: %w", err)
+	}
+	sf := &stateFile{path: o.state, id: id}
+	st, err := sf.load()
+	if err != nil {
+		return nil, fmt.Errorf("apply: %w", err)
+	}
+	if sf.replaced && !o.quiet {
+		fmt.Fprintf(e.stderr, "thinback: %s was replaced since its state was recorded; treating its contents as unknown\n", o.target)
+	}
+	prog := newProgress(e.stderr, o.quiet, "applied", 0)
+	res, err := restore.Apply(ctx, t, inputs, restore.Options{
+		Force:    o.force,
+		Snapback: o.snapback,
+		State:    st,
+		Begin:    func(s restore.State) error { return sf.save(o.target, s) },
+		Finish:   func(s restore.State) error { return sf.save(o.target, s) },
+		Progress: prog.Add,
+	})
+	prog.Done()
+	if err != nil {
+		return nil, fmt.Errorf("apply: %w", err)
+	}
+	return res, nil
+}

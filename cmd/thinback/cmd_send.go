@@ -1,0 +1,229 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/thinback/thinback/archive"
+	"github.com/urfave/cli/v2"
+)
+
+func sendCommand(e *env) *cli.Command {
+	return &cli.Command{
+		Name:      "send",
+		Usage:     "write a delta file of a snapshot: a full, or what changed since a base",
+		ArgsUsage: "[VG/SNAP] (or --file IMAGE)",
+		Description: "With --file, reads a regular file or block device (read-only) and writes a full of it,\n" +
+			"or with --base-file, the blocks that differ from an older image of the same volume.\n" +
+			"Holes of sparse files are not read. Nothing is written to the sources.\n\n" +
+			"The output is written under a temporary name and renamed when complete.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "file", Usage: "send this image or block device"},
+			&cli.StringFlag{Name: "base-file", Usage: "send only the blocks of --file that differ from this older image"},
+			&cli.StringFlag{Name: "base-id", Usage: "snapshot id of the base (for a block device base, whose id cannot be derived)"},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the delta file here (- for standard output)"},
+			&cli.StringFlag{Name: "volume", Usage: "volume name recorded in the file (default: the image's file name)"},
+			&cli.StringFlag{Name: "volume-uuid", Usage: "volume identity recorded in the file, checked by apply"},
+			&cli.Int64Flag{Name: "block-size", Value: archive.DefaultBlockSize, Usage: "block size in bytes for images (a multiple of 4096)"},
+			&cli.IntFlag{Name: "level", Value: 1, Usage: "compression level: 1 (fastest), 3, 7 (smallest)"},
+			quietFlag,
+		},
+		Action: func(c *cli.Context) error {
+			a, err := args(c, 0, 1, "give VG/SNAP or --file IMAGE")
+			if err != nil {
+				return err
+			}
+			o := sendOptions{
+				file: c.String("file"), baseFile: c.String("base-file"), baseID: c.String("base-id"),
+				out: c.String("output"), volume: c.String("volume"), volumeUUID: c.String("volume-uuid"),
+				blockSize: c.Int64("block-size"), level: archive.Level(c.Int("level")), quiet: c.Bool("quiet"),
+			}
+			switch {
+			case len(a) == 1 && o.file != "":
+				return usageError{"send: give either VG/SNAP or --file, not both"}
+			case len(a) == 0 && o.file == "":
+				return usageError{"send: give VG/SNAP or --file IMAGE (see thinback send --help)"}
+			case o.file == "" && (o.baseFile != "" || o.baseID != ""):
+				return usageError{"send: --base-file and --base-id go with --file"}
+			case o.blockSize < archive.MinBlockSize || o.blockSize > archive.MaxBlockSize || o.blockSize%archive.MinBlockSize != 0:
+				return usageError{fmt.Sprintf("send: --block-size %d is not a multiple of 4096 between 4096 and %d", o.blockSize, archive.MaxBlockSize)}
+			}
+			if o.file != "" {
+				return runSendFile(c.Context, e, o)
+			}
+			return fmt.Errorf("send: %s: sending LVM thin snapshots is not built in this version", a[0])
+		},
+	}
+}
+
+type sendOptions struct {
+	file, baseFile, baseID string
+	out                    string
+	volume, volumeUUID     string
+	blockSize              int64
+	level                  archive.Level
+	quiet                  bool
+}
+
+// fileSnapshot names the state of an image. A regular file's identity is
+// derived from its inode and modification time, so an incremental sent
+// later against the same, unchanged file names the snapshot its full
+// called itself, on any host; a changed file is a new snapshot. A block
+// device has no such stamp: it gets a random identity.
+func fileSnapshot(f *os.File, size int64, block bool) (archive.Snapshot, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return archive.Snapshot{}, err
+	}
+	if block {
+		return archive.Snapshot{ID: archive.NewID(), Name: f.Name(), Time: time.Now().UTC()}, nil
+	}
+	sys := st.Sys().(*syscall.Stat_t)
+	key := fmt.Sprintf("%d:%d:%d:%d", sys.Dev, sys.Ino, size, st.ModTime().UnixNano())
+	return archive.Snapshot{ID: archive.DeriveID("file", key), Name: filepath.Base(f.Name()), Time: st.ModTime().UTC()}, nil
+}
+
+func runSendFile(ctx context.Context, e *env, o sendOptions) error {
+	nf, err := os.Open(o.file)
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	defer nf.Close()
+	size, block, err := archive.FileSize(nf)
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	snap, err := fileSnapshot(nf, size, block)
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	abs, _ := filepath.Abs(o.file)
+	h := &archive.Header{
+		BlockSize: o.blockSize, Codec: archive.CodecZstd, Hash: archive.HashBLAKE3,
+		VolumeName: o.volume, VolumeUUID: o.volumeUUID, VolumeSize: size,
+		Snapshot: snap, Tool: toolName(),
+	}
+	if h.VolumeName == "" {
+		h.VolumeName = filepath.Base(o.file)
+	}
+	h.SetAttr("file.path", abs)
+
+	prog := newProgress(e.stderr, o.quiet, "sent", size)
+	defer prog.Done()
+	var src archive.Source = archive.NewFileSource(nf, size, block)
+	if o.baseFile != "" {
+		bf, err := os.Open(o.baseFile)
+		if err != nil {
+			return fmt.Errorf("send: base: %w", err)
+		}
+		defer bf.Close()
+		baseSize, baseBlock, err := archive.FileSize(bf)
+		if err != nil {
+			return fmt.Errorf("send: base: %w", err)
+		}
+		base, err := fileSnapshot(bf, baseSize, baseBlock)
+		if err != nil {
+			return fmt.Errorf("send: base: %w", err)
+		}
+		if o.baseID != "" {
+			if base.ID, err = archive.ParseID(o.baseID); err != nil {
+				return usageError{"send: --base-id: " + err.Error()}
+			}
+		} else if baseBlock {
+			return usageError{fmt.Sprintf("send: the base %s is a block device, whose snapshot id cannot be derived: give --base-id (thinback inspect shows the id of the full you made of it)", o.baseFile)}
+		}
+		if base.ID == snap.ID {
+			return fmt.Errorf("send: %s and %s are the same unchanged file: there is nothing to send", o.file, o.baseFile)
+		}
+		h.Parent, h.ParentSize = base, baseSize
+		babs, _ := filepath.Abs(o.baseFile)
+		h.SetAttr("file.base_path", babs)
+		// The comparison reads NEW once; progress follows it.
+		src = archive.NewCompareSource(nf, size, bf, baseSize, o.blockSize, prog.Add)
+	} else if o.baseID != "" {
+		return usageError{"send: --base-id goes with --base-file"}
+	}
+	st, err := sendTo(ctx, e, o.out, h, src, o.level, prog, o.baseFile == "")
+	if err != nil {
+		return err
+	}
+	if o.baseFile != "" {
+		st.read = size + min(size, h.ParentSize) // both images are read in full
+	}
+	if !o.quiet {
+		fmt.Fprintln(e.stderr, sendSummary(h, st))
+	}
+	return nil
+}
+
+// sendStats is what a send did.
+type sendStats struct {
+	trailer  archive.Trailer
+	read     int64 // bytes of the source read
+	fileSize int64
+	took     time.Duration
+}
+
+// sendTo writes a delta file of src with header h to out.
+func sendTo(ctx context.Context, e *env, out string, h *archive.Header, src archive.Source, level archive.Level, prog progress, countWrites bool) (sendStats, error) {
+	start := time.Now()
+	o, err := createOutput(e, out)
+	if err != nil {
+		return sendStats{}, err
+	}
+	defer o.abort()
+	w := archive.NewWriter(o.w)
+	if err := w.WriteHeader(h); err != nil {
+		return sendStats{}, fmt.Errorf("send: %w", err)
+	}
+	opts := archive.SendOptions{Level: level}
+	if countWrites {
+		opts.Progress = prog.Add
+	}
+	if err := archive.Send(ctx, w, src, opts); err != nil {
+		return sendStats{}, sendError(out, err)
+	}
+	if err := w.Close(); err != nil {
+		return sendStats{}, sendError(out, err)
+	}
+	if err := o.commit(); err != nil {
+		return sendStats{}, sendError(out, err)
+	}
+	t := w.Trailer()
+	return sendStats{trailer: t, read: t.DataBytes, fileSize: w.Offset(), took: time.Since(start)}, nil
+}
+
+func sendError(out string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("send: writing %s: %w; nothing was kept: free space or choose another place", out, err)
+	}
+	if errors.Is(err, syscall.EPIPE) {
+		return fmt.Errorf("send: the receiving end of %s went away (broken pipe): %w", out, err)
+	}
+	return fmt.Errorf("send: %w", err)
+}
+
+func sendSummary(h *archive.Header, st sendStats) string {
+	kind := "full"
+	if !h.IsFull() {
+		kind = "incremental from " + h.Parent.Name
+	}
+	t := st.trailer
+	ratio := "-"
+	if t.PayloadBytes > 0 {
+		ratio = strconv.FormatFloat(float64(t.DataBytes)/float64(t.PayloadBytes), 'f', 2, 64)
+	}
+	rate := ""
+	if s := st.took.Seconds(); s > 0 {
+		rate = fmt.Sprintf(", %s/s", bytesHuman(int64(float64(st.read)/s)))
+	}
+	return fmt.Sprintf("sent %s (%s): volume %s, %s data, %s zero, %s read, %s written (compression %s), in %s%s",
+		h.Snapshot.Name, kind, bytesHuman(h.VolumeSize), bytesHuman(t.DataBytes), bytesHuman(t.ZeroBytes),
+		bytesHuman(st.read), bytesHuman(st.fileSize), ratio, st.took.Round(time.Millisecond), rate)
+}

@@ -1,0 +1,61 @@
+package main
+
+import (
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// interspersed moves a subcommand's flags ahead of its positional
+// arguments: urfave/cli v2 stops parsing flags at the first positional
+// argument, but people write "thinback apply full.tbk --to /dev/x". Which
+// flags take a value is read from the command's own flag definitions; "--"
+// ends the flags as usual.
+func interspersed(app *cli.App, args []string) []string {
+	if len(args) < 2 {
+		return args
+	}
+	var cmd *cli.Command
+	i := 1
+	for ; i < len(args) && cmd == nil; i++ {
+		if !strings.HasPrefix(args[i], "-") {
+			cmd = app.Command(args[i])
+			if cmd == nil {
+				return args
+			}
+		}
+	}
+	if cmd == nil {
+		return args
+	}
+	takesValue := map[string]bool{}
+	for _, f := range cmd.Flags {
+		_, isBool := f.(*cli.BoolFlag)
+		for _, n := range f.Names() {
+			takesValue[n] = !isBool
+		}
+	}
+	out := append([]string(nil), args[:i]...)
+	var flags, pos []string
+	for j := i; j < len(args); j++ {
+		a := args[j]
+		switch {
+		case a == "--":
+			pos = append(pos, args[j:]...)
+			j = len(args)
+		case a == "-" || !strings.HasPrefix(a, "-"):
+			pos = append(pos, a)
+		default:
+			flags = append(flags, a)
+			name := strings.TrimLeft(a, "-")
+			if !strings.Contains(name, "=") && takesValue[name] && j+1 < len(args) {
+				j++
+				flags = append(flags, args[j])
+			}
+		}
+	}
+	if len(pos) > 0 && pos[0] != "--" {
+		pos = append([]string{"--"}, pos...)
+	}
+	return append(append(out, flags...), pos...)
+}
