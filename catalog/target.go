@@ -1,0 +1,154 @@
+package catalog
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+)
+
+// Target is a restored device or file and the snapshot it holds: the
+// state that lets a later apply of an incremental check that the target
+// is at the incremental's parent, and lets an interrupted apply be named
+// and finished. `thinback apply` keeps these in a small standalone catalog
+// (a state file); a store's catalog keeps them for restores from it.
+type Target struct {
+	// Key identifies the target; the caller chooses it (for example the
+	// resolved device path).
+	Key string `json:"key"`
+	// Path is the device or file as the user named it.
+	Path string `json:"path"`
+	// Volume, VolumeUUID: the volume whose data the target holds.
+	Volume     string `json:"volume,omitempty"`
+	VolumeUUID string `json:"volume_uuid,omitempty"`
+	// Snapshot is the ID of the snapshot the target holds, "" if none
+	// completed yet.
+	Snapshot     string    `json:"snapshot,omitempty"`
+	SnapshotName string    `json:"snapshot_name,omitempty"`
+	SnapshotTime time.Time `json:"snapshot_time,omitzero"`
+	// Updated is when the record was written; PutTarget sets it when zero.
+	Updated time.Time `json:"updated,omitzero"`
+	// Dev and Ino identify the target's inode, so that a regular file
+	// replaced since the last apply is noticed by the caller.
+	Dev uint64 `json:"dev,omitempty"`
+	Ino uint64 `json:"ino,omitempty"`
+	// InProgress is set while an apply runs and left behind when it is
+	// interrupted.
+	InProgress *Mark `json:"in_progress,omitempty"`
+}
+
+// Mark records an apply in progress.
+type Mark struct {
+	// Snapshot is the ID being applied; Parent is what the target held
+	// before ("" when the apply started from a full).
+	Snapshot string `json:"snapshot"`
+	Parent   string `json:"parent,omitempty"`
+	// Files are the delta files being applied, in order, as given.
+	Files []string `json:"files,omitempty"`
+	// UndoSnapshot is the snapback file's snapshot ID, if one is written.
+	UndoSnapshot string    `json:"undo_snapshot,omitempty"`
+	Started      time.Time `json:"started,omitzero"`
+}
+
+func (t *Target) validate(key string) error {
+	if t.Key == "" {
+		return errors.New("key is empty")
+	}
+	if t.Key != key {
+		return fmt.Errorf("key %q does not match the record's key", t.Key)
+	}
+	if t.Snapshot != "" {
+		if err := ValidID(t.Snapshot); err != nil {
+			return fmt.Errorf("snapshot: %w", err)
+		}
+	}
+	if t.Volume != "" {
+		if err := ValidVolumeName(t.Volume); err != nil {
+			return err
+		}
+	}
+	fields := map[string]string{"key": t.Key, "path": t.Path, "volume uuid": t.VolumeUUID,
+		"snapshot name": t.SnapshotName}
+	if m := t.InProgress; m != nil {
+		if err := ValidID(m.Snapshot); err != nil {
+			return fmt.Errorf("in-progress snapshot: %w", err)
+		}
+		for name, id := range map[string]string{"in-progress parent": m.Parent, "undo snapshot": m.UndoSnapshot} {
+			if id != "" {
+				if err := ValidID(id); err != nil {
+					return fmt.Errorf("%s: %w", name, err)
+				}
+			}
+		}
+		if len(m.Files) > maxField {
+			return fmt.Errorf("in-progress mark lists %d files, more than %d", len(m.Files), maxField)
+		}
+		for i, f := range m.Files {
+			fields[fmt.Sprintf("in-progress file %d", i)] = f
+		}
+	}
+	return checkFields(fields)
+}
+
+// Target returns the target with the given key, or an error wrapping
+// ErrNotFound.
+func (tx *Tx) Target(key string) (Target, error) {
+	b := tx.bucket(bucketTargets)
+	var data []byte
+	if b != nil && key != "" {
+		data = b.Get([]byte(key))
+	}
+	if data == nil {
+		return Target{}, fmt.Errorf("catalog: target %q: %w", key, ErrNotFound)
+	}
+	return decode[Target](bucketTargets, []byte(key), data)
+}
+
+// Targets returns every target, sorted by key.
+func (tx *Tx) Targets() ([]Target, error) {
+	b := tx.bucket(bucketTargets)
+	if b == nil {
+		return nil, nil
+	}
+	var ts []Target
+	err := b.ForEach(func(k, data []byte) error {
+		t, err := decode[Target](bucketTargets, k, data)
+		if err != nil {
+			return err
+		}
+		ts = append(ts, t)
+		return nil
+	})
+	sort.Slice(ts, func(i, j int) bool { return ts[i].Key < ts[j].Key })
+	return ts, err
+}
+
+// PutTarget creates or replaces a target. It sets t.Updated to the current
+// time when it is zero.
+func (tx *Tx) PutTarget(t *Target) error {
+	b, err := tx.writeBucket(bucketTargets)
+	if err != nil {
+		return err
+	}
+	rec := *t
+	if rec.Updated.IsZero() {
+		rec.Updated = time.Now().UTC()
+	}
+	if err := put(b, bucketTargets, rec.Key, &rec); err != nil {
+		return err
+	}
+	*t = rec
+	return nil
+}
+
+// DeleteTarget removes a target, or returns an error wrapping ErrNotFound.
+func (tx *Tx) DeleteTarget(key string) error {
+	b, err := tx.writeBucket(bucketTargets)
+	if err != nil {
+		return err
+	}
+	if key == "" || b.Get([]byte(key)) == nil {
+		return fmt.Errorf("catalog: target %q: %w", key, ErrNotFound)
+	}
+	return b.Delete([]byte(key))
+}
