@@ -67,7 +67,12 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		},
 		Commands: []*cli.Command{
 			sendCommand(e),
+			receiveCommand(e),
 			applyCommand(e),
+			restoreCommand(e),
+			listCommand(e),
+			verifyCommand(e),
+			catalogCommand(e),
 			inspectCommand(e),
 		},
 	}

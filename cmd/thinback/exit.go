@@ -74,6 +74,8 @@ func exitCode(err error) int {
 	case errors.Is(err, restore.ErrTargetTooSmall), errors.Is(err, restore.ErrTargetReadOnly),
 		errors.Is(err, restore.ErrTargetBusy), errors.Is(err, restore.ErrTargetKind):
 		return exitTarget
+	case errors.Is(err, errVerify):
+		return exitVerify
 	case errors.Is(err, catalog.ErrLocked), errors.Is(err, catalog.ErrBusy):
 		return exitLocked
 	case errors.Is(err, catalog.ErrNoSpace), errors.Is(err, syscall.ENOSPC):

@@ -28,6 +28,15 @@ func interspersed(app *cli.App, args []string) []string {
 	if cmd == nil {
 		return args
 	}
+	// Descend into subcommands ("catalog rebuild").
+	for i < len(args) && len(cmd.Subcommands) > 0 && !strings.HasPrefix(args[i], "-") {
+		sub := cmd.Command(args[i])
+		if sub == nil {
+			break
+		}
+		cmd = sub
+		i++
+	}
 	takesValue := map[string]bool{}
 	for _, f := range cmd.Flags {
 		_, isBool := f.(*cli.BoolFlag)
@@ -41,7 +50,7 @@ func interspersed(app *cli.App, args []string) []string {
 		a := args[j]
 		switch {
 		case a == "--":
-			pos = append(pos, args[j:]...)
+			pos = append(pos, args[j+1:]...)
 			j = len(args)
 		case a == "-" || !strings.HasPrefix(a, "-"):
 			pos = append(pos, a)
@@ -54,7 +63,7 @@ func interspersed(app *cli.App, args []string) []string {
 			}
 		}
 	}
-	if len(pos) > 0 && pos[0] != "--" {
+	if len(pos) > 0 {
 		pos = append([]string{"--"}, pos...)
 	}
 	return append(append(out, flags...), pos...)

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/thinback/thinback/catalog"
+	"github.com/urfave/cli/v2"
+)
+
+func listCommand(e *env) *cli.Command {
+	return &cli.Command{
+		Name:      "list",
+		Usage:     "list the volumes of a store and the snapshots you can restore",
+		ArgsUsage: "[VOLUME]",
+		Flags:     []cli.Flag{storeFlag, stateFlag, jsonFlag},
+		Action: func(c *cli.Context) error {
+			a, err := args(c, 0, 1, "give at most one volume")
+			if err != nil {
+				return err
+			}
+			vol := ""
+			if len(a) == 1 {
+				vol = a[0]
+			}
+			return runList(e, c.String("store"), stateFilePath(c.String("state")), vol, c.Bool("json"))
+		},
+	}
+}
+
+type listVolume struct {
+	catalog.Volume
+	Snapshots []listSnapshot `json:"snapshots"`
+}
+
+type listSnapshot struct {
+	catalog.Snapshot
+	Kind    string   `json:"kind"`
+	Targets []string `json:"targets,omitempty"`
+}
+
+func runList(e *env, dir, state, only string, asJSON bool) error {
+	s, err := openStore(e, dir, false)
+	if err != nil {
+		return err
+	}
+	// Which targets on this machine hold which snapshot.
+	held := map[string][]string{}
+	err = catalog.View(state, nil, func(tx *catalog.Tx) error {
+		ts, err := tx.Targets()
+		for _, t := range ts {
+			if t.Snapshot != "" {
+				label := t.Path
+				if t.InProgress != nil {
+					label += " (apply interrupted)"
+				}
+				held[t.Snapshot] = append(held[t.Snapshot], label)
+			}
+		}
+		return err
+	})
+	if err != nil {
+		fmt.Fprintf(e.stderr, "thinback: state file %s: %v (targets not shown)\n", state, err)
+	}
+	var out []listVolume
+	err = s.View(func(tx *catalog.Tx) error {
+		vols, err := tx.Volumes()
+		if err != nil {
+			return err
+		}
+		for _, v := range vols {
+			if only != "" && v.Name != only {
+				continue
+			}
+			snaps, err := tx.Snapshots(v.Name)
+			if err != nil {
+				return err
+			}
+			lv := listVolume{Volume: v, Snapshots: []listSnapshot{}}
+			for _, sn := range snaps {
+				kind := "incr"
+				if sn.IsFull() {
+					kind = "full"
+				}
+				lv.Snapshots = append(lv.Snapshots, listSnapshot{Snapshot: sn, Kind: kind, Targets: held[sn.ID]})
+			}
+			out = append(out, lv)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if only != "" && len(out) == 0 {
+		return fmt.Errorf("store %s has no volume %s: %w", dir, only, catalog.ErrNotFound)
+	}
+	if asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		if out == nil {
+			out = []listVolume{}
+		}
+		return enc.Encode(out)
+	}
+	printList(e.stdout, out)
+	return nil
+}
+
+func printList(w io.Writer, vols []listVolume) {
+	if len(vols) == 0 {
+		fmt.Fprintln(w, "no volumes")
+		return
+	}
+	for i, v := range vols {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintf(w, "%s  (%s, source %s, block size %d", v.Name, v.Kind, v.Source, v.BlockSize)
+		if !v.Retention.IsZero() {
+			fmt.Fprintf(w, ", keep %s", v.Retention)
+		}
+		fmt.Fprintln(w, ")")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  SEQ\tID\tTIME (UTC)\tKIND\tSIZE\tCHANGED\tSTORED\tHELD BY")
+		for _, s := range v.Snapshots {
+			targets := ""
+			for j, t := range s.Targets {
+				if j > 0 {
+					targets += ", "
+				}
+				targets += t
+			}
+			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Seq, s.ID[:8], s.Time.UTC().Format(time.DateTime),
+				s.Kind, bytesHuman(s.VolumeSize), bytesHuman(s.DataBytes+s.ZeroBytes), bytesHuman(s.FileSize), targets)
+		}
+		tw.Flush()
+	}
+}

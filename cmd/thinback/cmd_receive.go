@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/catalog"
+	"github.com/urfave/cli/v2"
+)
+
+func receiveCommand(e *env) *cli.Command {
+	return &cli.Command{
+		Name:  "receive",
+		Usage: "read a delta file from standard input into a store, or onto a file or device",
+		Description: "The other end of 'thinback send ... -o - | ssh host thinback receive ...'.\n" +
+			"With --store, the stream is verified completely while it is written to a temporary\n" +
+			"file; only a complete, verified file whose parent is in the store is recorded, so an\n" +
+			"interrupted stream leaves nothing behind. With --to, it is applied as by\n" +
+			"'thinback apply - --to TARGET'.",
+		Flags: []cli.Flag{
+			storeFlag,
+			&cli.StringFlag{Name: "to", Usage: "apply the stream to this file or block device instead"},
+			&cli.StringFlag{Name: "snapback", Usage: "with --to: save the data the apply overwrites in this new delta file"},
+			&cli.BoolFlag{Name: "force", Usage: "with --to: apply even if the target is not known to hold the base snapshot"},
+			stateFlag, quietFlag,
+		},
+		Action: func(c *cli.Context) error {
+			if _, err := args(c, 0, 0, "takes no arguments: the delta file comes on standard input"); err != nil {
+				return err
+			}
+			to, store := c.String("to"), c.String("store")
+			switch {
+			case to != "" && c.IsSet("store"):
+				return usageError{"receive: give --store DIR or --to TARGET, not both"}
+			case to != "":
+				return runApply(c.Context, e, applyOptions{files: []string{"-"}, target: to, snapback: c.String("snapback"),
+					force: c.Bool("force"), state: stateFilePath(c.String("state")), quiet: c.Bool("quiet")})
+			case store == "":
+				return usageError{"receive: give --store DIR or --to TARGET"}
+			}
+			return runReceive(c.Context, e, store, c.Bool("quiet"))
+		},
+	}
+}
+
+// laterWriter holds what is written to it until it learns where it goes:
+// the stream's header must be read before the temporary file can be named.
+type laterWriter struct {
+	buf bytes.Buffer
+	w   io.Writer
+}
+
+func (l *laterWriter) Write(p []byte) (int, error) {
+	if l.w == nil {
+		return l.buf.Write(p)
+	}
+	return l.w.Write(p)
+}
+
+func (l *laterWriter) setTarget(w io.Writer) error {
+	l.w = w
+	_, err := w.Write(l.buf.Bytes())
+	l.buf = bytes.Buffer{}
+	return err
+}
+
+func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
+	s, err := openStore(e, dir, true)
+	if err != nil {
+		return err
+	}
+	sink := &laterWriter{}
+	rd := archive.NewReader(io.TeeReader(e.stdin, sink))
+	h, err := rd.Header()
+	if err != nil {
+		return fmt.Errorf("receive: standard input: %w", err)
+	}
+	unlock, err := s.LockVolume(h.VolumeName)
+	if err != nil {
+		return fmt.Errorf("receive: %w", err)
+	}
+	defer unlock()
+	// Refuse early what cannot be recorded: a snapshot already there, an
+	// incremental whose parent is not, another volume under the same name.
+	err = s.View(func(tx *catalog.Tx) error {
+		if _, err := tx.Snapshot(h.Snapshot.ID.String()); err == nil {
+			return fmt.Errorf("snapshot %s (%s) of %s is already in the store", h.Snapshot.ID, h.Snapshot.Name, h.VolumeName)
+		}
+		if v, err := tx.Volume(h.VolumeName); err == nil && v.UUID != "" && h.VolumeUUID != "" && v.UUID != h.VolumeUUID {
+			return fmt.Errorf("the store's volume %s has uuid %s, the stream's %s: a different volume under the same name", h.VolumeName, v.UUID, h.VolumeUUID)
+		}
+		if !h.IsFull() {
+			p, err := tx.Snapshot(h.Parent.ID.String())
+			if errors.Is(err, catalog.ErrNotFound) {
+				return fmt.Errorf("the stream is an incremental from %s (%s), which is not in the store: receive its full and the incrementals up to it first", h.Parent.ID, h.Parent.Name)
+			} else if err != nil {
+				return err
+			}
+			if p.Volume != h.VolumeName {
+				return fmt.Errorf("the stream's parent %s belongs to volume %s, the stream to %s", p.ID, p.Volume, h.VolumeName)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("receive: %w", err)
+	}
+	tmp, err := s.CreateTemp(h.VolumeName)
+	if err != nil {
+		return fmt.Errorf("receive: %w", err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			s.Discard(tmp)
+		}
+	}()
+	if err := sink.setTarget(tmp); err != nil {
+		return fmt.Errorf("receive: %w", err)
+	}
+	prog := newProgress(e.stderr, quiet, "received", h.VolumeSize)
+	err = archive.Scan(ctx, rd, archive.ScanOptions{}, func(rec *archive.Record, _ []byte) error {
+		prog.Add(rec.Length)
+		return nil
+	})
+	prog.Done()
+	if err != nil {
+		return fmt.Errorf("receive: standard input: %w\nnothing was recorded in the store", err)
+	}
+	snap := snapshotRecord(h, rd.Trailer())
+	err = s.Update(func(tx *catalog.Tx) error {
+		if _, err := tx.Volume(h.VolumeName); errors.Is(err, catalog.ErrNotFound) {
+			v := volumeRecord(h)
+			return tx.PutVolume(&v)
+		} else {
+			return err
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("receive: %w", err)
+	}
+	if err := s.Commit(tmp, &snap); err != nil {
+		return fmt.Errorf("receive: %w", err)
+	}
+	committed = true
+	if !quiet {
+		kind := "full"
+		if !h.IsFull() {
+			kind = "incremental"
+		}
+		fmt.Fprintf(e.stderr, "received %s #%d %s (%s, %s): %s data, %s zero, %s stored\n", h.VolumeName, snap.Seq, snap.ID,
+			h.Snapshot.Name, kind, bytesHuman(snap.DataBytes), bytesHuman(snap.ZeroBytes), bytesHuman(snap.FileSize))
+	}
+	return nil
+}

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/restore"
+	"github.com/urfave/cli/v2"
+)
+
+func restoreCommand(e *env) *cli.Command {
+	return &cli.Command{
+		Name:      "restore",
+		Usage:     "write a volume's state at a point in time onto a file or block device",
+		ArgsUsage: "VOLUME",
+		Description: "Plans the chain full → … → the chosen snapshot and merges it, so each block is\n" +
+			"written once however long the chain. If TARGET already holds an earlier snapshot of\n" +
+			"the chain (thinback restored it), only the missing incrementals are applied.\n" +
+			"Without --at or --snapshot, the newest snapshot is restored. TARGET is overwritten\n" +
+			"as with thinback apply.",
+		Flags: []cli.Flag{
+			storeFlag,
+			&cli.StringFlag{Name: "at", Usage: `the newest snapshot at or before this time ("2026-11-20 03:00", local time, or RFC 3339)`},
+			&cli.StringFlag{Name: "snapshot", Usage: "the snapshot id (or a unique prefix, or its sequence number)"},
+			&cli.StringFlag{Name: "to", Usage: "the file or block device to write (required)"},
+			&cli.StringFlag{Name: "snapback", Usage: "save the data the restore overwrites in this new delta file"},
+			&cli.BoolFlag{Name: "force", Usage: "overwrite a target that holds another volume"},
+			stateFlag, quietFlag,
+		},
+		Action: func(c *cli.Context) error {
+			a, err := args(c, 1, 1, "give the volume to restore")
+			if err != nil {
+				return err
+			}
+			if c.String("to") == "" {
+				return usageError{"restore: give the target with --to FILE|DEVICE"}
+			}
+			if c.String("at") != "" && c.String("snapshot") != "" {
+				return usageError{"restore: give --at or --snapshot, not both"}
+			}
+			return runRestore(c.Context, e, restoreOptions{
+				store: c.String("store"), volume: a[0], at: c.String("at"), snapshot: c.String("snapshot"),
+				apply: applyOptions{target: c.String("to"), snapback: c.String("snapback"), force: c.Bool("force"),
+					state: stateFilePath(c.String("state")), quiet: c.Bool("quiet")},
+			})
+		},
+	}
+}
+
+type restoreOptions struct {
+	store, volume, at, snapshot string
+	apply                       applyOptions
+}
+
+// parseTime reads the times people type: RFC 3339, or a date with an
+// optional time in the local time zone.
+func parseTime(s string) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	for _, layout := range []string{"2006-01-02 15:04:05", "2006-01-02 15:04", "2006-01-02T15:04:05", "2006-01-02T15:04", "2006-01-02"} {
+		if t, err := time.ParseInLocation(layout, s, time.Local); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, usageError{fmt.Sprintf("cannot read the time %q: write it as 2026-11-20 03:00 (local time) or in RFC 3339", s)}
+}
+
+func runRestore(ctx context.Context, e *env, o restoreOptions) error {
+	s, err := openStore(e, o.store, false)
+	if err != nil {
+		return err
+	}
+	var chain []catalog.Snapshot
+	err = s.View(func(tx *catalog.Tx) error {
+		var snap catalog.Snapshot
+		var err error
+		switch {
+		case o.snapshot != "":
+			snap, err = findSnapshot(tx, o.volume, o.snapshot)
+		case o.at != "":
+			t, perr := parseTime(o.at)
+			if perr != nil {
+				return perr
+			}
+			snap, err = tx.At(o.volume, t)
+			if errors.Is(err, catalog.ErrNotFound) {
+				return fmt.Errorf("volume %s has no snapshot at or before %s (see thinback list %s): %w", o.volume, t.Format(time.RFC3339), o.volume, err)
+			}
+		default:
+			snap, err = tx.Latest(o.volume)
+		}
+		if err != nil {
+			return err
+		}
+		chain, err = tx.Chain(snap.ID)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+
+	t, err := restore.OpenTarget(o.apply.target, restore.TargetOptions{})
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	defer t.Close()
+	// Start after the snapshot the target holds, if it is on the chain;
+	// finish an interrupted restore of this chain the same way it started.
+	id, err := t.Identity()
+	if err != nil {
+		return err
+	}
+	sf := &stateFile{path: o.apply.state, id: id}
+	st, err := sf.load()
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	from := 0
+	for i, sn := range chain {
+		switch {
+		case st.InProgress != nil && st.InProgress.Snapshot.String() == chain[len(chain)-1].ID && sn.Parent != "" && sn.Parent == st.InProgress.Parent.String():
+			from = i
+		case st.InProgress == nil && sn.ID == st.Snapshot.ID.String():
+			from = i + 1
+		}
+	}
+	if from == len(chain) {
+		if !o.apply.quiet {
+			fmt.Fprintf(e.stderr, "%s already holds %s of %s: nothing to do\n", o.apply.target, chain[len(chain)-1].ID, o.volume)
+		}
+		return nil
+	}
+	var inputs []restore.Input
+	var names []string
+	for _, sn := range chain[from:] {
+		f, err := os.Open(s.Path(sn.File))
+		if err != nil {
+			return fmt.Errorf("restore: snapshot %s of %s: %w (run thinback verify)", sn.ID, o.volume, err)
+		}
+		defer f.Close()
+		inputs = append(inputs, restore.Input{Name: s.Path(sn.File), R: f})
+		names = append(names, fmt.Sprintf("#%d", sn.Seq))
+	}
+	res, err := applyTo(ctx, e, t, inputs, o.apply)
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	if !o.apply.quiet {
+		last := chain[len(chain)-1]
+		fmt.Fprintf(e.stderr, "restored %s #%d (%s, %s) to %s from %d file(s) %s: %s written, %s zeroed, %s superseded, in %s\n",
+			o.volume, last.Seq, last.ID, last.Time.UTC().Format(time.RFC3339), o.apply.target, len(inputs), strings.Join(names, " "),
+			bytesHuman(res.DataBytes), bytesHuman(res.ZeroBytes), bytesHuman(res.Skipped), res.Duration.Round(time.Millisecond))
+	}
+	return nil
+}

@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/catalog"
+	"github.com/urfave/cli/v2"
+)
+
+// errVerify is returned when verify found problems (exit code 10).
+var errVerify = errors.New("verify found problems")
+
+func verifyCommand(e *env) *cli.Command {
+	return &cli.Command{
+		Name:      "verify",
+		Usage:     "check every delta file's digests and the chains of a store (or given files)",
+		ArgsUsage: "[VOLUME] | FILE...",
+		Description: "With --store, reads every delta file of the store (or of VOLUME), decompresses it and\n" +
+			"checks every digest and that it is the file the catalog says, then checks the\n" +
+			"catalog: chains unbroken, no file missing, altered or unknown. Without --store,\n" +
+			"checks the given files. Prints one verdict per file; exits 10 on any problem.",
+		Flags: []cli.Flag{storeFlag, quietFlag},
+		Action: func(c *cli.Context) error {
+			if c.String("store") == "" {
+				files, err := args(c, 1, -1, "give --store DIR, or delta files to verify")
+				if err != nil {
+					return err
+				}
+				return runVerifyFiles(c.Context, e, files, c.Bool("quiet"))
+			}
+			a, err := args(c, 0, 1, "give at most one volume")
+			if err != nil {
+				return err
+			}
+			vol := ""
+			if len(a) == 1 {
+				vol = a[0]
+			}
+			return runVerifyStore(c.Context, e, c.String("store"), vol, c.Bool("quiet"))
+		},
+	}
+}
+
+// verifyFile decompresses and checks every digest of a delta file.
+func verifyFile(ctx context.Context, path string) (*archive.Header, archive.Trailer, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, archive.Trailer{}, err
+	}
+	defer f.Close()
+	rd := archive.NewReader(f)
+	h, err := rd.Header()
+	if err == nil {
+		err = archive.Scan(ctx, rd, archive.ScanOptions{}, func(*archive.Record, []byte) error { return nil })
+	}
+	return h, rd.Trailer(), err
+}
+
+func verdict(e *env, quiet bool, ok bool, what string, size int64, took time.Duration, detail string) {
+	if ok && quiet {
+		return
+	}
+	rate := ""
+	if s := took.Seconds(); s > 0 && size > 0 {
+		rate = fmt.Sprintf(", %s/s", bytesHuman(int64(float64(size)/s)))
+	}
+	word := "ok  "
+	if !ok {
+		word = "BAD "
+	}
+	fmt.Fprintf(e.stdout, "%s %s (%s%s)%s\n", word, what, bytesHuman(size), rate, detail)
+}
+
+func runVerifyFiles(ctx context.Context, e *env, files []string, quiet bool) error {
+	bad := 0
+	for _, p := range files {
+		start := time.Now()
+		var size int64
+		if fi, err := os.Stat(p); err == nil {
+			size = fi.Size()
+		}
+		_, _, err := verifyFile(ctx, p)
+		if errors.Is(err, context.Canceled) {
+			return err
+		}
+		if err != nil {
+			bad++
+			verdict(e, quiet, false, p, size, time.Since(start), ": "+err.Error())
+			continue
+		}
+		verdict(e, quiet, true, p, size, time.Since(start), "")
+	}
+	if bad > 0 {
+		return fmt.Errorf("%d of %d files are damaged: %w", bad, len(files), errVerify)
+	}
+	return nil
+}
+
+func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool) error {
+	s, err := openStore(e, dir, false)
+	if err != nil {
+		return err
+	}
+	if volume != "" {
+		if err := s.View(func(tx *catalog.Tx) error { _, err := tx.Volume(volume); return err }); err != nil {
+			return fmt.Errorf("verify: %w", err)
+		}
+	}
+	files := 0
+	problems, err := s.Check(catalog.CheckOptions{Verify: func(snap catalog.Snapshot, path string) error {
+		if volume != "" && snap.Volume != volume {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		files++
+		start := time.Now()
+		what := fmt.Sprintf("%s #%d %s %s", snap.Volume, snap.Seq, snap.ID, snap.File)
+		h, tr, err := verifyFile(ctx, path)
+		if err == nil {
+			switch want := fmt.Sprintf("%x", tr.Digest); {
+			case h.Snapshot.ID.String() != snap.ID:
+				err = fmt.Errorf("the file holds snapshot %s, the catalog says %s", h.Snapshot.ID, snap.ID)
+			case !h.IsFull() && h.Parent.ID.String() != snap.Parent || h.IsFull() && snap.Parent != "":
+				err = fmt.Errorf("the file's parent is %s, the catalog says %q", h.Parent.ID, snap.Parent)
+			case want != snap.FileDigest:
+				err = fmt.Errorf("the file's digest is %s, the catalog recorded %s", want, snap.FileDigest)
+			}
+		}
+		if err != nil {
+			verdict(e, quiet, false, what, snap.FileSize, time.Since(start), ": "+err.Error())
+			return err
+		}
+		verdict(e, quiet, true, what, snap.FileSize, time.Since(start), "")
+		return nil
+	}})
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	shown := 0
+	for _, p := range problems {
+		var ce *catalog.CheckError
+		if errors.As(p, &ce) {
+			if volume != "" && ce.Volume != "" && ce.Volume != volume {
+				continue
+			}
+			if errors.Is(ce.Problem, catalog.ErrFileDigest) {
+				shown++ // already reported with its file
+				continue
+			}
+		}
+		shown++
+		fmt.Fprintf(e.stdout, "BAD  %v\n", p)
+	}
+	if shown > 0 {
+		return fmt.Errorf("%d problem(s) in store %s: %w", shown, dir, errVerify)
+	}
+	if !quiet {
+		fmt.Fprintf(e.stderr, "verified %d file(s) of store %s: no problems\n", files, dir)
+	}
+	return nil
+}

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/catalog"
+	"github.com/urfave/cli/v2"
+)
+
+// storeFlag names the backup store; THINBACK_STORE sets a default.
+var storeFlag = &cli.StringFlag{Name: "store", EnvVars: []string{"THINBACK_STORE"}, Usage: "the backup store directory (or $THINBACK_STORE)"}
+
+// stateFlag names the file recording what each target on this machine holds.
+var stateFlag = &cli.StringFlag{Name: "state", Usage: "state file recording what each target holds (default $THINBACK_STATE or " + defaultStateFile + ")"}
+
+var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON"}
+
+// openStore opens (creating if needed) the store named by --store, and
+// cleans up temporary files left by crashed runs, saying so.
+func openStore(e *env, dir string, create bool) (*catalog.Store, error) {
+	if dir == "" {
+		return nil, usageError{"give the backup store with --store DIR (or set THINBACK_STORE)"}
+	}
+	if !create {
+		if _, err := os.Stat(dir + "/catalog.db"); err != nil {
+			return nil, fmt.Errorf("%s is not a thinback store (no catalog.db): %w", dir, err)
+		}
+	}
+	s, err := catalog.OpenStore(dir)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", dir, err)
+	}
+	if removed, err := s.CleanTemp(); err != nil {
+		fmt.Fprintf(e.stderr, "thinback: cleaning temporary files of %s: %v\n", dir, err)
+	} else if len(removed) > 0 {
+		fmt.Fprintf(e.stderr, "thinback: removed %d temporary file(s) left by an interrupted run: %s\n", len(removed), strings.Join(removed, ", "))
+	}
+	return s, nil
+}
+
+// snapshotRecord describes a delta file for the catalog, from its header and
+// trailer: what backup, receive and catalog rebuild record.
+func snapshotRecord(h *archive.Header, t archive.Trailer) catalog.Snapshot {
+	s := catalog.Snapshot{
+		ID:         h.Snapshot.ID.String(),
+		Volume:     h.VolumeName,
+		Time:       h.Snapshot.Time,
+		Name:       h.Snapshot.Name,
+		LVName:     h.Attr("lvm.lv"),
+		LVUUID:     h.Attr("lvm.lv_uuid"),
+		VolumeSize: h.VolumeSize,
+		DataBytes:  t.DataBytes,
+		ZeroBytes:  t.ZeroBytes,
+		FileDigest: fmt.Sprintf("%x", t.Digest),
+	}
+	if !h.IsFull() {
+		s.Parent = h.Parent.ID.String()
+	}
+	if id, err := strconv.ParseInt(h.Attr("lvm.thin_id"), 10, 64); err == nil {
+		s.ThinID = id
+	}
+	return s
+}
+
+// volumeRecord describes the volume of a delta file for the catalog.
+func volumeRecord(h *archive.Header) catalog.Volume {
+	v := catalog.Volume{Name: h.VolumeName, UUID: h.VolumeUUID, Kind: catalog.KindFile, BlockSize: h.BlockSize, Source: h.Attr("file.path")}
+	if h.Attr("lvm.vg") != "" {
+		v.Kind = catalog.KindLVMThin
+		v.Source = h.Attr("lvm.vg") + "/" + h.Attr("lvm.origin")
+	}
+	return v
+}
+
+// readStructure reads a delta file's header and every record's metadata to
+// its verified END (seeking over payloads).
+func readStructure(path string) (*archive.Header, archive.Trailer, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, archive.Trailer{}, err
+	}
+	defer f.Close()
+	rd := archive.NewReader(f)
+	h, err := rd.Header()
+	for err == nil {
+		_, err = rd.Next()
+	}
+	if !errors.Is(err, io.EOF) {
+		return nil, archive.Trailer{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return h, rd.Trailer(), nil
+}
+
+// findSnapshot resolves a snapshot of volume by ID, a unique ID prefix, or
+// its sequence number ("#3" or "3").
+func findSnapshot(tx *catalog.Tx, volume, ref string) (catalog.Snapshot, error) {
+	snaps, err := tx.Snapshots(volume)
+	if err != nil {
+		return catalog.Snapshot{}, err
+	}
+	var found []catalog.Snapshot
+	seq, seqErr := strconv.ParseUint(strings.TrimPrefix(ref, "#"), 10, 64)
+	for _, s := range snaps {
+		if s.ID == ref || (len(ref) >= 4 && strings.HasPrefix(s.ID, ref)) || (seqErr == nil && s.Seq == seq) {
+			found = append(found, s)
+		}
+	}
+	switch len(found) {
+	case 1:
+		return found[0], nil
+	case 0:
+		return catalog.Snapshot{}, fmt.Errorf("volume %s has no snapshot %q (see thinback list %s): %w", volume, ref, volume, catalog.ErrNotFound)
+	}
+	return catalog.Snapshot{}, usageError{fmt.Sprintf("snapshot %q of %s is ambiguous: give more of its id", ref, volume)}
+}
