@@ -1,0 +1,167 @@
+package lvmthin
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+)
+
+// ThinDevice is a thin device of a pool's metadata and the size of its LV.
+type ThinDevice struct {
+	ID   uint32 // thin device id (LV's ThinID)
+	Size int64  // LV size in bytes; extents are clipped to it
+}
+
+// DiscoverOptions say which metadata Discover reads and which delta it
+// computes.
+type DiscoverOptions struct {
+	// Metadata is the pool's metadata device (MetadataDevice(pool)) or a
+	// file holding metadata (as thin_restore writes).
+	Metadata string
+	// MetadataSnap makes the tools read the pool's held metadata snapshot
+	// (-m), which is required while the pool is active: the live
+	// metadata changes under the reader and the kernel holds the device.
+	MetadataSnap bool
+	// Base is the older device of an incremental; nil asks for a full.
+	Base *ThinDevice
+	// Snap is the newer device, whose data the delta describes.
+	Snap ThinDevice
+	// BlockSize is the pool's data block size in bytes as LVM reports it
+	// (LV.ChunkSize), checked against the metadata's; 0 skips the check.
+	BlockSize int64
+	// TempDir is where the extent list is spooled ("" = os.TempDir()).
+	TempDir string
+}
+
+// Discover computes the extents of a delta from thin pool metadata:
+//   - incremental (Base set): `thin_delta [-m] --snap1 BASE --snap2 SNAP
+//     METADATA`; changed and new ranges are KindData, ranges unmapped since
+//     the base are KindZero; if the volume grew, the part past the base's
+//     size is described completely (data where mapped, zero elsewhere);
+//   - full (Base nil): `thin_dump [-m] --dev-id SNAP METADATA`; mapped
+//     ranges are KindData, the rest of [0, Snap.Size) KindZero.
+//
+// Ranges are clipped to Snap.Size and adjacent extents of one kind merged.
+// The tool's output is parsed as it streams and the extents are spooled to
+// an unlinked temporary file, so memory stays bounded however many ranges
+// there are, and the caller can release the metadata snapshot before it
+// reads a single extent. The caller must Close the result.
+func Discover(ctx context.Context, opts DiscoverOptions) (*Extents, error) {
+	if opts.Snap.ID == 0 {
+		return nil, fmt.Errorf("discover: no thin device id for the snapshot")
+	}
+	if opts.Snap.Size <= 0 {
+		return nil, fmt.Errorf("discover: thin device %d: size %d", opts.Snap.ID, opts.Snap.Size)
+	}
+	if opts.Base != nil && (opts.Base.ID == 0 || opts.Base.ID == opts.Snap.ID || opts.Base.Size < 0) {
+		return nil, fmt.Errorf("discover: bad base thin device %d (snapshot is %d)", opts.Base.ID, opts.Snap.ID)
+	}
+	var prog string
+	var args []string
+	if opts.MetadataSnap {
+		// Bare -m: 0.9 takes an attached optional value, so "-m N"
+		// would read N as the device path.
+		args = append(args, "-m")
+	}
+	if opts.Base != nil {
+		prog = programs.thinDelta
+		args = append(args, "--snap1", strconv.FormatUint(uint64(opts.Base.ID), 10),
+			"--snap2", strconv.FormatUint(uint64(opts.Snap.ID), 10))
+	} else {
+		prog = programs.thinDump
+		args = append(args, "--dev-id", strconv.FormatUint(uint64(opts.Snap.ID), 10))
+	}
+	args = append(args, opts.Metadata)
+
+	var x *Extents
+	start := time.Now()
+	_, err := run(ctx, func(r io.Reader) (err error) {
+		x, err = parseDelta(r, opts)
+		return err
+	}, prog, args...)
+	toolTime := time.Since(start)
+	if err != nil {
+		if x != nil {
+			x.Close()
+		}
+		if opts.Base != nil {
+			return nil, fmt.Errorf("changes from thin device %d to %d in %s: %w", opts.Base.ID, opts.Snap.ID, opts.Metadata, err)
+		}
+		return nil, fmt.Errorf("mappings of thin device %d in %s: %w", opts.Snap.ID, opts.Metadata, err)
+	}
+	x.stats.Tool = prog
+	x.stats.ToolTime = toolTime
+	return x, nil
+}
+
+// parseDelta turns thin_delta output (opts.Base set) or thin_dump output
+// (opts.Base nil) into a spooled extent list.
+func parseDelta(r io.Reader, opts DiscoverOptions) (*Extents, error) {
+	sp, err := newSpool(opts.TempDir)
+	if err != nil {
+		return nil, err
+	}
+	b := &extentBuilder{wantUnit: opts.BlockSize, size: opts.Snap.Size, out: sp.write}
+	scan := xmlScan{tempDir: opts.TempDir}
+	if opts.Base != nil {
+		scan.left, scan.right = opts.Base.ID, opts.Snap.ID
+		// Only a grown volume has a region the base cannot describe.
+		b.fillFrom = opts.Snap.Size
+		if opts.Snap.Size > opts.Base.Size {
+			b.fillFrom = opts.Base.Size
+		}
+	} else {
+		scan.dump, scan.dumpDev = true, opts.Snap.ID
+		b.fillFrom = 0
+	}
+	err = scanXML(r, scan, xmlHandler{superblock: b.setBlockSize, rng: b.add})
+	if err == nil {
+		err = b.finish()
+	}
+	var x *Extents
+	if err == nil {
+		x, err = sp.finish()
+	}
+	if err != nil {
+		sp.abort()
+		return nil, err
+	}
+	x.stats.Ranges = b.ranges
+	x.stats.BlockSize = b.unit
+	return x, nil
+}
+
+// ReadDeviceDetails returns the metadata's entries of the given thin devices
+// (`thin_dump [-m] --skip-mappings METADATA`): their creation times order
+// snapshots when LVM's one-second lv_time cannot. A device that is not in
+// the metadata is an ErrNotFound.
+func ReadDeviceDetails(ctx context.Context, metadata string, metadataSnap bool, ids ...uint32) (map[uint32]DeviceDetails, error) {
+	want := map[uint32]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	found := map[uint32]DeviceDetails{}
+	args := []string{"--skip-mappings", metadata}
+	if metadataSnap {
+		args = append([]string{"-m"}, args...)
+	}
+	_, err := run(ctx, func(r io.Reader) error {
+		return scanXML(r, xmlScan{dump: true}, xmlHandler{device: func(d DeviceDetails) error {
+			if want[d.ID] {
+				found[d.ID] = d
+			}
+			return nil
+		}})
+	}, programs.thinDump, args...)
+	if err != nil {
+		return nil, fmt.Errorf("thin device details in %s: %w", metadata, err)
+	}
+	for _, id := range ids {
+		if _, ok := found[id]; !ok {
+			return nil, fmt.Errorf("thin device %d is not in the pool metadata %s: %w", id, metadata, ErrNotFound)
+		}
+	}
+	return found, nil
+}

@@ -1,0 +1,154 @@
+package lvmthin
+
+import (
+	"errors"
+	"strconv"
+	"strings"
+)
+
+// Known failures. Callers test for them with errors.Is; the errors returned
+// carry the LV or pool name, the command that failed and what to do.
+var (
+	// ErrNotFound: the volume group, logical volume, device-mapper device
+	// or thin device does not exist.
+	ErrNotFound = errors.New("lvmthin: not found")
+	// ErrNotThin: the LV is not a thin volume, or not a thin snapshot where
+	// one is required.
+	ErrNotThin = errors.New("lvmthin: not a thin volume")
+	// ErrMetadataSnapBusy: the kernel refused to reserve a metadata
+	// snapshot because one is already held (EBUSY).
+	ErrMetadataSnapBusy = errors.New("lvmthin: metadata snapshot busy")
+	// ErrStaleMetadataSnap: the pool holds a metadata snapshot that this
+	// process did not take (a killed run or another program left it).
+	ErrStaleMetadataSnap = errors.New("lvmthin: stale metadata snapshot")
+	// ErrPoolFailed: the thin pool is in failure mode.
+	ErrPoolFailed = errors.New("lvmthin: thin pool failed")
+	// ErrPoolReadOnly: the thin pool is read-only (metadata out of space,
+	// or needs a check).
+	ErrPoolReadOnly = errors.New("lvmthin: thin pool read-only")
+	// ErrPoolOutOfSpace: the thin pool's data device is full.
+	ErrPoolOutOfSpace = errors.New("lvmthin: thin pool out of data space")
+	// ErrLocked: another process holds the pool's metadata-snapshot lock
+	// and the caller asked not to wait.
+	ErrLocked = errors.New("lvmthin: pool locked by another process")
+	// ErrMetadata: the thin tools' output does not make sense (ranges out
+	// of order, overflowing, wrong device, missing block size, bad XML).
+	ErrMetadata = errors.New("lvmthin: bad thin metadata output")
+)
+
+// errNoMetadataSnap is what the kernel and the thin tools say when no
+// metadata snapshot is held; it stays internal because only this package
+// reserves and releases.
+var errNoMetadataSnap = errors.New("lvmthin: no metadata snapshot held")
+
+// errMessageRefused: the pool refused a message (EOPNOTSUPP), which the
+// kernel does in read-only, failed and out-of-metadata-space modes; the
+// pool status then says which.
+var errMessageRefused = errors.New("lvmthin: pool refused the message")
+
+// CommandError is the error of an external command that failed or could not
+// run. It unwraps to the classified sentinel (ErrNotFound, ...), if any, and
+// to the underlying exec error.
+type CommandError struct {
+	Args     []string // the full command line; Args[0] is the program
+	ExitCode int      // exit status, or -1 if it did not exit normally
+	Stderr   string   // trimmed standard error
+	Err      error    // the exec error (exit status, signal, not found)
+	kind     error
+}
+
+func (e *CommandError) Error() string {
+	var b strings.Builder
+	b.WriteString(quoteArgs(e.Args))
+	b.WriteString(": ")
+	switch {
+	case e.ExitCode >= 0:
+		b.WriteString("exit status ")
+		b.WriteString(strconv.Itoa(e.ExitCode))
+	case e.Err != nil:
+		b.WriteString(e.Err.Error())
+	default:
+		b.WriteString("failed")
+	}
+	if e.Stderr != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Stderr)
+	}
+	return b.String()
+}
+
+// Unwrap returns the classified sentinel and the exec error.
+func (e *CommandError) Unwrap() []error {
+	var errs []error
+	if e.kind != nil {
+		errs = append(errs, e.kind)
+	}
+	if e.Err != nil {
+		errs = append(errs, e.Err)
+	}
+	return errs
+}
+
+// classify maps what a failed command printed to a sentinel. It is the one
+// place that looks at error text, so call sites only use errors.Is; the
+// texts are those of lvm2 2.03, dmsetup and thin-provisioning-tools 0.9/1.x
+// under LC_ALL=C (the runner sets it).
+func classify(args []string, stderr string) error {
+	prog := args[0]
+	if i := strings.LastIndexByte(prog, '/'); i >= 0 {
+		prog = prog[i+1:]
+	}
+	has := func(s string) bool { return strings.Contains(stderr, s) }
+	switch prog {
+	case "dmsetup":
+		isMessage := len(args) > 1 && args[1] == "message"
+		last := args[len(args)-1]
+		switch {
+		case has("Device does not exist") || has("No such device or address"):
+			return ErrNotFound
+		case isMessage && last == "reserve_metadata_snap" && has("Device or resource busy"):
+			return ErrMetadataSnapBusy
+		case isMessage && last == "release_metadata_snap" && has("Invalid argument"):
+			return errNoMetadataSnap
+		case isMessage && has("Operation not supported"):
+			return errMessageRefused
+		}
+	case "thin_delta", "thin_dump", "thin_ls":
+		switch {
+		case has("no current metadata snap"):
+			return errNoMetadataSnap
+		case has("Unable to find mapping tree") || has("couldn't find device") ||
+			has("Couldn't find") || has("unknown device"):
+			return ErrNotFound
+		}
+	default: // lvm tools: lvs, lvcreate, lvchange, lvremove
+		switch {
+		case has("Failed to find logical volume") ||
+			(has("Volume group") && has("not found")) ||
+			(has("origin LV") && has("not found")):
+			return ErrNotFound
+		}
+	}
+	return nil
+}
+
+// quoteArgs renders a command line so that it can be pasted into a shell.
+func quoteArgs(args []string) string {
+	var b strings.Builder
+	for i, a := range args {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		if a != "" && strings.IndexFunc(a, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' ||
+				strings.ContainsRune("-_./=:,+@%", r))
+		}) < 0 {
+			b.WriteString(a)
+			continue
+		}
+		b.WriteByte('\'')
+		b.WriteString(strings.ReplaceAll(a, "'", `'\''`))
+		b.WriteByte('\'')
+	}
+	return b.String()
+}

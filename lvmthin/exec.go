@@ -1,0 +1,161 @@
+package lvmthin
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// programs names the external tools. Tests point them at other binaries
+// (fakes that print crafted output, or the real tools at another path).
+var programs = struct {
+	lvs, lvcreate, lvchange, lvremove, dmsetup, thinDelta, thinDump string
+}{
+	lvs:       "lvs",
+	lvcreate:  "lvcreate",
+	lvchange:  "lvchange",
+	lvremove:  "lvremove",
+	dmsetup:   "dmsetup",
+	thinDelta: "thin_delta",
+	thinDump:  "thin_dump",
+}
+
+// maxStderr bounds what is kept of a command's standard error: enough for
+// every message the tools print, not a flood.
+const maxStderr = 8 << 10
+
+// commandGrace is how long a cancelled command gets between SIGTERM and
+// SIGKILL. LVM blocks signals around its metadata commits, so SIGTERM is
+// safe and lets it finish the step it is in.
+const commandGrace = 10 * time.Second
+
+// run runs one external command; every command of this package goes through
+// it. With consume == nil it returns the command's standard output; otherwise
+// consume reads standard output as a stream while the command runs (and
+// nothing is returned), so output of any size is handled in bounded memory.
+//
+// On failure the error is a *CommandError with the full command line, exit
+// status and trimmed standard error, classified into a sentinel by
+// classify. If consume fails, the command is stopped and consume's error is
+// returned, unless the command itself failed (its error then says more).
+//
+// Commands run with LC_ALL=C, because classify reads their messages, with
+// standard input closed, so no prompt can block, and in a process group of
+// their own, so a Ctrl-C at the terminal reaches only thinback, which decides
+// what to stop (it must still release a metadata snapshot with dmsetup).
+func run(ctx context.Context, consume func(io.Reader) error, prog string, args ...string) ([]byte, error) {
+	argv := append([]string{prog}, args...)
+	cmd := exec.CommandContext(ctx, prog, args...)
+	cmd.Env = append(os.Environ(), "LC_ALL=C", "LVM_SUPPRESS_FD_WARNINGS=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Stop the whole process group: a tool run through a wrapper script
+	// would otherwise leave children holding our pipe open.
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
+	cmd.WaitDelay = commandGrace
+	stderr := &headBuffer{max: maxStderr}
+	cmd.Stderr = stderr
+
+	var stdout bytes.Buffer
+	var pipe io.ReadCloser
+	if consume == nil {
+		cmd.Stdout = &stdout
+	} else {
+		var err error
+		if pipe, err = cmd.StdoutPipe(); err != nil {
+			return nil, &CommandError{Args: argv, ExitCode: -1, Err: err}
+		}
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, &CommandError{Args: argv, ExitCode: -1, Err: err}
+	}
+	var consumeErr error
+	if consume != nil {
+		consumeErr = consume(pipe)
+		if consumeErr != nil {
+			// Stop a producer we no longer listen to; it would block on
+			// a full pipe otherwise.
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		}
+		// Drain so the command can finish writing and exit normally.
+		_, _ = io.Copy(io.Discard, pipe)
+	}
+	waitErr := cmd.Wait()
+	if waitErr != nil && (consumeErr == nil || !isSignalExit(waitErr)) {
+		ce := &CommandError{Args: argv, ExitCode: -1, Err: waitErr, Stderr: cleanStderr(stderr.String())}
+		var ee *exec.ExitError
+		if errors.As(waitErr, &ee) {
+			ce.ExitCode = ee.ExitCode()
+		}
+		ce.kind = classify(argv, ce.Stderr)
+		if ctxErr := ctx.Err(); ctxErr != nil && ce.kind == nil {
+			// Stopped because the caller gave up: say that, not "signal:
+			// terminated".
+			return nil, fmt.Errorf("%s: stopped: %w", quoteArgs(argv), ctxErr)
+		}
+		return nil, ce
+	}
+	if consumeErr != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			// The output broke off because we stopped the command.
+			return nil, fmt.Errorf("%s: stopped: %w", quoteArgs(argv), ctxErr)
+		}
+		return nil, consumeErr
+	}
+	return stdout.Bytes(), nil
+}
+
+// isSignalExit reports whether a command ended by a signal (as it does when
+// run stops it after consume failed).
+func isSignalExit(err error) bool {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled()
+}
+
+// cleanStderr trims a command's error output for an error message: the thin
+// tools follow their one-line complaint with the whole usage text.
+func cleanStderr(s string) string {
+	if i := strings.Index(s, "\nUsage:"); i >= 0 {
+		s = s[:i]
+	} else if strings.HasPrefix(s, "Usage:") {
+		s = ""
+	}
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	kept := lines[:0]
+	for _, l := range lines {
+		if l = strings.TrimSpace(l); l != "" && l != "Command failed." {
+			kept = append(kept, l)
+		}
+	}
+	return strings.Join(kept, "; ")
+}
+
+// headBuffer keeps the first max bytes written to it. The first lines of a
+// tool's stderr carry the reason; what follows is repetition.
+type headBuffer struct {
+	buf bytes.Buffer
+	max int
+}
+
+func (t *headBuffer) Write(p []byte) (int, error) {
+	if room := t.max - t.buf.Len(); room > 0 {
+		if len(p) > room {
+			t.buf.Write(p[:room])
+		} else {
+			t.buf.Write(p)
+		}
+	}
+	return len(p), nil
+}
+
+func (t *headBuffer) String() string { return t.buf.String() }

@@ -1,0 +1,138 @@
+package lvmthin
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRunError(t *testing.T) {
+	_, err := run(context.Background(), nil, "sh", "-c",
+		`echo some output; echo '  Volume group "vg 9" not found' >&2; echo '  Cannot process volume group vg9' >&2; exit 5`, "arg with space")
+	var ce *CommandError
+	if !errors.As(err, &ce) {
+		t.Fatalf("error %v (%T) is not a *CommandError", err, err)
+	}
+	if ce.ExitCode != 5 {
+		t.Errorf("exit code %d", ce.ExitCode)
+	}
+	msg := err.Error()
+	for _, want := range []string{`sh -c 'echo some output;`, `'arg with space'`, "exit status 5",
+		`Volume group "vg 9" not found; Cannot process volume group vg9`} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("message %q lacks %q", msg, want)
+		}
+	}
+	if !errors.Is(err, ErrNotFound) {
+		t.Errorf("%v is not ErrNotFound", err)
+	}
+}
+
+func TestRunOutput(t *testing.T) {
+	out, err := run(context.Background(), nil, "sh", "-c", `printf 'a\nb'; echo "LC_ALL=$LC_ALL" >&2`)
+	if err != nil || string(out) != "a\nb" {
+		t.Fatalf("run = %q, %v", out, err)
+	}
+	// Commands run with LC_ALL=C (classify depends on English messages).
+	out, err = run(context.Background(), nil, "sh", "-c", `echo "$LC_ALL"`)
+	if err != nil || string(out) != "C\n" {
+		t.Fatalf("LC_ALL = %q, %v", out, err)
+	}
+}
+
+func TestRunNotStarted(t *testing.T) {
+	_, err := run(context.Background(), nil, "thinback-no-such-program")
+	var ce *CommandError
+	if !errors.As(err, &ce) || ce.ExitCode != -1 || !strings.Contains(err.Error(), "thinback-no-such-program") {
+		t.Fatalf("error %v", err)
+	}
+}
+
+func TestRunConsumeErrorStopsCommand(t *testing.T) {
+	bad := errors.New("parser gave up")
+	start := time.Now()
+	_, err := run(context.Background(), func(r io.Reader) error {
+		buf := make([]byte, 10)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return err
+		}
+		return bad
+	}, "sh", "-c", "while :; do echo yyyyyyyyyyyyyyyyyyyy; done")
+	if !errors.Is(err, bad) {
+		t.Fatalf("error %v, want the consumer's", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %v to stop the producer", d)
+	}
+}
+
+func TestRunCommandErrorWinsOverConsumer(t *testing.T) {
+	_, err := run(context.Background(), func(r io.Reader) error {
+		_, _ = io.ReadAll(r)
+		return errors.New("truncated output")
+	}, "sh", "-c", "echo '<superblock'; echo 'no current metadata snap' >&2; echo 'Usage: thin_delta [options]' >&2; exit 1")
+	var ce *CommandError
+	if !errors.As(err, &ce) || ce.ExitCode != 1 || ce.Stderr != "no current metadata snap" {
+		t.Fatalf("error %v", err)
+	}
+}
+
+func TestRunCancel(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := run(ctx, nil, "sleep", "30")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("error %v, want the deadline", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %v to stop", d)
+	}
+}
+
+func TestClassify(t *testing.T) {
+	// Messages as the real tools print them (lvm2 2.03.16, dmsetup
+	// 1.02.185, thin-provisioning-tools 0.9.0), after cleanStderr.
+	tests := []struct {
+		args   []string
+		stderr string
+		want   error
+	}{
+		{[]string{"lvs", "vg0/nope"}, `Failed to find logical volume "vg0/nope"`, ErrNotFound},
+		{[]string{"lvs", "nope"}, `Volume group "nope" not found; Cannot process volume group nope`, ErrNotFound},
+		{[]string{"lvcreate", "-s", "-n", "s3", "vg0/nope"}, `Snapshot origin LV nope not found in Volume group vg0.`, ErrNotFound},
+		{[]string{"lvremove", "-y", "vg0/nope"}, `Failed to find logical volume "vg0/nope"`, ErrNotFound},
+		{[]string{"lvcreate", "-s", "-n", "s4", "vg0/plain"}, `Please specify either size or extents with snapshots.`, nil},
+		{[]string{"/sbin/dmsetup", "status", "nope"}, `Device does not exist.`, ErrNotFound},
+		{[]string{"dmsetup", "message", "vg0-pool-tpool", "0", "reserve_metadata_snap"},
+			`device-mapper: message ioctl on vg0-pool-tpool  failed: Device or resource busy`, ErrMetadataSnapBusy},
+		{[]string{"dmsetup", "message", "vg0-pool-tpool", "0", "release_metadata_snap"},
+			`device-mapper: message ioctl on vg0-pool-tpool  failed: Invalid argument`, errNoMetadataSnap},
+		{[]string{"dmsetup", "message", "vg0-pool-tpool", "0", "reserve_metadata_snap"},
+			`device-mapper: message ioctl on vg0-pool-tpool  failed: Operation not supported`, errMessageRefused},
+		{[]string{"thin_delta", "-m", "--snap1", "1", "--snap2", "9", "/dev/mapper/vg0-pool_tmeta"},
+			`Unable to find mapping tree for snap2 (9)`, ErrNotFound},
+		{[]string{"thin_delta", "-m", "--snap1", "1", "--snap2", "2", "/dev/mapper/vg0-pool_tmeta"},
+			`no current metadata snap`, errNoMetadataSnap},
+		{[]string{"thin_dump", "-m", "/dev/mapper/vg0-pool_tmeta"}, `something else`, nil},
+	}
+	for _, tt := range tests {
+		if got := classify(tt.args, tt.stderr); got != tt.want {
+			t.Errorf("classify(%q, %q) = %v, want %v", tt.args, tt.stderr, got, tt.want)
+		}
+	}
+}
+
+func TestCleanStderr(t *testing.T) {
+	in := "Unable to find mapping tree for snap2 (9)\nUsage: thin_delta [options] <device or file>\nOptions:\n  {--thin1, --snap1}\n"
+	if got := cleanStderr(in); got != "Unable to find mapping tree for snap2 (9)" {
+		t.Errorf("cleanStderr = %q", got)
+	}
+	in = "device-mapper: message ioctl on vg0-pool-tpool  failed: Device or resource busy\nCommand failed.\n"
+	if got := cleanStderr(in); got != "device-mapper: message ioctl on vg0-pool-tpool  failed: Device or resource busy" {
+		t.Errorf("cleanStderr = %q", got)
+	}
+}
