@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/lvmthin/lvmtest"
 )
 
 func TestMain(m *testing.M) {
@@ -37,7 +38,7 @@ func TestMain(m *testing.M) {
 
 func guestOnly(t *testing.T) {
 	t.Helper()
-	if !inGuest() {
+	if !lvmtest.InGuest() {
 		t.Skip("needs root and a kernel with dm-thin: runs in the UML guest (TestGuest)")
 	}
 }

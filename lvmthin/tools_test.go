@@ -13,17 +13,16 @@ import (
 	"testing"
 
 	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/lvmthin/lvmtest"
 )
 
-// requireVM is set by CI: tests that need real tools or a real kernel fail
-// instead of skipping when those are missing.
-func requireVM() bool { return os.Getenv("THINBACK_REQUIRE_VM") == "1" }
-
+// needTools skips a test when a tool is missing, or fails it when
+// lvmtest.RequireVM (CI), where a missing tool is a broken set-up.
 func needTools(t *testing.T, progs ...string) {
 	t.Helper()
 	for _, p := range progs {
 		if _, err := exec.LookPath(p); err != nil {
-			if requireVM() {
+			if lvmtest.RequireVM() {
 				t.Fatalf("%s not found (install thin-provisioning-tools): THINBACK_REQUIRE_VM=1 needs it", p)
 			}
 			t.Skipf("%s not found (install thin-provisioning-tools)", p)

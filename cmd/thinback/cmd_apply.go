@@ -73,7 +73,7 @@ func runApply(ctx context.Context, e *env, o applyOptions) error {
 		defer f.Close()
 		inputs = append(inputs, restore.Input{Name: name, R: f})
 	}
-	t, err := restore.OpenTarget(o.target, restore.TargetOptions{})
+	t, err := openTarget(ctx, o.target)
 	if err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
@@ -95,6 +95,16 @@ func runApply(ctx context.Context, e *env, o applyOptions) error {
 		fmt.Fprintln(e.stderr, msg)
 	}
 	return nil
+}
+
+// openTarget opens a file or block device to apply to. On a thin LV, ZERO
+// ranges are discarded, which unmaps them.
+func openTarget(ctx context.Context, path string) (*restore.Target, error) {
+	opts := restore.TargetOptions{}
+	if fi, err := os.Stat(path); err == nil && fi.Mode()&os.ModeDevice != 0 {
+		opts.DiscardZeroes = discardZeroes(ctx, path)
+	}
+	return restore.OpenTarget(path, opts)
 }
 
 // applyTo applies inputs to an open target, keeping its state in the state

@@ -105,7 +105,7 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) error {
 		return fmt.Errorf("restore: %w", err)
 	}
 
-	t, err := restore.OpenTarget(o.apply.target, restore.TargetOptions{})
+	t, err := openTarget(ctx, o.apply.target)
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}

@@ -19,11 +19,18 @@ func sendCommand(e *env) *cli.Command {
 		Name:      "send",
 		Usage:     "write a delta file of a snapshot: a full, or what changed since a base",
 		ArgsUsage: "[VG/SNAP] (or --file IMAGE)",
-		Description: "With --file, reads a regular file or block device (read-only) and writes a full of it,\n" +
+		Description: "VG/SNAP (or /dev/VG/SNAP, /dev/mapper/VG-SNAP) is a thin snapshot: its changed blocks since\n" +
+			"--base are found in the thin pool's metadata (thin_delta under a metadata snapshot, released\n" +
+			"before any data is read) and read from SNAP, opened read-only; a full reads its mapped\n" +
+			"blocks only. A live thin volume is refused: snapshot it first (lvcreate -s), or use\n" +
+			"thinback backup, which does that.\n\n" +
+			"With --file, reads a regular file or block device (read-only) and writes a full of it,\n" +
 			"or with --base-file, the blocks that differ from an older image of the same volume.\n" +
 			"Holes of sparse files are not read. Nothing is written to the sources.\n\n" +
 			"The output is written under a temporary name and renamed when complete.",
 		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "base", Usage: "send only what changed since this older thin snapshot of the same volume (VG/SNAP)"},
+			&cli.BoolFlag{Name: "release-stale-metadata-snap", Usage: releaseStaleUsage},
 			&cli.StringFlag{Name: "file", Usage: "send this image or block device"},
 			&cli.StringFlag{Name: "base-file", Usage: "send only the blocks of --file that differ from this older image"},
 			&cli.StringFlag{Name: "base-id", Usage: "snapshot id of the base (for a block device base, whose id cannot be derived)"},
@@ -43,6 +50,7 @@ func sendCommand(e *env) *cli.Command {
 				file: c.String("file"), baseFile: c.String("base-file"), baseID: c.String("base-id"),
 				out: c.String("output"), volume: c.String("volume"), volumeUUID: c.String("volume-uuid"),
 				blockSize: c.Int64("block-size"), level: archive.Level(c.Int("level")), quiet: c.Bool("quiet"),
+				releaseStale: c.Bool("release-stale-metadata-snap"),
 			}
 			switch {
 			case len(a) == 1 && o.file != "":
@@ -51,13 +59,15 @@ func sendCommand(e *env) *cli.Command {
 				return usageError{"send: give VG/SNAP or --file IMAGE (see thinback send --help)"}
 			case o.file == "" && (o.baseFile != "" || o.baseID != ""):
 				return usageError{"send: --base-file and --base-id go with --file"}
+			case o.file != "" && c.String("base") != "":
+				return usageError{"send: --base goes with VG/SNAP; with --file use --base-file"}
 			case o.blockSize < archive.MinBlockSize || o.blockSize > archive.MaxBlockSize || o.blockSize%archive.MinBlockSize != 0:
 				return usageError{fmt.Sprintf("send: --block-size %d is not a multiple of 4096 between 4096 and %d", o.blockSize, archive.MaxBlockSize)}
 			}
 			if o.file != "" {
 				return runSendFile(c.Context, e, o)
 			}
-			return fmt.Errorf("send: %s: sending LVM thin snapshots is not built in this version", a[0])
+			return runSendLVM(c.Context, e, o, a[0], c.String("base"))
 		},
 	}
 }
@@ -69,6 +79,7 @@ type sendOptions struct {
 	blockSize              int64
 	level                  archive.Level
 	quiet                  bool
+	releaseStale           bool
 }
 
 // fileSnapshot names the state of an image. A regular file's identity is

@@ -63,6 +63,11 @@ func exitCode(err error) int {
 		return exitUsage
 	case errors.Is(err, context.Canceled):
 		return exitInterrupted
+	}
+	if code, ok := lvmExitCode(err); ok {
+		return code
+	}
+	switch {
 	case errors.Is(err, archive.ErrVersion):
 		return exitVersion
 	case errors.Is(err, archive.ErrChecksum), errors.Is(err, archive.ErrTruncated),

@@ -25,13 +25,20 @@ func TestScripts(t *testing.T) {
 			e.Setenv("THINBACK_STATE", e.WorkDir+"/state.db")
 			return nil
 		},
-		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"mkimg":    cmdMkimg,
-			"scribble": cmdScribble,
-			"flipbyte": cmdFlipbyte,
-			"cut":      cmdCut,
-		},
+		Cmds: scriptCmds(),
 	})
+}
+
+// scriptCmds are the commands the scripts have beyond testscript's own.
+func scriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []string) {
+	return map[string]func(ts *testscript.TestScript, neg bool, args []string){
+		"mkimg":       cmdMkimg,
+		"scribble":    cmdScribble,
+		"flipbyte":    cmdFlipbyte,
+		"cut":         cmdCut,
+		"lvsha":       cmdLvsha,
+		"scribbledev": cmdScribbledev,
+	}
 }
 
 func atoi(ts *testscript.TestScript, s string) int64 {

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"math/rand"
+	"os"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/rogpeppe/go-internal/testscript"
+	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/lvmthin/lvmtest"
+	"golang.org/x/sys/unix"
+)
+
+// TestGuest runs the end-to-end scripts of testdata/guest against real LVM
+// thin pools in a User-Mode Linux guest (see lvmthin/lvmtest).
+func TestGuest(t *testing.T) {
+	lvmtest.RunGuest(t, "../..", lvmtest.Options{Pattern: "^TestGuestScripts$", Timeout: 15 * time.Minute, Mem: "1536M"})
+}
+
+// TestGuestScripts runs inside the guest.
+func TestGuestScripts(t *testing.T) {
+	if !lvmtest.InGuest() {
+		t.Skip("runs inside the User-Mode Linux guest (TestGuest)")
+	}
+	testscript.Run(t, testscript.Params{
+		Dir: "../../testdata/guest",
+		Setup: func(e *testscript.Env) error {
+			e.Setenv("THINBACK_STATE", e.WorkDir+"/state.db")
+			for _, k := range []string{"LVM_SYSTEM_DIR", "THINBACK_UML_WORK", "THINBACK_UML_MKPOOL", "LC_ALL"} {
+				e.Setenv(k, os.Getenv(k))
+			}
+			return nil
+		},
+		Cmds: scriptCmds(),
+	})
+}
+
+// directReader reads a device or file with O_DIRECT through an aligned
+// buffer: buffered reads of devices are slow and may be stale in the guest.
+func directBuffer(n int) []byte {
+	b := make([]byte, n+4096)
+	off := int(uintptr(unsafe.Pointer(&b[0])) & 4095)
+	if off != 0 {
+		off = 4096 - off
+	}
+	return b[off : off+n]
+}
+
+// lvsha DEV|FILE [LEN]: print the SHA-256 of the first LEN bytes (all of it
+// by default), read with O_DIRECT.
+func cmdLvsha(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) < 1 || len(args) > 2 {
+		ts.Fatalf("usage: lvsha DEV [LEN]")
+	}
+	f, err := os.OpenFile(ts.MkAbs(args[0]), os.O_RDONLY|unix.O_DIRECT, 0)
+	if errors.Is(err, unix.EINVAL) { // tmpfs files take no O_DIRECT
+		f, err = os.Open(ts.MkAbs(args[0]))
+	}
+	ts.Check(err)
+	defer f.Close()
+	size, _, err := archive.FileSize(f)
+	ts.Check(err)
+	if len(args) == 2 {
+		size = min(size, atoi(ts, args[1]))
+	}
+	h := sha256.New()
+	buf := directBuffer(4 << 20)
+	for off := int64(0); off < size; {
+		n, err := f.ReadAt(buf, off)
+		if n == 0 && err != nil {
+			ts.Fatalf("reading %s at %d: %v", args[0], off, err)
+		}
+		n = int(min(int64(n), size-off))
+		h.Write(buf[:n])
+		off += int64(n)
+		if err != nil && err != io.EOF {
+			ts.Fatalf("reading %s at %d: %v", args[0], off, err)
+		}
+	}
+	ts.Stdout().Write([]byte(hex.EncodeToString(h.Sum(nil)) + "\n"))
+}
+
+// scribbledev DEV SEED N: N writes of random data with O_DIRECT at random
+// 4 KiB-aligned offsets, of several sizes (a VM writing to its disk).
+func cmdScribbledev(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 3 {
+		ts.Fatalf("usage: scribbledev DEV SEED N")
+	}
+	f, err := os.OpenFile(ts.MkAbs(args[0]), os.O_WRONLY|unix.O_DIRECT, 0)
+	ts.Check(err)
+	defer f.Close()
+	size, _, err := archive.FileSize(f)
+	ts.Check(err)
+	r := rand.New(rand.NewSource(atoi(ts, args[1])))
+	sizes := []int64{4096, 65536, 1 << 20, 3<<20 + 4096, 12288}
+	buf := directBuffer(4 << 20)
+	for i := int64(0); i < atoi(ts, args[2]); i++ {
+		n := sizes[r.Intn(len(sizes))]
+		off := r.Int63n((size-n)/4096) * 4096
+		r.Read(buf[:n])
+		_, err := f.WriteAt(buf[:n], off)
+		ts.Check(err)
+	}
+	ts.Check(f.Sync())
+}

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/lvmthin"
+)
+
+// releaseStaleUsage is the flag's help, shared by send and backup.
+const releaseStaleUsage = "release a metadata snapshot of the pool left by a killed run or another program before reserving ours (check first that no other tool is using it)"
+
+// thinBlockSize picks a delta file's block size for a pool's chunk size:
+// the chunk itself when the format allows it, so each changed chunk is one
+// block digest, else 64 KiB, which divides every thin chunk size.
+func thinBlockSize(chunk int64) int64 {
+	if chunk >= archive.MinBlockSize && chunk <= archive.MaxBlockSize && chunk%archive.MinBlockSize == 0 {
+		return chunk
+	}
+	return archive.DefaultBlockSize
+}
+
+// lvSnapshot names a thin snapshot LV's state: its ID is derived from the
+// LV's UUID, so a full and a later incremental made from the same LV, on
+// any host, agree on it.
+func lvSnapshot(lv *lvmthin.LV) archive.Snapshot {
+	return archive.Snapshot{ID: archive.DeriveID("lvm", lv.UUID), Name: lv.FullName().String(), Time: lv.Time.UTC()}
+}
+
+// thinHeader describes a send of snap (against base, or a full) of origin.
+func thinHeader(snap, base, origin *lvmthin.LV) *archive.Header {
+	h := &archive.Header{
+		BlockSize: thinBlockSize(snap.ChunkSize), Codec: archive.CodecZstd, Hash: archive.HashBLAKE3,
+		VolumeName: snap.FullName().String(), VolumeSize: snap.Size,
+		Snapshot: lvSnapshot(snap), Tool: toolName(),
+	}
+	h.SetAttr("lvm.vg", snap.VG)
+	h.SetAttr("lvm.pool", snap.Pool)
+	if origin != nil {
+		h.VolumeName, h.VolumeUUID = origin.FullName().String(), origin.UUID
+		h.SetAttr("lvm.origin", origin.Name)
+		h.SetAttr("lvm.origin_uuid", origin.UUID)
+	}
+	h.SetAttr("lvm.lv", snap.Name)
+	h.SetAttr("lvm.lv_uuid", snap.UUID)
+	h.SetAttr("lvm.thin_id", strconv.FormatUint(uint64(snap.ThinID), 10))
+	h.SetAttr("lvm.lv_time", snap.Time.UTC().Format(time.RFC3339))
+	h.SetAttr("lvm.chunk_size", strconv.FormatInt(snap.ChunkSize, 10))
+	if base != nil {
+		h.Parent, h.ParentSize = lvSnapshot(base), base.Size
+		h.SetAttr("lvm.parent_lv", base.Name)
+		h.SetAttr("lvm.parent_lv_uuid", base.UUID)
+		h.SetAttr("lvm.parent_thin_id", strconv.FormatUint(uint64(base.ThinID), 10))
+	}
+	return h
+}
+
+// lookupThin finds an LV by any spelling users type.
+func lookupThin(ctx context.Context, spelling string) (*lvmthin.LV, error) {
+	n, err := lvmthin.ParseName(spelling)
+	if err != nil {
+		return nil, usageError{err.Error()}
+	}
+	return lvmthin.Lookup(ctx, n)
+}
+
+// originOf returns the origin of a thin snapshot, or nil when it is gone.
+func originOf(ctx context.Context, snap *lvmthin.LV) (*lvmthin.LV, error) {
+	if snap.Origin == "" {
+		return nil, nil
+	}
+	o, err := lvmthin.Lookup(ctx, lvmthin.Name{VG: snap.VG, LV: snap.Origin})
+	if errors.Is(err, lvmthin.ErrNotFound) {
+		return nil, nil
+	}
+	return o, err
+}
+
+func runSendLVM(ctx context.Context, e *env, o sendOptions, spelling, baseSpelling string) error {
+	snap, err := lookupThin(ctx, spelling)
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	var base *lvmthin.LV
+	if baseSpelling != "" {
+		if base, err = lookupThin(ctx, baseSpelling); err != nil {
+			return fmt.Errorf("send: base: %w", err)
+		}
+	}
+	origin, err := originOf(ctx, snap)
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	d, err := lvmthin.OpenDelta(ctx, lvmthin.DeltaOptions{Snap: snap, Base: base, ReleaseStale: o.releaseStale})
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	defer d.Close()
+	h := thinHeader(snap, base, origin)
+	prog := newProgress(e.stderr, o.quiet, "sent", d.Stats().DataBytes)
+	st, err := sendTo(ctx, e, o.out, h, d, o.level, prog, true)
+	prog.Done()
+	if err != nil {
+		return err
+	}
+	if err := d.Close(); err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	if !o.quiet {
+		ds := d.Stats()
+		fmt.Fprintf(e.stderr, "%s (%d ranges from %s, metadata snapshot held %s)\n", sendSummary(h, st), ds.Ranges, ds.Tool, ds.MetadataSnapHeld.Round(time.Millisecond))
+	}
+	return nil
+}
+
+// lvmExitCode maps LVM errors; part of exitCode.
+func lvmExitCode(err error) (int, bool) {
+	switch {
+	case errors.Is(err, lvmthin.ErrMetadataSnapBusy), errors.Is(err, lvmthin.ErrStaleMetadataSnap):
+		return exitMetaSnap, true
+	case errors.Is(err, lvmthin.ErrLocked):
+		return exitLocked, true
+	case errors.Is(err, lvmthin.ErrNotFound), errors.Is(err, lvmthin.ErrNotThin), errors.Is(err, lvmthin.ErrBadBase),
+		errors.Is(err, lvmthin.ErrPoolFailed), errors.Is(err, lvmthin.ErrPoolReadOnly), errors.Is(err, lvmthin.ErrPoolOutOfSpace),
+		errors.Is(err, lvmthin.ErrMetadata), errors.Is(err, lvmthin.ErrName):
+		return exitLVM, true
+	}
+	return 0, false
+}
+
+// discardZeroes reports whether a target is a thin LV, where a discard
+// unmaps blocks and they read as zeroes, so ZERO ranges should be
+// discarded (returning space to the pool) rather than written.
+func discardZeroes(ctx context.Context, target string) bool {
+	n, err := lvmthin.ParseName(target)
+	if err != nil {
+		return false
+	}
+	lv, err := lvmthin.Lookup(ctx, n)
+	return err == nil && lv.IsThin()
+}
