@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"sync"
 	"testing"
 	"time"
 )
@@ -390,4 +391,110 @@ func TestCheckpoint(t *testing.T) {
 	if got, err := applyTo(buf.Bytes(), nil); err != nil || !bytes.Equal(got, vol) {
 		t.Fatalf("closed file: %v", err)
 	}
+}
+
+// TestAlignerMaxData: a bounded aligner returns long DATA runs in pieces of
+// maxData bytes, and otherwise the same extents as an unbounded one, so
+// that Send makes the same jobs and records either way.
+func TestAlignerMaxData(t *testing.T) {
+	r := testRand(t)
+	const bs = 4096
+	collect := func(a *aligner) []Extent {
+		var out []Extent
+		for {
+			e, err := a.next()
+			if err == io.EOF {
+				return out
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, e)
+		}
+	}
+	for iter := 0; iter < 200; iter++ {
+		size := int64(bs*(1+r.Intn(400)) + r.Intn(bs))
+		var ext []Extent
+		for off := int64(r.Intn(3000)); off < size; {
+			n := min(int64(1+r.Intn(50000)), size-off)
+			k := KindData
+			if r.Intn(3) == 0 {
+				k = KindZero
+			}
+			ext = append(ext, Extent{off, n, k})
+			off += n + int64(r.Intn(2))*int64(r.Intn(20000))
+		}
+		maxData := int64(bs * (1 + r.Intn(8)))
+		want := collect(&aligner{src: &memSource{extents: ext}, bs: bs, size: size})
+		got := collect(&aligner{src: &memSource{extents: ext}, bs: bs, size: size, maxData: maxData})
+		var joined []Extent
+		for _, e := range got {
+			if e.Kind == KindData && e.Length > maxData {
+				t.Fatalf("DATA extent of %d bytes, bound %d", e.Length, maxData)
+			}
+			if n := len(joined); n > 0 && e.Kind == KindData && joined[n-1].Kind == KindData && joined[n-1].End() == e.Offset {
+				if joined[n-1].Length%maxData != 0 {
+					t.Fatalf("a DATA run was cut after %d bytes, not a multiple of %d", joined[n-1].Length, maxData)
+				}
+				joined[n-1].Length += e.Length
+				continue
+			}
+			joined = append(joined, e)
+		}
+		if !reflect.DeepEqual(joined, want) {
+			t.Fatalf("iteration %d: bounded aligner gave %v, unbounded %v", iter, got, want)
+		}
+	}
+}
+
+// aheadSource is a volume of adjacent small DATA extents that notes how far
+// its extents had been read when its data was first read.
+type aheadSource struct {
+	memSource
+	mu           sync.Mutex
+	listed       int64
+	listedAtRead int64
+}
+
+func (s *aheadSource) Next() (Extent, error) {
+	e, err := s.memSource.Next()
+	if err == nil {
+		s.mu.Lock()
+		s.listed = e.End()
+		s.mu.Unlock()
+	}
+	return e, err
+}
+
+func (s *aheadSource) ReadAt(p []byte, off int64) (int, error) {
+	s.mu.Lock()
+	if s.listedAtRead == 0 {
+		s.listedAtRead = s.listed
+	}
+	s.mu.Unlock()
+	return s.memSource.ReadAt(p, off)
+}
+
+// TestSendStartsBeforeSourceEnds: Send reads the data of a long run of
+// DATA extents while the source is still listing it, so a source that reads
+// the volume to find its changes (DigestSource) is followed closely.
+func TestSendStartsBeforeSourceEnds(t *testing.T) {
+	const size = 256 << 20
+	src := &aheadSource{memSource: memSource{data: make([]byte, size)}}
+	for off := int64(0); off < size; off += 1 << 20 {
+		src.extents = append(src.extents, Extent{off, 1 << 20, KindData})
+	}
+	h := testHeader(size)
+	h.BlockSize = DefaultBlockSize
+	w := NewWriter(io.Discard)
+	if err := w.WriteHeader(h); err != nil {
+		t.Fatal(err)
+	}
+	if err := Send(context.Background(), w, src, SendOptions{Workers: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if src.listedAtRead >= size {
+		t.Fatalf("Send read nothing before the source listed all %d bytes", size)
+	}
+	t.Logf("first read after %d bytes were listed", src.listedAtRead)
 }

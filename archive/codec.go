@@ -148,11 +148,12 @@ func (d *Decoder) Decode(dst []byte, rec *Record, payload []byte) ([]byte, error
 		return nil, fmt.Errorf("archive: Decode of a %v record", rec.Kind)
 	}
 	n := int(rec.Length)
-	if cap(dst) < n {
-		dst = make([]byte, 0, n)
-	}
 	var data []byte
 	if rec.Compressed {
+		// Only now: a raw payload is verified in place and needs no dst.
+		if cap(dst) < n {
+			dst = make([]byte, 0, n)
+		}
 		out, err := d.dec.DecodeAll(payload, dst[:0:n])
 		if err != nil {
 			return nil, recordError(rec, ErrChecksum, fmt.Sprintf("payload does not decompress (%v): the payload is corrupt", err))

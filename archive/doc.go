@@ -24,4 +24,11 @@
 // splits the data into blocks, stores all-zero blocks as ZERO records and
 // hashes and compresses the rest in parallel, writing records in order with
 // memory bounded by the number of workers.
+//
+// Sources: FileSource sends a whole file or block device (holes of a sparse
+// file without reading them), CompareSource the blocks in which two images
+// differ, and DigestSource the blocks in which an image differs from a
+// snapshot known only by its block digests (a DigestIterator, such as the
+// merged records of the snapshot's delta files), hashing the image on
+// several cores as it reads it once.
 package archive

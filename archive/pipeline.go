@@ -87,7 +87,12 @@ func Send(ctx context.Context, w *Writer, src Source, opts SendOptions) error {
 		defer wg.Done()
 		defer close(order)
 		defer close(work)
-		al := &aligner{src: src, bs: bs, size: h.VolumeSize}
+		// A run of DATA is handed on every inflight chunks (a multiple of
+		// the chunk, so jobs and records are the same as for the whole
+		// run): a source that hashes as it goes (DigestSource) is then
+		// read again while its pages are still cached, not after it has
+		// walked a whole changed volume.
+		al := &aligner{src: src, bs: bs, size: h.VolumeSize, maxData: chunk * int64(inflight)}
 		for {
 			e, err := al.next()
 			if err == io.EOF {
@@ -223,10 +228,21 @@ type aligner struct {
 	pieces   []Extent
 	srcDone  bool
 	zeroRun  Extent // adjacent source ZERO extents, merged before aligning
+	// maxData, if not 0, bounds the DATA extents returned: a longer run is
+	// returned in pieces of maxData bytes as it grows.
+	maxData int64
 }
 
 func (a *aligner) next() (Extent, error) {
 	for {
+		if a.maxData > 0 && a.cur.Kind == KindData && a.cur.Length > a.maxData {
+			// cur.End() does not move, so a later piece sharing its last
+			// block is handled as before.
+			out := Extent{Offset: a.cur.Offset, Length: a.maxData, Kind: KindData}
+			a.cur.Offset += a.maxData
+			a.cur.Length -= a.maxData
+			return out, nil
+		}
 		if len(a.pieces) == 0 {
 			if a.srcDone {
 				if a.zeroRun.Length > 0 {

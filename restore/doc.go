@@ -20,6 +20,14 @@
 // delta file, complete after every saved range: applying it undoes the
 // apply, even one that was interrupted.
 //
+// Merge writes one delta file equivalent to a chain of them, from the files
+// alone: removing a snapshot from a store merges its file into its
+// successor's. ChainDigests gives the block digests of a snapshot from its
+// chain, reading only the files' metadata, so that an image can be compared
+// with its last backup without the backed-up image (see
+// archive.NewDigestSource). Both merge the chain's records as Apply does:
+// the newest record wins for each byte.
+//
 // The state of a target (which snapshot it holds, an apply in progress) is
 // kept by the caller, which passes it in as State and is told of changes
 // through Options.Begin and Options.Finish; this package does not store
