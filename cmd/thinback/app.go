@@ -66,11 +66,13 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			return usageError{err.Error()}
 		},
 		Commands: []*cli.Command{
+			backupCommand(e),
 			sendCommand(e),
 			receiveCommand(e),
 			applyCommand(e),
 			restoreCommand(e),
 			listCommand(e),
+			pruneCommand(e),
 			verifyCommand(e),
 			catalogCommand(e),
 			inspectCommand(e),

@@ -11,6 +11,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// Tests that kill thinback mid-run start this binary as thinback.
+	if os.Getenv("THINBACK_TEST_AS_MAIN") == "1" {
+		os.Exit(Main(os.Args))
+	}
 	testscript.Main(m, map[string]func(){
 		"thinback": func() { os.Exit(Main(os.Args)) },
 	})

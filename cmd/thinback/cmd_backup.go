@@ -1,0 +1,488 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/lvmthin"
+	"github.com/thinback/thinback/restore"
+	"github.com/urfave/cli/v2"
+)
+
+func backupCommand(e *env) *cli.Command {
+	return &cli.Command{
+		Name:      "backup",
+		Usage:     "back up a thin volume or an image into a store (the cron job)",
+		ArgsUsage: "VG/LV (or --file IMAGE)",
+		Description: "For a thin LV: takes a read-only thin snapshot named LV.thinback.<UTC time> (between the\n" +
+			"--pre and --post commands, e.g. fsfreeze), sends what changed since the newest backed-up\n" +
+			"snapshot still on the pool (a full the first time, or when that snapshot is gone),\n" +
+			"writes the delta file into the store and records it, then removes thinback's older\n" +
+			"snapshots of the LV: only the newest is kept, for the next incremental. The LV itself\n" +
+			"is never written.\n\n" +
+			"For --file: reads the image (holes are skipped) and stores the blocks whose digests\n" +
+			"differ from the previous backup's, derived from the store's files; no old image is\n" +
+			"needed. The image is only read.\n\n" +
+			"With --keep-* options, the volume's snapshots are then pruned (see thinback prune) and\n" +
+			"the policy is remembered. One run per volume at a time: a second exits with code 9.",
+		Flags: append([]cli.Flag{
+			storeFlag,
+			&cli.StringFlag{Name: "file", Usage: "back up this image or block device instead of a thin LV"},
+			&cli.StringFlag{Name: "volume", Usage: "the volume's name in the store (default: VG/LV, or the image's file name)"},
+			&cli.Int64Flag{Name: "block-size", Value: archive.DefaultBlockSize, Usage: "with --file, the block size of a new volume"},
+			&cli.IntFlag{Name: "level", Value: 1, Usage: "compression level: 1 (fastest), 3, 7 (smallest)"},
+			&cli.StringFlag{Name: "pre", Usage: "shell command run before the snapshot (e.g. fsfreeze -f /mnt/vm)"},
+			&cli.StringFlag{Name: "post", Usage: "shell command run after the snapshot, even if it failed (e.g. fsfreeze -u /mnt/vm)"},
+			&cli.BoolFlag{Name: "release-stale-metadata-snap", Usage: releaseStaleUsage},
+			jsonFlag, quietFlag,
+		}, keepFlags()...),
+		Action: func(c *cli.Context) error {
+			a, err := args(c, 0, 1, "give VG/LV or --file IMAGE")
+			if err != nil {
+				return err
+			}
+			o := backupOptions{
+				store: c.String("store"), file: c.String("file"), volume: c.String("volume"),
+				blockSize: c.Int64("block-size"), level: archive.Level(c.Int("level")),
+				pre: c.String("pre"), post: c.String("post"), releaseStale: c.Bool("release-stale-metadata-snap"),
+				json: c.Bool("json"), quiet: c.Bool("quiet"),
+			}
+			switch {
+			case len(a) == 1 && o.file != "":
+				return usageError{"backup: give either VG/LV or --file, not both"}
+			case len(a) == 0 && o.file == "":
+				return usageError{"backup: give VG/LV or --file IMAGE (see thinback backup --help)"}
+			case o.blockSize < archive.MinBlockSize || o.blockSize > archive.MaxBlockSize || o.blockSize%archive.MinBlockSize != 0:
+				return usageError{fmt.Sprintf("backup: --block-size %d is not a multiple of 4096 between 4096 and %d", o.blockSize, archive.MaxBlockSize)}
+			}
+			if len(a) == 1 {
+				o.lv = a[0]
+			}
+			if o.retention, err = retentionFrom(c); err != nil {
+				return err
+			}
+			return runBackup(c.Context, e, o)
+		},
+	}
+}
+
+type backupOptions struct {
+	store, file, lv, volume string
+	blockSize               int64
+	level                   archive.Level
+	pre, post               string
+	releaseStale            bool
+	retention               catalog.Retention
+	json, quiet             bool
+}
+
+// backupResult is the one line (or JSON object) a backup run reports.
+type backupResult struct {
+	Volume      string   `json:"volume"`
+	Kind        string   `json:"kind"`
+	Snapshot    string   `json:"snapshot"`
+	Seq         uint64   `json:"seq"`
+	Parent      string   `json:"parent,omitempty"`
+	LVSnapshot  string   `json:"lv_snapshot,omitempty"`
+	BytesRead   int64    `json:"bytes_read"`
+	DataBytes   int64    `json:"data_bytes"`
+	ZeroBytes   int64    `json:"zero_bytes"`
+	StoredBytes int64    `json:"stored_bytes"`
+	File        string   `json:"file"`
+	Seconds     float64  `json:"seconds"`
+	Pruned      []string `json:"pruned,omitempty"`
+	Notes       []string `json:"notes,omitempty"`
+}
+
+func runBackup(ctx context.Context, e *env, o backupOptions) error {
+	start := time.Now()
+	s, err := openStore(e, o.store, true)
+	if err != nil {
+		return err
+	}
+	if removed, err := s.RemoveOrphans(); err != nil {
+		fmt.Fprintf(e.stderr, "thinback: removing files of %s left by an interrupted run: %v\n", o.store, err)
+	} else if len(removed) > 0 {
+		fmt.Fprintf(e.stderr, "thinback: removed %d file(s) left by an interrupted run: %s\n", len(removed), strings.Join(removed, ", "))
+	}
+	name := o.volume
+	var origin *lvmthin.LV
+	if o.file != "" {
+		if name == "" {
+			name = filepath.Base(o.file)
+		}
+	} else {
+		if origin, err = lookupThin(ctx, o.lv); err != nil {
+			return fmt.Errorf("backup: %w", err)
+		}
+		if !origin.IsThin() || origin.IsThinSnapshot() {
+			return fmt.Errorf("backup: %s is not a thin volume (lv_attr %s): thinback backs up thin volumes (and snapshots them itself): %w", origin.FullName(), origin.Attr, lvmthin.ErrNotThin)
+		}
+		if name == "" {
+			name = origin.FullName().String()
+		}
+	}
+	unlock, err := s.LockVolume(name)
+	if err != nil {
+		return fmt.Errorf("backup: %w; is a backup of %s still running?", err, name)
+	}
+	defer unlock()
+
+	var res *backupResult
+	if o.file != "" {
+		res, err = backupFile(ctx, e, s, name, o)
+	} else {
+		res, err = backupLVM(ctx, e, s, name, origin, o)
+	}
+	if err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
+	var pruneErr error
+	if !o.retention.IsZero() {
+		err := s.Update(func(tx *catalog.Tx) error {
+			v, err := tx.Volume(name)
+			if err != nil {
+				return err
+			}
+			v.Retention = o.retention
+			return tx.PutVolume(&v)
+		})
+		if err == nil {
+			var pr *pruneResult
+			pr, err = pruneVolume(ctx, s, name, o.retention, false, o.level)
+			if pr != nil {
+				for _, r := range pr.Removed {
+					res.Pruned = append(res.Pruned, fmt.Sprintf("#%d", r.Seq))
+				}
+			}
+		}
+		if err != nil {
+			pruneErr = fmt.Errorf("backup: the backup is stored, but pruning failed: %w", err)
+		}
+	}
+	res.Seconds = time.Since(start).Seconds()
+	if o.json {
+		enc := json.NewEncoder(e.stdout)
+		if err := enc.Encode(res); err != nil {
+			return err
+		}
+	} else if !o.quiet {
+		line := fmt.Sprintf("backup %s: %s #%d", res.Volume, res.Kind, res.Seq)
+		if res.Parent != "" {
+			line += " from " + res.Parent
+		}
+		line += fmt.Sprintf(", read %s, changed %s, stored %s, in %s", bytesHuman(res.BytesRead), bytesHuman(res.DataBytes+res.ZeroBytes),
+			bytesHuman(res.StoredBytes), time.Duration(res.Seconds*float64(time.Second)).Round(time.Millisecond))
+		if len(res.Pruned) > 0 {
+			line += "; pruned " + strings.Join(res.Pruned, " ")
+		}
+		for _, n := range res.Notes {
+			fmt.Fprintf(e.stderr, "thinback: %s\n", n)
+		}
+		fmt.Fprintln(e.stderr, line)
+	}
+	return pruneErr
+}
+
+// volumeFor returns the store's record of a volume, creating it.
+func volumeFor(s *catalog.Store, want catalog.Volume) (catalog.Volume, error) {
+	var v catalog.Volume
+	err := s.Update(func(tx *catalog.Tx) error {
+		var err error
+		v, err = tx.Volume(want.Name)
+		if errors.Is(err, catalog.ErrNotFound) {
+			v = want
+			return tx.PutVolume(&v)
+		}
+		return err
+	})
+	if err != nil {
+		return v, err
+	}
+	if v.Kind != want.Kind {
+		return v, fmt.Errorf("the store's volume %s is a %s volume, not %s: give another name with --volume", v.Name, v.Kind, want.Kind)
+	}
+	return v, nil
+}
+
+// storeDelta writes a delta file of src into the store and records it.
+func storeDelta(ctx context.Context, e *env, s *catalog.Store, h *archive.Header, src archive.Source, level archive.Level, prog progress, rec catalog.Snapshot) (catalog.Snapshot, error) {
+	tmp, err := s.CreateTemp(h.VolumeName)
+	if err != nil {
+		return rec, err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			s.Discard(tmp)
+		}
+	}()
+	bw := bufio.NewWriterSize(tmp, 256<<10)
+	w := archive.NewWriter(bw)
+	if err := w.WriteHeader(h); err != nil {
+		return rec, err
+	}
+	if err := archive.Send(ctx, w, src, archive.SendOptions{Level: level, Progress: prog.Add}); err != nil {
+		return rec, storeWriteError(s, err)
+	}
+	if err := w.Close(); err != nil {
+		return rec, storeWriteError(s, err)
+	}
+	if err := bw.Flush(); err != nil {
+		return rec, storeWriteError(s, err)
+	}
+	full := snapshotRecord(h, w.Trailer())
+	full.LVName, full.LVUUID, full.ThinID = rec.LVName, rec.LVUUID, rec.ThinID
+	if err := s.Commit(tmp, &full); err != nil {
+		return rec, storeWriteError(s, err)
+	}
+	committed = true
+	return full, nil
+}
+
+func storeWriteError(s *catalog.Store, err error) error {
+	if errors.Is(err, syscall.ENOSPC) && !errors.Is(err, catalog.ErrNoSpace) {
+		return fmt.Errorf("writing into store %s: %w; nothing was kept: free space (thinback prune) and run again", s.Dir(), err)
+	}
+	return err
+}
+
+func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, o backupOptions) (*backupResult, error) {
+	abs, err := filepath.Abs(o.file)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(o.file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	size, block, err := archive.FileSize(f)
+	if err != nil {
+		return nil, err
+	}
+	v, err := volumeFor(s, catalog.Volume{Name: name, UUID: archive.NewID().String(), Kind: catalog.KindFile, Source: abs, BlockSize: o.blockSize})
+	if err != nil {
+		return nil, err
+	}
+	res := &backupResult{Volume: name, Kind: "full"}
+	if v.Source != abs {
+		res.Notes = append(res.Notes, fmt.Sprintf("volume %s was backed up from %s; now from %s", name, v.Source, abs))
+	}
+	// The previous backup's block digests, from its chain's files.
+	var prev *restore.ChainDigests
+	var latest catalog.Snapshot
+	var chain []catalog.Snapshot
+	err = s.View(func(tx *catalog.Tx) error {
+		var err error
+		if latest, err = tx.Latest(name); errors.Is(err, catalog.ErrNotFound) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		chain, err = tx.Chain(latest.ID)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(chain) > 0 {
+		var inputs []restore.Input
+		for _, sn := range chain {
+			cf, err := os.Open(s.Path(sn.File))
+			if err != nil {
+				inputs = nil
+				res.Notes = append(res.Notes, fmt.Sprintf("cannot read the chain of the newest backup (%v): making a full; run thinback verify", err))
+				break
+			}
+			defer cf.Close()
+			inputs = append(inputs, restore.Input{Name: s.Path(sn.File), R: cf})
+		}
+		if inputs != nil {
+			prev, err = restore.OpenChainDigests(inputs)
+			if err == nil && prev.BlockSize() != v.BlockSize {
+				err = fmt.Errorf("its block size is %d, the volume's %d", prev.BlockSize(), v.BlockSize)
+			}
+			if err != nil {
+				prev = nil
+				res.Notes = append(res.Notes, fmt.Sprintf("cannot read the chain of the newest backup (%v): making a full; run thinback verify", err))
+			}
+		}
+	}
+
+	vars := map[string]string{"THINBACK_VOLUME": name, "THINBACK_SOURCE": abs}
+	if err := runHook(ctx, e, "pre", o.pre, vars); err != nil {
+		return nil, err
+	}
+	now := time.Now().UTC()
+	h := &archive.Header{
+		BlockSize: v.BlockSize, Codec: archive.CodecZstd, Hash: archive.HashBLAKE3,
+		VolumeName: name, VolumeUUID: v.UUID, VolumeSize: size,
+		Snapshot: archive.Snapshot{ID: archive.NewID(), Name: name + "@" + now.Format("20060102T150405Z"), Time: now},
+		Tool:     toolName(),
+	}
+	h.SetAttr("file.path", abs)
+	prog := newProgress(e.stderr, o.quiet || o.json, "backed up", size)
+	var src archive.Source
+	var ds *archive.DigestSource
+	if prev != nil {
+		pid, err := archive.ParseID(latest.ID)
+		if err != nil {
+			return nil, err
+		}
+		h.Parent, h.ParentSize = archive.Snapshot{ID: pid, Name: latest.Name, Time: latest.Time}, latest.VolumeSize
+		ds, err = archive.NewDigestSource(f, size, v.BlockSize, prev, archive.DigestSourceOptions{Progress: prog.Add})
+		if err != nil {
+			return nil, err
+		}
+		defer ds.Close()
+		src = ds
+		res.Kind, res.Parent = "incremental", fmt.Sprintf("#%d", latest.Seq)
+	} else {
+		src = archive.NewFileSource(f, size, block)
+	}
+	var p progress = prog
+	if ds != nil {
+		p = noProgress{} // the digest source reports what it examines
+	}
+	rec, err := storeDelta(ctx, e, s, h, src, o.level, p, catalog.Snapshot{})
+	prog.Done()
+	if postErr := runHook(context.WithoutCancel(ctx), e, "post", o.post, vars); postErr != nil && err == nil {
+		err = postErr
+	}
+	if err != nil {
+		return nil, err
+	}
+	res.Snapshot, res.Seq, res.File = rec.ID, rec.Seq, rec.File
+	res.DataBytes, res.ZeroBytes, res.StoredBytes = rec.DataBytes, rec.ZeroBytes, rec.FileSize
+	if ds != nil {
+		res.BytesRead = ds.Stats().Read
+	} else {
+		res.BytesRead = rec.DataBytes // holes are not read; zero blocks are
+	}
+	return res, nil
+}
+
+func backupLVM(ctx context.Context, e *env, s *catalog.Store, name string, origin *lvmthin.LV, o backupOptions) (*backupResult, error) {
+	v, err := volumeFor(s, catalog.Volume{Name: name, UUID: origin.UUID, Kind: catalog.KindLVMThin, Source: origin.FullName().String(), BlockSize: thinBlockSize(origin.ChunkSize)})
+	if err != nil {
+		return nil, err
+	}
+	if v.UUID != origin.UUID {
+		return nil, fmt.Errorf("the store's volume %s is the backup of LV uuid %s, but %s has uuid %s (was it recreated?): back it up under another name with --volume", name, v.UUID, origin.FullName(), origin.UUID)
+	}
+	res := &backupResult{Volume: name, Kind: "full"}
+
+	// The base: the newest recorded snapshot whose LV is still on the pool.
+	existing, err := lvmthin.Snapshots(ctx, origin.FullName())
+	if err != nil {
+		return nil, err
+	}
+	byUUID := map[string]*lvmthin.LV{}
+	for _, lv := range existing {
+		byUUID[lv.UUID] = lv
+	}
+	var base *lvmthin.LV
+	var baseRec catalog.Snapshot
+	err = s.View(func(tx *catalog.Tx) error {
+		snaps, err := tx.Snapshots(name)
+		if err != nil {
+			return err
+		}
+		for i := len(snaps) - 1; i >= 0; i-- {
+			if lv := byUUID[snaps[i].LVUUID]; lv != nil && snaps[i].LVUUID != "" {
+				base, baseRec = lv, snaps[i]
+				if i != len(snaps)-1 {
+					res.Notes = append(res.Notes, fmt.Sprintf("the snapshot of the newest backup (#%d, %s) is gone from the pool: sending from #%d", snaps[len(snaps)-1].Seq, snaps[len(snaps)-1].LVName, snaps[i].Seq))
+				}
+				return nil
+			}
+		}
+		if len(snaps) > 0 {
+			res.Notes = append(res.Notes, fmt.Sprintf("the snapshot of the newest backup (#%d, %s) is gone from the pool: making a full", snaps[len(snaps)-1].Seq, snaps[len(snaps)-1].LVName))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	// Snapshot, between the hooks.
+	now := time.Now().UTC()
+	lvName := origin.Name + ".thinback." + now.Format("20060102T150405Z")
+	taken := map[string]bool{}
+	for _, lv := range existing {
+		taken[lv.Name] = true
+	}
+	for i := 1; taken[lvName]; i++ {
+		lvName = fmt.Sprintf("%s.thinback.%s.%d", origin.Name, now.Format("20060102T150405Z"), i)
+	}
+	vars := map[string]string{"THINBACK_VOLUME": name, "THINBACK_SOURCE": origin.FullName().String(), "THINBACK_SNAPSHOT": origin.VG + "/" + lvName}
+	if err := runHook(ctx, e, "pre", o.pre, vars); err != nil {
+		return nil, err
+	}
+	snap, err := lvmthin.CreateSnapshot(ctx, origin.FullName(), lvName, lvmthin.SnapshotOptions{ReadOnly: true})
+	if postErr := runHook(context.WithoutCancel(ctx), e, "post", o.post, vars); postErr != nil && err == nil {
+		err = fmt.Errorf("%w (the snapshot %s/%s was taken)", postErr, origin.VG, lvName)
+		if snap != nil {
+			lvmthin.RemoveSnapshot(context.WithoutCancel(ctx), snap.FullName())
+		}
+		return nil, err
+	}
+	if err != nil {
+		return nil, err
+	}
+	recorded := false
+	defer func() {
+		if !recorded {
+			// Not in the store: it must not become the next base.
+			lvmthin.RemoveSnapshot(context.WithoutCancel(ctx), snap.FullName())
+		}
+	}()
+
+	d, err := lvmthin.OpenDelta(ctx, lvmthin.DeltaOptions{Snap: snap, Base: base, ReleaseStale: o.releaseStale})
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	h := thinHeader(snap, base, origin)
+	h.VolumeName, h.VolumeUUID = name, origin.UUID
+	if base != nil {
+		h.Parent.ID, _ = archive.ParseID(baseRec.ID)
+		res.Kind, res.Parent = "incremental", fmt.Sprintf("#%d", baseRec.Seq)
+	}
+	prog := newProgress(e.stderr, o.quiet || o.json, "backed up", d.Stats().DataBytes)
+	rec, err := storeDelta(ctx, e, s, h, d, o.level, prog,
+		catalog.Snapshot{LVName: snap.Name, LVUUID: snap.UUID, ThinID: int64(snap.ThinID)})
+	prog.Done()
+	if err != nil {
+		return nil, err
+	}
+	recorded = true
+	if err := d.Close(); err != nil {
+		res.Notes = append(res.Notes, fmt.Sprintf("closing %s: %v", snap.FullName(), err))
+	}
+	res.Snapshot, res.Seq, res.File, res.LVSnapshot = rec.ID, rec.Seq, rec.File, snap.FullName().String()
+	res.DataBytes, res.ZeroBytes, res.StoredBytes, res.BytesRead = rec.DataBytes, rec.ZeroBytes, rec.FileSize, d.Stats().DataBytes
+
+	// Rotate: the new snapshot is durable in the store; the next
+	// incremental needs only it. Never touch snapshots thinback did not make.
+	for _, lv := range existing {
+		if strings.HasPrefix(lv.Name, origin.Name+".thinback.") && lv.UUID != snap.UUID {
+			if err := lvmthin.RemoveSnapshot(ctx, lv.FullName()); err != nil {
+				res.Notes = append(res.Notes, fmt.Sprintf("could not remove the old snapshot %s: %v", lv.FullName(), err))
+			}
+		}
+	}
+	return res, nil
+}
