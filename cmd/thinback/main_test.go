@@ -29,8 +29,17 @@ func TestScripts(t *testing.T) {
 			e.Setenv("THINBACK_STATE", e.WorkDir+"/state.db")
 			return nil
 		},
-		Cmds: scriptCmds(),
+		Cmds:      scriptCmds(),
+		Condition: scriptCondition,
 	})
+}
+
+// scriptCondition adds [root] (tests that mount filesystems).
+func scriptCondition(cond string) (bool, error) {
+	if cond == "root" {
+		return os.Geteuid() == 0, nil
+	}
+	return false, fmt.Errorf("unknown condition %q", cond)
 }
 
 // scriptCmds are the commands the scripts have beyond testscript's own.
