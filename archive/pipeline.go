@@ -365,6 +365,10 @@ func Scan(ctx context.Context, rd *Reader, opts ScanOptions, fn func(rec *Record
 	}
 	workers := workerCount(opts.Workers)
 	inflight := 2*workers + 2
+	// From a seekable file, workers read their payloads themselves, in
+	// parallel: the producer only walks the records' metadata, seeking over
+	// payloads, so reading is not serialized on one goroutine.
+	ra := rd.readerAt()
 	type job struct {
 		rec       *Record
 		payload   *[]byte
@@ -413,16 +417,18 @@ func Scan(ctx context.Context, rd *Reader, opts ScanOptions, fn func(rec *Record
 					return
 				}
 				j.payload, j.out, j.done = bufs[0], bufs[1], make(chan struct{})
-				p, err := rd.ReadPayload(*j.payload)
-				if err != nil {
-					free <- bufs
-					select {
-					case order <- &job{readError: err, done: closed}:
-					case <-ctx.Done():
+				if ra == nil {
+					p, err := rd.ReadPayload(*j.payload)
+					if err != nil {
+						free <- bufs
+						select {
+						case order <- &job{readError: err, done: closed}:
+						case <-ctx.Done():
+						}
+						return
 					}
-					return
+					*j.payload = p
 				}
-				*j.payload = p
 			}
 			select {
 			case order <- j:
@@ -441,7 +447,10 @@ func Scan(ctx context.Context, rd *Reader, opts ScanOptions, fn func(rec *Record
 			dec := NewDecoder()
 			defer dec.Close()
 			for j := range work {
-				if ctx.Err() == nil {
+				if ctx.Err() == nil && ra != nil {
+					j.err = readPayloadAt(ra, j.rec, j.payload)
+				}
+				if ctx.Err() == nil && j.err == nil {
 					j.data, j.err = dec.Decode(*j.out, j.rec, *j.payload)
 					if j.err == nil && !j.rec.Compressed {
 						// data aliases the payload buffer; keep the output
@@ -449,7 +458,7 @@ func Scan(ctx context.Context, rd *Reader, opts ScanOptions, fn func(rec *Record
 					} else if j.err == nil {
 						*j.out = j.data[:0]
 					}
-				} else {
+				} else if j.err == nil {
 					j.err = ctx.Err()
 				}
 				close(j.done)
@@ -485,5 +494,23 @@ func Scan(ctx context.Context, rd *Reader, opts ScanOptions, fn func(rec *Record
 		}
 	}()
 	wg.Wait()
+	return err
+}
+
+// readPayloadAt reads rec's payload with ReadAt into *buf.
+func readPayloadAt(ra io.ReaderAt, rec *Record, buf *[]byte) error {
+	p := *buf
+	if int64(cap(p)) < rec.PayloadLen {
+		p = make([]byte, rec.PayloadLen)
+	}
+	p = p[:rec.PayloadLen]
+	n, err := ra.ReadAt(p, rec.PayloadPos)
+	*buf = p
+	if int64(n) == rec.PayloadLen {
+		return nil
+	}
+	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return recordError(rec, ErrTruncated, "the file ends inside the record's payload")
+	}
 	return err
 }

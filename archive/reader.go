@@ -53,6 +53,16 @@ func NewReader(r io.Reader) *Reader {
 	return rd
 }
 
+// readerAt returns the underlying file for positioned reads, when it is
+// seekable and has ReadAt; nil otherwise.
+func (r *Reader) readerAt() io.ReaderAt {
+	if r.seeker == nil {
+		return nil
+	}
+	ra, _ := r.r.(io.ReaderAt)
+	return ra
+}
+
 // Offset returns the reader's byte offset in the file.
 func (r *Reader) Offset() int64 { return r.pos }
 
