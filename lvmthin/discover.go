@@ -99,24 +99,30 @@ func Discover(ctx context.Context, opts DiscoverOptions) (*Extents, error) {
 // parseDelta turns thin_delta output (opts.Base set) or thin_dump output
 // (opts.Base nil) into a spooled extent list.
 func parseDelta(r io.Reader, opts DiscoverOptions) (*Extents, error) {
+	return parseDeltaWith(scanXML, r, opts)
+}
+
+// parseDeltaWith is parseDelta with the XML parser as a parameter, so that
+// tests can hold scanXML to the encoding/xml parser it replaced.
+func parseDeltaWith(scan xmlScanFunc, r io.Reader, opts DiscoverOptions) (*Extents, error) {
 	sp, err := newSpool(opts.TempDir)
 	if err != nil {
 		return nil, err
 	}
 	b := &extentBuilder{wantUnit: opts.BlockSize, size: opts.Snap.Size, out: sp.write}
-	scan := xmlScan{tempDir: opts.TempDir}
+	opt := xmlScan{tempDir: opts.TempDir}
 	if opts.Base != nil {
-		scan.left, scan.right = opts.Base.ID, opts.Snap.ID
+		opt.left, opt.right = opts.Base.ID, opts.Snap.ID
 		// Only a grown volume has a region the base cannot describe.
 		b.fillFrom = opts.Snap.Size
 		if opts.Snap.Size > opts.Base.Size {
 			b.fillFrom = opts.Base.Size
 		}
 	} else {
-		scan.dump, scan.dumpDev = true, opts.Snap.ID
+		opt.dump, opt.dumpDev = true, opts.Snap.ID
 		b.fillFrom = 0
 	}
-	err = scanXML(r, scan, xmlHandler{superblock: b.setBlockSize, rng: b.add})
+	err = scan(r, opt, xmlHandler{superblock: b.setBlockSize, rng: b.add})
 	if err == nil {
 		err = b.finish()
 	}

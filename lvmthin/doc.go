@@ -36,6 +36,10 @@
 //   - The thin tools must read the metadata snapshot (-m) while the pool is
 //     active; the extents are spooled to an unlinked temporary file so the
 //     snapshot is released before any data is read.
+//   - The tools' XML is read by a scanner of the subset of XML they write
+//     (thin-provisioning-tools 0.9 and 1.x), in memory that does not grow
+//     with the output; XML outside it, such as text between elements,
+//     entity references or a DOCTYPE, is refused as ErrMetadata.
 //   - Everything here needs root and a kernel with dm-thin; the package's
 //     tests that need them run in a User-Mode Linux guest (scripts/uml/run).
 package lvmthin

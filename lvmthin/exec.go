@@ -40,6 +40,8 @@ const commandGrace = 10 * time.Second
 // it. With consume == nil it returns the command's standard output; otherwise
 // consume reads standard output as a stream while the command runs (and
 // nothing is returned), so output of any size is handled in bounded memory.
+// The stream comes through toolPipe and batchReader, which keep a tool that
+// writes line by line from being slowed down by its reader.
 //
 // On failure the error is a *CommandError with the full command line, exit
 // status and trimmed standard error, classified into a sentinel by
@@ -63,21 +65,29 @@ func run(ctx context.Context, consume func(io.Reader) error, prog string, args .
 	cmd.Stderr = stderr
 
 	var stdout bytes.Buffer
-	var pipe io.ReadCloser
+	var pipe, pipeW *os.File
 	if consume == nil {
 		cmd.Stdout = &stdout
 	} else {
 		var err error
-		if pipe, err = cmd.StdoutPipe(); err != nil {
+		if pipe, pipeW, err = toolPipe(); err != nil {
 			return nil, &CommandError{Args: argv, ExitCode: -1, Err: err}
 		}
+		defer pipe.Close()
+		cmd.Stdout = pipeW
 	}
-	if err := cmd.Start(); err != nil {
+	err := cmd.Start()
+	if pipeW != nil {
+		// The command has its copy; ours would keep the pipe from ever
+		// reaching its end.
+		pipeW.Close()
+	}
+	if err != nil {
 		return nil, &CommandError{Args: argv, ExitCode: -1, Err: err}
 	}
 	var consumeErr error
 	if consume != nil {
-		consumeErr = consume(pipe)
+		consumeErr = consume(&batchReader{r: pipe, sleep: time.Sleep})
 		if consumeErr != nil {
 			// Stop a producer we no longer listen to; it would block on
 			// a full pipe otherwise.

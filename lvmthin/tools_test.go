@@ -103,7 +103,7 @@ func writeDeviceXML(b *bytes.Buffer, id int, creation int, m []int64) {
 
 // restore writes the pair as real pool metadata with thin_restore, as
 // devices 1 (older, created at pool time 1) and 2 (newer, time 2).
-func (p *thinPair) restore(t *testing.T) string {
+func (p *thinPair) restore(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	var b bytes.Buffer

@@ -3,7 +3,6 @@ package lvmthin
 import (
 	"bufio"
 	"encoding/binary"
-	"encoding/xml"
 	"fmt"
 	"io"
 	"os"
@@ -35,13 +34,6 @@ func (k rangeKind) String() string {
 		return "mapping"
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
-}
-
-var deltaKinds = map[string]rangeKind{
-	"same":       rangeSame,
-	"different":  rangeDifferent,
-	"left_only":  rangeLeftOnly,
-	"right_only": rangeRightOnly,
 }
 
 // DeviceDetails is a thin device's entry in the pool metadata (thin_dump's
@@ -79,12 +71,16 @@ type xmlScan struct {
 	tempDir string
 }
 
+// xmlScanFunc is the signature of scanXML; tests run the same assembly of
+// a delta with the encoding/xml parser scanXML replaced.
+type xmlScanFunc func(r io.Reader, opt xmlScan, h xmlHandler) error
+
 // maxBlockSectors is the kernel's largest thin-pool block size (1 GiB) in
 // sectors (DATA_DEV_BLOCK_SIZE_MAX_SECTORS).
 const maxBlockSectors = 2097152
 
-// scanXML parses thin_delta or thin_dump XML from r as a token stream, in
-// memory bounded by the size of one element: nothing is kept per range. It
+// scanXML parses thin_delta or thin_dump XML from r as it streams, in
+// memory bounded by the size of one tag: nothing is kept per range. It
 // understands thin-provisioning-tools 0.9 and 1.x output:
 //   - thin_delta: <superblock><diff left right> with <same|different|
 //     left_only|right_only begin length/> elements, or (--verbose) the same
@@ -94,11 +90,26 @@ const maxBlockSectors = 2097152
 //     shared runs defined once as <def name> ... </def> and used as
 //     <ref name/>, which are spooled to a temporary file and expanded.
 //
-// Unknown elements and attributes are ignored, so later tool versions that
-// add some still parse; missing required ones are errors.
+// Unknown elements and attributes are ignored, in any order, so later tool
+// versions that add some still parse; missing required ones are errors.
+//
+// The tools' XML is machine-written and simple, and a general XML decoder
+// spends most of discovery's time on it (it allocates for every token), so
+// xmlReader reads the subset the tools write, without allocating per
+// element. Input outside that subset is refused rather than guessed at
+// (ErrMetadata, and the scanner's position): character data other than
+// white space (the tools write attributes only), entity and character
+// references, CDATA sections, DOCTYPE and other declarations, names that
+// are not ASCII, a known attribute twice in one tag, a tag longer than
+// maxXMLTag bytes and elements nested deeper than maxXMLDepth. Comments,
+// processing instructions and a UTF-8 XML declaration are skipped. On
+// everything else it reports what the encoding/xml parser it replaced
+// did; the tests hold it to that parser (xmlref_test.go).
 func scanXML(r io.Reader, opt xmlScan, h xmlHandler) error {
-	// A larger buffer than the decoder's own 4 KiB: fewer reads of the pipe.
-	s := &xmlScanner{opt: opt, h: h, dec: xml.NewDecoder(bufio.NewReaderSize(r, 256<<10))}
+	// A large buffer: fewer reads of the pipe, and every tag fits in it.
+	s := &xmlScanner{opt: opt, h: h}
+	s.x.br = bufio.NewReaderSize(r, 256<<10)
+	s.x.line = 1
 	defer s.closeDefs()
 	return s.scan()
 }
@@ -108,12 +119,17 @@ func badf(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrMetadata}, args...)...)
 }
 
+// xmlScanner gives the elements xmlReader finds their meaning in thin_delta
+// or thin_dump output.
 type xmlScanner struct {
 	opt xmlScan
 	h   xmlHandler
-	dec *xml.Decoder
+	x   xmlReader
 
-	stack     []string
+	// stack holds the open elements; names holds the local names of the
+	// unknown ones among them (known ones match by id).
+	stack     []openElem
+	names     []byte
 	sawSB     bool
 	sawDiff   bool
 	sawDev    bool
@@ -132,36 +148,74 @@ type xmlScanner struct {
 	varint    [2 * binary.MaxVarintLen64]byte
 }
 
+// openElem is an element on the stack; an unknown element's name is
+// names[nameAt:] up to the next element's nameAt.
+type openElem struct {
+	elem   xmlElem
+	nameAt int
+}
+
 type defSpan struct{ off, end int64 }
 
 func (s *xmlScanner) scan() error {
+	x := &s.x
 	for {
-		tok, err := s.dec.RawToken()
-		if err == io.EOF {
-			break
-		}
+		tok, err := x.next()
 		if err != nil {
-			return badf("%v", err)
+			return err
 		}
-		switch t := tok.(type) {
-		case xml.StartElement:
-			if err := s.start(t); err != nil {
-				return fmt.Errorf("<%s> at byte %d: %w", t.Name.Local, s.dec.InputOffset(), err)
+		switch tok {
+		case tokStart:
+			if len(s.stack) == maxXMLDepth {
+				return x.tagErr(unsupportedf("<%s> nested deeper than %d elements", x.local, maxXMLDepth))
 			}
-			s.stack = append(s.stack, t.Name.Local)
-		case xml.EndElement:
-			if len(s.stack) == 0 || s.stack[len(s.stack)-1] != t.Name.Local {
-				return badf("unexpected </%s> at byte %d", t.Name.Local, s.dec.InputOffset())
+			if err := s.start(x.elem); err != nil {
+				return x.tagErr(fmt.Errorf("<%s>: %w", x.local, err))
 			}
+			if x.selfClose {
+				if err := s.end(x.elem); err != nil {
+					return x.tagErr(fmt.Errorf("<%s/>: %w", x.local, err))
+				}
+				continue
+			}
+			top := openElem{elem: x.elem, nameAt: len(s.names)}
+			if x.elem == elemUnknown {
+				s.names = append(s.names, x.local...)
+			}
+			s.stack = append(s.stack, top)
+		case tokEnd:
+			if !s.closes(x.elem, x.local) {
+				return x.tagErr(badf("unexpected </%s>", x.local))
+			}
+			top := s.stack[len(s.stack)-1]
 			s.stack = s.stack[:len(s.stack)-1]
-			if err := s.end(t.Name.Local); err != nil {
-				return err
+			s.names = s.names[:top.nameAt]
+			if err := s.end(x.elem); err != nil {
+				return x.tagErr(fmt.Errorf("</%s>: %w", x.local, err))
 			}
-		case xml.CharData, xml.Comment, xml.ProcInst, xml.Directive:
+		case tokEOF:
+			return s.finish()
 		}
 	}
-	if len(s.stack) != 0 {
-		return badf("output ends inside <%s> (truncated)", s.stack[len(s.stack)-1])
+}
+
+// closes reports whether an end tag closes the innermost open element.
+func (s *xmlScanner) closes(elem xmlElem, local []byte) bool {
+	if len(s.stack) == 0 {
+		return false
+	}
+	top := s.stack[len(s.stack)-1]
+	return top.elem == elem && (elem != elemUnknown || string(s.names[top.nameAt:]) == string(local))
+}
+
+// finish checks the whole output once it has been read.
+func (s *xmlScanner) finish() error {
+	if n := len(s.stack); n != 0 {
+		name := s.stack[n-1].elem.String()
+		if s.stack[n-1].elem == elemUnknown {
+			name = string(s.names[s.stack[n-1].nameAt:])
+		}
+		return s.x.errAt(len(s.x.win), badf("output ends inside <%s> (truncated)", name))
 	}
 	if !s.sawSB {
 		return badf("no <superblock> in output")
@@ -175,14 +229,14 @@ func (s *xmlScanner) scan() error {
 	return nil
 }
 
-func (s *xmlScanner) start(t xml.StartElement) error {
-	name := t.Name.Local
-	if name == "superblock" {
+func (s *xmlScanner) start(elem xmlElem) error {
+	x := &s.x
+	if elem == elemSuperblock {
 		if s.sawSB || len(s.stack) != 0 {
 			return badf("second or nested superblock")
 		}
 		s.sawSB = true
-		v, err := attrUint(t, "data_block_size", 32)
+		v, err := x.uintAttr(attrDataBlockSize, 32)
 		if err != nil {
 			return err
 		}
@@ -197,49 +251,48 @@ func (s *xmlScanner) start(t xml.StartElement) error {
 	if len(s.stack) == 0 {
 		return badf("element outside <superblock>")
 	}
-	switch {
-	case name == "diff":
+	switch kind := elem.rangeKind(); {
+	case elem == elemDiff:
 		if s.opt.dump || s.sawDiff {
 			return badf("unexpected <diff>")
 		}
 		s.sawDiff, s.inDiff = true, true
-		if err := checkDevAttr(t, "left", s.opt.left); err != nil {
+		if err := s.checkDevAttr(attrLeft, s.opt.left); err != nil {
 			return err
 		}
-		return checkDevAttr(t, "right", s.opt.right)
+		return s.checkDevAttr(attrRight, s.opt.right)
 
-	case s.inDiff && deltaKinds[name] != 0:
-		kind := deltaKinds[name]
+	case s.inDiff && kind != 0:
 		if s.group != 0 {
 			return badf("range kind nested in another")
 		}
-		if !hasAttr(t, "begin") {
+		if !x.has(attrBegin) {
 			s.group = kind // --verbose: a group of <range> elements
 			return nil
 		}
-		return s.deltaRange(t, kind)
+		return s.deltaRange(kind)
 
-	case s.inDiff && name == "range":
+	case s.inDiff && elem == elemRange:
 		if s.group == 0 {
 			return badf("<range> outside a same/different/left_only/right_only group")
 		}
-		return s.deltaRange(t, s.group)
+		return s.deltaRange(s.group)
 
-	case name == "device":
+	case elem == elemDevice:
 		if !s.opt.dump || s.inDevice || s.inDef {
 			return badf("unexpected <device>")
 		}
 		s.inDevice = true
-		id, err := attrUint(t, "dev_id", 32)
+		id, err := x.uintAttr(attrDevID, 32)
 		if err != nil {
 			return err
 		}
 		d := DeviceDetails{ID: uint32(id)}
-		// These are informational; absent ones stay zero.
-		d.MappedBlocks, _ = attrUint(t, "mapped_blocks", 64)
-		d.Transaction, _ = attrUint(t, "transaction", 64)
-		d.CreationTime, _ = attrUint(t, "creation_time", 64)
-		d.SnapshotTime, _ = attrUint(t, "snap_time", 64)
+		// These are informational; absent or bad ones stay zero.
+		d.MappedBlocks, _ = x.uintAttr(attrMappedBlocks, 64)
+		d.Transaction, _ = x.uintAttr(attrTransaction, 64)
+		d.CreationTime, _ = x.uintAttr(attrCreationTime, 64)
+		d.SnapshotTime, _ = x.uintAttr(attrSnapTime, 64)
 		if s.h.device != nil {
 			if err := s.h.device(d); err != nil {
 				return err
@@ -253,33 +306,33 @@ func (s *xmlScanner) start(t xml.StartElement) error {
 		}
 		return nil
 
-	case name == "def":
+	case elem == elemDef:
 		if !s.opt.dump || s.inDevice || s.inDef {
 			return badf("unexpected <def>")
 		}
-		n, ok := attr(t, "name")
+		n, ok := x.text(attrName)
 		if !ok {
 			return badf("<def> without name")
 		}
-		if _, dup := s.defs[n]; dup {
+		if _, dup := s.defs[string(n)]; dup {
 			return badf("<def name=%q> defined twice", n)
 		}
-		s.inDef, s.defName = true, n
+		s.inDef, s.defName = true, string(n)
 		return s.beginDef()
 
-	case name == "range_mapping" || name == "single_mapping":
+	case elem == elemRangeMapping || elem == elemSingleMapping:
 		if !s.inDevice && !s.inDef {
 			return badf("mapping outside <device> or <def>")
 		}
 		var begin, length uint64
 		var err error
-		if name == "single_mapping" {
-			begin, err = attrUint(t, "origin_block", 64)
+		if elem == elemSingleMapping {
+			begin, err = x.uintAttr(attrOriginBlock, 64)
 			length = 1
 		} else {
-			begin, err = attrUint(t, "origin_begin", 64)
+			begin, err = x.uintAttr(attrOriginBegin, 64)
 			if err == nil {
-				length, err = attrUint(t, "length", 64)
+				length, err = x.uintAttr(attrLength, 64)
 			}
 		}
 		if err != nil {
@@ -287,11 +340,11 @@ func (s *xmlScanner) start(t xml.StartElement) error {
 		}
 		return s.mapping(begin, length)
 
-	case name == "ref":
+	case elem == elemRef:
 		if !s.inDevice && !s.inDef {
 			return badf("<ref> outside <device> or <def>")
 		}
-		n, ok := attr(t, "name")
+		n, ok := x.text(attrName)
 		if !ok {
 			return badf("<ref> without name")
 		}
@@ -300,32 +353,48 @@ func (s *xmlScanner) start(t xml.StartElement) error {
 	return nil // unknown element: ignored
 }
 
-func (s *xmlScanner) end(name string) error {
+func (s *xmlScanner) end(elem xmlElem) error {
 	switch {
-	case name == "diff":
+	case elem == elemDiff:
 		s.inDiff = false
-	case s.inDiff && deltaKinds[name] != 0:
+	case s.inDiff && elem.rangeKind() != 0:
 		s.group = 0
-	case name == "device":
+	case elem == elemDevice:
 		s.inDevice, s.wantedDev = false, false
-	case name == "def":
+	case elem == elemDef:
 		s.inDef = false
 		return s.endDef()
 	}
 	return nil
 }
 
-func (s *xmlScanner) deltaRange(t xml.StartElement, kind rangeKind) error {
-	begin, err := attrUint(t, "begin", 64)
+func (s *xmlScanner) deltaRange(kind rangeKind) error {
+	begin, err := s.x.uintAttr(attrBegin, 64)
 	if err != nil {
 		return err
 	}
-	length, err := attrUint(t, "length", 64)
+	length, err := s.x.uintAttr(attrLength, 64)
 	if err != nil {
 		return err
 	}
 	if s.h.rng != nil {
 		return s.h.rng(kind, begin, length)
+	}
+	return nil
+}
+
+// checkDevAttr checks that <diff> names the device asked for (a mix-up of
+// ids would silently produce another volume's delta).
+func (s *xmlScanner) checkDevAttr(a xmlAttr, want uint32) error {
+	if want == 0 {
+		return nil
+	}
+	got, err := s.x.uintAttr(a, 32)
+	if err != nil {
+		return err
+	}
+	if uint32(got) != want {
+		return badf("diff %s=%d, asked for thin device %d", a, got, want)
 	}
 	return nil
 }
@@ -379,8 +448,8 @@ func (s *xmlScanner) endDef() error {
 
 // expandRef replays a spooled <def> in place of a <ref>, into the def being
 // spooled (nested) or as mappings of the current device.
-func (s *xmlScanner) expandRef(name string) error {
-	span, ok := s.defs[name]
+func (s *xmlScanner) expandRef(name []byte) error {
+	span, ok := s.defs[string(name)]
 	if !ok {
 		return badf("<ref name=%q> to an undefined <def>", name)
 	}
@@ -418,46 +487,4 @@ func (s *xmlScanner) closeDefs() {
 	if s.defFile != nil {
 		s.defFile.Close()
 	}
-}
-
-func attr(t xml.StartElement, name string) (string, bool) {
-	for _, a := range t.Attr {
-		if a.Name.Local == name {
-			return a.Value, true
-		}
-	}
-	return "", false
-}
-
-func hasAttr(t xml.StartElement, name string) bool {
-	_, ok := attr(t, name)
-	return ok
-}
-
-func attrUint(t xml.StartElement, name string, bits int) (uint64, error) {
-	v, ok := attr(t, name)
-	if !ok {
-		return 0, badf("missing attribute %s", name)
-	}
-	n, err := strconv.ParseUint(v, 10, bits)
-	if err != nil {
-		return 0, badf("attribute %s=%q: not a %d-bit number", name, v, bits)
-	}
-	return n, nil
-}
-
-// checkDevAttr checks that <diff> names the device asked for (a mix-up of
-// ids would silently produce another volume's delta).
-func checkDevAttr(t xml.StartElement, name string, want uint32) error {
-	if want == 0 {
-		return nil
-	}
-	got, err := attrUint(t, name, 32)
-	if err != nil {
-		return err
-	}
-	if uint32(got) != want {
-		return badf("diff %s=%d, asked for thin device %d", name, got, want)
-	}
-	return nil
 }
