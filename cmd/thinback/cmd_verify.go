@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/urfave/cli/v2"
-	"golang.org/x/sys/unix"
 )
 
 // errVerify is returned when verify found problems (exit code 10).
@@ -54,9 +54,6 @@ func verifyFile(ctx context.Context, path string) (*archive.Header, archive.Trai
 		return nil, archive.Trailer{}, err
 	}
 	defer f.Close()
-	// Workers read records in parallel, slightly out of order; tell the
-	// kernel the file is read front to back so readahead stays large.
-	unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_SEQUENTIAL)
 	rd := archive.NewReader(f)
 	h, err := rd.Header()
 	if err == nil {
@@ -115,6 +112,57 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 			return fmt.Errorf("verify: %w", err)
 		}
 	}
+	// Read the files two at a time (each on all cores): the end of one
+	// file's pipeline and the cold start of the next then overlap.
+	var snaps []catalog.Snapshot
+	if err := s.View(func(tx *catalog.Tx) error {
+		all, err := tx.AllSnapshots()
+		for _, sn := range all {
+			if volume == "" || sn.Volume == volume {
+				snaps = append(snaps, sn)
+			}
+		}
+		return err
+	}); err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	type result struct {
+		h    *archive.Header
+		tr   archive.Trailer
+		err  error
+		took time.Duration
+		done chan struct{}
+	}
+	results := make(map[string]*result, len(snaps)) // by file: a prune may repoint a snapshot meanwhile
+	for _, sn := range snaps {
+		results[sn.File] = &result{done: make(chan struct{})}
+	}
+	next := make(chan catalog.Snapshot)
+	var wg sync.WaitGroup
+	for i := 0; i < 2; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for sn := range next {
+				r := results[sn.File]
+				start := time.Now()
+				r.h, r.tr, r.err = verifyFile(ctx, s.Path(sn.File))
+				r.took = time.Since(start)
+				close(r.done)
+			}
+		}()
+	}
+	go func() {
+		defer close(next)
+		for _, sn := range snaps {
+			select {
+			case next <- sn:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	defer wg.Wait() // never leave readers behind
 	files := 0
 	problems, err := s.Check(catalog.CheckOptions{Verify: func(snap catalog.Snapshot, path string) error {
 		if volume != "" && snap.Volume != volume {
@@ -124,9 +172,21 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 			return ctx.Err()
 		}
 		files++
-		start := time.Now()
 		what := fmt.Sprintf("%s #%d %s %s", snap.Volume, snap.Seq, snap.ID, snap.File)
-		h, tr, err := verifyFile(ctx, path)
+		r := results[snap.File]
+		if r == nil { // recorded meanwhile
+			r = &result{}
+			start := time.Now()
+			r.h, r.tr, r.err = verifyFile(ctx, path)
+			r.took = time.Since(start)
+		} else {
+			select {
+			case <-r.done:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		h, tr, err, took := r.h, r.tr, r.err, r.took
 		if err == nil {
 			switch want := fmt.Sprintf("%x", tr.Digest); {
 			case h.Snapshot.ID.String() != snap.ID:
@@ -138,10 +198,10 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 			}
 		}
 		if err != nil {
-			verdict(e, quiet, false, what, snap.FileSize, time.Since(start), ": "+err.Error())
+			verdict(e, quiet, false, what, snap.FileSize, took, ": "+err.Error())
 			return err
 		}
-		verdict(e, quiet, true, what, snap.FileSize, time.Since(start), "")
+		verdict(e, quiet, true, what, snap.FileSize, took, "")
 		return nil
 	}})
 	if err != nil {
