@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -23,13 +24,13 @@ func catalogCommand(e *env) *cli.Command {
 				if _, err := args(c, 0, 0, "takes no arguments"); err != nil {
 					return err
 				}
-				return runRebuild(e, c.String("store"), c.Bool("quiet"))
+				return runRebuild(c.Context, e, c.String("store"), c.Bool("quiet"))
 			},
 		}},
 	}
 }
 
-func runRebuild(e *env, dir string, quiet bool) error {
+func runRebuild(ctx context.Context, e *env, dir string, quiet bool) error {
 	s, err := openStore(e, dir, true)
 	if err != nil {
 		return err
@@ -46,7 +47,7 @@ func runRebuild(e *env, dir string, quiet bool) error {
 	var good []found
 	bad := 0
 	for _, f := range files {
-		h, tr, err := readStructure(s.Path(f.Path))
+		h, tr, err := readDelta(ctx, s.Path(f.Path), false)
 		if err == nil && h.Snapshot.ID.String() != f.ID {
 			err = fmt.Errorf("its name says snapshot %s, its header %s", f.ID, h.Snapshot.ID)
 		}

@@ -47,21 +47,6 @@ func verifyCommand(e *env) *cli.Command {
 	}
 }
 
-// verifyFile decompresses and checks every digest of a delta file.
-func verifyFile(ctx context.Context, path string) (*archive.Header, archive.Trailer, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, archive.Trailer{}, err
-	}
-	defer f.Close()
-	rd := archive.NewReader(f)
-	h, err := rd.Header()
-	if err == nil {
-		err = archive.Scan(ctx, rd, archive.ScanOptions{}, func(*archive.Record, []byte) error { return nil })
-	}
-	return h, rd.Trailer(), err
-}
-
 func verdict(e *env, quiet bool, ok bool, what string, size int64, took time.Duration, detail string) {
 	if ok && quiet {
 		return
@@ -85,7 +70,7 @@ func runVerifyFiles(ctx context.Context, e *env, files []string, quiet bool) err
 		if fi, err := os.Stat(p); err == nil {
 			size = fi.Size()
 		}
-		_, _, err := verifyFile(ctx, p)
+		_, _, err := readDelta(ctx, p, true)
 		if errors.Is(err, context.Canceled) {
 			return err
 		}
@@ -146,7 +131,7 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 			for sn := range next {
 				r := results[sn.File]
 				start := time.Now()
-				r.h, r.tr, r.err = verifyFile(ctx, s.Path(sn.File))
+				r.h, r.tr, r.err = readDelta(ctx, s.Path(sn.File), true)
 				r.took = time.Since(start)
 				close(r.done)
 			}
@@ -177,7 +162,7 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 		if r == nil { // recorded meanwhile
 			r = &result{}
 			start := time.Now()
-			r.h, r.tr, r.err = verifyFile(ctx, path)
+			r.h, r.tr, r.err = readDelta(ctx, path, true)
 			r.took = time.Since(start)
 		} else {
 			select {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -78,9 +79,11 @@ func volumeRecord(h *archive.Header) catalog.Volume {
 	return v
 }
 
-// readStructure reads a delta file's header and every record's metadata to
-// its verified END (seeking over payloads).
-func readStructure(path string) (*archive.Header, archive.Trailer, error) {
+// readDelta reads a delta file to its verified END record. With payloads,
+// every record is decompressed and every block digest checked (on all
+// cores); without, only the header and the records' metadata are read and
+// chained, seeking over the payloads.
+func readDelta(ctx context.Context, path string, payloads bool) (*archive.Header, archive.Trailer, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, archive.Trailer{}, err
@@ -88,11 +91,14 @@ func readStructure(path string) (*archive.Header, archive.Trailer, error) {
 	defer f.Close()
 	rd := archive.NewReader(f)
 	h, err := rd.Header()
-	for err == nil {
+	if err == nil && payloads {
+		err = archive.Scan(ctx, rd, archive.ScanOptions{}, func(*archive.Record, []byte) error { return nil })
+	}
+	for err == nil && !payloads {
 		_, err = rd.Next()
 	}
-	if !errors.Is(err, io.EOF) {
-		return nil, archive.Trailer{}, fmt.Errorf("%s: %w", path, err)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return h, archive.Trailer{}, err
 	}
 	return h, rd.Trailer(), nil
 }
