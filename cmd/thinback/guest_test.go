@@ -20,7 +20,8 @@ import (
 // TestGuest runs the end-to-end scripts of testdata/guest against real LVM
 // thin pools in a User-Mode Linux guest (see lvmthin/lvmtest).
 func TestGuest(t *testing.T) {
-	lvmtest.RunGuest(t, "../..", lvmtest.Options{Pattern: "^TestGuestScripts$", Timeout: 15 * time.Minute, Mem: "1536M"})
+	lvmtest.RunGuest(t, "../..", lvmtest.Options{Pattern: "^TestGuestScripts$", Timeout: 15 * time.Minute, Mem: "1536M",
+		TestData: "../../testdata/guest"})
 }
 
 // TestGuestScripts runs inside the guest.
@@ -29,7 +30,7 @@ func TestGuestScripts(t *testing.T) {
 		t.Skip("runs inside the User-Mode Linux guest (TestGuest)")
 	}
 	testscript.Run(t, testscript.Params{
-		Dir: "../../testdata/guest",
+		Dir: lvmtest.TestDataDir("../../testdata/guest"),
 		Setup: func(e *testscript.Env) error {
 			e.Setenv("THINBACK_STATE", e.WorkDir+"/state.db")
 			for _, k := range []string{"LVM_SYSTEM_DIR", "THINBACK_UML_WORK", "THINBACK_UML_MKPOOL", "LC_ALL"} {

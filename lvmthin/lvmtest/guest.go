@@ -32,6 +32,20 @@ type Options struct {
 	Timeout time.Duration
 	// Mem is the guest's memory ("1G" when empty).
 	Mem string
+	// TestData is a directory (relative to the package) the guest tests
+	// read. It is copied into the work dir, which the guest always sees
+	// (the repository may not be visible: the guest has its own /tmp),
+	// and its path there is passed as THINBACK_GUEST_TESTDATA.
+	TestData string
+}
+
+// TestDataDir returns where the guest tests find the directory passed as
+// Options.TestData, or def outside a guest run.
+func TestDataDir(def string) string {
+	if d := os.Getenv("THINBACK_GUEST_TESTDATA"); d != "" {
+		return d
+	}
+	return def
 }
 
 // RunGuest compiles the test binary of the package in the current
@@ -90,8 +104,16 @@ func RunGuest(t *testing.T, root string, opts Options) {
 	if mem == "" {
 		mem = "1G"
 	}
-	args := []string{"--workdir", work, "--mem", mem, "--timeout", strconv.Itoa(int(timeout.Seconds()) + 60), "--",
-		bin, "-test.run", pattern, "-test.count", "1", "-test.timeout", strconv.Itoa(int(timeout.Seconds())) + "s"}
+	var env []string
+	if opts.TestData != "" {
+		dst := filepath.Join(work, "testdata")
+		if out, err := exec.Command("cp", "-r", opts.TestData, dst).CombinedOutput(); err != nil {
+			t.Fatalf("copying %s for the guest: %v\n%s", opts.TestData, err, out)
+		}
+		env = append(env, "--env", "THINBACK_GUEST_TESTDATA="+dst)
+	}
+	args := append(env, "--workdir", work, "--mem", mem, "--timeout", strconv.Itoa(int(timeout.Seconds())+60), "--",
+		bin, "-test.run", pattern, "-test.count", "1", "-test.timeout", strconv.Itoa(int(timeout.Seconds()))+"s")
 	if testing.Verbose() {
 		args = append(args, "-test.v")
 	}
