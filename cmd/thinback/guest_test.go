@@ -7,6 +7,8 @@ import (
 	"io"
 	"math/rand"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -24,22 +26,31 @@ func TestGuest(t *testing.T) {
 		TestData: "../../testdata/guest"})
 }
 
-// TestGuestScripts runs inside the guest.
+// TestGuestScripts runs inside the guest, one script at a time: they share
+// one kernel, one CPU and its device-mapper, and some of them time signals.
 func TestGuestScripts(t *testing.T) {
 	if !lvmtest.InGuest() {
 		t.Skip("runs inside the User-Mode Linux guest (TestGuest)")
 	}
-	testscript.Run(t, testscript.Params{
-		Dir: lvmtest.TestDataDir("../../testdata/guest"),
-		Setup: func(e *testscript.Env) error {
-			e.Setenv("THINBACK_STATE", e.WorkDir+"/state.db")
-			for _, k := range []string{"LVM_SYSTEM_DIR", "THINBACK_UML_WORK", "THINBACK_UML_MKPOOL", "LC_ALL"} {
-				e.Setenv(k, os.Getenv(k))
-			}
-			return nil
-		},
-		Cmds: scriptCmds(),
-	})
+	files, err := filepath.Glob(filepath.Join(lvmtest.TestDataDir("../../testdata/guest"), "*.txtar"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no guest scripts found: %v", err)
+	}
+	for _, file := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(file), ".txtar"), func(t *testing.T) {
+			testscript.Run(t, testscript.Params{
+				Files: []string{file},
+				Setup: func(e *testscript.Env) error {
+					e.Setenv("THINBACK_STATE", e.WorkDir+"/state.db")
+					for _, k := range []string{"LVM_SYSTEM_DIR", "THINBACK_UML_WORK", "THINBACK_UML_MKPOOL", "LC_ALL"} {
+						e.Setenv(k, os.Getenv(k))
+					}
+					return nil
+				},
+				Cmds: scriptCmds(),
+			})
+		})
+	}
 }
 
 // directReader reads a device or file with O_DIRECT through an aligned
