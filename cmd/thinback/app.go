@@ -66,6 +66,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			return usageError{err.Error()}
 		},
 		Commands: []*cli.Command{
+			initCommand(e),
 			backupCommand(e),
 			sendCommand(e),
 			receiveCommand(e),
