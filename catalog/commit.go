@@ -34,21 +34,10 @@ import (
 // concurrent commits to one volume may race for a Seq, and the loser fails
 // with ErrExist.
 func (s *Store) Commit(tmp *os.File, snap *Snapshot) error {
-	if err := s.ownTemp(tmp); err != nil {
-		return err
-	}
-	rec := *snap
-	rec.File, rec.FileSize = "", 0
-	if err := rec.validateFields(); err != nil {
-		_ = s.Discard(tmp)
-		return &RecordError{Bucket: string(bucketSnapshots), Key: rec.ID, Err: err, write: true}
-	}
-	size, err := syncTemp(tmp)
+	rec, err := s.prepare(tmp, snap)
 	if err != nil {
-		_ = s.Discard(tmp)
 		return err
 	}
-	rec.FileSize = size
 	at("commit:synced")
 
 	// Check and choose the Seq before the file gets its final name, which
@@ -244,21 +233,10 @@ func (tx *Tx) checkParent(rec *Snapshot, removing map[string]bool) error {
 // the catalog changed but old files could not be removed, the error is a
 // LeftoverError.
 func (s *Store) Replace(tmp *os.File, snap *Snapshot, remove ...string) error {
-	if err := s.ownTemp(tmp); err != nil {
-		return err
-	}
-	rec := *snap
-	rec.File, rec.FileSize = "", 0
-	if err := rec.validateFields(); err != nil {
-		_ = s.Discard(tmp)
-		return &RecordError{Bucket: string(bucketSnapshots), Key: rec.ID, Err: err, write: true}
-	}
-	size, err := syncTemp(tmp)
+	rec, err := s.prepare(tmp, snap)
 	if err != nil {
-		_ = s.Discard(tmp)
 		return err
 	}
-	rec.FileSize = size
 	at("replace:synced")
 
 	var old Snapshot
@@ -367,4 +345,26 @@ func (tx *Tx) checkReplace(rec *Snapshot, remove []string) (old Snapshot, remove
 		}
 	}
 	return old, removed, nil
+}
+
+// prepare is the first step of Commit and Replace: the record, checked,
+// with the size of tmp once tmp is durable. On error tmp is discarded
+// (unless it is not this store's).
+func (s *Store) prepare(tmp *os.File, snap *Snapshot) (Snapshot, error) {
+	if err := s.ownTemp(tmp); err != nil {
+		return Snapshot{}, err
+	}
+	rec := *snap
+	rec.File, rec.FileSize = "", 0
+	if err := rec.validateFields(); err != nil {
+		_ = s.Discard(tmp)
+		return rec, &RecordError{Bucket: string(bucketSnapshots), Key: rec.ID, Err: err, write: true}
+	}
+	size, err := syncTemp(tmp)
+	if err != nil {
+		_ = s.Discard(tmp)
+		return rec, err
+	}
+	rec.FileSize = size
+	return rec, nil
 }
