@@ -5,13 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
-	"runtime"
+	"slices"
 	"sync"
 
 	"github.com/zeebo/blake3"
-	"golang.org/x/sys/unix"
 )
 
 // DigestExtent says what a range of a volume held in some snapshot, block by
@@ -42,7 +40,7 @@ type DigestIterator interface {
 // DigestSourceOptions tune a DigestSource. The zero value is good.
 type DigestSourceOptions struct {
 	// Workers hashing in parallel; 0 means one per CPU, at most
-	// maxHashWorkers.
+	// maxHashWorkers (see WorkerCount for an explicit number).
 	Workers int
 	// ChunkSize is the bytes of the image one worker reads and hashes at a
 	// time; 0 means 1 MiB. It is rounded to the block size.
@@ -100,10 +98,8 @@ type DigestSource struct {
 
 	started  bool
 	cancel   context.CancelFunc
-	order    chan *hashJob
-	free     chan *hashJob
-	wg       sync.WaitGroup
-	dispErr  error // set by the dispatcher before it closes order
+	results  chan digestResult // closed once the pipeline returned
+	runErr   error             // the pipeline's result, set before results is closed
 	pending  []Extent
 	stats    DigestStats
 	err      error // sticky
@@ -139,11 +135,11 @@ func NewDigestSource(f *os.File, size, blockSize int64, prev DigestIterator, opt
 		chunk = defaultHashChunk
 	}
 	chunk = max(chunk/blockSize, 1) * blockSize
-	workers := opts.Workers
-	if workers <= 0 {
-		workers = min(runtime.GOMAXPROCS(0), maxHashWorkers)
+	workers := WorkerCount(opts.Workers)
+	if opts.Workers <= 0 {
+		workers = min(workers, maxHashWorkers)
 	}
-	return &DigestSource{f: f, size: size, bs: blockSize, chunk: chunk, workers: max(workers, 1),
+	return &DigestSource{f: f, size: size, bs: blockSize, chunk: chunk, workers: workers,
 		sparse: mode.IsRegular(), prev: prev, progress: opts.Progress}, nil
 }
 
@@ -161,8 +157,12 @@ type hashJob struct {
 	buf    []byte
 	out    []Extent // blocks that differ, runs of one kind merged
 	read   int64
-	err    error
-	done   chan struct{}
+}
+
+// digestResult is what Next learns from one chunk.
+type digestResult struct {
+	out     []Extent
+	n, read int64
 }
 
 // expected is what the earlier snapshot held in one block. kind 0 means
@@ -182,31 +182,22 @@ func (s *DigestSource) Next() (Extent, error) {
 		if !s.started {
 			s.start()
 		}
-		j, ok := <-s.order
+		r, ok := <-s.results
 		if !ok {
-			s.wg.Wait() // dispErr is set and every goroutine is done
 			s.err = io.EOF
-			if s.dispErr != nil {
-				s.err = s.dispErr
+			if s.runErr != nil {
+				s.err = s.runErr
 			}
 			continue
 		}
-		<-j.done
-		if j.err != nil {
-			s.err = j.err
-			s.Close()
-			continue
-		}
-		s.pending = append(s.pending, j.out...)
-		s.stats.Examined += j.n
-		s.stats.Read += j.read
-		for _, e := range j.out {
+		s.pending = append(s.pending, r.out...)
+		s.stats.Examined += r.n
+		s.stats.Read += r.read
+		for _, e := range r.out {
 			s.stats.Differed += e.Length
 		}
-		n := j.n
-		s.free <- j
 		if s.progress != nil {
-			s.progress(n)
+			s.progress(r.n)
 		}
 	}
 	e := s.pending[0]
@@ -225,86 +216,88 @@ func (s *DigestSource) Close() error {
 			return
 		}
 		s.cancel()
-		for range s.order {
+		for range s.results {
 		}
-		s.wg.Wait()
 	})
 	return nil
 }
 
+// start runs the pipeline that reads and hashes the image on a goroutine
+// of its own, which hands each chunk's result to Next in order.
 func (s *DigestSource) start() {
 	s.started = true
-	inflight := s.workers + 2
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	s.order = make(chan *hashJob, inflight)
-	s.free = make(chan *hashJob, inflight)
-	work := make(chan *hashJob, inflight)
+	s.results = make(chan digestResult)
 	nb := s.chunk / s.bs
-	for i := 0; i < inflight; i++ {
+	exp := expectations{it: s.prev, bs: s.bs}
+	var regions *DataRegions
+	if s.sparse {
+		regions = NewDataRegions(s.f)
+	}
+	off := int64(0)
+	p := Ordered[*hashJob]{
+		Workers:  s.workers,
+		InFlight: s.workers + 2,
 		// Buffers are allocated on first use: a small image needs little.
-		s.free <- &hashJob{exp: make([]expected, nb), hole: make([]bool, nb)}
-	}
-	s.wg.Add(1 + s.workers)
-	go func() {
-		defer s.wg.Done()
-		defer close(s.order)
-		defer close(work)
-		if err := s.dispatch(ctx, work); err != nil && ctx.Err() == nil {
-			s.dispErr = err
-		}
-	}()
-	for i := 0; i < s.workers; i++ {
-		go func() {
-			defer s.wg.Done()
-			for j := range work {
-				if ctx.Err() != nil {
-					j.err = ctx.Err()
-				} else {
-					j.err = s.compare(j)
+		New: func() *hashJob { return &hashJob{exp: make([]expected, nb), hole: make([]bool, nb)} },
+		Produce: func(_ context.Context, j *hashJob) error {
+			if off >= s.size {
+				// Read the rest of the iterator, so that it can check
+				// what it must (a chain's END records).
+				if err := exp.drain(); err != nil {
+					return err
 				}
-				close(j.done)
+				return io.EOF
 			}
-		}()
+			err := s.plan(j, off, &exp, regions)
+			off += j.n
+			return err
+		},
+		Work: func(_ int, j *hashJob) error { return s.compare(j) },
+		Consume: func(j *hashJob) error {
+			// The job is reused once this returns: hand on a copy.
+			r := digestResult{out: slices.Clone(j.out), n: j.n, read: j.read}
+			select {
+			case s.results <- r:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		},
 	}
+	go func() {
+		defer close(s.results)
+		s.runErr = p.Run(ctx)
+	}()
 }
 
-// dispatch walks the image in chunks, in order, noting for each block what
-// the earlier snapshot held and whether it is a hole, and hands the chunks
-// to the workers.
-func (s *DigestSource) dispatch(ctx context.Context, work chan<- *hashJob) error {
-	exp := expectations{it: s.prev, bs: s.bs}
-	holes := holeMap{f: s.f, sparse: s.sparse}
-	for off := int64(0); off < s.size; off += s.chunk {
-		var j *hashJob
-		select {
-		case j = <-s.free:
-		case <-ctx.Done():
-			return ctx.Err()
+// plan notes, for each block of the chunk at off, what the earlier
+// snapshot held and whether it is a hole.
+func (s *DigestSource) plan(j *hashJob, off int64, exp *expectations, regions *DataRegions) error {
+	j.off, j.n = off, min(s.chunk, s.size-off)
+	j.out, j.read = j.out[:0], 0
+	nb := int((j.n + s.bs - 1) / s.bs)
+	j.exp, j.hole = j.exp[:nb], j.hole[:nb]
+	for i := range nb {
+		b := off + int64(i)*s.bs
+		e := min(b+s.bs, s.size)
+		var err error
+		if j.exp[i], err = exp.at(b); err != nil {
+			return err
 		}
-		j.off, j.n = off, min(s.chunk, s.size-off)
-		j.out, j.read, j.err, j.done = j.out[:0], 0, nil, make(chan struct{})
-		nb := int((j.n + s.bs - 1) / s.bs)
-		j.exp, j.hole = j.exp[:nb], j.hole[:nb]
-		for i := range nb {
-			b := off + int64(i)*s.bs
-			e := min(b+s.bs, s.size)
-			var err error
-			if j.exp[i], err = exp.at(b); err != nil {
+		j.hole[i] = false
+		if regions != nil {
+			start, _, err := regions.At(b)
+			if err != nil {
 				return err
 			}
-			if j.hole[i], err = holes.isHole(b, e); err != nil {
-				return err
-			}
+			// [b, start) holds no data, and the region at start reaches
+			// past b.
+			j.hole[i] = start >= e
 		}
-		select {
-		case s.order <- j:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		work <- j // never blocks: work has room for every job
 	}
-	return exp.drain()
+	return nil
 }
 
 // compare reads the chunk's blocks that are not holes and decides, block by
@@ -445,41 +438,4 @@ func (x *expectations) drain() error {
 		}
 	}
 	return nil
-}
-
-// holeMap answers "is this range wholly inside a hole?" for ranges asked in
-// ascending order, with one SEEK_DATA and one SEEK_HOLE per data region.
-type holeMap struct {
-	f          *os.File
-	sparse     bool
-	valid      bool
-	start, end int64 // the first data region that ends after the last range asked
-}
-
-func (h *holeMap) isHole(b, e int64) (bool, error) {
-	if !h.sparse {
-		return false, nil
-	}
-	if !h.valid || h.end <= b {
-		fd := int(h.f.Fd())
-		data, err := unix.Seek(fd, b, unix.SEEK_DATA)
-		switch {
-		case errors.Is(err, unix.ENXIO): // no data from b to the end of the file
-			h.start, h.end = math.MaxInt64, math.MaxInt64
-		case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP):
-			h.sparse = false // no SEEK_DATA on this filesystem: read everything
-			return false, nil
-		case err != nil:
-			return false, fmt.Errorf("%s: looking for data at offset %d: %w", h.f.Name(), b, err)
-		default:
-			hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-			if err != nil {
-				return false, fmt.Errorf("%s: looking for a hole at offset %d: %w", h.f.Name(), data, err)
-			}
-			h.start, h.end = data, hole
-		}
-		h.valid = true
-	}
-	// [b, start) holds no data, and the region [start, end) reaches past b.
-	return h.start >= e, nil
 }

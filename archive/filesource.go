@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-
-	"golang.org/x/sys/unix"
 )
 
 // FileSize returns the size of a regular file or block device, and whether
@@ -38,16 +36,20 @@ func FileSize(f *os.File) (size int64, blockDevice bool, err error) {
 // byte is DATA (zero blocks among them become ZERO records), except the
 // holes of a sparse regular file, which are ZERO extents without being read.
 type FileSource struct {
-	f      *os.File
-	size   int64
-	pos    int64
-	sparse bool
+	f       *os.File
+	size    int64
+	pos     int64
+	regions *DataRegions // nil for a block device: no holes
 }
 
 // NewFileSource returns a Source for f, which must stay open while it is
 // used. It reads size bytes; pass the result of FileSize.
 func NewFileSource(f *os.File, size int64, blockDevice bool) *FileSource {
-	return &FileSource{f: f, size: size, sparse: !blockDevice}
+	s := &FileSource{f: f, size: size}
+	if !blockDevice {
+		s.regions = NewDataRegions(f)
+	}
+	return s
 }
 
 // Next returns the next data region or hole.
@@ -55,38 +57,19 @@ func (s *FileSource) Next() (Extent, error) {
 	if s.pos >= s.size {
 		return Extent{}, io.EOF
 	}
-	if !s.sparse {
-		e := Extent{Offset: s.pos, Length: s.size - s.pos, Kind: KindData}
-		s.pos = s.size
-		return e, nil
+	e := Extent{Offset: s.pos, Length: s.size - s.pos, Kind: KindData}
+	if s.regions != nil {
+		start, end, err := s.regions.At(s.pos)
+		if err != nil {
+			return Extent{}, err
+		}
+		if start > s.pos {
+			e.Kind, e.Length = KindZero, min(start, s.size)-s.pos
+		} else {
+			e.Length = min(end, s.size) - s.pos
+		}
 	}
-	fd := int(s.f.Fd())
-	data, err := unix.Seek(fd, s.pos, unix.SEEK_DATA)
-	if errors.Is(err, unix.ENXIO) || err == nil && data >= s.size {
-		e := Extent{Offset: s.pos, Length: s.size - s.pos, Kind: KindZero}
-		s.pos = s.size
-		return e, nil
-	}
-	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
-		// No SEEK_DATA on this filesystem: read everything.
-		s.sparse = false
-		return s.Next()
-	}
-	if err != nil {
-		return Extent{}, fmt.Errorf("%s: looking for data at offset %d: %w", s.f.Name(), s.pos, err)
-	}
-	if data > s.pos {
-		e := Extent{Offset: s.pos, Length: data - s.pos, Kind: KindZero}
-		s.pos = data
-		return e, nil
-	}
-	hole, err := unix.Seek(fd, s.pos, unix.SEEK_HOLE)
-	if err != nil {
-		return Extent{}, fmt.Errorf("%s: looking for a hole at offset %d: %w", s.f.Name(), s.pos, err)
-	}
-	hole = min(hole, s.size)
-	e := Extent{Offset: s.pos, Length: hole - s.pos, Kind: KindData}
-	s.pos = hole
+	s.pos = e.End()
 	return e, nil
 }
 

@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
-	"sync"
 )
 
 // SendOptions tune Send. The zero value is good.
 type SendOptions struct {
 	// Workers hashing and compressing in parallel; 0 means one per CPU
-	// (at most maxWorkers).
+	// (see WorkerCount).
 	Workers int
 	// ChunkSize is the data per DATA record before zero runs split it;
 	// 0 means 1 MiB. It is rounded to the block size.
@@ -23,18 +21,7 @@ type SendOptions struct {
 	Progress func(n int64)
 }
 
-// maxWorkers bounds parallelism, and with it memory: each job in flight
-// holds a chunk and its compressed copy. Beyond this, disks are the limit.
-const maxWorkers = 12
-
 const defaultChunk = 1 << 20
-
-func workerCount(n int) int {
-	if n <= 0 {
-		n = runtime.GOMAXPROCS(0)
-	}
-	return min(max(n, 1), maxWorkers)
-}
 
 // Send writes the records of src to w, whose header must have been written.
 // It aligns the source's extents to the block size (a block partly covered
@@ -57,147 +44,77 @@ func Send(ctx context.Context, w *Writer, src Source, opts SendOptions) error {
 	if level == 0 {
 		level = LevelFastest
 	}
-	workers := workerCount(opts.Workers)
+	workers := WorkerCount(opts.Workers)
 	inflight := 2*workers + 2
-
-	type job struct {
-		ext  Extent
-		buf  *sendBuf
-		recs []Record
-		err  error
-		done chan struct{}
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		order   = make(chan *job, inflight)
-		work    = make(chan *job, inflight)
-		free    = make(chan *sendBuf, inflight)
-		wg      sync.WaitGroup
-		prodErr error
-	)
-	for i := 0; i < inflight; i++ {
-		free <- &sendBuf{}
-	}
-	closed := make(chan struct{})
-	close(closed)
-
-	wg.Add(1)
-	go func() { // producer: extents -> aligned jobs, in order
-		defer wg.Done()
-		defer close(order)
-		defer close(work)
-		// A run of DATA is handed on every inflight chunks (a multiple of
-		// the chunk, so jobs and records are the same as for the whole
-		// run): a source that hashes as it goes (DigestSource) is then
-		// read again while its pages are still cached, not after it has
-		// walked a whole changed volume.
-		al := &aligner{src: src, bs: bs, size: h.VolumeSize, maxData: chunk * int64(inflight)}
-		for {
-			e, err := al.next()
-			if err == io.EOF {
-				return
-			}
-			if err != nil {
-				prodErr = err
-				cancel()
-				return
-			}
-			if e.Kind == KindZero {
-				select {
-				case order <- &job{ext: e, done: closed}:
-				case <-ctx.Done():
-					return
-				}
-				continue
-			}
-			for off := e.Offset; off < e.End(); off += chunk {
-				j := &job{ext: Extent{Offset: off, Length: min(chunk, e.End()-off), Kind: KindData}, done: make(chan struct{})}
-				select {
-				case j.buf = <-free:
-				case <-ctx.Done():
-					return
-				}
-				select {
-				case order <- j:
-				case <-ctx.Done():
-					return
-				}
-				work <- j // never blocks for long: work has room for every buffer
+	encs := make([]*Encoder, workers)
+	defer func() {
+		for _, e := range encs {
+			if e != nil {
+				e.Close()
 			}
 		}
 	}()
-	for i := 0; i < workers; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			enc := NewEncoder(level)
-			defer enc.Close()
-			for j := range work {
-				if ctx.Err() != nil {
-					j.err = ctx.Err()
-				} else {
-					j.recs, j.err = j.buf.encode(enc, src, j.ext, bs)
-				}
-				close(j.done)
-			}
-		}()
-	}
 
-	err := func() error {
-		for j := range order {
-			select {
-			case <-j.done:
-			case <-ctx.Done():
-				return ctx.Err()
+	// A run of DATA is handed on every inflight chunks (a multiple of the
+	// chunk, so jobs and records are the same as for the whole run): a
+	// source that hashes as it goes (DigestSource) is then read again
+	// while its pages are still cached, not after it has walked a whole
+	// changed volume.
+	al := &aligner{src: src, bs: bs, size: h.VolumeSize, maxData: chunk * int64(inflight)}
+	var cur Extent // the rest of the current extent, cut into chunks
+	return Ordered[*sendJob]{
+		Workers:  workers,
+		InFlight: inflight,
+		New:      func() *sendJob { return new(sendJob) },
+		Produce: func(_ context.Context, j *sendJob) error {
+			if cur.Length == 0 {
+				e, err := al.next()
+				if err != nil {
+					return err // io.EOF at the end
+				}
+				cur = e
 			}
-			if j.err != nil {
-				return j.err
+			j.ext = cur
+			if cur.Kind == KindData {
+				j.ext.Length = min(chunk, cur.Length)
 			}
+			cur.Offset += j.ext.Length
+			cur.Length -= j.ext.Length
+			return nil
+		},
+		Work: func(worker int, j *sendJob) error {
 			if j.ext.Kind == KindZero {
 				j.recs = append(j.recs[:0], Record{Kind: KindZero, Offset: j.ext.Offset, Length: j.ext.Length})
+				return nil
 			}
+			if encs[worker] == nil {
+				encs[worker] = NewEncoder(level)
+			}
+			return j.encode(encs[worker], src, j.ext, bs)
+		},
+		Consume: func(j *sendJob) error {
 			for i := range j.recs {
 				if err := w.WriteRecord(&j.recs[i]); err != nil {
 					return err
 				}
 			}
-			if j.buf != nil {
-				free <- j.buf
-			}
 			if opts.Progress != nil {
 				opts.Progress(j.ext.Length)
 			}
-		}
-		return nil
-	}()
-	if err != nil {
-		cancel()
-	}
-	// Drain so that the producer and workers exit and nothing uses src or
-	// the buffers after Send returns.
-	go func() {
-		for j := range order {
-			_ = j
-		}
-	}()
-	wg.Wait()
-	if prodErr != nil {
-		return prodErr
-	}
-	if err == nil {
-		err = ctx.Err()
-	}
-	return err
+			return nil
+		},
+	}.Run(ctx)
 }
 
-// sendBuf is one job's memory: the chunk read and its compressed copy.
-type sendBuf struct {
+// sendJob is one chunk of a Send: an aligned extent, the chunk read and
+// its compressed copy, and the records made of them.
+type sendJob struct {
+	ext       Extent
 	data, out []byte
 	recs      []Record
 }
 
-func (b *sendBuf) encode(enc *Encoder, src Source, e Extent, bs int64) ([]Record, error) {
+func (b *sendJob) encode(enc *Encoder, src Source, e Extent, bs int64) error {
 	n := int(e.Length)
 	if cap(b.data) < n {
 		b.data = make([]byte, n)
@@ -209,10 +126,10 @@ func (b *sendBuf) encode(enc *Encoder, src Source, e Extent, bs int64) ([]Record
 		if err == nil || err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
-		return nil, fmt.Errorf("reading source at offset %d (%d bytes): got %d bytes: %w", e.Offset, n, got, err)
+		return fmt.Errorf("reading source at offset %d (%d bytes): got %d bytes: %w", e.Offset, n, got, err)
 	}
 	b.recs, _ = enc.Encode(b.recs[:0], e.Offset, data, bs, b.out[:0])
-	return b.recs, nil
+	return nil
 }
 
 // aligner turns a source's extents, in any alignment, into block-aligned
@@ -349,7 +266,7 @@ func (a *aligner) split(e Extent) []Extent {
 
 // ScanOptions tune Scan. The zero value is good.
 type ScanOptions struct {
-	Workers int // decoders in parallel; 0 means one per CPU
+	Workers int // decoders in parallel; 0 means one per CPU (see WorkerCount)
 }
 
 // Scan reads every record of rd, decodes and verifies DATA records on all
@@ -363,154 +280,82 @@ func Scan(ctx context.Context, rd *Reader, opts ScanOptions, fn func(rec *Record
 	if _, err := rd.Header(); err != nil {
 		return err
 	}
-	workers := workerCount(opts.Workers)
-	inflight := 2*workers + 2
+	workers := WorkerCount(opts.Workers)
+	decs := make([]*Decoder, workers)
+	defer func() {
+		for _, d := range decs {
+			if d != nil {
+				d.Close()
+			}
+		}
+	}()
 	// From a seekable file, workers read their payloads themselves, in
 	// parallel: the producer only walks the records' metadata, seeking over
 	// payloads, so reading is not serialized on one goroutine.
 	ra := rd.readerAt()
-	type job struct {
-		rec       *Record
-		payload   *[]byte
-		out       *[]byte
-		data      []byte
-		err       error
-		done      chan struct{}
-		readError error // set on the sentinel job that ends the stream
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		order = make(chan *job, inflight)
-		work  = make(chan *job, inflight)
-		free  = make(chan [2]*[]byte, inflight)
-		wg    sync.WaitGroup
-	)
-	for i := 0; i < inflight; i++ {
-		free <- [2]*[]byte{new([]byte), new([]byte)}
-	}
-	closed := make(chan struct{})
-	close(closed)
-
-	wg.Add(1)
-	go func() { // producer: the file is read by one goroutine, in order
-		defer wg.Done()
-		defer close(order)
-		defer close(work)
-		for {
+	return Ordered[*scanJob]{
+		Workers: workers,
+		New:     func() *scanJob { return new(scanJob) },
+		Produce: func(_ context.Context, j *scanJob) error {
 			rec, err := rd.Next()
 			if err != nil {
-				if err != io.EOF {
-					select {
-					case order <- &job{readError: err, done: closed}:
-					case <-ctx.Done():
-					}
-				}
-				return
+				return err // io.EOF after the verified END
 			}
-			j := &job{rec: rec, done: closed}
-			if rec.Kind == KindData {
-				var bufs [2]*[]byte
-				select {
-				case bufs = <-free:
-				case <-ctx.Done():
-					return
-				}
-				j.payload, j.out, j.done = bufs[0], bufs[1], make(chan struct{})
-				if ra == nil {
-					p, err := rd.ReadPayload(*j.payload)
-					if err != nil {
-						free <- bufs
-						select {
-						case order <- &job{readError: err, done: closed}:
-						case <-ctx.Done():
-						}
-						return
-					}
-					*j.payload = p
+			j.rec, j.data = rec, nil
+			if rec.Kind == KindData && ra == nil {
+				j.payload, err = rd.ReadPayload(j.payload)
+			}
+			return err
+		},
+		Work: func(worker int, j *scanJob) error {
+			if j.rec.Kind != KindData {
+				return nil
+			}
+			var err error
+			if ra != nil {
+				if j.payload, err = ReadPayloadAt(ra, j.rec, j.payload); err != nil {
+					return err
 				}
 			}
-			select {
-			case order <- j:
-			case <-ctx.Done():
-				return
+			if decs[worker] == nil {
+				decs[worker] = NewDecoder()
 			}
-			if rec.Kind == KindData {
-				work <- j
-			}
-		}
-	}()
-	for i := 0; i < workers; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			dec := NewDecoder()
-			defer dec.Close()
-			for j := range work {
-				if ctx.Err() == nil && ra != nil {
-					j.err = readPayloadAt(ra, j.rec, j.payload)
-				}
-				if ctx.Err() == nil && j.err == nil {
-					j.data, j.err = dec.Decode(*j.out, j.rec, *j.payload)
-					if j.err == nil && !j.rec.Compressed {
-						// data aliases the payload buffer; keep the output
-						// buffer for the next job as it was.
-					} else if j.err == nil {
-						*j.out = j.data[:0]
-					}
-				} else if j.err == nil {
-					j.err = ctx.Err()
-				}
-				close(j.done)
-			}
-		}()
-	}
-
-	err := func() error {
-		for j := range order {
-			if j.readError != nil {
-				return j.readError
-			}
-			select {
-			case <-j.done:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			if j.err != nil {
-				return j.err
-			}
-			if err := fn(j.rec, j.data); err != nil {
+			if j.data, err = decs[worker].Decode(j.out, j.rec, j.payload); err != nil {
 				return err
 			}
-			if j.payload != nil {
-				free <- [2]*[]byte{j.payload, j.out}
+			if j.rec.Compressed {
+				// Keep the grown buffer; raw data aliases the payload.
+				j.out = j.data[:0]
 			}
-		}
-		return ctx.Err()
-	}()
-	cancel()
-	go func() {
-		for range order {
-		}
-	}()
-	wg.Wait()
-	return err
+			return nil
+		},
+		Consume: func(j *scanJob) error { return fn(j.rec, j.data) },
+	}.Run(ctx)
 }
 
-// readPayloadAt reads rec's payload with ReadAt into *buf.
-func readPayloadAt(ra io.ReaderAt, rec *Record, buf *[]byte) error {
-	p := *buf
-	if int64(cap(p)) < rec.PayloadLen {
-		p = make([]byte, rec.PayloadLen)
+// scanJob is one record of a Scan with its payload and decoded data.
+type scanJob struct {
+	rec          *Record
+	payload, out []byte
+	data         []byte
+}
+
+// ReadPayloadAt reads the payload of rec, a record that a Reader returned
+// from the file ra reads, into buf (grown if too small) and returns it. It
+// is how payloads are read in parallel, out of order, once a file's
+// structure is known. A file that ends inside the payload (it shrank since
+// its records were read) gives a *FormatError wrapping ErrTruncated.
+func ReadPayloadAt(ra io.ReaderAt, rec *Record, buf []byte) ([]byte, error) {
+	if int64(cap(buf)) < rec.PayloadLen {
+		buf = make([]byte, rec.PayloadLen)
 	}
-	p = p[:rec.PayloadLen]
-	n, err := ra.ReadAt(p, rec.PayloadPos)
-	*buf = p
+	buf = buf[:rec.PayloadLen]
+	n, err := ra.ReadAt(buf, rec.PayloadPos)
 	if int64(n) == rec.PayloadLen {
-		return nil
+		return buf, nil
 	}
 	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return recordError(rec, ErrTruncated, "the file ends inside the record's payload")
+		return buf, recordError(rec, ErrTruncated, fmt.Sprintf("the file ends inside the record's payload, at byte %d of %d (did it shrink while being read?)", n, rec.PayloadLen))
 	}
-	return err
+	return buf, fmt.Errorf("reading the payload of record %d at byte %d: %w", rec.Num, rec.PayloadPos, err)
 }
