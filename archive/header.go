@@ -40,6 +40,19 @@ type Snapshot struct {
 	Time time.Time
 }
 
+// Describe names the snapshot for messages: its name, ID and time, or its
+// ID alone when it has no name.
+func (s Snapshot) Describe() string {
+	if s.Name == "" {
+		return s.ID.String()
+	}
+	d := fmt.Sprintf("%s (%s", s.Name, s.ID)
+	if !s.Time.IsZero() {
+		d += ", " + s.Time.UTC().Format(time.RFC3339)
+	}
+	return d + ")"
+}
+
 // Attr is a header attribute: a key such as "lvm.lv_uuid" and its value.
 type Attr struct {
 	Key   string `json:"key"`

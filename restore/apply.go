@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/thinback/thinback/archive"
@@ -210,42 +208,52 @@ func isSeekable(s io.Seeker) bool {
 // reader to apply the file with: a stream's, positioned after its header,
 // or a new one over the rewound file.
 func prescan(in Input, s seekReaderAt) (*archive.Reader, archive.Trailer, error) {
-	var at int64
+	var tr archive.Trailer
 	if s != nil {
 		var err error
-		if at, err = s.Seek(0, io.SeekCurrent); err != nil {
-			return nil, archive.Trailer{}, fmt.Errorf("%s: %w", in.Name, err)
+		if tr, err = checkFile(in.Name, s); err != nil {
+			return nil, archive.Trailer{}, err
 		}
 	}
 	rd := archive.NewReader(in.R)
 	if _, err := rd.Header(); err != nil {
 		return nil, archive.Trailer{}, inputError(in.Name, err)
 	}
-	if s == nil {
-		return rd, archive.Trailer{}, nil
+	return rd, tr, nil
+}
+
+// checkFile reads a seekable file's structure from where it is to its
+// verified END record, seeking over payloads, and rewinds it.
+func checkFile(name string, s seekReaderAt) (archive.Trailer, error) {
+	at, err := s.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return archive.Trailer{}, fmt.Errorf("%s: %w", name, err)
 	}
+	rd := archive.NewReader(s)
 	for {
 		if _, err := rd.Next(); err == io.EOF {
 			break
 		} else if err != nil {
-			return nil, archive.Trailer{}, inputError(in.Name, err)
+			return archive.Trailer{}, inputError(name, err)
 		}
 	}
 	if _, err := s.Seek(at, io.SeekStart); err != nil {
-		return nil, archive.Trailer{}, fmt.Errorf("%s: %w", in.Name, err)
+		return archive.Trailer{}, fmt.Errorf("%s: %w", name, err)
 	}
-	again := archive.NewReader(in.R)
-	if _, err := again.Header(); err != nil {
-		return nil, archive.Trailer{}, inputError(in.Name, err)
-	}
-	return again, rd.Trailer(), nil
+	return rd.Trailer(), nil
 }
 
 // inputError names the file and says what to do about a bad one.
 func inputError(name string, err error) error {
+	return advise(fmt.Errorf("%s: %w", name, err))
+}
+
+// advise adds to err, which names the file at fault (as archive's chain
+// errors do), what to do about a bad file.
+func advise(err error) error {
 	var fe *archive.FormatError
 	if !errors.As(err, &fe) {
-		return fmt.Errorf("%s: %w", name, err)
+		return err
 	}
 	advice := "the file is damaged; use another copy of it"
 	switch {
@@ -260,7 +268,7 @@ func inputError(name string, err error) error {
 	case errors.Is(err, archive.ErrHeader) && fe.Record == 0:
 		advice = "is this a thinback delta file?"
 	}
-	return fmt.Errorf("%s: %w\n%s", name, err, advice)
+	return fmt.Errorf("%w\n%s", err, advice)
 }
 
 // snapbackHeader describes the undo file: its parent is the state being
@@ -306,15 +314,12 @@ func snapbackHeader(t *Target, files []File, st State, now time.Time) *archive.H
 	return h
 }
 
-// job is one segment on its way through the pipeline.
-type job struct {
-	seg     segment
-	ra      io.ReaderAt // where a DATA payload is read from, or nil (stream)
-	bufs    *[2][]byte  // payload, decoded data
-	payload []byte
-	data    []byte
-	err     error
-	done    chan struct{}
+// applyJob is one segment on its way through the pipeline, with the
+// buffers of its record's payload and data.
+type applyJob struct {
+	seg          archive.Segment
+	payload, out []byte
+	data         []byte // the segment's verified data
 }
 
 // runSegments merges the files' records and writes each segment of the
@@ -322,193 +327,99 @@ type job struct {
 // written (after their old contents are saved) in order by this goroutine.
 func runSegments(ctx context.Context, t *Target, rds []*archive.Reader, names []string, seekable []seekReaderAt,
 	size int64, sb *snapback, opts Options, res *Result) error {
-	workers := opts.Workers
-	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
-	}
-	workers = min(workers, 12)
-	inflight := 2*workers + 2
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		order   = make(chan *job, inflight)
-		work    = make(chan *job, inflight)
-		free    = make(chan *[2][]byte, inflight)
-		wg      sync.WaitGroup
-		prodErr error
-	)
-	for i := 0; i < inflight; i++ {
-		free <- new([2][]byte)
-	}
-	closed := make(chan struct{})
-	close(closed)
-
-	m := newMerger(rds, names, size)
-	// A stream's payload can be read only while its record is current.
-	var streamJobs []*job
-	m.onRecord = func(i int, rec *archive.Record, used bool) error {
-		if seekable[i] != nil || !used || rec.Kind != archive.KindData {
-			return nil
-		}
-		p, err := rds[i].ReadPayload(streamJobs[0].bufs[0])
-		if err != nil {
-			return inputError(names[i], err)
-		}
-		for _, j := range streamJobs {
-			j.payload = p
-		}
-		for _, j := range streamJobs {
-			work <- j
-		}
-		streamJobs = streamJobs[:0]
-		return nil
-	}
-
-	wg.Add(1)
-	go func() { // producer: the merge, in order
-		defer wg.Done()
-		defer close(order)
-		defer close(work)
-		err := func() error {
-			if err := m.start(); err != nil {
-				return err
+	workers := archive.WorkerCount(opts.Workers)
+	decs := make([]*archive.Decoder, workers)
+	defer func() {
+		for _, d := range decs {
+			if d != nil {
+				d.Close()
 			}
-			for {
-				seg, err := m.next()
-				if err == io.EOF {
-					return m.finish()
-				}
-				if err != nil {
-					return err
-				}
-				j := &job{seg: seg, done: closed}
-				if seg.kind == archive.KindData {
-					j.done = make(chan struct{})
-					if s := seekable[seg.input]; s != nil {
-						j.ra = s
-					}
-					select {
-					case j.bufs = <-free:
-					case <-ctx.Done():
-						return ctx.Err()
-					}
-					if j.ra == nil {
-						// Wait for the record to be left behind; all of a
-						// stream's segments of a record share one payload.
-						if len(streamJobs) > 0 && streamJobs[0].seg.rec != seg.rec {
-							return fmt.Errorf("internal error: stream segments of two records pending")
-						}
-						streamJobs = append(streamJobs, j)
-					}
-				}
-				select {
-				case order <- j:
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-				if seg.kind == archive.KindData && j.ra != nil {
-					work <- j
-				}
-			}
-		}()
-		if err != nil {
-			prodErr = err
-			cancel()
 		}
 	}()
-
-	for i := 0; i < workers; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			dec := archive.NewDecoder()
-			defer dec.Close()
-			for j := range work {
-				if ctx.Err() != nil {
-					j.err = ctx.Err()
-				} else if err := j.decode(dec); err != nil {
-					j.err = inputError(names[j.seg.input], err)
+	m := archive.NewMerger(names, rds, size)
+	var streamRec *archive.Record // the last stream record whose payload was read
+	return archive.Ordered[*applyJob]{
+		Workers: workers,
+		New:     func() *applyJob { return new(applyJob) },
+		Produce: func(_ context.Context, j *applyJob) error {
+			seg, err := m.Next()
+			if err != nil {
+				if err == io.EOF {
+					return err
 				}
-				close(j.done)
+				return advise(err)
 			}
-		}()
-	}
-
-	err := func() error {
-		for j := range order {
-			select {
-			case <-j.done:
-			case <-ctx.Done():
-				return ctx.Err()
+			j.seg, j.data = seg, nil
+			if seg.Kind == archive.KindData && seekable[seg.Input] == nil {
+				// A stream's payload can be read only while its record is
+				// current: now. A stream is applied alone, so each of its
+				// records is one segment.
+				if seg.Record == streamRec {
+					return fmt.Errorf("internal error: record %d of %s is in two segments", seg.Record.Num, names[seg.Input])
+				}
+				streamRec = seg.Record
+				if j.payload, err = rds[seg.Input].ReadPayload(j.payload); err != nil {
+					return inputError(names[seg.Input], err)
+				}
 			}
-			if j.err != nil {
-				return j.err
+			return nil
+		},
+		Work: func(worker int, j *applyJob) error {
+			if j.seg.Kind != archive.KindData {
+				return nil
 			}
+			if decs[worker] == nil {
+				decs[worker] = archive.NewDecoder()
+			}
+			if err := j.decode(decs[worker], seekable[j.seg.Input]); err != nil {
+				return inputError(names[j.seg.Input], err)
+			}
+			return nil
+		},
+		Consume: func(j *applyJob) error {
 			seg := j.seg
 			if sb != nil {
-				if err := sb.save(seg.off, seg.end); err != nil {
+				if err := sb.save(seg.Offset, seg.End()); err != nil {
 					return err
 				}
 			}
-			if seg.kind == archive.KindZero {
-				if err := t.Zero(seg.off, seg.end-seg.off); err != nil {
+			if seg.Kind == archive.KindZero {
+				if err := t.Zero(seg.Offset, seg.Length); err != nil {
 					return err
 				}
-				res.ZeroBytes += seg.end - seg.off
+				res.ZeroBytes += seg.Length
 			} else {
-				if err := t.WriteAt(j.data, seg.off); err != nil {
+				if err := t.WriteAt(j.data, seg.Offset); err != nil {
 					return err
 				}
-				res.DataBytes += seg.end - seg.off
-				free <- j.bufs
+				res.DataBytes += seg.Length
 			}
 			if opts.Progress != nil {
-				opts.Progress(seg.end - seg.off)
+				opts.Progress(seg.Length)
 			}
-		}
-		return nil
-	}()
-	if err != nil {
-		cancel()
-	}
-	go func() {
-		for range order {
-		}
-	}()
-	wg.Wait()
-	if prodErr != nil && (err == nil || errors.Is(err, context.Canceled)) {
-		return prodErr
-	}
-	if err == nil {
-		err = ctx.Err()
-	}
-	return err
+			return nil
+		},
+	}.Run(ctx)
 }
 
-// decode reads (if needed), decodes and verifies the job's record, and
-// keeps the part of it the segment covers.
-func (j *job) decode(dec *archive.Decoder) error {
-	rec := j.seg.rec
-	if j.ra != nil {
-		p := j.bufs[0]
-		if int64(cap(p)) < rec.PayloadLen {
-			p = make([]byte, rec.PayloadLen)
+// decode reads (from a seekable file ra; a stream's payload is read
+// already), decodes and verifies the job's record, and keeps the part of it
+// the segment covers.
+func (j *applyJob) decode(dec *archive.Decoder, ra io.ReaderAt) error {
+	rec := j.seg.Record
+	if ra != nil {
+		var err error
+		if j.payload, err = archive.ReadPayloadAt(ra, rec, j.payload); err != nil {
+			return err
 		}
-		p = p[:rec.PayloadLen]
-		if n, err := j.ra.ReadAt(p, rec.PayloadPos); int64(n) != rec.PayloadLen {
-			return fmt.Errorf("reading the payload of record %d at byte %d: %v", rec.Num, rec.PayloadPos, err)
-		}
-		j.bufs[0] = p
-		j.payload = p
 	}
-	data, err := dec.Decode(j.bufs[1], rec, j.payload)
+	data, err := dec.Decode(j.out, rec, j.payload)
 	if err != nil {
 		return err
 	}
 	if rec.Compressed {
-		j.bufs[1] = data[:0]
+		j.out = data[:0] // keep the grown buffer; raw data aliases the payload
 	}
-	j.data = data[j.seg.off-rec.Offset : j.seg.end-rec.Offset]
+	j.data = data[j.seg.Offset-rec.Offset : j.seg.End()-rec.Offset]
 	return nil
 }

@@ -95,7 +95,7 @@ func (w *world) change(d *diskImage) {
 // incremental, as backup --file does, and returns it with the new state.
 func (w *world) backupFile(path string, size int64, prev *image, files []string, opts archive.DigestSourceOptions) (string, *image, archive.DigestStats) {
 	w.t.Helper()
-	cd, err := OpenChainDigests(openInputs(w.t, files...))
+	cd, err := openChainDigests(openInputs(w.t, files...))
 	if err != nil {
 		w.t.Fatal(err)
 	}

@@ -104,7 +104,7 @@ func BenchmarkChainDigests(b *testing.B) {
 	b.SetBytes(int64(len(imgs[0].data)))
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		cd, err := OpenChainDigests(openInputs(b, files...))
+		cd, err := openChainDigests(openInputs(b, files...))
 		if err != nil {
 			b.Fatal(err)
 		}

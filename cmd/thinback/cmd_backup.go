@@ -15,7 +15,6 @@ import (
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/lvmthin"
-	"github.com/thinback/thinback/restore"
 	"github.com/urfave/cli/v2"
 )
 
@@ -280,7 +279,7 @@ func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, o ba
 		res.Notes = append(res.Notes, fmt.Sprintf("volume %s was backed up from %s; now from %s", name, v.Source, abs))
 	}
 	// The previous backup's block digests, from its chain's files.
-	var prev *restore.ChainDigests
+	var prev *archive.ChainDigests
 	var latest catalog.Snapshot
 	var chain []catalog.Snapshot
 	err = s.View(func(tx *catalog.Tx) error {
@@ -297,7 +296,7 @@ func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, o ba
 		return nil, err
 	}
 	if len(chain) > 0 {
-		var inputs []restore.Input
+		var inputs []archive.ChainInput
 		for _, sn := range chain {
 			cf, err := os.Open(s.Path(sn.File))
 			if err != nil {
@@ -306,10 +305,10 @@ func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, o ba
 				break
 			}
 			defer cf.Close()
-			inputs = append(inputs, restore.Input{Name: s.Path(sn.File), R: cf})
+			inputs = append(inputs, archive.ChainInput{Name: s.Path(sn.File), File: cf})
 		}
 		if inputs != nil {
-			prev, err = restore.OpenChainDigests(inputs)
+			prev, err = archive.OpenChainDigests(inputs)
 			if err == nil && prev.BlockSize() != v.BlockSize {
 				err = fmt.Errorf("its block size is %d, the volume's %d", prev.BlockSize(), v.BlockSize)
 			}

@@ -10,8 +10,13 @@ import (
 
 // Chain errors. Test with errors.Is.
 var (
-	// ErrNotChain: files given together do not form a chain.
-	ErrNotChain = errors.New("files do not form a chain")
+	// ErrNotChain: files given together do not form a chain. It is
+	// archive.ErrNotChain, where the rules between files live.
+	ErrNotChain = archive.ErrNotChain
+	// ErrBlockSize: files given together have different block sizes, so
+	// their records cannot be merged block by block. It is
+	// archive.ErrBlockSize.
+	ErrBlockSize = archive.ErrBlockSize
 	// ErrMismatch: the target does not hold the parent of an incremental.
 	ErrMismatch = errors.New("target does not match incremental source")
 	// ErrVolumeMismatch: the file is of another volume than the target holds.
@@ -43,41 +48,20 @@ type Mark struct {
 }
 
 // File is a delta file's header with the name used in messages.
-type File struct {
-	Name   string
-	Header *archive.Header
-}
+type File = archive.ChainFile
 
-func describe(s archive.Snapshot) string {
-	d := s.ID.String()
-	if s.Name != "" {
-		d = fmt.Sprintf("%s (%s", s.Name, s.ID)
-		if !s.Time.IsZero() {
-			d += ", " + s.Time.UTC().Format(time.RFC3339)
-		}
-		d += ")"
-	}
-	return d
-}
+func describe(s archive.Snapshot) string { return s.Describe() }
 
 // CheckChain decides whether files may be applied, in order, to a target in
-// state st. force skips the checks against the target (not those between
-// the files).
+// state st: the rules between the files (archive.CheckLinks), then those
+// between the first file and what the target holds. force skips the checks
+// against the target (not those between the files).
 func CheckChain(files []File, target string, st State, force bool) error {
 	if len(files) == 0 {
 		return errors.New("no delta files to apply")
 	}
-	for i := 1; i < len(files); i++ {
-		prev, cur := files[i-1], files[i]
-		if cur.Header.IsFull() {
-			return fmt.Errorf("%s is a full and %s comes before it: %w; apply a full first, then its incrementals in order", cur.Name, prev.Name, ErrNotChain)
-		}
-		if cur.Header.Parent.ID != prev.Header.Snapshot.ID {
-			return fmt.Errorf("%s is an incremental from %s, but the file before it, %s, is snapshot %s: %w; give the files in chain order", cur.Name, describe(cur.Header.Parent), prev.Name, describe(prev.Header.Snapshot), ErrNotChain)
-		}
-		if u, v := prev.Header.VolumeUUID, cur.Header.VolumeUUID; u != "" && v != "" && u != v {
-			return fmt.Errorf("%s is of volume %s (%s), %s of volume %s (%s): %w", prev.Name, prev.Header.VolumeName, u, cur.Name, cur.Header.VolumeName, v, ErrNotChain)
-		}
+	if err := archive.CheckLinks(files); err != nil {
+		return err
 	}
 	if force {
 		return nil

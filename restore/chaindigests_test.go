@@ -12,6 +12,19 @@ import (
 	"github.com/zeebo/blake3"
 )
 
+// ChainDigests is archive's; these tests run it over the random chains of
+// delta files that restore's tests make, next to the merges and applies of
+// the same chains.
+
+// openChainDigests opens the chain of inputs, which must be seekable.
+func openChainDigests(inputs []Input) (*archive.ChainDigests, error) {
+	files := make([]archive.ChainInput, len(inputs))
+	for i, in := range inputs {
+		files[i] = archive.ChainInput{Name: in.Name, File: in.R.(archive.ReadSeekerAt)}
+	}
+	return archive.OpenChainDigests(files)
+}
+
 // countingFile counts the bytes read from a file, by Read (front to back)
 // and by ReadAt (payloads).
 type countingFile struct {
@@ -46,7 +59,7 @@ func countingInputs(t testing.TB, files ...string) ([]Input, []*countingFile) {
 // checkDigests reads cd to its end and checks that its extents describe
 // img block by block: in order, without gaps, DATA digests equal to the
 // blocks' own, ZERO only over zeroes.
-func checkDigests(t testing.TB, where string, cd *ChainDigests, img []byte) {
+func checkDigests(t testing.TB, where string, cd *archive.ChainDigests, img []byte) {
 	t.Helper()
 	bs := cd.BlockSize()
 	pos := int64(0)
@@ -115,7 +128,7 @@ func TestChainDigestsRandom(t *testing.T) {
 		for j := range imgs {
 			where := fmt.Sprintf("round %d, snapshot %d (block size %d, volume %d bytes)", round, j, w.bs, len(imgs[j].data))
 			inputs, counters := countingInputs(t, files[:j+1]...)
-			cd, err := OpenChainDigests(inputs)
+			cd, err := openChainDigests(inputs)
 			if err != nil {
 				t.Fatalf("%s: %v", where, err)
 			}
@@ -156,7 +169,7 @@ func TestChainDigestsShrinkIntoBlock(t *testing.T) {
 		v1 := w.image(base)
 		v2 := w.image(base[:2*4096+100])
 		inputs, counters := countingInputs(t, w.delta(v1, nil), w.delta(v2, v1))
-		cd, err := OpenChainDigests(inputs)
+		cd, err := openChainDigests(inputs)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -186,11 +199,11 @@ func TestChainDigestsRefusals(t *testing.T) {
 		{"block sizes", []string{full, incr2, incr3b}, ErrBlockSize},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := OpenChainDigests(openInputs(t, tc.files...))
+			_, err := openChainDigests(openInputs(t, tc.files...))
 			mustFail(t, err, tc.want, "")
 		})
 	}
-	if _, err := OpenChainDigests(nil); err == nil {
+	if _, err := openChainDigests(nil); err == nil {
 		t.Fatal("no files accepted")
 	}
 
@@ -213,7 +226,7 @@ func TestChainDigestsRefusals(t *testing.T) {
 		{"record metadata", []string{full, badMeta, incr3}, badMeta, archive.ErrChecksum},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cd, err := OpenChainDigests(openInputs(t, tc.files...))
+			cd, err := openChainDigests(openInputs(t, tc.files...))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -239,7 +252,7 @@ func TestChainDigestsHugeVolume(t *testing.T) {
 	h := &archive.Header{BlockSize: bs, Codec: archive.CodecZstd, Hash: archive.HashBLAKE3, VolumeName: "vol", VolumeSize: size, Snapshot: s1, Tool: "test"}
 	full := filepath.Join(w.dir, "huge.tbk")
 	w.writeDelta(full, h, newRegionSource(size, true, region{300 << 30, data}), archive.SendOptions{})
-	cd, err := OpenChainDigests(openInputs(t, full))
+	cd, err := openChainDigests(openInputs(t, full))
 	if err != nil {
 		t.Fatal(err)
 	}
