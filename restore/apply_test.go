@@ -391,6 +391,74 @@ func TestTruncatedFileRefusedBeforeWriting(t *testing.T) {
 	}
 }
 
+// shrinkingFile is a delta file that someone truncates to size between
+// Apply's pre-scan and the apply: the first time it is rewound.
+type shrinkingFile struct {
+	*os.File
+	size   int64
+	shrunk bool
+}
+
+func (f *shrinkingFile) Seek(off int64, whence int) (int64, error) {
+	if whence == io.SeekStart && !f.shrunk {
+		f.shrunk = true
+		if err := f.Truncate(f.size); err != nil {
+			return 0, err
+		}
+	}
+	return f.File.Seek(off, whence)
+}
+
+// TestFileShrinksAfterPrescan: a seekable file that shrinks after it was
+// checked, inside the payload of a record, is reported as truncated (exit
+// 3 in the CLI), whether the payload is read by a worker or the reader
+// finds the end first, and nothing past the last good record is written.
+func TestFileShrinksAfterPrescan(t *testing.T) {
+	w := newWorld(t)
+	v1 := w.image(w.random(200 * 4096))
+	full := w.delta(v1, nil)
+	_, recs, _ := readAll(t, full)
+	var mid fileRecord
+	for _, r := range recs[len(recs)/2:] {
+		if r.Kind == archive.KindData {
+			mid = r
+			break
+		}
+	}
+	if mid.Kind != archive.KindData {
+		t.Fatal("no DATA record in the second half")
+	}
+	for _, workers := range []int{1, 4} {
+		copyPath := filepath.Join(w.dir, "shrinking.tbk")
+		b, _ := os.ReadFile(full)
+		if err := os.WriteFile(copyPath, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.OpenFile(copyPath, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		target := filepath.Join(w.dir, "target")
+		os.Remove(target)
+		tg, err := OpenTarget(target, TargetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tg.Close()
+		in := &shrinkingFile{File: f, size: mid.PayloadPos + mid.PayloadLen/2}
+		_, err = Apply(context.Background(), tg, []Input{{Name: "shrinking.tbk", R: in}}, Options{Workers: workers})
+		if !in.shrunk {
+			t.Fatal("the file was never rewound after its pre-scan")
+		}
+		mustFail(t, err, archive.ErrTruncated, "shrinking.tbk")
+		got, _ := os.ReadFile(target)
+		if !bytes.Equal(got[mid.Offset:], make([]byte, len(got)-int(mid.Offset))) {
+			t.Fatalf("bytes from the cut record at %d on were written", mid.Offset)
+		}
+	}
+}
+
 // stream hides a file's Seek and ReadAt, as a pipe would.
 type stream struct{ r io.Reader }
 

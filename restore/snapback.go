@@ -3,6 +3,7 @@ package restore
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -19,10 +20,11 @@ type snapback struct {
 	w     *archive.Writer
 	enc   *archive.Encoder
 	t     *Target
+	data  *archive.DataRegions // a regular-file target's holes; nil for a device
 	bs    int64
 	size  int64 // the snapback file's volume size: what it can restore
 	saved int64 // everything below is saved
-	data  []byte
+	buf   []byte
 	out   []byte
 	recs  []archive.Record
 }
@@ -40,8 +42,13 @@ func createSnapback(path string, t *Target, h *archive.Header) (*snapback, error
 	}
 	s := &snapback{path: path, f: f, w: archive.NewWriter(f), enc: archive.NewEncoder(archive.LevelFastest),
 		t: t, bs: h.BlockSize, size: h.VolumeSize}
+	if !t.block {
+		// Saving walks ascending ranges, each saved before it is
+		// overwritten, so the regions still to be asked about do not change.
+		s.data = archive.NewDataRegions(t.f)
+	}
 	chunk := max(snapbackChunk/s.bs, 1) * s.bs
-	s.data = make([]byte, chunk)
+	s.buf = make([]byte, chunk)
 	s.out = make([]byte, 0, archive.MaxEncodedLen(int(chunk)))
 	if err := s.w.WriteHeader(h); err != nil {
 		s.abandon()
@@ -81,10 +88,13 @@ func (s *snapback) save(off, end int64) error {
 			continue
 		}
 		for a := lo; a < lo+n; {
-			c := min(int64(len(s.data)), lo+n-a)
-			buf := s.data[:c]
+			c := min(int64(len(s.buf)), lo+n-a)
+			buf := s.buf[:c]
 			if got, err := s.t.ReadAt(buf, a); int64(got) != c {
-				return fmt.Errorf("snapback: reading target %s at offset %d: %v", s.t.Path, a, err)
+				if err == nil || errors.Is(err, io.EOF) {
+					err = io.ErrUnexpectedEOF // the target shrank under us
+				}
+				return fmt.Errorf("snapback: reading target %s at offset %d (%d bytes): %w", s.t.Path, a, c, err)
 			}
 			s.recs, _ = s.enc.Encode(s.recs[:0], a, buf, s.bs, s.out[:0])
 			for i := range s.recs {
@@ -104,28 +114,21 @@ func (s *snapback) save(off, end int64) error {
 // a regular-file target (holes need not be read), or all of it otherwise.
 // Holes are rounded inward to blocks: a partial hole is read.
 func (s *snapback) nextRun(lo, hi int64) (int64, bool, error) {
-	if s.t.block {
+	if s.data == nil {
 		return hi - lo, false, nil
 	}
-	fd := int(s.t.f.Fd())
-	data, err := unix.Seek(fd, lo, unix.SEEK_DATA)
-	if errors.Is(err, unix.ENXIO) {
-		data = hi
-	} else if err != nil {
-		return hi - lo, false, nil // no SEEK_DATA here: read it all
-	}
-	if data = min(data/s.bs*s.bs, hi); data > lo {
-		return data - lo, true, nil
-	}
-	hole, err := unix.Seek(fd, lo, unix.SEEK_HOLE)
+	start, end, err := s.data.At(lo)
 	if err != nil {
-		return hi - lo, false, nil
+		return 0, false, fmt.Errorf("snapback: target %w", err)
 	}
-	hole = min((hole+s.bs-1)/s.bs*s.bs, hi)
-	if hole <= lo {
-		hole = min(lo+s.bs, hi)
+	if hole := min(start, hi) / s.bs * s.bs; hole > lo {
+		return hole - lo, true, nil
 	}
-	return hole - lo, false, nil
+	data := hi
+	if end < hi {
+		data = max((end+s.bs-1)/s.bs*s.bs, lo+s.bs)
+	}
+	return min(data, hi) - lo, false, nil
 }
 
 // checkpoint makes the file a complete delta file of what was saved so far
