@@ -393,6 +393,34 @@ func TestCheckpoint(t *testing.T) {
 	}
 }
 
+// TestCheckpointErrorSticky: a Checkpoint refused (a full whose records do
+// not cover its volume yet cannot be complete) fails the Writer, as every
+// Writer error does: later calls return the same error.
+func TestCheckpointErrorSticky(t *testing.T) {
+	h := testHeader(16 * 4096)
+	var buf bytes.Buffer
+	w := NewWriter(&buf)
+	if err := w.WriteHeader(h); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteRecord(&Record{Kind: KindZero, Offset: 0, Length: 4096}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := w.Checkpoint()
+	if !errors.Is(err, ErrWriteOrder) {
+		t.Fatalf("Checkpoint of an incomplete full: %v", err)
+	}
+	if _, again := w.Checkpoint(); again != err {
+		t.Fatalf("Checkpoint again: %v, want %v", again, err)
+	}
+	if again := w.WriteRecord(&Record{Kind: KindZero, Offset: 4096, Length: 15 * 4096}); again != err {
+		t.Fatalf("WriteRecord after a failed Checkpoint: %v, want %v", again, err)
+	}
+	if again := w.Close(); again != err {
+		t.Fatalf("Close after a failed Checkpoint: %v, want %v", again, err)
+	}
+}
+
 // TestAlignerMaxData: a bounded aligner returns long DATA runs in pieces of
 // maxData bytes, and otherwise the same extents as an unbounded one, so
 // that Send makes the same jobs and records either way.

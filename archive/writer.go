@@ -205,7 +205,7 @@ func (w *Writer) writeRecord(typ, flags byte, meta, payload []byte) error {
 // Offset() (with WriteAt, leaving the file offset where it was) and fsync:
 // the file is then a complete delta file, and the next record overwrites
 // those bytes. Snapback files use this so that they are valid at every
-// moment, even after a crash.
+// moment, even after a crash. Its errors are sticky, as every Writer's.
 func (w *Writer) Checkpoint() ([]byte, error) {
 	if w.err != nil {
 		return nil, w.err
@@ -217,7 +217,7 @@ func (w *Writer) Checkpoint() ([]byte, error) {
 		return nil, err
 	}
 	if d := w.lay.finish(); d != "" {
-		return nil, fmt.Errorf("%w: %s", ErrWriteOrder, d)
+		return nil, w.fail(fmt.Errorf("%w: %s", ErrWriteOrder, d))
 	}
 	rh, meta := w.endRecord()
 	tag := chainNext(w.hasher, w.chain, rh[:], meta[:])
@@ -287,16 +287,4 @@ func chainNext(h *blake3.Hasher, prev Digest, rh, meta []byte) Digest {
 	var d Digest
 	h.Sum(d[:0])
 	return d
-}
-
-// writeRaw writes an arbitrary record; tests use it to build files this
-// Writer would refuse to make (optional and unknown record types).
-func (w *Writer) writeRaw(typ, flags byte, meta, payload []byte) error {
-	if w.err != nil {
-		return w.err
-	}
-	if err := w.flushZero(); err != nil {
-		return err
-	}
-	return w.writeRecord(typ, flags, meta, payload)
 }
