@@ -28,7 +28,28 @@
 // Sources: FileSource sends a whole file or block device (holes of a sparse
 // file without reading them), CompareSource the blocks in which two images
 // differ, and DigestSource the blocks in which an image differs from a
-// snapshot known only by its block digests (a DigestIterator, such as the
-// merged records of the snapshot's delta files), hashing the image on
-// several cores as it reads it once.
+// snapshot known only by its block digests (a DigestIterator, such as
+// ChainDigests), hashing the image on several cores as it reads it once.
+//
+// # Chains
+//
+// The files of a chain (a full, then incrementals, each from the snapshot
+// of the one before) are read together here, because what they mean
+// together is part of the format: CheckLinks holds the rules between the
+// files (ErrNotChain, ErrBlockSize), a Merger merges their records into the
+// segments of the final state (the newest record wins for each byte), which
+// is how restore applies a chain writing each byte once and merges files
+// into one, and ChainDigests gives the block digests of any snapshot from
+// its chain's metadata alone, which is how an image is backed up against
+// its last backup. OpenChain opens a chain of seekable files for both.
+//
+// # Machinery for the other packages
+//
+// Each of these exists once, here, for every package that needs it:
+// Ordered, the ordered parallel pipeline (read in order, work on every core,
+// write in order, memory bounded, the earliest error wins) behind Send,
+// Scan, DigestSource and restore's apply and merge, with the worker policy
+// (WorkerCount, MaxWorkers); ReadPayloadAt, reading a record's payload at
+// its offset (ErrTruncated when the file shrank); and DataRegions, the walk
+// over a sparse file's data and holes with SEEK_DATA/SEEK_HOLE.
 package archive

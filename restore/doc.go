@@ -2,11 +2,12 @@
 //
 // Apply takes one or more delta files that form a chain (each one's parent
 // is the previous one's snapshot) and writes the state of the last one onto
-// a Target. Files given together are merged first: for each byte the newest
-// record wins, so each block is written once however long the chain, and
-// an incremental file is never applied on top of a state it was not made
-// from (the chain rules of CheckChain, like ZFS's "does not match
-// incremental source").
+// a Target. Files given together are merged first (archive.Merger): for
+// each byte the newest record wins, so each block is written once however
+// long the chain. An incremental file is never applied on top of a state it
+// was not made from: CheckChain (check.go) holds the rules between the
+// files and the target, like ZFS's "does not match incremental source",
+// and uses archive.CheckLinks for the rules between the files.
 //
 // Every record is verified before any of it is written. Seekable files are
 // checked completely (structure, digest chain, END record) before the
@@ -20,13 +21,16 @@
 // delta file, complete after every saved range: applying it undoes the
 // apply, even one that was interrupted.
 //
-// Merge writes one delta file equivalent to a chain of them, from the files
-// alone: removing a snapshot from a store merges its file into its
-// successor's. ChainDigests gives the block digests of a snapshot from its
-// chain, reading only the files' metadata, so that an image can be compared
-// with its last backup without the backed-up image (see
-// archive.NewDigestSource). Both merge the chain's records as Apply does:
-// the newest record wins for each byte.
+// Merge (merge.go) writes one delta file equivalent to a chain of them,
+// from the files alone: removing a snapshot from a store merges its file
+// into its successor's. It merges the chain's records as Apply does
+// (archive.OpenChain). The block digests of a snapshot from its chain's
+// files, with which an image is backed up against its last backup, are not
+// restore's: see archive.ChainDigests.
+//
+// Apply (apply.go) and Merge run on archive.Ordered, the one ordered
+// parallel pipeline, and read payloads with archive.ReadPayloadAt; snapback
+// files (snapback.go) skip a target's holes with archive.DataRegions.
 //
 // The state of a target (which snapshot it holds, an apply in progress) is
 // kept by the caller, which passes it in as State and is told of changes
