@@ -580,3 +580,39 @@ func TestBusyBlockDevice(t *testing.T) {
 		t.Fatalf("got %v, want ErrTargetBusy", err)
 	}
 }
+
+// TestParentSizeMismatchRefused: an incremental whose parent size is not
+// the volume size of the file before it is refused, by Apply and by Merge,
+// naming both sizes: applying it would leave the bytes between the two
+// sizes as whatever the target held.
+func TestParentSizeMismatchRefused(t *testing.T) {
+	w := newWorld(t)
+	v1 := w.image(w.random(32 * 4096))
+	v2 := w.image(w.mutate(v1.data, 5))
+	full := w.delta(v1, nil)
+	nf, err := os.Open(v2.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nf.Close()
+	bf, err := os.Open(v1.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bf.Close()
+	h := w.header(v2, v1)
+	h.ParentSize += 8192 // crafted, with valid digests
+	bad := filepath.Join(w.dir, "bad-parent-size.tbk")
+	w.writeDelta(bad, h, archive.NewCompareSource(nf, int64(len(v2.data)), bf, int64(len(v1.data)), w.bs, nil), archive.SendOptions{})
+
+	st := stateStore{}
+	_, err = st.apply(t, filepath.Join(w.dir, "target"), []string{full, bad}, Options{})
+	mustFail(t, err, ErrNotChain, bad)
+	for _, size := range []string{"139264", "131072"} {
+		if !bytes.Contains([]byte(err.Error()), []byte(size)) {
+			t.Errorf("the message does not name the size %s: %v", size, err)
+		}
+	}
+	_, _, _, _, err = mergeFiles(t, w, []string{full, bad}, MergeOptions{})
+	mustFail(t, err, ErrNotChain, bad)
+}
