@@ -43,13 +43,11 @@ func (s *Store) Commit(tmp *os.File, snap *Snapshot) error {
 	// Check and choose the Seq before the file gets its final name, which
 	// contains it; the same checks run again in the recording transaction.
 	if err := s.View(func(tx *Tx) error { return tx.checkNew(&rec) }); err != nil {
-		_ = s.Discard(tmp)
-		return err
+		return s.discardAfter(tmp, err)
 	}
 	rec.File = fileName(rec.Volume, rec.Seq, rec.ID, 0)
 	if err := s.install(tmp, rec.File, "commit"); err != nil {
-		_ = s.Discard(tmp)
-		return err
+		return s.discardAfter(tmp, err)
 	}
 	err = s.Update(func(tx *Tx) error {
 		if err := tx.checkNew(&rec); err != nil {
@@ -80,9 +78,10 @@ func syncTemp(tmp *os.File) (int64, error) {
 	return fi.Size(), nil
 }
 
-// install renames a synced temp file to its store-relative final name,
-// closes it and makes the rename durable. On failure the final name does
-// not exist (anything renamed is removed again: it was never recorded).
+// install publishes a synced temp file under its store-relative final
+// name (see Publish), creating the volume's directory durably first. On
+// failure the final name does not exist (anything renamed is removed
+// again: it was never recorded) and tmp is closed.
 func (s *Store) install(tmp *os.File, rel, op string) error {
 	tmpName := tmp.Name()
 	final := s.Path(rel)
@@ -96,22 +95,13 @@ func (s *Store) install(tmp *os.File, rel, op string) error {
 	} else if !errors.Is(err, fs.ErrExist) {
 		return noSpace(dir, fmt.Errorf("catalog: %w", err))
 	}
-	if err := renameNoReplace(tmpName, final); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("catalog: %s already exists: %w", final, ErrExist)
-		}
-		return noSpace(final, fmt.Errorf("catalog: %w", err))
-	}
+	err := publish(tmp, final, op)
 	setLive(tmpName, false)
-	at(op + ":renamed")
-	// Close reports delayed write errors on some filesystems (NFS).
-	if err := tmp.Close(); err != nil {
-		_ = os.Remove(final)
-		return noSpace(final, fmt.Errorf("catalog: close %s: %w", final, err))
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("catalog: %s already exists: %w", final, ErrExist)
 	}
-	if err := syncDir(dir); err != nil {
-		_ = os.Remove(final)
-		return noSpace(final, fmt.Errorf("catalog: %w", err))
+	if err != nil {
+		return fmt.Errorf("catalog: %w", err)
 	}
 	at(op + ":dirsynced")
 	return nil
@@ -148,7 +138,9 @@ func (s *Store) settle(id, rel string, updateErr error) error {
 	if err := os.Remove(final); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%w (%s is left as an orphan: %v)", updateErr, rel, err)
 	}
-	_ = syncDir(filepath.Dir(final))
+	if err := syncDir(filepath.Dir(final)); err != nil {
+		return fmt.Errorf("%w (and removing %s may not be durable: %v)", updateErr, rel, err)
+	}
 	return updateErr
 }
 
@@ -244,13 +236,11 @@ func (s *Store) Replace(tmp *os.File, snap *Snapshot, remove ...string) error {
 		old, _, err = tx.checkReplace(&rec, remove)
 		return err
 	}); err != nil {
-		_ = s.Discard(tmp)
-		return err
+		return s.discardAfter(tmp, err)
 	}
 	rec.File = s.nextGeneration(old)
 	if err := s.install(tmp, rec.File, "replace"); err != nil {
-		_ = s.Discard(tmp)
-		return err
+		return s.discardAfter(tmp, err)
 	}
 	var obsolete []string
 	err = s.Update(func(tx *Tx) error {
@@ -357,14 +347,22 @@ func (s *Store) prepare(tmp *os.File, snap *Snapshot) (Snapshot, error) {
 	rec := *snap
 	rec.File, rec.FileSize = "", 0
 	if err := rec.validateFields(); err != nil {
-		_ = s.Discard(tmp)
-		return rec, &RecordError{Bucket: string(bucketSnapshots), Key: rec.ID, Err: err, write: true}
+		return rec, s.discardAfter(tmp, &RecordError{Bucket: string(bucketSnapshots), Key: rec.ID, Err: err, write: true})
 	}
 	size, err := syncTemp(tmp)
 	if err != nil {
-		_ = s.Discard(tmp)
-		return rec, err
+		return rec, s.discardAfter(tmp, err)
 	}
 	rec.FileSize = size
 	return rec, nil
+}
+
+// discardAfter discards tmp after err and returns err, with the failure
+// to discard if there was one: a temp file left behind is reported, never
+// dropped silently.
+func (s *Store) discardAfter(tmp *os.File, err error) error {
+	if derr := s.Discard(tmp); derr != nil {
+		return fmt.Errorf("%w; and the temp file was not removed: %v", err, derr)
+	}
+	return err
 }

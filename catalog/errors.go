@@ -49,6 +49,10 @@ var (
 	// ErrNoSpace: the store's filesystem is full. See NoSpaceError.
 	ErrNoSpace = errors.New("no space left on device")
 
+	// ErrTooLarge: a file would pass the largest size its filesystem
+	// allows (FAT's 4 GiB). See TooLargeError.
+	ErrTooLarge = errors.New("file too large for its filesystem")
+
 	// ErrLeftover: a catalog change was committed, but files it made
 	// obsolete could not be removed. See LeftoverError.
 	ErrLeftover = errors.New("obsolete files left behind")
@@ -168,6 +172,33 @@ func (e *NoSpaceError) Is(target error) bool { return target == ErrNoSpace }
 
 // Unwrap returns the system error.
 func (e *NoSpaceError) Unwrap() error { return e.Err }
+
+// TooLargeError reports that writing Path failed because the file would
+// pass the largest size its filesystem allows (EFBIG). FS and Limit are
+// set when the filesystem is known: "FAT" and 4 GiB - 1 byte for vfat and
+// msdos, the filesystem of most USB sticks and SD cards. Whatever was
+// being written has been removed.
+type TooLargeError struct {
+	Path  string
+	FS    string // "FAT", or "" when unknown
+	Limit int64  // the filesystem's largest file, 0 when unknown
+	Err   error
+}
+
+func (e *TooLargeError) Error() string {
+	limit := "the largest file size its filesystem allows"
+	if e.FS != "" {
+		limit = fmt.Sprintf("the %d-byte (4 GiB) file size limit of %s", e.Limit, e.FS)
+	}
+	return fmt.Sprintf("%s would be larger than %s: put it on a filesystem without that limit "+
+		"(exFAT, ext4, XFS), or back up into a store on one (%v)", e.Path, limit, e.Err)
+}
+
+// Is makes errors.Is(err, ErrTooLarge) true.
+func (e *TooLargeError) Is(target error) bool { return target == ErrTooLarge }
+
+// Unwrap returns the system error.
+func (e *TooLargeError) Unwrap() error { return e.Err }
 
 // LeftoverError reports files that a committed change made obsolete but
 // that could not be removed. The change itself succeeded; the files are

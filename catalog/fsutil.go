@@ -2,17 +2,15 @@ package catalog
 
 import (
 	"errors"
-	"fmt"
-	"io/fs"
-	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
 
-// hook, when set by a test, is called at named points of Commit, Replace
-// and Remove, so a test can stop the process exactly there (SIGKILL) and
-// check what a crash at that point leaves behind. It is nil in
-// production.
+// hook, when set by a test, is called at named points of Commit, Replace,
+// Remove and Publish, so a test can stop the process exactly there
+// (SIGKILL) and check what a crash at that point leaves behind. It is nil
+// in production.
 var hook func(point string)
 
 func at(point string) {
@@ -21,53 +19,8 @@ func at(point string) {
 	}
 }
 
-// syncDir fsyncs a directory, making the creation, rename or removal of its
-// entries durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
-}
-
-// renameNoReplace renames oldpath to newpath and fails with an error
-// wrapping fs.ErrExist if newpath exists: a file in the store is never
-// overwritten, even by a second process racing for the same name.
-func renameNoReplace(oldpath, newpath string) error {
-	err := unix.Renameat2(unix.AT_FDCWD, oldpath, unix.AT_FDCWD, newpath, unix.RENAME_NOREPLACE)
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, unix.EEXIST):
-		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: fs.ErrExist}
-	case !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EOPNOTSUPP):
-		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: err}
-	}
-	// The filesystem cannot rename without replacing (some network and
-	// FUSE filesystems). A hard link fails atomically if the name exists;
-	// a crash between link and unlink leaves only a stale temp file.
-	err = os.Link(oldpath, newpath)
-	if err == nil {
-		return os.Remove(oldpath)
-	}
-	if errors.Is(err, fs.ErrExist) {
-		return err
-	}
-	// No hard links either (vfat, exfat). Check and rename: the volume
-	// lock keeps other thinback processes from racing for the name.
-	if _, serr := os.Lstat(newpath); serr == nil {
-		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: fs.ErrExist}
-	}
-	return os.Rename(oldpath, newpath)
-}
+// syncDir is SyncDir; the store's code calls it by its old name.
+func syncDir(dir string) error { return SyncDir(dir) }
 
 // isNoSpace reports whether err means the filesystem (or the user's quota)
 // is full.
@@ -80,6 +33,35 @@ func isNoSpace(err error) bool {
 func noSpace(path string, err error) error {
 	if err != nil && isNoSpace(err) && !errors.Is(err, ErrNoSpace) {
 		return &NoSpaceError{Path: path, Err: err}
+	}
+	return err
+}
+
+// fatMaxFileSize is the largest file FAT (vfat, msdos) can hold: its
+// directory entries keep a file's size in 32 bits.
+const fatMaxFileSize = 1<<32 - 1
+
+// WriteError gives the errors of writing a file whose cause the user must
+// act on their types, naming path: a full filesystem or quota becomes a
+// NoSpaceError (ErrNoSpace), a file that would pass the largest size its
+// filesystem allows (EFBIG, such as FAT's 4 GiB) a TooLargeError
+// (ErrTooLarge). Other errors, and nil, are returned unchanged.
+func WriteError(path string, err error) error {
+	switch {
+	case err == nil || errors.Is(err, ErrNoSpace) || errors.Is(err, ErrTooLarge):
+		return err
+	case isNoSpace(err):
+		return &NoSpaceError{Path: path, Err: err}
+	case errors.Is(err, unix.EFBIG):
+		e := &TooLargeError{Path: path, Err: err}
+		var st unix.Statfs_t
+		if unix.Statfs(filepath.Dir(path), &st) == nil {
+			switch uint32(st.Type) {
+			case unix.MSDOS_SUPER_MAGIC:
+				e.FS, e.Limit = "FAT", fatMaxFileSize
+			}
+		}
+		return e
 	}
 	return err
 }
