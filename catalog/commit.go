@@ -190,16 +190,19 @@ func (tx *Tx) checkParent(rec *Snapshot, removing map[string]bool) error {
 		return fmt.Errorf("catalog: snapshot %s: parent %s is being removed: %w", rec.ID, rec.Parent, ErrInUse)
 	}
 	p, err := tx.Snapshot(rec.Parent)
+	if errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("catalog: parent %s of snapshot %s is not in the catalog: %w (%w)", rec.Parent, rec.ID, ErrMissingParent, err)
+	}
 	if err != nil {
 		return fmt.Errorf("catalog: parent of snapshot %s: %w", rec.ID, err)
 	}
 	if p.Volume != rec.Volume {
-		return fmt.Errorf("catalog: parent %s of snapshot %s belongs to volume %q, not %q",
-			p.ID, rec.ID, p.Volume, rec.Volume)
+		return fmt.Errorf("catalog: parent %s of snapshot %s belongs to volume %q, not %q: %w",
+			p.ID, rec.ID, p.Volume, rec.Volume, ErrParentVolume)
 	}
 	if p.Seq >= rec.Seq {
-		return fmt.Errorf("catalog: parent %s (seq %d) of snapshot %s is not older than it (seq %d)",
-			p.ID, p.Seq, rec.ID, rec.Seq)
+		return fmt.Errorf("catalog: parent %s (seq %d) of snapshot %s is not older than it (seq %d): %w",
+			p.ID, p.Seq, rec.ID, rec.Seq, ErrParentOrder)
 	}
 	return nil
 }

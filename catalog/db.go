@@ -81,8 +81,10 @@ type DB struct {
 //
 // It fails with ErrBusy (BusyError) when another process holds the file
 // longer than opts.Timeout, ErrInvalid (InvalidError) when the file is not
-// a thinback catalog, and ErrVersion (VersionError) when its schema is
-// newer than SchemaVersion.
+// a thinback catalog, ErrDamaged (DamagedError) when its pages fail their
+// checksums, ErrFormat (FormatError) when bbolt does not know its file
+// format, and ErrVersion (VersionError) when its schema is newer than
+// SchemaVersion.
 func Open(path string, opts *Options) (*DB, error) {
 	var o Options
 	if opts != nil {
@@ -106,13 +108,17 @@ func Open(path string, opts *Options) (*DB, error) {
 }
 
 // openError gives bbolt's open failures the distinct meanings callers
-// need: waiting for a lock, a file that is not ours, or anything else.
+// need: waiting for a lock, a damaged catalog (rebuild it), a file format
+// of another bbolt, a file that is not ours, or anything else.
 func openError(path string, err error) error {
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
 		return &BusyError{Path: path}
-	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch),
-		errors.Is(err, berrors.ErrChecksum):
+	case errors.Is(err, berrors.ErrChecksum):
+		return &DamagedError{Path: path, Err: err}
+	case errors.Is(err, berrors.ErrVersionMismatch):
+		return &FormatError{Path: path, Err: err}
+	case errors.Is(err, berrors.ErrInvalid):
 		return &InvalidError{Path: path, Err: err}
 	}
 	return fmt.Errorf("catalog: open %s: %w", path, err)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -245,6 +246,52 @@ func TestNotACatalog(t *testing.T) {
 		if !bytes.Equal(before, after) {
 			t.Errorf("%s was modified by a failed open", name)
 		}
+	}
+}
+
+// TestDamagedCatalog: a catalog whose meta pages fail their checksums is
+// reported as damaged (to be rebuilt), one with an unknown bbolt format
+// version as such: neither is "not a thinback catalog".
+func TestDamagedCatalog(t *testing.T) {
+	// bbolt's meta page: a 16-byte page header, then magic (4), version
+	// (4), page size (4), flags (4), root (16), freelist (8), pgid (8),
+	// txid (8), checksum (8). Both meta pages (pages 0 and 1) are hit, or
+	// bbolt uses the intact one.
+	const metaVersion, metaTxid = 16 + 4, 16 + 4 + 4 + 4 + 4 + 16 + 8 + 8
+	for _, tc := range []struct {
+		name string
+		off  int
+		want error
+	}{
+		{"checksum", metaTxid, ErrDamaged},
+		{"version", metaVersion, ErrFormat},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "catalog.db")
+			mustUpdate(t, fileDB(path), func(tx *Tx) error { return tx.PutVolume(testVolume("v")) })
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pageSize := os.Getpagesize()
+			data[tc.off] ^= 0x55
+			data[pageSize+tc.off] ^= 0x55
+			if err := os.WriteFile(path, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err = Open(path, &Options{ReadOnly: true, Timeout: -1})
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Open of a damaged catalog: %v, want %v", err, tc.want)
+			}
+			for _, other := range []error{ErrInvalid, ErrDamaged, ErrFormat, ErrVersion} {
+				if other != tc.want && errors.Is(err, other) {
+					t.Errorf("%v also matches %v", err, other)
+				}
+			}
+			if tc.want == ErrDamaged && !strings.Contains(err.Error(), "thinback catalog rebuild") {
+				t.Errorf("the message does not say to rebuild: %v", err)
+			}
+		})
 	}
 }
 

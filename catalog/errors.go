@@ -17,9 +17,17 @@ var (
 	// this one does not know. See VersionError.
 	ErrVersion = errors.New("catalog schema version not supported")
 
-	// ErrInvalid: the file is not a thinback catalog (not a bbolt file, a
-	// damaged one, or a bbolt file of another program). See InvalidError.
+	// ErrInvalid: the file is not a thinback catalog (not a bbolt file,
+	// or a bbolt file of another program). See InvalidError.
 	ErrInvalid = errors.New("not a thinback catalog")
+
+	// ErrDamaged: the file is a catalog whose bbolt pages fail their
+	// checksums (a torn write, a bad disk). See DamagedError.
+	ErrDamaged = errors.New("catalog file is damaged")
+
+	// ErrFormat: the file is a bbolt file of a format version this
+	// thinback's bbolt does not read. See FormatError.
+	ErrFormat = errors.New("catalog file format version not supported")
 
 	// ErrCorrupt: a stored record does not decode or fails validation.
 	// See RecordError.
@@ -106,6 +114,43 @@ func (e *InvalidError) Is(target error) bool { return target == ErrInvalid }
 
 // Unwrap returns the underlying reason.
 func (e *InvalidError) Unwrap() error { return e.Err }
+
+// DamagedError reports a catalog file whose bbolt meta pages fail their
+// checksums. The catalog is a cache of the delta files: a store's is
+// recreated by `thinback catalog rebuild`.
+type DamagedError struct {
+	Path string
+	Err  error
+}
+
+func (e *DamagedError) Error() string {
+	return fmt.Sprintf("catalog %s is damaged (%v): move it aside and run thinback catalog rebuild to recreate it from the delta files", e.Path, e.Err)
+}
+
+// Is makes errors.Is(err, ErrDamaged) true.
+func (e *DamagedError) Is(target error) bool { return target == ErrDamaged }
+
+// Unwrap returns bbolt's error.
+func (e *DamagedError) Unwrap() error { return e.Err }
+
+// FormatError reports a bbolt file whose format version this thinback's
+// bbolt does not know: written by a newer bbolt, or damaged in a way that
+// looks like it.
+type FormatError struct {
+	Path string
+	Err  error
+}
+
+func (e *FormatError) Error() string {
+	return fmt.Sprintf("catalog %s has a bbolt file format this thinback does not read (%v): upgrade thinback, "+
+		"or if the file is damaged, move it aside and run thinback catalog rebuild", e.Path, e.Err)
+}
+
+// Is makes errors.Is(err, ErrFormat) true.
+func (e *FormatError) Is(target error) bool { return target == ErrFormat }
+
+// Unwrap returns bbolt's error.
+func (e *FormatError) Unwrap() error { return e.Err }
 
 // RecordError reports a record that does not decode or validate. When it
 // comes from reading, errors.Is(err, ErrCorrupt) holds; when it comes from

@@ -101,8 +101,8 @@ func TestCommitRefusals(t *testing.T) {
 	}
 	try("unknown volume", Snapshot{Volume: "x"}, ErrNotFound)
 	try("existing id", Snapshot{ID: a.ID, Volume: "v"}, ErrExist)
-	try("missing parent", Snapshot{Volume: "v", Parent: newID()}, ErrNotFound)
-	try("parent in another volume", Snapshot{Volume: "v", Parent: w.ID}, nil)
+	try("missing parent", Snapshot{Volume: "v", Parent: newID()}, ErrMissingParent)
+	try("parent in another volume", Snapshot{Volume: "v", Parent: w.ID}, ErrParentVolume)
 	try("seq in use", Snapshot{Volume: "v", Seq: a.Seq}, ErrExist)
 	try("invalid", Snapshot{Volume: "v", ID: "not-a-uuid"}, ErrInvalidRecord)
 
@@ -242,7 +242,7 @@ func TestReplaceRefusals(t *testing.T) {
 	}{
 		"child left dangling":   {withParent(d, a.ID), []string{b.ID}, ErrInUse}, // c still needs b
 		"parent removed":        {withParent(c, a.ID), []string{a.ID}, ErrInUse},
-		"newer parent":          {withParent(b, d.ID), nil, nil},
+		"newer parent":          {withParent(b, d.ID), nil, ErrParentOrder},
 		"other volume removed":  {withParent(c, a.ID), []string{b.ID, w.ID}, nil},
 		"unknown snapshot":      {Snapshot{ID: newID(), Volume: "v", Time: baseTime}, nil, ErrNotFound},
 		"unknown removal":       {c, []string{newID()}, ErrNotFound},
@@ -250,7 +250,7 @@ func TestReplaceRefusals(t *testing.T) {
 		"changed volume":        {func() Snapshot { s := c; s.Volume = "w"; return s }(), nil, nil},
 		"changed seq":           {func() Snapshot { s := c; s.Seq = 99; return s }(), nil, nil},
 		"invalid record":        {func() Snapshot { s := c; s.FileDigest = "XX"; return s }(), nil, ErrInvalidRecord},
-		"parent in other chain": {withParent(c, w.ID), []string{b.ID}, nil},
+		"parent in other chain": {withParent(c, w.ID), []string{b.ID}, ErrParentVolume},
 	} {
 		f := ts.temp("v", []byte("merged"))
 		snap := tc.snap
