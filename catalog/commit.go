@@ -164,6 +164,24 @@ func (tx *Tx) checkNew(rec *Snapshot) error {
 	if _, err := tx.Volume(rec.Volume); err != nil {
 		return fmt.Errorf("catalog: snapshot %s: %w (record the volume first)", rec.ID, err)
 	}
+	return tx.checkFresh(rec)
+}
+
+// CheckNew reports why rec could not be committed as a new snapshot of its
+// volume: its ID is taken (ErrExist), or its parent is missing
+// (ErrMissingParent), of another volume (ErrParentVolume) or not older
+// (ErrParentOrder). A volume not yet in the catalog counts as a new one.
+// Commit makes the same checks; CheckNew lets a caller refuse a stream
+// before reading it.
+func (tx *Tx) CheckNew(rec Snapshot) error {
+	if _, err := tx.Volume(rec.Volume); err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	return tx.checkFresh(&rec)
+}
+
+// checkFresh is checkNew without the volume.
+func (tx *Tx) checkFresh(rec *Snapshot) error {
 	if _, err := tx.Snapshot(rec.ID); err == nil {
 		return fmt.Errorf("catalog: snapshot %s: %w", rec.ID, ErrExist)
 	} else if !errors.Is(err, ErrNotFound) {

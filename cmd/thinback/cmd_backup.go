@@ -1,11 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -214,44 +214,34 @@ func volumeFor(s *catalog.Store, want catalog.Volume) (catalog.Volume, error) {
 	return v, nil
 }
 
-// storeDelta writes a delta file of src into the store and records it.
-func storeDelta(ctx context.Context, e *env, s *catalog.Store, h *archive.Header, src archive.Source, level archive.Level, prog progress, rec catalog.Snapshot) (catalog.Snapshot, error) {
-	tmp, err := s.CreateTemp(h.VolumeName)
-	if err != nil {
-		return rec, err
-	}
-	committed := false
-	defer func() {
-		if !committed {
-			s.Discard(tmp)
+// storeDelta writes a delta file of src into the store and records it,
+// with rec's LVM fields.
+func storeDelta(ctx context.Context, s catalog.DeltaWriter, dir string, h *archive.Header, src archive.Source, level archive.Level, prog progress, rec catalog.Snapshot) (catalog.Snapshot, error) {
+	full, err := s.WriteDelta(h.VolumeName, func(out io.Writer) (catalog.Snapshot, error) {
+		w := archive.NewWriter(out)
+		if err := w.WriteHeader(h); err != nil {
+			return catalog.Snapshot{}, err
 		}
-	}()
-	bw := bufio.NewWriterSize(tmp, 256<<10)
-	w := archive.NewWriter(bw)
-	if err := w.WriteHeader(h); err != nil {
-		return rec, err
-	}
-	if err := archive.Send(ctx, w, src, archive.SendOptions{Level: level, Progress: prog.Add}); err != nil {
-		return rec, storeWriteError(s, err)
-	}
-	if err := w.Close(); err != nil {
-		return rec, storeWriteError(s, err)
-	}
-	if err := bw.Flush(); err != nil {
-		return rec, storeWriteError(s, err)
-	}
-	full := snapshotRecord(h, w.Trailer())
-	full.LVName, full.LVUUID, full.ThinID = rec.LVName, rec.LVUUID, rec.ThinID
-	if err := s.Commit(tmp, &full); err != nil {
-		return rec, storeWriteError(s, err)
-	}
-	committed = true
-	return full, nil
+		if err := archive.Send(ctx, w, src, archive.SendOptions{Level: level, Progress: prog.Add}); err != nil {
+			return catalog.Snapshot{}, err
+		}
+		if err := w.Close(); err != nil {
+			return catalog.Snapshot{}, err
+		}
+		full := snapshotRecord(h, w.Trailer())
+		full.LVName, full.LVUUID, full.ThinID = rec.LVName, rec.LVUUID, rec.ThinID
+		return full, nil
+	})
+	return full, storeWriteError(dir, err)
 }
 
-func storeWriteError(s *catalog.Store, err error) error {
-	if errors.Is(err, syscall.ENOSPC) && !errors.Is(err, catalog.ErrNoSpace) {
-		return fmt.Errorf("writing into store %s: %w; nothing was kept: free space (thinback prune) and run again", s.Dir(), err)
+// storeWriteError says what to do about a store that cannot take a file.
+func storeWriteError(dir string, err error) error {
+	switch {
+	case errors.Is(err, catalog.ErrNoSpace), errors.Is(err, syscall.ENOSPC):
+		return fmt.Errorf("writing into store %s: %w; nothing was kept: free space (thinback prune) and run again", dir, err)
+	case errors.Is(err, catalog.ErrTooLarge):
+		return fmt.Errorf("writing into store %s: %w; nothing was kept", dir, err)
 	}
 	return err
 }
@@ -335,11 +325,10 @@ func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, o ba
 	var src archive.Source
 	var ds *archive.DigestSource
 	if prev != nil {
-		pid, err := archive.ParseID(latest.ID)
-		if err != nil {
+		if h.Parent, err = parentSnapshot(latest); err != nil {
 			return nil, err
 		}
-		h.Parent, h.ParentSize = archive.Snapshot{ID: pid, Name: latest.Name, Time: latest.Time}, latest.VolumeSize
+		h.ParentSize = latest.VolumeSize
 		ds, err = archive.NewDigestSource(f, size, v.BlockSize, prev, archive.DigestSourceOptions{Progress: prog.Add})
 		if err != nil {
 			return nil, err
@@ -354,7 +343,7 @@ func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, o ba
 	if ds != nil {
 		p = noProgress{} // the digest source reports what it examines
 	}
-	rec, err := storeDelta(ctx, e, s, h, src, o.level, p, catalog.Snapshot{})
+	rec, err := storeDelta(ctx, s, s.Dir(), h, src, o.level, p, catalog.Snapshot{})
 	prog.Done()
 	if postErr := runHook(context.WithoutCancel(ctx), e, "post", o.post, vars); postErr != nil && err == nil {
 		err = postErr
@@ -457,11 +446,13 @@ func backupLVM(ctx context.Context, e *env, s *catalog.Store, name string, origi
 	h := thinHeader(snap, base, origin)
 	h.VolumeName, h.VolumeUUID = name, origin.UUID
 	if base != nil {
-		h.Parent.ID, _ = archive.ParseID(baseRec.ID)
+		if h.Parent.ID, err = archiveID(baseRec.ID); err != nil {
+			return nil, fmt.Errorf("snapshot #%d of %s: %w", baseRec.Seq, name, err)
+		}
 		res.Kind, res.Parent = "incremental", fmt.Sprintf("#%d", baseRec.Seq)
 	}
 	prog := newProgress(e.stderr, o.quiet || o.json, "backed up", d.Stats().DataBytes)
-	rec, err := storeDelta(ctx, e, s, h, d, o.level, prog,
+	rec, err := storeDelta(ctx, s, s.Dir(), h, d, o.level, prog,
 		catalog.Snapshot{LVName: snap.Name, LVUUID: snap.UUID, ThinID: int64(snap.ThinID)})
 	prog.Done()
 	if err != nil {

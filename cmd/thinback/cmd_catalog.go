@@ -48,7 +48,7 @@ func runRebuild(ctx context.Context, e *env, dir string, quiet bool) error {
 	bad := 0
 	for _, f := range files {
 		h, tr, err := readDelta(ctx, s.Path(f.Path), false)
-		if err == nil && h.Snapshot.ID.String() != f.ID {
+		if err == nil && catalogID(h.Snapshot.ID) != f.ID {
 			err = fmt.Errorf("its name says snapshot %s, its header %s", f.ID, h.Snapshot.ID)
 		}
 		if err == nil && h.VolumeName != f.Volume {

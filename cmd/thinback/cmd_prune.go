@@ -1,10 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -218,39 +218,18 @@ func mergeInto(ctx context.Context, s *catalog.Store, kept catalog.Snapshot, run
 		defer f.Close()
 		inputs = append(inputs, restore.Input{Name: s.Path(sn.File), R: f})
 	}
-	tmp, err := s.CreateTemp(kept.Volume)
-	if err != nil {
-		return err
-	}
-	done := false
-	defer func() {
-		if !done {
-			s.Discard(tmp)
-		}
-	}()
-	bw := bufio.NewWriterSize(tmp, 256<<10)
-	// Two workers at most: prune runs beside backups, and memory grows
-	// with workers times the files merged.
-	h, tr, err := restore.Merge(ctx, bw, inputs, restore.MergeOptions{Tool: toolName(), Workers: 2, Level: level})
-	if err != nil {
-		return err
-	}
-	if err := bw.Flush(); err != nil {
-		return err
-	}
-	rec := kept
-	rec.Parent = ""
-	if !h.IsFull() {
-		rec.Parent = h.Parent.ID.String()
-	}
-	rec.DataBytes, rec.ZeroBytes, rec.FileDigest = tr.DataBytes, tr.ZeroBytes, fmt.Sprintf("%x", tr.Digest)
 	var ids []string
 	for _, sn := range run {
 		ids = append(ids, sn.ID)
 	}
-	if err := s.Replace(tmp, &rec, ids...); err != nil {
-		return err
-	}
-	done = true
-	return nil
+	_, err := s.ReplaceDelta(kept.Volume, ids, func(w io.Writer) (catalog.Snapshot, error) {
+		// Two workers at most: prune runs beside backups, and memory grows
+		// with workers times the files merged.
+		h, tr, err := restore.Merge(ctx, w, inputs, restore.MergeOptions{Tool: toolName(), Workers: 2, Level: level})
+		if err != nil {
+			return catalog.Snapshot{}, err
+		}
+		return mergedRecord(kept, h, tr), nil
+	})
+	return err
 }

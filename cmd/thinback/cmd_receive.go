@@ -84,69 +84,51 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
 		return fmt.Errorf("receive: %w", err)
 	}
 	defer unlock()
-	// Refuse early what cannot be recorded: a snapshot already there, an
-	// incremental whose parent is not, another volume under the same name.
+	// Refuse before reading the stream what could not be recorded: a
+	// snapshot already there, an incremental whose parent is not, another
+	// volume under the same name. Commit checks the same again.
 	err = s.View(func(tx *catalog.Tx) error {
-		if _, err := tx.Snapshot(h.Snapshot.ID.String()); err == nil {
-			return fmt.Errorf("snapshot %s (%s) of %s is already in the store", h.Snapshot.ID, h.Snapshot.Name, h.VolumeName)
-		}
 		if v, err := tx.Volume(h.VolumeName); err == nil && v.UUID != "" && h.VolumeUUID != "" && v.UUID != h.VolumeUUID {
 			return fmt.Errorf("the store's volume %s has uuid %s, the stream's %s: a different volume under the same name", h.VolumeName, v.UUID, h.VolumeUUID)
 		}
-		if !h.IsFull() {
-			p, err := tx.Snapshot(h.Parent.ID.String())
-			if errors.Is(err, catalog.ErrNotFound) {
-				return fmt.Errorf("the stream is an incremental from %s (%s), which is not in the store: receive its full and the incrementals up to it first", h.Parent.ID, h.Parent.Name)
-			} else if err != nil {
-				return err
-			}
-			if p.Volume != h.VolumeName {
-				return fmt.Errorf("the stream's parent %s belongs to volume %s, the stream to %s", p.ID, p.Volume, h.VolumeName)
+		err := tx.CheckNew(snapshotRecord(h, archive.Trailer{}))
+		if errors.Is(err, catalog.ErrParentVolume) {
+			if p, perr := tx.Snapshot(catalogID(h.Parent.ID)); perr == nil {
+				return fmt.Errorf("the stream's parent %s belongs to volume %s, the stream to %s: %w", p.ID, p.Volume, h.VolumeName, catalog.ErrParentVolume)
 			}
 		}
-		return nil
+		return err
 	})
 	if err != nil {
-		return fmt.Errorf("receive: %w", err)
-	}
-	tmp, err := s.CreateTemp(h.VolumeName)
-	if err != nil {
-		return fmt.Errorf("receive: %w", err)
-	}
-	committed := false
-	defer func() {
-		if !committed {
-			s.Discard(tmp)
-		}
-	}()
-	if err := sink.setTarget(tmp); err != nil {
-		return fmt.Errorf("receive: %w", err)
+		return fmt.Errorf("receive: %w", receiveAdvice(h, err))
 	}
 	prog := newProgress(e.stderr, quiet, "received", h.VolumeSize)
-	err = archive.Scan(ctx, rd, archive.ScanOptions{}, func(rec *archive.Record, _ []byte) error {
-		prog.Add(rec.Length)
-		return nil
+	snap, err := s.WriteDelta(h.VolumeName, func(w io.Writer) (catalog.Snapshot, error) {
+		if err := sink.setTarget(w); err != nil {
+			return catalog.Snapshot{}, err
+		}
+		err := archive.Scan(ctx, rd, archive.ScanOptions{}, func(rec *archive.Record, _ []byte) error {
+			prog.Add(rec.Length)
+			return nil
+		})
+		if err != nil {
+			return catalog.Snapshot{}, fmt.Errorf("standard input: %w", err)
+		}
+		// The volume is recorded only for a stream that is complete.
+		err = s.Update(func(tx *catalog.Tx) error {
+			if _, err := tx.Volume(h.VolumeName); errors.Is(err, catalog.ErrNotFound) {
+				v := volumeRecord(h)
+				return tx.PutVolume(&v)
+			} else {
+				return err
+			}
+		})
+		return snapshotRecord(h, rd.Trailer()), err
 	})
 	prog.Done()
 	if err != nil {
-		return fmt.Errorf("receive: standard input: %w\nnothing was recorded in the store", err)
+		return fmt.Errorf("receive: %w\nnothing was recorded in the store", storeWriteError(dir, err))
 	}
-	snap := snapshotRecord(h, rd.Trailer())
-	err = s.Update(func(tx *catalog.Tx) error {
-		if _, err := tx.Volume(h.VolumeName); errors.Is(err, catalog.ErrNotFound) {
-			v := volumeRecord(h)
-			return tx.PutVolume(&v)
-		} else {
-			return err
-		}
-	})
-	if err != nil {
-		return fmt.Errorf("receive: %w", err)
-	}
-	if err := s.Commit(tmp, &snap); err != nil {
-		return fmt.Errorf("receive: %w", err)
-	}
-	committed = true
 	if !quiet {
 		kind := "full"
 		if !h.IsFull() {
@@ -156,4 +138,15 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
 			h.Snapshot.Name, kind, bytesHuman(snap.DataBytes), bytesHuman(snap.ZeroBytes), bytesHuman(snap.FileSize))
 	}
 	return nil
+}
+
+// receiveAdvice says what to do when the store cannot take a stream.
+func receiveAdvice(h *archive.Header, err error) error {
+	switch {
+	case errors.Is(err, catalog.ErrExist):
+		return fmt.Errorf("snapshot %s (%s) of %s is already in the store: %w", h.Snapshot.ID, h.Snapshot.Name, h.VolumeName, err)
+	case errors.Is(err, catalog.ErrMissingParent):
+		return fmt.Errorf("the stream is an incremental from %s (%s), which is not in the store: receive its full and the incrementals up to it first: %w", h.Parent.ID, h.Parent.Name, err)
+	}
+	return err
 }

@@ -124,9 +124,9 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) error {
 	from := 0
 	for i, sn := range chain {
 		switch {
-		case st.InProgress != nil && st.InProgress.Snapshot.String() == chain[len(chain)-1].ID && sn.Parent != "" && sn.Parent == st.InProgress.Parent.String():
+		case st.InProgress != nil && catalogID(st.InProgress.Snapshot) == chain[len(chain)-1].ID && sn.Parent != "" && sn.Parent == catalogID(st.InProgress.Parent):
 			from = i
-		case st.InProgress == nil && sn.ID == st.Snapshot.ID.String():
+		case st.InProgress == nil && sn.ID == catalogID(st.Snapshot.ID):
 			from = i + 1
 		}
 	}

@@ -174,9 +174,9 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 		h, tr, err, took := r.h, r.tr, r.err, r.took
 		if err == nil {
 			switch want := fmt.Sprintf("%x", tr.Digest); {
-			case h.Snapshot.ID.String() != snap.ID:
+			case catalogID(h.Snapshot.ID) != snap.ID:
 				err = fmt.Errorf("the file holds snapshot %s, the catalog says %s", h.Snapshot.ID, snap.ID)
-			case !h.IsFull() && h.Parent.ID.String() != snap.Parent || h.IsFull() && snap.Parent != "":
+			case !h.IsFull() && catalogID(h.Parent.ID) != snap.Parent || h.IsFull() && snap.Parent != "":
 				err = fmt.Errorf("the file's parent is %s, the catalog says %q", h.Parent.ID, snap.Parent)
 			case want != snap.FileDigest:
 				err = fmt.Errorf("the file's digest is %s, the catalog recorded %s", want, snap.FileDigest)

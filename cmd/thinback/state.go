@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/restore"
 )
@@ -58,50 +57,10 @@ func (s *stateFile) load() (restore.State, error) {
 
 // save records st for the target.
 func (s *stateFile) save(path string, st restore.State) error {
-	t := catalog.Target{Key: s.id.Key, Path: path, Volume: st.VolumeName, VolumeUUID: st.VolumeUUID,
-		Dev: s.id.Dev, Ino: s.id.Ino}
-	if !st.Snapshot.ID.IsZero() {
-		t.Snapshot, t.SnapshotName, t.SnapshotTime = st.Snapshot.ID.String(), st.Snapshot.Name, st.Snapshot.Time
-	}
-	if m := st.InProgress; m != nil {
-		t.InProgress = &catalog.Mark{Snapshot: m.Snapshot.String(), Files: m.Files, Started: m.Started}
-		if !m.Parent.IsZero() {
-			t.InProgress.Parent = m.Parent.String()
-		}
-		if !m.Undo.IsZero() {
-			t.InProgress.UndoSnapshot = m.Undo.String()
-		}
-	}
+	t := targetRecord(s.id, path, st)
 	err := catalog.Update(s.path, nil, func(tx *catalog.Tx) error { return tx.PutTarget(&t) })
 	if err != nil {
 		return fmt.Errorf("state file %s: %w", s.path, err)
 	}
 	return nil
-}
-
-func targetState(t catalog.Target) (restore.State, error) {
-	st := restore.State{VolumeName: t.Volume, VolumeUUID: t.VolumeUUID}
-	parse := func(s string) (archive.ID, error) {
-		if s == "" {
-			return archive.ID{}, nil
-		}
-		return archive.ParseID(s)
-	}
-	var err error
-	if st.Snapshot.ID, err = parse(t.Snapshot); err != nil {
-		return st, err
-	}
-	st.Snapshot.Name, st.Snapshot.Time = t.SnapshotName, t.SnapshotTime
-	if m := t.InProgress; m != nil {
-		st.InProgress = &restore.Mark{Files: m.Files, Started: m.Started}
-		for _, p := range []struct {
-			dst *archive.ID
-			s   string
-		}{{&st.InProgress.Snapshot, m.Snapshot}, {&st.InProgress.Parent, m.Parent}, {&st.InProgress.Undo, m.UndoSnapshot}} {
-			if *p.dst, err = parse(p.s); err != nil {
-				return st, err
-			}
-		}
-	}
-	return st, nil
 }

@@ -45,40 +45,6 @@ func openStore(e *env, dir string, create bool) (*catalog.Store, error) {
 	return s, nil
 }
 
-// snapshotRecord describes a delta file for the catalog, from its header and
-// trailer: what backup, receive and catalog rebuild record.
-func snapshotRecord(h *archive.Header, t archive.Trailer) catalog.Snapshot {
-	s := catalog.Snapshot{
-		ID:         h.Snapshot.ID.String(),
-		Volume:     h.VolumeName,
-		Time:       h.Snapshot.Time,
-		Name:       h.Snapshot.Name,
-		LVName:     h.Attr("lvm.lv"),
-		LVUUID:     h.Attr("lvm.lv_uuid"),
-		VolumeSize: h.VolumeSize,
-		DataBytes:  t.DataBytes,
-		ZeroBytes:  t.ZeroBytes,
-		FileDigest: fmt.Sprintf("%x", t.Digest),
-	}
-	if !h.IsFull() {
-		s.Parent = h.Parent.ID.String()
-	}
-	if id, err := strconv.ParseInt(h.Attr("lvm.thin_id"), 10, 64); err == nil {
-		s.ThinID = id
-	}
-	return s
-}
-
-// volumeRecord describes the volume of a delta file for the catalog.
-func volumeRecord(h *archive.Header) catalog.Volume {
-	v := catalog.Volume{Name: h.VolumeName, UUID: h.VolumeUUID, Kind: catalog.KindFile, BlockSize: h.BlockSize, Source: h.Attr("file.path")}
-	if h.Attr("lvm.vg") != "" {
-		v.Kind = catalog.KindLVMThin
-		v.Source = h.Attr("lvm.vg") + "/" + h.Attr("lvm.origin")
-	}
-	return v
-}
-
 // readDelta reads a delta file to its verified END record. With payloads,
 // every record is decompressed and every block digest checked (on all
 // cores); without, only the header and the records' metadata are read and
