@@ -27,8 +27,13 @@ type Input struct {
 type Options struct {
 	// Force applies an incremental whatever the target holds.
 	Force bool
-	// Snapback, if set, is the path of an undo file to create.
-	Snapback string
+	// Snapback, if set, is a new, empty file to write the undo file
+	// into: the caller creates it (exclusively, with a durable name) and
+	// closes it after Apply. Apply writes it in place, complete and
+	// fsynced before anything it covers is overwritten, and fsyncs it at
+	// the end. If Apply fails before calling Begin, nothing was
+	// overwritten and the file is not needed.
+	Snapback SnapbackFile
 	// State is what is known about the target.
 	State State
 	// Begin is called, after every check and before the first write, with
@@ -43,6 +48,14 @@ type Options struct {
 	Progress func(n int64)
 	// Now returns the time (tests set it); nil means time.Now.
 	Now func() time.Time
+}
+
+// SnapbackFile is where a snapback file is written (an *os.File).
+type SnapbackFile interface {
+	io.Writer
+	io.WriterAt
+	Sync() error
+	Name() string
 }
 
 // Result says what an apply did.
@@ -118,7 +131,7 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (*Resul
 	for _, f := range files {
 		mark.Files = append(mark.Files, f.Name)
 	}
-	if opts.Snapback != "" {
+	if opts.Snapback != nil {
 		var err error
 		sb, err = createSnapback(opts.Snapback, t, snapbackHeader(t, files, opts.State, now()))
 		if err != nil {
@@ -151,8 +164,8 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (*Resul
 	}
 	interrupted := func(err error) (*Result, error) {
 		advice := fmt.Sprintf("the target %s is partly written; run the same apply again to finish it", t.Path)
-		if opts.Snapback != "" {
-			advice += fmt.Sprintf(", or apply %s to undo what was written", opts.Snapback)
+		if opts.Snapback != nil {
+			advice += fmt.Sprintf(", or apply %s to undo what was written", opts.Snapback.Name())
 		}
 		return fail(fmt.Errorf("%w\n%s", err, advice))
 	}

@@ -163,6 +163,18 @@ func (st stateStore) apply(t testing.TB, target string, files []string, opts Opt
 	return Apply(context.Background(), tg, inputs, opts)
 }
 
+// newSnapback creates a snapback file for Options.Snapback, as the CLI
+// does (exclusively), and closes it when the test ends.
+func newSnapback(t testing.TB, path string) *os.File {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
 func mustEqual(t testing.TB, path string, want []byte) {
 	t.Helper()
 	got, err := os.ReadFile(path)

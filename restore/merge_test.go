@@ -566,7 +566,7 @@ func TestMergeSnapbackFlag(t *testing.T) {
 		t.Fatal(err)
 	}
 	undo := filepath.Join(w.dir, "undo.tbk")
-	if _, err := st.apply(t, target, []string{w.delta(v2, v1)}, Options{Snapback: undo}); err != nil {
+	if _, err := st.apply(t, target, []string{w.delta(v2, v1)}, Options{Snapback: newSnapback(t, undo)}); err != nil {
 		t.Fatal(err)
 	}
 	_, h, _, _, err := mergeFiles(t, w, []string{undo}, MergeOptions{})

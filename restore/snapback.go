@@ -4,11 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 
 	"github.com/thinback/thinback/archive"
-	"golang.org/x/sys/unix"
 )
 
 // snapback saves the contents of the target's ranges before they are
@@ -16,7 +13,7 @@ import (
 // and whose snapshot is the target's state before the apply.
 type snapback struct {
 	path  string
-	f     *os.File
+	f     SnapbackFile
 	w     *archive.Writer
 	enc   *archive.Encoder
 	t     *Target
@@ -31,16 +28,10 @@ type snapback struct {
 
 const snapbackChunk = 1 << 20
 
-// createSnapback creates path (never overwriting a file) and writes h.
-func createSnapback(path string, t *Target, h *archive.Header) (*snapback, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return nil, fmt.Errorf("snapback file %s already exists: choose another name (it would be overwritten)", path)
-		}
-		return nil, fmt.Errorf("snapback file: %w", err)
-	}
-	s := &snapback{path: path, f: f, w: archive.NewWriter(f), enc: archive.NewEncoder(archive.LevelFastest),
+// createSnapback starts the snapback file in f, which the caller created
+// (see Options.Snapback), and writes h.
+func createSnapback(f SnapbackFile, t *Target, h *archive.Header) (*snapback, error) {
+	s := &snapback{path: f.Name(), f: f, w: archive.NewWriter(f), enc: archive.NewEncoder(archive.LevelFastest),
 		t: t, bs: h.BlockSize, size: h.VolumeSize}
 	if !t.block {
 		// Saving walks ascending ranges, each saved before it is
@@ -52,16 +43,11 @@ func createSnapback(path string, t *Target, h *archive.Header) (*snapback, error
 	s.out = make([]byte, 0, archive.MaxEncodedLen(int(chunk)))
 	if err := s.w.WriteHeader(h); err != nil {
 		s.abandon()
-		return nil, fmt.Errorf("snapback file %s: %w", path, err)
+		return nil, s.wrap(err)
 	}
 	if err := s.checkpoint(); err != nil {
 		s.abandon()
 		return nil, err
-	}
-	// The file's name must be durable too, or a crash could lose it.
-	if err := syncDir(filepath.Dir(path)); err != nil {
-		s.abandon()
-		return nil, fmt.Errorf("snapback file %s: %w", path, err)
 	}
 	return s, nil
 }
@@ -147,39 +133,22 @@ func (s *snapback) checkpoint() error {
 	return nil
 }
 
-// close writes the END record and makes the file durable.
+// close writes the END record and makes the file durable. The caller of
+// Apply closes the file.
 func (s *snapback) close() (archive.Trailer, error) {
 	defer s.enc.Close()
 	if err := s.w.Close(); err != nil {
-		s.f.Close()
 		return archive.Trailer{}, s.wrap(err)
 	}
 	if err := s.f.Sync(); err != nil {
-		s.f.Close()
-		return archive.Trailer{}, s.wrap(err)
-	}
-	if err := s.f.Close(); err != nil {
 		return archive.Trailer{}, s.wrap(err)
 	}
 	return s.w.Trailer(), nil
 }
 
-// abandon removes a snapback file that never covered anything.
-func (s *snapback) abandon() {
-	s.enc.Close()
-	s.f.Close()
-	os.Remove(s.path)
-}
+// abandon gives up a snapback file that never covered anything.
+func (s *snapback) abandon() { s.enc.Close() }
 
 func (s *snapback) wrap(err error) error {
 	return fmt.Errorf("snapback file %s: %w", s.path, err)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

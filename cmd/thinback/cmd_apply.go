@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strings"
 
+	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/restore"
 	"github.com/urfave/cli/v2"
 )
@@ -122,18 +125,83 @@ func applyTo(ctx context.Context, e *env, t *restore.Target, inputs []restore.In
 	if sf.replaced && !o.quiet {
 		fmt.Fprintf(e.stderr, "thinback: %s was replaced since its state was recorded; treating its contents as unknown\n", o.target)
 	}
+	var undo *os.File
+	if o.snapback != "" {
+		if undo, err = createSnapback(o.snapback); err != nil {
+			return nil, fmt.Errorf("apply: %w", err)
+		}
+	}
+	began := false
 	prog := newProgress(e.stderr, o.quiet, "applied", 0)
-	res, err := restore.Apply(ctx, t, inputs, restore.Options{
-		Force:    o.force,
-		Snapback: o.snapback,
-		State:    st,
-		Begin:    func(s restore.State) error { return sf.save(o.target, s) },
+	opts := restore.Options{
+		Force: o.force,
+		State: st,
+		Begin: func(s restore.State) error {
+			began = true
+			return sf.save(o.target, s)
+		},
 		Finish:   func(s restore.State) error { return sf.save(o.target, s) },
 		Progress: prog.Add,
-	})
+	}
+	if undo != nil {
+		opts.Snapback = typedFile{undo}
+	}
+	res, err := restore.Apply(ctx, t, inputs, opts)
 	prog.Done()
+	if undo != nil {
+		err = closeSnapback(undo, began, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("apply: %w", err)
 	}
 	return res, nil
 }
+
+// createSnapback creates a snapback file: never over an existing file, and
+// with its name durable before anything is saved in it.
+func createSnapback(path string) (*os.File, error) {
+	f, err := catalog.CreateExclusive(path)
+	if errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("snapback file %s already exists: choose another name (it would be overwritten)", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("snapback file: %w", err)
+	}
+	return f, nil
+}
+
+// closeSnapback closes the snapback file after an apply that ended with
+// err. An apply that failed before it began writing the target overwrote
+// nothing, so its snapback file is removed; once it began, the file
+// covers what was overwritten and is always kept.
+func closeSnapback(f *os.File, began bool, err error) error {
+	cerr := f.Close()
+	switch {
+	case err != nil && !began:
+		if rerr := os.Remove(f.Name()); rerr != nil {
+			return fmt.Errorf("%w (and removing the unused snapback file %s failed: %v)", err, f.Name(), rerr)
+		}
+		return err
+	case err != nil && cerr != nil:
+		return fmt.Errorf("%w (and closing the snapback file %s failed: %v)", err, f.Name(), cerr)
+	case cerr != nil:
+		return fmt.Errorf("snapback file %s: %w", f.Name(), catalog.WriteError(f.Name(), cerr))
+	}
+	return err
+}
+
+// typedFile gives the write errors of a snapback file their type (a full
+// disk, FAT's 4 GiB limit; see catalog.WriteError).
+type typedFile struct{ *os.File }
+
+func (f typedFile) Write(p []byte) (int, error) {
+	n, err := f.File.Write(p)
+	return n, catalog.WriteError(f.Name(), err)
+}
+
+func (f typedFile) WriteAt(p []byte, off int64) (int, error) {
+	n, err := f.File.WriteAt(p, off)
+	return n, catalog.WriteError(f.Name(), err)
+}
+
+func (f typedFile) Sync() error { return catalog.WriteError(f.Name(), f.File.Sync()) }

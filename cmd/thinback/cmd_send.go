@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/catalog"
 	"github.com/urfave/cli/v2"
 )
 
@@ -182,16 +183,20 @@ type sendStats struct {
 }
 
 // sendTo writes a delta file of src with header h to out.
-func sendTo(ctx context.Context, e *env, out string, h *archive.Header, src archive.Source, level archive.Level, prog progress, countWrites bool) (sendStats, error) {
+func sendTo(ctx context.Context, e *env, out string, h *archive.Header, src archive.Source, level archive.Level, prog progress, countWrites bool) (st sendStats, err error) {
 	start := time.Now()
 	o, err := createOutput(e, out)
 	if err != nil {
 		return sendStats{}, err
 	}
-	defer o.abort()
+	defer func() {
+		if aerr := o.abort(); aerr != nil && err != nil {
+			err = fmt.Errorf("%w; and the unfinished file was not removed: %v", err, aerr)
+		}
+	}()
 	w := archive.NewWriter(o.w)
 	if err := w.WriteHeader(h); err != nil {
-		return sendStats{}, fmt.Errorf("send: %w", err)
+		return sendStats{}, sendError(out, err)
 	}
 	opts := archive.SendOptions{Level: level}
 	if countWrites {
@@ -211,10 +216,12 @@ func sendTo(ctx context.Context, e *env, out string, h *archive.Header, src arch
 }
 
 func sendError(out string, err error) error {
-	if errors.Is(err, syscall.ENOSPC) {
+	switch {
+	case errors.Is(err, catalog.ErrTooLarge):
+		return fmt.Errorf("send: %w; nothing was kept", err)
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, catalog.ErrNoSpace):
 		return fmt.Errorf("send: writing %s: %w; nothing was kept: free space or choose another place", out, err)
-	}
-	if errors.Is(err, syscall.EPIPE) {
+	case errors.Is(err, syscall.EPIPE):
 		return fmt.Errorf("send: the receiving end of %s went away (broken pipe): %w", out, err)
 	}
 	return fmt.Errorf("send: %w", err)

@@ -4,21 +4,21 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
-	"path/filepath"
-	"strconv"
 
+	"github.com/thinback/thinback/catalog"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 )
 
 // output is where a delta file goes: standard output, or a file written
-// under a temporary name and renamed when complete, so that an interrupted
-// send never leaves a file that looks whole.
+// under a temporary name and published when complete (catalog.Publish), so
+// that an interrupted send never leaves a file that looks whole.
 type output struct {
-	w     io.Writer
-	f     *os.File
-	final string
-	done  bool
+	w       io.Writer
+	pending *catalog.Pending // nil for standard output
+	name    string           // for messages
 }
 
 func createOutput(e *env, path string) (*output, error) {
@@ -29,76 +29,78 @@ func createOutput(e *env, path string) (*output, error) {
 		if f, ok := e.stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 			return nil, usageError{"refusing to write a delta file to a terminal: redirect standard output or give -o FILE"}
 		}
-		return &output{w: e.stdout}, nil
+		return &output{w: e.stdout, name: "standard output"}, nil
 	}
-	if _, err := os.Stat(path); err == nil {
+	p, err := catalog.CreatePending(path)
+	if errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("output %s already exists: remove it or choose another name", path)
 	}
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	tmp := filepath.Join(dir, "."+base+".tmp-"+strconv.Itoa(os.Getpid()))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("output: %w", err)
+		return nil, fmt.Errorf("output %s: %w", path, err)
 	}
-	return &output{w: f, f: f, final: path}, nil
+	return &output{w: &typedWriter{w: p, path: path}, pending: p, name: path}, nil
 }
 
-// commit makes the file durable under its final name.
+// commit makes the file durable under its final name, or standard output
+// durable when it is a file.
 func (o *output) commit() error {
-	o.done = true
-	if o.f == nil {
+	if o.pending == nil {
 		if f, ok := o.w.(*os.File); ok {
-			if err := f.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) && !isNotSyncable(err) {
+			if err := syncStdout(f); err != nil {
 				return fmt.Errorf("standard output: %w", err)
 			}
 		}
 		return nil
 	}
-	tmp := o.f.Name()
-	if err := o.f.Sync(); err != nil {
-		o.f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("output %s: %w", o.final, err)
+	err := o.pending.Publish()
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("output %s appeared while it was written; it was left alone and nothing was kept: %w", o.name, err)
 	}
-	if err := o.f.Close(); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("output %s: %w", o.final, err)
-	}
-	// link + remove, not rename: never replace a file that appeared meanwhile.
-	if err := os.Link(tmp, o.final); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("output %s: %w", o.final, err)
-	}
-	os.Remove(tmp)
-	return syncDir(filepath.Dir(o.final))
-}
-
-// abort removes an unfinished file.
-func (o *output) abort() {
-	if o.done || o.f == nil {
-		return
-	}
-	o.f.Close()
-	os.Remove(o.f.Name())
-}
-
-func isNotSyncable(err error) bool {
-	// Pipes and terminals cannot be fsynced; that is fine.
-	var pe *os.PathError
-	return errors.As(err, &pe)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
 	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
+		return fmt.Errorf("output %s: %w", o.name, err)
 	}
 	return nil
+}
+
+// abort removes an unfinished file; after commit it does nothing.
+func (o *output) abort() error {
+	if o.pending == nil {
+		return nil
+	}
+	return o.pending.Discard()
+}
+
+// syncStdout fsyncs standard output when it is a file (`send -o - >
+// file`). Pipes, terminals, sockets and character devices cannot be
+// fsynced, and say so with EINVAL (or ENOTSUP); only that is ignored, and
+// only for them: every failure to sync a regular file or a block device is
+// reported, since the data may not be on disk.
+func syncStdout(f *os.File) error {
+	err := f.Sync()
+	if err == nil {
+		return nil
+	}
+	var st unix.Stat_t
+	if serr := unix.Fstat(int(f.Fd()), &st); serr == nil {
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFREG, unix.S_IFBLK:
+			return err
+		}
+	}
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOTSUP) {
+		return nil
+	}
+	return err
+}
+
+// typedWriter gives write errors of an output file their type (a full
+// disk, FAT's 4 GiB limit; see catalog.WriteError).
+type typedWriter struct {
+	w    io.Writer
+	path string
+}
+
+func (t *typedWriter) Write(p []byte) (int, error) {
+	n, err := t.w.Write(p)
+	return n, catalog.WriteError(t.path, err)
 }
