@@ -89,7 +89,7 @@ func (s *Store) install(tmp *os.File, rel, op string) error {
 	if err := os.Mkdir(dir, 0o700); err == nil {
 		// The new directory's own entry must be durable before a file in
 		// it can count as durable.
-		if err := syncDir(s.volumesDir()); err != nil {
+		if err := SyncDir(s.volumesDir()); err != nil {
 			return noSpace(dir, fmt.Errorf("catalog: %w", err))
 		}
 	} else if !errors.Is(err, fs.ErrExist) {
@@ -138,7 +138,7 @@ func (s *Store) settle(id, rel string, updateErr error) error {
 	if err := os.Remove(final); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%w (%s is left as an orphan: %v)", updateErr, rel, err)
 	}
-	if err := syncDir(filepath.Dir(final)); err != nil {
+	if err := SyncDir(filepath.Dir(final)); err != nil {
 		return fmt.Errorf("%w (and removing %s may not be durable: %v)", updateErr, rel, err)
 	}
 	return updateErr

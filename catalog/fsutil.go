@@ -19,9 +19,6 @@ func at(point string) {
 	}
 }
 
-// syncDir is SyncDir; the store's code calls it by its old name.
-func syncDir(dir string) error { return SyncDir(dir) }
-
 // isNoSpace reports whether err means the filesystem (or the user's quota)
 // is full.
 func isNoSpace(err error) bool {

@@ -63,7 +63,7 @@ func OpenStoreOptions(dir string, opts *Options) (*Store, error) {
 		return nil, err
 	}
 	if created || statErr != nil {
-		if err := syncDir(abs); err != nil {
+		if err := SyncDir(abs); err != nil {
 			return nil, fmt.Errorf("catalog: create store: %w", err)
 		}
 	}
@@ -345,7 +345,7 @@ func (s *Store) RemoveOrphans() ([]string, error) {
 		synced[filepath.Dir(s.Path(rel))] = false
 	}
 	for dir := range synced {
-		if err := syncDir(dir); err != nil && firstErr == nil {
+		if err := SyncDir(dir); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
@@ -405,7 +405,7 @@ func (s *Store) removeFiles(rels []string) error {
 		dirs[filepath.Dir(p)] = true
 	}
 	for dir := range dirs {
-		if err := syncDir(dir); err != nil && firstErr == nil {
+		if err := SyncDir(dir); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}

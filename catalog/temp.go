@@ -183,7 +183,7 @@ func (s *Store) CleanTemp() ([]string, error) {
 		}
 	}
 	if len(removed) > 0 {
-		if err := syncDir(s.tmpDir()); err != nil && firstErr == nil {
+		if err := SyncDir(s.tmpDir()); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}

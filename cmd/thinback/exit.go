@@ -7,6 +7,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/lvmthin"
 	"github.com/thinback/thinback/restore"
 )
 
@@ -42,7 +43,8 @@ const exitCodesHelp = `EXIT CODES:
         killed run (see --release-stale-metadata-snap)
    9    another thinback is working on the same volume or catalog
    10   verify found problems
-   11   no space left on a device
+   11   no space left on a device, or a file larger than its filesystem
+        allows (FAT's 4 GiB)
    130  interrupted (SIGINT or SIGTERM); nothing is left half-done that
         the next run does not finish or clean up
 `
@@ -51,6 +53,87 @@ const exitCodesHelp = `EXIT CODES:
 type usageError struct{ msg string }
 
 func (e usageError) Error() string { return e.msg }
+
+// exitCodes maps every sentinel error of thinback's packages, and the
+// command's own, to its exit code: the first entry an error matches
+// (errors.Is) decides, so specific entries come before general ones.
+// TestExitCodeTable fails when a package gains a sentinel that is not
+// listed here.
+var exitCodes = []struct {
+	err  error
+	code int
+}{
+	{errVerify, exitVerify},
+
+	// Delta files.
+	{archive.ErrVersion, exitVersion},
+	{archive.ErrChecksum, exitCorrupt},
+	{archive.ErrTruncated, exitCorrupt},
+	{archive.ErrHeader, exitCorrupt},
+	{archive.ErrTrailingData, exitCorrupt},
+	{archive.ErrWriteOrder, exitError}, // a bug of the writer's caller, not of any input
+
+	// LVM.
+	{lvmthin.ErrMetadataSnapBusy, exitMetaSnap},
+	{lvmthin.ErrStaleMetadataSnap, exitMetaSnap},
+	{lvmthin.ErrLocked, exitLocked},
+	{lvmthin.ErrNotFound, exitLVM},
+	{lvmthin.ErrNotThin, exitLVM},
+	{lvmthin.ErrBadBase, exitLVM},
+	{lvmthin.ErrPoolFailed, exitLVM},
+	{lvmthin.ErrPoolReadOnly, exitLVM},
+	{lvmthin.ErrPoolOutOfSpace, exitLVM},
+	{lvmthin.ErrMetadata, exitLVM},
+	{lvmthin.ErrName, exitLVM},
+
+	// Chains and targets.
+	{restore.ErrMismatch, exitChain},
+	{restore.ErrNotChain, exitChain},
+	{restore.ErrBlockSize, exitChain},
+	{restore.ErrVolumeMismatch, exitChain},
+	{restore.ErrInterrupted, exitChain},
+	{catalog.ErrMissingParent, exitChain}, // an incremental whose parent is not in the store
+	{catalog.ErrParentVolume, exitChain},
+	{catalog.ErrParentOrder, exitChain},
+	{restore.ErrTargetTooSmall, exitTarget},
+	{restore.ErrTargetReadOnly, exitTarget},
+	{restore.ErrTargetBusy, exitTarget},
+	{restore.ErrTargetKind, exitTarget},
+
+	// Stores and catalogs.
+	{catalog.ErrLocked, exitLocked},
+	{catalog.ErrBusy, exitLocked},
+	{catalog.ErrNoSpace, exitNoSpace},
+	{catalog.ErrTooLarge, exitNoSpace},
+	{syscall.ENOSPC, exitNoSpace},
+	// What Check finds: the store is damaged, as verify reports it.
+	{catalog.ErrIndex, exitVerify},
+	{catalog.ErrUnknownVolume, exitVerify},
+	{catalog.ErrCycle, exitVerify},
+	{catalog.ErrBrokenChain, exitVerify},
+	{catalog.ErrDuplicateSeq, exitVerify},
+	{catalog.ErrDuplicateFile, exitVerify},
+	{catalog.ErrNoDigest, exitVerify},
+	{catalog.ErrFileMissing, exitVerify},
+	{catalog.ErrFileSize, exitVerify},
+	{catalog.ErrFileDigest, exitVerify},
+	{catalog.ErrOrphan, exitVerify},
+	{catalog.ErrUnknownSnapshot, exitVerify},
+	{catalog.ErrTargetVolume, exitVerify},
+	// The rest say what is wrong in their message; no script needs to
+	// tell them apart by code.
+	{catalog.ErrVersion, exitError},
+	{catalog.ErrInvalid, exitError},
+	{catalog.ErrDamaged, exitError},
+	{catalog.ErrFormat, exitError},
+	{catalog.ErrCorrupt, exitError},
+	{catalog.ErrInvalidRecord, exitError},
+	{catalog.ErrNotFound, exitError},
+	{catalog.ErrExist, exitError},
+	{catalog.ErrInUse, exitError},
+	{catalog.ErrReadOnly, exitError},
+	{catalog.ErrLeftover, exitError},
+}
 
 // exitCode maps an error to its exit code: the one place where that is
 // decided.
@@ -64,27 +147,10 @@ func exitCode(err error) int {
 	case errors.Is(err, context.Canceled):
 		return exitInterrupted
 	}
-	if code, ok := lvmExitCode(err); ok {
-		return code
-	}
-	switch {
-	case errors.Is(err, archive.ErrVersion):
-		return exitVersion
-	case errors.Is(err, archive.ErrChecksum), errors.Is(err, archive.ErrTruncated),
-		errors.Is(err, archive.ErrHeader), errors.Is(err, archive.ErrTrailingData):
-		return exitCorrupt
-	case errors.Is(err, restore.ErrMismatch), errors.Is(err, restore.ErrNotChain),
-		errors.Is(err, restore.ErrVolumeMismatch), errors.Is(err, restore.ErrInterrupted):
-		return exitChain
-	case errors.Is(err, restore.ErrTargetTooSmall), errors.Is(err, restore.ErrTargetReadOnly),
-		errors.Is(err, restore.ErrTargetBusy), errors.Is(err, restore.ErrTargetKind):
-		return exitTarget
-	case errors.Is(err, errVerify):
-		return exitVerify
-	case errors.Is(err, catalog.ErrLocked), errors.Is(err, catalog.ErrBusy):
-		return exitLocked
-	case errors.Is(err, catalog.ErrNoSpace), errors.Is(err, syscall.ENOSPC):
-		return exitNoSpace
+	for _, c := range exitCodes {
+		if errors.Is(err, c.err) {
+			return c.code
+		}
 	}
 	return exitError
 }

@@ -4,6 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -35,6 +40,8 @@ func TestExitCodes(t *testing.T) {
 		{wrap(restore.ErrTargetTooSmall), 6},
 		{wrap(restore.ErrTargetReadOnly), 6},
 		{wrap(restore.ErrTargetBusy), 6},
+		{wrap(restore.ErrBlockSize), 5},
+		{wrap(catalog.ErrTooLarge), 11},
 		{wrap(lvmthin.ErrNotFound), 7},
 		{wrap(lvmthin.ErrNotThin), 7},
 		{wrap(lvmthin.ErrPoolFailed), 7},
@@ -50,6 +57,78 @@ func TestExitCodes(t *testing.T) {
 	} {
 		if got := exitCode(tc.err); got != tc.want {
 			t.Errorf("exitCode(%v) = %d, want %d", tc.err, got, tc.want)
+		}
+	}
+}
+
+// TestExitCodeTable: every exported sentinel error (a package-level Err*
+// variable) of every package of thinback has an entry in exitCodes, and
+// each entry's error, wrapped, gets its code (no earlier entry shadows
+// it). The packages are parsed, so a new sentinel without a code fails
+// here.
+func TestExitCodeTable(t *testing.T) {
+	declared := map[string]bool{}
+	for _, pkg := range []string{"archive", "catalog", "lvmthin", "restore"} {
+		files, err := filepath.Glob(filepath.Join("..", "..", pkg, "*.go"))
+		if err != nil || len(files) == 0 {
+			t.Fatalf("no Go files in %s: %v", pkg, err)
+		}
+		for _, file := range files {
+			if strings.HasSuffix(file, "_test.go") {
+				continue
+			}
+			f, err := parser.ParseFile(token.NewFileSet(), file, nil, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range f.Decls {
+				gd, ok := d.(*ast.GenDecl)
+				if !ok || gd.Tok != token.VAR {
+					continue
+				}
+				for _, spec := range gd.Specs {
+					for _, name := range spec.(*ast.ValueSpec).Names {
+						if strings.HasPrefix(name.Name, "Err") && name.IsExported() {
+							declared[pkg+"."+name.Name] = true
+						}
+					}
+				}
+			}
+		}
+	}
+	if len(declared) < 40 {
+		t.Fatalf("found only %d sentinels: is the parse looking at the packages?", len(declared))
+	}
+	// The names the table lists, from exit.go's own source.
+	fset := token.NewFileSet()
+	f, err := parser.ParseFile(fset, "exit.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := map[string]bool{}
+	ast.Inspect(f, func(n ast.Node) bool {
+		vs, ok := n.(*ast.ValueSpec)
+		if !ok || len(vs.Names) != 1 || vs.Names[0].Name != "exitCodes" {
+			return true
+		}
+		ast.Inspect(vs, func(n ast.Node) bool {
+			if sel, ok := n.(*ast.SelectorExpr); ok {
+				if x, ok := sel.X.(*ast.Ident); ok {
+					listed[x.Name+"."+sel.Sel.Name] = true
+				}
+			}
+			return true
+		})
+		return false
+	})
+	for name := range declared {
+		if !listed[name] {
+			t.Errorf("%s has no exit code: add it to exitCodes in exit.go", name)
+		}
+	}
+	for _, c := range exitCodes {
+		if got := exitCode(fmt.Errorf("some command: %w", c.err)); got != c.code {
+			t.Errorf("exitCode(%v) = %d, but its entry says %d (an earlier entry matches it)", c.err, got, c.code)
 		}
 	}
 }

@@ -117,21 +117,6 @@ func runSendLVM(ctx context.Context, e *env, o sendOptions, spelling, baseSpelli
 	return nil
 }
 
-// lvmExitCode maps LVM errors; part of exitCode.
-func lvmExitCode(err error) (int, bool) {
-	switch {
-	case errors.Is(err, lvmthin.ErrMetadataSnapBusy), errors.Is(err, lvmthin.ErrStaleMetadataSnap):
-		return exitMetaSnap, true
-	case errors.Is(err, lvmthin.ErrLocked):
-		return exitLocked, true
-	case errors.Is(err, lvmthin.ErrNotFound), errors.Is(err, lvmthin.ErrNotThin), errors.Is(err, lvmthin.ErrBadBase),
-		errors.Is(err, lvmthin.ErrPoolFailed), errors.Is(err, lvmthin.ErrPoolReadOnly), errors.Is(err, lvmthin.ErrPoolOutOfSpace),
-		errors.Is(err, lvmthin.ErrMetadata), errors.Is(err, lvmthin.ErrName):
-		return exitLVM, true
-	}
-	return 0, false
-}
-
 // discardZeroes reports whether a target is a thin LV, where a discard
 // unmaps blocks and they read as zeroes, so ZERO ranges should be
 // discarded (returning space to the pool) rather than written.

@@ -45,6 +45,7 @@ type ttyProgress struct {
 	start time.Time
 	stop  chan struct{}
 	wg    sync.WaitGroup
+	once  sync.Once
 }
 
 func (p *ttyProgress) Add(n int64) { p.done.Add(n) }
@@ -76,10 +77,14 @@ func (p *ttyProgress) draw() {
 	fmt.Fprintf(p.w, "\r\033[K%s", line)
 }
 
+// Done stops the redraws and clears the line. Calling it again does
+// nothing: error paths and deferred calls may both end a progress line.
 func (p *ttyProgress) Done() {
-	close(p.stop)
-	p.wg.Wait()
-	fmt.Fprint(p.w, "\r\033[K")
+	p.once.Do(func() {
+		close(p.stop)
+		p.wg.Wait()
+		fmt.Fprint(p.w, "\r\033[K")
+	})
 }
 
 // bytesHuman formats n in binary units.
