@@ -82,9 +82,11 @@ func RunGuest(t *testing.T, root string, opts Options) {
 	}
 	work := t.TempDir()
 	bin := filepath.Join(work, "guest.test")
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goBin); err != nil {
-		goBin = "go"
+	// go test puts its own GOROOT/bin first on the PATH of test binaries,
+	// so this is the go command that runs the test.
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		unavailable("the go command is not on PATH")
 	}
 	start := time.Now()
 	if out, err := exec.Command(goBin, "test", "-c", "-o", bin, ".").CombinedOutput(); err != nil {
