@@ -101,6 +101,9 @@ type backupResult struct {
 	Seconds     float64  `json:"seconds"`
 	Pruned      []string `json:"pruned,omitempty"`
 	Notes       []string `json:"notes,omitempty"`
+	// Warnings are failures that did not fail the run (a lock or an old
+	// snapshot not released); they are printed even with --quiet.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 func runBackup(ctx context.Context, e *env, o backupOptions) error {
@@ -135,7 +138,7 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 	if err != nil {
 		return fmt.Errorf("backup: %w; is a backup of %s still running?", err, name)
 	}
-	defer unlock()
+	defer unlockWarn(e, unlock, name)
 
 	var res *backupResult
 	if o.file != "" {
@@ -168,6 +171,9 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 		if err != nil {
 			pruneErr = fmt.Errorf("backup: the backup is stored, but pruning failed: %w", err)
 		}
+	}
+	for _, w := range res.Warnings {
+		warn(e, "%s", w)
 	}
 	res.Seconds = time.Since(start).Seconds()
 	if o.json {
@@ -361,7 +367,7 @@ func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, o ba
 	return res, nil
 }
 
-func backupLVM(ctx context.Context, e *env, s *catalog.Store, name string, origin *lvmthin.LV, o backupOptions) (*backupResult, error) {
+func backupLVM(ctx context.Context, e *env, s *catalog.Store, name string, origin *lvmthin.LV, o backupOptions) (_ *backupResult, err error) {
 	v, err := volumeFor(s, catalog.Volume{Name: name, UUID: origin.UUID, Kind: catalog.KindLVMThin, Source: origin.FullName().String(), BlockSize: thinBlockSize(origin.ChunkSize)})
 	if err != nil {
 		return nil, err
@@ -423,7 +429,7 @@ func backupLVM(ctx context.Context, e *env, s *catalog.Store, name string, origi
 	if postErr := runHook(context.WithoutCancel(ctx), e, "post", o.post, vars); postErr != nil && err == nil {
 		err = fmt.Errorf("%w (the snapshot %s/%s was taken)", postErr, origin.VG, lvName)
 		if snap != nil {
-			lvmthin.RemoveSnapshot(context.WithoutCancel(ctx), snap.FullName())
+			err = removeUnrecorded(ctx, snap, err)
 		}
 		return nil, err
 	}
@@ -432,9 +438,9 @@ func backupLVM(ctx context.Context, e *env, s *catalog.Store, name string, origi
 	}
 	recorded := false
 	defer func() {
-		if !recorded {
+		if !recorded && err != nil {
 			// Not in the store: it must not become the next base.
-			lvmthin.RemoveSnapshot(context.WithoutCancel(ctx), snap.FullName())
+			err = removeUnrecorded(ctx, snap, err)
 		}
 	}()
 
@@ -442,7 +448,11 @@ func backupLVM(ctx context.Context, e *env, s *catalog.Store, name string, origi
 	if err != nil {
 		return nil, err
 	}
-	defer d.Close()
+	defer func() {
+		if cerr := d.Close(); cerr != nil && err != nil {
+			err = fmt.Errorf("%w (and closing %s failed: %v)", err, snap.FullName(), cerr)
+		}
+	}()
 	h := thinHeader(snap, base, origin)
 	h.VolumeName, h.VolumeUUID = name, origin.UUID
 	if base != nil {
@@ -460,7 +470,7 @@ func backupLVM(ctx context.Context, e *env, s *catalog.Store, name string, origi
 	}
 	recorded = true
 	if err := d.Close(); err != nil {
-		res.Notes = append(res.Notes, fmt.Sprintf("closing %s: %v", snap.FullName(), err))
+		res.Warnings = append(res.Warnings, fmt.Sprintf("the backup is stored, but closing %s failed: %v", snap.FullName(), err))
 	}
 	res.Snapshot, res.Seq, res.File, res.LVSnapshot = rec.ID, rec.Seq, rec.File, snap.FullName().String()
 	res.DataBytes, res.ZeroBytes, res.StoredBytes, res.BytesRead = rec.DataBytes, rec.ZeroBytes, rec.FileSize, d.Stats().DataBytes
@@ -470,9 +480,20 @@ func backupLVM(ctx context.Context, e *env, s *catalog.Store, name string, origi
 	for _, lv := range existing {
 		if strings.HasPrefix(lv.Name, origin.Name+".thinback.") && lv.UUID != snap.UUID {
 			if err := lvmthin.RemoveSnapshot(ctx, lv.FullName()); err != nil {
-				res.Notes = append(res.Notes, fmt.Sprintf("could not remove the old snapshot %s: %v", lv.FullName(), err))
+				res.Warnings = append(res.Warnings, fmt.Sprintf("the backup is stored, but the old snapshot %s could not be removed (the next backup tries again; or lvremove it): %v", lv.FullName(), err))
 			}
 		}
 	}
 	return res, nil
+}
+
+// removeUnrecorded removes a snapshot thinback took for a backup that
+// failed (err): it is in no store, so it must not stay on the pool. A
+// failed removal is added to err, with what to do.
+func removeUnrecorded(ctx context.Context, snap *lvmthin.LV, err error) error {
+	if rerr := lvmthin.RemoveSnapshot(context.WithoutCancel(ctx), snap.FullName()); rerr != nil {
+		return fmt.Errorf("%w\nand the snapshot %s, which is in no store, could not be removed: %v; remove it with lvremove %s",
+			err, snap.FullName(), rerr, snap.FullName())
+	}
+	return err
 }

@@ -96,7 +96,7 @@ func runPrune(ctx context.Context, e *env, dir, only string, r catalog.Retention
 			return fmt.Errorf("prune: %w", err)
 		}
 		res, err := pruneVolume(ctx, s, v.Name, policy, dryRun, archive.LevelFastest)
-		unlock()
+		unlockWarn(e, unlock, v.Name)
 		if err != nil {
 			return fmt.Errorf("prune: %w", err)
 		}

@@ -83,7 +83,7 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
 	if err != nil {
 		return fmt.Errorf("receive: %w", err)
 	}
-	defer unlock()
+	defer unlockWarn(e, unlock, h.VolumeName)
 	// Refuse before reading the stream what could not be recorded: a
 	// snapshot already there, an incremental whose parent is not, another
 	// volume under the same name. Commit checks the same again.

@@ -91,3 +91,18 @@ func findSnapshot(tx *catalog.Tx, volume, ref string) (catalog.Snapshot, error) 
 	}
 	return catalog.Snapshot{}, usageError{fmt.Sprintf("snapshot %q of %s is ambiguous: give more of its id", ref, volume)}
 }
+
+// warn prints a failure that did not fail the run. Warnings are printed
+// even with --quiet: they need someone's attention.
+func warn(e *env, format string, args ...any) {
+	fmt.Fprintf(e.stderr, "thinback: warning: "+format+"\n", args...)
+}
+
+// unlockWarn releases a volume lock and warns if that failed. The lock is
+// a flock, which the kernel drops when the process exits, so a failure
+// puts no data at risk.
+func unlockWarn(e *env, unlock func() error, volume string) {
+	if err := unlock(); err != nil {
+		warn(e, "releasing the lock of volume %s: %v", volume, err)
+	}
+}
