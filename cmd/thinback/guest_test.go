@@ -22,7 +22,7 @@ import (
 // TestGuest runs the end-to-end scripts of testdata/guest against real LVM
 // thin pools in a User-Mode Linux guest (see lvmthin/lvmtest).
 func TestGuest(t *testing.T) {
-	lvmtest.RunGuest(t, "../..", lvmtest.Options{Pattern: "^TestGuestScripts$", Timeout: 15 * time.Minute, Mem: "1536M",
+	lvmtest.RunGuest(t, "../..", lvmtest.Options{Pattern: "^TestGuestScripts$", Timeout: 30 * time.Minute, Mem: "1536M",
 		TestData: "../../testdata/guest"})
 }
 
