@@ -33,7 +33,8 @@
 // Records are JSON values under a schema version kept in the file. Unknown
 // JSON fields are ignored, so an older thinback reads what a newer one adds;
 // a newer schema version is refused (ErrVersion), as is a file that is not
-// a catalog (ErrInvalid). Every record is validated when read: a damaged one
+// a catalog (ErrInvalid); a catalog whose pages fail their checksums is
+// ErrDamaged, and its message says to run `thinback catalog rebuild`. Every record is validated when read: a damaged one
 // is an error naming its key (ErrCorrupt), never a panic.
 //
 // A Store is a directory with the catalog, the delta files and the
@@ -41,16 +42,42 @@
 //
 //	unlock, err := store.LockVolume("vg0/vm1")       // ErrLocked if a backup runs
 //	defer unlock()
-//	f, err := store.CreateTemp("vg0/vm1")            // write the delta file to f
-//	err = store.Commit(f, &catalog.Snapshot{...})    // fsync, rename, fsync dir, record
+//	snap, err := store.WriteDelta("vg0/vm1", func(w io.Writer) (catalog.Snapshot, error) {
+//		// write the whole delta file to w
+//		return catalog.Snapshot{...}, nil            // the record to keep
+//	})
 //
-// Commit makes the file durable under its final name before it records it,
-// so the catalog never points at a file that is not on disk, and a file in
-// volumes/ is complete or absent. A prune merges files outside the catalog
-// and then swaps records and files atomically with Replace. After a crash,
-// CleanTemp removes temp files of dead writers and RemoveOrphans removes
-// files that were renamed into place but never recorded, or that a
-// committed change made obsolete.
+// WriteDelta (and ReplaceDelta, for a prune's merge) is the store's one
+// write seam, the DeltaWriter interface: it either commits or leaves
+// nothing. The callback sees only an io.Writer, so a store on object
+// storage fits behind the same calls. Underneath, the local store writes a
+// temp file (CreateTemp) and Commit makes it durable under its final name
+// before it records it, so the catalog never points at a file that is not
+// on disk, and a file in volumes/ is complete or absent. A prune merges
+// files outside the catalog and then swaps records and files atomically
+// with Replace. After a crash, CleanTemp removes temp files of dead
+// writers and RemoveOrphans removes files that were renamed into place
+// but never recorded, or that a committed change made obsolete.
+//
+// # Publishing a file
+//
+// Every finished file thinback writes gets its name one way, here, for the
+// store and for the command's other files (`send -o`, snapback files):
+//
+//	temp name → write → fsync → rename without replacing → close → fsync the directory
+//
+// Publish does the last steps for an open file; CreatePending and
+// Pending.Publish/Discard wrap the whole sequence for a file next to its
+// final name; CreateExclusive creates a file that is written in place
+// (complete at every checkpoint, as a snapback file is) and makes its name
+// durable first; SyncDir fsyncs a directory. Renaming without replacing
+// uses renameat2(RENAME_NOREPLACE); where the filesystem lacks it, a hard
+// link and an unlink; where it lacks hard links too (FAT, exFAT, some FUSE
+// filesystems), an exclusive create that reserves the final name and a
+// rename over that empty file once it is checked to be still ours. Every
+// Close error is checked. WriteError gives a full disk (ErrNoSpace) and a
+// file too large for its filesystem (ErrTooLarge: FAT's 4 GiB) their
+// types.
 //
 // Check lists every inconsistency: of the records among themselves (broken
 // or looping chains, duplicate Seqs, unknown volumes and snapshots) and,
@@ -81,4 +108,9 @@
 //     flushes, a power loss can still lose what was acknowledged.
 //   - Volume directory names are case-sensitive: on vfat or exfat, two
 //     volume names that differ only in case share a directory.
+//   - With the exclusive-create fallback (no RENAME_NOREPLACE, no hard
+//     links), a crash between reserving a name and the rename leaves an
+//     empty file under the final name: in a store an orphan, removed by
+//     RemoveOrphans; elsewhere not a delta file, so no command mistakes it
+//     for one.
 package catalog
