@@ -88,6 +88,8 @@ var exitCodes = []struct {
 
 	// Chains and targets.
 	{restore.ErrMismatch, exitChain},
+	{archive.ErrNotChain, exitChain}, // restore.ErrNotChain is the same error
+	{archive.ErrBlockSize, exitChain},
 	{restore.ErrNotChain, exitChain},
 	{restore.ErrBlockSize, exitChain},
 	{restore.ErrVolumeMismatch, exitChain},
