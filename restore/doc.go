@@ -19,7 +19,9 @@
 // With a snapback file, the old contents of every range are saved, and made
 // durable, before the range is overwritten. The snapback file is itself a
 // delta file, complete after every saved range: applying it undoes the
-// apply, even one that was interrupted.
+// apply, even one that was interrupted. The caller creates the file and
+// hands it over open (Options.Snapback); how a file gets a durable name is
+// the catalog package's (catalog.CreateExclusive), not restore's.
 //
 // Merge (merge.go) writes one delta file equivalent to a chain of them,
 // from the files alone: removing a snapshot from a store merges its file
