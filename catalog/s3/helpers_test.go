@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minio/minio-go/v7"
 	"github.com/thinback/thinback/catalog/s3/s3test"
 )
 
@@ -116,3 +117,5 @@ func noUploads(t testing.TB, srv *s3test.Server) {
 		t.Fatalf("pending multipart uploads left: %v", ups)
 	}
 }
+
+func minioPutOpts() minio.PutObjectOptions { return minio.PutObjectOptions{} }
