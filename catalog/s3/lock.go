@@ -1,0 +1,307 @@
+package s3
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+)
+
+// Owner is what a lock object holds: who took it and until when it is
+// valid unless renewed. Token tells two holders apart even on one host
+// with a reused pid.
+type Owner struct {
+	Host    string    `json:"host"`
+	PID     int       `json:"pid"`
+	Since   time.Time `json:"since"`
+	Renewed time.Time `json:"renewed"`
+	Expires time.Time `json:"expires"`
+	Token   string    `json:"token"`
+}
+
+func (o Owner) String() string {
+	if o.Token == "" {
+		return "an unknown holder (the lock object does not decode)"
+	}
+	return fmt.Sprintf("host %s pid %d since %s", o.Host, o.PID, o.Since.Format(time.RFC3339))
+}
+
+// maxLockSize bounds what is read of a lock object.
+const maxLockSize = 64 << 10
+
+// LockedError reports a lock object held by someone else. Stale means
+// its expiry has passed by this machine's clock: the holder stopped
+// renewing it.
+type LockedError struct {
+	Store  string
+	Object string
+	Owner  Owner
+	Stale  bool
+}
+
+func (e *LockedError) Error() string {
+	msg := fmt.Sprintf("store %s: %s is locked by %s", e.Store, e.Object, e.Owner)
+	if e.Stale {
+		return msg + fmt.Sprintf("; the lock expired at %s, so its holder has probably died: break it once you are sure no thinback of that host still runs",
+			e.Owner.Expires.Format(time.RFC3339))
+	}
+	if !e.Owner.Expires.IsZero() {
+		msg += fmt.Sprintf(", renewed until %s", e.Owner.Expires.Format(time.RFC3339))
+	}
+	return msg
+}
+
+// Is makes errors.Is match ErrLocked, and ErrStaleLock when stale.
+func (e *LockedError) Is(target error) bool {
+	return target == ErrLocked || (e.Stale && target == ErrStaleLock)
+}
+
+// Lock is a held lock object. While it is held a goroutine renews it
+// every third of its time to live; if a renewal finds the lock no longer
+// ours, or the lock expires before a renewal gets through, Lost is
+// closed and Err says why: the holder must stop writing.
+type Lock struct {
+	s    *Store
+	name string
+	ttl  time.Duration
+
+	mu    sync.Mutex
+	owner Owner
+	etag  string
+	err   error // why the lock was lost
+
+	lost    chan struct{}
+	stop    chan struct{}
+	stopped sync.Once
+	wg      sync.WaitGroup
+}
+
+// Lock takes the lock object name with a conditional create, valid for
+// ttl unless renewed. If another holder has it the error is a
+// *LockedError (ErrLocked, and ErrStaleLock if it expired): a stale lock
+// is reported, never taken over; BreakLock removes it. A server that
+// ignores conditional writes fails with ErrNoConditional.
+func (s *Store) Lock(ctx context.Context, name string, ttl time.Duration) (*Lock, error) {
+	if ttl <= 0 {
+		return nil, s.op("lock", name, fmt.Errorf("time to live %v is not positive", ttl))
+	}
+	host, _ := os.Hostname()
+	var tok [16]byte
+	if _, err := rand.Read(tok[:]); err != nil {
+		return nil, s.op("lock", name, err)
+	}
+	now := time.Now().UTC()
+	me := Owner{Host: host, PID: os.Getpid(), Since: now, Renewed: now, Expires: now.Add(ttl), Token: hex.EncodeToString(tok[:])}
+	data, err := json.Marshal(me)
+	if err != nil {
+		return nil, s.op("lock", name, err)
+	}
+	// A lock released between our create and our read of it gives us
+	// another go; three rounds of that is a storm, not bad luck.
+	for range 3 {
+		info, err := s.Create(ctx, name, data)
+		if err == nil {
+			return s.held(ctx, name, ttl, me, info.ETag), nil
+		}
+		if !errors.Is(err, ErrExist) {
+			return nil, err
+		}
+		owner, info, err := s.ReadLock(ctx, name)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil && owner.Token == "" && !errors.Is(err, errLockDecode) {
+			return nil, err
+		}
+		if owner.Token == me.Token {
+			// Our create went through but its answer was lost, and
+			// minio-go's retry met our own object.
+			return s.held(ctx, name, ttl, me, info.ETag), nil
+		}
+		return nil, &LockedError{Store: s.loc.String(), Object: name, Owner: owner,
+			Stale: !owner.Expires.IsZero() && time.Now().After(owner.Expires)}
+	}
+	return nil, s.op("lock", name, errors.New("the lock object keeps appearing and vanishing"))
+}
+
+func (s *Store) held(ctx context.Context, name string, ttl time.Duration, me Owner, etag string) *Lock {
+	l := &Lock{s: s, name: name, ttl: ttl, owner: me, etag: etag,
+		lost: make(chan struct{}), stop: make(chan struct{})}
+	l.wg.Add(1)
+	go l.keep(context.WithoutCancel(ctx))
+	return l
+}
+
+var errLockDecode = errors.New("lock object does not decode")
+
+// ReadLock returns the owner written in a lock object; ErrNotFound if
+// there is none. A lock object that does not decode gives an Owner with
+// no Token and an error, so it still counts as held.
+func (s *Store) ReadLock(ctx context.Context, name string) (Owner, ObjectInfo, error) {
+	data, info, err := s.Get(ctx, name, maxLockSize)
+	if err != nil {
+		return Owner{}, info, err
+	}
+	var o Owner
+	if err := json.Unmarshal(data, &o); err != nil || o.Token == "" {
+		return Owner{}, info, &Error{Op: "read lock", Store: s.loc.String(), Object: name,
+			Err: fmt.Errorf("%w: %v", errLockDecode, err)}
+	}
+	return o, info, nil
+}
+
+// BreakLock removes a lock object whoever holds it and returns the owner
+// it named: the explicit, logged way out of a stale lock. Breaking the
+// lock of a holder that is still alive lets two writers in: its next
+// renewal notices (ErrNotHolder) and it stops, but not before.
+func (s *Store) BreakLock(ctx context.Context, name string) (Owner, error) {
+	owner, _, err := s.ReadLock(ctx, name)
+	if err != nil && !errors.Is(err, errLockDecode) {
+		return Owner{}, err
+	}
+	return owner, s.Delete(ctx, name)
+}
+
+// Name returns the lock object's name.
+func (l *Lock) Name() string { return l.name }
+
+// Owner returns what the lock object says now.
+func (l *Lock) Owner() Owner {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.owner
+}
+
+// Lost is closed when the lock is no longer this holder's.
+func (l *Lock) Lost() <-chan struct{} { return l.lost }
+
+// Err returns why the lock was lost, or nil while it is held.
+func (l *Lock) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+func (l *Lock) lose(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err == nil {
+		l.err = err
+		close(l.lost)
+	}
+}
+
+// keep renews the lock until Release, every third of its time to live,
+// retrying failed renewals at the next tick until the lock would expire.
+func (l *Lock) keep(ctx context.Context) {
+	defer l.wg.Done()
+	t := time.NewTicker(max(l.ttl/3, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-l.lost:
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, max(l.ttl/3, time.Second))
+		err := l.Renew(rctx)
+		cancel()
+		if err == nil || errors.Is(err, ErrNotHolder) {
+			continue // lose has been called for ErrNotHolder
+		}
+		if time.Now().After(l.Owner().Expires) {
+			l.lose(&Error{Op: "renew lock", Store: l.s.loc.String(), Object: l.name, Kind: ErrNotHolder,
+				Err: fmt.Errorf("the lock expired before a renewal got through: %w", err)})
+		}
+	}
+}
+
+// Renew pushes the lock's expiry ttl from now. It checks first that the
+// lock object is still ours, then replaces it only if unchanged since
+// (If-Match), so a holder whose lock was broken and taken by another
+// never overwrites the new holder's. Such a holder gets ErrNotHolder,
+// and Lost is closed.
+func (l *Lock) Renew(ctx context.Context) error {
+	if err := l.Err(); err != nil {
+		return err
+	}
+	cur, info, err := l.s.ReadLock(ctx, l.name)
+	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, errLockDecode) {
+		return err
+	}
+	me := l.Owner()
+	if err != nil || cur.Token != me.Token {
+		e := l.notHolder("renew lock", cur, err)
+		l.lose(e)
+		return e
+	}
+	now := time.Now().UTC()
+	me.Renewed, me.Expires = now, now.Add(l.ttl)
+	data, err := json.Marshal(me)
+	if err != nil {
+		return l.s.op("renew lock", l.name, err)
+	}
+	ni, err := l.s.Replace(ctx, l.name, info.ETag, data)
+	if errors.Is(err, ErrChanged) || errors.Is(err, ErrNotFound) {
+		e := l.notHolder("renew lock", Owner{}, err)
+		l.lose(e)
+		return e
+	}
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	l.owner, l.etag = me, ni.ETag
+	l.mu.Unlock()
+	return nil
+}
+
+func (l *Lock) notHolder(op string, cur Owner, cause error) error {
+	what := "the lock object is gone"
+	switch {
+	case cur.Token != "":
+		what = "the lock object now names " + cur.String()
+	case cause != nil && errors.Is(cause, ErrChanged):
+		what = "the lock object changed under us"
+	case cause != nil && errors.Is(cause, errLockDecode):
+		what = "the lock object no longer decodes"
+	}
+	return &Error{Op: op, Store: l.s.loc.String(), Object: l.name, Kind: ErrNotHolder,
+		Err: fmt.Errorf("%s: it was broken", what)}
+}
+
+// Release stops the renewals and removes the lock object if it is still
+// ours. If it is not (it was broken, maybe taken by another) nothing is
+// removed and the error matches ErrNotHolder. Release twice is a no-op.
+func (l *Lock) Release(ctx context.Context) error {
+	first := false
+	l.stopped.Do(func() { close(l.stop); first = true })
+	l.wg.Wait()
+	if !first {
+		return nil
+	}
+	if err := l.Err(); err != nil {
+		return err
+	}
+	cur, _, err := l.s.ReadLock(ctx, l.name)
+	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, errLockDecode) {
+		return err
+	}
+	if err != nil || cur.Token != l.Owner().Token {
+		e := l.notHolder("release lock", cur, err)
+		l.lose(e)
+		return e
+	}
+	if err := l.s.Delete(ctx, l.name); err != nil {
+		return err
+	}
+	l.lose(&Error{Op: "lock", Store: l.s.loc.String(), Object: l.name, Kind: ErrNotHolder, Err: errors.New("released")})
+	return nil
+}
