@@ -168,7 +168,8 @@ func (s *Store) op(op, name string, err error) error {
 func classify(r minio.ErrorResponse) error {
 	switch r.Code {
 	case "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-		"InvalidSecurity", "AuthorizationHeaderMalformed", "MissingSecurityHeader", "TokenRefreshRequired":
+		"InvalidSecurity", "AuthorizationHeaderMalformed", "MissingSecurityHeader", "TokenRefreshRequired",
+		"XAdminUserNotFound": // versitygw's answer (404) to an unknown access key
 		return ErrCredentials
 	case "NoSuchBucket":
 		return ErrNoBucket

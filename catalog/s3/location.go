@@ -6,6 +6,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Location is where a store lives: an endpoint, a bucket and a prefix
@@ -51,6 +52,9 @@ func ParseLocation(s string) (Location, error) {
 		return bad("use s3:https://HOST/BUCKET, not s3://")
 	case strings.Contains(rest, "://"):
 		return bad("only http and https are supported")
+	}
+	if !utf8.ValidString(rest) {
+		return bad("not valid UTF-8")
 	}
 	if strings.ContainsAny(rest, "?#") {
 		return bad("query strings and fragments are not allowed")

@@ -225,6 +225,12 @@ func (s *Store) check(ctx context.Context) error {
 		return err
 	}
 	if !ok {
+		// HEAD answers carry no error code, and servers differ in the
+		// status they give unknown keys (versitygw: 404). A listing has
+		// a body that says which it is.
+		if lerr := s.probeList(ctx); lerr != nil {
+			return lerr
+		}
 		return &Error{Op: "open", Store: loc.String(), Kind: ErrNoBucket, Code: "NoSuchBucket",
 			Err: fmt.Errorf("bucket %q not found at %s", loc.Bucket, loc.Host)}
 	}
