@@ -220,7 +220,9 @@ func (q *seqReader) schedule() {
 	select {
 	case buf = <-q.free:
 	default:
-		buf = make([]byte, q.r.s.opts.ReadChunk)
+		if buf = q.r.s.chunks.get(); buf == nil {
+			buf = make([]byte, q.r.s.opts.ReadChunk)
+		}
 	}
 	c := &chunk{buf: buf[:size], done: make(chan struct{})}
 	off := q.next
@@ -280,6 +282,21 @@ func (q *seqReader) Close() error {
 	q.wg.Wait()
 	if q.err == nil {
 		q.err = errors.New("s3: read after Close")
+	}
+	for _, c := range q.queue {
+		q.r.s.chunks.put(c.buf)
+	}
+	if q.cur != nil {
+		q.r.s.chunks.put(q.cur.buf)
+	}
+	for {
+		select {
+		case b := <-q.free:
+			q.r.s.chunks.put(b)
+			continue
+		default:
+		}
+		break
 	}
 	q.queue, q.cur = nil, nil
 	return nil

@@ -70,8 +70,10 @@ type Options struct {
 
 	// PartSize is the size of one part of a streaming upload (default 16
 	// MiB, at least 5 MiB). Uploads is how many parts are sent at once
-	// (default 3). An Upload holds at most Uploads+1 part buffers, so
-	// 64 MiB by default; one object holds at most 10 000 parts.
+	// (default 2: two parts in flight cover the bandwidth-delay product
+	// of a 1 Gbit/s link with 100 ms of round trip). An Upload holds at
+	// most Uploads+1 part buffers, so 48 MiB by default; one object holds
+	// at most 10 000 parts, so 156 GiB at the default part size.
 	PartSize int64
 	Uploads  int
 
@@ -107,7 +109,7 @@ func (o *Options) withDefaults() Options {
 		r.PartSize = 16 << 20
 	}
 	if r.Uploads <= 0 {
-		r.Uploads = 3
+		r.Uploads = 2
 	}
 	if r.ReadChunk <= 0 {
 		r.ReadChunk = 8 << 20
@@ -148,6 +150,9 @@ type Store struct {
 	mc   *minio.Client
 	core minio.Core
 
+	parts  *bufList // part buffers of finished uploads, see Upload.drain
+	chunks *bufList // read-ahead buffers of closed sequential readers
+
 	condMu sync.Mutex
 	cond   error // result of the conditional-write probe; nil until it succeeds
 	probed bool
@@ -171,7 +176,9 @@ func Open(ctx context.Context, loc Location, o *Options) (*Store, error) {
 // newStore sets up the client without a request.
 func newStore(loc Location, o *Options) (*Store, error) {
 	opts := o.withDefaults()
-	s := &Store{loc: loc, opts: opts}
+	s := &Store{loc: loc, opts: opts,
+		parts:  newBufList(opts.Uploads+1, int(opts.PartSize)),
+		chunks: newBufList(opts.ReadAhead, int(opts.ReadChunk))}
 	if opts.PartSize < minPartSize || opts.PartSize > maxPartSize {
 		return nil, &Error{Op: "open", Store: loc.String(),
 			Err: fmt.Errorf("part size %d is outside S3's limits of %d to %d bytes", opts.PartSize, minPartSize, maxPartSize)}
@@ -383,4 +390,37 @@ func (c *stallConn) Read(p []byte) (int, error) {
 func (c *stallConn) Write(p []byte) (int, error) {
 	_ = c.Conn.SetDeadline(time.Now().Add(c.timeout))
 	return c.Conn.Write(p)
+}
+
+// bufList keeps up to n buffers of one size for reuse. Unlike a
+// sync.Pool it survives garbage collections, so a process that uploads
+// one object after another allocates its part buffers once; it holds at
+// most n of them while idle.
+type bufList struct {
+	size int
+	c    chan []byte
+}
+
+func newBufList(n, size int) *bufList { return &bufList{size: size, c: make(chan []byte, n)} }
+
+// get returns a buffer of the list's size (len 0 up to its full cap) or
+// nil if none is free.
+func (l *bufList) get() []byte {
+	select {
+	case b := <-l.c:
+		return b
+	default:
+		return nil
+	}
+}
+
+// put keeps b if it has the list's size and the list has room.
+func (l *bufList) put(b []byte) {
+	if cap(b) != l.size {
+		return
+	}
+	select {
+	case l.c <- b[:cap(b)]:
+	default:
+	}
 }

@@ -130,8 +130,13 @@ func (u *Upload) Write(p []byte) (int, error) {
 		n := min(room, len(p))
 		if cap(u.buf)-len(u.buf) < n {
 			// The first buffer grows as it fills, so a small object
-			// costs what it holds, not a whole part.
-			grown := make([]byte, len(u.buf), min(partSize, max(2*cap(u.buf), len(u.buf)+n)))
+			// costs what it holds, not a whole part; past 1 MiB it
+			// jumps to a whole part, leaving little garbage behind.
+			c := max(2*cap(u.buf), len(u.buf)+n)
+			if c > 1<<20 {
+				c = partSize
+			}
+			grown := make([]byte, len(u.buf), min(partSize, c))
 			copy(grown, u.buf)
 			u.buf = grown
 		}
@@ -158,6 +163,9 @@ func (u *Upload) getBuf() ([]byte, error) {
 	}
 	if u.nbuf < u.max {
 		u.nbuf++
+		if b := u.s.parts.get(); b != nil {
+			return b[:0], nil
+		}
 		if u.nbuf == 1 {
 			return make([]byte, 0, min(int(u.s.opts.PartSize), 64<<10)), nil
 		}
@@ -263,12 +271,14 @@ func (u *Upload) finish() {
 	u.drain()
 }
 
-// drain drops the buffers so the memory goes back even if the Upload
-// value lives on.
+// drain hands the part buffers to the Store's free list, so the next
+// upload (a prune writes several) reuses them instead of making garbage
+// that would double the heap before the collector runs.
 func (u *Upload) drain() {
 	for {
 		select {
-		case <-u.free:
+		case b := <-u.free:
+			u.s.parts.put(b)
 		default:
 			return
 		}
