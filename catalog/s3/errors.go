@@ -2,6 +2,8 @@ package s3
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
@@ -62,6 +64,10 @@ var (
 	// ErrUnavailable: the server kept answering 5xx or SlowDown, or could
 	// not be reached, through every retry.
 	ErrUnavailable = errors.New("store unavailable")
+
+	// ErrCertificate: the server's TLS certificate does not verify
+	// (unknown authority, wrong host name, expired).
+	ErrCertificate = errors.New("server certificate not trusted")
 
 	// ErrInvalidName: an object name that thinback must never use (empty,
 	// absolute, with . or .. segments, or control characters).
@@ -135,6 +141,8 @@ func hint(kind error) string {
 		return "thinback needs If-None-Match on PUT to lock volumes and commit records safely; use a server that supports it"
 	case ErrUnavailable:
 		return "the server is overloaded or unreachable; try again later"
+	case ErrCertificate:
+		return "give the CA certificate of a private CA as a CA file, or check the host name in the store address"
 	}
 	return ""
 }
@@ -151,6 +159,10 @@ func (s *Store) op(op, name string, err error) error {
 	}
 	e = &Error{Op: op, Store: s.loc.String(), Object: name, Err: err}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return e
+	}
+	if isCertificate(err) {
+		e.Kind = ErrCertificate
 		return e
 	}
 	resp := minio.ToErrorResponse(err)
@@ -212,3 +224,13 @@ func isNetwork(err error) bool {
 }
 
 func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
+
+func isCertificate(err error) bool {
+	var (
+		ua x509.UnknownAuthorityError
+		he x509.HostnameError
+		ci x509.CertificateInvalidError
+		cv *tls.CertificateVerificationError
+	)
+	return errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci) || errors.As(err, &cv)
+}

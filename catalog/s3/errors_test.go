@@ -268,3 +268,40 @@ func TestIgnoredCondition(t *testing.T) {
 		t.Fatalf("left behind: %v", keys)
 	}
 }
+
+// TestTLS: a server whose certificate nobody signed is refused, trusted
+// with a CA file, and accepted unchecked only when asked.
+func TestTLS(t *testing.T) {
+	srv := s3test.StartWith(t, s3test.Config{TLS: true})
+	loc, err := ParseLocation(srv.Location("tls"))
+	if err != nil || loc.Insecure {
+		t.Fatalf("location %s: %+v %v", srv.Location("tls"), loc, err)
+	}
+	ctx := testCtx(t)
+	_, err = Open(ctx, loc, testOptions())
+	if !errors.Is(err, ErrCertificate) || !strings.Contains(err.Error(), "CA file") || !strings.Contains(err.Error(), loc.String()) {
+		t.Fatalf("open of a server with an unknown certificate: %v", err)
+	}
+	o := testOptions()
+	o.CAFile = srv.CAFile
+	s, err := Open(ctx, loc, o)
+	if err != nil {
+		t.Fatalf("open with the CA file: %v", err)
+	}
+	if _, err := s.Put(ctx, "x", []byte("over TLS")); err != nil {
+		t.Fatal(err)
+	}
+	if string(mustGet(t, s, "x")) != "over TLS" {
+		t.Fatal("object differs")
+	}
+	o = testOptions()
+	o.InsecureTLS = true
+	if _, err := Open(ctx, loc, o); err != nil {
+		t.Fatalf("open with InsecureTLS: %v", err)
+	}
+	o = testOptions()
+	o.CAFile = filepath.Join(t.TempDir(), "missing.pem")
+	if _, err := Open(ctx, loc, o); err == nil || !strings.Contains(err.Error(), "missing.pem") {
+		t.Fatalf("open with a missing CA file: %v", err)
+	}
+}

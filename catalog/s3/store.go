@@ -201,7 +201,7 @@ func newStore(loc Location, o *Options) (*Store, error) {
 	mc, err := minio.New(loc.Host, &minio.Options{
 		Creds:        creds,
 		Secure:       !loc.Insecure,
-		Transport:    tr,
+		Transport:    certFailFast{tr},
 		Region:       opts.Region,
 		BucketLookup: lookup,
 		MaxRetries:   opts.MaxRetries,
@@ -423,4 +423,19 @@ func (l *bufList) put(b []byte) {
 	case l.c <- b[:cap(b)]:
 	default:
 	}
+}
+
+// certFailFast hands minio-go an unknown-authority error unwrapped from
+// crypto/tls's CertificateVerificationError: minio-go knows not to retry
+// the former but not the latter, and a certificate does not get better
+// by asking again.
+type certFailFast struct{ http.RoundTripper }
+
+func (t certFailFast) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := t.RoundTripper.RoundTrip(r)
+	var ua x509.UnknownAuthorityError
+	if err != nil && errors.As(err, &ua) {
+		return nil, ua
+	}
+	return resp, err
 }

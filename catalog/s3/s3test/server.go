@@ -12,7 +12,15 @@ package s3test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -80,16 +88,33 @@ type Server struct {
 	Addr   string // 127.0.0.1:PORT
 	Bucket string
 	log    string
+	CAFile string // the certificate, when Config.TLS
+	pool   *x509.CertPool
+
+	keyFile string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	exit chan struct{}
 }
 
+// Config chooses how a server runs.
+type Config struct {
+	// TLS serves HTTPS with a certificate made for the test, for
+	// 127.0.0.1, signed by nobody; CAFile is its PEM file.
+	TLS bool
+}
+
 // Start runs versitygw for the test, creates DefaultBucket and stops the
 // server at cleanup. Without the binary it skips (or fails, under
 // THINBACK_REQUIRE_S3=1).
 func Start(t testing.TB) *Server {
+	t.Helper()
+	return StartWith(t, Config{})
+}
+
+// StartWith is Start with a Config.
+func StartWith(t testing.TB, cfg Config) *Server {
 	t.Helper()
 	bin, err := Binary()
 	if err != nil {
@@ -102,6 +127,11 @@ func Start(t testing.TB) *Server {
 	s := &Server{t: t, bin: bin, Dir: filepath.Join(dir, "root"), log: filepath.Join(dir, "versitygw.log"), Bucket: DefaultBucket}
 	if err := os.Mkdir(s.Dir, 0o755); err != nil {
 		t.Fatal(err)
+	}
+	if cfg.TLS {
+		if err := s.makeCert(dir); err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Cleanup(func() {
 		// Killed rather than stopped: versitygw's graceful stop waits
@@ -149,7 +179,11 @@ func (s *Server) start() error {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(s.bin, "--port", s.Addr, "--keep-alive", "--quiet", "posix", s.Dir)
+	args := []string{"--port", s.Addr, "--keep-alive", "--quiet"}
+	if s.CAFile != "" {
+		args = append(args, "--cert", s.CAFile, "--key", s.keyFile)
+	}
+	cmd := exec.Command(s.bin, append(args, "posix", s.Dir)...)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+AccessKey, "ROOT_SECRET_KEY="+SecretKey)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -182,8 +216,9 @@ func (s *Server) start() error {
 // answers reports whether an S3 server answers on Addr: any response
 // with versitygw's Server header, even an access denied.
 func (s *Server) answers() bool {
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get("http://" + s.Addr + "/")
+	c := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: s.pool}}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get(s.scheme() + "://" + s.Addr + "/")
 	if err != nil {
 		return false
 	}
@@ -193,7 +228,7 @@ func (s *Server) answers() bool {
 
 // Location returns the store address of prefix in the default bucket.
 func (s *Server) Location(prefix string) string {
-	loc := "s3:http://" + s.Addr + "/" + s.Bucket
+	loc := "s3:" + s.scheme() + "://" + s.Addr + "/" + s.Bucket
 	if prefix != "" {
 		loc += "/" + prefix
 	}
@@ -204,8 +239,12 @@ func (s *Server) Location(prefix string) string {
 // that look at the bucket behind the store's back.
 func (s *Server) Client() *minio.Client {
 	s.t.Helper()
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: s.pool}
 	c, err := minio.New(s.Addr, &minio.Options{
 		Creds:        credentials.NewStaticV4(AccessKey, SecretKey, ""),
+		Secure:       s.CAFile != "",
+		Transport:    tr,
 		BucketLookup: minio.BucketLookupPath,
 		Region:       "us-east-1",
 	})
@@ -309,4 +348,49 @@ func tail(b []byte, n int) []byte {
 		b = b[i+1:]
 	}
 	return b
+}
+
+func (s *Server) scheme() string {
+	if s.CAFile != "" {
+		return "https"
+	}
+	return "http"
+}
+
+// makeCert writes a self-signed certificate for 127.0.0.1 and its key.
+func (s *Server) makeCert(dir string) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "thinback test S3 server"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return err
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	s.CAFile, s.keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(s.CAFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return err
+	}
+	s.pool = x509.NewCertPool()
+	s.pool.AddCert(cert)
+	return os.WriteFile(s.keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
 }
