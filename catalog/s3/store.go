@@ -249,11 +249,9 @@ func (s *Store) check(ctx context.Context) error {
 func (s *Store) probeList(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	for obj := range s.mc.ListObjects(ctx, s.loc.Bucket, minio.ListObjectsOptions{Prefix: s.key(""), MaxKeys: 1}) {
-		if obj.Err != nil {
-			return s.op("open", "", obj.Err)
-		}
-		break
+	obj, ok := <-s.mc.ListObjects(ctx, s.loc.Bucket, minio.ListObjectsOptions{Prefix: s.key(""), MaxKeys: 1})
+	if ok && obj.Err != nil {
+		return s.op("open", "", obj.Err)
 	}
 	return nil
 }
@@ -302,7 +300,7 @@ func resolveCredentials(o Options) (*credentials.Credentials, error) {
 		return credentials.New(env), nil
 	}
 	file := &credentials.FileAWSCredentials{Filename: o.CredentialsFile, Profile: o.Profile}
-	v, err := file.Retrieve()
+	v, err := file.RetrieveWithCredContext(&credentials.CredContext{Client: http.DefaultClient})
 	if err == nil && v.AccessKeyID != "" && v.SecretAccessKey != "" {
 		return credentials.New(file), nil
 	}
