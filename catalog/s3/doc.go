@@ -106,6 +106,13 @@
 //     listing multipart uploads; ListUploads then goes on by key, which
 //     may skip further uploads of one key. AbortUploads lists again
 //     until nothing is left.
+//   - Stores kept on a filesystem (versitygw's posix back end) remove a
+//     "directory" with its last object; a write racing such a delete
+//     fails with ExistingObjectIsDirectory, and whole PUTs and Completes
+//     are retried a few times when it does.
+//   - minio-go's streaming signature (plain http only) breaks the
+//     connection after an empty PUT; small objects are therefore sent
+//     with a signed SHA-256 of their payload instead.
 //   - The EC2/ECS instance metadata service is not among the credential
 //     sources: a backup tool should not talk to a link-local address
 //     unless told to.

@@ -267,3 +267,29 @@ func TestCompleteAnswerLost(t *testing.T) {
 	}
 	noUploads(t, srv)
 }
+
+// TestUploadSurvivesStall: the server stops reading a part mid-way; the
+// stall timeout drops the connection and the part is sent again.
+func TestUploadSurvivesStall(t *testing.T) {
+	o := testOptions()
+	o.StallTimeout = time.Second
+	srv, p, s := throughProxy(t, o)
+	ctx := testCtx(t)
+	data := randBytes(newRand(t), 2*int(minPartSize)+100)
+	u, err := s.NewUpload(ctx, "obj")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Arm(s3test.Fault{Dir: s3test.Up, After: 3 << 20, Count: 1, Action: s3test.Stall})
+	if _, err := u.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := u.Complete(); err != nil {
+		t.Fatal(err)
+	}
+	if p.Fired() != 1 {
+		t.Fatalf("%d connections stalled, want 1", p.Fired())
+	}
+	equal(t, "object uploaded through a stall", mustGet(t, s, "obj"), data)
+	noUploads(t, srv)
+}

@@ -153,9 +153,17 @@ func TestLockTwoProcesses(t *testing.T) {
 		}
 		return c.out.Text()
 	}
+	// rest is what a child said after an unexpected line: its test log.
+	rest := func(c *child) string {
+		var b strings.Builder
+		for c.out.Scan() {
+			b.WriteString(c.out.Text() + "\n")
+		}
+		return b.String()
+	}
 	for _, c := range kids {
 		if l := line(c); l != "ready" {
-			t.Fatalf("child says %q", l)
+			t.Fatalf("child says %q\n%s", l, rest(c))
 		}
 	}
 	for _, c := range kids {
@@ -170,7 +178,7 @@ func TestLockTwoProcesses(t *testing.T) {
 		case strings.HasPrefix(l, "locked "):
 			loser, loserSays = c, l
 		default:
-			t.Fatalf("child %d: %q", c.cmd.Process.Pid, l)
+			t.Fatalf("child %d: %q\n%s", c.cmd.Process.Pid, l, rest(c))
 		}
 	}
 	if winner == nil || loser == nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/md5"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -41,15 +42,45 @@ func (s *Store) put(ctx context.Context, op, name string, data []byte, po minio.
 		return ObjectInfo{}, s.op(op, name, err)
 	}
 	sum := md5.Sum(data)
+	sha := sha256.Sum256(data)
 	// Core.PutObject sends exactly one PUT (no multipart, whatever the
 	// size), so a conditional header applies to the object as a whole.
-	// Content-MD5 makes the server reject a body damaged on the way.
-	ui, err := s.core.PutObject(ctx, s.loc.Bucket, s.key(name), bytes.NewReader(data), int64(len(data)),
-		base64.StdEncoding.EncodeToString(sum[:]), "", po)
+	// Content-MD5 makes the server reject a body damaged on the way, and
+	// the payload's SHA-256 is signed. That also keeps minio-go from its
+	// streaming signature, which over plain HTTP sends an empty object's
+	// final chunk after a body-less request: the server then reads those
+	// bytes as the next request on the connection and answers 400 to it.
+	po.DisableContentSha256 = true
+	var ui minio.UploadInfo
+	err := retryDirRace(ctx, func() (err error) {
+		ui, err = s.core.PutObject(ctx, s.loc.Bucket, s.key(name), bytes.NewReader(data), int64(len(data)),
+			base64.StdEncoding.EncodeToString(sum[:]), hex.EncodeToString(sha[:]), po)
+		return err
+	})
 	if err != nil {
 		return ObjectInfo{}, s.putErr(op, name, err)
 	}
 	return ObjectInfo{Name: name, Size: ui.Size, ETag: ui.ETag, Modified: ui.LastModified}, nil
+}
+
+// retryDirRace runs a write again, a few times, when the server says
+// "ExistingObjectIsDirectory". Stores on a filesystem (versitygw's posix
+// back end) remove a directory when its last object goes and create it
+// for the next one; a write racing a delete in the same "directory"
+// fails with that code although nothing is wrong. The write is one that
+// may be repeated (a whole PUT, conditional or not, or a Complete), and
+// a real directory in the way still fails after the last try.
+func retryDirRace(ctx context.Context, write func() error) error {
+	var err error
+	for try := range 4 {
+		if err = write(); err == nil || minio.ToErrorResponse(err).Code != "ExistingObjectIsDirectory" {
+			return err
+		}
+		if serr := sleep(ctx, backoff(try)); serr != nil {
+			return err
+		}
+	}
+	return err
 }
 
 // putErr maps a failed conditional PUT: 412 means the condition failed.
@@ -106,8 +137,8 @@ func (s *Store) Replace(ctx context.Context, name, etag string, data []byte) (Ob
 	return s.put(ctx, "replace", name, data, po)
 }
 
-// ProbeName is the object ProbeConditional writes and removes. Store
-// layouts above this package must not use it.
+// ProbeName starts the names of the objects ProbeConditional writes and
+// removes. Store layouts above this package must not use it.
 const ProbeName = ".thinback-probe"
 
 // ProbeConditional checks once per Store that the server refuses a second
@@ -122,7 +153,8 @@ func (s *Store) ProbeConditional(ctx context.Context) error {
 	}
 	var tok [8]byte
 	_, _ = rand.Read(tok[:])
-	name := ProbeName + "/" + hex.EncodeToString(tok[:])
+	// Flat, not in a "directory" of its own: see retryDirRace.
+	name := ProbeName + "-" + hex.EncodeToString(tok[:])
 	if _, err := s.create(ctx, name, []byte("probe\n")); err != nil {
 		return err
 	}

@@ -244,7 +244,11 @@ func (u *Upload) Complete() (ObjectInfo, error) {
 	u.mu.Lock()
 	parts := append([]minio.CompletePart(nil), u.parts...)
 	u.mu.Unlock()
-	ui, err := u.s.core.CompleteMultipartUpload(u.ctx, u.s.loc.Bucket, u.key, u.uploadID, parts, minio.PutObjectOptions{})
+	var ui minio.UploadInfo
+	err := retryDirRace(u.ctx, func() (err error) {
+		ui, err = u.s.core.CompleteMultipartUpload(u.ctx, u.s.loc.Bucket, u.key, u.uploadID, parts, minio.PutObjectOptions{})
+		return err
+	})
 	if err != nil {
 		// minio-go retries a Complete whose answer was lost; the retry
 		// then finds the upload gone. If the object is there with the
