@@ -101,9 +101,9 @@ func OpenDelta(ctx context.Context, opts DeltaOptions) (_ *Delta, err error) {
 	if d.dev, err = openDevice(snap.DMPath); err != nil {
 		return nil, fmt.Errorf("open snapshot %s: %w", snap.FullName(), err)
 	}
-	if d.dev.size < snap.Size {
+	if d.dev.Size() < snap.Size {
 		return nil, fmt.Errorf("snapshot device %s has %d bytes, LVM says %s has %d",
-			snap.DMPath, d.dev.size, snap.FullName(), snap.Size)
+			snap.DMPath, d.dev.Size(), snap.FullName(), snap.Size)
 	}
 	return d, nil
 }

@@ -986,7 +986,7 @@ func TestKernelDirectRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	if !d.dev.direct {
+	if !d.dev.Direct() {
 		t.Error("the snapshot device was not opened with O_DIRECT")
 	}
 	want, err := os.ReadFile(snap.DMPath)
