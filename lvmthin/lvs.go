@@ -23,7 +23,19 @@ type LV struct {
 	ThinID uint32
 	Origin string // LV this one is a snapshot of, "" if none
 	Attr   string // lv_attr, 10 characters; see lvs(8)
-	Size   int64  // virtual size in bytes
+	// Size is lv_size: the virtual size of a thin volume, the size of an
+	// ordinary LV, but for a classic snapshot the size of its
+	// copy-on-write store. VolumeSize is the size of what it holds.
+	Size int64
+	// OriginSize is origin_size: for a snapshot the size of its origin (so
+	// of the volume a classic snapshot shows); lvs reports an origin's own
+	// size too, and 0 for other LVs.
+	OriginSize int64
+	// DataPercent is how full the LV is, in percent, as lvs' data_percent
+	// says (snap_percent for classic snapshots: the share of the COW store
+	// in use; 100 once invalidated), or -1 when lvs does not say (inactive,
+	// or an LV without such a figure).
+	DataPercent float64
 	// ChunkSize is the pool's data block size in bytes (the unit of
 	// thin_delta's ranges) for thin volumes and pools; for other LVs it is
 	// lvs' chunk_size of the LV itself (classic snapshots), else 0.
@@ -44,9 +56,12 @@ func (lv *LV) FullName() Name { return Name{VG: lv.VG, LV: lv.Name} }
 // PoolName returns the thin pool's vg/lv ("" LV if not a thin volume).
 func (lv *LV) PoolName() Name { return Name{VG: lv.VG, LV: lv.Pool} }
 
-// IsThin reports whether the LV is a thin volume (lv_attr[0] == 'V' with a
-// pool).
-func (lv *LV) IsThin() bool { return len(lv.Attr) > 0 && lv.Attr[0] == 'V' && lv.Pool != "" }
+// IsThin reports whether the LV is a thin volume: it has a pool, and
+// lv_attr[0] is 'V', or, for a thin volume that is the origin of a classic
+// snapshot, 'o' with the thin target type (lv_attr[6] 't').
+func (lv *LV) IsThin() bool {
+	return len(lv.Attr) == 10 && lv.Pool != "" && (lv.Attr[0] == 'V' || lv.Attr[6] == 't')
+}
 
 // IsThinSnapshot reports whether the LV is a thin volume that is a snapshot
 // of another (it has an origin).
@@ -57,7 +72,7 @@ func (lv *LV) IsThinPool() bool { return len(lv.Attr) > 0 && lv.Attr[0] == 't' }
 
 // lvsFields are the columns asked of lvs, in the order of reportLV's tags.
 const lvsFields = "vg_name,lv_name,pool_lv,lv_dm_path,thin_id,origin,lv_attr,lv_size," +
-	"chunk_size,lv_uuid,lv_time,lv_layout,lv_role"
+	"chunk_size,lv_uuid,lv_time,lv_layout,lv_role,origin_size,data_percent,snap_percent"
 
 // lvTimeLayout is lv_time's format under LC_ALL=C ("2026-11-21 12:16:20 +0000").
 const lvTimeLayout = "2006-01-02 15:04:05 -0700"
@@ -79,6 +94,11 @@ type reportLV struct {
 	Time      string `json:"lv_time"`
 	Layout    string `json:"lv_layout"`
 	Role      string `json:"lv_role"`
+	// Added with classic snapshots; reports without them (older
+	// fixtures) leave them empty.
+	OriginSize  string `json:"origin_size"`
+	DataPercent string `json:"data_percent"`
+	SnapPercent string `json:"snap_percent"`
 }
 
 type report struct {
@@ -163,6 +183,21 @@ func (r *reportLV) parse() (*LV, error) {
 	if lv.ChunkSize, err = parseBytes(r.ChunkSize); err != nil {
 		return nil, bad("chunk_size", r.ChunkSize, err)
 	}
+	if lv.OriginSize, err = parseBytes(r.OriginSize); err != nil {
+		return nil, bad("origin_size", r.OriginSize, err)
+	}
+	pct := tr(r.DataPercent)
+	if pct == "" {
+		pct = tr(r.SnapPercent)
+	}
+	lv.DataPercent = -1
+	if pct != "" {
+		v, err := strconv.ParseFloat(pct, 64)
+		if err != nil || !(v >= 0 && v <= 100) {
+			return nil, bad("data_percent", pct, fmt.Errorf("want a percentage"))
+		}
+		lv.DataPercent = v
+	}
 	if v := tr(r.Time); v != "" {
 		if lv.Time, err = time.Parse(lvTimeLayout, v); err != nil {
 			return nil, bad("lv_time", v, err)
@@ -229,9 +264,10 @@ func Lookup(ctx context.Context, n Name) (*LV, error) {
 	return nil, fmt.Errorf("logical volume %s does not exist (lvs %s lists the volumes): %w", n, n.VG, ErrNotFound)
 }
 
-// Snapshots returns the thin snapshots whose origin is the LV named origin,
-// oldest first (by creation time, then thin id, which LVM allocates in
-// increasing order). Backup rotation uses it to find what to remove.
+// Snapshots returns the snapshots (thin or classic) whose origin is the LV
+// named origin, oldest first (by creation time, then thin id, which LVM
+// allocates in increasing order). Backup rotation uses it to find what to
+// remove. A merging classic snapshot is not listed (LVM hides it).
 func Snapshots(ctx context.Context, origin Name) ([]*LV, error) {
 	lvs, err := listVG(ctx, origin.VG)
 	if err != nil {
@@ -243,7 +279,7 @@ func Snapshots(ctx context.Context, origin Name) ([]*LV, error) {
 		if lv.Name == origin.LV {
 			found = true
 		}
-		if lv.IsThinSnapshot() && lv.Origin == origin.LV {
+		if k := lv.Kind(); (k == KindThinSnapshot || k == KindClassicSnapshot) && lv.Origin == origin.LV {
 			snaps = append(snaps, lv)
 		}
 	}

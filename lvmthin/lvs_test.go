@@ -30,7 +30,7 @@ func TestParseReportMixed(t *testing.T) {
 		ThinID: 3, Origin: "my-vol", Attr: "Vri---tz-k", Size: 64 << 20, ChunkSize: 64 << 10,
 		UUID:           "J8RiuR-8s5P-4l3u-Vx2t-bbPA-cqWg-3a0XcW",
 		Time:           time.Date(2026, 11, 21, 12, 52, 49, 0, time.UTC),
-		SkipActivation: true, Active: false,
+		SkipActivation: true, Active: false, DataPercent: -1,
 		Layout: []string{"thin", "sparse"}, Role: []string{"public", "snapshot", "thinsnapshot"},
 	}
 	if !snap2.Time.Equal(want.Time) {
@@ -134,4 +134,47 @@ func FuzzParseReport(f *testing.F) {
 			seen[lv.FullName()] = true
 		}
 	})
+}
+
+// TestParseReportClassic reads lvs -a of a VG with a thick origin whose
+// classic snapshot is merging (into an open origin, so waiting), another
+// classic snapshot, a thin pool and a thin volume.
+func TestParseReportClassic(t *testing.T) {
+	lvs, err := parseReport(readFixture(t, "lvs-classic.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]*LV{}
+	for _, lv := range lvs {
+		byName[lv.Name] = lv
+	}
+	want := map[string]VolumeKind{
+		"my-vol": KindThick, "my-vol-s0": KindClassicSnapshot, "[my-vol-s2]": KindClassicSnapshot,
+		"my-vol-s3": KindClassicSnapshot, "pool": KindThinPool, "thin": KindThin, "[pool_tdata]": KindOther,
+		"[pool_tmeta]": KindOther, "[lvol0_pmspare]": KindOther,
+	}
+	if len(lvs) != len(want) {
+		t.Fatalf("%d LVs, want %d", len(lvs), len(want))
+	}
+	for name, k := range want {
+		lv := byName[name]
+		if lv == nil || lv.Kind() != k {
+			t.Errorf("%s: %+v, want kind %v", name, lv, k)
+		}
+	}
+	o, s0, s2 := byName["my-vol"], byName["my-vol-s0"], byName["[my-vol-s2]"]
+	if !o.IsMerging() || o.Attr != "Owi-aos---" || o.Size != 64<<20 || o.DataPercent != -1 {
+		t.Errorf("merging origin: %+v", o)
+	}
+	if s0.Origin != "my-vol" || s0.Size != 8<<20 || s0.OriginSize != 64<<20 || s0.VolumeSize() != 64<<20 ||
+		s0.ChunkSize != 4096 || s0.IsMerging() || s0.IsInvalidSnapshot() || !s0.Active || s0.Attr[1] != 'r' ||
+		s0.DataPercent != 54.93 { // mkfs.ext4 wrote to the origin after the snapshot
+		t.Errorf("classic snapshot: %+v", s0)
+	}
+	if !s2.IsMerging() || s2.Attr[0] != 'S' {
+		t.Errorf("merging snapshot: %+v", s2)
+	}
+	if p := byName["pool"]; p.DataPercent != 0 || p.ChunkSize != 64<<10 {
+		t.Errorf("pool: %+v", p)
+	}
 }
