@@ -32,9 +32,43 @@ var (
 	// and the caller asked not to wait.
 	ErrLocked = errors.New("lvmthin: pool locked by another process")
 	// ErrMetadata: the thin tools' output does not make sense (ranges out
-	// of order, overflowing, wrong device, missing block size, bad XML).
+	// of order, overflowing, wrong device, missing block size, bad XML),
+	// or a classic snapshot's COW store is corrupt (errors from
+	// lvmthin/cow also match cow.ErrCorrupt or cow.ErrVersion).
 	ErrMetadata = errors.New("lvmthin: bad thin metadata output")
+
+	// ErrExists: an LV of that name already exists.
+	ErrExists = errors.New("lvmthin: logical volume exists")
+	// ErrNoSpace: the volume group has too few free extents.
+	ErrNoSpace = errors.New("lvmthin: volume group has too little free space")
+	// ErrNotSnapshot: the LV is not a snapshot (thin or classic) where
+	// one is required.
+	ErrNotSnapshot = errors.New("lvmthin: not a snapshot")
+	// ErrInactive: a classic snapshot is not active; classic snapshots
+	// are active exactly when their origin is.
+	ErrInactive = errors.New("lvmthin: snapshot not active")
+	// ErrBaseInvalid: the base classic snapshot of an incremental was
+	// invalidated by the kernel (its COW space overflowed, or an I/O
+	// error), so its exception table no longer lists every changed chunk.
+	// The new snapshot is fine: compare it with the previous backup's
+	// block digests instead.
+	ErrBaseInvalid = errors.New("lvmthin: base snapshot invalidated")
+	// ErrSnapshotInvalid: the classic snapshot to send was invalidated:
+	// nothing can be read from it any more.
+	ErrSnapshotInvalid = errors.New("lvmthin: snapshot invalidated")
+	// ErrSnapshotMerging: a classic snapshot is merging into its origin
+	// (lvconvert --merge), or its merge failed; its contents and table are
+	// moving.
+	ErrSnapshotMerging = errors.New("lvmthin: snapshot merging")
 )
+
+// metadataError is a COW store error from lvmthin/cow that also matches
+// ErrMetadata, so that callers mapping errors to exit codes need not know
+// the subpackage. Its text is the original's.
+type metadataError struct{ err error }
+
+func (e metadataError) Error() string   { return e.err.Error() }
+func (e metadataError) Unwrap() []error { return []error{ErrMetadata, e.err} }
 
 // errNoMetadataSnap is what the kernel and the thin tools say when no
 // metadata snapshot is held; it stays internal because only this package
@@ -127,6 +161,13 @@ func classify(args []string, stderr string) error {
 			(has("Volume group") && has("not found")) ||
 			(has("origin LV") && has("not found")):
 			return ErrNotFound
+		case has("already exists in volume group"):
+			return ErrExists
+		case has("insufficient free space") || has("Insufficient free space") ||
+			has("Insufficient suitable allocatable extents"):
+			return ErrNoSpace
+		case has("Can't remove merging snapshot"):
+			return ErrSnapshotMerging
 		}
 	}
 	return nil

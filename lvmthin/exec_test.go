@@ -118,6 +118,14 @@ func TestClassify(t *testing.T) {
 		{[]string{"thin_delta", "-m", "--snap1", "1", "--snap2", "2", "/dev/mapper/vg0-pool_tmeta"},
 			`no current metadata snap`, errNoMetadataSnap},
 		{[]string{"thin_dump", "-m", "/dev/mapper/vg0-pool_tmeta"}, `something else`, nil},
+		// Classic snapshots (lvm2 2.03.16 in the UML guest).
+		{[]string{"lvcreate", "-s", "-L", "8388608b", "-n", "s1", "tb-x/vol"},
+			`Logical Volume "s1" already exists in volume group "tb-x"`, ErrExists},
+		{[]string{"lvcreate", "-s", "-L", "524288000b", "-n", "s1", "tb-y/vol"},
+			`Volume group "tb-y" has insufficient free space (49 extents): 125 required.`, ErrNoSpace},
+		{[]string{"lvremove", "-y", "tb-x/s2"}, `Can't remove merging snapshot logical volume tb-x/s2.`, ErrSnapshotMerging},
+		{[]string{"lvchange", "-an", "tb-x/s0"},
+			`Change of snapshot tb-x/s0 will also change its origin tb-x/vol and 1 other snapshot(s). Proceed? [y/n]: [n]; Logical volume tb-x/s0 not changed.`, nil},
 	}
 	for _, tt := range tests {
 		if got := classify(tt.args, tt.stderr); got != tt.want {

@@ -195,8 +195,8 @@ func TestKernelLVM(t *testing.T) {
 		t.Errorf("activate a missing LV: %v", err)
 	}
 
-	// Removal: only thin snapshots.
-	if err := RemoveSnapshot(ctx, vol); !errors.Is(err, ErrNotThin) {
+	// Removal: only snapshots.
+	if err := RemoveSnapshot(ctx, vol); !errors.Is(err, ErrNotSnapshot) {
 		t.Fatalf("RemoveSnapshot of the origin: %v", err)
 	}
 	if !lookup(t, vol).IsThin() {

@@ -57,17 +57,22 @@ func Deactivate(ctx context.Context, n Name) error {
 	return nil
 }
 
-// RemoveSnapshot removes a thin snapshot (`lvremove -y`). It refuses, with
-// ErrNotThin, an LV that is not a thin snapshot: thinback's rotation must
-// never be able to remove an origin volume by a slip of a name.
+// RemoveSnapshot removes a thin or classic snapshot (`lvremove -y`). It
+// refuses, with ErrNotSnapshot, an LV that is not a snapshot: thinback's
+// rotation must never be able to remove an origin volume by a slip of a
+// name.
 func RemoveSnapshot(ctx context.Context, n Name) error {
 	lv, err := Lookup(ctx, n)
 	if err != nil {
 		return fmt.Errorf("remove snapshot %s: %w", n, err)
 	}
-	if !lv.IsThinSnapshot() {
-		return fmt.Errorf("remove snapshot %s: it is not a thin snapshot (lv_attr %s, origin %q); refusing to remove it: %w",
-			n, lv.Attr, lv.Origin, ErrNotThin)
+	if k := lv.Kind(); k != KindThinSnapshot && k != KindClassicSnapshot {
+		return fmt.Errorf("remove snapshot %s: it is not a snapshot but a %s (lv_attr %s); refusing to remove it: %w",
+			n, k, lv.Attr, ErrNotSnapshot)
+	}
+	if lv.IsMerging() {
+		return fmt.Errorf("remove snapshot %s: it is merging into %s; LVM removes it when the merge is done: %w",
+			n, lv.Origin, ErrSnapshotMerging)
 	}
 	if _, err := run(ctx, nil, programs.lvremove, "-y", "--", n.String()); err != nil {
 		return fmt.Errorf("remove snapshot %s: %w", n, err)
