@@ -1,8 +1,9 @@
-// Package lvmthin reads LVM thin volumes for thinback: it names and looks up
-// logical volumes, creates, activates and removes thin snapshots, holds a
-// thin pool's metadata snapshot, and finds the blocks that changed between
-// two thin snapshots from the pool's metadata, so a backup reads only what
-// changed.
+// Package lvmthin reads LVM volumes for thinback: it names and looks up
+// logical volumes, creates, activates and removes thin and classic
+// snapshots, holds a thin pool's metadata snapshot, and finds the blocks
+// that changed between two snapshots, from the thin pool's metadata or from
+// a classic snapshot's copy-on-write exception table, so a backup reads
+// only what changed.
 //
 // # Basics
 //
@@ -12,13 +13,22 @@
 // program through one runner. A failed command gives a *CommandError with
 // the full command line, exit status and standard error; known failures are
 // also sentinel errors (ErrNotFound, ErrNotThin, ErrMetadataSnapBusy,
-// ErrStaleMetadataSnap, ErrPoolFailed, ...) to test with errors.Is.
+// ErrStaleMetadataSnap, ErrPoolFailed, ErrExists, ErrNoSpace, ...) to test
+// with errors.Is. LV.Kind says what an LV is (thin volume or snapshot, thin
+// pool, thick volume, classic snapshot).
 //
 // OpenDelta ties it together: given a thin snapshot (and an older one as the
 // base of an incremental) it returns an archive.Source whose extents come
 // from thin_delta (or thin_dump for a full) run on the pool's metadata
 // snapshot, and whose data is read, with O_DIRECT, from the newer snapshot's
 // device.
+//
+// OpenClassic does the same for thick volumes: given a classic snapshot
+// (CreateClassicSnapshot) and the older one of the previous backup as the
+// base, its extents are the chunks the base's exception table lists (read
+// by lvmthin/cow from the base's -cow device, with O_DIRECT) together with
+// those of the newer snapshot's own table, and its data is read from the
+// newer snapshot. A full reads the whole snapshot.
 //
 // # Caveats
 //
@@ -31,8 +41,8 @@
 //     process; programs should still turn signals into context cancellation
 //     (signal.NotifyContext) and return normally, so deferred releases run.
 //     Only SIGKILL or a crash can leave one behind; the next run says so.
-//   - LVM's lv_time has whole seconds; snapshots made within one second are
-//     ordered by the pool metadata's creation time.
+//   - LVM's lv_time has whole seconds; thin snapshots made within one second
+//     are ordered by the pool metadata's creation time.
 //   - The thin tools must read the metadata snapshot (-m) while the pool is
 //     active; the extents are spooled to an unlinked temporary file so the
 //     snapshot is released before any data is read.
@@ -40,6 +50,18 @@
 //     (thin-provisioning-tools 0.9 and 1.x), in memory that does not grow
 //     with the output; XML outside it, such as text between elements,
 //     entity references or a DOCTYPE, is refused as ErrMetadata.
-//   - Everything here needs root and a kernel with dm-thin; the package's
-//     tests that need them run in a User-Mode Linux guest (scripts/uml/run).
+//   - A classic snapshot costs its origin a copy on the first write to each
+//     chunk, and is invalidated by the kernel once its COW store is full.
+//     OpenClassic checks the base before and after reading its table (lvs,
+//     dmsetup status, the store's header) and returns ErrBaseInvalid if it
+//     was invalidated: the table is incomplete, and the caller must find the
+//     changes another way (comparing block digests). ErrSnapshotInvalid is
+//     an invalid newer snapshot, which cannot be read at all.
+//   - Classic snapshots are ordered by lv_time, which has whole seconds and
+//     is all LVM records; a base and snapshot of the same second are refused.
+//   - Merging snapshots (lvconvert --merge, attr S on the snapshot, O on the
+//     origin) are refused (ErrSnapshotMerging); LVM lists them only with -a.
+//   - Everything here needs root and a kernel with dm-thin and dm-snapshot;
+//     the package's tests that need them run in a User-Mode Linux guest
+//     (scripts/uml/run).
 package lvmthin
