@@ -85,6 +85,15 @@ var exitCodes = []struct {
 	{lvmthin.ErrPoolOutOfSpace, exitLVM},
 	{lvmthin.ErrMetadata, exitLVM},
 	{lvmthin.ErrName, exitLVM},
+	// Classic (thick) snapshots; not wired into commands yet.
+	{lvmthin.ErrExists, exitLVM},
+	{lvmthin.ErrNoSpace, exitLVM}, // the volume group, not a disk of the store
+	{lvmthin.ErrNotSnapshot, exitLVM},
+	{lvmthin.ErrNotThick, exitLVM},
+	{lvmthin.ErrInactive, exitLVM},
+	{lvmthin.ErrBaseInvalid, exitLVM},
+	{lvmthin.ErrSnapshotInvalid, exitLVM},
+	{lvmthin.ErrSnapshotMerging, exitLVM},
 
 	// Chains and targets.
 	{restore.ErrMismatch, exitChain},
