@@ -28,7 +28,7 @@ func FileSize(f *os.File) (size int64, blockDevice bool, err error) {
 		}
 		return n, true, nil
 	default:
-		return 0, false, fmt.Errorf("%s is not a regular file or a block device (%v)", f.Name(), mode.Type())
+		return 0, false, kindError(f.Name(), mode)
 	}
 }
 

@@ -57,34 +57,16 @@ type Target struct {
 // exclusively is refused instead of corrupted. A regular file is created
 // (mode 0600: disk images hold secrets) unless opts.NoCreate.
 func OpenTarget(path string, opts TargetOptions) (*Target, error) {
-	st, err := os.Stat(path)
-	flags := os.O_RDWR
-	switch {
-	case errors.Is(err, os.ErrNotExist) && !opts.NoCreate:
-		flags |= os.O_CREATE
-	case err != nil:
-		return nil, fmt.Errorf("target %s: %w", path, err)
-	case st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0:
-		flags |= unix.O_EXCL
-	case !st.Mode().IsRegular():
-		return nil, fmt.Errorf("target %s (%v): %w", path, st.Mode().Type(), ErrTargetKind)
-	}
-	f, err := os.OpenFile(path, flags|unix.O_CLOEXEC, 0o600)
+	f, created, err := openTarget(path, opts)
 	if err != nil {
-		switch {
-		case errors.Is(err, syscall.EROFS), errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
-			return nil, fmt.Errorf("target %s cannot be opened for writing (%v): %w; make it writable (blockdev --setrw, remount read-write, chattr -i) or choose another target", path, errors.Unwrap(err), ErrTargetReadOnly)
-		case errors.Is(err, syscall.EBUSY):
-			return nil, fmt.Errorf("target %s is mounted or held by another program: %w; unmount it or stop what uses it first", path, ErrTargetBusy)
-		}
-		return nil, fmt.Errorf("target %s: %w", path, err)
+		return nil, err
 	}
 	size, block, err := archive.FileSize(f)
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	t := &Target{Path: path, f: f, size: size, block: block, opts: opts, created: flags&os.O_CREATE != 0}
+	t := &Target{Path: path, f: f, size: size, block: block, opts: opts, created: created}
 	if block && opts.DiscardZeroes {
 		t.discardGranularity = t.queueLimit("discard_granularity")
 		if t.discardGranularity <= 0 {
@@ -92,6 +74,57 @@ func OpenTarget(path string, opts TargetOptions) (*Target, error) {
 		}
 	}
 	return t, nil
+}
+
+// openTarget opens path for writing, creating a regular file that does not
+// exist (and saying so: only a file it created may Apply remove). The type
+// is checked before anything can block: open(2) of a FIFO waits for its
+// other end, deaf to signals, so the path is checked with stat, opened with
+// O_NONBLOCK, and the open file checked again.
+func openTarget(path string, opts TargetOptions) (f *os.File, created bool, err error) {
+	for try := 0; ; try++ {
+		st, err := os.Stat(path)
+		flags := os.O_RDWR | unix.O_NONBLOCK | unix.O_CLOEXEC
+		switch {
+		case errors.Is(err, os.ErrNotExist) && !opts.NoCreate:
+			flags |= os.O_CREATE | os.O_EXCL
+		case err != nil:
+			return nil, false, fmt.Errorf("target %s: %w", path, err)
+		case st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0:
+			flags |= unix.O_EXCL
+		case !st.Mode().IsRegular():
+			return nil, false, kindError(path, st.Mode())
+		}
+		f, err = os.OpenFile(path, flags, 0o600)
+		if errors.Is(err, os.ErrExist) && flags&os.O_CREATE != 0 && try == 0 {
+			continue // it appeared meanwhile: open what is there
+		}
+		if err != nil {
+			switch {
+			case errors.Is(err, syscall.EROFS), errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+				return nil, false, fmt.Errorf("target %s cannot be opened for writing (%v): %w; make it writable (blockdev --setrw, remount read-write, chattr -i) or choose another target", path, errors.Unwrap(err), ErrTargetReadOnly)
+			case errors.Is(err, syscall.EBUSY):
+				return nil, false, fmt.Errorf("target %s is mounted or held by another program: %w; unmount it or stop what uses it first", path, ErrTargetBusy)
+			}
+			return nil, false, fmt.Errorf("target %s: %w", path, err)
+		}
+		fst, err := f.Stat()
+		if err == nil && !archive.IsFileOrDevice(fst.Mode()) {
+			err = kindError(path, fst.Mode())
+		}
+		if err == nil {
+			err = unix.SetNonblock(int(f.Fd()), false)
+		}
+		if err != nil {
+			f.Close()
+			return nil, false, err
+		}
+		return f, flags&os.O_CREATE != 0, nil
+	}
+}
+
+func kindError(path string, mode os.FileMode) error {
+	return fmt.Errorf("target %s is %s: %w; give a regular file or a block device", path, archive.FileKind(mode), ErrTargetKind)
 }
 
 // removeIfCreated removes a regular file that OpenTarget created, when an

@@ -22,7 +22,7 @@ func toolName() string { return "thinback " + version }
 func Main(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	app := newApp(os.Stdin, os.Stdout, os.Stderr)
+	app := newApp(stdinFor(ctx, os.Stdin), os.Stdout, os.Stderr)
 	err := app.RunContext(ctx, interspersed(app, args))
 	if err != nil {
 		if ctx.Err() != nil && !errors.Is(err, context.Canceled) {

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/restore"
 	"github.com/urfave/cli/v2"
 )
@@ -69,7 +70,7 @@ func runApply(ctx context.Context, e *env, o applyOptions) error {
 			inputs = append(inputs, restore.Input{Name: "standard input", R: e.stdin})
 			continue
 		}
-		f, err := os.Open(name)
+		f, err := archive.OpenFile(name)
 		if err != nil {
 			return fmt.Errorf("apply: %w", err)
 		}

@@ -108,6 +108,17 @@ type backupResult struct {
 
 func runBackup(ctx context.Context, e *env, o backupOptions) error {
 	start := time.Now()
+	// The image is opened before the store or the lock is touched: a path
+	// that is not an image (a FIFO's open would block forever) fails here,
+	// holding nothing.
+	var src *os.File
+	if o.file != "" {
+		var err error
+		if src, err = archive.OpenFile(o.file); err != nil {
+			return fmt.Errorf("backup: %w", err)
+		}
+		defer src.Close()
+	}
 	s, err := openStore(e, o.store, true)
 	if err != nil {
 		return err
@@ -142,7 +153,7 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 
 	var res *backupResult
 	if o.file != "" {
-		res, err = backupFile(ctx, e, s, name, o)
+		res, err = backupFile(ctx, e, s, name, src, o)
 	} else {
 		res, err = backupLVM(ctx, e, s, name, origin, o)
 	}
@@ -252,16 +263,11 @@ func storeWriteError(dir string, err error) error {
 	return err
 }
 
-func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, o backupOptions) (*backupResult, error) {
+func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, f *os.File, o backupOptions) (*backupResult, error) {
 	abs, err := filepath.Abs(o.file)
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(o.file)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
 	size, block, err := archive.FileSize(f)
 	if err != nil {
 		return nil, err

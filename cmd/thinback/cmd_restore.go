@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
+	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/restore"
 	"github.com/urfave/cli/v2"
@@ -139,7 +139,7 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) error {
 	var inputs []restore.Input
 	var names []string
 	for _, sn := range chain[from:] {
-		f, err := os.Open(s.Path(sn.File))
+		f, err := archive.OpenFile(s.Path(sn.File))
 		if err != nil {
 			return fmt.Errorf("restore: snapshot %s of %s: %w (run thinback verify)", sn.ID, o.volume, err)
 		}

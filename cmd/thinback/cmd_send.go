@@ -102,7 +102,7 @@ func fileSnapshot(f *os.File, size int64, block bool) (archive.Snapshot, error) 
 }
 
 func runSendFile(ctx context.Context, e *env, o sendOptions) error {
-	nf, err := os.Open(o.file)
+	nf, err := archive.OpenFile(o.file)
 	if err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
@@ -130,7 +130,7 @@ func runSendFile(ctx context.Context, e *env, o sendOptions) error {
 	defer prog.Done()
 	var src archive.Source = archive.NewFileSource(nf, size, block)
 	if o.baseFile != "" {
-		bf, err := os.Open(o.baseFile)
+		bf, err := archive.OpenFile(o.baseFile)
 		if err != nil {
 			return fmt.Errorf("send: base: %w", err)
 		}
@@ -194,7 +194,11 @@ func sendTo(ctx context.Context, e *env, out string, h *archive.Header, src arch
 			err = fmt.Errorf("%w; and the unfinished file was not removed: %v", err, aerr)
 		}
 	}()
-	w := archive.NewWriter(o.w)
+	dst := o.w
+	if o.pending == nil {
+		dst = newCtxWriter(ctx, o.w) // a pipe nobody reads must not outlast a signal
+	}
+	w := archive.NewWriter(dst)
 	if err := w.WriteHeader(h); err != nil {
 		return sendStats{}, sendError(out, err)
 	}

@@ -37,7 +37,8 @@ const exitCodesHelp = `EXIT CODES:
    4    a delta file needs a newer thinback
    5    the files do not apply to the target: wrong base snapshot, not a
         chain, another volume, or an earlier apply was interrupted
-   6    the target is too small, read-only, in use, or not a file or device
+   6    the target is too small, read-only, in use, or not a file or device;
+        or a source is not a regular file or block device
    7    LVM: volume or pool not found, not a thin volume, pool failed
    8    the thin pool's metadata snapshot is held by another program or a
         killed run (see --release-stale-metadata-snap)
@@ -110,6 +111,7 @@ var exitCodes = []struct {
 	{restore.ErrTargetReadOnly, exitTarget},
 	{restore.ErrTargetBusy, exitTarget},
 	{restore.ErrTargetKind, exitTarget},
+	{archive.ErrFileKind, exitTarget}, // a source, like a target, is a file or a device
 
 	// Stores and catalogs.
 	{catalog.ErrLocked, exitLocked},
