@@ -36,6 +36,10 @@ type TargetOptions struct {
 	DiscardZeroes bool
 	// NoCreate refuses to create a regular file that does not exist.
 	NoCreate bool
+	// Guards are the files the command reads or keeps, which the target
+	// must not be, lie in or hold (see Guard); such a target is refused
+	// with ErrTargetIsInput before it is opened.
+	Guards []Guard
 }
 
 // Target is a regular file or block device that delta files are applied to.
@@ -57,6 +61,9 @@ type Target struct {
 // exclusively is refused instead of corrupted. A regular file is created
 // (mode 0600: disk images hold secrets) unless opts.NoCreate.
 func OpenTarget(path string, opts TargetOptions) (*Target, error) {
+	if err := checkGuards(path, opts.Guards); err != nil {
+		return nil, err
+	}
 	f, created, err := openTarget(path, opts)
 	if err != nil {
 		return nil, err

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/thinback/thinback/catalog"
@@ -62,14 +63,20 @@ type applyOptions struct {
 
 func runApply(ctx context.Context, e *env, o applyOptions) error {
 	var inputs []restore.Input
+	guards := o.guards()
 	for _, name := range o.files {
 		if name == "-" {
 			if len(o.files) > 1 {
 				return usageError{"apply: - (standard input) must be the only file"}
 			}
 			inputs = append(inputs, restore.Input{Name: "standard input", R: e.stdin})
+			if f, ok := e.stdin.(*os.File); ok {
+				// A regular file redirected to standard input.
+				guards = append(guards, restore.Guard{What: "standard input", Path: "/proc/self/fd/" + strconv.Itoa(int(f.Fd()))})
+			}
 			continue
 		}
+		guards = append(guards, restore.Guard{What: "delta file", Path: name})
 		f, err := archive.OpenFile(name)
 		if err != nil {
 			return fmt.Errorf("apply: %w", err)
@@ -77,7 +84,7 @@ func runApply(ctx context.Context, e *env, o applyOptions) error {
 		defer f.Close()
 		inputs = append(inputs, restore.Input{Name: name, R: f})
 	}
-	t, err := openTarget(ctx, o.target)
+	t, err := openTarget(ctx, o.target, guards)
 	if err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
@@ -101,10 +108,21 @@ func runApply(ctx context.Context, e *env, o applyOptions) error {
 	return nil
 }
 
-// openTarget opens a file or block device to apply to. On a thin LV, ZERO
-// ranges are discarded, which unmaps them.
-func openTarget(ctx context.Context, path string) (*restore.Target, error) {
-	opts := restore.TargetOptions{}
+// guards are the files of an apply besides its delta files that the target
+// must not be or hold: the state file and the snapback file.
+func (o applyOptions) guards() []restore.Guard {
+	g := []restore.Guard{{What: "state file", Path: o.state}}
+	if o.snapback != "" {
+		g = append(g, restore.Guard{What: "snapback file", Path: o.snapback})
+	}
+	return g
+}
+
+// openTarget opens a file or block device to apply to, refusing one that
+// is, lies in or holds one of guards. On a thin LV, ZERO ranges are
+// discarded, which unmaps them.
+func openTarget(ctx context.Context, path string, guards []restore.Guard) (*restore.Target, error) {
+	opts := restore.TargetOptions{Guards: guards}
 	if fi, err := os.Stat(path); err == nil && fi.Mode()&os.ModeDevice != 0 {
 		opts.DiscardZeroes = discardZeroes(ctx, path)
 	}

@@ -105,7 +105,13 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) error {
 		return fmt.Errorf("restore: %w", err)
 	}
 
-	t, err := openTarget(ctx, o.apply.target)
+	// The store holds every file of the chain and the catalog.
+	guards := append(o.apply.guards(), restore.Guard{What: "store", Path: s.Dir(), Dir: true},
+		restore.Guard{What: "catalog", Path: s.DBPath()})
+	for _, sn := range chain {
+		guards = append(guards, restore.Guard{What: "delta file", Path: s.Path(sn.File)})
+	}
+	t, err := openTarget(ctx, o.apply.target, guards)
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}

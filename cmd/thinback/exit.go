@@ -112,6 +112,7 @@ var exitCodes = []struct {
 	{restore.ErrTargetBusy, exitTarget},
 	{restore.ErrTargetKind, exitTarget},
 	{archive.ErrFileKind, exitTarget}, // a source, like a target, is a file or a device
+	{restore.ErrTargetIsInput, exitTarget},
 
 	// Stores and catalogs.
 	{catalog.ErrLocked, exitLocked},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -120,4 +121,26 @@ func cmdScribbledev(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Check(err)
 	}
 	ts.Check(f.Sync())
+}
+
+// mbr FILE START SECTORS: write an MBR partition table with one Linux
+// partition of SECTORS 512-byte sectors from sector START (losetup -P
+// then shows it as a partition of the loop device).
+func cmdMbr(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 3 {
+		ts.Fatalf("usage: mbr FILE START SECTORS")
+	}
+	f, err := os.OpenFile(ts.MkAbs(args[0]), os.O_WRONLY, 0)
+	ts.Check(err)
+	defer f.Close()
+	var sec [512]byte
+	e := sec[446:462]
+	e[1], e[2], e[3] = 0xfe, 0xff, 0xff // CHS unused: LBA only
+	e[4] = 0x83
+	e[5], e[6], e[7] = 0xfe, 0xff, 0xff
+	binary.LittleEndian.PutUint32(e[8:], uint32(atoi(ts, args[1])))
+	binary.LittleEndian.PutUint32(e[12:], uint32(atoi(ts, args[2])))
+	sec[510], sec[511] = 0x55, 0xaa
+	_, err = f.WriteAt(sec[:], 0)
+	ts.Check(err)
 }

@@ -51,6 +51,7 @@ func scriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []st
 		"cut":         cmdCut,
 		"lvsha":       cmdLvsha,
 		"scribbledev": cmdScribbledev,
+		"mbr":         cmdMbr,
 	}
 }
 
