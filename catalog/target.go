@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -32,6 +33,13 @@ type Target struct {
 	// replaced since the last apply is noticed by the caller.
 	Dev uint64 `json:"dev,omitempty"`
 	Ino uint64 `json:"ino,omitempty"`
+	// Device identifies a block device target beyond its key (its LV
+	// UUID, device-mapper UUID, or numbers, size and serial), so that a
+	// device replaced under the same name is noticed by the caller.
+	Device string `json:"device,omitempty"`
+	// Fingerprint samples what the last completed apply left on the
+	// target, so that a target written to since is noticed by the caller.
+	Fingerprint *Fingerprint `json:"fingerprint,omitempty"`
 	// InProgress is set while an apply runs and left behind when it is
 	// interrupted.
 	InProgress *Mark `json:"in_progress,omitempty"`
@@ -48,6 +56,49 @@ type Mark struct {
 	// UndoSnapshot is the snapback file's snapshot ID, if one is written.
 	UndoSnapshot string    `json:"undo_snapshot,omitempty"`
 	Started      time.Time `json:"started,omitzero"`
+	// WroteFrom and WroteTo bound the bytes of the target an apply that
+	// stopped may have overwritten; Stopped says why it stopped, when
+	// running it again with the same files cannot finish it (a damaged
+	// file).
+	WroteFrom int64  `json:"wrote_from,omitempty"`
+	WroteTo   int64  `json:"wrote_to,omitempty"`
+	Stopped   string `json:"stopped,omitempty"`
+}
+
+// Fingerprint is what a target held after an apply: the digests of a few
+// of its blocks, and its size.
+type Fingerprint struct {
+	Size      int64    `json:"size"`
+	BlockSize int64    `json:"block_size"`
+	Samples   []Sample `json:"samples"`
+}
+
+// Sample is one block's digest (hex) at a byte offset.
+type Sample struct {
+	Offset int64  `json:"offset"`
+	Digest string `json:"digest"`
+}
+
+// maxSamples bounds a fingerprint, so a record stays small whatever a
+// damaged state file says.
+const maxSamples = 256
+
+func (fp *Fingerprint) validate() error {
+	if fp.Size < 0 || fp.BlockSize < 512 || fp.BlockSize > 1<<20 {
+		return fmt.Errorf("fingerprint of a %d-byte target in %d-byte blocks", fp.Size, fp.BlockSize)
+	}
+	if len(fp.Samples) > maxSamples {
+		return fmt.Errorf("fingerprint has %d samples, more than %d", len(fp.Samples), maxSamples)
+	}
+	for _, s := range fp.Samples {
+		if s.Offset < 0 || s.Offset >= fp.Size {
+			return fmt.Errorf("fingerprint sample at offset %d, outside the %d-byte target", s.Offset, fp.Size)
+		}
+		if len(s.Digest) != 64 || strings.Trim(s.Digest, "0123456789abcdef") != "" {
+			return fmt.Errorf("fingerprint sample at offset %d: digest %q is not 64 hex digits", s.Offset, s.Digest)
+		}
+	}
+	return nil
 }
 
 func (t *Target) validate(key string) error {
@@ -68,7 +119,12 @@ func (t *Target) validate(key string) error {
 		}
 	}
 	fields := map[string]string{"key": t.Key, "path": t.Path, "volume uuid": t.VolumeUUID,
-		"snapshot name": t.SnapshotName}
+		"snapshot name": t.SnapshotName, "device": t.Device}
+	if t.Fingerprint != nil {
+		if err := t.Fingerprint.validate(); err != nil {
+			return err
+		}
+	}
 	if m := t.InProgress; m != nil {
 		if err := ValidID(m.Snapshot); err != nil {
 			return fmt.Errorf("in-progress snapshot: %w", err)
@@ -80,6 +136,10 @@ func (t *Target) validate(key string) error {
 				}
 			}
 		}
+		if m.WroteFrom < 0 || m.WroteTo < m.WroteFrom {
+			return fmt.Errorf("in-progress mark says bytes %d to %d were written", m.WroteFrom, m.WroteTo)
+		}
+		fields["in-progress stop reason"] = m.Stopped
 		if len(m.Files) > maxField {
 			return fmt.Errorf("in-progress mark lists %d files, more than %d", len(m.Files), maxField)
 		}
