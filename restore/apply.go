@@ -48,6 +48,16 @@ type Options struct {
 	Progress func(n int64)
 	// Now returns the time (tests set it); nil means time.Now.
 	Now func() time.Time
+	// Revert is called when an apply that called Begin fails having left
+	// nothing on the target (it stopped before the first write, or it
+	// removed the file it had created): the caller puts back the state it
+	// had before Begin, and the snapback file is not needed.
+	Revert func() error
+	// Stopped is called when an apply that called Begin fails after it
+	// wrote to the target, with the state to record: its mark says which
+	// bytes were overwritten and, when the same apply cannot finish it,
+	// why it stopped.
+	Stopped func(State) error
 }
 
 // SnapbackFile is where a snapback file is written (an *os.File).
@@ -77,18 +87,18 @@ type seekReaderAt interface {
 
 // Apply applies inputs, a chain oldest first, to t. See the package
 // documentation for the guarantees.
-func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (*Result, error) {
-	began := false
-	defer func() {
-		if !began {
-			t.removeIfCreated()
-		}
-	}()
+func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Result, err error) {
 	start := time.Now()
 	now := opts.Now
 	if now == nil {
 		now = time.Now
 	}
+	run := &applyRun{t: t, opts: opts, oldSize: t.Size()}
+	defer func() {
+		if err != nil {
+			err = run.stop(err)
+		}
+	}()
 	if len(inputs) == 0 {
 		return nil, errors.New("no delta files to apply")
 	}
@@ -105,18 +115,35 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (*Resul
 	files := make([]File, len(inputs))
 	rds := make([]*archive.Reader, len(inputs))
 	names := make([]string, len(inputs))
-	var supersedable int64
+	var supersedable, payload int64
+	starts := make([]int64, len(inputs))
 	for i, in := range inputs {
-		rd, trailer, err := prescan(in, seekable[i])
+		rd, trailer, at, err := prescanAt(in, seekable[i])
 		if err != nil {
 			return nil, err
 		}
 		h, _ := rd.Header()
 		files[i] = File{Name: in.Name, Header: h}
-		rds[i], names[i] = rd, in.Name
+		rds[i], names[i], starts[i] = rd, in.Name, at
 		supersedable += trailer.DataBytes + trailer.ZeroBytes
+		payload += trailer.PayloadBytes
 	}
-	if err := CheckChain(files, t.Path, opts.State, opts.Force); err != nil {
+	// Small files are read twice: every payload is verified before the
+	// first write, so a damaged record stops the apply with nothing done.
+	if payload <= VerifyFirstLimit {
+		for i, in := range inputs {
+			if seekable[i] != nil {
+				if err := verifyPayloads(ctx, in, seekable[i], starts[i]); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	st, err := t.Verify(opts.State)
+	if err != nil {
+		return nil, err
+	}
+	if err := CheckChain(files, t.Path, st, opts.Force); err != nil {
 		return nil, err
 	}
 	first, last := files[0].Header, files[len(files)-1].Header
@@ -124,91 +151,209 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (*Resul
 	if err := t.checkSize(finalSize); err != nil {
 		return nil, err
 	}
+	run.files, run.last = names, last.Snapshot
 
-	// The snapback file, before anything is marked or written.
-	var sb *snapback
+	// The snapback file, before anything is marked or written; it
+	// describes the target as it is (its size before any resize).
 	mark := &Mark{Snapshot: last.Snapshot.ID, Parent: first.Parent.ID, Started: now().UTC()}
 	for _, f := range files {
 		mark.Files = append(mark.Files, f.Name)
 	}
 	if opts.Snapback != nil {
-		var err error
-		sb, err = createSnapback(opts.Snapback, t, snapbackHeader(t, files, opts.State, now()))
+		sb, err := createSnapback(opts.Snapback, t, snapbackHeader(t, files, st, now()))
 		if err != nil {
 			return nil, err
 		}
+		run.sb = sb
 		mark.Undo = sb.w.Header().Snapshot.ID
 	}
-	closeSnapback := func() (*archive.Trailer, error) {
-		if sb == nil {
-			return nil, nil
+	// A file grows before the mark is written: a size the filesystem
+	// cannot hold (a crafted 4 EiB volume) fails here, with nothing
+	// recorded and nothing written.
+	if !t.block && finalSize > run.oldSize {
+		if err := t.Resize(finalSize); err != nil {
+			return nil, err
 		}
-		tr, err := sb.close()
-		sb = nil
-		return &tr, err
-	}
-	fail := func(err error) (*Result, error) {
-		if _, cerr := closeSnapback(); cerr != nil {
-			err = fmt.Errorf("%w (and closing the snapback file failed: %v)", err, cerr)
-		}
-		return nil, err
 	}
 
-	began = true
-	begin := opts.State
+	begin := st
 	begin.InProgress = mark
 	if opts.Begin != nil {
 		if err := opts.Begin(begin); err != nil {
-			return fail(fmt.Errorf("recording the apply in the state file: %w", err))
+			return nil, fmt.Errorf("recording the apply in the state file: %w", err)
 		}
 	}
-	interrupted := func(err error) (*Result, error) {
-		advice := fmt.Sprintf("the target %s is partly written; run the same apply again to finish it", t.Path)
-		if opts.Snapback != nil {
-			advice += fmt.Sprintf(", or apply %s to undo what was written", opts.Snapback.Name())
-		}
-		return fail(fmt.Errorf("%w\n%s", err, advice))
-	}
+	run.began, run.mark = true, begin
 
-	oldSize := t.Size()
-	if !t.block && finalSize > oldSize {
-		if err := t.Resize(finalSize); err != nil {
-			return interrupted(err)
-		}
-	}
-
+	t.log = writeLog{s: newSampler(seedOf(last.Snapshot.ID))}
 	res := &Result{Snapshot: last.Snapshot, VolumeName: last.VolumeName, VolumeSize: finalSize}
-	if err := runSegments(ctx, t, rds, names, seekable, finalSize, sb, opts, res); err != nil {
-		return interrupted(err)
+	if err := runSegments(ctx, t, rds, names, seekable, finalSize, run.sb, opts, res); err != nil {
+		return nil, err
 	}
 	res.Skipped = max(supersedable-res.DataBytes-res.ZeroBytes, 0)
 
-	if !t.block && finalSize < oldSize {
-		if sb != nil {
-			if err := sb.save(finalSize, oldSize); err != nil {
-				return interrupted(err)
+	if !t.block && finalSize < run.oldSize {
+		if run.sb != nil {
+			if err := run.sb.save(finalSize, run.oldSize); err != nil {
+				return nil, err
 			}
 		}
+		t.log.add(finalSize, run.oldSize-finalSize, true) // what was cut off is gone
 		if err := t.Resize(finalSize); err != nil {
-			return interrupted(err)
+			return nil, err
 		}
 	}
 	if err := t.Sync(); err != nil {
-		return interrupted(err)
+		return nil, err
 	}
-	tr, err := closeSnapback()
+	fp, err := t.fingerprint(t.log.s.offsets(finalSize, priorFingerprint(st)))
 	if err != nil {
-		return interrupted(err)
+		return nil, err
+	}
+	tr, err := run.closeSnapback()
+	if err != nil {
+		return nil, err
 	}
 	res.Snapback = tr
+	run.done = true
+	t.created = false // complete: the file is the user's now
 	if opts.Finish != nil {
-		done := State{VolumeName: last.VolumeName, VolumeUUID: last.VolumeUUID, VolumeSize: finalSize, Snapshot: last.Snapshot}
+		done := State{VolumeName: last.VolumeName, VolumeUUID: last.VolumeUUID, VolumeSize: finalSize, Snapshot: last.Snapshot, Fingerprint: fp}
 		if err := opts.Finish(done); err != nil {
 			return nil, fmt.Errorf("the target %s holds %s, but recording that in the state file failed: %w", t.Path, describe(last.Snapshot), err)
 		}
 	}
 	res.Duration = time.Since(start)
 	return res, nil
+}
+
+// VerifyFirstLimit is the most payload bytes of seekable files that Apply
+// verifies completely before the first write, reading them twice: below
+// it, a damaged record is found with nothing written. Above it, a record
+// is verified just before it is written, and damage found half-way stops
+// the apply with the target partly written (the snapback file undoes that;
+// a good copy of the file finishes it). Tests lower it.
+var VerifyFirstLimit int64 = 256 << 20
+
+// priorFingerprint returns the fingerprint of what the target held before,
+// whose blocks the next fingerprint may sample again.
+func priorFingerprint(st State) *Fingerprint {
+	if st.Modified != "" || st.InProgress != nil {
+		return nil
+	}
+	return st.Fingerprint
+}
+
+// applyRun is what an apply must undo or record when it stops.
+type applyRun struct {
+	t       *Target
+	opts    Options
+	oldSize int64
+	sb      *snapback
+	began   bool  // Begin recorded the mark
+	mark    State // what Begin recorded
+	files   []string
+	last    archive.Snapshot
+	done    bool // the target holds the snapshot
+}
+
+func (r *applyRun) closeSnapback() (*archive.Trailer, error) {
+	if r.sb == nil {
+		return nil, nil
+	}
+	tr, err := r.sb.close()
+	r.sb = nil
+	return &tr, err
+}
+
+// stop ends a failed apply and says what is true of the target: that
+// nothing was written (the state is put back, a grown file shrunk back),
+// that the file this run created was removed, or which bytes were
+// overwritten and what to do about it (the mark records that too).
+func (r *applyRun) stop(err error) error {
+	t := r.t
+	if r.done {
+		return err // the target is complete; only the state file failed
+	}
+	note := func(what string, e error) {
+		if e != nil {
+			err = fmt.Errorf("%w\n(and %s failed: %v)", err, what, e)
+		}
+	}
+	if created := t.created; created || !t.log.wrote {
+		// Nothing of the apply stays: the snapback file undoes nothing.
+		if r.sb != nil {
+			r.sb.abandon()
+			r.sb = nil
+		}
+		if t.created {
+			note("removing "+t.Path, t.RemoveCreated())
+		} else if !t.block && t.Size() != r.oldSize {
+			note("shrinking "+t.Path+" back", t.Resize(r.oldSize))
+		}
+		if r.began && r.opts.Revert != nil {
+			note("restoring the state file", r.opts.Revert())
+		}
+		switch {
+		case created:
+			return fmt.Errorf("%w\n%s, which this run created, was removed", err, t.Path)
+		case r.began:
+			return fmt.Errorf("%w\nnothing was written to %s", err, t.Path)
+		}
+		return err
+	}
+
+	_, cerr := r.closeSnapback()
+	note("closing the snapback file", cerr)
+	lo, hi := t.log.lo, t.log.hi
+	mark := *r.mark.InProgress
+	mark.WroteFrom, mark.WroteTo = lo, hi
+	var advice string
+	var fe *archive.FormatError
+	if errors.As(err, &fe) {
+		mark.Stopped = "a delta file is damaged"
+		if errors.Is(err, archive.ErrTruncated) {
+			mark.Stopped = "a delta file ended early"
+		}
+		advice = fmt.Sprintf("bytes %d to %d of %s were overwritten, in part, before that was found: it now matches neither the snapshot it held nor %s; ", lo, hi, t.Path, describe(r.last))
+		if r.opts.Snapback != nil {
+			advice += fmt.Sprintf("apply %s to undo what was written, or ", r.opts.Snapback.Name())
+		}
+		advice += fmt.Sprintf("apply a good copy of %s (the same apply with it finishes this one), or apply the chain again from its full", strings.Join(r.files, " "))
+	} else {
+		advice = fmt.Sprintf("the target %s is partly written (bytes %d to %d); run the same apply again to finish it", t.Path, lo, hi)
+		if r.opts.Snapback != nil {
+			advice += fmt.Sprintf(", or apply %s to undo what was written", r.opts.Snapback.Name())
+		}
+	}
+	if r.began && r.opts.Stopped != nil {
+		st := r.mark
+		st.InProgress = &mark
+		note("recording where the apply stopped in the state file", r.opts.Stopped(st))
+	}
+	return fmt.Errorf("%w\n%s", err, advice)
+}
+
+// verifyPayloads reads every payload of a seekable file that starts at
+// byte at and checks its digests, then puts the file offset back where
+// the reader Apply will use left it.
+func verifyPayloads(ctx context.Context, in Input, s seekReaderAt, at int64) error {
+	cur, err := s.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return fmt.Errorf("%s: %w", in.Name, err)
+	}
+	if _, err := s.Seek(at, io.SeekStart); err != nil {
+		return fmt.Errorf("%s: %w", in.Name, err)
+	}
+	rd := archive.NewReader(in.R)
+	err = archive.Scan(ctx, rd, archive.ScanOptions{}, func(*archive.Record, []byte) error { return nil })
+	if err != nil {
+		return inputError(in.Name, err)
+	}
+	if _, err := s.Seek(cur, io.SeekStart); err != nil {
+		return fmt.Errorf("%s: %w", in.Name, err)
+	}
+	return nil
 }
 
 func isSeekable(s io.Seeker) bool {
@@ -221,18 +366,29 @@ func isSeekable(s io.Seeker) bool {
 // reader to apply the file with: a stream's, positioned after its header,
 // or a new one over the rewound file.
 func prescan(in Input, s seekReaderAt) (*archive.Reader, archive.Trailer, error) {
+	rd, tr, _, err := prescanAt(in, s)
+	return rd, tr, err
+}
+
+// prescanAt is prescan that also returns the offset a seekable file starts
+// at.
+func prescanAt(in Input, s seekReaderAt) (*archive.Reader, archive.Trailer, int64, error) {
 	var tr archive.Trailer
+	var at int64
 	if s != nil {
 		var err error
+		if at, err = s.Seek(0, io.SeekCurrent); err != nil {
+			return nil, archive.Trailer{}, 0, fmt.Errorf("%s: %w", in.Name, err)
+		}
 		if tr, err = checkFile(in.Name, s); err != nil {
-			return nil, archive.Trailer{}, err
+			return nil, archive.Trailer{}, 0, err
 		}
 	}
 	rd := archive.NewReader(in.R)
 	if _, err := rd.Header(); err != nil {
-		return nil, archive.Trailer{}, inputError(in.Name, err)
+		return nil, archive.Trailer{}, 0, inputError(in.Name, err)
 	}
-	return rd, tr, nil
+	return rd, tr, at, nil
 }
 
 // checkFile reads a seekable file's structure from where it is to its

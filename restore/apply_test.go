@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/thinback/thinback/archive"
@@ -315,10 +316,13 @@ func dataRecords(t *testing.T, file string) (nums []int64, recs []*archive.Recor
 }
 
 // TestCorruptPayloadStopsBeforeWriting: a payload that does not match its
-// digest stops the apply; nothing of that record is written, the target is
-// marked, the snapback file undoes what was written, and a good copy of the
-// file finishes the apply.
+// digest, in a file too large to be verified before the first write, stops
+// the apply; nothing of that record is written, the target is marked with
+// what was written and why it stopped, the message says so (and not that
+// running the same apply again finishes it), the snapback file undoes what
+// was written, and a good copy of the file finishes the apply.
 func TestCorruptPayloadStopsBeforeWriting(t *testing.T) {
+	verifyFirstLimit(t, 0)
 	w := newWorld(t)
 	st := stateStore{}
 	v1 := w.image(w.random(300 * 4096))
@@ -350,6 +354,17 @@ func TestCorruptPayloadStopsBeforeWriting(t *testing.T) {
 		if s.InProgress == nil {
 			t.Fatal("the interrupted apply left no mark")
 		}
+		if m := s.InProgress; m.Stopped == "" || m.WroteFrom != recs[0].Offset || m.WroteTo <= recs[0].End() || m.WroteTo > badRec.Offset {
+			t.Fatalf("mark %+v: want what was written (from %d, before %d) and why it stopped", m, recs[0].Offset, badRec.Offset)
+		}
+	}
+	for _, want := range []string{"were overwritten", "matches neither", "apply " + undo + " to undo", "apply a good copy of"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the message does not say %q", want)
+		}
+	}
+	if strings.Contains(err.Error(), "run the same apply again") {
+		t.Error("the message says that the same apply finishes it, which it cannot")
 	}
 	// Another incremental is refused while the mark is there.
 	v3 := w.image(w.mutate(v2.data, 3))
@@ -416,6 +431,7 @@ func (f *shrinkingFile) Seek(off int64, whence int) (int64, error) {
 // 3 in the CLI), whether the payload is read by a worker or the reader
 // finds the end first, and nothing past the last good record is written.
 func TestFileShrinksAfterPrescan(t *testing.T) {
+	verifyFirstLimit(t, 0) // the shrink is met while applying, not in a verify-first pass
 	w := newWorld(t)
 	v1 := w.image(w.random(200 * 4096))
 	full := w.delta(v1, nil)
@@ -441,8 +457,12 @@ func TestFileShrinksAfterPrescan(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer f.Close()
+		// An existing target, kept when the apply fails (one the apply
+		// created would be removed).
 		target := filepath.Join(w.dir, "target")
-		os.Remove(target)
+		if err := os.WriteFile(target, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
 		tg, err := OpenTarget(target, TargetOptions{})
 		if err != nil {
 			t.Fatal(err)

@@ -3,6 +3,7 @@ package restore
 import (
 	"errors"
 	"fmt"
+	"path"
 	"time"
 
 	"github.com/thinback/thinback/archive"
@@ -23,6 +24,10 @@ var (
 	ErrVolumeMismatch = errors.New("file belongs to another volume")
 	// ErrInterrupted: an earlier apply to the target did not finish.
 	ErrInterrupted = errors.New("an earlier apply to the target was interrupted")
+	// ErrModified: the target no longer holds the snapshot it was left at
+	// (it was replaced, or written to since), so an incremental cannot be
+	// applied to it. The words are ZFS's.
+	ErrModified = errors.New("destination has been modified since most recent snapshot")
 )
 
 // State is what is known about a target: the snapshot it holds, and an
@@ -36,6 +41,14 @@ type State struct {
 	// InProgress is set while an apply runs, and stays set if it is cut
 	// short: the target is then partly written.
 	InProgress *Mark
+	// Fingerprint samples what the apply that left the target at Snapshot
+	// wrote (see Target.Verify); nil when unknown.
+	Fingerprint *Fingerprint
+	// Modified, when set, says why the target no longer holds Snapshot:
+	// it was replaced under its name (its identity differs from the one
+	// recorded) or written to since (Target.Verify). CheckChain then
+	// treats it as holding nothing.
+	Modified string
 }
 
 // Mark records an apply in progress.
@@ -45,12 +58,40 @@ type Mark struct {
 	Undo     archive.ID // the snapback file's snapshot, zero without one
 	Files    []string
 	Started  time.Time
+	// WroteFrom and WroteTo bound the bytes an apply that stopped may
+	// have overwritten (it writes in ascending order); Stopped says why,
+	// when running it again with the same files cannot finish it (one of
+	// them is damaged).
+	WroteFrom, WroteTo int64
+	Stopped            string
 }
 
 // File is a delta file's header with the name used in messages.
 type File = archive.ChainFile
 
 func describe(s archive.Snapshot) string { return s.Describe() }
+
+// modifiedError says ErrModified in full, in ZFS's words with the target
+// and the snapshot in them.
+type modifiedError struct{ msg string }
+
+func (e *modifiedError) Error() string        { return e.msg }
+func (e *modifiedError) Is(target error) bool { return target == ErrModified }
+
+// namedVolume reports whether h's volume name was chosen (send --volume, a
+// store's volume, an LVM origin) rather than derived from the file name of
+// the image or of the snapshot LV the file was sent from: those change
+// along a chain (send --file b.img --base-file a.img names its volume
+// b.img), so they say nothing about which volume a file is of.
+func namedVolume(h *archive.Header) bool {
+	if p := h.Attr("file.path"); p != "" && h.VolumeName == path.Base(p) {
+		return false
+	}
+	if vg, lv := h.Attr("lvm.vg"), h.Attr("lvm.lv"); vg != "" && h.VolumeName == vg+"/"+lv {
+		return false
+	}
+	return true
+}
 
 // CheckChain decides whether files may be applied, in order, to a target in
 // state st: the rules between the files (archive.CheckLinks), then those
@@ -69,6 +110,20 @@ func CheckChain(files []File, target string, st State, force bool) error {
 	first, last := files[0], files[len(files)-1]
 	mark := st.InProgress
 
+	// A target replaced or written to since holds nothing known: only a
+	// full defines it.
+	if st.Modified != "" {
+		if first.Header.IsFull() {
+			return nil
+		}
+		held := "its last snapshot"
+		if !st.Snapshot.ID.IsZero() {
+			held = describe(st.Snapshot)
+		}
+		return &modifiedError{fmt.Sprintf("cannot apply %s: destination %s has been modified since most recent snapshot %s (%s); apply the chain from its full (thinback restore does that by itself), or use --force if it still holds that snapshot",
+			first.Name, target, held, st.Modified)}
+	}
+
 	// A snapback file undoing an interrupted apply.
 	if mark != nil && len(files) == 1 && first.Header.IsSnapback() &&
 		!mark.Undo.IsZero() && first.Header.Snapshot.ID == mark.Undo && first.Header.Parent.ID == mark.Snapshot {
@@ -81,10 +136,22 @@ func CheckChain(files []File, target string, st State, force bool) error {
 	if u, v := st.VolumeUUID, first.Header.VolumeUUID; u != "" && v != "" && u != v {
 		return fmt.Errorf("%s is of volume %s (%s) but target %s holds volume %s (%s): %w; choose the right target, or use --force to overwrite it", first.Name, first.Header.VolumeName, v, target, st.VolumeName, u, ErrVolumeMismatch)
 	}
+	// Without a UUID on both sides, an incremental's volume is its name,
+	// when the name was chosen rather than derived from an image's or a
+	// snapshot's file name (which a chain of sends does not keep).
+	// A snapback file carries the name of what the target held before
+	// the apply it undoes, which is what it gives back.
+	if u, v := st.VolumeUUID, first.Header.VolumeUUID; (u == "" || v == "") && !first.Header.IsFull() && !first.Header.IsSnapback() &&
+		st.VolumeName != "" && first.Header.VolumeName != st.VolumeName && namedVolume(first.Header) {
+		return fmt.Errorf("%s is an incremental of volume %s, but target %s holds volume %s: %w; choose the right target, or use --force if they are the same volume", first.Name, first.Header.VolumeName, target, st.VolumeName, ErrVolumeMismatch)
+	}
 	if first.Header.IsFull() {
 		return nil // a full defines every byte, whatever the target held
 	}
 	if mark != nil {
+		if mark.Stopped != "" {
+			return fmt.Errorf("applying %s to %s stopped (%s) after bytes %d to %d were overwritten: the target matches neither snapshot: %w; apply a good copy of the files (the same apply then finishes it), apply its snapback file to undo it, or apply a full", describe(archive.Snapshot{ID: mark.Snapshot}), target, mark.Stopped, mark.WroteFrom, mark.WroteTo, ErrInterrupted)
+		}
 		return fmt.Errorf("applying %s to %s was interrupted; the target is partly written: %w; run the same apply again to finish it, apply its snapback file to undo it, or apply a full", describe(archive.Snapshot{ID: mark.Snapshot}), target, ErrInterrupted)
 	}
 	switch held := st.Snapshot; {

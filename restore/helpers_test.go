@@ -157,9 +157,25 @@ func (st stateStore) apply(t testing.TB, target string, files []string, opts Opt
 		defer f.Close()
 		inputs = append(inputs, Input{Name: filepath.Base(name), R: f})
 	}
-	opts.State = st[id.Key]
-	opts.Begin = func(s State) error { st[id.Key] = s; return nil }
+	prior, had := st[id.Key]
+	opts.State = prior
+	if opts.Begin == nil {
+		opts.Begin = func(s State) error { st[id.Key] = s; return nil }
+	}
 	opts.Finish = func(s State) error { st[id.Key] = s; return nil }
+	opts.Stopped = func(s State) error { st[id.Key] = s; return nil }
+	also := opts.Revert
+	opts.Revert = func() error {
+		if also != nil {
+			also()
+		}
+		if had {
+			st[id.Key] = prior
+		} else {
+			delete(st, id.Key)
+		}
+		return nil
+	}
 	return Apply(context.Background(), tg, inputs, opts)
 }
 
@@ -173,6 +189,13 @@ func newSnapback(t testing.TB, path string) *os.File {
 	}
 	t.Cleanup(func() { f.Close() })
 	return f
+}
+
+// verifyFirstLimit sets VerifyFirstLimit for the test.
+func verifyFirstLimit(t testing.TB, n int64) {
+	old := VerifyFirstLimit
+	VerifyFirstLimit = n
+	t.Cleanup(func() { VerifyFirstLimit = old })
 }
 
 func mustEqual(t testing.TB, path string, want []byte) {

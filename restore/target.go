@@ -54,6 +54,30 @@ type Target struct {
 	created            bool // OpenTarget created the file
 	punchFailed        bool // fallocate is unsupported here; use BLKZEROOUT or writes
 	zeroOutFailed      bool
+	log                writeLog
+}
+
+// writeLog follows what an apply writes: the range it may have overwritten
+// (an apply that stops says which bytes it touched) and the candidates for
+// the fingerprint.
+type writeLog struct {
+	wrote  bool
+	lo, hi int64
+	s      *sampler // nil: no fingerprint is being made
+}
+
+func (l *writeLog) add(off, n int64, zero bool) {
+	if n <= 0 {
+		return
+	}
+	if !l.wrote {
+		l.wrote, l.lo, l.hi = true, off, off+n
+	} else {
+		l.lo, l.hi = min(l.lo, off), max(l.hi, off+n)
+	}
+	if l.s != nil {
+		l.s.wrote(off, n, zero)
+	}
 }
 
 // OpenTarget opens path for writing. A block device is opened exclusively
@@ -134,13 +158,23 @@ func kindError(path string, mode os.FileMode) error {
 	return fmt.Errorf("target %s is %s: %w; give a regular file or a block device", path, archive.FileKind(mode), ErrTargetKind)
 }
 
-// removeIfCreated removes a regular file that OpenTarget created, when an
-// apply was refused before writing: a refused apply leaves nothing behind.
-func (t *Target) removeIfCreated() {
-	if t.created && t.size == 0 {
-		os.Remove(t.Path)
-		t.created = false
+// RemoveCreated removes the regular file OpenTarget created, if the path
+// still names it and no apply completed on it: a command that fails
+// before its apply ran leaves nothing behind. It does nothing to a target
+// that existed before.
+func (t *Target) RemoveCreated() error {
+	if !t.created {
+		return nil
 	}
+	t.created = false
+	ours, err := t.f.Stat()
+	if err != nil {
+		return err
+	}
+	if st, err := os.Stat(t.Path); err != nil || !os.SameFile(st, ours) {
+		return nil // gone, or replaced by someone else's: leave it
+	}
+	return os.Remove(t.Path)
 }
 
 // Size returns the target's size in bytes.
@@ -155,6 +189,9 @@ func (t *Target) Resize(size int64) error {
 		return fmt.Errorf("target %s is a block device and cannot be resized", t.Path)
 	}
 	if err := t.f.Truncate(size); err != nil {
+		if errors.Is(err, syscall.EFBIG) || errors.Is(err, syscall.EINVAL) {
+			return fmt.Errorf("target %s cannot be %d bytes long (%v): %w; choose a filesystem that holds files that large, or a block device", t.Path, size, errors.Unwrap(err), ErrTargetTooSmall)
+		}
 		return fmt.Errorf("target %s: resizing to %d bytes: %w", t.Path, size, err)
 	}
 	t.size = size
@@ -166,6 +203,11 @@ func (t *Target) ReadAt(p []byte, off int64) (int, error) { return t.f.ReadAt(p,
 
 // WriteAt writes p at off.
 func (t *Target) WriteAt(p []byte, off int64) error {
+	t.log.add(off, int64(len(p)), false)
+	return t.writeAt(p, off)
+}
+
+func (t *Target) writeAt(p []byte, off int64) error {
 	if _, err := t.f.WriteAt(p, off); err != nil {
 		return fmt.Errorf("target %s: writing %d bytes at offset %d: %w", t.Path, len(p), off, err)
 	}
@@ -180,6 +222,7 @@ func (t *Target) Zero(off, n int64) error {
 	if n <= 0 {
 		return nil
 	}
+	t.log.add(off, n, true)
 	if !t.block {
 		if !t.punchFailed {
 			err := unix.Fallocate(int(t.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
@@ -252,7 +295,7 @@ var zeroBuf = make([]byte, 1<<20)
 func (t *Target) writeZeroes(off, n int64) error {
 	for n > 0 {
 		c := min(n, int64(len(zeroBuf)))
-		if err := t.WriteAt(zeroBuf[:c], off); err != nil {
+		if err := t.writeAt(zeroBuf[:c], off); err != nil {
 			return err
 		}
 		off += c
@@ -304,12 +347,19 @@ func (t *Target) Close() error { return t.f.Close() }
 // Identity is how the state file recognises a target across runs.
 type Identity struct {
 	// Key is stable for the same target: a regular file's absolute path
-	// with links resolved, a device-mapper device's UUID (stable across
-	// reboots, unlike dm-N), or a block device's resolved path.
+	// with links resolved, a device-mapper device's name (vg-lv for an
+	// LV, whichever of its paths was given, and stable across reboots,
+	// unlike dm-N), or a block device's resolved path.
 	Key string
 	// Dev and Ino of a regular file, so that a file replaced under the
 	// same name is not mistaken for the one whose state was recorded.
 	Dev, Ino uint64
+	// Device is, for the same reason, what identifies a block device
+	// beyond its name: an LV's UUID (LVM puts it in the device-mapper
+	// UUID), another device-mapper device's UUID, or else its numbers and
+	// size, with its serial number or WWID, or a loop device's backing
+	// file and its inode, when the kernel gives them.
+	Device string
 }
 
 // Identity returns the target's identity.
@@ -329,11 +379,72 @@ func (t *Target) Identity() (Identity, error) {
 	if !t.block {
 		return Identity{Key: "file:" + abs, Dev: uint64(sys.Dev), Ino: sys.Ino}, nil
 	}
-	uuidPath := fmt.Sprintf("/sys/dev/block/%d:%d/dm/uuid", unix.Major(sys.Rdev), unix.Minor(sys.Rdev))
-	if b, err := os.ReadFile(uuidPath); err == nil && len(strings.TrimSpace(string(b))) > 0 {
-		return Identity{Key: "dm:" + strings.TrimSpace(string(b))}, nil
+	dir := sysBlockPath(uint64(sys.Rdev))
+	attr := func(p string) string {
+		b, err := os.ReadFile(filepath.Join(dir, p))
+		if err != nil {
+			return ""
+		}
+		return strings.TrimSpace(string(b))
 	}
-	return Identity{Key: "dev:" + abs}, nil
+	if name := attr("dm/name"); name != "" {
+		id := Identity{Key: "dm:" + name}
+		switch uuid := attr("dm/uuid"); {
+		case strings.HasPrefix(uuid, "LVM-") && len(uuid) >= 4+64:
+			id.Device = "lv-uuid:" + lvmUUID(uuid[4+32:4+64])
+		case uuid != "":
+			id.Device = "dm-uuid:" + uuid
+		default:
+			id.Device = fmt.Sprintf("device %d:%d, %d bytes", unix.Major(uint64(sys.Rdev)), unix.Minor(uint64(sys.Rdev)), t.size)
+		}
+		return id, nil
+	}
+	dev := fmt.Sprintf("device %d:%d, %d bytes", unix.Major(uint64(sys.Rdev)), unix.Minor(uint64(sys.Rdev)), t.size)
+	for _, p := range []string{"wwid", "device/wwid", "device/serial", "../device/wwid", "../device/serial"} {
+		if v := attr(p); v != "" {
+			dev += ", " + filepath.Base(p) + " " + v
+			if strings.HasPrefix(p, "../") {
+				dev += ", partition " + attr("partition")
+			}
+			break
+		}
+	}
+	if backing := attr("loop/backing_file"); backing != "" {
+		dev += ", backed by " + backing
+		if bst, err := os.Stat(backing); err == nil {
+			if b := statT(bst); b != nil {
+				dev += fmt.Sprintf(" (device %d, inode %d)", b.Dev, b.Ino)
+			}
+		}
+		dev += ", offset " + attr("loop/offset")
+	}
+	return Identity{Key: "dev:" + abs, Device: dev}, nil
+}
+
+// lvmUUID spells the 32 characters of an LVM UUID as lvs prints it.
+func lvmUUID(s string) string {
+	var b strings.Builder
+	for i, n := range []int{6, 4, 4, 4, 4, 4, 6} {
+		if i > 0 {
+			b.WriteByte('-')
+		}
+		b.WriteString(s[:n])
+		s = s[n:]
+	}
+	return b.String()
+}
+
+// Changed says how the target identified by id differs from the one whose
+// state was recorded with rec, or "" when it is the same target, or when
+// rec recorded too little to tell.
+func (id Identity) Changed(rec Identity) string {
+	if (rec.Dev != 0 || rec.Ino != 0) && (rec.Dev != id.Dev || rec.Ino != id.Ino) {
+		return fmt.Sprintf("it was replaced: it is inode %d on device %d, the state file recorded inode %d on device %d", id.Ino, id.Dev, rec.Ino, rec.Dev)
+	}
+	if rec.Device != "" && rec.Device != id.Device {
+		return fmt.Sprintf("it was replaced: it is %s, the state file recorded %s", id.Device, rec.Device)
+	}
+	return ""
 }
 
 // checkSize refuses a block device smaller than size; regular files grow.

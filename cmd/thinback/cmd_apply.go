@@ -9,8 +9,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/restore"
 	"github.com/urfave/cli/v2"
 )
@@ -61,7 +61,7 @@ type applyOptions struct {
 	quiet    bool
 }
 
-func runApply(ctx context.Context, e *env, o applyOptions) error {
+func runApply(ctx context.Context, e *env, o applyOptions) (err error) {
 	var inputs []restore.Input
 	guards := o.guards()
 	for _, name := range o.files {
@@ -89,6 +89,11 @@ func runApply(ctx context.Context, e *env, o applyOptions) error {
 		return fmt.Errorf("apply: %w", err)
 	}
 	defer t.Close()
+	defer func() {
+		if err != nil {
+			t.RemoveCreated() // a target this run created, if the apply never ran
+		}
+	}()
 	res, err := applyTo(ctx, e, t, inputs, o)
 	if err != nil {
 		return err
@@ -141,15 +146,14 @@ func applyTo(ctx context.Context, e *env, t *restore.Target, inputs []restore.In
 	if err != nil {
 		return nil, fmt.Errorf("apply: %w", err)
 	}
-	if sf.replaced && !o.quiet {
-		fmt.Fprintf(e.stderr, "thinback: %s was replaced since its state was recorded; treating its contents as unknown\n", o.target)
-	}
 	var undo *os.File
 	if o.snapback != "" {
 		if undo, err = createSnapback(o.snapback); err != nil {
 			return nil, fmt.Errorf("apply: %w", err)
 		}
 	}
+	// began: the apply wrote, or may have written, to the target, so the
+	// snapback file covers something and is kept.
 	began := false
 	prog := newProgress(e.stderr, o.quiet, "applied", 0)
 	opts := restore.Options{
@@ -159,7 +163,12 @@ func applyTo(ctx context.Context, e *env, t *restore.Target, inputs []restore.In
 			began = true
 			return sf.save(o.target, s)
 		},
-		Finish:   func(s restore.State) error { return sf.save(o.target, s) },
+		Finish:  func(s restore.State) error { return sf.save(o.target, s) },
+		Stopped: func(s restore.State) error { return sf.save(o.target, s) },
+		Revert: func() error {
+			began = false // nothing of the apply stays: neither does its undo file
+			return sf.revert()
+		},
 		Progress: prog.Add,
 	}
 	if undo != nil {

@@ -71,7 +71,7 @@ func parseTime(s string) (time.Time, error) {
 	return time.Time{}, usageError{fmt.Sprintf("cannot read the time %q: write it as 2026-11-20 03:00 (local time) or in RFC 3339", s)}
 }
 
-func runRestore(ctx context.Context, e *env, o restoreOptions) error {
+func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 	s, err := openStore(e, o.store, false)
 	if err != nil {
 		return err
@@ -116,6 +116,11 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) error {
 		return fmt.Errorf("restore: %w", err)
 	}
 	defer t.Close()
+	defer func() {
+		if err != nil {
+			t.RemoveCreated() // a target this run created, if the apply never ran
+		}
+	}()
 	// Start after the snapshot the target holds, if it is on the chain;
 	// finish an interrupted restore of this chain the same way it started.
 	id, err := t.Identity()
@@ -126,6 +131,23 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) error {
 	st, err := sf.load()
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
+	}
+	// A target replaced or written to since it was restored holds nothing
+	// known: the whole chain is written.
+	if st, err = t.Verify(st); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	if st.Modified != "" {
+		if !o.apply.quiet && !st.Snapshot.ID.IsZero() {
+			held := st.Snapshot.ID.String()
+			for _, sn := range chain {
+				if sn.ID == held {
+					held = fmt.Sprintf("#%d", sn.Seq)
+				}
+			}
+			fmt.Fprintf(e.stderr, "thinback: %s was restored to %s of %s, but %s: restoring the whole chain\n", o.apply.target, held, o.volume, st.Modified)
+		}
+		st = restore.State{}
 	}
 	from := 0
 	for i, sn := range chain {

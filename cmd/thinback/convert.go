@@ -6,6 +6,7 @@ package main
 // records, and back, only by these functions.
 
 import (
+	"encoding/hex"
 	"fmt"
 	"strconv"
 
@@ -94,13 +95,20 @@ func parentSnapshot(rec catalog.Snapshot) (archive.Snapshot, error) {
 // targetRecord is the state file's record of a target in state st.
 func targetRecord(id restore.Identity, path string, st restore.State) catalog.Target {
 	t := catalog.Target{Key: id.Key, Path: path, Volume: st.VolumeName, VolumeUUID: st.VolumeUUID,
-		Dev: id.Dev, Ino: id.Ino}
+		Dev: id.Dev, Ino: id.Ino, Device: id.Device}
 	if !st.Snapshot.ID.IsZero() {
 		t.Snapshot, t.SnapshotName, t.SnapshotTime = catalogID(st.Snapshot.ID), st.Snapshot.Name, st.Snapshot.Time
 	}
+	if fp := st.Fingerprint; fp != nil {
+		t.Fingerprint = &catalog.Fingerprint{Size: fp.Size, BlockSize: fp.BlockSize}
+		for _, smp := range fp.Samples {
+			t.Fingerprint.Samples = append(t.Fingerprint.Samples, catalog.Sample{Offset: smp.Offset, Digest: hex.EncodeToString(smp.Digest[:])})
+		}
+	}
 	if m := st.InProgress; m != nil {
 		t.InProgress = &catalog.Mark{Snapshot: catalogID(m.Snapshot), Parent: catalogID(m.Parent),
-			UndoSnapshot: catalogID(m.Undo), Files: m.Files, Started: m.Started}
+			UndoSnapshot: catalogID(m.Undo), Files: m.Files, Started: m.Started,
+			WroteFrom: m.WroteFrom, WroteTo: m.WroteTo, Stopped: m.Stopped}
 	}
 	return t
 }
@@ -113,8 +121,18 @@ func targetState(t catalog.Target) (restore.State, error) {
 		return st, err
 	}
 	st.Snapshot.Name, st.Snapshot.Time = t.SnapshotName, t.SnapshotTime
+	if fp := t.Fingerprint; fp != nil {
+		st.Fingerprint = &restore.Fingerprint{Size: fp.Size, BlockSize: fp.BlockSize}
+		for _, smp := range fp.Samples {
+			var d archive.Digest
+			if n, err := hex.Decode(d[:], []byte(smp.Digest)); err != nil || n != len(d) {
+				return st, fmt.Errorf("the state file's fingerprint of %s holds a digest that does not parse (%q): %w", t.Key, smp.Digest, catalog.ErrCorrupt)
+			}
+			st.Fingerprint.Samples = append(st.Fingerprint.Samples, restore.Sample{Offset: smp.Offset, Digest: d})
+		}
+	}
 	if m := t.InProgress; m != nil {
-		st.InProgress = &restore.Mark{Files: m.Files, Started: m.Started}
+		st.InProgress = &restore.Mark{Files: m.Files, Started: m.Started, WroteFrom: m.WroteFrom, WroteTo: m.WroteTo, Stopped: m.Stopped}
 		for _, p := range []struct {
 			dst *archive.ID
 			s   string

@@ -19,7 +19,7 @@ const (
 	exitUsage       = 2  // bad command line
 	exitCorrupt     = 3  // a delta file is damaged, truncated or not a delta file
 	exitVersion     = 4  // a delta file needs a newer thinback
-	exitChain       = 5  // wrong base / not a chain / other volume / interrupted apply
+	exitChain       = 5  // wrong base / not a chain / other volume / interrupted apply / modified target
 	exitTarget      = 6  // target too small, read-only, busy or not a file/device
 	exitLVM         = 7  // LV or pool missing, not thin, pool failed
 	exitMetaSnap    = 8  // the pool's metadata snapshot is held by someone else
@@ -36,9 +36,11 @@ const exitCodesHelp = `EXIT CODES:
    3    a delta file is damaged, truncated or not a delta file
    4    a delta file needs a newer thinback
    5    the files do not apply to the target: wrong base snapshot, not a
-        chain, another volume, or an earlier apply was interrupted
-   6    the target is too small, read-only, in use, or not a file or device;
-        or a source is not a regular file or block device
+        chain, another volume, an earlier apply was interrupted, or the
+        target was replaced or written to since its last apply
+   6    the target is too small, read-only, in use, not a file or device,
+        or one of the command's own files (or holds one); or a source is
+        not a regular file or block device
    7    LVM: volume or pool not found, not a thin volume, pool failed
    8    the thin pool's metadata snapshot is held by another program or a
         killed run (see --release-stale-metadata-snap)
@@ -104,6 +106,7 @@ var exitCodes = []struct {
 	{restore.ErrBlockSize, exitChain},
 	{restore.ErrVolumeMismatch, exitChain},
 	{restore.ErrInterrupted, exitChain},
+	{restore.ErrModified, exitChain},
 	{catalog.ErrMissingParent, exitChain}, // an incremental whose parent is not in the store
 	{catalog.ErrParentVolume, exitChain},
 	{catalog.ErrParentOrder, exitChain},

@@ -16,9 +16,8 @@ const defaultStateFile = "/var/lib/thinback/state.db"
 type stateFile struct {
 	path string
 	id   restore.Identity
-	// replaced is set when a regular file was replaced since its state
-	// was recorded: the record no longer describes it.
-	replaced bool
+	// loaded is the record load found (nil: none), which revert puts back.
+	loaded *catalog.Target
 }
 
 func stateFilePath(flag string) string {
@@ -31,7 +30,9 @@ func stateFilePath(flag string) string {
 	return defaultStateFile
 }
 
-// load returns the target's recorded state (zero when unknown).
+// load returns the target's recorded state (zero when unknown). When the
+// target is not the one the record was made for (a file or device
+// replaced under the same name), the state says so in Modified.
 func (s *stateFile) load() (restore.State, error) {
 	var st restore.State
 	err := catalog.View(s.path, nil, func(tx *catalog.Tx) error {
@@ -42,12 +43,12 @@ func (s *stateFile) load() (restore.State, error) {
 		if err != nil {
 			return err
 		}
-		if (s.id.Dev != 0 || s.id.Ino != 0) && (t.Dev != s.id.Dev || t.Ino != s.id.Ino) {
-			s.replaced = true
-			return nil
+		s.loaded = &t
+		if st, err = targetState(t); err != nil {
+			return err
 		}
-		st, err = targetState(t)
-		return err
+		st.Modified = s.id.Changed(restore.Identity{Key: t.Key, Dev: t.Dev, Ino: t.Ino, Device: t.Device})
+		return nil
 	})
 	if err != nil {
 		return st, fmt.Errorf("state file %s: %w", s.path, err)
@@ -59,6 +60,26 @@ func (s *stateFile) load() (restore.State, error) {
 func (s *stateFile) save(path string, st restore.State) error {
 	t := targetRecord(s.id, path, st)
 	err := catalog.Update(s.path, nil, func(tx *catalog.Tx) error { return tx.PutTarget(&t) })
+	if err != nil {
+		return fmt.Errorf("state file %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// revert puts back the record load found, or removes the target's record
+// if there was none: an apply that left nothing on the target (or removed
+// the file it created) must not leave a mark behind.
+func (s *stateFile) revert() error {
+	err := catalog.Update(s.path, nil, func(tx *catalog.Tx) error {
+		if s.loaded != nil {
+			t := *s.loaded
+			return tx.PutTarget(&t)
+		}
+		if err := tx.DeleteTarget(s.id.Key); err != nil && !errors.Is(err, catalog.ErrNotFound) {
+			return err
+		}
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("state file %s: %w", s.path, err)
 	}
