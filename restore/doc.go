@@ -11,10 +11,19 @@
 //
 // Every record is verified before any of it is written. Seekable files are
 // checked completely (structure, digest chain, END record) before the
-// target is touched; a stream is checked as it is read, and an apply cut
-// short by a bad or truncated stream leaves the target marked as in
-// progress, to be finished by applying the same file again (applying a
-// file is idempotent).
+// target is touched, and their payloads too when there are at most
+// VerifyFirstLimit bytes of them; a stream is checked as it is read. An
+// apply cut short after it wrote leaves the target marked as in progress,
+// with the byte range it overwrote: a good copy of the files finishes it
+// (applying a file is idempotent). One that fails before its first write
+// leaves the state as it was, and a file target it created is removed.
+//
+// The state also carries a fingerprint of what the last apply wrote
+// (Target.Verify): a target written to since, or replaced (Identity), is
+// treated as holding nothing, so that only a full is applied to it
+// (ErrModified, ZFS's "destination has been modified since most recent
+// snapshot"). A target that is one of the command's own files, or holds
+// the filesystem one of them is on, is refused (TargetOptions.Guards).
 //
 // With a snapback file, the old contents of every range are saved, and made
 // durable, before the range is overwritten. The snapback file is itself a
