@@ -118,7 +118,7 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 	var supersedable, payload int64
 	starts := make([]int64, len(inputs))
 	for i, in := range inputs {
-		rd, trailer, at, err := prescanAt(in, seekable[i])
+		rd, trailer, at, err := prescan(in, seekable[i])
 		if err != nil {
 			return nil, err
 		}
@@ -232,8 +232,9 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 // it, a damaged record is found with nothing written. Above it, a record
 // is verified just before it is written, and damage found half-way stops
 // the apply with the target partly written (the snapback file undoes that;
-// a good copy of the file finishes it). Tests lower it.
-var VerifyFirstLimit int64 = 256 << 20
+// a good copy of the file finishes it). The bound keeps the cost, a second
+// read and decode, to a fraction of a second; tests lower it.
+var VerifyFirstLimit int64 = 64 << 20
 
 // priorFingerprint returns the fingerprint of what the target held before,
 // whose blocks the next fingerprint may sample again.
@@ -363,16 +364,10 @@ func isSeekable(s io.Seeker) bool {
 
 // prescan reads a file's header and, when it is seekable, every record's
 // metadata up to its verified END (seeking over payloads). It returns the
-// reader to apply the file with: a stream's, positioned after its header,
-// or a new one over the rewound file.
-func prescan(in Input, s seekReaderAt) (*archive.Reader, archive.Trailer, error) {
-	rd, tr, _, err := prescanAt(in, s)
-	return rd, tr, err
-}
-
-// prescanAt is prescan that also returns the offset a seekable file starts
-// at.
-func prescanAt(in Input, s seekReaderAt) (*archive.Reader, archive.Trailer, int64, error) {
+// reader to apply the file with (a stream's, positioned after its header,
+// or a new one over the rewound file) and the offset a seekable file
+// starts at.
+func prescan(in Input, s seekReaderAt) (*archive.Reader, archive.Trailer, int64, error) {
 	var tr archive.Trailer
 	var at int64
 	if s != nil {
