@@ -402,14 +402,16 @@ func checkFiles(dir string, st *checkState, verify func(Snapshot, string) error)
 		sn := st.snaps[id]
 		refs[sn.File] = true
 		p := filepath.Join(dir, filepath.FromSlash(sn.File))
-		fi, err := os.Stat(p)
+		// Lstat: a link planted in place of a delta file is not the file
+		// the catalog recorded, whatever it points at.
+		fi, err := os.Lstat(p)
 		switch {
 		case err != nil:
 			problems = append(problems, &CheckError{Problem: ErrFileMissing, Volume: sn.Volume, Snapshot: id,
 				File: sn.File, Err: err})
 		case !fi.Mode().IsRegular():
 			problems = append(problems, &CheckError{Problem: ErrFileMissing, Volume: sn.Volume, Snapshot: id,
-				File: sn.File, Detail: "not a regular file"})
+				File: sn.File, Detail: "not a regular file but " + describeMode(fi.Mode())})
 		case fi.Size() != sn.FileSize:
 			problems = append(problems, &CheckError{Problem: ErrFileSize, Volume: sn.Volume, Snapshot: id,
 				File: sn.File, Detail: fmt.Sprintf("%d bytes on disk, %d recorded", fi.Size(), sn.FileSize)})

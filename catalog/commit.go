@@ -81,21 +81,36 @@ func syncTemp(tmp *os.File) (int64, error) {
 // install publishes a synced temp file under its store-relative final
 // name (see Publish), creating the volume's directory durably first. On
 // failure the final name does not exist (anything renamed is removed
-// again: it was never recorded) and tmp is closed.
-func (s *Store) install(tmp *os.File, rel, op string) error {
+// again: it was never recorded), nor does the volume's directory if
+// install made it, and tmp is closed.
+func (s *Store) install(tmp *os.File, rel, op string) (err error) {
 	tmpName := tmp.Name()
 	final := s.Path(rel)
 	dir := filepath.Dir(final)
-	if err := os.Mkdir(dir, 0o700); err == nil {
+	// volumes/ and the volume's directory are the store's own: a link
+	// planted there would put the file wherever it points.
+	if _, err := OwnDir(s.volumesDir(), false); err != nil {
+		_ = tmp.Close()
+		return fmt.Errorf("catalog: %w", err)
+	}
+	made, err := OwnDir(dir, true)
+	if err != nil {
+		_ = tmp.Close()
+		return noSpace(dir, fmt.Errorf("catalog: %w", err))
+	}
+	if made {
+		defer func() {
+			if err != nil {
+				s.removeEmptyDir(dir)
+			}
+		}()
 		// The new directory's own entry must be durable before a file in
 		// it can count as durable.
 		if err := SyncDir(s.volumesDir()); err != nil {
 			return noSpace(dir, fmt.Errorf("catalog: %w", err))
 		}
-	} else if !errors.Is(err, fs.ErrExist) {
-		return noSpace(dir, fmt.Errorf("catalog: %w", err))
 	}
-	err := publish(tmp, final, op)
+	err = publish(tmp, final, op)
 	setLive(tmpName, false)
 	if errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("catalog: %s already exists: %w", final, ErrExist)
@@ -105,6 +120,15 @@ func (s *Store) install(tmp *os.File, rel, op string) error {
 	}
 	at(op + ":dirsynced")
 	return nil
+}
+
+// removeEmptyDir removes a volume directory that a failed first commit
+// made, if nothing else is in it: a failed first backup leaves no trace.
+// (os.Remove fails on a directory that is not empty, which is then kept.)
+func (s *Store) removeEmptyDir(dir string) {
+	if os.Remove(dir) == nil {
+		_ = SyncDir(s.volumesDir())
+	}
 }
 
 // settle handles a failed recording transaction after the file was
@@ -141,6 +165,9 @@ func (s *Store) settle(id, rel string, updateErr error) error {
 	if err := SyncDir(filepath.Dir(final)); err != nil {
 		return fmt.Errorf("%w (and removing %s may not be durable: %v)", updateErr, rel, err)
 	}
+	// A first snapshot's directory goes with it (one that holds other
+	// files is not empty and stays).
+	s.removeEmptyDir(filepath.Dir(final))
 	return updateErr
 }
 

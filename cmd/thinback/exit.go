@@ -139,6 +139,9 @@ var exitCodes = []struct {
 	{catalog.ErrFormat, exitError},
 	{catalog.ErrCorrupt, exitError},
 	{catalog.ErrInvalidRecord, exitError},
+	// A link or special file where a store or the state file keeps its
+	// own file: not a target (6), nothing else the table names.
+	{catalog.ErrNotOwn, exitError},
 	{catalog.ErrNotFound, exitError},
 	{catalog.ErrExist, exitError},
 	{catalog.ErrInUse, exitError},
