@@ -249,6 +249,12 @@ func (tx *Tx) checkParent(rec *Snapshot, removing map[string]bool) error {
 		return fmt.Errorf("catalog: parent %s (seq %d) of snapshot %s is not older than it (seq %d): %w",
 			p.ID, p.Seq, rec.ID, rec.Seq, ErrParentOrder)
 	}
+	// Every new record carries the parent size its file says, so 0 is not
+	// "unknown" here as it is for Check's older records.
+	if rec.ParentSize != p.VolumeSize {
+		return fmt.Errorf("catalog: snapshot %s of volume %q: %w: %s", rec.ID, rec.Volume, ErrParentSize,
+			parentSizeDetail(rec.ParentSize, p))
+	}
 	return nil
 }
 

@@ -106,6 +106,7 @@ var exitCodes = []struct {
 	{catalog.ErrMissingParent, exitChain}, // an incremental whose parent is not in the store
 	{catalog.ErrParentVolume, exitChain},
 	{catalog.ErrParentOrder, exitChain},
+	{catalog.ErrParentSize, exitChain}, // restoring it would leave stale data
 	{restore.ErrTargetTooSmall, exitTarget},
 	{restore.ErrTargetReadOnly, exitTarget},
 	{restore.ErrTargetBusy, exitTarget},
