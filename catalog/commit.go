@@ -34,6 +34,20 @@ import (
 // concurrent commits to one volume may race for a Seq, and the loser fails
 // with ErrExist.
 func (s *Store) Commit(tmp *os.File, snap *Snapshot) error {
+	return s.CommitVolume(tmp, nil, snap)
+}
+
+// CommitVolume is Commit for what may be a volume's first snapshot: when
+// vol is not nil and the catalog has no volume of that name, vol is
+// recorded in the same transaction as snap (an existing record is left
+// as it is; when vol is recorded here, its Created is set). A volume thus
+// appears in the catalog only together with its first snapshot, and a
+// first backup that fails (a full disk, an interrupt, a crash) leaves no
+// volume behind. vol.Name must be snap.Volume.
+func (s *Store) CommitVolume(tmp *os.File, vol *Volume, snap *Snapshot) error {
+	if vol != nil && vol.Name != snap.Volume {
+		return s.discardAfter(tmp, fmt.Errorf("catalog: snapshot %s of volume %q committed with the record of volume %q", snap.ID, snap.Volume, vol.Name))
+	}
 	rec, err := s.prepare(tmp, snap)
 	if err != nil {
 		return err
@@ -42,14 +56,35 @@ func (s *Store) Commit(tmp *os.File, snap *Snapshot) error {
 
 	// Check and choose the Seq before the file gets its final name, which
 	// contains it; the same checks run again in the recording transaction.
-	if err := s.View(func(tx *Tx) error { return tx.checkNew(&rec) }); err != nil {
+	if err := s.View(func(tx *Tx) error {
+		if vol != nil {
+			if _, err := tx.Volume(vol.Name); errors.Is(err, ErrNotFound) {
+				if err := vol.validate(vol.Name); err != nil {
+					return &RecordError{Bucket: string(bucketVolumes), Key: vol.Name, Err: err, write: true}
+				}
+				return tx.checkFresh(&rec) // the first snapshot of a new volume
+			}
+		}
+		return tx.checkNew(&rec)
+	}); err != nil {
 		return s.discardAfter(tmp, err)
 	}
 	rec.File = fileName(rec.Volume, rec.Seq, rec.ID, 0)
 	if err := s.install(tmp, rec.File, "commit"); err != nil {
 		return s.discardAfter(tmp, err)
 	}
+	var newVol *Volume
 	err = s.Update(func(tx *Tx) error {
+		newVol = nil
+		if vol != nil {
+			if _, err := tx.Volume(vol.Name); errors.Is(err, ErrNotFound) {
+				v := *vol
+				if err := tx.PutVolume(&v); err != nil {
+					return err
+				}
+				newVol = &v
+			}
+		}
 		if err := tx.checkNew(&rec); err != nil {
 			return err
 		}
@@ -60,6 +95,9 @@ func (s *Store) Commit(tmp *os.File, snap *Snapshot) error {
 	}
 	at("commit:recorded")
 	*snap = rec
+	if newVol != nil {
+		*vol = *newVol
+	}
 	return nil
 }
 
