@@ -33,7 +33,8 @@ func Main(args []string) int {
 		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 			msg = "interrupted: " + strings.TrimSuffix(msg, ": context canceled")
 		}
-		fmt.Fprintf(os.Stderr, "thinback: %s\n", msg)
+		// Messages quote names from files, streams and catalogs.
+		fmt.Fprintf(os.Stderr, "thinback: %s\n", safeMessage(msg))
 	}
 	return exitCode(err)
 }

@@ -95,7 +95,7 @@ func runApply(ctx context.Context, e *env, o applyOptions) error {
 		if res.Snapback != nil {
 			msg += fmt.Sprintf("; undo with: thinback apply %s --to %s", o.snapback, o.target)
 		}
-		fmt.Fprintln(e.stderr, msg)
+		sayf(e.stderr, "%s", msg)
 	}
 	return nil
 }
@@ -123,7 +123,7 @@ func applyTo(ctx context.Context, e *env, t *restore.Target, inputs []restore.In
 		return nil, fmt.Errorf("apply: %w", err)
 	}
 	if sf.replaced && !o.quiet {
-		fmt.Fprintf(e.stderr, "thinback: %s was replaced since its state was recorded; treating its contents as unknown\n", o.target)
+		sayf(e.stderr, "thinback: %s was replaced since its state was recorded; treating its contents as unknown", o.target)
 	}
 	var undo *os.File
 	if o.snapback != "" {

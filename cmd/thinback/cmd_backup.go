@@ -113,9 +113,9 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 		return err
 	}
 	if removed, err := s.RemoveOrphans(); err != nil {
-		fmt.Fprintf(e.stderr, "thinback: removing files of %s left by an interrupted run: %v\n", o.store, err)
+		sayf(e.stderr, "thinback: removing files of %s left by an interrupted run: %v", o.store, err)
 	} else if len(removed) > 0 {
-		fmt.Fprintf(e.stderr, "thinback: removed %d file(s) left by an interrupted run: %s\n", len(removed), strings.Join(removed, ", "))
+		sayf(e.stderr, "thinback: removed %d file(s) left by an interrupted run: %s", len(removed), strings.Join(removed, ", "))
 	}
 	name := o.volume
 	var origin *lvmthin.LV

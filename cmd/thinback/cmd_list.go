@@ -118,11 +118,11 @@ func printList(w io.Writer, vols []listVolume) {
 		if i > 0 {
 			fmt.Fprintln(w)
 		}
-		fmt.Fprintf(w, "%s  (%s, source %s, block size %d", v.Name, v.Kind, v.Source, v.BlockSize)
+		line := fmt.Sprintf("%s  (%s, source %s, block size %d", v.Name, v.Kind, v.Source, v.BlockSize)
 		if !v.Retention.IsZero() {
-			fmt.Fprintf(w, ", keep %s", v.Retention)
+			line += fmt.Sprintf(", keep %s", v.Retention)
 		}
-		fmt.Fprintln(w, ")")
+		sayf(w, "%s)", line)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "  SEQ\tID\tTIME (UTC)\tKIND\tSIZE\tCHANGED\tSTORED\tHELD BY")
 		for _, s := range v.Snapshots {
@@ -133,8 +133,8 @@ func printList(w io.Writer, vols []listVolume) {
 				}
 				targets += t
 			}
-			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Seq, s.ID[:8], s.Time.UTC().Format(time.DateTime),
-				s.Kind, bytesHuman(s.VolumeSize), bytesHuman(s.DataBytes+s.ZeroBytes), bytesHuman(s.FileSize), targets)
+			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Seq, safe(s.ID[:8]), s.Time.UTC().Format(time.DateTime),
+				s.Kind, bytesHuman(s.VolumeSize), bytesHuman(s.DataBytes+s.ZeroBytes), bytesHuman(s.FileSize), safe(targets))
 		}
 		tw.Flush()
 	}

@@ -134,7 +134,7 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
 		if !h.IsFull() {
 			kind = "incremental"
 		}
-		fmt.Fprintf(e.stderr, "received %s #%d %s (%s, %s): %s data, %s zero, %s stored\n", h.VolumeName, snap.Seq, snap.ID,
+		sayf(e.stderr, "received %s #%d %s (%s, %s): %s data, %s zero, %s stored", h.VolumeName, snap.Seq, snap.ID,
 			h.Snapshot.Name, kind, bytesHuman(snap.DataBytes), bytesHuman(snap.ZeroBytes), bytesHuman(snap.FileSize))
 	}
 	return nil

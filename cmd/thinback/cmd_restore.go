@@ -132,7 +132,7 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) error {
 	}
 	if from == len(chain) {
 		if !o.apply.quiet {
-			fmt.Fprintf(e.stderr, "%s already holds %s of %s: nothing to do\n", o.apply.target, chain[len(chain)-1].ID, o.volume)
+			sayf(e.stderr, "%s already holds %s of %s: nothing to do", o.apply.target, chain[len(chain)-1].ID, o.volume)
 		}
 		return nil
 	}
@@ -153,7 +153,7 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) error {
 	}
 	if !o.apply.quiet {
 		last := chain[len(chain)-1]
-		fmt.Fprintf(e.stderr, "restored %s #%d (%s, %s) to %s from %d file(s) %s: %s written, %s zeroed, %s superseded, in %s\n",
+		sayf(e.stderr, "restored %s #%d (%s, %s) to %s from %d file(s) %s: %s written, %s zeroed, %s superseded, in %s",
 			o.volume, last.Seq, last.ID, last.Time.UTC().Format(time.RFC3339), o.apply.target, len(inputs), strings.Join(names, " "),
 			bytesHuman(res.DataBytes), bytesHuman(res.ZeroBytes), bytesHuman(res.Skipped), res.Duration.Round(time.Millisecond))
 	}

@@ -169,7 +169,7 @@ func runSendFile(ctx context.Context, e *env, o sendOptions) error {
 		st.read = size + min(size, h.ParentSize) // both images are read in full
 	}
 	if !o.quiet {
-		fmt.Fprintln(e.stderr, sendSummary(h, st))
+		sayf(e.stderr, "%s", sendSummary(h, st))
 	}
 	return nil
 }

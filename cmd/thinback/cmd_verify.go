@@ -59,7 +59,7 @@ func verdict(e *env, quiet bool, ok bool, what string, size int64, took time.Dur
 	if !ok {
 		word = "BAD "
 	}
-	fmt.Fprintf(e.stdout, "%s %s (%s%s)%s\n", word, what, bytesHuman(size), rate, detail)
+	sayf(e.stdout, "%s %s (%s%s)%s", word, what, bytesHuman(size), rate, detail)
 }
 
 func runVerifyFiles(ctx context.Context, e *env, files []string, quiet bool) error {
@@ -209,18 +209,18 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 			if errors.Is(ce.Problem, catalog.ErrOrphan) {
 				// A file renamed into place by a run killed before it
 				// recorded it: harmless, and nothing refers to it.
-				fmt.Fprintf(e.stdout, "note %s is not in the catalog (left by an interrupted run: the next backup removes it, thinback catalog rebuild adopts it)\n", ce.File)
+				sayf(e.stdout, "note %s is not in the catalog (left by an interrupted run: the next backup removes it, thinback catalog rebuild adopts it)", ce.File)
 				continue
 			}
 		}
 		shown++
-		fmt.Fprintf(e.stdout, "BAD  %v\n", p)
+		sayf(e.stdout, "BAD  %v", p)
 	}
 	if shown > 0 {
 		return fmt.Errorf("%d problem(s) in store %s: %w", shown, dir, errVerify)
 	}
 	if !quiet {
-		fmt.Fprintf(e.stderr, "verified %d file(s) of store %s: no problems\n", files, dir)
+		sayf(e.stderr, "verified %d file(s) of store %s: no problems", files, dir)
 	}
 	return nil
 }

@@ -112,7 +112,7 @@ func runSendLVM(ctx context.Context, e *env, o sendOptions, spelling, baseSpelli
 	}
 	if !o.quiet {
 		ds := d.Stats()
-		fmt.Fprintf(e.stderr, "%s (%d ranges from %s, metadata snapshot held %s)\n", sendSummary(h, st), ds.Ranges, ds.Tool, ds.MetadataSnapHeld.Round(time.Millisecond))
+		sayf(e.stderr, "%s (%d ranges from %s, metadata snapshot held %s)", sendSummary(h, st), ds.Ranges, ds.Tool, ds.MetadataSnapHeld.Round(time.Millisecond))
 	}
 	return nil
 }

@@ -38,9 +38,9 @@ func openStore(e *env, dir string, create bool) (*catalog.Store, error) {
 		return nil, fmt.Errorf("store %s: %w", dir, err)
 	}
 	if removed, err := s.CleanTemp(); err != nil {
-		fmt.Fprintf(e.stderr, "thinback: cleaning temporary files of %s: %v\n", dir, err)
+		sayf(e.stderr, "thinback: cleaning temporary files of %s: %v", dir, err)
 	} else if len(removed) > 0 {
-		fmt.Fprintf(e.stderr, "thinback: removed %d temporary file(s) left by an interrupted run: %s\n", len(removed), strings.Join(removed, ", "))
+		sayf(e.stderr, "thinback: removed %d temporary file(s) left by an interrupted run: %s", len(removed), strings.Join(removed, ", "))
 	}
 	return s, nil
 }
