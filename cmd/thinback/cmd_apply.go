@@ -40,7 +40,7 @@ func applyCommand(e *env) *cli.Command {
 				return err
 			}
 			if c.String("to") == "" {
-				return usageError{"apply: give the target with --to FILE|DEVICE"}
+				return usageError{msg: "apply: give the target with --to FILE|DEVICE"}
 			}
 			return runApply(c.Context, e, applyOptions{
 				files: files, target: c.String("to"), snapback: c.String("snapback"),
@@ -64,7 +64,7 @@ func runApply(ctx context.Context, e *env, o applyOptions) error {
 	for _, name := range o.files {
 		if name == "-" {
 			if len(o.files) > 1 {
-				return usageError{"apply: - (standard input) must be the only file"}
+				return usageError{msg: "apply: - (standard input) must be the only file"}
 			}
 			inputs = append(inputs, restore.Input{Name: "standard input", R: e.stdin})
 			continue

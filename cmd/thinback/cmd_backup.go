@@ -39,7 +39,7 @@ func backupCommand(e *env) *cli.Command {
 			&cli.StringFlag{Name: "file", Usage: "back up this image or block device instead of a thin LV"},
 			&cli.StringFlag{Name: "volume", Usage: "the volume's name in the store (default: VG/LV, or the image's file name)"},
 			&cli.Int64Flag{Name: "block-size", Value: archive.DefaultBlockSize, Usage: "with --file, the block size of a new volume"},
-			&cli.IntFlag{Name: "level", Value: 1, Usage: "compression level: 1 (fastest), 3, 7 (smallest)"},
+			levelFlag,
 			&cli.StringFlag{Name: "pre", Usage: "shell command run before the snapshot (e.g. fsfreeze -f /mnt/vm)"},
 			&cli.StringFlag{Name: "post", Usage: "shell command run after the snapshot, even if it failed (e.g. fsfreeze -u /mnt/vm)"},
 			&cli.BoolFlag{Name: "release-stale-metadata-snap", Usage: releaseStaleUsage},
@@ -50,19 +50,23 @@ func backupCommand(e *env) *cli.Command {
 			if err != nil {
 				return err
 			}
+			lvl, err := level(c)
+			if err != nil {
+				return err
+			}
 			o := backupOptions{
 				store: c.String("store"), file: c.String("file"), volume: c.String("volume"),
-				blockSize: c.Int64("block-size"), level: archive.Level(c.Int("level")),
+				blockSize: c.Int64("block-size"), level: lvl,
 				pre: c.String("pre"), post: c.String("post"), releaseStale: c.Bool("release-stale-metadata-snap"),
 				json: c.Bool("json"), quiet: c.Bool("quiet"),
 			}
 			switch {
 			case len(a) == 1 && o.file != "":
-				return usageError{"backup: give either VG/LV or --file, not both"}
+				return usageError{msg: "backup: give either VG/LV or --file, not both"}
 			case len(a) == 0 && o.file == "":
-				return usageError{"backup: give VG/LV or --file IMAGE (see thinback backup --help)"}
+				return usageError{msg: "backup: give VG/LV or --file IMAGE"}
 			case o.blockSize < archive.MinBlockSize || o.blockSize > archive.MaxBlockSize || o.blockSize%archive.MinBlockSize != 0:
-				return usageError{fmt.Sprintf("backup: --block-size %d is not a multiple of 4096 between 4096 and %d", o.blockSize, archive.MaxBlockSize)}
+				return usageError{msg: fmt.Sprintf("backup: --block-size %d is not a multiple of 4096 between 4096 and %d", o.blockSize, archive.MaxBlockSize)}
 			}
 			if len(a) == 1 {
 				o.lv = a[0]

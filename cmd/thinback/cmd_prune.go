@@ -87,7 +87,7 @@ func runPrune(ctx context.Context, e *env, dir, only string, r catalog.Retention
 		}
 		if policy.IsZero() {
 			if only != "" {
-				return usageError{fmt.Sprintf("prune: give --keep-* options: volume %s has no retention policy (backup --keep-* sets one)", v.Name)}
+				return usageError{msg: fmt.Sprintf("prune: give --keep-* options: volume %s has no retention policy (backup --keep-* sets one)", v.Name)}
 			}
 			continue
 		}
@@ -103,7 +103,7 @@ func runPrune(ctx context.Context, e *env, dir, only string, r catalog.Retention
 		results = append(results, res)
 	}
 	if len(results) == 0 && !asJSON {
-		return usageError{"prune: give --keep-* options: no volume has a retention policy (backup --keep-* sets one)"}
+		return usageError{msg: "prune: give --keep-* options: no volume has a retention policy (backup --keep-* sets one)"}
 	}
 	if asJSON {
 		if results == nil {

@@ -35,12 +35,12 @@ func receiveCommand(e *env) *cli.Command {
 			to, store := c.String("to"), c.String("store")
 			switch {
 			case to != "" && c.IsSet("store"):
-				return usageError{"receive: give --store DIR or --to TARGET, not both"}
+				return usageError{msg: "receive: give --store DIR or --to TARGET, not both"}
 			case to != "":
 				return runApply(c.Context, e, applyOptions{files: []string{"-"}, target: to, snapback: c.String("snapback"),
 					force: c.Bool("force"), state: stateFilePath(c.String("state")), quiet: c.Bool("quiet")})
 			case store == "":
-				return usageError{"receive: give --store DIR or --to TARGET"}
+				return usageError{msg: "receive: give --store DIR or --to TARGET"}
 			}
 			return runReceive(c.Context, e, store, c.Bool("quiet"))
 		},

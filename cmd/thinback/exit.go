@@ -49,10 +49,17 @@ const exitCodesHelp = `EXIT CODES:
         the next run does not finish or clean up
 `
 
-// usageError marks errors in the command line.
-type usageError struct{ msg string }
+// usageError marks errors in the command line. hint is the command whose
+// --help the message points to; every command's errors get one (see
+// usageErrors).
+type usageError struct{ msg, hint string }
 
-func (e usageError) Error() string { return e.msg }
+func (e usageError) Error() string {
+	if e.hint == "" {
+		return e.msg
+	}
+	return e.msg + " (see " + e.hint + " --help)"
+}
 
 // exitCodes maps every sentinel error of thinback's packages, and the
 // command's own, to its exit code: the first entry an error matches

@@ -63,7 +63,7 @@ func thinHeader(snap, base, origin *lvmthin.LV) *archive.Header {
 func lookupThin(ctx context.Context, spelling string) (*lvmthin.LV, error) {
 	n, err := lvmthin.ParseName(spelling)
 	if err != nil {
-		return nil, usageError{err.Error()}
+		return nil, usageError{msg: err.Error()}
 	}
 	return lvmthin.Lookup(ctx, n)
 }
