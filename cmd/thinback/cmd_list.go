@@ -49,21 +49,27 @@ func runList(e *env, dir, state, only string, asJSON bool) error {
 	}
 	// Which targets on this machine hold which snapshot.
 	held := map[string][]string{}
-	err = catalog.View(state, nil, func(tx *catalog.Tx) error {
-		ts, err := tx.Targets()
-		for _, t := range ts {
-			if t.Snapshot != "" {
-				label := t.Path
-				if t.InProgress != nil {
-					label += " (apply interrupted)"
+	err = stateDir(state, false)
+	if err == nil {
+		err = catalog.View(state, nil, func(tx *catalog.Tx) error {
+			ts, err := tx.Targets()
+			for _, t := range ts {
+				if t.Snapshot != "" {
+					label := t.Path
+					if t.InProgress != nil {
+						label += " (apply interrupted)"
+					}
+					held[t.Snapshot] = append(held[t.Snapshot], label)
 				}
-				held[t.Snapshot] = append(held[t.Snapshot], label)
 			}
+			return err
+		})
+		if err != nil {
+			err = fmt.Errorf("state file %s: %w", state, err)
 		}
-		return err
-	})
+	}
 	if err != nil {
-		fmt.Fprintf(e.stderr, "thinback: state file %s: %v (targets not shown)\n", state, err)
+		sayf(e.stderr, "thinback: %v (targets not shown)", err)
 	}
 	var out []listVolume
 	err = s.View(func(tx *catalog.Tx) error {
