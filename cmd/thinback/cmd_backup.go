@@ -196,38 +196,43 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 			line += "; pruned " + strings.Join(res.Pruned, " ")
 		}
 		for _, n := range res.Notes {
-			fmt.Fprintf(e.stderr, "thinback: %s\n", n)
+			sayf(e.stderr, "thinback: %s", n)
 		}
-		fmt.Fprintln(e.stderr, line)
+		sayf(e.stderr, "%s", line)
 	}
 	return pruneErr
 }
 
-// volumeFor returns the store's record of a volume, creating it.
-func volumeFor(s *catalog.Store, want catalog.Volume) (catalog.Volume, error) {
+// volumeFor returns the store's record of a volume, or want and a pointer
+// to it when the store has none yet. A new volume is not recorded here:
+// storeDelta records it together with its first snapshot, so a first
+// backup that fails leaves no volume behind.
+func volumeFor(s *catalog.Store, want catalog.Volume) (catalog.Volume, *catalog.Volume, error) {
 	var v catalog.Volume
-	err := s.Update(func(tx *catalog.Tx) error {
+	var created *catalog.Volume
+	err := s.View(func(tx *catalog.Tx) error {
 		var err error
 		v, err = tx.Volume(want.Name)
 		if errors.Is(err, catalog.ErrNotFound) {
-			v = want
-			return tx.PutVolume(&v)
+			v, created = want, &want
+			return nil
 		}
 		return err
 	})
 	if err != nil {
-		return v, err
+		return v, nil, err
 	}
 	if v.Kind != want.Kind {
-		return v, fmt.Errorf("the store's volume %s is a %s volume, not %s: give another name with --volume", v.Name, v.Kind, want.Kind)
+		return v, nil, fmt.Errorf("the store's volume %s is a %s volume, not %s: give another name with --volume", v.Name, v.Kind, want.Kind)
 	}
-	return v, nil
+	return v, created, nil
 }
 
 // storeDelta writes a delta file of src into the store and records it,
-// with rec's LVM fields.
-func storeDelta(ctx context.Context, s catalog.DeltaWriter, dir string, h *archive.Header, src archive.Source, level archive.Level, prog progress, rec catalog.Snapshot) (catalog.Snapshot, error) {
-	full, err := s.WriteDelta(h.VolumeName, func(out io.Writer) (catalog.Snapshot, error) {
+// with rec's LVM fields, and with the volume's record when newVol is not
+// nil (its first snapshot: the volume is recorded with it or not at all).
+func storeDelta(ctx context.Context, s catalog.DeltaWriter, dir string, h *archive.Header, src archive.Source, level archive.Level, prog progress, rec catalog.Snapshot, newVol *catalog.Volume) (catalog.Snapshot, error) {
+	write := func(out io.Writer) (catalog.Snapshot, error) {
 		w := archive.NewWriter(out)
 		if err := w.WriteHeader(h); err != nil {
 			return catalog.Snapshot{}, err
@@ -241,7 +246,14 @@ func storeDelta(ctx context.Context, s catalog.DeltaWriter, dir string, h *archi
 		full := snapshotRecord(h, w.Trailer())
 		full.LVName, full.LVUUID, full.ThinID = rec.LVName, rec.LVUUID, rec.ThinID
 		return full, nil
-	})
+	}
+	var full catalog.Snapshot
+	var err error
+	if newVol != nil {
+		full, err = s.WriteVolumeDelta(*newVol, write)
+	} else {
+		full, err = s.WriteDelta(h.VolumeName, write)
+	}
 	return full, storeWriteError(dir, err)
 }
 
@@ -270,7 +282,7 @@ func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, o ba
 	if err != nil {
 		return nil, err
 	}
-	v, err := volumeFor(s, catalog.Volume{Name: name, UUID: archive.NewID().String(), Kind: catalog.KindFile, Source: abs, BlockSize: o.blockSize})
+	v, newVol, err := volumeFor(s, catalog.Volume{Name: name, UUID: archive.NewID().String(), Kind: catalog.KindFile, Source: abs, BlockSize: o.blockSize})
 	if err != nil {
 		return nil, err
 	}
@@ -353,7 +365,7 @@ func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, o ba
 	if ds != nil {
 		p = noProgress{} // the digest source reports what it examines
 	}
-	rec, err := storeDelta(ctx, s, s.Dir(), h, src, o.level, p, catalog.Snapshot{})
+	rec, err := storeDelta(ctx, s, s.Dir(), h, src, o.level, p, catalog.Snapshot{}, newVol)
 	prog.Done()
 	if postErr := runHook(context.WithoutCancel(ctx), e, "post", o.post, vars); postErr != nil && err == nil {
 		err = postErr
@@ -372,7 +384,7 @@ func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, o ba
 }
 
 func backupLVM(ctx context.Context, e *env, s *catalog.Store, name string, origin *lvmthin.LV, o backupOptions) (_ *backupResult, err error) {
-	v, err := volumeFor(s, catalog.Volume{Name: name, UUID: origin.UUID, Kind: catalog.KindLVMThin, Source: origin.FullName().String(), BlockSize: thinBlockSize(origin.ChunkSize)})
+	v, newVol, err := volumeFor(s, catalog.Volume{Name: name, UUID: origin.UUID, Kind: catalog.KindLVMThin, Source: origin.FullName().String(), BlockSize: thinBlockSize(origin.ChunkSize)})
 	if err != nil {
 		return nil, err
 	}
@@ -467,7 +479,7 @@ func backupLVM(ctx context.Context, e *env, s *catalog.Store, name string, origi
 	}
 	prog := newProgress(e.stderr, o.quiet || o.json, "backed up", d.Stats().DataBytes)
 	rec, err := storeDelta(ctx, s, s.Dir(), h, d, o.level, prog,
-		catalog.Snapshot{LVName: snap.Name, LVUUID: snap.UUID, ThinID: int64(snap.ThinID)})
+		catalog.Snapshot{LVName: snap.Name, LVUUID: snap.UUID, ThinID: int64(snap.ThinID)}, newVol)
 	prog.Done()
 	if err != nil {
 		return nil, err

@@ -37,6 +37,7 @@ func TestExitCodes(t *testing.T) {
 		{wrap(restore.ErrNotChain), 5},
 		{wrap(restore.ErrVolumeMismatch), 5},
 		{wrap(restore.ErrInterrupted), 5},
+		{wrap(catalog.ErrParentSize), 5},
 		{wrap(restore.ErrTargetTooSmall), 6},
 		{wrap(restore.ErrTargetReadOnly), 6},
 		{wrap(restore.ErrTargetBusy), 6},
