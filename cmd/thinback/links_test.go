@@ -39,9 +39,12 @@ func TestPlantedLinksCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	thinback(t, dir, "", "send", "--file", img, "-o", "full.tbk").want(t, 0, "send")
-	refused := func(r result, path string) {
+	refused := func(t *testing.T, r result, path string) {
 		t.Helper()
-		r.want(t, exitError, "with a planted link")
+		if r.code != exitError {
+			// Not fatal: whether the linked file survived is the point.
+			t.Errorf("with a planted link: exit %d, want %d", r.code, exitError)
+		}
 		if !strings.Contains(r.stderr, path) || !strings.Contains(r.stderr, "symbolic link") {
 			t.Errorf("the message does not name %s as a link: %s", path, r.stderr)
 		}
@@ -54,7 +57,7 @@ func TestPlantedLinksCLI(t *testing.T) {
 		if err := os.Symlink(victim, lock); err != nil {
 			t.Fatal(err)
 		}
-		refused(thinback(t, dir, "", "backup", "--file", img, "--store", store), lock)
+		refused(t, thinback(t, dir, "", "backup", "--file", img, "--store", store), lock)
 		untouched()
 	})
 	t.Run("catalog", func(t *testing.T) {
@@ -67,8 +70,8 @@ func TestPlantedLinksCLI(t *testing.T) {
 		if err := os.Symlink(victim, db); err != nil {
 			t.Fatal(err)
 		}
-		refused(thinback(t, dir, "full.tbk", "receive", "--store", store), db)
-		refused(thinback(t, dir, "", "list", "--store", store), db)
+		refused(t, thinback(t, dir, "full.tbk", "receive", "--store", store), db)
+		refused(t, thinback(t, dir, "", "list", "--store", store), db)
 		untouched()
 	})
 	t.Run("tmp directory", func(t *testing.T) {
@@ -82,7 +85,7 @@ func TestPlantedLinksCLI(t *testing.T) {
 		if err := os.Symlink(outside, tmp); err != nil {
 			t.Fatal(err)
 		}
-		refused(thinback(t, dir, "full.tbk", "receive", "--store", store), tmp)
+		refused(t, thinback(t, dir, "full.tbk", "receive", "--store", store), tmp)
 		if entries, _ := os.ReadDir(outside); len(entries) != 0 {
 			t.Errorf("files appeared behind the link: %v", entries)
 		}
@@ -93,7 +96,7 @@ func TestPlantedLinksCLI(t *testing.T) {
 		if err := os.Symlink(victim, state); err != nil {
 			t.Fatal(err)
 		}
-		refused(thinback(t, dir, "", "apply", "full.tbk", "--to", filepath.Join(t.TempDir(), "t.img"), "--state", state), state)
+		refused(t, thinback(t, dir, "", "apply", "full.tbk", "--to", filepath.Join(t.TempDir(), "t.img"), "--state", state), state)
 		untouched()
 	})
 	t.Run("state directory", func(t *testing.T) {
@@ -106,7 +109,7 @@ func TestPlantedLinksCLI(t *testing.T) {
 		if err := os.Symlink(outside, link); err != nil {
 			t.Fatal(err)
 		}
-		refused(thinback(t, dir, "", "apply", "full.tbk", "--to", filepath.Join(t.TempDir(), "t.img"),
+		refused(t, thinback(t, dir, "", "apply", "full.tbk", "--to", filepath.Join(t.TempDir(), "t.img"),
 			"--state", filepath.Join(link, "state.db")), link)
 		untouched()
 		if entries, _ := os.ReadDir(outside); len(entries) != 1 {
