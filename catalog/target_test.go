@@ -83,6 +83,7 @@ func TestTargetValidation(t *testing.T) {
 		"bad mark":         {Key: "k", InProgress: &Mark{}},
 		"bad undo":         {Key: "k", InProgress: &Mark{Snapshot: newID(), UndoSnapshot: "x"}},
 		"bad volume":       {Key: "k", Volume: "a\x00"},
+		"volume not UTF-8": {Key: "k", Volume: "a\xff"},
 		"control in files": {Key: "k", InProgress: &Mark{Snapshot: newID(), Files: make([]string, maxField+1)}},
 	} {
 		err := fileDB(path).Update(func(tx *Tx) error { return tx.PutTarget(&tg) })
@@ -127,4 +128,22 @@ func TestCheckTargets(t *testing.T) {
 		return nil
 	})
 	ts.expect(ErrUnknownSnapshot, ErrTargetVolume)
+}
+
+// A target records the volume name its file's header gave, exactly, even
+// one that no catalog volume may have: the apply that wrote the target
+// must be able to record it.
+func TestTargetVolumeNameKeptExact(t *testing.T) {
+	path, _ := newTestFile(t)
+	for _, name := range []string{"vm\x1b[2J", "a\u202eb", "a\u0085b"} {
+		tg := Target{Key: "k", Path: "/x", Volume: name}
+		mustUpdate(t, fileDB(path), func(tx *Tx) error { return tx.PutTarget(&tg) })
+		mustView(t, fileDB(path), func(tx *Tx) error {
+			got, err := tx.Target("k")
+			if err == nil && got.Volume != name {
+				t.Errorf("volume %+q read back as %+q", name, got.Volume)
+			}
+			return err
+		})
+	}
 }
