@@ -17,6 +17,7 @@ var (
 	ErrMissingParent   = errors.New("parent snapshot is missing")
 	ErrParentVolume    = errors.New("parent snapshot belongs to another volume")
 	ErrParentOrder     = errors.New("parent snapshot is not older than its child")
+	ErrParentSize      = errors.New("incremental's parent size is not its parent's volume size")
 	ErrCycle           = errors.New("snapshot chain loops")
 	ErrBrokenChain     = errors.New("snapshot chain does not end in a full")
 	ErrDuplicateSeq    = errors.New("snapshots share a seq")
@@ -298,6 +299,9 @@ func (st *checkState) checkRecords() {
 			case p.Seq >= sn.Seq:
 				st.add(&CheckError{Problem: ErrParentOrder, Volume: sn.Volume, Snapshot: id,
 					Detail: fmt.Sprintf("parent %s has seq %d, the snapshot %d", p.ID, p.Seq, sn.Seq)})
+			case sn.ParentSize != 0 && sn.ParentSize != p.VolumeSize:
+				st.add(&CheckError{Problem: ErrParentSize, Volume: sn.Volume, Snapshot: id,
+					Detail: parentSizeDetail(sn.ParentSize, p)})
 			}
 		}
 		k := volSeq{sn.Volume, sn.Seq}
@@ -330,6 +334,12 @@ func (st *checkState) checkRecords() {
 				Detail: fmt.Sprintf("the snapshot belongs to volume %q", sn.Volume)})
 		}
 	}
+}
+
+// parentSizeDetail names both sizes of an ErrParentSize.
+func parentSizeDetail(parentSize int64, p Snapshot) string {
+	return fmt.Sprintf("it was made from a volume of %d bytes, but its parent %s (#%d) is %d bytes: "+
+		"restoring it would leave stale data", parentSize, p.ID, p.Seq, p.VolumeSize)
 }
 
 // checkChains follows each snapshot's parents down to a full. A snapshot
@@ -402,14 +412,16 @@ func checkFiles(dir string, st *checkState, verify func(Snapshot, string) error)
 		sn := st.snaps[id]
 		refs[sn.File] = true
 		p := filepath.Join(dir, filepath.FromSlash(sn.File))
-		fi, err := os.Stat(p)
+		// Lstat: a link planted in place of a delta file is not the file
+		// the catalog recorded, whatever it points at.
+		fi, err := os.Lstat(p)
 		switch {
 		case err != nil:
 			problems = append(problems, &CheckError{Problem: ErrFileMissing, Volume: sn.Volume, Snapshot: id,
 				File: sn.File, Err: err})
 		case !fi.Mode().IsRegular():
 			problems = append(problems, &CheckError{Problem: ErrFileMissing, Volume: sn.Volume, Snapshot: id,
-				File: sn.File, Detail: "not a regular file"})
+				File: sn.File, Detail: "not a regular file but " + describeMode(fi.Mode())})
 		case fi.Size() != sn.FileSize:
 			problems = append(problems, &CheckError{Problem: ErrFileSize, Volume: sn.Volume, Snapshot: id,
 				File: sn.File, Detail: fmt.Sprintf("%d bytes on disk, %d recorded", fi.Size(), sn.FileSize)})

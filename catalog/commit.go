@@ -34,6 +34,20 @@ import (
 // concurrent commits to one volume may race for a Seq, and the loser fails
 // with ErrExist.
 func (s *Store) Commit(tmp *os.File, snap *Snapshot) error {
+	return s.CommitVolume(tmp, nil, snap)
+}
+
+// CommitVolume is Commit for what may be a volume's first snapshot: when
+// vol is not nil and the catalog has no volume of that name, vol is
+// recorded in the same transaction as snap (an existing record is left
+// as it is; when vol is recorded here, its Created is set). A volume thus
+// appears in the catalog only together with its first snapshot, and a
+// first backup that fails (a full disk, an interrupt, a crash) leaves no
+// volume behind. vol.Name must be snap.Volume.
+func (s *Store) CommitVolume(tmp *os.File, vol *Volume, snap *Snapshot) error {
+	if vol != nil && vol.Name != snap.Volume {
+		return s.discardAfter(tmp, fmt.Errorf("catalog: snapshot %s of volume %q committed with the record of volume %q", snap.ID, snap.Volume, vol.Name))
+	}
 	rec, err := s.prepare(tmp, snap)
 	if err != nil {
 		return err
@@ -42,14 +56,35 @@ func (s *Store) Commit(tmp *os.File, snap *Snapshot) error {
 
 	// Check and choose the Seq before the file gets its final name, which
 	// contains it; the same checks run again in the recording transaction.
-	if err := s.View(func(tx *Tx) error { return tx.checkNew(&rec) }); err != nil {
+	if err := s.View(func(tx *Tx) error {
+		if vol != nil {
+			if _, err := tx.Volume(vol.Name); errors.Is(err, ErrNotFound) {
+				if err := vol.validate(vol.Name); err != nil {
+					return &RecordError{Bucket: string(bucketVolumes), Key: vol.Name, Err: err, write: true}
+				}
+				return tx.checkFresh(&rec) // the first snapshot of a new volume
+			}
+		}
+		return tx.checkNew(&rec)
+	}); err != nil {
 		return s.discardAfter(tmp, err)
 	}
 	rec.File = fileName(rec.Volume, rec.Seq, rec.ID, 0)
 	if err := s.install(tmp, rec.File, "commit"); err != nil {
 		return s.discardAfter(tmp, err)
 	}
+	var newVol *Volume
 	err = s.Update(func(tx *Tx) error {
+		newVol = nil
+		if vol != nil {
+			if _, err := tx.Volume(vol.Name); errors.Is(err, ErrNotFound) {
+				v := *vol
+				if err := tx.PutVolume(&v); err != nil {
+					return err
+				}
+				newVol = &v
+			}
+		}
 		if err := tx.checkNew(&rec); err != nil {
 			return err
 		}
@@ -60,6 +95,9 @@ func (s *Store) Commit(tmp *os.File, snap *Snapshot) error {
 	}
 	at("commit:recorded")
 	*snap = rec
+	if newVol != nil {
+		*vol = *newVol
+	}
 	return nil
 }
 
@@ -81,21 +119,36 @@ func syncTemp(tmp *os.File) (int64, error) {
 // install publishes a synced temp file under its store-relative final
 // name (see Publish), creating the volume's directory durably first. On
 // failure the final name does not exist (anything renamed is removed
-// again: it was never recorded) and tmp is closed.
-func (s *Store) install(tmp *os.File, rel, op string) error {
+// again: it was never recorded), nor does the volume's directory if
+// install made it, and tmp is closed.
+func (s *Store) install(tmp *os.File, rel, op string) (err error) {
 	tmpName := tmp.Name()
 	final := s.Path(rel)
 	dir := filepath.Dir(final)
-	if err := os.Mkdir(dir, 0o700); err == nil {
+	// volumes/ and the volume's directory are the store's own: a link
+	// planted there would put the file wherever it points.
+	if _, err := OwnDir(s.volumesDir(), false); err != nil {
+		_ = tmp.Close()
+		return fmt.Errorf("catalog: %w", err)
+	}
+	made, err := OwnDir(dir, true)
+	if err != nil {
+		_ = tmp.Close()
+		return noSpace(dir, fmt.Errorf("catalog: %w", err))
+	}
+	if made {
+		defer func() {
+			if err != nil {
+				s.removeEmptyDir(dir)
+			}
+		}()
 		// The new directory's own entry must be durable before a file in
 		// it can count as durable.
 		if err := SyncDir(s.volumesDir()); err != nil {
 			return noSpace(dir, fmt.Errorf("catalog: %w", err))
 		}
-	} else if !errors.Is(err, fs.ErrExist) {
-		return noSpace(dir, fmt.Errorf("catalog: %w", err))
 	}
-	err := publish(tmp, final, op)
+	err = publish(tmp, final, op)
 	setLive(tmpName, false)
 	if errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("catalog: %s already exists: %w", final, ErrExist)
@@ -105,6 +158,15 @@ func (s *Store) install(tmp *os.File, rel, op string) error {
 	}
 	at(op + ":dirsynced")
 	return nil
+}
+
+// removeEmptyDir removes a volume directory that a failed first commit
+// made, if nothing else is in it: a failed first backup leaves no trace.
+// (os.Remove fails on a directory that is not empty, which is then kept.)
+func (s *Store) removeEmptyDir(dir string) {
+	if os.Remove(dir) == nil {
+		_ = SyncDir(s.volumesDir())
+	}
 }
 
 // settle handles a failed recording transaction after the file was
@@ -141,6 +203,9 @@ func (s *Store) settle(id, rel string, updateErr error) error {
 	if err := SyncDir(filepath.Dir(final)); err != nil {
 		return fmt.Errorf("%w (and removing %s may not be durable: %v)", updateErr, rel, err)
 	}
+	// A first snapshot's directory goes with it (one that holds other
+	// files is not empty and stays).
+	s.removeEmptyDir(filepath.Dir(final))
 	return updateErr
 }
 
@@ -221,6 +286,12 @@ func (tx *Tx) checkParent(rec *Snapshot, removing map[string]bool) error {
 	if p.Seq >= rec.Seq {
 		return fmt.Errorf("catalog: parent %s (seq %d) of snapshot %s is not older than it (seq %d): %w",
 			p.ID, p.Seq, rec.ID, rec.Seq, ErrParentOrder)
+	}
+	// Every new record carries the parent size its file says, so 0 is not
+	// "unknown" here as it is for Check's older records.
+	if rec.ParentSize != p.VolumeSize {
+		return fmt.Errorf("catalog: snapshot %s of volume %q: %w: %s", rec.ID, rec.Volume, ErrParentSize,
+			parentSizeDetail(rec.ParentSize, p))
 	}
 	return nil
 }

@@ -43,7 +43,7 @@ func TestCrashCommit(t *testing.T) {
 			ts := newTestStore(t)
 			ts.putVolume("vg0/vm1")
 			full := ts.commit("vg0/vm1", "", []byte("full"))
-			snap := Snapshot{ID: newID(), Volume: "vg0/vm1", Parent: full.ID, Time: baseTime, FileDigest: digest([]byte("incr"))}
+			snap := Snapshot{ID: newID(), Volume: "vg0/vm1", Parent: full.ID, ParentSize: full.VolumeSize, VolumeSize: full.VolumeSize, Time: baseTime, FileDigest: digest([]byte("incr"))}
 			runKilled(t, "commit", ts.Dir(), tc.point, childSpec{Snap: snap, Data: []byte("incr")})
 
 			if tc.orphanBeforeFix {

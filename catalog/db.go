@@ -95,7 +95,10 @@ func Open(path string, opts *Options) (*DB, error) {
 			return nil, fmt.Errorf("catalog: create directory for %s: %w", path, err)
 		}
 	}
-	b, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: o.boltTimeout(), ReadOnly: o.ReadOnly})
+	// bbolt opens the file itself; OpenOwn makes it refuse a symbolic
+	// link (or a FIFO, or a hard link to another file) planted where the
+	// catalog or the state file should be.
+	b, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: o.boltTimeout(), ReadOnly: o.ReadOnly, OpenFile: OpenOwn})
 	if err != nil {
 		return nil, openError(path, err)
 	}
@@ -114,6 +117,8 @@ func openError(path string, err error) error {
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
 		return &BusyError{Path: path}
+	case errors.Is(err, ErrNotOwn):
+		return fmt.Errorf("catalog: %w", err)
 	case errors.Is(err, berrors.ErrChecksum):
 		return &DamagedError{Path: path, Err: err}
 	case errors.Is(err, berrors.ErrVersionMismatch):
@@ -216,7 +221,7 @@ func View(path string, opts *Options, fn func(*Tx) error) (err error) {
 		o = *opts
 	}
 	o.ReadOnly = true
-	fi, err := os.Stat(path)
+	fi, err := os.Lstat(path)
 	if errors.Is(err, fs.ErrNotExist) || (err == nil && fi.Mode().IsRegular() && fi.Size() == 0) {
 		return fn(&Tx{})
 	}

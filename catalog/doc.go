@@ -47,9 +47,10 @@
 //		return catalog.Snapshot{...}, nil            // the record to keep
 //	})
 //
-// WriteDelta (and ReplaceDelta, for a prune's merge) is the store's one
-// write seam, the DeltaWriter interface: it either commits or leaves
-// nothing. The callback sees only an io.Writer, so a store on object
+// WriteDelta (WriteVolumeDelta for what may be a volume's first snapshot,
+// ReplaceDelta for a prune's merge) is the store's one write seam, the
+// DeltaWriter interface: it either commits or leaves nothing, and a volume
+// is recorded only together with its first snapshot. The callback sees only an io.Writer, so a store on object
 // storage fits behind the same calls. Underneath, the local store writes a
 // temp file (CreateTemp) and Commit makes it durable under its final name
 // before it records it, so the catalog never points at a file that is not
@@ -106,6 +107,13 @@
 //   - Fsyncs make files durable on filesystems that honour them. On a
 //     network filesystem or a disk with a volatile write cache that ignores
 //     flushes, a power loss can still lose what was acknowledged.
+//   - A store may be on a disk someone else controls. Its own files and
+//     directories (catalog.db, tmp/, locks/, volumes/ and what is in them)
+//     are never followed when they are symbolic links, nor used when they
+//     are FIFOs or files with other hard links (ErrNotOwn, see OpenOwn
+//     and OwnDir); the store root itself may be a link. The checks happen
+//     when a file is opened, so a writer racing thinback inside the store
+//     while it runs is not kept out.
 //   - Volume directory names are case-sensitive: on vfat or exfat, two
 //     volume names that differ only in case share a directory.
 //   - With the exclusive-create fallback (no RENAME_NOREPLACE, no hard

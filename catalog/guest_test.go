@@ -110,7 +110,7 @@ func TestGuestVfatStore(t *testing.T) {
 			a := ts.commit("vg0/vm1", "", []byte("A"))
 			b := ts.commit("vg0/vm1", a.ID, []byte("B"))
 			merged := b
-			merged.Parent, merged.FileDigest = "", digest([]byte("A+B"))
+			merged.Parent, merged.ParentSize, merged.FileDigest = "", 0, digest([]byte("A+B"))
 			if err := ts.Replace(ts.temp("vg0/vm1", []byte("A+B")), &merged, a.ID); err != nil {
 				t.Fatal(err)
 			}

@@ -329,6 +329,9 @@ func (ts *testStore) commit(volume, parent string, data []byte) Snapshot {
 	n := idCounter.Load()
 	snap := Snapshot{ID: newID(), Volume: volume, Parent: parent, Time: baseTime.Add(time.Duration(n) * time.Hour),
 		DataBytes: int64(len(data)), VolumeSize: 1 << 30, FileDigest: digest(data)}
+	if parent != "" {
+		snap.ParentSize = 1 << 30
+	}
 	if err := ts.Commit(f, &snap); err != nil {
 		ts.t.Fatal(err)
 	}

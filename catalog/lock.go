@@ -3,6 +3,7 @@ package catalog
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -40,33 +41,56 @@ func (s *Store) lockPath(volume string) string {
 // when known, the holder's pid.
 //
 // The lock is released by unlock, or by the kernel when the process dies,
-// so a crashed backup never leaves a stale lock. Lock files are never
-// removed: removing one while another process waits on it would let two
-// processes hold "the" lock at once.
+// so a crashed backup never leaves a stale lock. unlock removes the lock
+// file while it still holds the flock, and LockVolume checks after taking
+// a flock that the path still names the file it locked (else it starts
+// again), so a lock file exists only while it is held (or after a crash,
+// until the next LockVolume) and removing it never lets two processes
+// hold "the" lock at once.
+//
+// The lock file and locks/ are never followed when they are symbolic
+// links (NotOwnError): the pid is written into the file, and a link
+// planted in a store someone else controls must not make thinback
+// truncate another file.
 func (s *Store) LockVolume(volume string) (unlock func() error, err error) {
 	if err := ValidVolumeName(volume); err != nil {
 		return nil, err
 	}
 	path := s.lockPath(volume)
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("catalog: lock volume %q: %w", volume, err)
+	if _, err := OwnDir(filepath.Dir(path), true); err != nil {
+		return nil, fmt.Errorf("catalog: lock volume %q: %w", volume, noSpace(path, err))
 	}
 	held.Lock()
 	defer held.Unlock()
 	if held.paths[path] {
 		return nil, &LockedError{Volume: volume, Path: path, PID: os.Getpid()}
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("catalog: lock volume %q: %w", volume, err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		pid := readPID(f)
-		_ = f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, &LockedError{Volume: volume, Path: path, PID: pid}
+	var f *os.File
+	for {
+		f, err = OpenOwn(path, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("catalog: lock volume %q: %w", volume, noSpace(path, err))
 		}
-		return nil, fmt.Errorf("catalog: lock volume %q: flock %s: %w", volume, path, err)
+		at("lock:opened")
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			pid := readPID(f)
+			_ = f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, &LockedError{Volume: volume, Path: path, PID: pid}
+			}
+			return nil, fmt.Errorf("catalog: lock volume %q: flock %s: %w", volume, path, err)
+		}
+		same, err := stillNamed(f, path)
+		if err != nil {
+			_ = f.Close()
+			return nil, fmt.Errorf("catalog: lock volume %q: %w", volume, err)
+		}
+		if same {
+			break
+		}
+		// The holder removed the file between our open and our flock:
+		// what we locked is no one's lock any more.
+		_ = f.Close()
 	}
 	// The pid is only for the message of whoever finds the lock taken;
 	// the flock is the lock.
@@ -83,10 +107,34 @@ func (s *Store) LockVolume(volume string) (unlock func() error, err error) {
 			held.Lock()
 			delete(held.paths, path)
 			held.Unlock()
-			cerr = f.Close()
+			// Removed while the flock is held, so no one else holds a
+			// lock on this inode, and whoever opened it meanwhile finds
+			// it no longer named by the path once they lock it.
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				cerr = fmt.Errorf("catalog: remove lock file: %w", err)
+			}
+			if err := f.Close(); err != nil && cerr == nil {
+				cerr = err
+			}
 		})
 		return cerr
 	}, nil
+}
+
+// stillNamed reports whether path still names the open file f.
+func stillNamed(f *os.File, path string) (bool, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	pi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(fi, pi), nil
 }
 
 func readPID(f *os.File) int {

@@ -86,7 +86,7 @@ func TestNoSpace(t *testing.T) {
 
 	// Committing the finished one cannot record it: a clean, typed error
 	// naming the file, and nothing left in volumes/ or tmp/.
-	snap := Snapshot{ID: newID(), Volume: "vg0/vm1", Parent: full.ID, Time: baseTime, FileDigest: "00"}
+	snap := Snapshot{ID: newID(), Volume: "vg0/vm1", Parent: full.ID, ParentSize: full.VolumeSize, Time: baseTime, FileDigest: "00"}
 	err = ts.Commit(ready, &snap)
 	var nse *NoSpaceError
 	if !errors.Is(err, ErrNoSpace) || !errors.As(err, &nse) || !strings.Contains(err.Error(), nse.Path) ||

@@ -37,6 +37,14 @@ type Snapshot struct {
 	ThinID int64  `json:"thin_id,omitempty"`
 	// VolumeSize is the volume's size in bytes at this snapshot.
 	VolumeSize int64 `json:"volume_size"`
+	// ParentSize is the volume's size in bytes at Parent, as the delta
+	// file's header says; 0 for a full. An incremental covers only what
+	// changed within ParentSize (and what lies beyond it), so one whose
+	// ParentSize is not its parent's VolumeSize would restore with stale
+	// bytes: Commit refuses it and Check reports it (ErrParentSize).
+	// Records written before thinback kept it have 0 here, which Check
+	// reads as "not recorded".
+	ParentSize int64 `json:"parent_size,omitempty"`
 	// DataBytes and ZeroBytes are the bytes changed: written as data and
 	// as zero ranges.
 	DataBytes int64 `json:"data_bytes"`
@@ -114,7 +122,10 @@ func (s *Snapshot) validateFields() error {
 	if s.Time.IsZero() {
 		return errors.New("time is not set")
 	}
-	for name, n := range map[string]int64{"volume size": s.VolumeSize, "data bytes": s.DataBytes,
+	if s.Parent == "" && s.ParentSize != 0 {
+		return fmt.Errorf("a full has a parent size (%d)", s.ParentSize)
+	}
+	for name, n := range map[string]int64{"volume size": s.VolumeSize, "parent size": s.ParentSize, "data bytes": s.DataBytes,
 		"zero bytes": s.ZeroBytes, "file size": s.FileSize} {
 		if n < 0 {
 			return fmt.Errorf("%s %d is negative", name, n)

@@ -49,7 +49,7 @@ func OpenStoreOptions(dir string, opts *Options) (*Store, error) {
 		s.opts = *opts
 	}
 	s.opts.ReadOnly = false
-	_, statErr := os.Stat(s.DBPath())
+	_, statErr := os.Lstat(s.DBPath())
 	created, err := s.create()
 	if errors.Is(err, unix.EROFS) && statErr == nil {
 		// A store on read-only media (a backup disk mounted ro for a
@@ -76,13 +76,14 @@ func (s *Store) create() (created bool, err error) {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return false, noSpace(s.dir, fmt.Errorf("catalog: create store: %w", err))
 	}
+	// The root is the user's to name (it may be a link to a backup disk);
+	// what is inside it is thinback's own and never followed.
 	for _, sub := range []string{"volumes", "tmp", "locks"} {
-		err := os.Mkdir(filepath.Join(s.dir, sub), 0o700)
-		if err == nil {
-			created = true
-		} else if !errors.Is(err, fs.ErrExist) {
+		made, err := OwnDir(filepath.Join(s.dir, sub), true)
+		if err != nil {
 			return created, noSpace(s.dir, fmt.Errorf("catalog: create store: %w", err))
 		}
+		created = created || made
 	}
 	if err := s.Update(func(*Tx) error { return nil }); err != nil {
 		return created, noSpace(s.DBPath(), err)

@@ -209,7 +209,7 @@ func TestReplaceFull(t *testing.T) {
 	c := ts.commit("v", b.ID, []byte("C"))
 
 	newFull := b
-	newFull.Parent = ""
+	newFull.Parent, newFull.ParentSize = "", 0
 	if err := ts.Replace(ts.temp("v", []byte("A+B")), &newFull, a.ID); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Target is a restored device or file and the snapshot it holds: the
@@ -113,10 +114,12 @@ func (t *Target) validate(key string) error {
 			return fmt.Errorf("snapshot: %w", err)
 		}
 	}
-	if t.Volume != "" {
-		if err := ValidVolumeName(t.Volume); err != nil {
-			return err
-		}
+	// The volume is what the applied file's header says, recorded to be
+	// compared with the next file's, not a volume of this catalog: it is
+	// kept exact (and printed escaped), so an apply is never refused
+	// after it wrote the target just because of a name.
+	if t.Volume != "" && (!utf8.ValidString(t.Volume) || strings.ContainsRune(t.Volume, 0)) {
+		return fmt.Errorf("volume name %+q is not valid UTF-8 without NUL", t.Volume)
 	}
 	fields := map[string]string{"key": t.Key, "path": t.Path, "volume uuid": t.VolumeUUID,
 		"snapshot name": t.SnapshotName, "device": t.Device}

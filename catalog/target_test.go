@@ -93,6 +93,7 @@ func TestTargetValidation(t *testing.T) {
 		"sample outside":    {Key: "k", Fingerprint: &Fingerprint{Size: 4096, BlockSize: 4096, Samples: []Sample{{Offset: 4096, Digest: strings.Repeat("0", 64)}}}},
 		"bad digest":        {Key: "k", Fingerprint: &Fingerprint{Size: 4096, BlockSize: 4096, Samples: []Sample{{Offset: 0, Digest: "xyz"}}}},
 		"too many samples":  {Key: "k", Fingerprint: &Fingerprint{Size: 1 << 30, BlockSize: 4096, Samples: make([]Sample, maxSamples+1)}},
+		"volume not UTF-8":  {Key: "k", Volume: "a\xff"},
 	} {
 		err := fileDB(path).Update(func(tx *Tx) error { return tx.PutTarget(&tg) })
 		if !errors.Is(err, ErrInvalidRecord) {
@@ -136,4 +137,22 @@ func TestCheckTargets(t *testing.T) {
 		return nil
 	})
 	ts.expect(ErrUnknownSnapshot, ErrTargetVolume)
+}
+
+// A target records the volume name its file's header gave, exactly, even
+// one that no catalog volume may have: the apply that wrote the target
+// must be able to record it.
+func TestTargetVolumeNameKeptExact(t *testing.T) {
+	path, _ := newTestFile(t)
+	for _, name := range []string{"vm\x1b[2J", "a\u202eb", "a\u0085b"} {
+		tg := Target{Key: "k", Path: "/x", Volume: name}
+		mustUpdate(t, fileDB(path), func(tx *Tx) error { return tx.PutTarget(&tg) })
+		mustView(t, fileDB(path), func(tx *Tx) error {
+			got, err := tx.Target("k")
+			if err == nil && got.Volume != name {
+				t.Errorf("volume %+q read back as %+q", name, got.Volume)
+			}
+			return err
+		})
+	}
 }

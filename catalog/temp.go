@@ -56,6 +56,11 @@ func (s *Store) CreateTemp(volume string) (*os.File, error) {
 	if err := ValidVolumeName(volume); err != nil {
 		return nil, err
 	}
+	// tmp/ must be the store's own: a link to another directory would put
+	// the file (and CleanTemp's removals) there.
+	if _, err := OwnDir(s.tmpDir(), false); err != nil {
+		return nil, fmt.Errorf("catalog: create temp file: %w", err)
+	}
 	for range 10 {
 		var rnd [6]byte
 		if _, err := rand.Read(rnd[:]); err != nil {
@@ -63,7 +68,7 @@ func (s *Store) CreateTemp(volume string) (*os.File, error) {
 		}
 		name := filepath.Join(s.tmpDir(), fmt.Sprintf("%s%d.%s.%s%s",
 			tempPrefix, os.Getpid(), hex.EncodeToString(rnd[:]), DirName(volume), tempSuffix))
-		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		f, err := OpenOwn(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 		if errors.Is(err, fs.ErrExist) {
 			continue
 		}
@@ -154,6 +159,9 @@ func processAlive(pid int) bool {
 //
 // Files in tmp/ that do not look like thinback temp files are left alone.
 func (s *Store) CleanTemp() ([]string, error) {
+	if _, err := OwnDir(s.tmpDir(), false); err != nil {
+		return nil, fmt.Errorf("catalog: clean temp files: %w", err)
+	}
 	entries, err := os.ReadDir(s.tmpDir())
 	if err != nil {
 		return nil, fmt.Errorf("catalog: clean temp files: %w", err)
@@ -194,9 +202,9 @@ func (s *Store) CleanTemp() ([]string, error) {
 // whether it did. The removal happens while holding the lock, so a writer
 // cannot take it in between.
 func removeUnlocked(name string) (bool, error) {
-	f, err := os.Open(name)
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
+	f, err := OpenOwn(name, os.O_RDONLY, 0)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, ErrNotOwn) {
+		return false, nil // gone, or not a temp file of ours after all
 	}
 	if err != nil {
 		return false, err

@@ -73,8 +73,12 @@ func checkFields(fields map[string]string) error {
 }
 
 // ValidVolumeName reports whether name can name a volume: not empty,
-// valid UTF-8 without control characters, and short enough that its
-// DirName fits in a file name.
+// valid UTF-8 without control characters (C0, DEL and C1, U+0080-U+009F),
+// bidirectional overrides and isolates (U+202A-U+202E, U+2066-U+2069) or
+// line and paragraph separators, and short enough that its DirName fits in
+// a file name. Volume names come from delta files anyone can write and
+// are printed on terminals: a name must not be able to move the cursor,
+// retitle the window or make itself read as another name.
 func ValidVolumeName(name string) error {
 	if name == "" {
 		return errors.New("volume name is empty")
@@ -83,14 +87,29 @@ func ValidVolumeName(name string) error {
 		return fmt.Errorf("volume name %q is not valid UTF-8", name)
 	}
 	for _, r := range name {
-		if r < 0x20 || r == 0x7f {
-			return fmt.Errorf("volume name %q contains a control character", name)
+		if unsafeRune(r) {
+			return fmt.Errorf("volume name %+q contains a control or bidirectional formatting character (%U)", name, r)
 		}
 	}
 	if n := len(DirName(name)); n > maxDirName {
 		return fmt.Errorf("volume name %q is too long (%d bytes escaped, at most %d)", name, n, maxDirName)
 	}
 	return nil
+}
+
+// unsafeRune reports the runes ValidVolumeName refuses.
+func unsafeRune(r rune) bool {
+	switch {
+	case r < 0x20, r >= 0x7f && r <= 0x9f: // C0, DEL, C1
+		return true
+	case r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069: // bidi embeddings, overrides, isolates
+		return true
+	case r == 0x200e, r == 0x200f, r == 0x061c: // bidi marks
+		return true
+	case r == 0x2028, r == 0x2029: // line and paragraph separators
+		return true
+	}
+	return false
 }
 
 // DirName returns the file-name-safe form of a volume name used for its

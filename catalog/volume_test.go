@@ -82,7 +82,22 @@ func TestValidVolumeName(t *testing.T) {
 			t.Errorf("ValidVolumeName(%q) accepted", bad)
 		}
 	}
-	for _, good := range []string{"vg0/vm1", "disk.img", "..", strings.Repeat("a", 200)} {
+	// Names that would drive a terminal or read as another name.
+	for _, bad := range []string{"vm\x1b]0;owned\x07", "vm\x1b[2J", "a\u0085b", "a\u009bb", "a\x7fb",
+		"evil\u202egpj.exe", "a\u202ab", "a\u2066b", "a\u2069b", "a\u200fb", "a\u2028b"} {
+		err := ValidVolumeName(bad)
+		if err == nil {
+			t.Errorf("ValidVolumeName(%+q) accepted", bad)
+			continue
+		}
+		// The refusal itself must not carry the character to a terminal.
+		for _, r := range err.Error() {
+			if unsafeRune(r) {
+				t.Errorf("ValidVolumeName(%+q): the message holds %U: %+q", bad, r, err.Error())
+			}
+		}
+	}
+	for _, good := range []string{"vg0/vm1", "disk.img", "..", strings.Repeat("a", 200), "café/vm", "日本語", "a\u200db"} {
 		if err := ValidVolumeName(good); err != nil {
 			t.Errorf("ValidVolumeName(%q): %v", good, err)
 		}

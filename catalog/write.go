@@ -26,6 +26,12 @@ type DeltaWriter interface {
 	// the error says why (with any failure to clean up).
 	WriteDelta(volume string, write func(w io.Writer) (Snapshot, error)) (Snapshot, error)
 
+	// WriteVolumeDelta is WriteDelta for what may be the first snapshot
+	// of vol.Name: when the store has no volume of that name, vol is
+	// recorded in the same commit as the snapshot, so a first backup that
+	// fails leaves no volume behind. An existing record is kept as it is.
+	WriteVolumeDelta(vol Volume, write func(w io.Writer) (Snapshot, error)) (Snapshot, error)
+
 	// ReplaceDelta writes a new file for an existing snapshot of volume
 	// (the merge of a prune): write writes it and returns the snapshot's
 	// new record; the snapshots listed in remove are deleted in the same
@@ -45,6 +51,17 @@ func (s *Store) WriteDelta(volume string, write func(w io.Writer) (Snapshot, err
 			return s.discardAfter(tmp, fmt.Errorf("catalog: a delta file of volume %q cannot be recorded as one of %q", volume, rec.Volume))
 		}
 		return s.Commit(tmp, rec)
+	})
+}
+
+// WriteVolumeDelta implements DeltaWriter with CreateTemp and
+// CommitVolume. The caller should hold LockVolume(vol.Name).
+func (s *Store) WriteVolumeDelta(vol Volume, write func(w io.Writer) (Snapshot, error)) (Snapshot, error) {
+	return s.writeDelta(vol.Name, write, func(tmp *os.File, rec *Snapshot) error {
+		if rec.Volume != vol.Name {
+			return s.discardAfter(tmp, fmt.Errorf("catalog: a delta file of volume %q cannot be recorded as one of %q", vol.Name, rec.Volume))
+		}
+		return s.CommitVolume(tmp, &vol, rec)
 	})
 }
 

@@ -26,8 +26,12 @@ func TestWriteDelta(t *testing.T) {
 					if _, err := io.WriteString(w, data); err != nil {
 						return Snapshot{}, err
 					}
-					return Snapshot{ID: newID(), Volume: "vg0/vm1", Parent: parent, Time: baseTime.Add(time.Duration(len(data)) * time.Hour),
-						VolumeSize: 1 << 30, FileDigest: digest([]byte(data))}, nil
+					snap := Snapshot{ID: newID(), Volume: "vg0/vm1", Parent: parent, Time: baseTime.Add(time.Duration(len(data)) * time.Hour),
+						VolumeSize: 1 << 30, FileDigest: digest([]byte(data))}
+					if parent != "" {
+						snap.ParentSize = 1 << 30
+					}
+					return snap, nil
 				}
 			}
 			a, err := ts.WriteDelta("vg0/vm1", write("A", ""))
@@ -46,7 +50,7 @@ func TestWriteDelta(t *testing.T) {
 					return Snapshot{}, err
 				}
 				rec := b
-				rec.Parent, rec.FileDigest = "", digest([]byte("A+BB"))
+				rec.Parent, rec.ParentSize, rec.FileDigest = "", 0, digest([]byte("A+BB"))
 				return rec, nil
 			})
 			if err != nil {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/thinback/thinback/archive"
 	"github.com/urfave/cli/v2"
 )
 
@@ -33,7 +34,8 @@ func Main(args []string) int {
 		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 			msg = "interrupted: " + strings.TrimSuffix(msg, ": context canceled")
 		}
-		fmt.Fprintf(os.Stderr, "thinback: %s\n", msg)
+		// Messages quote names from files, streams and catalogs.
+		fmt.Fprintf(os.Stderr, "thinback: %s\n", safeMessage(msg))
 	}
 	return exitCode(err)
 }
@@ -46,7 +48,7 @@ type env struct {
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	e := &env{stdin: stdin, stdout: stdout, stderr: stderr}
-	return &cli.App{
+	app := &cli.App{
 		Name:    "thinback",
 		Usage:   "incremental block-level backups of LVM thin volumes, images and block devices",
 		Version: version,
@@ -63,7 +65,20 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		// the framework exit on its own.
 		ExitErrHandler: func(*cli.Context, error) {},
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return usageError{err.Error()}
+			return usageError{msg: err.Error(), hint: "thinback"}
+		},
+		// Without an Action, urfave shows help for "thinback frobnicate"
+		// and fails with its own exit code.
+		Action: func(c *cli.Context) error {
+			switch a := c.Args(); {
+			case a.First() == "help" && a.Len() == 2 && c.App.Command(a.Get(1)) != nil:
+				return cli.ShowCommandHelp(c, a.Get(1))
+			case a.First() == "help" && a.Len() == 1:
+				return cli.ShowAppHelp(c)
+			case a.Present():
+				return usageError{msg: fmt.Sprintf("unknown command %q", strings.Join(a.Slice(), " ")), hint: "thinback"}
+			}
+			return cli.ShowAppHelp(c)
 		},
 		Commands: []*cli.Command{
 			initCommand(e),
@@ -79,6 +94,50 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			inspectCommand(e),
 		},
 	}
+	for _, cmd := range app.Commands {
+		usageErrors(cmd, "thinback "+cmd.Name)
+	}
+	return app
+}
+
+// usageErrors makes every bad command line of cmd and its subcommands a
+// usageError (exit code 2) that names the command and its usage: an
+// unknown flag, a flag without its value or with one that does not parse,
+// an unknown subcommand.
+func usageErrors(cmd *cli.Command, path string) {
+	usage := path + " [options]"
+	if cmd.ArgsUsage != "" {
+		usage += " " + cmd.ArgsUsage
+	}
+	cmd.OnUsageError = func(_ *cli.Context, err error, _ bool) error {
+		return usageError{msg: fmt.Sprintf("%s: %v\nusage: %s", path[len("thinback "):], err, usage), hint: path}
+	}
+	if act := cmd.Action; act != nil {
+		cmd.Action = func(c *cli.Context) error {
+			err := act(c)
+			if ue := (usageError{}); errors.As(err, &ue) && ue.hint == "" {
+				return usageError{msg: err.Error(), hint: path}
+			}
+			return err
+		}
+	}
+	if len(cmd.Subcommands) == 0 {
+		return
+	}
+	var names []string
+	for _, sub := range cmd.Subcommands {
+		usageErrors(sub, path+" "+sub.Name)
+		names = append(names, sub.Name)
+	}
+	if cmd.Action == nil {
+		cmd.Action = func(c *cli.Context) error {
+			what := "give a subcommand"
+			if c.Args().Present() {
+				what = fmt.Sprintf("unknown subcommand %q", c.Args().First())
+			}
+			return usageError{msg: fmt.Sprintf("%s: %s: %s", path[len("thinback "):], what, strings.Join(names, ", ")), hint: path}
+		}
+	}
 }
 
 // quietFlag silences progress and the summary line.
@@ -88,7 +147,21 @@ var quietFlag = &cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "pri
 func args(c *cli.Context, min, max int, what string) ([]string, error) {
 	a := c.Args().Slice()
 	if len(a) < min || (max >= 0 && len(a) > max) {
-		return nil, usageError{fmt.Sprintf("%s: %s (see thinback %s --help)", c.Command.Name, what, c.Command.Name)}
+		return nil, usageError{msg: fmt.Sprintf("%s: %s", c.Command.Name, what), hint: c.Command.HelpName}
 	}
 	return a, nil
+}
+
+// levelFlag is the compression level of send and backup.
+var levelFlag = &cli.IntFlag{Name: "level", Value: int(archive.LevelFastest),
+	Usage: "compression level from 1 (fastest) to 7 (smallest); 3 is zstd's default"}
+
+// level reads --level, refusing what is not a level.
+func level(c *cli.Context) (archive.Level, error) {
+	n := c.Int("level")
+	if n < int(archive.LevelFastest) || n > int(archive.LevelBetter) {
+		return 0, usageError{msg: fmt.Sprintf("%s: --level %d is not a compression level: give 1 (fastest) to %d (smallest)",
+			c.Command.Name, n, archive.LevelBetter), hint: c.Command.HelpName}
+	}
+	return archive.Level(n), nil
 }

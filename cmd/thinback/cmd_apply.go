@@ -42,7 +42,7 @@ func applyCommand(e *env) *cli.Command {
 				return err
 			}
 			if c.String("to") == "" {
-				return usageError{"apply: give the target with --to FILE|DEVICE"}
+				return usageError{msg: "apply: give the target with --to FILE|DEVICE"}
 			}
 			return runApply(c.Context, e, applyOptions{
 				files: files, target: c.String("to"), snapback: c.String("snapback"),
@@ -67,7 +67,7 @@ func runApply(ctx context.Context, e *env, o applyOptions) (err error) {
 	for _, name := range o.files {
 		if name == "-" {
 			if len(o.files) > 1 {
-				return usageError{"apply: - (standard input) must be the only file"}
+				return usageError{msg: "apply: - (standard input) must be the only file"}
 			}
 			inputs = append(inputs, restore.Input{Name: "standard input", R: e.stdin})
 			if f, ok := e.stdin.(*os.File); ok {
@@ -108,7 +108,7 @@ func runApply(ctx context.Context, e *env, o applyOptions) (err error) {
 		if res.Snapback != nil {
 			msg += fmt.Sprintf("; undo with: thinback apply %s --to %s", o.snapback, o.target)
 		}
-		fmt.Fprintln(e.stderr, msg)
+		sayf(e.stderr, "%s", msg)
 	}
 	return nil
 }

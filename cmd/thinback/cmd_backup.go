@@ -39,7 +39,7 @@ func backupCommand(e *env) *cli.Command {
 			&cli.StringFlag{Name: "file", Usage: "back up this image or block device instead of a thin LV"},
 			&cli.StringFlag{Name: "volume", Usage: "the volume's name in the store (default: VG/LV, or the image's file name)"},
 			&cli.Int64Flag{Name: "block-size", Value: archive.DefaultBlockSize, Usage: "with --file, the block size of a new volume"},
-			&cli.IntFlag{Name: "level", Value: 1, Usage: "compression level: 1 (fastest), 3, 7 (smallest)"},
+			levelFlag,
 			&cli.StringFlag{Name: "pre", Usage: "shell command run before the snapshot (e.g. fsfreeze -f /mnt/vm)"},
 			&cli.StringFlag{Name: "post", Usage: "shell command run after the snapshot, even if it failed (e.g. fsfreeze -u /mnt/vm)"},
 			&cli.BoolFlag{Name: "release-stale-metadata-snap", Usage: releaseStaleUsage},
@@ -50,19 +50,23 @@ func backupCommand(e *env) *cli.Command {
 			if err != nil {
 				return err
 			}
+			lvl, err := level(c)
+			if err != nil {
+				return err
+			}
 			o := backupOptions{
 				store: c.String("store"), file: c.String("file"), volume: c.String("volume"),
-				blockSize: c.Int64("block-size"), level: archive.Level(c.Int("level")),
+				blockSize: c.Int64("block-size"), level: lvl,
 				pre: c.String("pre"), post: c.String("post"), releaseStale: c.Bool("release-stale-metadata-snap"),
 				json: c.Bool("json"), quiet: c.Bool("quiet"),
 			}
 			switch {
 			case len(a) == 1 && o.file != "":
-				return usageError{"backup: give either VG/LV or --file, not both"}
+				return usageError{msg: "backup: give either VG/LV or --file, not both"}
 			case len(a) == 0 && o.file == "":
-				return usageError{"backup: give VG/LV or --file IMAGE (see thinback backup --help)"}
+				return usageError{msg: "backup: give VG/LV or --file IMAGE"}
 			case o.blockSize < archive.MinBlockSize || o.blockSize > archive.MaxBlockSize || o.blockSize%archive.MinBlockSize != 0:
-				return usageError{fmt.Sprintf("backup: --block-size %d is not a multiple of 4096 between 4096 and %d", o.blockSize, archive.MaxBlockSize)}
+				return usageError{msg: fmt.Sprintf("backup: --block-size %d is not a multiple of 4096 between 4096 and %d", o.blockSize, archive.MaxBlockSize)}
 			}
 			if len(a) == 1 {
 				o.lv = a[0]
@@ -124,9 +128,9 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 		return err
 	}
 	if removed, err := s.RemoveOrphans(); err != nil {
-		fmt.Fprintf(e.stderr, "thinback: removing files of %s left by an interrupted run: %v\n", o.store, err)
+		sayf(e.stderr, "thinback: removing files of %s left by an interrupted run: %v", o.store, err)
 	} else if len(removed) > 0 {
-		fmt.Fprintf(e.stderr, "thinback: removed %d file(s) left by an interrupted run: %s\n", len(removed), strings.Join(removed, ", "))
+		sayf(e.stderr, "thinback: removed %d file(s) left by an interrupted run: %s", len(removed), strings.Join(removed, ", "))
 	}
 	name := o.volume
 	var origin *lvmthin.LV
@@ -203,38 +207,43 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 			line += "; pruned " + strings.Join(res.Pruned, " ")
 		}
 		for _, n := range res.Notes {
-			fmt.Fprintf(e.stderr, "thinback: %s\n", n)
+			sayf(e.stderr, "thinback: %s", n)
 		}
-		fmt.Fprintln(e.stderr, line)
+		sayf(e.stderr, "%s", line)
 	}
 	return pruneErr
 }
 
-// volumeFor returns the store's record of a volume, creating it.
-func volumeFor(s *catalog.Store, want catalog.Volume) (catalog.Volume, error) {
+// volumeFor returns the store's record of a volume, or want and a pointer
+// to it when the store has none yet. A new volume is not recorded here:
+// storeDelta records it together with its first snapshot, so a first
+// backup that fails leaves no volume behind.
+func volumeFor(s *catalog.Store, want catalog.Volume) (catalog.Volume, *catalog.Volume, error) {
 	var v catalog.Volume
-	err := s.Update(func(tx *catalog.Tx) error {
+	var created *catalog.Volume
+	err := s.View(func(tx *catalog.Tx) error {
 		var err error
 		v, err = tx.Volume(want.Name)
 		if errors.Is(err, catalog.ErrNotFound) {
-			v = want
-			return tx.PutVolume(&v)
+			v, created = want, &want
+			return nil
 		}
 		return err
 	})
 	if err != nil {
-		return v, err
+		return v, nil, err
 	}
 	if v.Kind != want.Kind {
-		return v, fmt.Errorf("the store's volume %s is a %s volume, not %s: give another name with --volume", v.Name, v.Kind, want.Kind)
+		return v, nil, fmt.Errorf("the store's volume %s is a %s volume, not %s: give another name with --volume", v.Name, v.Kind, want.Kind)
 	}
-	return v, nil
+	return v, created, nil
 }
 
 // storeDelta writes a delta file of src into the store and records it,
-// with rec's LVM fields.
-func storeDelta(ctx context.Context, s catalog.DeltaWriter, dir string, h *archive.Header, src archive.Source, level archive.Level, prog progress, rec catalog.Snapshot) (catalog.Snapshot, error) {
-	full, err := s.WriteDelta(h.VolumeName, func(out io.Writer) (catalog.Snapshot, error) {
+// with rec's LVM fields, and with the volume's record when newVol is not
+// nil (its first snapshot: the volume is recorded with it or not at all).
+func storeDelta(ctx context.Context, s catalog.DeltaWriter, dir string, h *archive.Header, src archive.Source, level archive.Level, prog progress, rec catalog.Snapshot, newVol *catalog.Volume) (catalog.Snapshot, error) {
+	write := func(out io.Writer) (catalog.Snapshot, error) {
 		w := archive.NewWriter(out)
 		if err := w.WriteHeader(h); err != nil {
 			return catalog.Snapshot{}, err
@@ -248,7 +257,14 @@ func storeDelta(ctx context.Context, s catalog.DeltaWriter, dir string, h *archi
 		full := snapshotRecord(h, w.Trailer())
 		full.LVName, full.LVUUID, full.ThinID = rec.LVName, rec.LVUUID, rec.ThinID
 		return full, nil
-	})
+	}
+	var full catalog.Snapshot
+	var err error
+	if newVol != nil {
+		full, err = s.WriteVolumeDelta(*newVol, write)
+	} else {
+		full, err = s.WriteDelta(h.VolumeName, write)
+	}
 	return full, storeWriteError(dir, err)
 }
 
@@ -272,7 +288,7 @@ func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, f *o
 	if err != nil {
 		return nil, err
 	}
-	v, err := volumeFor(s, catalog.Volume{Name: name, UUID: archive.NewID().String(), Kind: catalog.KindFile, Source: abs, BlockSize: o.blockSize})
+	v, newVol, err := volumeFor(s, catalog.Volume{Name: name, UUID: archive.NewID().String(), Kind: catalog.KindFile, Source: abs, BlockSize: o.blockSize})
 	if err != nil {
 		return nil, err
 	}
@@ -355,7 +371,7 @@ func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, f *o
 	if ds != nil {
 		p = noProgress{} // the digest source reports what it examines
 	}
-	rec, err := storeDelta(ctx, s, s.Dir(), h, src, o.level, p, catalog.Snapshot{})
+	rec, err := storeDelta(ctx, s, s.Dir(), h, src, o.level, p, catalog.Snapshot{}, newVol)
 	prog.Done()
 	if postErr := runHook(context.WithoutCancel(ctx), e, "post", o.post, vars); postErr != nil && err == nil {
 		err = postErr
@@ -374,7 +390,7 @@ func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, f *o
 }
 
 func backupLVM(ctx context.Context, e *env, s *catalog.Store, name string, origin *lvmthin.LV, o backupOptions) (_ *backupResult, err error) {
-	v, err := volumeFor(s, catalog.Volume{Name: name, UUID: origin.UUID, Kind: catalog.KindLVMThin, Source: origin.FullName().String(), BlockSize: thinBlockSize(origin.ChunkSize)})
+	v, newVol, err := volumeFor(s, catalog.Volume{Name: name, UUID: origin.UUID, Kind: catalog.KindLVMThin, Source: origin.FullName().String(), BlockSize: thinBlockSize(origin.ChunkSize)})
 	if err != nil {
 		return nil, err
 	}
@@ -469,7 +485,7 @@ func backupLVM(ctx context.Context, e *env, s *catalog.Store, name string, origi
 	}
 	prog := newProgress(e.stderr, o.quiet || o.json, "backed up", d.Stats().DataBytes)
 	rec, err := storeDelta(ctx, s, s.Dir(), h, d, o.level, prog,
-		catalog.Snapshot{LVName: snap.Name, LVUUID: snap.UUID, ThinID: int64(snap.ThinID)})
+		catalog.Snapshot{LVName: snap.Name, LVUUID: snap.UUID, ThinID: int64(snap.ThinID)}, newVol)
 	prog.Done()
 	if err != nil {
 		return nil, err

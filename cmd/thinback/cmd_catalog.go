@@ -56,7 +56,7 @@ func runRebuild(ctx context.Context, e *env, dir string, quiet bool) error {
 		}
 		if err != nil {
 			bad++
-			fmt.Fprintf(e.stderr, "thinback: skipping %s: %v\n", f.Path, err)
+			sayf(e.stderr, "thinback: skipping %s: %v", f.Path, err)
 			continue
 		}
 		sn := snapshotRecord(h, tr)
@@ -85,7 +85,7 @@ func runRebuild(ctx context.Context, e *env, dir string, quiet bool) error {
 		return fmt.Errorf("catalog rebuild: %w", err)
 	}
 	if !quiet {
-		fmt.Fprintf(e.stderr, "rebuilt the catalog of %s from %d delta file(s)\n", dir, len(good))
+		sayf(e.stderr, "rebuilt the catalog of %s from %d delta file(s)", dir, len(good))
 	}
 	if bad > 0 {
 		return fmt.Errorf("catalog rebuild: %d file(s) could not be read and were left out (run thinback verify --store %s)", bad, dir)

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"fmt"
-
 	"github.com/urfave/cli/v2"
 )
 
@@ -21,7 +19,7 @@ func initCommand(e *env) *cli.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stderr, "store %s is ready: back up into it with thinback backup VG/LV --store %s\n", s.Dir(), s.Dir())
+			sayf(e.stderr, "store %s is ready: back up into it with thinback backup VG/LV --store %s", s.Dir(), s.Dir())
 			return nil
 		},
 	}

@@ -166,7 +166,8 @@ func headerReport(h *archive.Header) *inspectHeader {
 
 func printInspect(w io.Writer, rep *inspectReport) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	row := func(k, f string, a ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(f, a...)) }
+	// Every cell may hold names and attributes of the file.
+	row := func(k, f string, a ...any) { fmt.Fprintf(tw, "%s\t%s\n", safe(k), safe(fmt.Sprintf(f, a...))) }
 	row("file", "%s", rep.File)
 	if h := rep.Header; h != nil {
 		row("format", "version %d, %s", h.Version, h.Kind)
@@ -195,7 +196,7 @@ func printInspect(w io.Writer, rep *inspectReport) {
 		row("digest", "%s", rep.Digest)
 		row("verified", "yes, every record and block (%.2fs)", rep.Duration)
 	} else {
-		row("verified", "NO: %s", strings.ReplaceAll(rep.Error, "\n", " "))
+		row("verified", "NO: %s", strings.ReplaceAll(rep.Error, "\n", " ")) // advice lines, joined
 	}
 	tw.Flush()
 	for _, r := range rep.Records {

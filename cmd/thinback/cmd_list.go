@@ -49,21 +49,27 @@ func runList(e *env, dir, state, only string, asJSON bool) error {
 	}
 	// Which targets on this machine hold which snapshot.
 	held := map[string][]string{}
-	err = catalog.View(state, nil, func(tx *catalog.Tx) error {
-		ts, err := tx.Targets()
-		for _, t := range ts {
-			if t.Snapshot != "" {
-				label := t.Path
-				if t.InProgress != nil {
-					label += " (apply interrupted)"
+	err = stateDir(state, false)
+	if err == nil {
+		err = catalog.View(state, nil, func(tx *catalog.Tx) error {
+			ts, err := tx.Targets()
+			for _, t := range ts {
+				if t.Snapshot != "" {
+					label := t.Path
+					if t.InProgress != nil {
+						label += " (apply interrupted)"
+					}
+					held[t.Snapshot] = append(held[t.Snapshot], label)
 				}
-				held[t.Snapshot] = append(held[t.Snapshot], label)
 			}
+			return err
+		})
+		if err != nil {
+			err = fmt.Errorf("state file %s: %w", state, err)
 		}
-		return err
-	})
+	}
 	if err != nil {
-		fmt.Fprintf(e.stderr, "thinback: state file %s: %v (targets not shown)\n", state, err)
+		sayf(e.stderr, "thinback: %v (targets not shown)", err)
 	}
 	var out []listVolume
 	err = s.View(func(tx *catalog.Tx) error {
@@ -118,11 +124,11 @@ func printList(w io.Writer, vols []listVolume) {
 		if i > 0 {
 			fmt.Fprintln(w)
 		}
-		fmt.Fprintf(w, "%s  (%s, source %s, block size %d", v.Name, v.Kind, v.Source, v.BlockSize)
+		line := fmt.Sprintf("%s  (%s, source %s, block size %d", v.Name, v.Kind, v.Source, v.BlockSize)
 		if !v.Retention.IsZero() {
-			fmt.Fprintf(w, ", keep %s", v.Retention)
+			line += fmt.Sprintf(", keep %s", v.Retention)
 		}
-		fmt.Fprintln(w, ")")
+		sayf(w, "%s)", line)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "  SEQ\tID\tTIME (UTC)\tKIND\tSIZE\tCHANGED\tSTORED\tHELD BY")
 		for _, s := range v.Snapshots {
@@ -133,8 +139,8 @@ func printList(w io.Writer, vols []listVolume) {
 				}
 				targets += t
 			}
-			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Seq, s.ID[:8], s.Time.UTC().Format(time.DateTime),
-				s.Kind, bytesHuman(s.VolumeSize), bytesHuman(s.DataBytes+s.ZeroBytes), bytesHuman(s.FileSize), targets)
+			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Seq, safe(s.ID[:8]), s.Time.UTC().Format(time.DateTime),
+				s.Kind, bytesHuman(s.VolumeSize), bytesHuman(s.DataBytes+s.ZeroBytes), bytesHuman(s.FileSize), safe(targets))
 		}
 		tw.Flush()
 	}

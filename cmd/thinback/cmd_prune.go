@@ -87,7 +87,7 @@ func runPrune(ctx context.Context, e *env, dir, only string, r catalog.Retention
 		}
 		if policy.IsZero() {
 			if only != "" {
-				return usageError{fmt.Sprintf("prune: give --keep-* options: volume %s has no retention policy (backup --keep-* sets one)", v.Name)}
+				return usageError{msg: fmt.Sprintf("prune: give --keep-* options: volume %s has no retention policy (backup --keep-* sets one)", v.Name)}
 			}
 			continue
 		}
@@ -103,7 +103,7 @@ func runPrune(ctx context.Context, e *env, dir, only string, r catalog.Retention
 		results = append(results, res)
 	}
 	if len(results) == 0 && !asJSON {
-		return usageError{"prune: give --keep-* options: no volume has a retention policy (backup --keep-* sets one)"}
+		return usageError{msg: "prune: give --keep-* options: no volume has a retention policy (backup --keep-* sets one)"}
 	}
 	if asJSON {
 		if results == nil {
@@ -128,11 +128,11 @@ func runPrune(ctx context.Context, e *env, dir, only string, r catalog.Retention
 		if len(seqs) == 0 {
 			seqs = []string{"nothing"}
 		}
-		fmt.Fprintf(e.stderr, "prune %s (keep %s): %s %s; kept %d", res.Volume, res.Policy, verb, strings.Join(seqs, ", "), len(res.Kept))
+		line := fmt.Sprintf("prune %s (keep %s): %s %s; kept %d", res.Volume, res.Policy, verb, strings.Join(seqs, ", "), len(res.Kept))
 		if len(res.Rewritten) > 0 {
-			fmt.Fprintf(e.stderr, "; merged into %s", strings.Join(res.Rewritten, ", "))
+			line += fmt.Sprintf("; merged into %s", strings.Join(res.Rewritten, ", "))
 		}
-		fmt.Fprintln(e.stderr)
+		sayf(e.stderr, "%s", line)
 	}
 	return nil
 }

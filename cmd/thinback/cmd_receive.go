@@ -9,6 +9,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/restore"
 	"github.com/urfave/cli/v2"
 )
 
@@ -35,12 +36,12 @@ func receiveCommand(e *env) *cli.Command {
 			to, store := c.String("to"), c.String("store")
 			switch {
 			case to != "" && c.IsSet("store"):
-				return usageError{"receive: give --store DIR or --to TARGET, not both"}
+				return usageError{msg: "receive: give --store DIR or --to TARGET, not both"}
 			case to != "":
 				return runApply(c.Context, e, applyOptions{files: []string{"-"}, target: to, snapback: c.String("snapback"),
 					force: c.Bool("force"), state: stateFilePath(c.String("state")), quiet: c.Bool("quiet")})
 			case store == "":
-				return usageError{"receive: give --store DIR or --to TARGET"}
+				return usageError{msg: "receive: give --store DIR or --to TARGET"}
 			}
 			return runReceive(c.Context, e, store, c.Bool("quiet"))
 		},
@@ -79,17 +80,23 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
 	if err != nil {
 		return fmt.Errorf("receive: standard input: %w", err)
 	}
+	if err := catalog.ValidVolumeName(h.VolumeName); err != nil {
+		return fmt.Errorf("receive: the stream names its volume %+q, which thinback does not record as a volume name (%v): send it again with --volume NAME", h.VolumeName, err)
+	}
 	unlock, err := s.LockVolume(h.VolumeName)
 	if err != nil {
 		return fmt.Errorf("receive: %w", err)
 	}
 	defer unlockWarn(e, unlock, h.VolumeName)
 	// Refuse before reading the stream what could not be recorded: a
-	// snapshot already there, an incremental whose parent is not, another
-	// volume under the same name. Commit checks the same again.
+	// snapshot already there, another volume under the same name, an
+	// incremental whose parent is not in the store, belongs to another
+	// volume or had another size than the stream says it was made from
+	// (its restore would leave stale data). Commit checks the same again.
 	err = s.View(func(tx *catalog.Tx) error {
 		if v, err := tx.Volume(h.VolumeName); err == nil && v.UUID != "" && h.VolumeUUID != "" && v.UUID != h.VolumeUUID {
-			return fmt.Errorf("the store's volume %s has uuid %s, the stream's %s: a different volume under the same name", h.VolumeName, v.UUID, h.VolumeUUID)
+			return fmt.Errorf("the store's volume %s has uuid %s, the stream's %s: a different volume under the same name: %w",
+				h.VolumeName, safe(v.UUID), safe(h.VolumeUUID), restore.ErrVolumeMismatch)
 		}
 		err := tx.CheckNew(snapshotRecord(h, archive.Trailer{}))
 		if errors.Is(err, catalog.ErrParentVolume) {
@@ -103,7 +110,9 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
 		return fmt.Errorf("receive: %w", receiveAdvice(h, err))
 	}
 	prog := newProgress(e.stderr, quiet, "received", h.VolumeSize)
-	snap, err := s.WriteDelta(h.VolumeName, func(w io.Writer) (catalog.Snapshot, error) {
+	// A new volume is recorded with its first snapshot, so a stream that
+	// fails, or a commit that does, leaves no volume behind.
+	snap, err := s.WriteVolumeDelta(volumeRecord(h), func(w io.Writer) (catalog.Snapshot, error) {
 		if err := sink.setTarget(w); err != nil {
 			return catalog.Snapshot{}, err
 		}
@@ -114,16 +123,7 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
 		if err != nil {
 			return catalog.Snapshot{}, fmt.Errorf("standard input: %w", err)
 		}
-		// The volume is recorded only for a stream that is complete.
-		err = s.Update(func(tx *catalog.Tx) error {
-			if _, err := tx.Volume(h.VolumeName); errors.Is(err, catalog.ErrNotFound) {
-				v := volumeRecord(h)
-				return tx.PutVolume(&v)
-			} else {
-				return err
-			}
-		})
-		return snapshotRecord(h, rd.Trailer()), err
+		return snapshotRecord(h, rd.Trailer()), nil
 	})
 	prog.Done()
 	if err != nil {
@@ -134,7 +134,7 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
 		if !h.IsFull() {
 			kind = "incremental"
 		}
-		fmt.Fprintf(e.stderr, "received %s #%d %s (%s, %s): %s data, %s zero, %s stored\n", h.VolumeName, snap.Seq, snap.ID,
+		sayf(e.stderr, "received %s #%d %s (%s, %s): %s data, %s zero, %s stored", h.VolumeName, snap.Seq, snap.ID,
 			h.Snapshot.Name, kind, bytesHuman(snap.DataBytes), bytesHuman(snap.ZeroBytes), bytesHuman(snap.FileSize))
 	}
 	return nil
@@ -144,9 +144,11 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
 func receiveAdvice(h *archive.Header, err error) error {
 	switch {
 	case errors.Is(err, catalog.ErrExist):
-		return fmt.Errorf("snapshot %s (%s) of %s is already in the store: %w", h.Snapshot.ID, h.Snapshot.Name, h.VolumeName, err)
+		return fmt.Errorf("snapshot %s (%s) of %s is already in the store: %w", h.Snapshot.ID, safe(h.Snapshot.Name), h.VolumeName, err)
 	case errors.Is(err, catalog.ErrMissingParent):
-		return fmt.Errorf("the stream is an incremental from %s (%s), which is not in the store: receive its full and the incrementals up to it first: %w", h.Parent.ID, h.Parent.Name, err)
+		return fmt.Errorf("the stream is an incremental from %s (%s), which is not in the store: receive its full and the incrementals up to it first: %w", h.Parent.ID, safe(h.Parent.Name), err)
+	case errors.Is(err, catalog.ErrParentSize):
+		return fmt.Errorf("%w; the stream is not recorded (is the file damaged or crafted? send it again)", err)
 	}
 	return err
 }

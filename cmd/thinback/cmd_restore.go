@@ -38,10 +38,10 @@ func restoreCommand(e *env) *cli.Command {
 				return err
 			}
 			if c.String("to") == "" {
-				return usageError{"restore: give the target with --to FILE|DEVICE"}
+				return usageError{msg: "restore: give the target with --to FILE|DEVICE"}
 			}
 			if c.String("at") != "" && c.String("snapshot") != "" {
-				return usageError{"restore: give --at or --snapshot, not both"}
+				return usageError{msg: "restore: give --at or --snapshot, not both"}
 			}
 			return runRestore(c.Context, e, restoreOptions{
 				store: c.String("store"), volume: a[0], at: c.String("at"), snapshot: c.String("snapshot"),
@@ -68,7 +68,7 @@ func parseTime(s string) (time.Time, error) {
 			return t, nil
 		}
 	}
-	return time.Time{}, usageError{fmt.Sprintf("cannot read the time %q: write it as 2026-11-20 03:00 (local time) or in RFC 3339", s)}
+	return time.Time{}, usageError{msg: fmt.Sprintf("cannot read the time %q: write it as 2026-11-20 03:00 (local time) or in RFC 3339", s)}
 }
 
 func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
@@ -160,7 +160,7 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 	}
 	if from == len(chain) {
 		if !o.apply.quiet {
-			fmt.Fprintf(e.stderr, "%s already holds %s of %s: nothing to do\n", o.apply.target, chain[len(chain)-1].ID, o.volume)
+			sayf(e.stderr, "%s already holds %s of %s: nothing to do", o.apply.target, chain[len(chain)-1].ID, o.volume)
 		}
 		return nil
 	}
@@ -181,7 +181,7 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 	}
 	if !o.apply.quiet {
 		last := chain[len(chain)-1]
-		fmt.Fprintf(e.stderr, "restored %s #%d (%s, %s) to %s from %d file(s) %s: %s written, %s zeroed, %s superseded, in %s\n",
+		sayf(e.stderr, "restored %s #%d (%s, %s) to %s from %d file(s) %s: %s written, %s zeroed, %s superseded, in %s",
 			o.volume, last.Seq, last.ID, last.Time.UTC().Format(time.RFC3339), o.apply.target, len(inputs), strings.Join(names, " "),
 			bytesHuman(res.DataBytes), bytesHuman(res.ZeroBytes), bytesHuman(res.Skipped), res.Duration.Round(time.Millisecond))
 	}

@@ -39,7 +39,7 @@ func sendCommand(e *env) *cli.Command {
 			&cli.StringFlag{Name: "volume", Usage: "volume name recorded in the file (default: the image's file name)"},
 			&cli.StringFlag{Name: "volume-uuid", Usage: "volume identity recorded in the file, checked by apply"},
 			&cli.Int64Flag{Name: "block-size", Value: archive.DefaultBlockSize, Usage: "block size in bytes for images (a multiple of 4096)"},
-			&cli.IntFlag{Name: "level", Value: 1, Usage: "compression level: 1 (fastest), 3, 7 (smallest)"},
+			levelFlag,
 			quietFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -47,23 +47,27 @@ func sendCommand(e *env) *cli.Command {
 			if err != nil {
 				return err
 			}
+			lvl, err := level(c)
+			if err != nil {
+				return err
+			}
 			o := sendOptions{
 				file: c.String("file"), baseFile: c.String("base-file"), baseID: c.String("base-id"),
 				out: c.String("output"), volume: c.String("volume"), volumeUUID: c.String("volume-uuid"),
-				blockSize: c.Int64("block-size"), level: archive.Level(c.Int("level")), quiet: c.Bool("quiet"),
+				blockSize: c.Int64("block-size"), level: lvl, quiet: c.Bool("quiet"),
 				releaseStale: c.Bool("release-stale-metadata-snap"),
 			}
 			switch {
 			case len(a) == 1 && o.file != "":
-				return usageError{"send: give either VG/SNAP or --file, not both"}
+				return usageError{msg: "send: give either VG/SNAP or --file, not both"}
 			case len(a) == 0 && o.file == "":
-				return usageError{"send: give VG/SNAP or --file IMAGE (see thinback send --help)"}
+				return usageError{msg: "send: give VG/SNAP or --file IMAGE"}
 			case o.file == "" && (o.baseFile != "" || o.baseID != ""):
-				return usageError{"send: --base-file and --base-id go with --file"}
+				return usageError{msg: "send: --base-file and --base-id go with --file"}
 			case o.file != "" && c.String("base") != "":
-				return usageError{"send: --base goes with VG/SNAP; with --file use --base-file"}
+				return usageError{msg: "send: --base goes with VG/SNAP; with --file use --base-file"}
 			case o.blockSize < archive.MinBlockSize || o.blockSize > archive.MaxBlockSize || o.blockSize%archive.MinBlockSize != 0:
-				return usageError{fmt.Sprintf("send: --block-size %d is not a multiple of 4096 between 4096 and %d", o.blockSize, archive.MaxBlockSize)}
+				return usageError{msg: fmt.Sprintf("send: --block-size %d is not a multiple of 4096 between 4096 and %d", o.blockSize, archive.MaxBlockSize)}
 			}
 			if o.file != "" {
 				return runSendFile(c.Context, e, o)
@@ -145,10 +149,10 @@ func runSendFile(ctx context.Context, e *env, o sendOptions) error {
 		}
 		if o.baseID != "" {
 			if base.ID, err = archive.ParseID(o.baseID); err != nil {
-				return usageError{"send: --base-id: " + err.Error()}
+				return usageError{msg: "send: --base-id: " + err.Error()}
 			}
 		} else if baseBlock {
-			return usageError{fmt.Sprintf("send: the base %s is a block device, whose snapshot id cannot be derived: give --base-id (thinback inspect shows the id of the full you made of it)", o.baseFile)}
+			return usageError{msg: fmt.Sprintf("send: the base %s is a block device, whose snapshot id cannot be derived: give --base-id (thinback inspect shows the id of the full you made of it)", o.baseFile)}
 		}
 		if base.ID == snap.ID {
 			return fmt.Errorf("send: %s and %s are the same unchanged file: there is nothing to send", o.file, o.baseFile)
@@ -159,7 +163,7 @@ func runSendFile(ctx context.Context, e *env, o sendOptions) error {
 		// The comparison reads NEW once; progress follows it.
 		src = archive.NewCompareSource(nf, size, bf, baseSize, o.blockSize, prog.Add)
 	} else if o.baseID != "" {
-		return usageError{"send: --base-id goes with --base-file"}
+		return usageError{msg: "send: --base-id goes with --base-file"}
 	}
 	st, err := sendTo(ctx, e, o.out, h, src, o.level, prog, o.baseFile == "")
 	if err != nil {
@@ -169,7 +173,7 @@ func runSendFile(ctx context.Context, e *env, o sendOptions) error {
 		st.read = size + min(size, h.ParentSize) // both images are read in full
 	}
 	if !o.quiet {
-		fmt.Fprintln(e.stderr, sendSummary(h, st))
+		sayf(e.stderr, "%s", sendSummary(h, st))
 	}
 	return nil
 }

@@ -59,7 +59,7 @@ func verdict(e *env, quiet bool, ok bool, what string, size int64, took time.Dur
 	if !ok {
 		word = "BAD "
 	}
-	fmt.Fprintf(e.stdout, "%s %s (%s%s)%s\n", word, what, bytesHuman(size), rate, detail)
+	sayf(e.stdout, "%s %s (%s%s)%s", word, what, bytesHuman(size), rate, detail)
 }
 
 func runVerifyFiles(ctx context.Context, e *env, files []string, quiet bool) error {
@@ -119,8 +119,10 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 		done chan struct{}
 	}
 	results := make(map[string]*result, len(snaps)) // by file: a prune may repoint a snapshot meanwhile
+	byID := make(map[string]catalog.Snapshot, len(snaps))
 	for _, sn := range snaps {
 		results[sn.File] = &result{done: make(chan struct{})}
+		byID[sn.ID] = sn
 	}
 	next := make(chan catalog.Snapshot)
 	var wg sync.WaitGroup
@@ -180,6 +182,15 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 				err = fmt.Errorf("the file's parent is %s, the catalog says %q", h.Parent.ID, snap.Parent)
 			case want != snap.FileDigest:
 				err = fmt.Errorf("the file's digest is %s, the catalog recorded %s", want, snap.FileDigest)
+			case !h.IsFull() && snap.ParentSize != 0 && h.ParentSize != snap.ParentSize:
+				err = fmt.Errorf("the file was made from a parent of %d bytes, the catalog says %d: %w", h.ParentSize, snap.ParentSize, catalog.ErrParentSize)
+			default:
+				// The file is what a restore reads: its parent size must be
+				// its parent's volume size, whatever an older record says.
+				if p, ok := byID[snap.Parent]; ok && !h.IsFull() && h.ParentSize != p.VolumeSize {
+					err = fmt.Errorf("the file is an incremental made from a volume of %d bytes, but its parent %s (#%d) is %d bytes: %w; "+
+						"restoring it would leave stale data", h.ParentSize, p.ID, p.Seq, p.VolumeSize, catalog.ErrParentSize)
+				}
 			}
 		}
 		if err != nil {
@@ -209,18 +220,18 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 			if errors.Is(ce.Problem, catalog.ErrOrphan) {
 				// A file renamed into place by a run killed before it
 				// recorded it: harmless, and nothing refers to it.
-				fmt.Fprintf(e.stdout, "note %s is not in the catalog (left by an interrupted run: the next backup removes it, thinback catalog rebuild adopts it)\n", ce.File)
+				sayf(e.stdout, "note %s is not in the catalog (left by an interrupted run: the next backup removes it, thinback catalog rebuild adopts it)", ce.File)
 				continue
 			}
 		}
 		shown++
-		fmt.Fprintf(e.stdout, "BAD  %v\n", p)
+		sayf(e.stdout, "BAD  %v", p)
 	}
 	if shown > 0 {
 		return fmt.Errorf("%d problem(s) in store %s: %w", shown, dir, errVerify)
 	}
 	if !quiet {
-		fmt.Fprintf(e.stderr, "verified %d file(s) of store %s: no problems\n", files, dir)
+		sayf(e.stderr, "verified %d file(s) of store %s: no problems", files, dir)
 	}
 	return nil
 }

@@ -52,7 +52,7 @@ func snapshotRecord(h *archive.Header, t archive.Trailer) catalog.Snapshot {
 		FileDigest: fmt.Sprintf("%x", t.Digest),
 	}
 	if !h.IsFull() {
-		s.Parent = catalogID(h.Parent.ID)
+		s.Parent, s.ParentSize = catalogID(h.Parent.ID), h.ParentSize
 	}
 	if id, err := strconv.ParseInt(h.Attr("lvm.thin_id"), 10, 64); err == nil {
 		s.ThinID = id
@@ -64,9 +64,9 @@ func snapshotRecord(h *archive.Header, t archive.Trailer) catalog.Snapshot {
 // with header h and trailer t (prune).
 func mergedRecord(kept catalog.Snapshot, h *archive.Header, t archive.Trailer) catalog.Snapshot {
 	rec := kept
-	rec.Parent = ""
+	rec.Parent, rec.ParentSize = "", 0
 	if !h.IsFull() {
-		rec.Parent = catalogID(h.Parent.ID)
+		rec.Parent, rec.ParentSize = catalogID(h.Parent.ID), h.ParentSize
 	}
 	rec.DataBytes, rec.ZeroBytes, rec.FileDigest = t.DataBytes, t.ZeroBytes, fmt.Sprintf("%x", t.Digest)
 	return rec

@@ -52,10 +52,17 @@ const exitCodesHelp = `EXIT CODES:
         the next run does not finish or clean up
 `
 
-// usageError marks errors in the command line.
-type usageError struct{ msg string }
+// usageError marks errors in the command line. hint is the command whose
+// --help the message points to; every command's errors get one (see
+// usageErrors).
+type usageError struct{ msg, hint string }
 
-func (e usageError) Error() string { return e.msg }
+func (e usageError) Error() string {
+	if e.hint == "" {
+		return e.msg
+	}
+	return e.msg + " (see " + e.hint + " --help)"
+}
 
 // exitCodes maps every sentinel error of thinback's packages, and the
 // command's own, to its exit code: the first entry an error matches
@@ -110,6 +117,7 @@ var exitCodes = []struct {
 	{catalog.ErrMissingParent, exitChain}, // an incremental whose parent is not in the store
 	{catalog.ErrParentVolume, exitChain},
 	{catalog.ErrParentOrder, exitChain},
+	{catalog.ErrParentSize, exitChain}, // restoring it would leave stale data
 	{restore.ErrTargetTooSmall, exitTarget},
 	{restore.ErrTargetReadOnly, exitTarget},
 	{restore.ErrTargetBusy, exitTarget},
@@ -145,6 +153,9 @@ var exitCodes = []struct {
 	{catalog.ErrFormat, exitError},
 	{catalog.ErrCorrupt, exitError},
 	{catalog.ErrInvalidRecord, exitError},
+	// A link or special file where a store or the state file keeps its
+	// own file: not a target (6), nothing else the table names.
+	{catalog.ErrNotOwn, exitError},
 	{catalog.ErrNotFound, exitError},
 	{catalog.ErrExist, exitError},
 	{catalog.ErrInUse, exitError},

@@ -27,7 +27,7 @@ func TestExitCodes(t *testing.T) {
 	}{
 		{nil, 0},
 		{errors.New("anything"), 1},
-		{usageError{"bad flag"}, 2},
+		{usageError{msg: "bad flag"}, 2},
 		{wrap(&archive.FormatError{Err: archive.ErrChecksum}), 3},
 		{wrap(&archive.FormatError{Err: archive.ErrTruncated}), 3},
 		{wrap(&archive.FormatError{Err: archive.ErrHeader}), 3},
@@ -40,6 +40,7 @@ func TestExitCodes(t *testing.T) {
 		{wrap(restore.ErrModified), 5},
 		{wrap(restore.ErrTargetIsInput), 6},
 		{wrap(archive.ErrFileKind), 6},
+		{wrap(catalog.ErrParentSize), 5},
 		{wrap(restore.ErrTargetTooSmall), 6},
 		{wrap(restore.ErrTargetReadOnly), 6},
 		{wrap(restore.ErrTargetBusy), 6},

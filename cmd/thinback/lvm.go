@@ -63,7 +63,7 @@ func thinHeader(snap, base, origin *lvmthin.LV) *archive.Header {
 func lookupThin(ctx context.Context, spelling string) (*lvmthin.LV, error) {
 	n, err := lvmthin.ParseName(spelling)
 	if err != nil {
-		return nil, usageError{err.Error()}
+		return nil, usageError{msg: err.Error()}
 	}
 	return lvmthin.Lookup(ctx, n)
 }
@@ -112,7 +112,7 @@ func runSendLVM(ctx context.Context, e *env, o sendOptions, spelling, baseSpelli
 	}
 	if !o.quiet {
 		ds := d.Stats()
-		fmt.Fprintf(e.stderr, "%s (%d ranges from %s, metadata snapshot held %s)\n", sendSummary(h, st), ds.Ranges, ds.Tool, ds.MetadataSnapHeld.Round(time.Millisecond))
+		sayf(e.stderr, "%s (%d ranges from %s, metadata snapshot held %s)", sendSummary(h, st), ds.Ranges, ds.Tool, ds.MetadataSnapHeld.Round(time.Millisecond))
 	}
 	return nil
 }

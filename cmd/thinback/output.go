@@ -23,11 +23,11 @@ type output struct {
 
 func createOutput(e *env, path string) (*output, error) {
 	if path == "" {
-		return nil, usageError{"no output: give -o FILE, or -o - for standard output"}
+		return nil, usageError{msg: "no output: give -o FILE, or -o - for standard output"}
 	}
 	if path == "-" {
 		if f, ok := e.stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-			return nil, usageError{"refusing to write a delta file to a terminal: redirect standard output or give -o FILE"}
+			return nil, usageError{msg: "refusing to write a delta file to a terminal: redirect standard output or give -o FILE"}
 		}
 		return &output{w: e.stdout, name: "standard output"}, nil
 	}

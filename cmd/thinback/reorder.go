@@ -57,7 +57,15 @@ func interspersed(app *cli.App, args []string) []string {
 		default:
 			flags = append(flags, a)
 			name := strings.TrimLeft(a, "-")
-			if !strings.Contains(name, "=") && takesValue[name] && j+1 < len(args) {
+			if !strings.Contains(name, "=") && takesValue[name] {
+				if j+1 == len(args) {
+					// "apply x.tbk --to": the flag has no value. Given
+					// last, without the positional arguments, it is the
+					// parser's "flag needs an argument" (a usage error),
+					// instead of taking a positional argument or "--"
+					// as its value.
+					return append(out, flags...)
+				}
 				j++
 				flags = append(flags, args[j])
 			}

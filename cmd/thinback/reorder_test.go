@@ -19,6 +19,10 @@ func TestInterspersed(t *testing.T) {
 		{"thinback apply --to x -- -f", "thinback apply --to x -- -f"},
 		{"thinback nosuch a --b", "thinback nosuch a --b"},
 		{"thinback --version", "thinback --version"},
+		// A flag without its value stays without one: a usage error, not
+		// a positional argument taken as the value.
+		{"thinback apply a.tbk --to", "thinback apply --to"},
+		{"thinback backup --file x --store", "thinback backup --file x --store"},
 	} {
 		got := interspersed(app, strings.Fields(tc.in))
 		if want := strings.Fields(tc.want); !reflect.DeepEqual(got, want) {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+
 	"github.com/thinback/thinback/catalog"
 	"github.com/urfave/cli/v2"
 )
@@ -24,9 +26,11 @@ func retentionFrom(c *cli.Context) (catalog.Retention, error) {
 		KeepLast: c.Int("keep-last"), KeepHourly: c.Int("keep-hourly"), KeepDaily: c.Int("keep-daily"),
 		KeepWeekly: c.Int("keep-weekly"), KeepMonthly: c.Int("keep-monthly"), KeepYearly: c.Int("keep-yearly"),
 	}
-	for _, n := range []int{r.KeepLast, r.KeepHourly, r.KeepDaily, r.KeepWeekly, r.KeepMonthly, r.KeepYearly} {
-		if n < 0 {
-			return r, usageError{"--keep-* options take a number of snapshots, 0 or more"}
+	for _, f := range keepFlags() {
+		name := f.Names()[0]
+		if n := c.Int(name); n < 0 {
+			return r, usageError{msg: fmt.Sprintf("%s: --%s %d: the --keep-* options take a number of snapshots, 0 or more",
+				c.Command.Name, name, n), hint: c.Command.HelpName}
 		}
 	}
 	return r, nil

@@ -3,7 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/restore"
@@ -30,11 +32,33 @@ func stateFilePath(flag string) string {
 	return defaultStateFile
 }
 
+// stateDir checks the state file's directory: thinback's own (it makes
+// /var/lib/thinback), so a symbolic link there is refused rather than
+// followed to wherever it points (the file itself is opened without
+// following links by the catalog package). With create, a missing
+// directory is made, mode 0700. A missing directory is fine to read:
+// no target is known.
+func stateDir(path string, create bool) error {
+	dir := filepath.Dir(path)
+	if create {
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+			return fmt.Errorf("state file %s: %w", path, err)
+		}
+	}
+	if _, err := catalog.OwnDir(dir, create); err != nil && !(errors.Is(err, fs.ErrNotExist) && !create) {
+		return fmt.Errorf("state file %s: %w (give the state file's real path with --state or $THINBACK_STATE)", path, err)
+	}
+	return nil
+}
+
 // load returns the target's recorded state (zero when unknown). When the
 // target is not the one the record was made for (a file or device
 // replaced under the same name), the state says so in Modified.
 func (s *stateFile) load() (restore.State, error) {
 	var st restore.State
+	if err := stateDir(s.path, false); err != nil {
+		return st, err
+	}
 	err := catalog.View(s.path, nil, func(tx *catalog.Tx) error {
 		t, err := tx.Target(s.id.Key)
 		if errors.Is(err, catalog.ErrNotFound) {
@@ -59,6 +83,9 @@ func (s *stateFile) load() (restore.State, error) {
 // save records st for the target.
 func (s *stateFile) save(path string, st restore.State) error {
 	t := targetRecord(s.id, path, st)
+	if err := stateDir(s.path, true); err != nil {
+		return err
+	}
 	err := catalog.Update(s.path, nil, func(tx *catalog.Tx) error { return tx.PutTarget(&t) })
 	if err != nil {
 		return fmt.Errorf("state file %s: %w", s.path, err)

@@ -26,7 +26,7 @@ var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON"}
 // cleans up temporary files left by crashed runs, saying so.
 func openStore(e *env, dir string, create bool) (*catalog.Store, error) {
 	if dir == "" {
-		return nil, usageError{"give the backup store with --store DIR (or set THINBACK_STORE)"}
+		return nil, usageError{msg: "give the backup store with --store DIR (or set THINBACK_STORE)"}
 	}
 	if !create {
 		if _, err := os.Stat(dir + "/catalog.db"); err != nil {
@@ -38,9 +38,9 @@ func openStore(e *env, dir string, create bool) (*catalog.Store, error) {
 		return nil, fmt.Errorf("store %s: %w", dir, err)
 	}
 	if removed, err := s.CleanTemp(); err != nil {
-		fmt.Fprintf(e.stderr, "thinback: cleaning temporary files of %s: %v\n", dir, err)
+		sayf(e.stderr, "thinback: cleaning temporary files of %s: %v", dir, err)
 	} else if len(removed) > 0 {
-		fmt.Fprintf(e.stderr, "thinback: removed %d temporary file(s) left by an interrupted run: %s\n", len(removed), strings.Join(removed, ", "))
+		sayf(e.stderr, "thinback: removed %d temporary file(s) left by an interrupted run: %s", len(removed), strings.Join(removed, ", "))
 	}
 	return s, nil
 }
@@ -89,7 +89,7 @@ func findSnapshot(tx *catalog.Tx, volume, ref string) (catalog.Snapshot, error) 
 	case 0:
 		return catalog.Snapshot{}, fmt.Errorf("volume %s has no snapshot %q (see thinback list %s): %w", volume, ref, volume, catalog.ErrNotFound)
 	}
-	return catalog.Snapshot{}, usageError{fmt.Sprintf("snapshot %q of %s is ambiguous: give more of its id", ref, volume)}
+	return catalog.Snapshot{}, usageError{msg: fmt.Sprintf("snapshot %q of %s is ambiguous: give more of its id", ref, volume)}
 }
 
 // warn prints a failure that did not fail the run. Warnings are printed
