@@ -72,6 +72,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			receiveCommand(e),
 			applyCommand(e),
 			restoreCommand(e),
+			catCommand(e),
 			listCommand(e),
 			pruneCommand(e),
 			verifyCommand(e),
