@@ -73,6 +73,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			applyCommand(e),
 			restoreCommand(e),
 			catCommand(e),
+			mountCommand(e),
 			listCommand(e),
 			pruneCommand(e),
 			verifyCommand(e),
