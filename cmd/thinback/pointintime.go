@@ -95,7 +95,17 @@ type pointInTime struct {
 // them: a prune commits its change only after that transaction, and
 // removes the files it made obsolete only after its commit, so every file
 // named is there to open. Once open, a file is read as it is even if a
-// prune removes its name meanwhile.
+// prune removes its name meanwhile: the local store never rewrites a file
+// in place (a prune writes the next generation under a new name), and an
+// open descriptor keeps reading the old inode.
+//
+// A store on object storage has no open descriptors: an object removed by
+// a prune is gone for later range reads, so an image open across a prune
+// would get EIO for records it had not cached (never other data, since
+// every record is checked against the digests indexed when it was
+// opened). Such a store will need to keep an image's objects (delay the
+// deletes of a prune, or read a versioned bucket's old versions) while a
+// mount has them open.
 func (s *readStore) openPointInTime(pick func(*catalog.Tx) (catalog.Snapshot, error)) (*pointInTime, error) {
 	p := &pointInTime{}
 	err := s.View(func(tx *catalog.Tx) error {
