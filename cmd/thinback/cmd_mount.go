@@ -113,7 +113,7 @@ func runMount(ctx context.Context, e *env, o mountOptions) error {
 			Name:   "thinback",
 			// Read-only in the superblock (the kernel refuses every write
 			// with EROFS before it reaches us) and in the mount.
-			Options:          []string{"ro", "default_permissions"},
+			Options:          []string{"ro", "noexec", "default_permissions"},
 			DirectMount:      true, // as root: mount(2) itself, no fusermount needed
 			DirectMountFlags: syscall.MS_RDONLY | syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_NOEXEC,
 			// Requests of up to 1 MiB: a sequential reader then costs a
