@@ -74,6 +74,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 			restoreCommand(e),
 			catCommand(e),
 			mountCommand(e),
+			serveCommand(e),
 			listCommand(e),
 			pruneCommand(e),
 			verifyCommand(e),
