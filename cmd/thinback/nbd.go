@@ -67,8 +67,11 @@ const (
 	nbdMaxOption = 64 << 10
 	// nbdMaxRead bounds one read request (and so the memory of one).
 	nbdMaxRead = 32 << 20
-	// nbdInflight bounds the reads served at once per connection.
+	// nbdInflight bounds the reads served at once per connection, in
+	// units of nbdSlot bytes (a read takes one unit per started nbdSlot):
+	// a client cannot make the server hold more than 64 MiB of reads.
 	nbdInflight = 16
+	nbdSlot     = 4 << 20
 )
 
 // errNBDClosed marks the end of a connection the client asked for.
@@ -362,11 +365,18 @@ func (n *nbdConn) transmit(exp nbdExport) error {
 				}
 				continue
 			}
-			slots <- struct{}{}
+			units := max(1, (int(req.Length)+nbdSlot-1)/nbdSlot)
+			for range units { // only this goroutine takes units: no deadlock
+				slots <- struct{}{}
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				defer func() { <-slots }()
+				defer func() {
+					for range units {
+						<-slots
+					}
+				}()
 				buf := make([]byte, req.Length)
 				code := uint32(0)
 				if _, err := exp.ReadAt(buf, int64(req.Offset)); err != nil && !errors.Is(err, io.EOF) {

@@ -250,3 +250,62 @@ func TestServeNBD(t *testing.T) {
 		t.Logf("serve said:\n%s", stderr.String())
 	}
 }
+
+// memExports is one export of bytes in memory, for the fuzz test.
+type memExports struct{ data []byte }
+
+type memExport struct{ *bytes.Reader }
+
+func (memExport) Close() error { return nil }
+
+func (m memExports) List() ([]string, error) { return []string{"mem"}, nil }
+
+func (m memExports) Open(name string) (nbdExport, error) {
+	if name != "mem" && name != "" {
+		return nil, nil
+	}
+	return memExport{bytes.NewReader(m.data)}, nil
+}
+
+// FuzzNBDServer feeds what a client sends (after the server's greeting)
+// to the server: whatever it is, the server neither panics nor hangs nor
+// allocates beyond its bounds, and it ends the connection when the input
+// ends.
+func FuzzNBDServer(f *testing.F) {
+	hello := binary.BigEndian.AppendUint32(nil, nbdFlagCFixed|nbdFlagCNoZeroes)
+	opt := func(b []byte, o uint32, data []byte) []byte {
+		b = binary.BigEndian.AppendUint64(b, nbdOptMagic)
+		b = binary.BigEndian.AppendUint32(b, o)
+		b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+		return append(b, data...)
+	}
+	req := func(b []byte, typ uint16, off uint64, n uint32) []byte {
+		b = binary.BigEndian.AppendUint32(b, nbdRequestMagic)
+		b = binary.BigEndian.AppendUint16(b, 0)
+		b = binary.BigEndian.AppendUint16(b, typ)
+		b = binary.BigEndian.AppendUint64(b, 1)
+		b = binary.BigEndian.AppendUint64(b, off)
+		return binary.BigEndian.AppendUint32(b, n)
+	}
+	goData := append(binary.BigEndian.AppendUint32(nil, 3), "mem\x00\x00"...)
+	f.Add(opt(append([]byte(nil), hello...), nbdOptList, nil))
+	f.Add(req(req(opt(append([]byte(nil), hello...), nbdOptGo, goData), nbdCmdRead, 0, 4096), nbdCmdDisc, 0, 0))
+	f.Add(req(opt(append([]byte(nil), hello...), nbdOptExportName, []byte("mem")), nbdCmdWrite, 0, 10))
+	f.Add(opt(append([]byte(nil), hello...), nbdOptInfo, []byte{0xff, 0xff, 0xff, 0xff, 0, 0}))
+	f.Add(req(opt(append([]byte(nil), hello...), nbdOptGo, goData), nbdCmdRead, 1<<20-1, 1<<30))
+	exports := memExports{data: bytes.Repeat([]byte("thinback"), 1<<17)}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		client, server := net.Pipe()
+		done := make(chan error, 1)
+		go func() { done <- serveNBDConn(server, exports); server.Close() }()
+		go io.Copy(io.Discard, client) // the server's replies
+		client.SetDeadline(time.Now().Add(10 * time.Second))
+		client.Write(in)
+		client.Close()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the server did not end the connection")
+		}
+	})
+}
