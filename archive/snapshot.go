@@ -82,9 +82,9 @@ type SnapshotReader struct {
 	// The index. Segment i covers [segOff[i], segOff[i+1]) (the last one
 	// up to size) and reads from record segRec[i] of recs, or as zeroes
 	// when segRec[i] < 0.
-	segOff []int64
-	segRec []int32
-	recs   []indexRecord
+	segOff chunks[int64]
+	segRec chunks[int32]
+	recs   chunks[indexRecord]
 
 	cache     recordCache
 	readAhead int64         // bytes
@@ -205,30 +205,26 @@ func (s *SnapshotReader) index(ctx context.Context, c *Chain) error {
 		ref := int32(-1)
 		if seg.Kind == KindData {
 			if last[seg.Input] != seg.Record {
-				if len(s.recs) == math.MaxInt32 {
+				if s.recs.len() == math.MaxInt32 {
 					return fmt.Errorf("the snapshot has more than %d records: too many to index", math.MaxInt32)
 				}
 				r := seg.Record
-				s.recs = append(s.recs, indexRecord{offset: r.Offset, payloadPos: r.PayloadPos, num: r.Num,
+				s.recs.add(indexRecord{offset: r.Offset, payloadPos: r.PayloadPos, num: r.Num,
 					sum: indexSum(h, digestBytes(r.Digests)), length: uint32(r.Length), payloadLen: uint32(r.PayloadLen),
 					input: uint32(seg.Input), compressed: r.Compressed})
-				last[seg.Input], lastIdx[seg.Input] = r, int32(len(s.recs)-1)
+				last[seg.Input], lastIdx[seg.Input] = r, int32(s.recs.len()-1)
 			}
 			ref = lastIdx[seg.Input]
 		}
-		if n := len(s.segRec); n > 0 && s.segRec[n-1] == ref {
+		if n := s.segRec.len(); n > 0 && s.segRec.at(n-1) == ref {
 			continue // the same record (or zeroes) goes on
 		}
-		s.segOff = append(s.segOff, seg.Offset)
-		s.segRec = append(s.segRec, ref)
+		s.segOff.add(seg.Offset)
+		s.segRec.add(ref)
 	}
 	if pos != s.size {
 		return fmt.Errorf("bytes [%d, %d) of the volume are defined by no file of the chain: %w", pos, s.size, ErrNotChain)
 	}
-	// Give back what append reserved beyond the index's size.
-	s.segOff = append([]int64(nil), s.segOff...)
-	s.segRec = append([]int32(nil), s.segRec...)
-	s.recs = append([]indexRecord(nil), s.recs...)
 	return nil
 }
 
@@ -240,14 +236,14 @@ func (s *SnapshotReader) Header() *Header { return s.hdr }
 func (s *SnapshotReader) Size() int64 { return s.size }
 
 // Records returns the number of DATA records the index refers to.
-func (s *SnapshotReader) Records() int { return len(s.recs) }
+func (s *SnapshotReader) Records() int { return s.recs.len() }
 
 // Segments returns the number of ranges of the index.
-func (s *SnapshotReader) Segments() int { return len(s.segOff) }
+func (s *SnapshotReader) Segments() int { return s.segOff.len() }
 
 // IndexBytes returns the memory the index holds.
 func (s *SnapshotReader) IndexBytes() int64 {
-	return int64(cap(s.segOff))*8 + int64(cap(s.segRec))*4 + int64(cap(s.recs))*int64(unsafe.Sizeof(indexRecord{}))
+	return s.segOff.bytes() + s.segRec.bytes() + s.recs.bytes()
 }
 
 // Close stops the background decoding and drops the cache. It does not
@@ -277,12 +273,12 @@ var errReaderClosed = errors.New("archive: read of a closed SnapshotReader")
 // segment returns the index of the segment holding off, which must be in
 // [0, size).
 func (s *SnapshotReader) segment(off int64) int {
-	return sort.Search(len(s.segOff), func(i int) bool { return s.segOff[i] > off }) - 1
+	return sort.Search(s.segOff.len(), func(i int) bool { return s.segOff.at(i) > off }) - 1
 }
 
 func (s *SnapshotReader) segEnd(i int) int64 {
-	if i+1 < len(s.segOff) {
-		return s.segOff[i+1]
+	if i+1 < s.segOff.len() {
+		return s.segOff.at(i + 1)
 	}
 	return s.size
 }
@@ -310,14 +306,14 @@ func (s *SnapshotReader) ReadAt(p []byte, off int64) (int, error) {
 		pos := off + int64(n)
 		end := min(s.segEnd(i), off+int64(len(want)))
 		dst := want[n : n+int(end-pos)]
-		if ref := s.segRec[i]; ref < 0 {
+		if ref := s.segRec.at(i); ref < 0 {
 			clear(dst)
 		} else {
 			data, err := s.record(ref)
 			if err != nil {
 				return n, err
 			}
-			r := &s.recs[ref]
+			r := s.recs.ptr(int(ref))
 			copy(dst, data[pos-r.offset:])
 		}
 		n += len(dst)
@@ -358,11 +354,11 @@ func (s *SnapshotReader) readAheadFrom(i int, end int64) {
 	}
 	limit := end + s.readAhead
 	j := i + 1
-	if a := int(s.aheadSeg.Load()); a > i && a < len(s.segOff) && s.segOff[a] <= limit {
+	if a := int(s.aheadSeg.Load()); a > i && a < s.segOff.len() && s.segOff.at(a) <= limit {
 		j = a + 1
 	}
-	for ; j < len(s.segRec) && s.segOff[j] < limit; j++ {
-		ref := s.segRec[j]
+	for ; j < s.segRec.len() && s.segOff.at(j) < limit; j++ {
+		ref := s.segRec.at(j)
 		if ref >= 0 {
 			select {
 			case s.ahead <- struct{}{}:
@@ -418,7 +414,7 @@ func (s *SnapshotReader) load(ref int32, e *cacheEntry) {
 // decode reads record ref (header, metadata and payload at once), checks
 // its metadata against the index and returns its verified data.
 func (s *SnapshotReader) decode(ref int32) ([]byte, error) {
-	r := &s.recs[ref]
+	r := s.recs.ptr(int(ref))
 	name, ra := s.names[r.input], s.ras[r.input]
 	n := blocks(int64(r.length), s.bs)
 	metaLen := dataMetaFixed + DigestSize*n
@@ -477,7 +473,7 @@ func (s *SnapshotReader) report(ref int32, err error) {
 	if _, seen := s.logged.LoadOrStore(ref, true); seen {
 		return
 	}
-	r := &s.recs[ref]
+	r := s.recs.ptr(int(ref))
 	s.log(fmt.Sprintf("%v; reads of volume bytes [%d, %d) of snapshot %s fail (an I/O error), every other range still reads",
 		err, r.offset, r.offset+int64(r.length), s.hdr.Snapshot.Describe()))
 }
@@ -538,4 +534,47 @@ func (c *recordCache) done(ref int32, e *cacheEntry) {
 	}
 	c.mu.Unlock()
 	close(e.ready)
+}
+
+// chunks is an append-only list kept in chunks of chunkLen elements, so
+// that growing it never copies what it holds: an index of a million
+// records then needs its own size, not twice that while it grows.
+type chunks[T any] struct {
+	c [][]T
+	n int
+}
+
+const chunkBits = 12
+const chunkLen = 1 << chunkBits
+
+func (c *chunks[T]) add(v T) {
+	if c.n%chunkLen == 0 {
+		// A chunk starts small, so that the index of a small snapshot
+		// stays small, and grows by append up to chunkLen.
+		c.c = append(c.c, make([]T, 0, 16))
+	}
+	last := &c.c[len(c.c)-1]
+	if len(*last) == cap(*last) {
+		// Grow to at most chunkLen exactly: append's own growth would
+		// overshoot it.
+		grown := make([]T, len(*last), min(2*cap(*last), chunkLen))
+		copy(grown, *last)
+		*last = grown
+	}
+	*last = append(*last, v)
+	c.n++
+}
+
+func (c *chunks[T]) len() int     { return c.n }
+func (c *chunks[T]) at(i int) T   { return c.c[i>>chunkBits][i&(chunkLen-1)] }
+func (c *chunks[T]) ptr(i int) *T { return &c.c[i>>chunkBits][i&(chunkLen-1)] }
+
+// bytes returns the memory the list holds.
+func (c *chunks[T]) bytes() int64 {
+	var zero T
+	n := int64(cap(c.c)) * int64(unsafe.Sizeof([]T(nil)))
+	for _, ch := range c.c {
+		n += int64(cap(ch)) * int64(unsafe.Sizeof(zero))
+	}
+	return n
 }

@@ -76,7 +76,7 @@ func TestSnapshotReaderRandom(t *testing.T) {
 			readCheck(t, where, s, state, size, 10)
 			readCheck(t, where, s, state, size+r.Int63n(bs), 1+r.Int63n(bs))
 			for i := 0; i < s.Segments(); i++ {
-				b := s.segOff[i]
+				b := s.segOff.at(i)
 				for _, d := range []int64{-1, 0, 1} {
 					if off := b + d; off >= 0 && off < size {
 						readCheck(t, where, s, state, off, 1+r.Int63n(3*bs))
@@ -234,8 +234,8 @@ func TestSnapshotReaderCorrupt(t *testing.T) {
 		// Which bytes of the snapshot does the damaged record define?
 		bad := make([]bool, len(state))
 		for i := 0; i < s.Segments(); i++ {
-			if ref := s.segRec[i]; ref >= 0 && s.recs[ref].input == uint32(len(cc.inputs)-1) && s.recs[ref].num == cc.rec.Num {
-				for b := s.segOff[i]; b < s.segEnd(i); b++ {
+			if ref := s.segRec.at(i); ref >= 0 && s.recs.ptr(int(ref)).input == uint32(len(cc.inputs)-1) && s.recs.ptr(int(ref)).num == cc.rec.Num {
+				for b := s.segOff.at(i); b < s.segEnd(i); b++ {
 					bad[b] = true
 				}
 			}
