@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 )
 
@@ -241,7 +242,18 @@ func TestMountHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	at := len(delta) / 2
+	// A byte in the middle of the payload of the file's first DATA record.
+	rd := archive.NewReader(bytes.NewReader(delta))
+	at := int64(-1)
+	for at < 0 {
+		rec, err := rd.Next()
+		if err != nil {
+			t.Fatalf("%s: no DATA record: %v", file, err)
+		}
+		if rec.Kind == archive.KindData && !rec.Compressed {
+			at = rec.PayloadPos + rec.PayloadLen/2
+		}
+	}
 	delta[at] ^= 0x08
 	if err := os.WriteFile(file, delta, 0o600); err != nil { // in place: the same inode
 		t.Fatal(err)
