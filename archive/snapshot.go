@@ -267,6 +267,39 @@ func (s *SnapshotReader) Close() error {
 	}
 }
 
+// SeekData returns the first offset at or after off that a DATA record
+// defines, as lseek(SEEK_DATA) does, and false when none does (the rest
+// reads as zeroes) or off is past the end. Ranges ZERO records define
+// are holes: a copy of the snapshot need not write them.
+func (s *SnapshotReader) SeekData(off int64) (int64, bool) {
+	return s.seek(off, true)
+}
+
+// SeekHole returns the first offset at or after off where a hole starts
+// (a ZERO range, or the end of the volume), as lseek(SEEK_HOLE) does,
+// and false when off is past the end.
+func (s *SnapshotReader) SeekHole(off int64) (int64, bool) {
+	if off >= 0 && off < s.size {
+		if h, ok := s.seek(off, false); ok {
+			return h, true
+		}
+		return s.size, true
+	}
+	return 0, false
+}
+
+func (s *SnapshotReader) seek(off int64, data bool) (int64, bool) {
+	if off < 0 || off >= s.size {
+		return 0, false
+	}
+	for i := s.segment(off); i < s.segOff.len(); i++ {
+		if (s.segRec.at(i) >= 0) == data {
+			return max(off, s.segOff.at(i)), true
+		}
+	}
+	return 0, false
+}
+
 // errReaderClosed is what reads of a closed SnapshotReader return.
 var errReaderClosed = errors.New("archive: read of a closed SnapshotReader")
 

@@ -122,6 +122,48 @@ func TestSnapshotReaderRandom(t *testing.T) {
 	}
 }
 
+// TestSnapshotReaderSeek: SeekData skips only zeroes and lands on a block
+// that holds data; SeekHole lands on an all-zero block or the end; both
+// refuse offsets past the end.
+func TestSnapshotReaderSeek(t *testing.T) {
+	r := testRand(t)
+	zero := func(b []byte) bool { return !bytes.ContainsFunc(b, func(r rune) bool { return r != 0 }) }
+	for round := 0; round < 20; round++ {
+		c := randomChain(t, r, 1+r.Intn(4), 4096)
+		s, err := OpenSnapshot(context.Background(), c.open(t, 0, len(c.files)), SnapshotOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		state := c.states[len(c.states)-1]
+		size := int64(len(state))
+		block := func(o int64) []byte { return state[o/4096*4096 : min(o/4096*4096+4096, size)] }
+		for k := 0; k < 200; k++ {
+			off := r.Int63n(size)
+			if d, ok := s.SeekData(off); ok {
+				// (The last block, when the volume shrank into it, may be
+				// the rest of a DATA block that happens to be zeroes.)
+				last := d/4096*4096+4096 >= size
+				if d < off || d >= size || !zero(state[off:d]) || (zero(block(d)) && !last) {
+					t.Fatalf("round %d: SeekData(%d) = %d", round, off, d)
+				}
+			} else if !zero(state[off:]) {
+				t.Fatalf("round %d: SeekData(%d) found no data, but there is", round, off)
+			}
+			h, ok := s.SeekHole(off)
+			if !ok || h < off || h > size || (h < size && !zero(block(h))) {
+				t.Fatalf("round %d: SeekHole(%d) = %d, %v", round, off, h, ok)
+			}
+		}
+		if _, ok := s.SeekData(size); ok {
+			t.Fatal("SeekData past the end")
+		}
+		if _, ok := s.SeekHole(size); ok {
+			t.Fatal("SeekHole past the end")
+		}
+		s.Close()
+	}
+}
+
 // TestSnapshotReaderScan: a chain's Scan gives the snapshot, in order,
 // segment by segment, without gaps.
 func TestSnapshotReaderScan(t *testing.T) {

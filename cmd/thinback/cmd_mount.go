@@ -21,6 +21,7 @@ import (
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
 )
 
 func mountCommand(e *env) *cli.Command {
@@ -452,6 +453,7 @@ var (
 	_ fs.NodeReader    = (*imageNode)(nil)
 	_ fs.NodeReleaser  = (*imageNode)(nil)
 	_ fs.NodeSetattrer = (*imageNode)(nil)
+	_ fs.NodeLseeker   = (*imageNode)(nil)
 )
 
 func (n *imageNode) attr(out *fuse.Attr) {
@@ -558,6 +560,35 @@ func (n *imageNode) Read(ctx context.Context, f fs.FileHandle, dest []byte, off 
 		return nil, syscall.EIO
 	}
 	return fuse.ReadResultData(dest[:got]), 0
+}
+
+// Lseek answers SEEK_DATA and SEEK_HOLE from the index, so that cp
+// --sparse, qemu-img and the like skip the volume's zero ranges without
+// reading them.
+func (n *imageNode) Lseek(ctx context.Context, f fs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
+	h, ok := f.(*imageHandle)
+	if !ok || h.n != n {
+		return 0, syscall.EBADF
+	}
+	n.mu.Lock()
+	r := n.reader
+	n.mu.Unlock()
+	if r == nil || off > uint64(r.Size()) {
+		return 0, syscall.ENXIO
+	}
+	var to int64
+	switch whence {
+	case unix.SEEK_DATA:
+		to, ok = r.SeekData(int64(off))
+	case unix.SEEK_HOLE:
+		to, ok = r.SeekHole(int64(off))
+	default:
+		return 0, syscall.EINVAL // the kernel answers the others itself
+	}
+	if !ok {
+		return 0, syscall.ENXIO
+	}
+	return uint64(to), 0
 }
 
 func (n *imageNode) Release(ctx context.Context, f fs.FileHandle) syscall.Errno {

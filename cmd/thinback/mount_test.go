@@ -17,6 +17,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"golang.org/x/sys/unix"
 )
 
 // The FUSE tree on this machine's own kernel, when it can mount (root and
@@ -173,6 +174,18 @@ func TestMountHost(t *testing.T) {
 			}
 		}
 		f.Close()
+	}
+	// SEEK_HOLE and SEEK_DATA come from the index: point #1 is 4 MiB of
+	// data, then zeroes to its end.
+	if f, err := os.Open(filepath.Join(vol, names[0])); err != nil {
+		t.Fatal(err)
+	} else {
+		hole, err := unix.Seek(int(f.Fd()), 0, unix.SEEK_HOLE)
+		_, derr := unix.Seek(int(f.Fd()), 4<<20, unix.SEEK_DATA)
+		f.Close()
+		if err != nil || hole != 4<<20 || !errors.Is(derr, syscall.ENXIO) {
+			t.Fatalf("%s: SEEK_HOLE from 0 gave %d, %v, SEEK_DATA from 4 MiB %v; want 4 MiB and ENXIO", names[0], hole, err, derr)
+		}
 	}
 	var a, b syscall.Stat_t
 	if syscall.Stat(filepath.Join(vol, "latest.img"), &a) != nil || syscall.Stat(filepath.Join(vol, names[2]), &b) != nil || a.Ino != b.Ino || a.Size != int64(len(img)) {
