@@ -53,7 +53,7 @@ func runVerifyDevice(ctx context.Context, e *env, o verifyDeviceOptions) error {
 	if err := pit.check(cd.Header()); err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}
-	dev, err := os.Open(o.device)
+	dev, err := archive.OpenFile(o.device) // a FIFO would block the open
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}

@@ -118,7 +118,13 @@ func (s *readStore) openPointInTime(pick func(*catalog.Tx) (catalog.Snapshot, er
 		}
 		for _, sn := range p.chain {
 			path := s.Path(sn.File)
-			f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			// Not a symlink, and nothing that blocks the open (a FIFO).
+			f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+			if err == nil {
+				if err = archive.CheckOpenFile(f); err != nil {
+					f.Close()
+				}
+			}
 			if err != nil {
 				return fmt.Errorf("snapshot #%d %s of %s: %w (run thinback verify --store %s)", sn.Seq, sn.ID, sn.Volume, err, s.dir)
 			}
