@@ -41,7 +41,16 @@
 // is how restore applies a chain writing each byte once and merges files
 // into one, and ChainDigests gives the block digests of any snapshot from
 // its chain's metadata alone, which is how an image is backed up against
-// its last backup. OpenChain opens a chain of seekable files for both.
+// its last backup. OpenChain opens a chain of seekable files for both;
+// a Chain's Scan decodes its segments on all cores and hands them over in
+// order (an image of a snapshot, written out).
+//
+// A SnapshotReader (OpenSnapshot) reads any byte range of a snapshot from
+// its chain without restoring it, for mounting a point in time: an index
+// of the merged segments, about 70 bytes per record and nothing per byte
+// of the volume, and ReadAt that reads, verifies and decodes only the
+// records a range needs, with a small cache and a read-ahead for
+// sequential readers. A damaged record fails the reads of its range only.
 //
 // # Machinery for the other packages
 //

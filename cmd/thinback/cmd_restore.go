@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -78,23 +77,7 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 	}
 	var chain []catalog.Snapshot
 	err = s.View(func(tx *catalog.Tx) error {
-		var snap catalog.Snapshot
-		var err error
-		switch {
-		case o.snapshot != "":
-			snap, err = findSnapshot(tx, o.volume, o.snapshot)
-		case o.at != "":
-			t, perr := parseTime(o.at)
-			if perr != nil {
-				return perr
-			}
-			snap, err = tx.At(o.volume, t)
-			if errors.Is(err, catalog.ErrNotFound) {
-				return fmt.Errorf("volume %s has no snapshot at or before %s (see thinback list %s): %w", o.volume, t.Format(time.RFC3339), o.volume, err)
-			}
-		default:
-			snap, err = tx.Latest(o.volume)
-		}
+		snap, err := selectSnapshot(tx, o.volume, o.at, o.snapshot)
 		if err != nil {
 			return err
 		}

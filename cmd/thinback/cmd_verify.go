@@ -20,13 +20,42 @@ func verifyCommand(e *env) *cli.Command {
 	return &cli.Command{
 		Name:      "verify",
 		Usage:     "check every delta file's digests and the chains of a store (or given files)",
-		ArgsUsage: "[VOLUME] | FILE...",
+		ArgsUsage: "[VOLUME] | FILE... | VOLUME --snapshot ID --device DEV",
 		Description: "With --store, reads every delta file of the store (or of VOLUME), decompresses it and\n" +
 			"checks every digest and that it is the file the catalog says, then checks the\n" +
 			"catalog: chains unbroken, no file missing, altered or unknown. Without --store,\n" +
-			"checks the given files. Prints one verdict per file; exits 10 on any problem.",
-		Flags: []cli.Flag{storeFlag, quietFlag},
+			"checks the given files. Prints one verdict per file; exits 10 on any problem.\n\n" +
+			"With --device DEV (a block device or a file) and --snapshot or --at, proves DEV equal\n" +
+			"to that snapshot of VOLUME without its source: hashes DEV's blocks on all cores and\n" +
+			"compares them with the digests the snapshot's delta files carry. Prints the first\n" +
+			"ranges that differ (exact byte offsets) and a count, or that DEV is shorter or longer;\n" +
+			"exits 10 on a difference. DEV is only read. A block device larger than the volume\n" +
+			"(a restore onto a larger LV) is compared over the volume's size.",
+		Flags: []cli.Flag{storeFlag, quietFlag,
+			&cli.StringFlag{Name: "device", Usage: "compare this block device or file with a snapshot (with --snapshot or --at)"},
+			&cli.StringFlag{Name: "snapshot", Usage: "with --device: the snapshot id (or a unique prefix, or its sequence number)"},
+			&cli.StringFlag{Name: "at", Usage: "with --device: the newest snapshot at or before this time"},
+		},
 		Action: func(c *cli.Context) error {
+			if dev := c.String("device"); dev != "" {
+				a, err := args(c, 1, 1, "give the volume whose snapshot --device must hold")
+				if err != nil {
+					return err
+				}
+				switch {
+				case c.String("store") == "":
+					return usageError{"verify: --device needs --store DIR"}
+				case c.String("snapshot") == "" && c.String("at") == "":
+					return usageError{"verify: --device needs --snapshot ID or --at TIME: the snapshot DEV must hold"}
+				case c.String("snapshot") != "" && c.String("at") != "":
+					return usageError{"verify: give --at or --snapshot, not both"}
+				}
+				return runVerifyDevice(c.Context, e, verifyDeviceOptions{store: c.String("store"), volume: a[0],
+					at: c.String("at"), snapshot: c.String("snapshot"), device: dev, quiet: c.Bool("quiet")})
+			}
+			if c.String("snapshot") != "" || c.String("at") != "" {
+				return usageError{"verify: --snapshot and --at go with --device DEV"}
+			}
 			if c.String("store") == "" {
 				files, err := args(c, 1, -1, "give --store DIR, or delta files to verify")
 				if err != nil {
