@@ -39,7 +39,7 @@ func catCommand(e *env) *cli.Command {
 				return err
 			}
 			if c.String("at") != "" && c.String("snapshot") != "" {
-				return usageError{"cat: give --at or --snapshot, not both"}
+				return usageError{msg: "cat: give --at or --snapshot, not both"}
 			}
 			return runCat(c.Context, e, catOptions{store: c.String("store"), volume: a[0], at: c.String("at"),
 				snapshot: c.String("snapshot"), out: c.String("output"), quiet: c.Bool("quiet")})
@@ -63,11 +63,11 @@ type imageOutput struct {
 
 func createImageOutput(e *env, path string) (*imageOutput, error) {
 	if path == "" {
-		return nil, usageError{"cat: give -o FILE, or -o - for standard output"}
+		return nil, usageError{msg: "cat: give -o FILE, or -o - for standard output"}
 	}
 	if path == "-" {
 		if f, ok := e.stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-			return nil, usageError{"refusing to write a disk image to a terminal: redirect standard output or give -o FILE"}
+			return nil, usageError{msg: "refusing to write a disk image to a terminal: redirect standard output or give -o FILE"}
 		}
 		return &imageOutput{output: &output{w: e.stdout, name: "standard output"}}, nil
 	}

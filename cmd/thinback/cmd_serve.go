@@ -55,12 +55,12 @@ func listenNBD(addr string) (net.Listener, error) {
 	case strings.HasPrefix(addr, "tcp:"):
 		return net.Listen("tcp", strings.TrimPrefix(addr, "tcp:"))
 	}
-	return nil, usageError{fmt.Sprintf("serve: --nbd %q: give unix:PATH or tcp:HOST:PORT", addr)}
+	return nil, usageError{msg: fmt.Sprintf("serve: --nbd %q: give unix:PATH or tcp:HOST:PORT", addr)}
 }
 
 func runServe(ctx context.Context, e *env, store, addr string, quiet bool) error {
 	if addr == "" {
-		return usageError{"serve: give where to listen with --nbd unix:PATH or --nbd tcp:127.0.0.1:PORT"}
+		return usageError{msg: "serve: give where to listen with --nbd unix:PATH or --nbd tcp:127.0.0.1:PORT"}
 	}
 	s, err := openReadStore(store)
 	if err != nil {

@@ -44,17 +44,17 @@ func verifyCommand(e *env) *cli.Command {
 				}
 				switch {
 				case c.String("store") == "":
-					return usageError{"verify: --device needs --store DIR"}
+					return usageError{msg: "verify: --device needs --store DIR"}
 				case c.String("snapshot") == "" && c.String("at") == "":
-					return usageError{"verify: --device needs --snapshot ID or --at TIME: the snapshot DEV must hold"}
+					return usageError{msg: "verify: --device needs --snapshot ID or --at TIME: the snapshot DEV must hold"}
 				case c.String("snapshot") != "" && c.String("at") != "":
-					return usageError{"verify: give --at or --snapshot, not both"}
+					return usageError{msg: "verify: give --at or --snapshot, not both"}
 				}
 				return runVerifyDevice(c.Context, e, verifyDeviceOptions{store: c.String("store"), volume: a[0],
 					at: c.String("at"), snapshot: c.String("snapshot"), device: dev, quiet: c.Bool("quiet")})
 			}
 			if c.String("snapshot") != "" || c.String("at") != "" {
-				return usageError{"verify: --snapshot and --at go with --device DEV"}
+				return usageError{msg: "verify: --snapshot and --at go with --device DEV"}
 			}
 			if c.String("store") == "" {
 				files, err := args(c, 1, -1, "give --store DIR, or delta files to verify")

@@ -27,7 +27,7 @@ type readStore struct {
 
 func openReadStore(dir string) (*readStore, error) {
 	if dir == "" {
-		return nil, usageError{"give the backup store with --store DIR (or set THINBACK_STORE)"}
+		return nil, usageError{msg: "give the backup store with --store DIR (or set THINBACK_STORE)"}
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
