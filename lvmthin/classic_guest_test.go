@@ -73,6 +73,18 @@ func TestKernelClassicLVM(t *testing.T) {
 	if o.Kind() != KindThick || o.IsThin() || o.Size != 64<<20 || !o.Active || o.DataPercent != -1 {
 		t.Fatalf("thick LV: %+v (kind %v)", o, o.Kind())
 	}
+	// 512 MiB less the 64 MiB LV, the 32 MiB pool, its metadata and
+	// their spare metadata: what vgs says, in whole extents.
+	vg, err := GetVG(ctx, "tb-cl")
+	if err != nil || vg.Name != "tb-cl" || vg.ExtentSize != 4<<20 || vg.Size < 500<<20 || vg.Size > 512<<20 || vg.Free <= 0 || vg.Free > vg.Size-96<<20 {
+		t.Fatalf("GetVG = %+v, %v", vg, err)
+	}
+	if free := sh(t, "vgs --noheadings --units b --nosuffix -o vg_free tb-cl"); free != fmt.Sprint(vg.Free) {
+		t.Errorf("GetVG free %d, vgs says %s", vg.Free, free)
+	}
+	if _, err := GetVG(ctx, "tb-nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("GetVG of a missing VG: %v", err)
+	}
 	s0, err := CreateClassicSnapshot(ctx, vol, "my-vol-s0", ClassicSnapshotOptions{Size: 8 << 20, ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)

@@ -155,7 +155,7 @@ func classify(args []string, stderr string) error {
 			has("Couldn't find") || has("unknown device"):
 			return ErrNotFound
 		}
-	default: // lvm tools: lvs, lvcreate, lvchange, lvremove
+	default: // lvm tools: lvs, vgs, lvcreate, lvchange, lvremove
 		switch {
 		case has("Failed to find logical volume") ||
 			(has("Volume group") && has("not found")) ||

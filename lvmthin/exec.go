@@ -16,9 +16,10 @@ import (
 // programs names the external tools. Tests point them at other binaries
 // (fakes that print crafted output, or the real tools at another path).
 var programs = struct {
-	lvs, lvcreate, lvchange, lvremove, dmsetup, thinDelta, thinDump string
+	lvs, vgs, lvcreate, lvchange, lvremove, dmsetup, thinDelta, thinDump string
 }{
 	lvs:       "lvs",
+	vgs:       "vgs",
 	lvcreate:  "lvcreate",
 	lvchange:  "lvchange",
 	lvremove:  "lvremove",
