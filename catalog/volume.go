@@ -13,7 +13,10 @@ import (
 // newer thinback with more kinds still reads.
 const (
 	KindLVMThin = "lvm-thin"
-	KindFile    = "file"
+	// KindLVMThick is an ordinary (thick) LVM volume, backed up from
+	// classic copy-on-write snapshots.
+	KindLVMThick = "lvm-thick"
+	KindFile     = "file"
 )
 
 // maxDirName bounds DirName's length so that the lock and temp file names
@@ -24,14 +27,15 @@ const maxDirName = 200
 // whatever a caller (or a damaged file) puts in it.
 const maxField = 4096
 
-// Volume is a backed-up source: an LVM thin volume or a file/block device.
+// Volume is a backed-up source: an LVM thin or thick volume, or a
+// file/block device.
 type Volume struct {
 	// Name is the user-facing name and the key, e.g. "vg0/vm1" or
 	// "disk.img". See ValidVolumeName.
 	Name string `json:"name"`
 	// UUID is the source's own identity (the LVM LV UUID), if it has one.
 	UUID string `json:"uuid,omitempty"`
-	// Kind is KindLVMThin or KindFile.
+	// Kind is KindLVMThin, KindLVMThick or KindFile.
 	Kind string `json:"kind"`
 	// Source is where the data is read: "vg0/vm1" or an absolute path.
 	Source string `json:"source,omitempty"`
