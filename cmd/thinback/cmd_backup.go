@@ -404,45 +404,14 @@ func backupLVM(ctx context.Context, e *env, s *catalog.Store, name string, origi
 	if err != nil {
 		return nil, err
 	}
-	byUUID := map[string]*lvmthin.LV{}
-	for _, lv := range existing {
-		byUUID[lv.UUID] = lv
-	}
-	var base *lvmthin.LV
-	var baseRec catalog.Snapshot
-	err = s.View(func(tx *catalog.Tx) error {
-		snaps, err := tx.Snapshots(name)
-		if err != nil {
-			return err
-		}
-		for i := len(snaps) - 1; i >= 0; i-- {
-			if lv := byUUID[snaps[i].LVUUID]; lv != nil && snaps[i].LVUUID != "" {
-				base, baseRec = lv, snaps[i]
-				if i != len(snaps)-1 {
-					res.Notes = append(res.Notes, fmt.Sprintf("the snapshot of the newest backup (#%d, %s) is gone from the pool: sending from #%d", snaps[len(snaps)-1].Seq, snaps[len(snaps)-1].LVName, snaps[i].Seq))
-				}
-				return nil
-			}
-		}
-		if len(snaps) > 0 {
-			res.Notes = append(res.Notes, fmt.Sprintf("the snapshot of the newest backup (#%d, %s) is gone from the pool: making a full", snaps[len(snaps)-1].Seq, snaps[len(snaps)-1].LVName))
-		}
-		return nil
-	})
+	base, baseRec, notes, err := newestBase(s, name, existing, "the pool")
 	if err != nil {
 		return nil, err
 	}
+	res.Notes = append(res.Notes, notes...)
 
 	// Snapshot, between the hooks.
-	now := time.Now().UTC()
-	lvName := origin.Name + ".thinback." + now.Format("20060102T150405Z")
-	taken := map[string]bool{}
-	for _, lv := range existing {
-		taken[lv.Name] = true
-	}
-	for i := 1; taken[lvName]; i++ {
-		lvName = fmt.Sprintf("%s.thinback.%s.%d", origin.Name, now.Format("20060102T150405Z"), i)
-	}
+	lvName := snapshotName(origin, existing, time.Now())
 	vars := map[string]string{"THINBACK_VOLUME": name, "THINBACK_SOURCE": origin.FullName().String(), "THINBACK_SNAPSHOT": origin.VG + "/" + lvName}
 	if err := runHook(ctx, e, "pre", o.pre, vars); err != nil {
 		return nil, err
@@ -497,15 +466,8 @@ func backupLVM(ctx context.Context, e *env, s *catalog.Store, name string, origi
 	res.Snapshot, res.Seq, res.File, res.LVSnapshot = rec.ID, rec.Seq, rec.File, snap.FullName().String()
 	res.DataBytes, res.ZeroBytes, res.StoredBytes, res.BytesRead = rec.DataBytes, rec.ZeroBytes, rec.FileSize, d.Stats().DataBytes
 
-	// Rotate: the new snapshot is durable in the store; the next
-	// incremental needs only it. Never touch snapshots thinback did not make.
-	for _, lv := range existing {
-		if strings.HasPrefix(lv.Name, origin.Name+".thinback.") && lv.UUID != snap.UUID {
-			if err := lvmthin.RemoveSnapshot(ctx, lv.FullName()); err != nil {
-				res.Warnings = append(res.Warnings, fmt.Sprintf("the backup is stored, but the old snapshot %s could not be removed (the next backup tries again; or lvremove it): %v", lv.FullName(), err))
-			}
-		}
-	}
+	// Rotate: the new snapshot is durable in the store.
+	res.Warnings = append(res.Warnings, removeOlderSnapshots(ctx, origin, existing, snap)...)
 	return res, nil
 }
 

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/lvmthin"
+)
+
+// The snapshots thinback takes of an LV for its backups, thin or classic:
+// how they are named, which one is the base of the next incremental, and
+// which are removed once a backup is stored.
+
+// snapshotPrefix starts the name of every snapshot thinback takes of the
+// LV origin; rotation removes only LVs named so.
+func snapshotPrefix(origin *lvmthin.LV) string { return origin.Name + ".thinback." }
+
+// isOurSnapshot reports whether lv is a snapshot thinback took of origin.
+func isOurSnapshot(lv, origin *lvmthin.LV) bool {
+	return lv.Origin == origin.Name && strings.HasPrefix(lv.Name, snapshotPrefix(origin))
+}
+
+// snapshotName names a new snapshot of origin taken at now:
+// LV.thinback.<UTC time>, with a counter when an LV of that name exists
+// (two runs within one second).
+func snapshotName(origin *lvmthin.LV, existing []*lvmthin.LV, now time.Time) string {
+	stamp := now.UTC().Format("20060102T150405Z")
+	name := snapshotPrefix(origin) + stamp
+	taken := map[string]bool{}
+	for _, lv := range existing {
+		taken[lv.Name] = true
+	}
+	for i := 1; taken[name]; i++ {
+		name = fmt.Sprintf("%s%s.%d", snapshotPrefix(origin), stamp, i)
+	}
+	return name
+}
+
+// newestBase finds the base of the next incremental of volume name: the
+// newest recorded snapshot whose LV is among existing (matched by UUID).
+// It returns nil when there is none (a full), and notes saying why the
+// newest backup's snapshot was not used; where names the place the
+// snapshots live ("the pool", "the volume group").
+func newestBase(s *catalog.Store, name string, existing []*lvmthin.LV, where string) (*lvmthin.LV, catalog.Snapshot, []string, error) {
+	byUUID := map[string]*lvmthin.LV{}
+	for _, lv := range existing {
+		byUUID[lv.UUID] = lv
+	}
+	var base *lvmthin.LV
+	var baseRec catalog.Snapshot
+	var notes []string
+	err := s.View(func(tx *catalog.Tx) error {
+		snaps, err := tx.Snapshots(name)
+		if err != nil {
+			return err
+		}
+		for i := len(snaps) - 1; i >= 0; i-- {
+			if lv := byUUID[snaps[i].LVUUID]; lv != nil && snaps[i].LVUUID != "" {
+				base, baseRec = lv, snaps[i]
+				if i != len(snaps)-1 {
+					notes = append(notes, fmt.Sprintf("the snapshot of the newest backup (#%d, %s) is gone from %s: sending from #%d", snaps[len(snaps)-1].Seq, snaps[len(snaps)-1].LVName, where, snaps[i].Seq))
+				}
+				return nil
+			}
+		}
+		if len(snaps) > 0 {
+			notes = append(notes, fmt.Sprintf("the snapshot of the newest backup (#%d, %s) is gone from %s: making a full", snaps[len(snaps)-1].Seq, snaps[len(snaps)-1].LVName, where))
+		}
+		return nil
+	})
+	return base, baseRec, notes, err
+}
+
+// removeOlderSnapshots removes thinback's snapshots of origin other than
+// keep, once keep's backup is durable in the store: the next incremental
+// needs only keep. Snapshots thinback did not make are never touched. It
+// returns a warning for each one it could not remove.
+func removeOlderSnapshots(ctx context.Context, origin *lvmthin.LV, existing []*lvmthin.LV, keep *lvmthin.LV) []string {
+	var warnings []string
+	for _, lv := range existing {
+		if isOurSnapshot(lv, origin) && lv.UUID != keep.UUID {
+			if err := lvmthin.RemoveSnapshot(ctx, lv.FullName()); err != nil {
+				warnings = append(warnings, fmt.Sprintf("the backup is stored, but the old snapshot %s could not be removed (the next backup tries again; or lvremove it): %v", lv.FullName(), err))
+			}
+		}
+	}
+	return warnings
+}
