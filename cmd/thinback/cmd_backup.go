@@ -21,7 +21,7 @@ import (
 func backupCommand(e *env) *cli.Command {
 	return &cli.Command{
 		Name:      "backup",
-		Usage:     "back up a thin volume or an image into a store (the cron job)",
+		Usage:     "back up a thin or thick LVM volume, or an image, into a store (the cron job)",
 		ArgsUsage: "VG/LV (or --file IMAGE)",
 		Description: "For a thin LV: takes a read-only thin snapshot named LV.thinback.<UTC time> (between the\n" +
 			"--pre and --post commands, e.g. fsfreeze), sends what changed since the newest backed-up\n" +
@@ -29,6 +29,12 @@ func backupCommand(e *env) *cli.Command {
 			"writes the delta file into the store and records it, then removes thinback's older\n" +
 			"snapshots of the LV: only the newest is kept, for the next incremental. The LV itself\n" +
 			"is never written.\n\n" +
+			"For an ordinary (thick) LV: the same, with a read-only classic snapshot (lvcreate -s, its\n" +
+			"copy-on-write store sized by --snapshot-size and taken from the VG's free space). The chunks\n" +
+			"written since the previous backup are those listed in the previous snapshot's exception\n" +
+			"table; they are read from the new snapshot. If the previous snapshot was invalidated (its\n" +
+			"store filled up), every block is compared with the backup's digests instead, and the run\n" +
+			"says so. While a snapshot exists, the first write to each chunk of the LV is copied.\n\n" +
 			"For --file: reads the image (holes are skipped) and stores the blocks whose digests\n" +
 			"differ from the previous backup's, derived from the store's files; no old image is\n" +
 			"needed. The image is only read.\n\n" +
@@ -39,6 +45,7 @@ func backupCommand(e *env) *cli.Command {
 			&cli.StringFlag{Name: "file", Usage: "back up this image or block device instead of a thin LV"},
 			&cli.StringFlag{Name: "volume", Usage: "the volume's name in the store (default: VG/LV, or the image's file name)"},
 			&cli.Int64Flag{Name: "block-size", Value: archive.DefaultBlockSize, Usage: "with --file, the block size of a new volume"},
+			&cli.StringFlag{Name: "snapshot-size", Usage: snapshotSizeUsage},
 			levelFlag,
 			&cli.StringFlag{Name: "pre", Usage: "shell command run before the snapshot (e.g. fsfreeze -f /mnt/vm)"},
 			&cli.StringFlag{Name: "post", Usage: "shell command run after the snapshot, even if it failed (e.g. fsfreeze -u /mnt/vm)"},
@@ -56,7 +63,7 @@ func backupCommand(e *env) *cli.Command {
 			}
 			o := backupOptions{
 				store: c.String("store"), file: c.String("file"), volume: c.String("volume"),
-				blockSize: c.Int64("block-size"), level: lvl,
+				blockSize: c.Int64("block-size"), level: lvl, snapshotSize: c.String("snapshot-size"),
 				pre: c.String("pre"), post: c.String("post"), releaseStale: c.Bool("release-stale-metadata-snap"),
 				json: c.Bool("json"), quiet: c.Bool("quiet"),
 			}
@@ -81,6 +88,7 @@ func backupCommand(e *env) *cli.Command {
 
 type backupOptions struct {
 	store, file, lv, volume string
+	snapshotSize            string
 	blockSize               int64
 	level                   archive.Level
 	pre, post               string
@@ -91,11 +99,17 @@ type backupOptions struct {
 
 // backupResult is the one line (or JSON object) a backup run reports.
 type backupResult struct {
-	Volume      string   `json:"volume"`
-	Kind        string   `json:"kind"`
-	Snapshot    string   `json:"snapshot"`
-	Seq         uint64   `json:"seq"`
-	Parent      string   `json:"parent,omitempty"`
+	Volume   string `json:"volume"`
+	Kind     string `json:"kind"`
+	Snapshot string `json:"snapshot"`
+	Seq      uint64 `json:"seq"`
+	Parent   string `json:"parent,omitempty"`
+	// Method says how a thick LV's changes were found: "cow" (the base
+	// snapshot's exception table), "digests" (every block compared with
+	// the backup's digests, the base being invalid) or "full".
+	Method string `json:"method,omitempty"`
+	// Fallback says why the exception table could not be used.
+	Fallback    string   `json:"fallback,omitempty"`
 	LVSnapshot  string   `json:"lv_snapshot,omitempty"`
 	BytesRead   int64    `json:"bytes_read"`
 	DataBytes   int64    `json:"data_bytes"`
@@ -142,8 +156,15 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 		if origin, err = lookupThin(ctx, o.lv); err != nil {
 			return fmt.Errorf("backup: %w", err)
 		}
-		if !origin.IsThin() || origin.IsThinSnapshot() {
-			return fmt.Errorf("backup: %s is not a thin volume (lv_attr %s): thinback backs up thin volumes (and snapshots them itself): %w", origin.FullName(), origin.Attr, lvmthin.ErrNotThin)
+		switch k := origin.Kind(); k {
+		case lvmthin.KindThin, lvmthin.KindThick:
+		case lvmthin.KindThinSnapshot, lvmthin.KindClassicSnapshot:
+			return usageError{msg: fmt.Sprintf("backup: %s is a %s (lv_attr %s): back up its origin %s/%s; thinback snapshots it itself", origin.FullName(), k, origin.Attr, origin.VG, origin.Origin)}
+		default:
+			return fmt.Errorf("backup: %s is a %s (lv_attr %s): thinback backs up thin and ordinary (thick) volumes: %w", origin.FullName(), k, origin.Attr, lvmthin.ErrNotThin)
+		}
+		if o.snapshotSize != "" && origin.Kind() != lvmthin.KindThick {
+			return usageError{msg: fmt.Sprintf("backup: --snapshot-size is for thick LVs; %s is a thin volume, whose snapshots take space from its pool as it is written", origin.FullName())}
 		}
 		if name == "" {
 			name = origin.FullName().String()
@@ -158,6 +179,8 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 	var res *backupResult
 	if o.file != "" {
 		res, err = backupFile(ctx, e, s, name, src, o)
+	} else if origin.Kind() == lvmthin.KindThick {
+		res, err = backupClassic(ctx, e, s, name, origin, o)
 	} else {
 		res, err = backupLVM(ctx, e, s, name, origin, o)
 	}
@@ -201,6 +224,9 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 		if res.Parent != "" {
 			line += " from " + res.Parent
 		}
+		if res.Method == "digests" {
+			line += " by comparing digests (base snapshot invalid)"
+		}
 		line += fmt.Sprintf(", read %s, changed %s, stored %s, in %s", bytesHuman(res.BytesRead), bytesHuman(res.DataBytes+res.ZeroBytes),
 			bytesHuman(res.StoredBytes), time.Duration(res.Seconds*float64(time.Second)).Round(time.Millisecond))
 		if len(res.Pruned) > 0 {
@@ -237,6 +263,46 @@ func volumeFor(s *catalog.Store, want catalog.Volume) (catalog.Volume, *catalog.
 		return v, nil, fmt.Errorf("the store's volume %s is a %s volume, not %s: give another name with --volume", v.Name, v.Kind, want.Kind)
 	}
 	return v, created, nil
+}
+
+// chainDigests opens the per-block digests of snapshot rec's chain, from
+// the store's files, for a backup that compares a volume's blocks with
+// them. The returned function closes the files.
+func chainDigests(s *catalog.Store, rec catalog.Snapshot, blockSize int64) (*archive.ChainDigests, func(), error) {
+	var chain []catalog.Snapshot
+	err := s.View(func(tx *catalog.Tx) error {
+		var err error
+		chain, err = tx.Chain(rec.ID)
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	var files []*os.File
+	closeAll := func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	var inputs []archive.ChainInput
+	for _, sn := range chain {
+		cf, err := os.Open(s.Path(sn.File))
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		files = append(files, cf)
+		inputs = append(inputs, archive.ChainInput{Name: s.Path(sn.File), File: cf})
+	}
+	prev, err := archive.OpenChainDigests(inputs)
+	if err == nil && prev.BlockSize() != blockSize {
+		err = fmt.Errorf("its block size is %d, the volume's %d", prev.BlockSize(), blockSize)
+	}
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	return prev, closeAll, nil
 }
 
 // storeDelta writes a delta file of src into the store and records it,
@@ -299,41 +365,23 @@ func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, f *o
 	// The previous backup's block digests, from its chain's files.
 	var prev *archive.ChainDigests
 	var latest catalog.Snapshot
-	var chain []catalog.Snapshot
 	err = s.View(func(tx *catalog.Tx) error {
 		var err error
 		if latest, err = tx.Latest(name); errors.Is(err, catalog.ErrNotFound) {
 			return nil
-		} else if err != nil {
-			return err
 		}
-		chain, err = tx.Chain(latest.ID)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	if len(chain) > 0 {
-		var inputs []archive.ChainInput
-		for _, sn := range chain {
-			cf, err := os.Open(s.Path(sn.File))
-			if err != nil {
-				inputs = nil
-				res.Notes = append(res.Notes, fmt.Sprintf("cannot read the chain of the newest backup (%v): making a full; run thinback verify", err))
-				break
-			}
-			defer cf.Close()
-			inputs = append(inputs, archive.ChainInput{Name: s.Path(sn.File), File: cf})
-		}
-		if inputs != nil {
-			prev, err = archive.OpenChainDigests(inputs)
-			if err == nil && prev.BlockSize() != v.BlockSize {
-				err = fmt.Errorf("its block size is %d, the volume's %d", prev.BlockSize(), v.BlockSize)
-			}
-			if err != nil {
-				prev = nil
-				res.Notes = append(res.Notes, fmt.Sprintf("cannot read the chain of the newest backup (%v): making a full; run thinback verify", err))
-			}
+	if latest.ID != "" {
+		var closeChain func()
+		prev, closeChain, err = chainDigests(s, latest, v.BlockSize)
+		if err != nil {
+			res.Notes = append(res.Notes, fmt.Sprintf("cannot read the chain of the newest backup (%v): making a full; run thinback verify", err))
+		} else {
+			defer closeChain()
 		}
 	}
 

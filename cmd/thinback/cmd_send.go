@@ -25,12 +25,15 @@ func sendCommand(e *env) *cli.Command {
 			"before any data is read) and read from SNAP, opened read-only; a full reads its mapped\n" +
 			"blocks only. A live thin volume is refused: snapshot it first (lvcreate -s), or use\n" +
 			"thinback backup, which does that.\n\n" +
+			"VG/SNAP may also be a classic snapshot of a thick LV (lvcreate -s -L SIZE): with --base, an\n" +
+			"older classic snapshot of the same LV, the changed chunks are those in the base's exception\n" +
+			"table (and the snapshot's own), read from SNAP; a full reads all of SNAP.\n\n" +
 			"With --file, reads a regular file or block device (read-only) and writes a full of it,\n" +
 			"or with --base-file, the blocks that differ from an older image of the same volume.\n" +
 			"Holes of sparse files are not read. Nothing is written to the sources.\n\n" +
 			"The output is written under a temporary name and renamed when complete.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "base", Usage: "send only what changed since this older thin snapshot of the same volume (VG/SNAP)"},
+			&cli.StringFlag{Name: "base", Usage: "send only what changed since this older snapshot (thin, or classic) of the same volume (VG/SNAP)"},
 			&cli.BoolFlag{Name: "release-stale-metadata-snap", Usage: releaseStaleUsage},
 			&cli.StringFlag{Name: "file", Usage: "send this image or block device"},
 			&cli.StringFlag{Name: "base-file", Usage: "send only the blocks of --file that differ from this older image"},

@@ -77,6 +77,9 @@ func volumeRecord(h *archive.Header) catalog.Volume {
 	v := catalog.Volume{Name: h.VolumeName, UUID: h.VolumeUUID, Kind: catalog.KindFile, BlockSize: h.BlockSize, Source: h.Attr("file.path")}
 	if h.Attr("lvm.vg") != "" {
 		v.Kind = catalog.KindLVMThin
+		if h.Attr("lvm.kind") == lvmKindThick {
+			v.Kind = catalog.KindLVMThick
+		}
 		v.Source = h.Attr("lvm.vg") + "/" + h.Attr("lvm.origin")
 	}
 	return v

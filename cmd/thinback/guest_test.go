@@ -5,10 +5,12 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -37,12 +39,22 @@ func TestGuestScripts(t *testing.T) {
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no guest scripts found: %v", err)
 	}
+	// One seed for the scripts' random rounds (fsround): logged, and
+	// replayed with THINBACK_SEED=N.
+	seed := uint64(time.Now().UnixNano()) >> 1
+	if v := os.Getenv("THINBACK_SEED"); v != "" {
+		if seed, err = strconv.ParseUint(v, 10, 63); err != nil {
+			t.Fatalf("THINBACK_SEED=%q: %v", v, err)
+		}
+	}
+	t.Logf("random seed %d (replay with THINBACK_SEED=%d)", seed, seed)
 	for _, file := range files {
 		t.Run(strings.TrimSuffix(filepath.Base(file), ".txtar"), func(t *testing.T) {
 			testscript.Run(t, testscript.Params{
 				Files: []string{file},
 				Setup: func(e *testscript.Env) error {
 					e.Setenv("THINBACK_STATE", e.WorkDir+"/state.db")
+					e.Setenv("SEED", strconv.FormatUint(seed, 10))
 					for _, k := range []string{"LVM_SYSTEM_DIR", "THINBACK_UML_WORK", "THINBACK_UML_MKPOOL", "LC_ALL"} {
 						e.Setenv(k, os.Getenv(k))
 					}
@@ -143,4 +155,72 @@ func cmdMbr(ts *testscript.TestScript, neg bool, args []string) {
 	sec[510], sec[511] = 0x55, 0xaa
 	_, err = f.WriteAt(sec[:], 0)
 	ts.Check(err)
+}
+
+// fsround DIR SEED ROUND: one round of a file system's life under DIR, the
+// same for the same SEED and ROUND: new files (random and compressible
+// data), copies of existing ones, deletions, and scattered in-place
+// writes (as dd conv=notrunc) into a large file, all fsynced.
+func cmdFsround(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 3 {
+		ts.Fatalf("usage: fsround DIR SEED ROUND")
+	}
+	dir := ts.MkAbs(args[0])
+	r := rand.New(rand.NewSource(atoi(ts, args[1])*1000 + atoi(ts, args[2])))
+	write := func(name string, data []byte) {
+		f, err := os.Create(filepath.Join(dir, name))
+		ts.Check(err)
+		_, err = f.Write(data)
+		ts.Check(err)
+		ts.Check(f.Sync())
+		ts.Check(f.Close())
+	}
+	content := func() []byte {
+		b := make([]byte, 4096+r.Intn(1<<20))
+		if r.Intn(2) == 0 {
+			r.Read(b)
+		} else {
+			for i := range b {
+				b[i] = "thinback classic snapshots\n"[i%27]
+			}
+		}
+		return b
+	}
+	// The large file that takes the in-place writes.
+	big := filepath.Join(dir, "big.img")
+	if _, err := os.Stat(big); errors.Is(err, os.ErrNotExist) {
+		b := make([]byte, 32<<20)
+		r.Read(b)
+		write("big.img", b)
+	}
+	round := args[2]
+	for i := 0; i < 2+r.Intn(4); i++ {
+		write(fmt.Sprintf("new-%s-%d", round, i), content())
+	}
+	names, err := filepath.Glob(filepath.Join(dir, "new-*"))
+	ts.Check(err)
+	for i := 0; i < 1+r.Intn(3) && len(names) > 0; i++ {
+		src := names[r.Intn(len(names))]
+		data, err := os.ReadFile(src)
+		ts.Check(err)
+		write(fmt.Sprintf("copy-%s-%d", round, i), data)
+	}
+	names, err = filepath.Glob(filepath.Join(dir, "*-*"))
+	ts.Check(err)
+	for i := 0; i < 1+r.Intn(3) && len(names) > 6; i++ {
+		j := r.Intn(len(names))
+		ts.Check(os.Remove(names[j]))
+		names = append(names[:j], names[j+1:]...)
+	}
+	f, err := os.OpenFile(big, os.O_WRONLY, 0)
+	ts.Check(err)
+	buf := make([]byte, 1<<20)
+	for i := 0; i < 5+r.Intn(20); i++ {
+		n := 4096 * (1 + r.Intn(64))
+		r.Read(buf[:n])
+		_, err := f.WriteAt(buf[:n], r.Int63n((32<<20-int64(n))/4096)*4096)
+		ts.Check(err)
+	}
+	ts.Check(f.Sync())
+	ts.Check(f.Close())
 }

@@ -39,6 +39,7 @@ func thinHeader(snap, base, origin *lvmthin.LV) *archive.Header {
 		Snapshot: lvSnapshot(snap), Tool: toolName(),
 	}
 	h.SetAttr("lvm.vg", snap.VG)
+	h.SetAttr("lvm.kind", lvmKindThin)
 	h.SetAttr("lvm.pool", snap.Pool)
 	if origin != nil {
 		h.VolumeName, h.VolumeUUID = origin.FullName().String(), origin.UUID
@@ -90,6 +91,10 @@ func runSendLVM(ctx context.Context, e *env, o sendOptions, spelling, baseSpelli
 		if base, err = lookupThin(ctx, baseSpelling); err != nil {
 			return fmt.Errorf("send: base: %w", err)
 		}
+	}
+	if k := snap.Kind(); k == lvmthin.KindClassicSnapshot || k == lvmthin.KindThick {
+		// A thick LV itself is refused there, with what to snapshot.
+		return runSendClassic(ctx, e, o, snap, base)
 	}
 	origin, err := originOf(ctx, snap)
 	if err != nil {

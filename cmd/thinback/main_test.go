@@ -52,6 +52,7 @@ func scriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []st
 		"lvsha":       cmdLvsha,
 		"scribbledev": cmdScribbledev,
 		"mbr":         cmdMbr,
+		"fsround":     cmdFsround,
 	}
 }
 

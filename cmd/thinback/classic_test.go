@@ -1,0 +1,56 @@
+package main
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestParseSnapshotSize(t *testing.T) {
+	const lv = 10 << 30
+	for _, c := range []struct {
+		in   string
+		want int64
+	}{
+		{"", 2 << 30}, // 20 % of the LV
+		{"512M", 512 << 20},
+		{"512MiB", 512 << 20},
+		{"2g", 2 << 30},
+		{"1T", 1 << 40},
+		{"4096", 4096},
+		{"64k", 64 << 10},
+		{"25%", lv / 4},
+		{"100%", lv},
+		{"0.5%", lv / 200},
+	} {
+		got, err := parseSnapshotSize(c.in, lv)
+		if err != nil || got != c.want {
+			t.Errorf("parseSnapshotSize(%q) = %d, %v; want %d", c.in, got, err, c.want)
+		}
+	}
+	// The floor: a small LV gets 1 GiB (capped later at what it can use).
+	if got, err := parseSnapshotSize("", 100<<20); err != nil || got != 1<<30 {
+		t.Errorf("default for a 100 MiB LV = %d, %v; want 1 GiB", got, err)
+	}
+	for _, in := range []string{"0", "-1G", "G", "1.5G", "12X", "1GB2", "0%", "101%", "x%", "1Gx", "99999999999T"} {
+		_, err := parseSnapshotSize(in, lv)
+		var ue usageError
+		if !errors.As(err, &ue) {
+			t.Errorf("parseSnapshotSize(%q) = %v, want a usage error", in, err)
+		}
+	}
+}
+
+func TestClassicStoreSize(t *testing.T) {
+	const ext = 4 << 20
+	for _, c := range []struct{ want, origin, got int64 }{
+		{8 << 20, 256 << 20, 8 << 20},
+		{1, 256 << 20, ext},                             // whole extents
+		{9 << 20, 256 << 20, 12 << 20},                  // rounded up
+		{1 << 30, 256 << 20, 256<<20 + 2*ext + ext},     // capped: data, exceptions, header
+		{1 << 40, 100 << 30, 100<<30 + 400<<20 + 2*ext}, // 1/256 for the exceptions
+	} {
+		if got := classicStoreSize(c.want, c.origin, ext); got != c.got {
+			t.Errorf("classicStoreSize(%d, %d) = %d, want %d", c.want, c.origin, got, c.got)
+		}
+	}
+}
