@@ -3,6 +3,10 @@ package main
 import (
 	"errors"
 	"testing"
+	"time"
+
+	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/lvmthin"
 )
 
 func TestParseSnapshotSize(t *testing.T) {
@@ -52,5 +56,28 @@ func TestClassicStoreSize(t *testing.T) {
 		if got := classicStoreSize(c.want, c.origin, ext); got != c.got {
 			t.Errorf("classicStoreSize(%d, %d) = %d, want %d", c.want, c.origin, got, c.got)
 		}
+	}
+}
+
+// A rebuilt catalog tells a thick volume's files from a thin one's by the
+// header alone.
+func TestVolumeRecordKind(t *testing.T) {
+	when := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	origin := &lvmthin.LV{VG: "vg", Name: "data", UUID: "uuid-origin", Attr: "owi-aos---", Size: 1 << 30}
+	snap := &lvmthin.LV{VG: "vg", Name: "data.thinback.x", Origin: "data", UUID: "uuid-snap", Attr: "sri-a-s---", Time: when, ChunkSize: 4096}
+	v := volumeRecord(classicHeader(snap, nil, origin, 1<<30))
+	if v.Kind != catalog.KindLVMThick || v.Source != "vg/data" || v.Name != "vg/data" || v.UUID != "uuid-origin" {
+		t.Errorf("thick volume record %+v", v)
+	}
+	thin := &lvmthin.LV{VG: "vg", Name: "vm.thinback.x", Origin: "vm", Pool: "pool", UUID: "uuid-thin", Attr: "Vri---tz-k", Time: when, ThinID: 2, ChunkSize: 65536, Size: 1 << 30}
+	thinOrigin := &lvmthin.LV{VG: "vg", Name: "vm", Pool: "pool", UUID: "uuid-vm", Attr: "Vwi-a-tz--", ThinID: 1, Size: 1 << 30}
+	if v := volumeRecord(thinHeader(thin, nil, thinOrigin)); v.Kind != catalog.KindLVMThin || v.Source != "vg/vm" {
+		t.Errorf("thin volume record %+v", v)
+	}
+	// Thin files written before lvm.kind existed.
+	h := thinHeader(thin, nil, thinOrigin)
+	h.SetAttr("lvm.kind", "")
+	if v := volumeRecord(h); v.Kind != catalog.KindLVMThin {
+		t.Errorf("thin volume record without lvm.kind %+v", v)
 	}
 }

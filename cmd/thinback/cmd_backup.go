@@ -68,6 +68,8 @@ func backupCommand(e *env) *cli.Command {
 				json: c.Bool("json"), quiet: c.Bool("quiet"),
 			}
 			switch {
+			case o.file != "" && o.snapshotSize != "":
+				return usageError{msg: "backup: --snapshot-size is for thick LVs, not --file"}
 			case len(a) == 1 && o.file != "":
 				return usageError{msg: "backup: give either VG/LV or --file, not both"}
 			case len(a) == 0 && o.file == "":
