@@ -198,6 +198,9 @@ func backupClassic(ctx context.Context, e *env, s *catalog.Store, name string, o
 		}
 	}()
 
+	if err := ctx.Err(); err != nil {
+		return nil, err // interrupted while the hooks ran
+	}
 	var baseSize int64
 	if base != nil {
 		baseSize = baseRec.VolumeSize
