@@ -286,7 +286,9 @@ func backupClassic(ctx context.Context, e *env, s *catalog.Store, name string, o
 		res.Warnings = append(res.Warnings, fmt.Sprintf("the backup is stored, but closing %s failed: %v", snap.FullName(), err))
 	}
 	res.Snapshot, res.Seq, res.File, res.LVSnapshot = rec.ID, rec.Seq, rec.File, snap.FullName().String()
-	res.DataBytes, res.ZeroBytes, res.StoredBytes, res.BytesRead = rec.DataBytes, rec.ZeroBytes, rec.FileSize, total
+	// Every extent of a classic delta is read, in whole blocks: the
+	// file's data and zero blocks are what was read.
+	res.DataBytes, res.ZeroBytes, res.StoredBytes, res.BytesRead = rec.DataBytes, rec.ZeroBytes, rec.FileSize, rec.DataBytes+rec.ZeroBytes
 	if ds != nil {
 		res.BytesRead = ds.Stats().Read
 	}
