@@ -24,7 +24,7 @@ func backupCommand(e *env) *cli.Command {
 		Usage:     "back up a thin or thick LVM volume, or an image, into a store (the cron job)",
 		ArgsUsage: "VG/LV (or --file IMAGE)",
 		Description: "For a thin LV: takes a read-only thin snapshot named LV.thinback.<UTC time> (between the\n" +
-			"--pre and --post commands, e.g. fsfreeze), sends what changed since the newest backed-up\n" +
+			"--pre and --post commands, e.g. virsh domfsfreeze/domfsthaw of a VM), sends what changed since the newest backed-up\n" +
 			"snapshot still on the pool (a full the first time, or when that snapshot is gone),\n" +
 			"writes the delta file into the store and records it, then removes thinback's older\n" +
 			"snapshots of the LV: only the newest is kept, for the next incremental. The LV itself\n" +
@@ -47,8 +47,8 @@ func backupCommand(e *env) *cli.Command {
 			&cli.Int64Flag{Name: "block-size", Value: archive.DefaultBlockSize, Usage: "with --file, the block size of a new volume"},
 			&cli.StringFlag{Name: "snapshot-size", Usage: snapshotSizeUsage},
 			levelFlag,
-			&cli.StringFlag{Name: "pre", Usage: "shell command run before the snapshot (e.g. fsfreeze -f /mnt/vm)"},
-			&cli.StringFlag{Name: "post", Usage: "shell command run after the snapshot, even if it failed (e.g. fsfreeze -u /mnt/vm)"},
+			&cli.StringFlag{Name: "pre", Usage: "shell command run before the snapshot (e.g. virsh domfsfreeze vm1; not fsfreeze: LVM freezes a host file system itself)"},
+			&cli.StringFlag{Name: "post", Usage: "shell command run after the snapshot, even if it failed (e.g. virsh domfsthaw vm1)"},
 			&cli.BoolFlag{Name: "release-stale-metadata-snap", Usage: releaseStaleUsage},
 			jsonFlag, quietFlag,
 		}, keepFlags()...),
