@@ -121,7 +121,8 @@ func TestCommitVolumeNoSpace(t *testing.T) {
 func TestWriteVolumeDelta(t *testing.T) {
 	ts := newTestStore(t)
 	boom := errors.New("the source went away")
-	_, err := ts.WriteVolumeDelta(*testVolume("v"), func(w io.Writer) (Snapshot, error) {
+	id := newID()
+	_, err := ts.WriteVolumeDelta(*testVolume("v"), id, func(w io.Writer) (Snapshot, error) {
 		if _, err := io.WriteString(w, "half a file"); err != nil {
 			return Snapshot{}, err
 		}
@@ -131,9 +132,9 @@ func TestWriteVolumeDelta(t *testing.T) {
 		t.Fatalf("WriteVolumeDelta: %v, want %v", err, boom)
 	}
 	ts.noVolume("v")
-	snap, err := ts.WriteVolumeDelta(*testVolume("v"), func(w io.Writer) (Snapshot, error) {
+	snap, err := ts.WriteVolumeDelta(*testVolume("v"), id, func(w io.Writer) (Snapshot, error) {
 		_, err := io.WriteString(w, "full")
-		return Snapshot{ID: newID(), Volume: "v", Time: baseTime, FileDigest: "00"}, err
+		return Snapshot{ID: id, Volume: "v", Time: baseTime, FileDigest: "00"}, err
 	})
 	if err != nil || snap.Seq != 1 {
 		t.Fatalf("WriteVolumeDelta: %+v, %v", snap, err)

@@ -18,37 +18,40 @@ import (
 // behind the same calls: the bytes go to a streaming multipart upload,
 // and commit is completing the upload, then writing the record object.
 type DeltaWriter interface {
-	// WriteDelta writes a new delta file of volume: write writes the
-	// whole file to w and returns the snapshot record to keep for it
-	// (Volume must be volume). The file becomes durable first, then the
-	// record is committed, with Seq, File, FileSize and Created set, and
-	// returned. If write fails, or the commit does, nothing is kept and
-	// the error says why (with any failure to clean up).
-	WriteDelta(volume string, write func(w io.Writer) (Snapshot, error)) (Snapshot, error)
+	// WriteDelta writes the delta file of a new snapshot id of volume:
+	// write writes the whole file to w and returns the snapshot record to
+	// keep for it (Volume must be volume, ID must be id). The id is given
+	// before the bytes because a store may have to name the file before
+	// they arrive (a multipart upload has its key from the start). The
+	// file becomes durable first, then the record is committed, with Seq,
+	// File, FileSize and Created set, and returned. If write fails, or
+	// the commit does, nothing is kept and the error says why (with any
+	// failure to clean up).
+	WriteDelta(volume, id string, write func(w io.Writer) (Snapshot, error)) (Snapshot, error)
 
 	// WriteVolumeDelta is WriteDelta for what may be the first snapshot
 	// of vol.Name: when the store has no volume of that name, vol is
 	// recorded in the same commit as the snapshot, so a first backup that
 	// fails leaves no volume behind. An existing record is kept as it is.
-	WriteVolumeDelta(vol Volume, write func(w io.Writer) (Snapshot, error)) (Snapshot, error)
+	WriteVolumeDelta(vol Volume, id string, write func(w io.Writer) (Snapshot, error)) (Snapshot, error)
 
-	// ReplaceDelta writes a new file for an existing snapshot of volume
-	// (the merge of a prune): write writes it and returns the snapshot's
-	// new record; the snapshots listed in remove are deleted in the same
-	// commit, and the files the commit made obsolete are removed after it
-	// (a LeftoverError if they cannot be: the commit stands). On failure
-	// the store is as it was.
-	ReplaceDelta(volume string, remove []string, write func(w io.Writer) (Snapshot, error)) (Snapshot, error)
+	// ReplaceDelta writes a new file for the existing snapshot id of
+	// volume (the merge of a prune): write writes it and returns the
+	// snapshot's new record; the snapshots listed in remove are deleted
+	// in the same commit, and the files the commit made obsolete are
+	// removed after it (a LeftoverError if they cannot be: the commit
+	// stands). On failure the store is as it was.
+	ReplaceDelta(volume, id string, remove []string, write func(w io.Writer) (Snapshot, error)) (Snapshot, error)
 }
 
 var _ DeltaWriter = (*Store)(nil)
 
 // WriteDelta implements DeltaWriter with CreateTemp and Commit. The
 // caller should hold LockVolume(volume).
-func (s *Store) WriteDelta(volume string, write func(w io.Writer) (Snapshot, error)) (Snapshot, error) {
+func (s *Store) WriteDelta(volume, id string, write func(w io.Writer) (Snapshot, error)) (Snapshot, error) {
 	return s.writeDelta(volume, write, func(tmp *os.File, rec *Snapshot) error {
-		if rec.Volume != volume {
-			return s.discardAfter(tmp, fmt.Errorf("catalog: a delta file of volume %q cannot be recorded as one of %q", volume, rec.Volume))
+		if err := CheckWritten(volume, id, *rec); err != nil {
+			return s.discardAfter(tmp, err)
 		}
 		return s.Commit(tmp, rec)
 	})
@@ -56,10 +59,10 @@ func (s *Store) WriteDelta(volume string, write func(w io.Writer) (Snapshot, err
 
 // WriteVolumeDelta implements DeltaWriter with CreateTemp and
 // CommitVolume. The caller should hold LockVolume(vol.Name).
-func (s *Store) WriteVolumeDelta(vol Volume, write func(w io.Writer) (Snapshot, error)) (Snapshot, error) {
+func (s *Store) WriteVolumeDelta(vol Volume, id string, write func(w io.Writer) (Snapshot, error)) (Snapshot, error) {
 	return s.writeDelta(vol.Name, write, func(tmp *os.File, rec *Snapshot) error {
-		if rec.Volume != vol.Name {
-			return s.discardAfter(tmp, fmt.Errorf("catalog: a delta file of volume %q cannot be recorded as one of %q", vol.Name, rec.Volume))
+		if err := CheckWritten(vol.Name, id, *rec); err != nil {
+			return s.discardAfter(tmp, err)
 		}
 		return s.CommitVolume(tmp, &vol, rec)
 	})
@@ -67,13 +70,27 @@ func (s *Store) WriteVolumeDelta(vol Volume, write func(w io.Writer) (Snapshot, 
 
 // ReplaceDelta implements DeltaWriter with CreateTemp and Replace. The
 // caller should hold LockVolume(volume).
-func (s *Store) ReplaceDelta(volume string, remove []string, write func(w io.Writer) (Snapshot, error)) (Snapshot, error) {
+func (s *Store) ReplaceDelta(volume, id string, remove []string, write func(w io.Writer) (Snapshot, error)) (Snapshot, error) {
 	return s.writeDelta(volume, write, func(tmp *os.File, rec *Snapshot) error {
-		if rec.Volume != volume {
-			return s.discardAfter(tmp, fmt.Errorf("catalog: snapshot %s of volume %q cannot replace one of %q", rec.ID, rec.Volume, volume))
+		if err := CheckWritten(volume, id, *rec); err != nil {
+			return s.discardAfter(tmp, err)
 		}
 		return s.Replace(tmp, rec, remove...)
 	})
+}
+
+// CheckWritten refuses the record a DeltaWriter callback returned when it
+// is not of the volume and snapshot the write was announced for: a store
+// that named the file by them would otherwise record it under the wrong
+// name.
+func CheckWritten(volume, id string, rec Snapshot) error {
+	if rec.Volume != volume {
+		return fmt.Errorf("catalog: a delta file of volume %q cannot be recorded as one of %q", volume, rec.Volume)
+	}
+	if rec.ID != id {
+		return fmt.Errorf("catalog: the delta file written as snapshot %s holds snapshot %q", id, rec.ID)
+	}
+	return nil
 }
 
 // writeDelta runs write into a new temp file and hands the result to

@@ -21,12 +21,12 @@ func TestWriteDelta(t *testing.T) {
 			withMode(t, m.skipRenameat2, m.skipLink)
 			ts := newTestStore(t)
 			ts.putVolume("vg0/vm1")
-			write := func(data, parent string) func(io.Writer) (Snapshot, error) {
+			write := func(id, data, parent string) func(io.Writer) (Snapshot, error) {
 				return func(w io.Writer) (Snapshot, error) {
 					if _, err := io.WriteString(w, data); err != nil {
 						return Snapshot{}, err
 					}
-					snap := Snapshot{ID: newID(), Volume: "vg0/vm1", Parent: parent, Time: baseTime.Add(time.Duration(len(data)) * time.Hour),
+					snap := Snapshot{ID: id, Volume: "vg0/vm1", Parent: parent, Time: baseTime.Add(time.Duration(len(data)) * time.Hour),
 						VolumeSize: 1 << 30, FileDigest: digest([]byte(data))}
 					if parent != "" {
 						snap.ParentSize = 1 << 30
@@ -34,18 +34,19 @@ func TestWriteDelta(t *testing.T) {
 					return snap, nil
 				}
 			}
-			a, err := ts.WriteDelta("vg0/vm1", write("A", ""))
+			aID, bID := newID(), newID()
+			a, err := ts.WriteDelta("vg0/vm1", aID, write(aID, "A", ""))
 			if err != nil {
 				t.Fatal(err)
 			}
 			if a.Seq != 1 || a.FileSize != 1 || string(ts.read(a.File)) != "A" {
 				t.Errorf("first snapshot = %+v", a)
 			}
-			b, err := ts.WriteDelta("vg0/vm1", write("BB", a.ID))
+			b, err := ts.WriteDelta("vg0/vm1", bID, write(bID, "BB", a.ID))
 			if err != nil {
 				t.Fatal(err)
 			}
-			merged, err := ts.ReplaceDelta("vg0/vm1", []string{a.ID}, func(w io.Writer) (Snapshot, error) {
+			merged, err := ts.ReplaceDelta("vg0/vm1", b.ID, []string{a.ID}, func(w io.Writer) (Snapshot, error) {
 				if _, err := io.WriteString(w, "A+BB"); err != nil {
 					return Snapshot{}, err
 				}
@@ -76,30 +77,36 @@ func TestWriteDeltaFails(t *testing.T) {
 	ts.putVolume("v")
 	ts.putVolume("w")
 	boom := errors.New("source went away")
+	id := newID()
 	for _, tc := range []struct {
 		name  string
+		id    string
 		write func(io.Writer) (Snapshot, error)
 		want  error
 	}{
-		{"callback", func(w io.Writer) (Snapshot, error) {
+		{"callback", id, func(w io.Writer) (Snapshot, error) {
 			_, _ = io.WriteString(w, strings.Repeat("x", 1<<20))
 			return Snapshot{}, boom
 		}, boom},
-		{"record", func(w io.Writer) (Snapshot, error) {
+		{"record", "not-an-id", func(w io.Writer) (Snapshot, error) {
 			_, _ = io.WriteString(w, "x")
 			return Snapshot{ID: "not-an-id", Volume: "v", Time: baseTime}, nil
 		}, ErrInvalidRecord},
-		{"missing parent", func(w io.Writer) (Snapshot, error) {
+		{"missing parent", id, func(w io.Writer) (Snapshot, error) {
 			_, _ = io.WriteString(w, "x")
-			return Snapshot{ID: newID(), Volume: "v", Parent: newID(), Time: baseTime, FileDigest: "00"}, nil
+			return Snapshot{ID: id, Volume: "v", Parent: newID(), Time: baseTime, FileDigest: "00"}, nil
 		}, ErrNotFound},
-		{"other volume", func(w io.Writer) (Snapshot, error) {
+		{"other volume", id, func(w io.Writer) (Snapshot, error) {
 			_, _ = io.WriteString(w, "x")
-			return Snapshot{ID: newID(), Volume: "w", Time: baseTime, FileDigest: "00"}, nil
+			return Snapshot{ID: id, Volume: "w", Time: baseTime, FileDigest: "00"}, nil
+		}, nil},
+		{"other snapshot", id, func(w io.Writer) (Snapshot, error) {
+			_, _ = io.WriteString(w, "x")
+			return Snapshot{ID: newID(), Volume: "v", Time: baseTime, FileDigest: "00"}, nil
 		}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ts.WriteDelta("v", tc.write)
+			_, err := ts.WriteDelta("v", tc.id, tc.write)
 			if err == nil || tc.want != nil && !errors.Is(err, tc.want) {
 				t.Errorf("WriteDelta: %v, want %v", err, tc.want)
 			}
@@ -129,12 +136,13 @@ func TestWriteDeltaTooLarge(t *testing.T) {
 	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
 		t.Fatal(err)
 	}
-	_, err := ts.WriteDelta("v", func(w io.Writer) (Snapshot, error) {
+	id := newID()
+	_, err := ts.WriteDelta("v", id, func(w io.Writer) (Snapshot, error) {
 		_, err := w.Write(make([]byte, 3<<20))
 		if err != nil {
 			return Snapshot{}, errors.New("writer failed: " + err.Error()) // loses the type on purpose
 		}
-		return Snapshot{ID: newID(), Volume: "v", Time: baseTime, FileDigest: "00"}, nil
+		return Snapshot{ID: id, Volume: "v", Time: baseTime, FileDigest: "00"}, nil
 	})
 	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
 		t.Fatal(err)
