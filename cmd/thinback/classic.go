@@ -124,7 +124,7 @@ func waitPastSecond(ctx context.Context, t time.Time) error {
 	}
 }
 
-func backupClassic(ctx context.Context, e *env, s *catalog.Store, name string, origin *lvmthin.LV, o backupOptions) (_ *backupResult, err error) {
+func backupClassic(ctx context.Context, e *env, s catalog.Repository, name string, origin *lvmthin.LV, o backupOptions) (_ *backupResult, err error) {
 	v, newVol, err := volumeFor(s, catalog.Volume{Name: name, UUID: origin.UUID, Kind: catalog.KindLVMThick, Source: origin.FullName().String(), BlockSize: archive.DefaultBlockSize})
 	if err != nil {
 		return nil, err
@@ -275,7 +275,7 @@ func backupClassic(ctx context.Context, e *env, s *catalog.Store, name string, o
 	if ds == nil {
 		prog = newProgress(e.stderr, o.quiet || o.json, "backed up", total)
 	}
-	rec, err := storeDelta(ctx, s, s.Dir(), h, src, o.level, prog,
+	rec, err := storeDelta(ctx, s, s.String(), h, src, o.level, prog,
 		catalog.Snapshot{LVName: snap.Name, LVUUID: snap.UUID}, newVol)
 	prog.Done()
 	if err != nil {

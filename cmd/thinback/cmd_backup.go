@@ -139,10 +139,11 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 		}
 		defer src.Close()
 	}
-	s, err := openStore(e, o.store, true)
+	s, err := openStore(ctx, e, o.store, true)
 	if err != nil {
 		return err
 	}
+	defer closeStore(e, s)
 	if removed, err := s.RemoveOrphans(); err != nil {
 		sayf(e.stderr, "thinback: removing files of %s left by an interrupted run: %v", o.store, err)
 	} else if len(removed) > 0 {
@@ -191,14 +192,7 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 	}
 	var pruneErr error
 	if !o.retention.IsZero() {
-		err := s.Update(func(tx *catalog.Tx) error {
-			v, err := tx.Volume(name)
-			if err != nil {
-				return err
-			}
-			v.Retention = o.retention
-			return tx.PutVolume(&v)
-		})
+		err := s.SetRetention(name, o.retention)
 		if err == nil {
 			var pr *pruneResult
 			pr, err = pruneVolume(ctx, s, name, o.retention, false, o.level)
@@ -246,7 +240,7 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 // to it when the store has none yet. A new volume is not recorded here:
 // storeDelta records it together with its first snapshot, so a first
 // backup that fails leaves no volume behind.
-func volumeFor(s *catalog.Store, want catalog.Volume) (catalog.Volume, *catalog.Volume, error) {
+func volumeFor(s catalog.Repository, want catalog.Volume) (catalog.Volume, *catalog.Volume, error) {
 	var v catalog.Volume
 	var created *catalog.Volume
 	err := s.View(func(tx *catalog.Tx) error {
@@ -270,7 +264,7 @@ func volumeFor(s *catalog.Store, want catalog.Volume) (catalog.Volume, *catalog.
 // chainDigests opens the per-block digests of snapshot rec's chain, from
 // the store's files, for a backup that compares a volume's blocks with
 // them. The returned function closes the files.
-func chainDigests(s *catalog.Store, rec catalog.Snapshot, blockSize int64) (*archive.ChainDigests, func(), error) {
+func chainDigests(s catalog.Repository, rec catalog.Snapshot, blockSize int64) (*archive.ChainDigests, func(), error) {
 	var chain []catalog.Snapshot
 	err := s.View(func(tx *catalog.Tx) error {
 		var err error
@@ -280,7 +274,7 @@ func chainDigests(s *catalog.Store, rec catalog.Snapshot, blockSize int64) (*arc
 	if err != nil {
 		return nil, nil, err
 	}
-	var files []*os.File
+	var files []catalog.DeltaReader
 	closeAll := func() {
 		for _, f := range files {
 			f.Close()
@@ -288,13 +282,13 @@ func chainDigests(s *catalog.Store, rec catalog.Snapshot, blockSize int64) (*arc
 	}
 	var inputs []archive.ChainInput
 	for _, sn := range chain {
-		cf, err := os.Open(s.Path(sn.File))
+		cf, err := s.OpenDelta(sn.File)
 		if err != nil {
 			closeAll()
 			return nil, nil, err
 		}
 		files = append(files, cf)
-		inputs = append(inputs, archive.ChainInput{Name: s.Path(sn.File), File: cf})
+		inputs = append(inputs, archive.ChainInput{Name: cf.Name(), File: cf})
 	}
 	prev, err := archive.OpenChainDigests(inputs)
 	if err == nil && prev.BlockSize() != blockSize {
@@ -329,9 +323,9 @@ func storeDelta(ctx context.Context, s catalog.DeltaWriter, dir string, h *archi
 	var full catalog.Snapshot
 	var err error
 	if newVol != nil {
-		full, err = s.WriteVolumeDelta(*newVol, write)
+		full, err = s.WriteVolumeDelta(*newVol, catalogID(h.Snapshot.ID), write)
 	} else {
-		full, err = s.WriteDelta(h.VolumeName, write)
+		full, err = s.WriteDelta(h.VolumeName, catalogID(h.Snapshot.ID), write)
 	}
 	return full, storeWriteError(dir, err)
 }
@@ -347,7 +341,7 @@ func storeWriteError(dir string, err error) error {
 	return err
 }
 
-func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, f *os.File, o backupOptions) (*backupResult, error) {
+func backupFile(ctx context.Context, e *env, s catalog.Repository, name string, f *os.File, o backupOptions) (*backupResult, error) {
 	abs, err := filepath.Abs(o.file)
 	if err != nil {
 		return nil, err
@@ -421,7 +415,7 @@ func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, f *o
 	if ds != nil {
 		p = noProgress{} // the digest source reports what it examines
 	}
-	rec, err := storeDelta(ctx, s, s.Dir(), h, src, o.level, p, catalog.Snapshot{}, newVol)
+	rec, err := storeDelta(ctx, s, s.String(), h, src, o.level, p, catalog.Snapshot{}, newVol)
 	prog.Done()
 	if postErr := runHook(context.WithoutCancel(ctx), e, "post", o.post, vars); postErr != nil && err == nil {
 		err = postErr
@@ -439,7 +433,7 @@ func backupFile(ctx context.Context, e *env, s *catalog.Store, name string, f *o
 	return res, nil
 }
 
-func backupLVM(ctx context.Context, e *env, s *catalog.Store, name string, origin *lvmthin.LV, o backupOptions) (_ *backupResult, err error) {
+func backupLVM(ctx context.Context, e *env, s catalog.Repository, name string, origin *lvmthin.LV, o backupOptions) (_ *backupResult, err error) {
 	v, newVol, err := volumeFor(s, catalog.Volume{Name: name, UUID: origin.UUID, Kind: catalog.KindLVMThin, Source: origin.FullName().String(), BlockSize: thinBlockSize(origin.ChunkSize)})
 	if err != nil {
 		return nil, err
@@ -503,7 +497,7 @@ func backupLVM(ctx context.Context, e *env, s *catalog.Store, name string, origi
 		res.Kind, res.Parent = "incremental", fmt.Sprintf("#%d", baseRec.Seq)
 	}
 	prog := newProgress(e.stderr, o.quiet || o.json, "backed up", d.Stats().DataBytes)
-	rec, err := storeDelta(ctx, s, s.Dir(), h, d, o.level, prog,
+	rec, err := storeDelta(ctx, s, s.String(), h, d, o.level, prog,
 		catalog.Snapshot{LVName: snap.Name, LVUUID: snap.UUID, ThinID: int64(snap.ThinID)}, newVol)
 	prog.Done()
 	if err != nil {

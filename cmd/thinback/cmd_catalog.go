@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/thinback/thinback/catalog"
@@ -31,10 +30,11 @@ func catalogCommand(e *env) *cli.Command {
 }
 
 func runRebuild(ctx context.Context, e *env, dir string, quiet bool) error {
-	s, err := openStore(e, dir, true)
+	s, err := openStore(ctx, e, dir, true)
 	if err != nil {
 		return err
 	}
+	defer closeStore(e, s)
 	files, err := s.Files()
 	if err != nil {
 		return fmt.Errorf("catalog rebuild: %w", err)
@@ -47,7 +47,7 @@ func runRebuild(ctx context.Context, e *env, dir string, quiet bool) error {
 	var good []found
 	bad := 0
 	for _, f := range files {
-		h, tr, err := readDelta(ctx, s.Path(f.Path), false)
+		h, tr, err := readStoredMeta(ctx, s, f.Path)
 		if err == nil && catalogID(h.Snapshot.ID) != f.ID {
 			err = fmt.Errorf("its name says snapshot %s, its header %s", f.ID, h.Snapshot.ID)
 		}
@@ -63,25 +63,12 @@ func runRebuild(ctx context.Context, e *env, dir string, quiet bool) error {
 		sn.Seq, sn.File, sn.FileSize = f.Seq, f.Path, f.Size
 		good = append(good, found{f, sn, volumeRecord(h)})
 	}
-	err = s.Update(func(tx *catalog.Tx) error {
-		if err := tx.ResetSnapshots(); err != nil {
-			return err
-		}
-		for _, g := range good {
-			if _, err := tx.Volume(g.vol.Name); errors.Is(err, catalog.ErrNotFound) {
-				if err := tx.PutVolume(&g.vol); err != nil {
-					return err
-				}
-			} else if err != nil {
-				return err
-			}
-			if err := tx.PutSnapshot(&g.snap); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	var vols []catalog.Volume
+	var snaps []catalog.Snapshot
+	for _, g := range good {
+		vols, snaps = append(vols, g.vol), append(snaps, g.snap)
+	}
+	if err := s.Rebuild(vols, snaps); err != nil {
 		return fmt.Errorf("catalog rebuild: %w", err)
 	}
 	if !quiet {

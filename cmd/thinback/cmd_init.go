@@ -15,11 +15,12 @@ func initCommand(e *env) *cli.Command {
 			if _, err := args(c, 0, 0, "takes no arguments: give the store with --store DIR"); err != nil {
 				return err
 			}
-			s, err := openStore(e, c.String("store"), true)
+			s, err := openStore(c.Context, e, c.String("store"), true)
 			if err != nil {
 				return err
 			}
-			sayf(e.stderr, "store %s is ready: back up into it with thinback backup VG/LV --store %s", s.Dir(), s.Dir())
+			defer closeStore(e, s)
+			sayf(e.stderr, "store %s is ready: back up into it with thinback backup VG/LV --store %s", s, s)
 			return nil
 		},
 	}

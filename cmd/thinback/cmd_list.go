@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -26,7 +27,7 @@ func listCommand(e *env) *cli.Command {
 			if len(a) == 1 {
 				vol = a[0]
 			}
-			return runList(e, c.String("store"), stateFilePath(c.String("state")), vol, c.Bool("json"))
+			return runList(c.Context, e, c.String("store"), stateFilePath(c.String("state")), vol, c.Bool("json"))
 		},
 	}
 }
@@ -42,11 +43,12 @@ type listSnapshot struct {
 	Targets []string `json:"targets,omitempty"`
 }
 
-func runList(e *env, dir, state, only string, asJSON bool) error {
-	s, err := openStore(e, dir, false)
+func runList(ctx context.Context, e *env, dir, state, only string, asJSON bool) error {
+	s, err := openStore(ctx, e, dir, false)
 	if err != nil {
 		return err
 	}
+	defer closeStore(e, s)
 	// Which targets on this machine hold which snapshot.
 	held := map[string][]string{}
 	err = stateDir(state, false)

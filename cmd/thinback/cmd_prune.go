@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
 
@@ -60,10 +59,11 @@ type pruneResult struct {
 }
 
 func runPrune(ctx context.Context, e *env, dir, only string, r catalog.Retention, dryRun, asJSON, quiet bool) error {
-	s, err := openStore(e, dir, false)
+	s, err := openStore(ctx, e, dir, false)
 	if err != nil {
 		return err
 	}
+	defer closeStore(e, s)
 	var vols []catalog.Volume
 	if err := s.View(func(tx *catalog.Tx) error {
 		all, err := tx.Volumes()
@@ -141,7 +141,7 @@ func runPrune(ctx context.Context, e *env, dir, only string, r catalog.Retention
 // caller holds. Each run of removed snapshots is merged into the kept
 // snapshot that follows it, in one atomic Replace; removed snapshots that
 // no kept snapshot descends from are removed newest first.
-func pruneVolume(ctx context.Context, s *catalog.Store, name string, policy catalog.Retention, dryRun bool, level archive.Level) (*pruneResult, error) {
+func pruneVolume(ctx context.Context, s catalog.Repository, name string, policy catalog.Retention, dryRun bool, level archive.Level) (*pruneResult, error) {
 	var snaps []catalog.Snapshot
 	if err := s.View(func(tx *catalog.Tx) error {
 		var err error
@@ -208,21 +208,21 @@ func pruneVolume(ctx context.Context, s *catalog.Store, name string, policy cata
 
 // mergeInto rewrites kept's delta file as the merge of run (its removed
 // ancestors, oldest first) and its own, and removes run, atomically.
-func mergeInto(ctx context.Context, s *catalog.Store, kept catalog.Snapshot, run []catalog.Snapshot, level archive.Level) error {
+func mergeInto(ctx context.Context, s catalog.Repository, kept catalog.Snapshot, run []catalog.Snapshot, level archive.Level) error {
 	var inputs []restore.Input
 	for _, sn := range append(append([]catalog.Snapshot(nil), run...), kept) {
-		f, err := os.Open(s.Path(sn.File))
+		f, err := s.OpenDelta(sn.File)
 		if err != nil {
 			return err
 		}
 		defer f.Close()
-		inputs = append(inputs, restore.Input{Name: s.Path(sn.File), R: f})
+		inputs = append(inputs, restore.Input{Name: f.Name(), R: f})
 	}
 	var ids []string
 	for _, sn := range run {
 		ids = append(ids, sn.ID)
 	}
-	_, err := s.ReplaceDelta(kept.Volume, ids, func(w io.Writer) (catalog.Snapshot, error) {
+	_, err := s.ReplaceDelta(kept.Volume, kept.ID, ids, func(w io.Writer) (catalog.Snapshot, error) {
 		// Two workers at most: prune runs beside backups, and memory grows
 		// with workers times the files merged.
 		h, tr, err := restore.Merge(ctx, w, inputs, restore.MergeOptions{Tool: toolName(), Workers: 2, Level: level})

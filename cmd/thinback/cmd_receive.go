@@ -70,10 +70,11 @@ func (l *laterWriter) setTarget(w io.Writer) error {
 }
 
 func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
-	s, err := openStore(e, dir, true)
+	s, err := openStore(ctx, e, dir, true)
 	if err != nil {
 		return err
 	}
+	defer closeStore(e, s)
 	sink := &laterWriter{}
 	rd := archive.NewReader(io.TeeReader(e.stdin, sink))
 	h, err := rd.Header()
@@ -112,7 +113,7 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
 	prog := newProgress(e.stderr, quiet, "received", h.VolumeSize)
 	// A new volume is recorded with its first snapshot, so a stream that
 	// fails, or a commit that does, leaves no volume behind.
-	snap, err := s.WriteVolumeDelta(volumeRecord(h), func(w io.Writer) (catalog.Snapshot, error) {
+	snap, err := s.WriteVolumeDelta(volumeRecord(h), catalogID(h.Snapshot.ID), func(w io.Writer) (catalog.Snapshot, error) {
 		if err := sink.setTarget(w); err != nil {
 			return catalog.Snapshot{}, err
 		}

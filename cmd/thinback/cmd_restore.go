@@ -6,7 +6,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/restore"
 	"github.com/urfave/cli/v2"
@@ -71,10 +70,11 @@ func parseTime(s string) (time.Time, error) {
 }
 
 func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
-	s, err := openStore(e, o.store, false)
+	s, err := openStore(ctx, e, o.store, false)
 	if err != nil {
 		return err
 	}
+	defer closeStore(e, s)
 	var chain []catalog.Snapshot
 	err = s.View(func(tx *catalog.Tx) error {
 		snap, err := selectSnapshot(tx, o.volume, o.at, o.snapshot)
@@ -89,12 +89,7 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 	}
 
 	// The store holds every file of the chain and the catalog.
-	guards := append(o.apply.guards(), restore.Guard{What: "store", Path: s.Dir(), Dir: true},
-		restore.Guard{What: "catalog", Path: s.DBPath()})
-	for _, sn := range chain {
-		guards = append(guards, restore.Guard{What: "delta file", Path: s.Path(sn.File)})
-	}
-	t, err := openTarget(ctx, o.apply.target, guards)
+	t, err := openTarget(ctx, o.apply.target, append(o.apply.guards(), storeGuards(s, chain)...))
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
@@ -150,12 +145,12 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 	var inputs []restore.Input
 	var names []string
 	for _, sn := range chain[from:] {
-		f, err := archive.OpenFile(s.Path(sn.File))
+		f, err := s.OpenDelta(sn.File)
 		if err != nil {
 			return fmt.Errorf("restore: snapshot %s of %s: %w (run thinback verify)", sn.ID, o.volume, err)
 		}
 		defer f.Close()
-		inputs = append(inputs, restore.Input{Name: s.Path(sn.File), R: f})
+		inputs = append(inputs, restore.Input{Name: f.Name(), R: f})
 		names = append(names, fmt.Sprintf("#%d", sn.Seq))
 	}
 	res, err := applyTo(ctx, e, t, inputs, o.apply)

@@ -117,10 +117,11 @@ func runVerifyFiles(ctx context.Context, e *env, files []string, quiet bool) err
 }
 
 func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool) error {
-	s, err := openStore(e, dir, false)
+	s, err := openStore(ctx, e, dir, false)
 	if err != nil {
 		return err
 	}
+	defer closeStore(e, s)
 	if volume != "" {
 		if err := s.View(func(tx *catalog.Tx) error { _, err := tx.Volume(volume); return err }); err != nil {
 			return fmt.Errorf("verify: %w", err)
@@ -162,7 +163,7 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 			for sn := range next {
 				r := results[sn.File]
 				start := time.Now()
-				r.h, r.tr, r.err = readDelta(ctx, s.Path(sn.File), true)
+				r.h, r.tr, r.err = readStored(ctx, s, sn.File)
 				r.took = time.Since(start)
 				close(r.done)
 			}
@@ -180,7 +181,7 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 	}()
 	defer wg.Wait() // never leave readers behind
 	files := 0
-	problems, err := s.Check(catalog.CheckOptions{Verify: func(snap catalog.Snapshot, path string) error {
+	problems, err := s.Check(catalog.CheckOptions{Verify: func(snap catalog.Snapshot, _ string) error {
 		if volume != "" && snap.Volume != volume {
 			return nil
 		}
@@ -193,7 +194,7 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 		if r == nil { // recorded meanwhile
 			r = &result{}
 			start := time.Now()
-			r.h, r.tr, r.err = readDelta(ctx, path, true)
+			r.h, r.tr, r.err = readStored(ctx, s, snap.File)
 			r.took = time.Since(start)
 		} else {
 			select {

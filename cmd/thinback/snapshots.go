@@ -44,7 +44,7 @@ func snapshotName(origin *lvmthin.LV, existing []*lvmthin.LV, now time.Time) str
 // It returns nil when there is none (a full), and notes saying why the
 // newest backup's snapshot was not used; where names the place the
 // snapshots live ("the pool", "the volume group").
-func newestBase(s *catalog.Store, name string, existing []*lvmthin.LV, where string) (*lvmthin.LV, catalog.Snapshot, []string, error) {
+func newestBase(s catalog.Repository, name string, existing []*lvmthin.LV, where string) (*lvmthin.LV, catalog.Snapshot, []string, error) {
 	byUUID := map[string]*lvmthin.LV{}
 	for _, lv := range existing {
 		byUUID[lv.UUID] = lv

@@ -23,8 +23,9 @@ var stateFlag = &cli.StringFlag{Name: "state", Usage: "state file recording what
 var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON"}
 
 // openStore opens (creating if needed) the store named by --store, and
-// cleans up temporary files left by crashed runs, saying so.
-func openStore(e *env, dir string, create bool) (*catalog.Store, error) {
+// cleans up temporary files left by crashed runs, saying so. The caller
+// closes it (closeStore).
+func openStore(_ context.Context, e *env, dir string, create bool) (catalog.Repository, error) {
 	if dir == "" {
 		return nil, usageError{msg: "give the backup store with --store DIR (or set THINBACK_STORE)"}
 	}
@@ -45,6 +46,14 @@ func openStore(e *env, dir string, create bool) (*catalog.Store, error) {
 	return s, nil
 }
 
+// closeStore closes a store, warning if that failed: whatever a command
+// did is committed by then.
+func closeStore(e *env, s catalog.Repository) {
+	if err := s.Close(); err != nil {
+		warn(e, "closing store %s: %v", s, err)
+	}
+}
+
 // readDelta reads a delta file to its verified END record. With payloads,
 // every record is decompressed and every block digest checked (on all
 // cores); without, only the header and the records' metadata are read and
@@ -55,6 +64,12 @@ func readDelta(ctx context.Context, path string, payloads bool) (*archive.Header
 		return nil, archive.Trailer{}, err
 	}
 	defer f.Close()
+	return readDeltaFrom(ctx, f, payloads)
+}
+
+// readDeltaFrom is readDelta of an open file or stream. A stream (no
+// io.Seeker) is read front to back, payloads included.
+func readDeltaFrom(ctx context.Context, f io.Reader, payloads bool) (*archive.Header, archive.Trailer, error) {
 	rd := archive.NewReader(f)
 	h, err := rd.Header()
 	if err == nil && payloads {

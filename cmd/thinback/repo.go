@@ -1,0 +1,46 @@
+package main
+
+import (
+	"context"
+
+	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/restore"
+)
+
+// storeGuards are the files of a store that a restore's target must not
+// be, nor hold: for a local store its directory, catalog and the chain's
+// delta files.
+func storeGuards(s catalog.Repository, chain []catalog.Snapshot) []restore.Guard {
+	switch s := s.(type) {
+	case *catalog.Store:
+		guards := []restore.Guard{{What: "store", Path: s.Dir(), Dir: true}, {What: "catalog", Path: s.DBPath()}}
+		for _, sn := range chain {
+			guards = append(guards, restore.Guard{What: "delta file", Path: s.Path(sn.File)})
+		}
+		return guards
+	}
+	return nil
+}
+
+// readStored reads a store's delta file to its verified END record,
+// decompressing every record and checking every digest.
+func readStored(ctx context.Context, s catalog.Repository, file string) (*archive.Header, archive.Trailer, error) {
+	r, err := s.OpenStream(file)
+	if err != nil {
+		return nil, archive.Trailer{}, err
+	}
+	defer r.Close()
+	return readDeltaFrom(ctx, r, true)
+}
+
+// readStoredMeta reads a store's delta file's header and records' metadata
+// to its verified END record, seeking over the payloads.
+func readStoredMeta(ctx context.Context, s catalog.Repository, file string) (*archive.Header, archive.Trailer, error) {
+	r, err := s.OpenDelta(file)
+	if err != nil {
+		return nil, archive.Trailer{}, err
+	}
+	defer r.Close()
+	return readDeltaFrom(ctx, r, false)
+}
