@@ -2,8 +2,14 @@ package s3test
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -231,4 +237,39 @@ func (p *Proxy) allow(dir Direction, n int64, hit *bool) (bool, chan struct{}) {
 		return false, p.stalls
 	}
 	return false, nil
+}
+
+// HTTPProxy is an HTTP reverse proxy in front of a server, for tests that
+// make the server answer what real ones answer at bad moments (SlowDown,
+// QuotaExceeded, AccessDenied, RequestTimeTooSkewed...). intercept, if
+// set, sees each request first and answers it itself by returning true;
+// modify, if set, may change each answer of the server. It returns the
+// proxy's host:port, to put in a store address.
+func HTTPProxy(t testing.TB, target string, intercept func(http.ResponseWriter, *http.Request) bool, modify func(*http.Response) error) string {
+	t.Helper()
+	u, err := url.Parse("http://" + target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.ModifyResponse = modify
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if intercept != nil && intercept(w, r) {
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(hs.Close)
+	return strings.TrimPrefix(hs.URL, "http://")
+}
+
+// Answer writes an S3 error answer with its status and code.
+func Answer(w http.ResponseWriter, r *http.Request, status int, code, message string) {
+	if r.Body != nil {
+		_, _ = io.Copy(io.Discard, r.Body)
+	}
+	w.Header().Set("Content-Type", "application/xml")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Message>%s</Message><Resource>%s</Resource></Error>`,
+		code, message, r.URL.Path)
 }

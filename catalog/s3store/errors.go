@@ -1,0 +1,93 @@
+package s3store
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/catalog/s3"
+)
+
+// Errors of a store on object storage, besides catalog's and s3's own
+// sentinels (which its errors wrap where they fit). Compare with
+// errors.Is.
+var (
+	// ErrNotStore: the address holds no thinback store (no
+	// thinback-store.json under its prefix). See NotStoreError.
+	ErrNotStore = errors.New("not a thinback store")
+
+	// ErrFormat: a store, record or volume object of a newer format than
+	// this thinback reads.
+	ErrFormat = errors.New("store object format not supported")
+
+	// ErrNotLocked: a write to a volume whose lock this Store does not
+	// hold. Every write holds it (see LockVolume): without it, two
+	// writers of one volume could race.
+	ErrNotLocked = errors.New("volume is not locked by this process")
+)
+
+// NotStoreError names an address without a store.
+type NotStoreError struct {
+	Store string
+}
+
+func (e *NotStoreError) Error() string {
+	return fmt.Sprintf("%s is not a thinback store (no %s under it): create it with thinback init, or by a first backup or receive",
+		e.Store, storeObjectName)
+}
+
+// Is makes errors.Is(err, ErrNotStore) true.
+func (e *NotStoreError) Is(target error) bool { return target == ErrNotStore }
+
+// LockedError reports a volume whose lock object someone else holds. It
+// matches catalog.ErrLocked, as a local store's lock does, and
+// s3.ErrStaleLock when the holder is gone: its lock expired, or it is a
+// process of this host that no longer runs. A stale lock is released only
+// on request (Options.BreakStaleLocks).
+type LockedError struct {
+	Volume string
+	Store  string
+	Object string
+	Owner  s3.Owner
+	Stale  bool
+	Dead   bool // the holder is a process of this host that no longer runs
+}
+
+func (e *LockedError) Error() string {
+	msg := fmt.Sprintf("volume %q of store %s is locked by %s (lock object %s)", e.Volume, e.Store, e.Owner, e.Object)
+	switch {
+	case e.Dead:
+		msg += fmt.Sprintf("; that process no longer runs: the lock is stale, left by a run that was killed")
+	case e.Stale:
+		msg += fmt.Sprintf("; the lock expired at %s: it is stale, its holder has probably died", e.Owner.Expires.Format(time.RFC3339))
+	case !e.Owner.Expires.IsZero():
+		msg += fmt.Sprintf(", renewed until %s", e.Owner.Expires.Format(time.RFC3339))
+	}
+	return msg
+}
+
+// Is makes errors.Is match catalog.ErrLocked and s3.ErrLocked, and
+// s3.ErrStaleLock when the lock is stale.
+func (e *LockedError) Is(target error) bool {
+	return target == catalog.ErrLocked || target == s3.ErrLocked || ((e.Stale || e.Dead) && target == s3.ErrStaleLock)
+}
+
+// DamagedError reports a record, volume or journal object that does not
+// decode or does not check. The store goes on without it; verify lists it
+// and catalog rebuild recreates records from the delta files.
+type DamagedError struct {
+	Store  string
+	Object string
+	Err    error
+}
+
+func (e *DamagedError) Error() string {
+	return fmt.Sprintf("store %s: %s is damaged: %v", e.Store, e.Object, e.Err)
+}
+
+// Is makes errors.Is(err, catalog.ErrCorrupt) true.
+func (e *DamagedError) Is(target error) bool { return target == catalog.ErrCorrupt }
+
+// Unwrap returns what is wrong with it.
+func (e *DamagedError) Unwrap() error { return e.Err }
