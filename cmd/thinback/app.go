@@ -44,6 +44,7 @@ func Main(args []string) int {
 type env struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
+	s3             s3Config // the S3 store options of the command running
 }
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
@@ -98,6 +99,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		},
 	}
 	for _, cmd := range app.Commands {
+		addStoreFlags(e, cmd)
 		usageErrors(cmd, "thinback "+cmd.Name)
 	}
 	return app

@@ -7,6 +7,8 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/catalog/s3"
+	"github.com/thinback/thinback/catalog/s3store"
 	"github.com/thinback/thinback/lvmthin"
 	"github.com/thinback/thinback/restore"
 )
@@ -25,7 +27,9 @@ const (
 	exitMetaSnap    = 8  // the pool's metadata snapshot is held by someone else
 	exitLocked      = 9  // another thinback holds the volume or catalog
 	exitVerify      = 10 // verify found problems
-	exitNoSpace     = 11 // a disk filled up
+	exitNoSpace     = 11 // a disk filled up, or an S3 bucket's quota
+	exitStore       = 12 // an S3 store refused us: credentials, access, bucket, clock, certificate, no conditional writes
+	exitUnavailable = 13 // an S3 store could not be reached or kept failing (throttled, dropped connections): try again later
 	exitInterrupted = 130
 )
 
@@ -47,7 +51,13 @@ const exitCodesHelp = `EXIT CODES:
    9    another thinback is working on the same volume or catalog
    10   verify found problems
    11   no space left on a device, or a file larger than its filesystem
-        allows (FAT's 4 GiB)
+        allows (FAT's 4 GiB), or an S3 bucket's quota is exhausted
+   12   an S3 store refused the request: credentials rejected, access
+        denied, no such bucket, this machine's clock too far off, the
+        server's certificate not trusted, or a server without
+        conditional writes (thinback does not write to one)
+   13   an S3 store could not be reached, or kept failing through every
+        retry (503 SlowDown, 5xx, dropped connections): try again later
    130  interrupted (SIGINT or SIGTERM); nothing is left half-done that
         the next run does not finish or clean up
 `
@@ -124,6 +134,29 @@ var exitCodes = []struct {
 	{restore.ErrTargetKind, exitTarget},
 	{archive.ErrFileKind, exitTarget}, // a source, like a target, is a file or a device
 	{restore.ErrTargetIsInput, exitTarget},
+
+	// Stores on S3-compatible object storage.
+	{s3.ErrLocked, exitLocked}, // s3store.LockedError, stale or not
+	{s3.ErrStaleLock, exitLocked},
+	{s3.ErrNotHolder, exitLocked}, // the lock was broken by another run meanwhile
+	{s3.ErrQuota, exitNoSpace},
+	{s3.ErrCredentials, exitStore},
+	{s3.ErrDenied, exitStore},
+	{s3.ErrNoBucket, exitStore},
+	{s3.ErrClockSkew, exitStore},
+	{s3.ErrCertificate, exitStore},
+	{s3.ErrNoConditional, exitStore},
+	{s3.ErrUnavailable, exitUnavailable},
+	{s3.ErrTruncated, exitUnavailable}, // the server cut the data on every retry
+	{s3.ErrLocation, exitUsage},
+	{s3store.ErrFormat, exitVersion},  // a store object of a newer thinback
+	{s3store.ErrNotStore, exitError},  // as for a directory without catalog.db
+	{s3store.ErrNotLocked, exitError}, // a bug of the caller
+	{s3.ErrNotFound, exitError},
+	{s3.ErrExist, exitError},
+	{s3.ErrChanged, exitError},
+	{s3.ErrTooLarge, exitError},
+	{s3.ErrInvalidName, exitError},
 
 	// Stores and catalogs.
 	{catalog.ErrLocked, exitLocked},

@@ -14,6 +14,8 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/catalog/s3"
+	"github.com/thinback/thinback/catalog/s3store"
 	"github.com/thinback/thinback/lvmthin"
 	"github.com/thinback/thinback/restore"
 )
@@ -58,6 +60,13 @@ func TestExitCodes(t *testing.T) {
 		{wrap(syscall.ENOSPC), 11},
 		{wrap(catalog.ErrNoSpace), 11},
 		{wrap(context.Canceled), 130},
+		{wrap(&s3.Error{Kind: s3.ErrQuota}), 11},
+		{wrap(&s3.Error{Kind: s3.ErrCredentials}), 12},
+		{wrap(&s3.Error{Kind: s3.ErrClockSkew}), 12},
+		{wrap(&s3.Error{Kind: s3.ErrNoBucket}), 12},
+		{wrap(&s3.Error{Kind: s3.ErrNoConditional}), 12},
+		{wrap(&s3.Error{Kind: s3.ErrUnavailable}), 13},
+		{wrap(&s3store.LockedError{Stale: true}), 9},
 	} {
 		if got := exitCode(tc.err); got != tc.want {
 			t.Errorf("exitCode(%v) = %d, want %d", tc.err, got, tc.want)
@@ -72,7 +81,7 @@ func TestExitCodes(t *testing.T) {
 // here.
 func TestExitCodeTable(t *testing.T) {
 	declared := map[string]bool{}
-	for _, pkg := range []string{"archive", "catalog", "lvmthin", "restore"} {
+	for _, pkg := range []string{"archive", "catalog", "catalog/s3", "catalog/s3store", "lvmthin", "restore"} {
 		files, err := filepath.Glob(filepath.Join("..", "..", pkg, "*.go"))
 		if err != nil || len(files) == 0 {
 			t.Fatalf("no Go files in %s: %v", pkg, err)
@@ -93,7 +102,7 @@ func TestExitCodeTable(t *testing.T) {
 				for _, spec := range gd.Specs {
 					for _, name := range spec.(*ast.ValueSpec).Names {
 						if strings.HasPrefix(name.Name, "Err") && name.IsExported() {
-							declared[pkg+"."+name.Name] = true
+							declared[filepath.Base(pkg)+"."+name.Name] = true
 						}
 					}
 				}

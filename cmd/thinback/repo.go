@@ -5,6 +5,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/catalog/s3store"
 	"github.com/thinback/thinback/restore"
 )
 
@@ -19,6 +20,8 @@ func storeGuards(s catalog.Repository, chain []catalog.Snapshot) []restore.Guard
 			guards = append(guards, restore.Guard{What: "delta file", Path: s.Path(sn.File)})
 		}
 		return guards
+	case *s3store.Store:
+		return []restore.Guard{{What: "catalog cache", Path: s.CacheDB()}}
 	}
 	return nil
 }

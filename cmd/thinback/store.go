@@ -11,11 +11,12 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/catalog/s3"
 	"github.com/urfave/cli/v2"
 )
 
 // storeFlag names the backup store; THINBACK_STORE sets a default.
-var storeFlag = &cli.StringFlag{Name: "store", EnvVars: []string{"THINBACK_STORE"}, Usage: "the backup store directory (or $THINBACK_STORE)"}
+var storeFlag = &cli.StringFlag{Name: "store", EnvVars: []string{"THINBACK_STORE"}, Usage: "the backup store: a directory, or s3:https://HOST[:PORT]/BUCKET[/PREFIX] (or $THINBACK_STORE)"}
 
 // stateFlag names the file recording what each target on this machine holds.
 var stateFlag = &cli.StringFlag{Name: "state", Usage: "state file recording what each target holds (default $THINBACK_STATE or " + defaultStateFile + ")"}
@@ -25,9 +26,12 @@ var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON"}
 // openStore opens (creating if needed) the store named by --store, and
 // cleans up temporary files left by crashed runs, saying so. The caller
 // closes it (closeStore).
-func openStore(_ context.Context, e *env, dir string, create bool) (catalog.Repository, error) {
+func openStore(ctx context.Context, e *env, dir string, create bool) (catalog.Repository, error) {
 	if dir == "" {
 		return nil, usageError{msg: "give the backup store with --store DIR (or set THINBACK_STORE)"}
+	}
+	if s3.IsLocation(dir) {
+		return openS3Store(ctx, e, dir, create)
 	}
 	if !create {
 		if _, err := os.Stat(dir + "/catalog.db"); err != nil {
