@@ -250,6 +250,10 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 			if errors.Is(ce.Problem, catalog.ErrOrphan) {
 				// A file renamed into place by a run killed before it
 				// recorded it: harmless, and nothing refers to it.
+				if ce.Detail != "" { // what an S3 store knows of it
+					sayf(e.stdout, "note %s: %s", ce.File, ce.Detail)
+					continue
+				}
 				sayf(e.stdout, "note %s is not in the catalog (left by an interrupted run: the next backup removes it, thinback catalog rebuild adopts it)", ce.File)
 				continue
 			}

@@ -75,14 +75,23 @@ func TestKillAnywhere(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kills processes for a while")
 	}
+	dir := t.TempDir()
+	killAnywhere(t, dir, filepath.Join(dir, "store"))
+}
+
+// killAnywhere is TestKillAnywhere against the store at store (a
+// directory, or an s3: address with the environment set for it). The
+// writers of an S3 store are given --break-stale-lock: each kill leaves
+// the volume's lock object of a process that no longer runs, which is
+// only ever removed on request.
+func killAnywhere(t *testing.T, dir, store string, writerFlags ...string) {
 	seed := time.Now().UnixNano()
 	if s := os.Getenv("THINBACK_SEED"); s != "" {
 		fmt.Sscan(s, &seed)
 	}
 	t.Logf("seed %d (replay with THINBACK_SEED=%d)", seed, seed)
 	r := rand.New(rand.NewSource(seed))
-	dir := t.TempDir()
-	store := filepath.Join(dir, "store")
+	w := func(args ...string) []string { return append(args, writerFlags...) }
 	img := filepath.Join(dir, "disk.img")
 	data := make([]byte, 24<<20)
 	r.Read(data[:12<<20]) // half random, half zeroes
@@ -120,7 +129,7 @@ func TestKillAnywhere(t *testing.T) {
 		}
 	}
 	start := time.Now()
-	run(t, dir, "backup", "--store", store, "--file", img)
+	run(t, dir, w("backup", "--store", store, "--file", img)...)
 	typical := time.Since(start)
 	record()
 	finished := 0
@@ -132,17 +141,17 @@ func TestKillAnywhere(t *testing.T) {
 		r.Read(buf)
 		f.WriteAt(buf, r.Int63n(23<<20))
 		f.Close()
-		if killAfter(t, dir, time.Duration(r.Int63n(int64(typical)+1)), "backup", "--store", store, "--file", img) {
+		if killAfter(t, dir, time.Duration(r.Int63n(int64(typical)+1)), w("backup", "--store", store, "--file", img)...) {
 			finished++
 		}
 		record()
 		check(fmt.Sprintf("backup killed, round %d", i))
-		run(t, dir, "backup", "--store", store, "--file", img)
+		run(t, dir, w("backup", "--store", store, "--file", img)...)
 		record()
 	}
 	// Prune, killed at random moments; every kept snapshot stays exact.
 	for i := 0; i < 6; i++ {
-		if killAfter(t, dir, time.Duration(r.Int63n(int64(typical)+1)), "prune", "--store", store, "disk.img", "--keep-last", fmt.Sprint(12-2*i)) {
+		if killAfter(t, dir, time.Duration(r.Int63n(int64(typical)+1)), w("prune", "--store", store, "disk.img", "--keep-last", fmt.Sprint(12-2*i))...) {
 			finished++
 		}
 		check(fmt.Sprintf("prune killed, round %d", i))
@@ -153,7 +162,7 @@ func TestKillAnywhere(t *testing.T) {
 	os.WriteFile(other, data[:8<<20], 0o600)
 	run(t, dir, "send", "--file", other, "-o", full)
 	for i := 0; i < 4; i++ {
-		cmd := thinbackCmd(t, dir, "receive", "--store", store)
+		cmd := thinbackCmd(t, dir, w("receive", "--store", store)...)
 		in, _ := os.Open(full)
 		cmd.Stdin = in
 		cmd.Start()
@@ -164,7 +173,7 @@ func TestKillAnywhere(t *testing.T) {
 		run(t, dir, "verify", "--store", store)
 	}
 	t.Logf("%d of the killed runs finished before the kill (typical backup %v)", finished, typical)
-	run(t, dir, "backup", "--store", store, "--file", img)
+	run(t, dir, w("backup", "--store", store, "--file", img)...)
 	record()
 	check("at the end")
 }
