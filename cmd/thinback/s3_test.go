@@ -1,10 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"math/rand"
+	"net/http"
 	"os"
+	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/minio/minio-go/v7"
@@ -98,4 +105,219 @@ func setS3Env(t *testing.T, srv *s3test.Server, cache string) {
 		k, v, _ := strings.Cut(kv, "=")
 		t.Setenv(k, v)
 	}
+}
+
+// thinbackEnv is thinback (cli_helpers_test.go) with extra environment.
+func thinbackEnv(t *testing.T, dir string, env []string, args ...string) result {
+	t.Helper()
+	cmd := thinbackCmd(t, dir, args...)
+	cmd.Env = append(cmd.Env, env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	case err != nil:
+		t.Fatal(err)
+	}
+	t.Logf("thinback %s: exit %d\n%s", strings.Join(args, " "), r.code, r.stdout+r.stderr)
+	return r
+}
+
+// isRecordPut tells the request that commits a snapshot: the creation of
+// its record object.
+func isRecordPut(r *http.Request) bool {
+	base := path.Base(r.URL.Path)
+	return r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/records/") &&
+		strings.HasSuffix(base, ".json") && !strings.HasPrefix(base, "journal-") && base != "volume.json"
+}
+
+// Two hosts (two processes with caches of their own) back up one volume
+// at once: one wins, the other exits with the lock code and writes
+// nothing; a backup of another volume meanwhile succeeds. The first
+// host's backup is held just before its commit, so the runs overlap
+// whatever the machine's speed.
+func TestS3ConcurrentBackups(t *testing.T) {
+	srv := s3test.Start(t)
+	dir := t.TempDir()
+	data := make([]byte, 4<<20)
+	rand.New(rand.NewSource(1)).Read(data[:2<<20])
+	if err := os.WriteFile(filepath.Join(dir, "disk.img"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reached, gate := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	proxy := s3test.HTTPProxy(t, srv.Addr, func(w http.ResponseWriter, r *http.Request) bool {
+		if isRecordPut(r) {
+			once.Do(func() { close(reached); <-gate })
+		}
+		return false
+	}, nil)
+	hostA := s3Env(t, srv, filepath.Join(dir, "cache-a"))
+	hostB := s3Env(t, srv, filepath.Join(dir, "cache-b"))
+	storeA := "s3:http://" + proxy + "/" + srv.Bucket + "/two"
+	storeB := srv.Location("two")
+
+	a := make(chan result, 1)
+	go func() { a <- thinbackEnv(t, dir, hostA, "backup", "--store", storeA, "--file", "disk.img") }()
+	select {
+	case <-reached:
+	case r := <-a:
+		close(gate)
+		t.Fatalf("the first backup ended before its commit: exit %d\n%s", r.code, r.stderr)
+	}
+	b := thinbackEnv(t, dir, hostB, "backup", "--store", storeB, "--file", "disk.img")
+	b.want(t, exitLocked, "second backup of one volume")
+	if !strings.Contains(b.stderr, "locked by") || !strings.Contains(b.stderr, "locks/disk.img.lock") {
+		t.Errorf("the lock error names neither the holder nor the lock object:\n%s", b.stderr)
+	}
+	thinbackEnv(t, dir, hostB, "backup", "--store", storeB, "--file", "disk.img", "--volume", "other").want(t, 0, "backup of another volume")
+	close(gate)
+	(<-a).want(t, 0, "first backup")
+
+	list := thinbackEnv(t, dir, hostB, "list", "--store", storeB)
+	list.want(t, 0, "list")
+	for _, want := range []string{"disk.img  (file", "other  (file"} {
+		if !strings.Contains(list.stdout, want) {
+			t.Errorf("list lacks %q:\n%s", want, list.stdout)
+		}
+	}
+	if strings.Count(list.stdout, " full ") != 2 {
+		t.Errorf("want one snapshot of each volume:\n%s", list.stdout)
+	}
+	thinbackEnv(t, dir, hostA, "verify", "--store", storeB).want(t, 0, "verify")
+}
+
+// The errors people meet get their exit code and a message naming the
+// store (and the object, where there is one), and no snapshot appears.
+func TestS3Errors(t *testing.T) {
+	srv := s3test.Start(t)
+	dir := t.TempDir()
+	data := make([]byte, 8<<20)
+	rand.New(rand.NewSource(2)).Read(data)
+	if err := os.WriteFile(filepath.Join(dir, "disk.img"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := s3Env(t, srv, filepath.Join(dir, "cache"))
+	store := srv.Location("err")
+	thinbackEnv(t, dir, env, "init", "--store", store).want(t, 0, "init")
+
+	// answer makes a proxy in front of the server answer the requests that
+	// match with an S3 error, n times (n < 0: always).
+	answer := func(match func(*http.Request) bool, n int, status int, code string) string {
+		var mu sync.Mutex
+		return s3test.HTTPProxy(t, srv.Addr, func(w http.ResponseWriter, r *http.Request) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			if n != 0 && match(r) {
+				n--
+				s3test.Answer(w, r, status, code, "the test says so")
+				return true
+			}
+			return false
+		}, nil)
+	}
+	all := func(*http.Request) bool { return true }
+	// The writes of a delta file: a whole PUT, or the parts of a multipart
+	// upload (a file smaller than a part goes in one PUT).
+	parts := func(r *http.Request) bool { return r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/volumes/") }
+	via := func(addr string) string { return "s3:http://" + addr + "/" + srv.Bucket + "/err" }
+
+	for _, tc := range []struct {
+		name  string
+		env   []string
+		store string
+		code  int
+		says  []string
+	}{
+		{"wrong secret", []string{"AWS_SECRET_ACCESS_KEY=wrong"}, store, exitStore, []string{store, "credentials rejected"}},
+		{"no credentials", []string{"AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY=", "AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(dir, "none")}, store, exitStore, []string{store, "credentials"}},
+		{"missing bucket", nil, "s3:http://" + srv.Addr + "/no-such-bucket/x", exitStore, []string{"no-such-bucket", "bucket does not exist"}},
+		{"clock skew", nil, via(answer(all, -1, http.StatusForbidden, "RequestTimeTooSkewed")), exitStore, []string{"clock skew"}},
+		{"read-only bucket", nil, via(answer(parts, -1, http.StatusForbidden, "AccessDenied")), exitStore, []string{"access denied", "upload volumes/v-"}},
+		{"quota", nil, via(answer(parts, -1, http.StatusForbidden, "QuotaExceeded")), exitNoSpace, []string{"quota", "upload volumes/v-"}},
+		{"throttled for good", nil, via(answer(parts, -1, http.StatusServiceUnavailable, "SlowDown")), exitUnavailable, []string{"unavailable", "upload volumes/v-"}},
+		{"throttled for a while", nil, via(answer(parts, 2, http.StatusServiceUnavailable, "SlowDown")), 0, nil},
+	} {
+		t.Run(strings.ReplaceAll(tc.name, " ", "-"), func(t *testing.T) {
+			before := thinbackEnv(t, dir, env, "list", "--store", store, "--json")
+			r := thinbackEnv(t, dir, append(append([]string{}, env...), tc.env...), "backup", "--store", tc.store, "--file", "disk.img", "--volume", "v-"+strings.ReplaceAll(tc.name, " ", "-"))
+			r.want(t, tc.code, tc.name)
+			for _, s := range tc.says {
+				if !strings.Contains(r.stderr, s) {
+					t.Errorf("the message does not say %q:\n%s", s, r.stderr)
+				}
+			}
+			after := thinbackEnv(t, dir, env, "list", "--store", store, "--json")
+			if tc.code != 0 && after.stdout != before.stdout {
+				t.Errorf("a failed backup changed the store:\n%s\nbecame\n%s", before.stdout, after.stdout)
+			}
+			if tc.code == 0 {
+				thinbackEnv(t, dir, env, "verify", "--store", store).want(t, 0, "verify")
+			}
+		})
+	}
+	if ups := srv.Uploads(srv.Bucket); len(ups) > 0 {
+		t.Errorf("failed backups left uploads: %q", ups)
+	}
+}
+
+// Connections reset or stalled by the network mid-upload: the client
+// retries and the backup succeeds; the server killed mid-upload: the
+// backup fails as unavailable, leaves no snapshot, and after the server
+// restarts the next backup succeeds and removes what the failed one left.
+func TestS3Faults(t *testing.T) {
+	srv := s3test.Start(t)
+	dir := t.TempDir()
+	data := make([]byte, 12<<20)
+	rand.New(rand.NewSource(3)).Read(data)
+	img := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(img, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := s3Env(t, srv, filepath.Join(dir, "cache"))
+	proxy := s3test.NewProxy(t, srv.Addr)
+	store := "s3:http://" + proxy.Addr() + "/" + srv.Bucket + "/faults"
+
+	proxy.Arm(s3test.Fault{Dir: s3test.Up, After: 3 << 20, Count: 2, Action: s3test.Reset})
+	thinbackEnv(t, dir, env, "backup", "--store", store, "--file", "disk.img").want(t, 0, "backup through resets")
+	if proxy.Fired() == 0 {
+		t.Fatal("the reset fault never fired")
+	}
+	proxy.Disarm()
+
+	// The server dies while the first part of the next backup is on its way.
+	f, _ := os.OpenFile(img, os.O_WRONLY, 0)
+	f.WriteAt(data[:6<<20], 6<<20)
+	f.Close()
+	var once sync.Once
+	killing := s3test.HTTPProxy(t, srv.Addr, func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/volumes/") {
+			once.Do(srv.Kill)
+		}
+		return false
+	}, nil)
+	r := thinbackEnv(t, dir, env, "backup", "--store", "s3:http://"+killing+"/"+srv.Bucket+"/faults", "--file", "disk.img")
+	r.want(t, exitUnavailable, "backup while the server dies")
+	srv.Restart()
+	list := thinbackEnv(t, dir, env, "list", "--store", store)
+	if strings.Contains(list.stdout, " incr ") {
+		t.Fatalf("the failed backup left a snapshot:\n%s", list.stdout)
+	}
+	// The killed server left an upload; a killed client would have left
+	// the lock too.
+	r = thinbackEnv(t, dir, env, "backup", "--store", store, "--file", "disk.img", "--break-stale-lock")
+	r.want(t, 0, "backup after the restart")
+	if ups := srv.Uploads(srv.Bucket); len(ups) > 0 {
+		t.Errorf("uploads left after the next backup: %q", ups)
+	}
+	thinbackEnv(t, dir, env, "verify", "--store", store).want(t, 0, "verify")
+	thinbackEnv(t, dir, env, "restore", "disk.img", "--store", store, "--to", "r.img").want(t, 0, "restore")
+	sameFile(t, img, filepath.Join(dir, "r.img"))
+
+	// A stalled connection is dropped after the stall timeout; that the
+	// s3 package tests (TestUploadSurvivesStall) with a short timeout.
 }
