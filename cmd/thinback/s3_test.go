@@ -223,7 +223,9 @@ func TestS3Errors(t *testing.T) {
 	all := func(*http.Request) bool { return true }
 	// The writes of a delta file: a whole PUT, or the parts of a multipart
 	// upload (a file smaller than a part goes in one PUT).
-	parts := func(r *http.Request) bool { return r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/volumes/") }
+	parts := func(r *http.Request) bool {
+		return r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/volumes/")
+	}
 	via := func(addr string) string { return "s3:http://" + addr + "/" + srv.Bucket + "/err" }
 
 	for _, tc := range []struct {
