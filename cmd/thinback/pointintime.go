@@ -10,6 +10,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/catalog/s3"
 	"golang.org/x/sys/unix"
 )
 
@@ -28,6 +29,12 @@ type readStore struct {
 func openReadStore(dir string) (*readStore, error) {
 	if dir == "" {
 		return nil, usageError{msg: "give the backup store with --store DIR (or set THINBACK_STORE)"}
+	}
+	if s3.IsLocation(dir) {
+		// These commands read delta files in place, at random, for as
+		// long as they run; over object storage that wants a local cache
+		// of the data, which they do not have yet.
+		return nil, usageError{msg: fmt.Sprintf("%s is an S3 store: cat, mount, serve and verify --device read local stores only; restore the point in time to a file first (thinback restore VOLUME --store %s --to FILE)", dir, dir)}
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {

@@ -48,7 +48,8 @@ func addStoreFlags(e *env, cmd *cli.Command) {
 	for _, sub := range cmd.Subcommands {
 		addStoreFlags(e, sub)
 	}
-	if !slices.Contains(cmd.Flags, cli.Flag(storeFlag)) {
+	// cat, mount and serve read local stores only (see openReadStore).
+	if !slices.Contains(cmd.Flags, cli.Flag(storeFlag)) || cmd.Name == "cat" || cmd.Name == "mount" || cmd.Name == "serve" {
 		return
 	}
 	cmd.Flags = append(cmd.Flags, s3Flags...)
