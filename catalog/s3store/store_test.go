@@ -199,11 +199,28 @@ func TestWriteKilled(t *testing.T) {
 			base := write(t, st, "v", "", randBytes(r, 1000+r.IntN(5000)), 0)
 			unlock()
 			id := newTestID()
-			data := randBytes(r, testPiece+r.IntN(3*testPiece))
+			// Half of it (where midstream dies) is two pieces and 5.5 MiB
+			// or a little more: two completed pieces and an unfinished
+			// upload with a part (5 MiB) of the third are left.
+			data := randBytes(r, 2*(2*testPiece+11<<19+r.IntN(256<<10)))
 			runKilled(t, childSpec{Addr: srv.Addr, Cache: h.cache, Op: "write", Point: point, Volume: "v", ID: id, Parent: base.ID, Data: data, N: 1})
 
+			leftUploads := len(srv.Uploads(srv.Bucket))
+			leftFiles := len(withPrefix(objects(srv), volumesDir))
+			h.takeNotes()
 			st = h.open(func(o *Options) { o.BreakStaleLocks = true })
 			unlock = lock(t, st, "v")
+			// What the dead writer left is removed, and said.
+			notes := strings.Join(h.takeNotes(), "\n")
+			if point == "midstream" && (leftUploads == 0 || leftFiles < 2) {
+				t.Errorf("a writer killed mid-stream left %d uploads and %d files: the test does not test the cleanup", leftUploads, leftFiles)
+			}
+			if leftUploads > 0 && !strings.Contains(notes, "(unfinished upload)") {
+				t.Errorf("%d unfinished uploads, but the cleanup does not report them:\n%s", leftUploads, notes)
+			}
+			if point == "write:uploaded" && (leftFiles < 2 || !strings.Contains(notes, "removed volumes/v/")) {
+				t.Errorf("the uploaded but unrecorded file is not reported removed (%d files):\n%s", leftFiles, notes)
+			}
 			got := ids(snapshots(t, st, "v"))
 			want := []string{base.ID}
 			if point == "write:recorded" {
