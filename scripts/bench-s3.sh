@@ -68,8 +68,9 @@ find /usr/share -type f -size -1M 2>/dev/null | head -20000 | xargs cat 2>/dev/n
 echo "image $size ($bytes bytes): 1/2 random, 1/4 text, 1/4 zeroes; $(nproc) CPUs"
 
 # Each backup goes into a new store, so each is a full of the same image.
-read -r t_bl m_bl < <(best sh -c "'$TB' backup --quiet --file '$img' --volume vol --store '$W/dir\$\$'")
-read -r t_bs m_bs < <(best sh -c "'$TB' backup --quiet --file '$img' --volume vol --store '$S3/b\$\$'")
+# ($$ is each run's own shell: a new store each time.)
+read -r t_bl m_bl < <(best sh -c "'$TB' backup --quiet --file '$img' --volume vol --store '$W'/dir\$\$")
+read -r t_bs m_bs < <(best sh -c "'$TB' backup --quiet --file '$img' --volume vol --store '$S3'/b\$\$")
 "$TB" backup --quiet --file "$img" --volume vol --store "$W/dir"
 "$TB" backup --quiet --file "$img" --volume vol --store "$S3/main"
 stored=$(du -cb "$W"/dir/volumes/*/*.tbk | tail -1 | cut -f1)
