@@ -58,7 +58,7 @@ func (e *LockedError) Error() string {
 	msg := fmt.Sprintf("volume %q of store %s is locked by %s (lock object %s)", e.Volume, e.Store, e.Owner, e.Object)
 	switch {
 	case e.Dead:
-		msg += fmt.Sprintf("; that process no longer runs: the lock is stale, left by a run that was killed")
+		msg += "; that process no longer runs: the lock is stale, left by a run that was killed"
 	case e.Stale:
 		msg += fmt.Sprintf("; the lock expired at %s: it is stale, its holder has probably died", e.Owner.Expires.Format(time.RFC3339))
 	case !e.Owner.Expires.IsZero():

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path"
 	"regexp"
 	"strconv"
 	"strings"
@@ -286,9 +285,4 @@ func pieces(size, pieceSize int64) int {
 		return 1
 	}
 	return int((size + pieceSize - 1) / pieceSize)
-}
-
-// dirOf returns the volume directory of a name under volumes/ or records/.
-func dirOf(name string) string {
-	return path.Base(path.Dir(name))
 }

@@ -161,7 +161,7 @@ func (s *Store) readStoreObject() error {
 		if err != nil {
 			return err
 		}
-		if err := json.Unmarshal(data, &s.meta); err == nil {
+		if err = json.Unmarshal(data, &s.meta); err == nil {
 			err = s.meta.validate()
 		}
 		if err != nil {

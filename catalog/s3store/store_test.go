@@ -461,3 +461,21 @@ func TestCacheDir(t *testing.T) {
 		t.Fatalf("after removing the cache: %q", got)
 	}
 }
+
+// A store object that does not decode, or does not check, is reported
+// damaged, never used.
+func TestDamagedStoreObject(t *testing.T) {
+	srv := s3test.Start(t)
+	h := newHost(t, srv)
+	cl := srv.Client()
+	for _, body := range []string{"{", `{"thinback_store":1,"id":"not an id","piece_size":6291456}`, `{"thinback_store":99,"id":"x"}`} {
+		if _, err := cl.PutObject(context.Background(), srv.Bucket, "p/"+storeObjectName, strings.NewReader(body), -1, minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Open(testCtx(t), h.loc("p"), testOptions(h.cache))
+		var de *DamagedError
+		if !errors.As(err, &de) || de.Object != storeObjectName {
+			t.Fatalf("store object %q: %v", body, err)
+		}
+	}
+}
