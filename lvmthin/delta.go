@@ -29,6 +29,8 @@ type DeltaOptions struct {
 	NoWait bool
 	// TempDir holds the extent list ("" = os.TempDir()).
 	TempDir string
+	// Discovery says how the metadata is read ("" = DiscoverNative).
+	Discovery Discovery
 }
 
 // DeltaStats describe an opened delta.
@@ -61,8 +63,9 @@ var _ archive.Source = (*Delta)(nil)
 //     snapshot of the same origin in the same pool, and older than Snap (by
 //     lv_time, or by the metadata's creation time when lv_time ties);
 //  2. activates Snap if it is inactive (lvchange -ay -K);
-//  3. under the pool's lock, reserves the pool's metadata snapshot, runs
-//     thin_delta (incremental) or thin_dump (full) on it, spools the extents
+//  3. under the pool's lock, reserves the pool's metadata snapshot, reads
+//     the changes (incremental) or the mappings (full) from it, natively
+//     or with thin_delta or thin_dump (opts.Discovery), spools the extents
 //     and releases the metadata snapshot, whatever happens (errors, panics,
 //     SIGINT, SIGTERM);
 //  4. opens Snap's device read-only with O_DIRECT.
@@ -129,21 +132,11 @@ func (d *Delta) discover(ctx context.Context, opts DeltaOptions, tie bool) (err 
 		}
 	}()
 	mctx := ms.Context()
-	meta := MetadataDevice(pool)
-	if tie {
-		det, err := ReadDeviceDetails(mctx, meta, true, base.ThinID, snap.ThinID)
-		if err != nil {
-			return fmt.Errorf("open delta of %s: %w", snap.FullName(), err)
-		}
-		if det[base.ThinID].CreationTime >= det[snap.ThinID].CreationTime {
-			return fmt.Errorf("base %s (thin device %d, created at pool time %d) is not older than %s (thin device %d, pool time %d); "+
-				"give the older snapshot as the base: %w", base.FullName(), base.ThinID, det[base.ThinID].CreationTime,
-				snap.FullName(), snap.ThinID, det[snap.ThinID].CreationTime, ErrBadBase)
-		}
-	}
 	do := DiscoverOptions{
-		Metadata:     meta,
+		Discovery:    opts.Discovery.orDefault(),
+		Metadata:     MetadataDevice(pool),
 		MetadataSnap: true,
+		HeldRoot:     ms.Root(),
 		Snap:         ThinDevice{ID: snap.ThinID, Size: snap.Size},
 		BlockSize:    snap.ChunkSize,
 		TempDir:      opts.TempDir,
@@ -151,10 +144,63 @@ func (d *Delta) discover(ctx context.Context, opts DeltaOptions, tie bool) (err 
 	if base != nil {
 		do.Base = &ThinDevice{ID: base.ThinID, Size: base.Size}
 	}
-	if d.ext, err = Discover(mctx, do); err != nil {
+	if do.Discovery == DiscoverNative {
+		err = d.discoverNative(mctx, do, tie)
+	} else {
+		err = d.discoverTools(mctx, do, tie)
+	}
+	if err != nil {
 		return fmt.Errorf("open delta of %s: %w", snap.FullName(), err)
 	}
 	d.stats.DiscoverStats = d.ext.Stats()
+	return nil
+}
+
+// discoverNative reads the metadata snapshot once, for the creation
+// times (if tie) and the extents.
+func (d *Delta) discoverNative(ctx context.Context, do DiscoverOptions, tie bool) error {
+	m, err := openMetadata(do.Metadata, true, do.HeldRoot)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	if tie {
+		det, err := deviceDetailsIn(m, d.base.ThinID, d.snap.ThinID)
+		if err != nil {
+			return err
+		}
+		if err := d.checkOrder(det); err != nil {
+			return err
+		}
+	}
+	d.ext, err = discoverIn(ctx, m, do)
+	return err
+}
+
+func (d *Delta) discoverTools(ctx context.Context, do DiscoverOptions, tie bool) error {
+	if tie {
+		det, err := ReadDeviceDetails(ctx, do.Metadata, true, d.base.ThinID, d.snap.ThinID)
+		if err != nil {
+			return err
+		}
+		if err := d.checkOrder(det); err != nil {
+			return err
+		}
+	}
+	var err error
+	d.ext, err = Discover(ctx, do)
+	return err
+}
+
+// checkOrder checks by the pool's creation times that the base is older
+// than the snapshot, when LVM's times tie.
+func (d *Delta) checkOrder(det map[uint32]DeviceDetails) error {
+	base, snap := d.base, d.snap
+	if det[base.ThinID].CreationTime >= det[snap.ThinID].CreationTime {
+		return fmt.Errorf("base %s (thin device %d, created at pool time %d) is not older than %s (thin device %d, pool time %d); "+
+			"give the older snapshot as the base: %w", base.FullName(), base.ThinID, det[base.ThinID].CreationTime,
+			snap.FullName(), snap.ThinID, det[snap.ThinID].CreationTime, ErrBadBase)
+	}
 	return nil
 }
 

@@ -14,9 +14,41 @@ type ThinDevice struct {
 	Size int64  // LV size in bytes; extents are clipped to it
 }
 
+// Discovery is how Discover reads the pool's metadata.
+type Discovery string
+
+const (
+	// DiscoverNative reads the metadata in process (package thinmeta):
+	// a diff passes over every subtree the two devices share, so it
+	// reads what changed, not the volume. It is the default (the zero
+	// value).
+	DiscoverNative Discovery = "native"
+	// DiscoverTools runs thin_delta or thin_dump and parses their XML:
+	// the fallback, and the oracle the native reader is tested against.
+	DiscoverTools Discovery = "tools"
+)
+
+// ParseDiscovery parses a Discovery name ("native" or "tools").
+func ParseDiscovery(s string) (Discovery, error) {
+	switch d := Discovery(s); d {
+	case DiscoverNative, DiscoverTools:
+		return d, nil
+	}
+	return "", fmt.Errorf("unknown discovery %q: use native or tools", s)
+}
+
+func (d Discovery) orDefault() Discovery {
+	if d == "" {
+		return DiscoverNative
+	}
+	return d
+}
+
 // DiscoverOptions say which metadata Discover reads and which delta it
 // computes.
 type DiscoverOptions struct {
+	// Discovery says how ("" = DiscoverNative).
+	Discovery Discovery
 	// Metadata is the pool's metadata device (MetadataDevice(pool)) or a
 	// file holding metadata (as thin_restore writes).
 	Metadata string
@@ -24,6 +56,10 @@ type DiscoverOptions struct {
 	// (-m), which is required while the pool is active: the live
 	// metadata changes under the reader and the kernel holds the device.
 	MetadataSnap bool
+	// HeldRoot, with MetadataSnap, is the held root of the metadata
+	// snapshot the caller reserved (MetadataSnap.Root); the native reader
+	// refuses to read another. 0 accepts any.
+	HeldRoot uint64
 	// Base is the older device of an incremental; nil asks for a full.
 	Base *ThinDevice
 	// Snap is the newer device, whose data the delta describes.
@@ -36,18 +72,22 @@ type DiscoverOptions struct {
 }
 
 // Discover computes the extents of a delta from thin pool metadata:
-//   - incremental (Base set): `thin_delta [-m] --snap1 BASE --snap2 SNAP
-//     METADATA`; changed and new ranges are KindData, ranges unmapped since
-//     the base are KindZero; if the volume grew, the part past the base's
-//     size is described completely (data where mapped, zero elsewhere);
-//   - full (Base nil): `thin_dump [-m] --dev-id SNAP METADATA`; mapped
-//     ranges are KindData, the rest of [0, Snap.Size) KindZero.
+//   - incremental (Base set): what changed from BASE to SNAP (`thin_delta
+//     [-m] --snap1 BASE --snap2 SNAP METADATA`); changed and new ranges
+//     are KindData, ranges unmapped since the base are KindZero; if the
+//     volume grew, the part past the base's size is described completely
+//     (data where mapped, zero elsewhere);
+//   - full (Base nil): SNAP's mappings (`thin_dump [-m] --dev-id SNAP
+//     METADATA`); mapped ranges are KindData, the rest of [0, Snap.Size)
+//     KindZero.
 //
 // Ranges are clipped to Snap.Size and adjacent extents of one kind merged.
-// The tool's output is parsed as it streams and the extents are spooled to
-// an unlinked temporary file, so memory stays bounded however many ranges
-// there are, and the caller can release the metadata snapshot before it
-// reads a single extent. The caller must Close the result.
+// DiscoverNative reads the metadata itself (see package thinmeta);
+// DiscoverTools runs the tool named above and parses its output as it
+// streams. Both give the same extents. They are spooled to an unlinked
+// temporary file, so memory stays bounded however many ranges there are,
+// and the caller can release the metadata snapshot before it reads a
+// single extent. The caller must Close the result.
 func Discover(ctx context.Context, opts DiscoverOptions) (*Extents, error) {
 	if opts.Snap.ID == 0 {
 		return nil, fmt.Errorf("discover: no thin device id for the snapshot")
@@ -57,6 +97,13 @@ func Discover(ctx context.Context, opts DiscoverOptions) (*Extents, error) {
 	}
 	if opts.Base != nil && (opts.Base.ID == 0 || opts.Base.ID == opts.Snap.ID || opts.Base.Size < 0) {
 		return nil, fmt.Errorf("discover: bad base thin device %d (snapshot is %d)", opts.Base.ID, opts.Snap.ID)
+	}
+	switch opts.Discovery.orDefault() {
+	case DiscoverNative:
+		return discoverNative(ctx, opts)
+	case DiscoverTools:
+	default:
+		return nil, fmt.Errorf("discover: unknown discovery %q", opts.Discovery)
 	}
 	var prog string
 	var args []string
@@ -91,9 +138,26 @@ func Discover(ctx context.Context, opts DiscoverOptions) (*Extents, error) {
 		}
 		return nil, fmt.Errorf("mappings of thin device %d in %s: %w", opts.Snap.ID, opts.Metadata, err)
 	}
+	x.stats.Discovery = DiscoverTools
 	x.stats.Tool = prog
 	x.stats.ToolTime = toolTime
 	return x, nil
+}
+
+// newExtentBuilder returns the builder of a delta's extents, writing to
+// sp.
+func newExtentBuilder(opts DiscoverOptions, sp *spool) *extentBuilder {
+	b := &extentBuilder{wantUnit: opts.BlockSize, size: opts.Snap.Size, out: sp.write}
+	if opts.Base != nil {
+		// Only a grown volume has a region the base cannot describe.
+		b.fillFrom = opts.Snap.Size
+		if opts.Snap.Size > opts.Base.Size {
+			b.fillFrom = opts.Base.Size
+		}
+	} else {
+		b.fillFrom = 0
+	}
+	return b
 }
 
 // parseDelta turns thin_delta output (opts.Base set) or thin_dump output
@@ -109,18 +173,12 @@ func parseDeltaWith(scan xmlScanFunc, r io.Reader, opts DiscoverOptions) (*Exten
 	if err != nil {
 		return nil, err
 	}
-	b := &extentBuilder{wantUnit: opts.BlockSize, size: opts.Snap.Size, out: sp.write}
+	b := newExtentBuilder(opts, sp)
 	opt := xmlScan{tempDir: opts.TempDir}
 	if opts.Base != nil {
 		opt.left, opt.right = opts.Base.ID, opts.Snap.ID
-		// Only a grown volume has a region the base cannot describe.
-		b.fillFrom = opts.Snap.Size
-		if opts.Snap.Size > opts.Base.Size {
-			b.fillFrom = opts.Base.Size
-		}
 	} else {
 		opt.dump, opt.dumpDev = true, opts.Snap.ID
-		b.fillFrom = 0
 	}
 	err = scan(r, opt, xmlHandler{superblock: b.setBlockSize, rng: b.add})
 	if err == nil {

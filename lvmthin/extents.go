@@ -129,17 +129,26 @@ func (b *extentBuilder) emit(from, to int64, kind archive.Kind) error {
 // DiscoverStats describes a delta discovery, for logs, benchmarks and
 // delta-file headers.
 type DiscoverStats struct {
-	Tool        string // the program that read the metadata: thin_delta or thin_dump
-	Ranges      int64  // ranges in the tool's output (same included)
-	Extents     int64  // extents after clipping and merging
-	DataExtents int64
-	ZeroExtents int64
-	DataBytes   int64
-	ZeroBytes   int64
-	BlockSize   int64 // the pool's data block size in bytes
-	SpoolBytes  int64 // size of the temporary extent list
-	// ToolTime is how long the tool ran, from start to exit; parsing
-	// runs concurrently on its output.
+	// Discovery is how the metadata was read: DiscoverNative or
+	// DiscoverTools.
+	Discovery Discovery
+	// Tool is the program that read the metadata for DiscoverTools:
+	// thin_delta or thin_dump; "" for DiscoverNative.
+	Tool string
+	// MetadataBytes is how much metadata the native reader read (0 for
+	// the tools, which do not say).
+	MetadataBytes int64
+	Ranges        int64 // ranges the metadata reader reported (the tools': same included)
+	Extents       int64 // extents after clipping and merging
+	DataExtents   int64
+	ZeroExtents   int64
+	DataBytes     int64
+	ZeroBytes     int64
+	BlockSize     int64 // the pool's data block size in bytes
+	SpoolBytes    int64 // size of the temporary extent list
+	// ToolTime is how long reading the metadata took: the tool's run,
+	// from start to exit (parsing runs concurrently on its output), or
+	// the native reader's.
 	ToolTime time.Duration
 }
 

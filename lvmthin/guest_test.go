@@ -397,7 +397,7 @@ func runHelper(mode string) int {
 			return 2
 		}
 		fmt.Println("OPENING")
-		d, err := OpenDelta(ctx, DeltaOptions{Snap: snap, Base: base})
+		d, err := OpenDelta(ctx, DeltaOptions{Snap: snap, Base: base, Discovery: Discovery(os.Getenv("THINBACK_TEST_DISCOVERY"))})
 		if err != nil {
 			fmt.Println("ERROR:", err)
 			if errors.Is(err, ErrStaleMetadataSnap) {
@@ -856,13 +856,14 @@ func TestKernelSignals(t *testing.T) {
 	sh(t, "dd if=/dev/urandom of=/dev/tb-sig/vol bs=64k count=5 seek=100 oflag=direct status=none")
 	s2, _ := CreateSnapshot(ctx, vol, "vol-s2", SnapshotOptions{ReadOnly: true})
 
-	// A thin_delta that hangs until its parent is gone.
+	// A thin_delta that hangs until its parent is gone (so the tools'
+	// discovery: the native one takes milliseconds).
 	hang := filepath.Join(os.Getenv("THINBACK_UML_WORK"), "thin_delta-hang")
 	if err := os.WriteFile(hang, []byte("#!/bin/sh\np=$PPID\nwhile kill -0 \"$p\" 2>/dev/null; do sleep 0.05; done\nexit 1\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	env := []string{"THINBACK_TEST_SNAP=" + s2.FullName().String(), "THINBACK_TEST_BASE=" + s1.FullName().String(),
-		"THINBACK_TEST_THIN_DELTA=" + hang}
+		"THINBACK_TEST_THIN_DELTA=" + hang, "THINBACK_TEST_DISCOVERY=tools"}
 
 	interrupt := func(sig syscall.Signal, cliStyle bool) (string, *os.ProcessState) {
 		t.Helper()

@@ -169,8 +169,9 @@ func sectorKinds(exts []archive.Extent, size int64) []archive.Kind {
 }
 
 // TestDiscoverRealTools runs Discover end to end with the real thin_delta
-// and thin_dump on metadata built by thin_restore (no -m: a metadata file
-// is not live), against a model of the two devices.
+// and thin_dump, and with the native reader, on metadata built by
+// thin_restore (no -m: a metadata file is not live), against a model of
+// the two devices; the two discoveries must give the same extents.
 func TestDiscoverRealTools(t *testing.T) {
 	needTools(t, "thin_restore", "thin_delta", "thin_dump")
 	r := testRand(t)
@@ -188,33 +189,48 @@ func TestDiscoverRealTools(t *testing.T) {
 		for _, sz := range sizes {
 			baseSize, snapSize := sz[0], sz[1]
 			for _, isFull := range []bool{false, true} {
-				opts := DiscoverOptions{Metadata: meta, Snap: ThinDevice{ID: 2, Size: snapSize},
-					BlockSize: unit, TempDir: t.TempDir()}
-				cover := int64(0)
-				if !isFull {
-					opts.Base = &ThinDevice{ID: 1, Size: baseSize}
-					cover = min(baseSize, snapSize)
-				}
-				x, err := Discover(context.Background(), opts)
-				if err != nil {
-					t.Fatalf("iteration %d, full %v, sizes %v: %v", iter, isFull, sz, err)
-				}
-				exts := collectExtents(t, x)
-				st := x.Stats()
-				x.Close()
-				if err := checkExtentInvariants(exts, snapSize, cover); err != nil {
-					t.Fatalf("iteration %d, full %v, sizes %v: %v", iter, isFull, sz, err)
-				}
-				want := p.model(isFull, baseSize, snapSize)
-				if got := sectorKinds(exts, snapSize); !reflect.DeepEqual(got, want) {
-					t.Fatalf("iteration %d, full %v, sizes %v: extents differ from the model\n%v", iter, isFull, sz, exts)
-				}
-				wantTool := "thin_delta"
-				if isFull {
-					wantTool = "thin_dump"
-				}
-				if st.Tool != wantTool || st.BlockSize != unit || st.ToolTime <= 0 || st.Extents != int64(len(exts)) {
-					t.Errorf("stats %+v", st)
+				var byTools []archive.Extent
+				for _, disc := range []Discovery{DiscoverTools, DiscoverNative} {
+					opts := DiscoverOptions{Discovery: disc, Metadata: meta, Snap: ThinDevice{ID: 2, Size: snapSize},
+						BlockSize: unit, TempDir: t.TempDir()}
+					cover := int64(0)
+					if !isFull {
+						opts.Base = &ThinDevice{ID: 1, Size: baseSize}
+						cover = min(baseSize, snapSize)
+					}
+					x, err := Discover(context.Background(), opts)
+					if err != nil {
+						t.Fatalf("iteration %d, %s, full %v, sizes %v: %v", iter, disc, isFull, sz, err)
+					}
+					exts := collectExtents(t, x)
+					st := x.Stats()
+					x.Close()
+					if err := checkExtentInvariants(exts, snapSize, cover); err != nil {
+						t.Fatalf("iteration %d, %s, full %v, sizes %v: %v", iter, disc, isFull, sz, err)
+					}
+					want := p.model(isFull, baseSize, snapSize)
+					if got := sectorKinds(exts, snapSize); !reflect.DeepEqual(got, want) {
+						t.Fatalf("iteration %d, %s, full %v, sizes %v: extents differ from the model\n%v", iter, disc, isFull, sz, exts)
+					}
+					wantTool := "thin_delta"
+					if isFull {
+						wantTool = "thin_dump"
+					}
+					if disc == DiscoverNative {
+						wantTool = ""
+						if !reflect.DeepEqual(exts, byTools) {
+							t.Fatalf("iteration %d, full %v, sizes %v: native extents\n%v\ndiffer from the tools'\n%v",
+								iter, isFull, sz, exts, byTools)
+						}
+						if st.MetadataBytes <= 0 {
+							t.Errorf("native stats %+v: no metadata bytes", st)
+						}
+					} else {
+						byTools = exts
+					}
+					if st.Discovery != disc || st.Tool != wantTool || st.BlockSize != unit || st.ToolTime <= 0 || st.Extents != int64(len(exts)) {
+						t.Errorf("stats %+v", st)
+					}
 				}
 			}
 		}
@@ -227,28 +243,8 @@ func TestDiscoverRealToolsErrors(t *testing.T) {
 	meta := p.restore(t)
 	ctx := context.Background()
 	size := int64(100 * 64 << 10)
-
-	_, err := Discover(ctx, DiscoverOptions{Metadata: meta, Base: &ThinDevice{ID: 1, Size: size},
-		Snap: ThinDevice{ID: 9, Size: size}, TempDir: t.TempDir()})
-	if !errors.Is(err, ErrNotFound) {
-		t.Errorf("thin_delta of a missing device: %v, want ErrNotFound", err)
-	}
-	_, err = Discover(ctx, DiscoverOptions{Metadata: meta, Snap: ThinDevice{ID: 9, Size: size}, TempDir: t.TempDir()})
-	if !errors.Is(err, ErrNotFound) {
-		t.Errorf("thin_dump of a missing device: %v, want ErrNotFound", err)
-	}
-	// The file holds no metadata snapshot: -m must fail.
-	_, err = Discover(ctx, DiscoverOptions{Metadata: meta, MetadataSnap: true, Base: &ThinDevice{ID: 1, Size: size},
-		Snap: ThinDevice{ID: 2, Size: size}, TempDir: t.TempDir()})
-	var ce *CommandError
-	if !errors.Is(err, errNoMetadataSnap) || !errors.As(err, &ce) || ce.Args[1] != "-m" {
-		t.Errorf("-m without a held snapshot: %v", err)
-	}
-	// LVM's chunk size must match the metadata's block size.
-	_, err = Discover(ctx, DiscoverOptions{Metadata: meta, Base: &ThinDevice{ID: 1, Size: size},
-		Snap: ThinDevice{ID: 2, Size: size}, BlockSize: 128 << 10, TempDir: t.TempDir()})
-	if !errors.Is(err, ErrMetadata) {
-		t.Errorf("block size mismatch: %v, want ErrMetadata", err)
+	for _, disc := range []Discovery{DiscoverTools, DiscoverNative} {
+		t.Run(string(disc), func(t *testing.T) { checkDiscoverErrors(t, ctx, meta, size, disc) })
 	}
 
 	det, err := ReadDeviceDetails(ctx, meta, false, 1, 2)
@@ -260,5 +256,31 @@ func TestDiscoverRealToolsErrors(t *testing.T) {
 	}
 	if _, err := ReadDeviceDetails(ctx, meta, false, 1, 5); !errors.Is(err, ErrNotFound) {
 		t.Errorf("details of a missing device: %v, want ErrNotFound", err)
+	}
+}
+
+func checkDiscoverErrors(t *testing.T, ctx context.Context, meta string, size int64, disc Discovery) {
+
+	_, err := Discover(ctx, DiscoverOptions{Discovery: disc, Metadata: meta, Base: &ThinDevice{ID: 1, Size: size},
+		Snap: ThinDevice{ID: 9, Size: size}, TempDir: t.TempDir()})
+	if !errors.Is(err, ErrNotFound) {
+		t.Errorf("delta of a missing device: %v, want ErrNotFound", err)
+	}
+	_, err = Discover(ctx, DiscoverOptions{Discovery: disc, Metadata: meta, Snap: ThinDevice{ID: 9, Size: size}, TempDir: t.TempDir()})
+	if !errors.Is(err, ErrNotFound) {
+		t.Errorf("full of a missing device: %v, want ErrNotFound", err)
+	}
+	// The file holds no metadata snapshot: -m must fail.
+	_, err = Discover(ctx, DiscoverOptions{Discovery: disc, Metadata: meta, MetadataSnap: true, Base: &ThinDevice{ID: 1, Size: size},
+		Snap: ThinDevice{ID: 2, Size: size}, TempDir: t.TempDir()})
+	var ce *CommandError
+	if !errors.Is(err, errNoMetadataSnap) || disc == DiscoverTools && (!errors.As(err, &ce) || ce.Args[1] != "-m") {
+		t.Errorf("-m without a held snapshot: %v", err)
+	}
+	// LVM's chunk size must match the metadata's block size.
+	_, err = Discover(ctx, DiscoverOptions{Discovery: disc, Metadata: meta, Base: &ThinDevice{ID: 1, Size: size},
+		Snap: ThinDevice{ID: 2, Size: size}, BlockSize: 128 << 10, TempDir: t.TempDir()})
+	if !errors.Is(err, ErrMetadata) {
+		t.Errorf("block size mismatch: %v, want ErrMetadata", err)
 	}
 }

@@ -1,6 +1,7 @@
 package thinmeta
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"strconv"
@@ -118,7 +119,7 @@ type DiffOptions struct {
 //
 // Every block it reads is validated; a block it passes over is, by the
 // argument above, the same in both, whatever it holds.
-func (m *Metadata) Diff(left, right uint64, opts DiffOptions, fn func(Range) error) error {
+func (m *Metadata) Diff(ctx context.Context, left, right uint64, opts DiffOptions, fn func(Range) error) error {
 	lroot, err := m.DeviceRoot(left)
 	if err != nil {
 		return err
@@ -132,8 +133,8 @@ func (m *Metadata) Diff(left, right uint64, opts DiffOptions, fn func(Range) err
 		limit = opts.End - 1
 	}
 	what := fmt.Sprintf("diff of thin devices %d and %d", left, right)
-	a := newCursor(m, lroot, mappingValueSize, limit, "mapping tree of thin device "+strconv.FormatUint(left, 10))
-	b := newCursor(m, rroot, mappingValueSize, limit, "mapping tree of thin device "+strconv.FormatUint(right, 10))
+	a := newCursor(ctx, m, lroot, mappingValueSize, limit, "mapping tree of thin device "+strconv.FormatUint(left, 10))
+	b := newCursor(ctx, m, rroot, mappingValueSize, limit, "mapping tree of thin device "+strconv.FormatUint(right, 10))
 	e := &emitter{m: m, what: what, fn: fn}
 	sameFrom := opts.SameFrom
 	for {
@@ -251,9 +252,9 @@ func mergeLeaves(a, b *cursor, e *emitter, sameFrom uint64) error {
 // MappedRanges calls fn with the runs of mapped blocks of thin device dev
 // below end (0: all), in ascending order; a run is any virtually
 // contiguous stretch of mapped blocks, whatever their data blocks.
-func (m *Metadata) MappedRanges(dev, end uint64, fn func(Range) error) error {
+func (m *Metadata) MappedRanges(ctx context.Context, dev, end uint64, fn func(Range) error) error {
 	e := &emitter{m: m, what: "mappings of thin device " + strconv.FormatUint(dev, 10), fn: fn}
-	err := m.walk(dev, end, func(n *node, i, j int) error {
+	err := m.walk(ctx, dev, end, func(n *node, i, j int) error {
 		for ; i < j; i++ {
 			if err := e.add(Mapped, n.key(i)); err != nil {
 				return err
@@ -269,8 +270,8 @@ func (m *Metadata) MappedRanges(dev, end uint64, fn func(Range) error) error {
 
 // Mappings calls fn with every mapping of thin device dev below end (0:
 // all), in ascending order.
-func (m *Metadata) Mappings(dev, end uint64, fn func(Mapping) error) error {
-	return m.walk(dev, end, func(n *node, i, j int) error {
+func (m *Metadata) Mappings(ctx context.Context, dev, end uint64, fn func(Mapping) error) error {
+	return m.walk(ctx, dev, end, func(n *node, i, j int) error {
 		for ; i < j; i++ {
 			data, t := unpackBlockTime(n.value64(i))
 			if err := fn(Mapping{Block: n.key(i), DataBlock: data, Time: t}); err != nil {
@@ -283,7 +284,7 @@ func (m *Metadata) Mappings(dev, end uint64, fn func(Mapping) error) error {
 
 // walk reads every leaf of a device's mapping tree with keys below end
 // and calls leaf with each, and the entries [i, j) of it that are wanted.
-func (m *Metadata) walk(dev, end uint64, leaf func(n *node, i, j int) error) error {
+func (m *Metadata) walk(ctx context.Context, dev, end uint64, leaf func(n *node, i, j int) error) error {
 	root, err := m.DeviceRoot(dev)
 	if err != nil {
 		return err
@@ -292,7 +293,7 @@ func (m *Metadata) walk(dev, end uint64, leaf func(n *node, i, j int) error) err
 	if end != 0 {
 		limit = end - 1
 	}
-	c := newCursor(m, root, mappingValueSize, limit, "mapping tree of thin device "+strconv.FormatUint(dev, 10))
+	c := newCursor(ctx, m, root, mappingValueSize, limit, "mapping tree of thin device "+strconv.FormatUint(dev, 10))
 	for {
 		it := c.front()
 		switch it.kind {

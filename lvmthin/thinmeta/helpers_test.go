@@ -2,6 +2,7 @@ package thinmeta
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -278,7 +279,7 @@ func toolDevices(meta string, snap bool) ([]DeviceDetails, error) {
 // collect returns what Diff reports.
 func diffRanges(m *Metadata, left, right uint64, opts DiffOptions) ([]Range, error) {
 	var rs []Range
-	err := m.Diff(left, right, opts, func(r Range) error {
+	err := m.Diff(context.Background(), left, right, opts, func(r Range) error {
 		rs = append(rs, r)
 		return nil
 	})
@@ -287,7 +288,7 @@ func diffRanges(m *Metadata, left, right uint64, opts DiffOptions) ([]Range, err
 
 func mappings(m *Metadata, dev, end uint64) ([]Mapping, error) {
 	var ms []Mapping
-	err := m.Mappings(dev, end, func(x Mapping) error {
+	err := m.Mappings(context.Background(), dev, end, func(x Mapping) error {
 		ms = append(ms, x)
 		return nil
 	})
@@ -296,7 +297,7 @@ func mappings(m *Metadata, dev, end uint64) ([]Mapping, error) {
 
 func mappedRanges(m *Metadata, dev, end uint64) ([]Range, error) {
 	var rs []Range
-	err := m.MappedRanges(dev, end, func(r Range) error {
+	err := m.MappedRanges(context.Background(), dev, end, func(r Range) error {
 		rs = append(rs, r)
 		return nil
 	})

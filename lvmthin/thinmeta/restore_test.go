@@ -1,6 +1,7 @@
 package thinmeta
 
 import (
+	"context"
 	"errors"
 	"math/rand/v2"
 	"reflect"
@@ -45,7 +46,7 @@ func checkAgainstTools(t *testing.T, r *rand.Rand, meta string, snap bool, ids [
 		t.Fatal(err)
 	}
 	var gotDevs []DeviceDetails
-	if err := m.Devices(func(d DeviceDetails) error { gotDevs = append(gotDevs, d); return nil }); err != nil {
+	if err := m.Devices(context.Background(), func(d DeviceDetails) error { gotDevs = append(gotDevs, d); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if !reflect.DeepEqual(gotDevs, wantDevs) {
@@ -153,10 +154,10 @@ func TestNotFound(t *testing.T) {
 	if _, err := m.Device(missing); !errors.Is(err, ErrNoDevice) {
 		t.Errorf("Device of a missing device: %v", err)
 	}
-	if err := m.Diff(p.devs[0].id, missing, DiffOptions{}, func(Range) error { return nil }); !errors.Is(err, ErrNoDevice) {
+	if err := m.Diff(context.Background(), p.devs[0].id, missing, DiffOptions{}, func(Range) error { return nil }); !errors.Is(err, ErrNoDevice) {
 		t.Errorf("Diff with a missing device: %v", err)
 	}
-	if err := m.MappedRanges(missing, 0, func(Range) error { return nil }); !errors.Is(err, ErrNoDevice) {
+	if err := m.MappedRanges(context.Background(), missing, 0, func(Range) error { return nil }); !errors.Is(err, ErrNoDevice) {
 		t.Errorf("MappedRanges of a missing device: %v", err)
 	}
 	if _, err := Open(meta, Options{Snapshot: true}); !errors.Is(err, ErrNoSnapshot) {

@@ -1,6 +1,7 @@
 package thinmeta
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"strconv"
@@ -54,6 +55,7 @@ func (it item) width() uint64 { return it.last - it.lo }
 // blocks (a tree that passes the other checks never needs that many: each
 // non-empty node fits only one place in it).
 type cursor struct {
+	ctx       context.Context
 	m         *Metadata
 	what      string
 	vsize     int
@@ -67,8 +69,8 @@ type cursor struct {
 	reads     uint64
 }
 
-func newCursor(m *Metadata, root uint64, vsize int, limit uint64, what string) *cursor {
-	return &cursor{m: m, what: what, vsize: vsize, limit: limit, root: root, leafDepth: -1}
+func newCursor(ctx context.Context, m *Metadata, root uint64, vsize int, limit uint64, what string) *cursor {
+	return &cursor{ctx: ctx, m: m, what: what, vsize: vsize, limit: limit, root: root, leafDepth: -1}
 }
 
 // front returns the item the cursor is at.
@@ -136,6 +138,11 @@ func (c *cursor) expand(it item) error {
 	if c.reads++; c.reads > m.nblocks {
 		return m.bad(it.blk, c.what, "the tree has more nodes than the metadata has blocks")
 	}
+	if c.reads%64 == 0 {
+		if err := c.ctx.Err(); err != nil {
+			return err
+		}
+	}
 	if c.bufs == nil {
 		c.bufs = alignedBlocks(maxDepth)
 	}
@@ -177,7 +184,7 @@ func (c *cursor) height(d int) int {
 // and returns its value, validating each node on the way. ok is false if
 // the key is not there.
 func (m *Metadata) lookup(root, key uint64, vsize int, what string) (value []byte, ok bool, err error) {
-	c := newCursor(m, root, vsize, math.MaxUint64, what)
+	c := newCursor(context.Background(), m, root, vsize, math.MaxUint64, what)
 	it := c.front()
 	for it.kind == itemTree {
 		if err := c.expand(it); err != nil {
@@ -236,8 +243,8 @@ func (m *Metadata) Device(dev uint64) (DeviceDetails, error) {
 }
 
 // Devices calls fn with the details of every thin device, in id order.
-func (m *Metadata) Devices(fn func(DeviceDetails) error) error {
-	c := newCursor(m, m.sb.DetailsRoot, detailsValueSize, math.MaxUint64, "device details tree")
+func (m *Metadata) Devices(ctx context.Context, fn func(DeviceDetails) error) error {
+	c := newCursor(ctx, m, m.sb.DetailsRoot, detailsValueSize, math.MaxUint64, "device details tree")
 	for {
 		it := c.front()
 		switch it.kind {
