@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/thinback/thinback/lvmthin/thinmeta"
@@ -99,8 +100,12 @@ func discoverIn(ctx context.Context, m *thinmeta.Metadata, opts DiscoverOptions)
 		unit := b.unit
 		end := uint64((opts.Snap.Size + unit - 1) / unit)
 		if opts.Base != nil {
+			sameFrom := uint64(math.MaxUint64) // no region to fill: no same ranges needed
+			if b.fillFrom < opts.Snap.Size {
+				sameFrom = uint64(b.fillFrom / unit)
+			}
 			err = m.Diff(ctx, uint64(opts.Base.ID), uint64(opts.Snap.ID),
-				thinmeta.DiffOptions{SameFrom: uint64(b.fillFrom / unit), End: end}, add)
+				thinmeta.DiffOptions{SameFrom: sameFrom, End: end}, add)
 			if err != nil {
 				err = fmt.Errorf("changes from thin device %d to %d in %s: %w", opts.Base.ID, opts.Snap.ID, opts.Metadata, wrapNative(err))
 			}

@@ -11,5 +11,5 @@ import (
 // a User-Mode Linux guest (see lvmtest.RunGuest). THINBACK_GUEST_RUN
 // narrows them (a -test.run pattern); THINBACK_SEED replays random choices.
 func TestGuest(t *testing.T) {
-	lvmtest.RunGuest(t, "..", lvmtest.Options{Pattern: "^TestKernel", Timeout: 8 * time.Minute})
+	lvmtest.RunGuest(t, "..", lvmtest.Options{Pattern: "^TestKernel", Timeout: 12 * time.Minute})
 }

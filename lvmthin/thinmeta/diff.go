@@ -89,7 +89,8 @@ type DiffOptions struct {
 	// SameFrom is the first block for which Same ranges are reported.
 	// Below it, subtrees the two devices share are passed over unread:
 	// that is what makes a diff cost what changed. 0 reports every Same
-	// range, as thin_delta does, and reads both trees whole.
+	// range, as thin_delta does, and reads both trees whole;
+	// math.MaxUint64 reports none.
 	SameFrom uint64
 	// End, if not 0, is the first block not of interest (the end of the
 	// volume): blocks from there on are neither read nor reported.
@@ -145,7 +146,7 @@ func (m *Metadata) Diff(ctx context.Context, left, right uint64, opts DiffOption
 			return e.flush()
 
 		case x.kind == itemTree && y.kind == itemTree && x.blk == y.blk:
-			if max(x.last, y.last) >= sameFrom {
+			if sameFrom != math.MaxUint64 && min(max(x.last, y.last), limit) >= sameFrom {
 				// Same ranges wanted here: read it (the other side
 				// follows, as it is then the wider).
 				err = a.expand(x)

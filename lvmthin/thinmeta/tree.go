@@ -67,6 +67,7 @@ type cursor struct {
 	bufs      []byte
 	leafDepth int // -1 until a leaf is read
 	reads     uint64
+	cacheAll  bool // cache leaves too (small trees read by lookups)
 }
 
 func newCursor(ctx context.Context, m *Metadata, root uint64, vsize int, limit uint64, what string) *cursor {
@@ -161,8 +162,10 @@ func (c *cursor) expand(it item) error {
 		return m.bad(it.blk, c.what, fmt.Sprintf("leaf at depth %d, but the tree's other leaves are at depth %d", d, c.leafDepth))
 	case !n.leaf && c.leafDepth >= 0 && d >= c.leafDepth:
 		return m.bad(it.blk, c.what, fmt.Sprintf("internal node at depth %d, where the tree's leaves are at depth %d", d, c.leafDepth))
-	case !n.leaf:
-		// Upper levels are few and shared by walks of several devices.
+	}
+	if !n.leaf || c.cacheAll {
+		// Upper levels are few and shared by walks of several devices;
+		// so are the small trees lookups read.
 		m.cache.put(it.blk, buf)
 	}
 	c.stack[d] = frame{blk: it.blk, n: n, lo: it.lo, last: it.last}
@@ -185,6 +188,7 @@ func (c *cursor) height(d int) int {
 // the key is not there.
 func (m *Metadata) lookup(root, key uint64, vsize int, what string) (value []byte, ok bool, err error) {
 	c := newCursor(context.Background(), m, root, vsize, math.MaxUint64, what)
+	c.cacheAll = true
 	it := c.front()
 	for it.kind == itemTree {
 		if err := c.expand(it); err != nil {

@@ -1,0 +1,116 @@
+package thinmeta
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// kernelImages are metadata the kernel wrote (in the User-Mode Linux
+// guest, lvmthin's TestKernelNativeRounds and TestKernelNativeSkips), with
+// a metadata snapshot held: see testdata/thinmeta/README.md.
+var kernelImages = []string{"kernel-skips.bin.gz", "kernel-256k-2-32.bin.gz", "kernel-64k-0-32.bin.gz"}
+
+// kernelImage returns the decompressed image.
+func kernelImage(t testing.TB, name string) []byte {
+	t.Helper()
+	f, err := os.Open(filepath.Join("..", "..", "testdata", "thinmeta", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if _, err := io.Copy(&b, zr); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// writeImage writes an image to a temporary file for Open and the tools.
+func writeImage(t testing.TB, img []byte) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "meta.bin")
+	if err := os.WriteFile(p, img, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func imageDevices(t testing.TB, path string) []uint64 {
+	t.Helper()
+	m, err := Open(path, Options{Snapshot: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var ids []uint64
+	if err := m.Devices(context.Background(), func(d DeviceDetails) error { ids = append(ids, d.ID); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+// TestKernelImagesAgainstTools: on metadata the kernel wrote, where
+// snapshots share subtrees, the reader says what thin_delta -m and
+// thin_dump -m say.
+func TestKernelImagesAgainstTools(t *testing.T) {
+	needTools(t, "thin_delta", "thin_dump")
+	r := testRand(t)
+	for _, name := range kernelImages {
+		t.Run(name, func(t *testing.T) {
+			path := writeImage(t, kernelImage(t, name))
+			ids := imageDevices(t, path)
+			if len(ids) < 3 {
+				t.Fatalf("devices %v", ids)
+			}
+			checkAgainstTools(t, r, path, true, ids, 1<<14)
+		})
+	}
+}
+
+// TestKernelImageSkips: in kernel-skips (a 512 MiB volume written whole,
+// snapshot 2, one 4 KiB write to block 4800, snapshot 3), the diff of the
+// two snapshots reads the top-level tree, the two roots and the two copies
+// of the changed leaf, nothing else; read whole, the trees are 70 blocks.
+func TestKernelImageSkips(t *testing.T) {
+	path := writeImage(t, kernelImage(t, "kernel-skips.bin.gz"))
+	m, err := Open(path, Options{Snapshot: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	for _, tc := range []struct {
+		opts      DiffOptions
+		maxBlocks int64
+	}{
+		{DiffOptions{SameFrom: math.MaxUint64}, 5},
+		{DiffOptions{SameFrom: 8000}, 10}, // the last leaf's same ranges, from both trees
+	} {
+		before := m.Stats()
+		rs, err := diffRanges(m, 2, 3, tc.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := m.Stats().BlocksRead - before.BlocksRead
+		if got > tc.maxBlocks || len(rs) == 0 || rs[0] != (Range{Kind: Different, Begin: 4800, Length: 1}) {
+			t.Errorf("%+v: %v, %d blocks read (want at most %d)", tc.opts, rs, got, tc.maxBlocks)
+		}
+	}
+	before := m.Stats()
+	rs, err := diffRanges(m, 2, 3, DiffOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Stats().BlocksRead - before.BlocksRead; got < 60 || len(rs) != 3 {
+		t.Errorf("whole diff: %v, %d blocks read", rs, got)
+	}
+}
