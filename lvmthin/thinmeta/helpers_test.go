@@ -159,7 +159,11 @@ func (p *pool) xml() []byte {
 // the file's path.
 func (p *pool) restore(t testing.TB) string {
 	t.Helper()
-	dir := t.TempDir()
+	return p.restoreIn(t, t.TempDir())
+}
+
+func (p *pool) restoreIn(t testing.TB, dir string) string {
+	t.Helper()
 	xmlPath := filepath.Join(dir, "pool.xml")
 	meta := filepath.Join(dir, "meta.bin")
 	if err := os.WriteFile(xmlPath, p.xml(), 0o644); err != nil {

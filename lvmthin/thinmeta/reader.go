@@ -29,14 +29,16 @@ type Options struct {
 // walks plus a small cache, so its memory does not grow with the pool. It
 // is not safe for concurrent use.
 type Metadata struct {
-	f       *os.File
-	path    string
-	nblocks uint64
-	sb      Superblock // whose trees are read
-	live    Superblock // block 0
-	cache   blockCache
-	stats   Stats
-	scratch []byte // one aligned block for lookups
+	r          io.ReaderAt
+	f          *os.File // nil when reading from a ReaderAt
+	path       string
+	nblocks    uint64
+	sb         Superblock // whose trees are read
+	live       Superblock // block 0
+	cache      blockCache
+	stats      Stats
+	scratch    []byte // one aligned block for superblocks
+	lookupBufs []byte // the path of a lookup
 }
 
 // Stats count a reader's metadata reads.
@@ -51,20 +53,35 @@ type Stats struct {
 // with O_DIRECT, as the thin tools do: the kernel writes metadata through
 // its own buffer cache, so the page cache of the device can be stale. A
 // file is read normally.
-func Open(path string, opts Options) (_ *Metadata, err error) {
+func Open(path string, opts Options) (*Metadata, error) {
 	f, err := openRead(path)
 	if err != nil {
 		return nil, err
 	}
-	m := &Metadata{f: f, path: path}
-	defer func() {
-		if err != nil {
-			f.Close()
-		}
-	}()
 	size, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
+		f.Close()
 		return nil, fmt.Errorf("thin pool metadata %s: size: %w", path, err)
+	}
+	m, err := newMetadata(f, size, path, opts)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	m.f = f
+	return m, nil
+}
+
+// NewReader reads metadata of size bytes from r (an image in memory, a
+// part of a file); name names it in errors. Close does not close r.
+func NewReader(r io.ReaderAt, size int64, name string, opts Options) (*Metadata, error) {
+	return newMetadata(r, size, name, opts)
+}
+
+func newMetadata(r io.ReaderAt, size int64, path string, opts Options) (_ *Metadata, err error) {
+	m := &Metadata{r: r, path: path}
+	if size < 0 {
+		size = 0
 	}
 	m.nblocks = uint64(size) / BlockSize
 	m.cache.init()
@@ -131,7 +148,12 @@ func openRead(path string) (*os.File, error) {
 }
 
 // Close closes the device or file.
-func (m *Metadata) Close() error { return m.f.Close() }
+func (m *Metadata) Close() error {
+	if m.f == nil {
+		return nil
+	}
+	return m.f.Close()
+}
 
 // Path returns the path the metadata was opened from.
 func (m *Metadata) Path() string { return m.path }
@@ -195,7 +217,7 @@ func (m *Metadata) readDevice(blk uint64, dst []byte, what string) error {
 	if blk >= m.nblocks {
 		return m.bad(blk, what, "past the end of the metadata ("+strconv.FormatUint(m.nblocks, 10)+" blocks)")
 	}
-	n, err := m.f.ReadAt(dst[:BlockSize], int64(blk)*BlockSize)
+	n, err := m.r.ReadAt(dst[:BlockSize], int64(blk)*BlockSize)
 	m.stats.BlocksRead++
 	m.stats.BytesRead += int64(n)
 	if n == BlockSize {

@@ -189,6 +189,10 @@ func (c *cursor) height(d int) int {
 func (m *Metadata) lookup(root, key uint64, vsize int, what string) (value []byte, ok bool, err error) {
 	c := newCursor(context.Background(), m, root, vsize, math.MaxUint64, what)
 	c.cacheAll = true
+	if m.lookupBufs == nil {
+		m.lookupBufs = alignedBlocks(maxDepth)
+	}
+	c.bufs = m.lookupBufs // a lookup's result is used before the next one
 	it := c.front()
 	for it.kind == itemTree {
 		if err := c.expand(it); err != nil {
