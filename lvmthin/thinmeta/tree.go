@@ -68,6 +68,10 @@ type cursor struct {
 	leafDepth int // -1 until a leaf is read
 	reads     uint64
 	cacheAll  bool // cache leaves too (small trees read by lookups)
+	// pf, if not nil, reads a parent's leaves ahead, many at once;
+	// other is the cursor of the other tree of a diff.
+	pf    *prefetch
+	other *cursor
 }
 
 func newCursor(ctx context.Context, m *Metadata, root uint64, vsize int, limit uint64, what string) *cursor {
@@ -148,7 +152,9 @@ func (c *cursor) expand(it item) error {
 		c.bufs = alignedBlocks(maxDepth)
 	}
 	buf := c.bufs[d*BlockSize : (d+1)*BlockSize]
-	if err := m.read(it.blk, buf, c.what); err != nil {
+	if b := c.prefetched(it.blk, d); b != nil {
+		buf = b
+	} else if err := m.read(it.blk, buf, c.what); err != nil {
 		return err
 	}
 	n, why := parseNode(buf, it.blk, c.vsize, it.lo, it.last, d == 0)

@@ -43,6 +43,14 @@ func main() {
 		err = gen(os.Args[2:])
 	case "run":
 		err = runBench(os.Args[2:])
+	case "gen1":
+		err = gen1(os.Args[2:])
+	case "write":
+		err = writeBlocks(os.Args[2:])
+	case "shared":
+		err = sharedBench(os.Args[2:])
+	case "measure":
+		err = measure(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -126,7 +134,7 @@ func runBench(args []string) error {
 
 	for _, full := range []bool{false, true} {
 		tool := []string{"thin_delta", "--snap1", "1", "--snap2", "2", *meta}
-		opts := lvmthin.DiscoverOptions{Metadata: *meta, Snap: lvmthin.ThinDevice{ID: 2, Size: size},
+		opts := lvmthin.DiscoverOptions{Discovery: lvmthin.DiscoverTools, Metadata: *meta, Snap: lvmthin.ThinDevice{ID: 2, Size: size},
 			Base: &lvmthin.ThinDevice{ID: 1, Size: size}, BlockSize: blockSectors * 512, TempDir: tmp}
 		name := "incremental"
 		if full {
@@ -134,8 +142,8 @@ func runBench(args []string) error {
 			opts.Base = nil
 			name = "full"
 		}
-		var alone, whole []time.Duration
-		var st lvmthin.DiscoverStats
+		var alone, whole, native []time.Duration
+		var st, nst lvmthin.DiscoverStats
 		for i := 0; i <= *reps; i++ { // run 0 warms the page cache
 			t0 := time.Now()
 			cmd := exec.Command(tool[0], tool[1:]...)
@@ -156,12 +164,24 @@ func runBench(args []string) error {
 			if err := x.Close(); err != nil {
 				return err
 			}
+			nopts := opts
+			nopts.Discovery = lvmthin.DiscoverNative
+			t0 = time.Now()
+			if x, err = lvmthin.Discover(context.Background(), nopts); err != nil {
+				return err
+			}
+			d3 := time.Since(t0)
+			nst = x.Stats()
+			if err := x.Close(); err != nil {
+				return err
+			}
 			if i > 0 {
-				alone, whole = append(alone, d1), append(whole, d2)
+				alone, whole, native = append(alone, d1), append(whole, d2), append(native, d3)
 			}
 		}
 		slices.Sort(alone)
 		slices.Sort(whole)
+		slices.Sort(native)
 		ma, mw := alone[len(alone)/2], whole[len(whole)/2]
 		fmt.Printf("%s: %d ranges from %s -> %d extents (%d data, %d zero; %.1f MiB data), spool %d bytes\n",
 			name, st.Ranges, st.Tool, st.Extents, st.DataExtents, st.ZeroExtents, float64(st.DataBytes)/(1<<20), st.SpoolBytes)
@@ -171,6 +191,12 @@ func runBench(args []string) error {
 		fmt.Printf("  whole discovery:          median %8.3fs  min %8.3fs  overhead %+.1f%% (median), %+.1f%% (min)\n",
 			mw.Seconds(), whole[0].Seconds(), 100*(mw.Seconds()-ma.Seconds())/ma.Seconds(),
 			100*(whole[0].Seconds()-alone[0].Seconds())/alone[0].Seconds())
+		fmt.Printf("  native discovery:         median %8.3fs  min %8.3fs  (%.1f MiB of metadata read; no node shared: it reads both trees)\n",
+			native[len(native)/2].Seconds(), native[0].Seconds(), float64(nst.MetadataBytes)/(1<<20))
+		if nst.Extents != st.Extents || nst.DataBytes != st.DataBytes || nst.ZeroBytes != st.ZeroBytes {
+			return fmt.Errorf("%s: native discovery found %d extents (%d data, %d zero bytes), the tools %d (%d, %d)",
+				name, nst.Extents, nst.DataBytes, nst.ZeroBytes, st.Extents, st.DataBytes, st.ZeroBytes)
+		}
 	}
 	var self, children syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &self); err != nil {
