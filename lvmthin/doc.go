@@ -19,9 +19,27 @@
 //
 // OpenDelta ties it together: given a thin snapshot (and an older one as the
 // base of an incremental) it returns an archive.Source whose extents come
-// from thin_delta (or thin_dump for a full) run on the pool's metadata
-// snapshot, and whose data is read, with O_DIRECT, from the newer snapshot's
-// device.
+// from the pool's metadata snapshot, and whose data is read, with O_DIRECT,
+// from the newer snapshot's device.
+//
+// # Discovery
+//
+// The extents are found in the pool's metadata in one of two ways
+// (DiscoverOptions.Discovery, DeltaOptions.Discovery):
+//
+//   - DiscoverNative, the default, reads the metadata in process (package
+//     thinmeta). A thin snapshot starts as its origin's btree root, and the
+//     kernel copies only the nodes on the path to a change, so within the
+//     held metadata snapshot a block both devices' trees reference is the
+//     same subtree in both: the diff passes over it unread, and reads the
+//     paths to the changed leaves, not the volume. It validates every block
+//     it reads and refuses damage as ErrMetadata naming the block.
+//   - DiscoverTools runs thin_delta (incremental) or thin_dump (full) from
+//     thin-provisioning-tools and parses their XML: a fallback, and the
+//     oracle the native reader is tested against, in a real kernel and on
+//     damaged metadata. Only it needs those tools.
+//
+// Both feed the same extent builder, so they give the same extents.
 //
 // OpenClassic does the same for thick volumes: given a classic snapshot
 // (CreateClassicSnapshot) and the older one of the previous backup as the
@@ -43,9 +61,11 @@
 //     Only SIGKILL or a crash can leave one behind; the next run says so.
 //   - LVM's lv_time has whole seconds; thin snapshots made within one second
 //     are ordered by the pool metadata's creation time.
-//   - The thin tools must read the metadata snapshot (-m) while the pool is
-//     active; the extents are spooled to an unlinked temporary file so the
-//     snapshot is released before any data is read.
+//   - While the pool is active only its held metadata snapshot is a
+//     consistent view (the thin tools' -m; the native reader checks that it
+//     reads the snapshot it reserved); the extents are spooled to an
+//     unlinked temporary file so the snapshot is released before any data
+//     is read.
 //   - The tools' XML is read by a scanner of the subset of XML they write
 //     (thin-provisioning-tools 0.9 and 1.x), in memory that does not grow
 //     with the output; XML outside it, such as text between elements,

@@ -30,6 +30,10 @@
 //     it never reads such a block, and damage inside one goes unnoticed
 //     by a diff (it changes both devices alike); a full read
 //     (MappedRanges) reads and checks every block.
+//   - A leaf is read together with the other leaves of its parent that
+//     the walk will need (all in a full walk; in a diff, those the other
+//     tree's parent does not share), in concurrent reads of consecutive
+//     runs, so a walk does not wait for every read in turn.
 //   - The live metadata of an active pool changes while it is read: read
 //     it through a held metadata snapshot, or with the pool inactive.
 //   - A Metadata is not safe for concurrent use.

@@ -63,23 +63,33 @@ func Open(path string, opts Options) (*Metadata, error) {
 		f.Close()
 		return nil, fmt.Errorf("thin pool metadata %s: size: %w", path, err)
 	}
-	m, err := newMetadata(f, size, path, opts)
+	m, err := newMetadata(f, f, size, path, opts)
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	m.f = f
 	return m, nil
+}
+
+// isDevice reports whether the metadata is a block device: the live
+// superblock of an active pool's device can be read while the kernel
+// rewrites it.
+func (m *Metadata) isDevice() bool {
+	if m.f == nil {
+		return false
+	}
+	fi, err := m.f.Stat()
+	return err == nil && fi.Mode()&os.ModeDevice != 0
 }
 
 // NewReader reads metadata of size bytes from r (an image in memory, a
 // part of a file); name names it in errors. Close does not close r.
 func NewReader(r io.ReaderAt, size int64, name string, opts Options) (*Metadata, error) {
-	return newMetadata(r, size, name, opts)
+	return newMetadata(r, nil, size, name, opts)
 }
 
-func newMetadata(r io.ReaderAt, size int64, path string, opts Options) (_ *Metadata, err error) {
-	m := &Metadata{r: r, path: path}
+func newMetadata(r io.ReaderAt, f *os.File, size int64, path string, opts Options) (_ *Metadata, err error) {
+	m := &Metadata{r: r, f: f, path: path}
 	if size < 0 {
 		size = 0
 	}
@@ -196,8 +206,8 @@ func (m *Metadata) readSuperblock(loc uint64) (Superblock, error) {
 		if sb, why = parseSuperblock(m.scratch, loc, m.nblocks); why == "" {
 			return sb, nil
 		}
-		if loc != 0 {
-			break // a held copy does not change
+		if loc != 0 || !m.isDevice() {
+			break // a held copy, or a file, does not change
 		}
 	}
 	return Superblock{}, m.bad(loc, what, why)
