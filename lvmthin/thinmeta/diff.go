@@ -75,6 +75,20 @@ func (e *emitter) add(kind Kind, k uint64) error {
 	return nil
 }
 
+// addRun adds the n blocks from k on, all of kind kind, as add does one by
+// one.
+func (e *emitter) addRun(kind Kind, k, n uint64) error {
+	if n == 0 {
+		return nil
+	}
+	if err := e.add(kind, k); err != nil {
+		return err
+	}
+	e.pending.Length += n - 1
+	e.last = k + n - 1
+	return nil
+}
+
 func (e *emitter) flush() error {
 	if e.pending.Length == 0 {
 		return nil
@@ -258,10 +272,18 @@ func mergeLeaves(a, b *cursor, e *emitter, sameFrom uint64) error {
 func (m *Metadata) MappedRanges(ctx context.Context, dev, end uint64, fn func(Range) error) error {
 	e := &emitter{m: m, what: "mappings of thin device " + strconv.FormatUint(dev, 10), fn: fn}
 	err := m.walk(ctx, dev, end, func(n *node, i, j int) error {
-		for ; i < j; i++ {
-			if err := e.add(Mapped, n.key(i)); err != nil {
+		for i < j {
+			// Keys ascend strictly, so entries [i, j) are one run of
+			// blocks when the last is as far from the first as its
+			// index: most leaves of a written volume are.
+			k := n.key(i)
+			if r := uint64(j - 1 - i); n.key(j-1)-k == r {
+				return e.addRun(Mapped, k, r+1)
+			}
+			if err := e.add(Mapped, k); err != nil {
 				return err
 			}
+			i++
 		}
 		return nil
 	})

@@ -28,6 +28,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -141,7 +142,18 @@ func measure(args []string) error {
 	bb := fs.Int64("block-bytes", blockSectors*512, "data block size in bytes")
 	disc := fs.String("discovery", "native", "native or tools")
 	tmp := fs.String("tmp", "", "directory of the extent spool")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile to this file")
 	_ = fs.Parse(args)
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	d, err := lvmthin.ParseDiscovery(*disc)
 	if err != nil {
 		return err
