@@ -50,6 +50,7 @@ func backupCommand(e *env) *cli.Command {
 			&cli.StringFlag{Name: "pre", Usage: "shell command run before the snapshot (e.g. virsh domfsfreeze vm1; not fsfreeze: LVM freezes a host file system itself)"},
 			&cli.StringFlag{Name: "post", Usage: "shell command run after the snapshot, even if it failed (e.g. virsh domfsthaw vm1)"},
 			&cli.BoolFlag{Name: "release-stale-metadata-snap", Usage: releaseStaleUsage},
+			discoveryFlag,
 			jsonFlag, quietFlag,
 		}, keepFlags()...),
 		Action: func(c *cli.Context) error {
@@ -66,6 +67,9 @@ func backupCommand(e *env) *cli.Command {
 				blockSize: c.Int64("block-size"), level: lvl, snapshotSize: c.String("snapshot-size"),
 				pre: c.String("pre"), post: c.String("post"), releaseStale: c.Bool("release-stale-metadata-snap"),
 				json: c.Bool("json"), quiet: c.Bool("quiet"),
+			}
+			if o.discovery, err = discoveryOf(c, "backup"); err != nil {
+				return err
 			}
 			switch {
 			case o.file != "" && o.snapshotSize != "":
@@ -95,6 +99,7 @@ type backupOptions struct {
 	level                   archive.Level
 	pre, post               string
 	releaseStale            bool
+	discovery               lvmthin.Discovery
 	retention               catalog.Retention
 	json, quiet             bool
 }
@@ -111,16 +116,22 @@ type backupResult struct {
 	// the backup's digests, the base being invalid) or "full".
 	Method string `json:"method,omitempty"`
 	// Fallback says why the exception table could not be used.
-	Fallback    string   `json:"fallback,omitempty"`
-	LVSnapshot  string   `json:"lv_snapshot,omitempty"`
-	BytesRead   int64    `json:"bytes_read"`
-	DataBytes   int64    `json:"data_bytes"`
-	ZeroBytes   int64    `json:"zero_bytes"`
-	StoredBytes int64    `json:"stored_bytes"`
-	File        string   `json:"file"`
-	Seconds     float64  `json:"seconds"`
-	Pruned      []string `json:"pruned,omitempty"`
-	Notes       []string `json:"notes,omitempty"`
+	Fallback    string  `json:"fallback,omitempty"`
+	LVSnapshot  string  `json:"lv_snapshot,omitempty"`
+	BytesRead   int64   `json:"bytes_read"`
+	DataBytes   int64   `json:"data_bytes"`
+	ZeroBytes   int64   `json:"zero_bytes"`
+	StoredBytes int64   `json:"stored_bytes"`
+	File        string  `json:"file"`
+	Seconds     float64 `json:"seconds"`
+	// How a thin LV's changes were found: the discovery (native or
+	// tools), the metadata the native reader read, and how long the pool's
+	// metadata snapshot was held.
+	Discovery        string   `json:"discovery,omitempty"`
+	MetadataBytes    int64    `json:"metadata_bytes,omitempty"`
+	MetadataSnapHeld float64  `json:"metadata_snap_held_seconds,omitempty"`
+	Pruned           []string `json:"pruned,omitempty"`
+	Notes            []string `json:"notes,omitempty"`
 	// Warnings are failures that did not fail the run (a lock or an old
 	// snapshot not released); they are printed even with --quiet.
 	Warnings []string `json:"warnings,omitempty"`
@@ -479,7 +490,7 @@ func backupLVM(ctx context.Context, e *env, s catalog.Repository, name string, o
 		}
 	}()
 
-	d, err := lvmthin.OpenDelta(ctx, lvmthin.DeltaOptions{Snap: snap, Base: base, ReleaseStale: o.releaseStale})
+	d, err := lvmthin.OpenDelta(ctx, lvmthin.DeltaOptions{Snap: snap, Base: base, ReleaseStale: o.releaseStale, Discovery: o.discovery})
 	if err != nil {
 		return nil, err
 	}
@@ -509,6 +520,8 @@ func backupLVM(ctx context.Context, e *env, s catalog.Repository, name string, o
 	}
 	res.Snapshot, res.Seq, res.File, res.LVSnapshot = rec.ID, rec.Seq, rec.File, snap.FullName().String()
 	res.DataBytes, res.ZeroBytes, res.StoredBytes, res.BytesRead = rec.DataBytes, rec.ZeroBytes, rec.FileSize, d.Stats().DataBytes
+	ds := d.Stats()
+	res.Discovery, res.MetadataBytes, res.MetadataSnapHeld = string(ds.Discovery), ds.MetadataBytes, ds.MetadataSnapHeld.Seconds()
 
 	// Rotate: the new snapshot is durable in the store.
 	res.Warnings = append(res.Warnings, removeOlderSnapshots(ctx, origin, existing, snap)...)

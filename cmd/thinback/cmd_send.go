@@ -12,6 +12,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/lvmthin"
 	"github.com/urfave/cli/v2"
 )
 
@@ -21,9 +22,9 @@ func sendCommand(e *env) *cli.Command {
 		Usage:     "write a delta file of a snapshot: a full, or what changed since a base",
 		ArgsUsage: "[VG/SNAP] (or --file IMAGE)",
 		Description: "VG/SNAP (or /dev/VG/SNAP, /dev/mapper/VG-SNAP) is a thin snapshot: its changed blocks since\n" +
-			"--base are found in the thin pool's metadata (thin_delta under a metadata snapshot, released\n" +
-			"before any data is read) and read from SNAP, opened read-only; a full reads its mapped\n" +
-			"blocks only. A live thin volume is refused: snapshot it first (lvcreate -s), or use\n" +
+			"--base are found in the thin pool's metadata (read under a metadata snapshot, released\n" +
+			"before any data is read; --discovery) and read from SNAP, opened read-only; a full reads\n" +
+			"its mapped blocks only. A live thin volume is refused: snapshot it first (lvcreate -s), or use\n" +
 			"thinback backup, which does that.\n\n" +
 			"VG/SNAP may also be a classic snapshot of a thick LV (lvcreate -s -L SIZE): with --base, an\n" +
 			"older classic snapshot of the same LV, the changed chunks are those in the base's exception\n" +
@@ -35,6 +36,7 @@ func sendCommand(e *env) *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "base", Usage: "send only what changed since this older snapshot (thin, or classic) of the same volume (VG/SNAP)"},
 			&cli.BoolFlag{Name: "release-stale-metadata-snap", Usage: releaseStaleUsage},
+			discoveryFlag,
 			&cli.StringFlag{Name: "file", Usage: "send this image or block device"},
 			&cli.StringFlag{Name: "base-file", Usage: "send only the blocks of --file that differ from this older image"},
 			&cli.StringFlag{Name: "base-id", Usage: "snapshot id of the base (for a block device base, whose id cannot be derived)"},
@@ -59,6 +61,9 @@ func sendCommand(e *env) *cli.Command {
 				out: c.String("output"), volume: c.String("volume"), volumeUUID: c.String("volume-uuid"),
 				blockSize: c.Int64("block-size"), level: lvl, quiet: c.Bool("quiet"),
 				releaseStale: c.Bool("release-stale-metadata-snap"),
+			}
+			if o.discovery, err = discoveryOf(c, "send"); err != nil {
+				return err
 			}
 			switch {
 			case len(a) == 1 && o.file != "":
@@ -88,6 +93,7 @@ type sendOptions struct {
 	level                  archive.Level
 	quiet                  bool
 	releaseStale           bool
+	discovery              lvmthin.Discovery
 }
 
 // fileSnapshot names the state of an image. A regular file's identity is

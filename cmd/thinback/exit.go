@@ -23,7 +23,7 @@ const (
 	exitVersion     = 4  // a delta file needs a newer thinback
 	exitChain       = 5  // wrong base / not a chain / other volume / interrupted apply / modified target
 	exitTarget      = 6  // target too small, read-only, busy or not a file/device
-	exitLVM         = 7  // LV or pool missing, not thin, pool failed
+	exitLVM         = 7  // LV or pool missing, not thin, pool failed, damaged pool metadata
 	exitMetaSnap    = 8  // the pool's metadata snapshot is held by someone else
 	exitLocked      = 9  // another thinback holds the volume or catalog
 	exitVerify      = 10 // verify found problems
@@ -45,7 +45,8 @@ const exitCodesHelp = `EXIT CODES:
    6    the target is too small, read-only, in use, not a file or device,
         or one of the command's own files (or holds one); or a source is
         not a regular file or block device
-   7    LVM: volume or pool not found, not a thin volume, pool failed
+   7    LVM: volume or pool not found, not a thin volume, pool failed,
+        damaged pool metadata
    8    the thin pool's metadata snapshot is held by another program or a
         killed run (see --release-stale-metadata-snap)
    9    another thinback is working on the same volume or catalog

@@ -9,10 +9,38 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/lvmthin"
+	"github.com/urfave/cli/v2"
 )
 
 // releaseStaleUsage is the flag's help, shared by send and backup.
 const releaseStaleUsage = "release a metadata snapshot of the pool left by a killed run or another program before reserving ours (check first that no other tool is using it)"
+
+// discoveryFlag is send's and backup's choice of how the changed blocks of
+// a thin LV are found in the pool's metadata.
+var discoveryFlag = &cli.StringFlag{Name: "discovery", Value: string(lvmthin.DiscoverNative),
+	Usage: "how changed blocks are found in the thin pool's metadata: native (thinback reads it, " +
+		"skipping what the snapshots share) or tools (thin_delta and thin_dump, from thin-provisioning-tools: the fallback)"}
+
+// discoveryOf parses --discovery.
+func discoveryOf(c *cli.Context, cmd string) (lvmthin.Discovery, error) {
+	d, err := lvmthin.ParseDiscovery(c.String("discovery"))
+	if err != nil {
+		return "", usageError{msg: cmd + ": --discovery: " + err.Error(), hint: c.Command.HelpName}
+	}
+	return d, nil
+}
+
+// discoverySummary says how a delta's extents were found, for send's
+// summary line.
+func discoverySummary(ds lvmthin.DeltaStats) string {
+	var how string
+	if ds.Discovery == lvmthin.DiscoverTools {
+		how = fmt.Sprintf("%d ranges from %s", ds.Ranges, ds.Tool)
+	} else {
+		how = fmt.Sprintf("%d ranges from %s of metadata read natively", ds.Ranges, bytesHuman(ds.MetadataBytes))
+	}
+	return fmt.Sprintf("%s, metadata snapshot held %s", how, ds.MetadataSnapHeld.Round(time.Millisecond))
+}
 
 // thinBlockSize picks a delta file's block size for a pool's chunk size:
 // the chunk itself when the format allows it, so each changed chunk is one
@@ -100,7 +128,7 @@ func runSendLVM(ctx context.Context, e *env, o sendOptions, spelling, baseSpelli
 	if err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
-	d, err := lvmthin.OpenDelta(ctx, lvmthin.DeltaOptions{Snap: snap, Base: base, ReleaseStale: o.releaseStale})
+	d, err := lvmthin.OpenDelta(ctx, lvmthin.DeltaOptions{Snap: snap, Base: base, ReleaseStale: o.releaseStale, Discovery: o.discovery})
 	if err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
@@ -116,8 +144,7 @@ func runSendLVM(ctx context.Context, e *env, o sendOptions, spelling, baseSpelli
 		return fmt.Errorf("send: %w", err)
 	}
 	if !o.quiet {
-		ds := d.Stats()
-		sayf(e.stderr, "%s (%d ranges from %s, metadata snapshot held %s)", sendSummary(h, st), ds.Ranges, ds.Tool, ds.MetadataSnapHeld.Round(time.Millisecond))
+		sayf(e.stderr, "%s (%s)", sendSummary(h, st), discoverySummary(d.Stats()))
 	}
 	return nil
 }
