@@ -21,8 +21,12 @@
 #   b  0.1 % at random
 #   c  1 % at random
 #   d  1 % in clustered runs of 1 to 16 MiB
+#   send  not a metadata file: in the guest, on a real LVM pool, the whole
+#      `thinback send --base` of a small incremental (10 MiB of random
+#      writes to a 2 GiB-written thin LV), with each discovery, alternating:
+#      total time and the metadata snapshot's hold time
 #
-# Usage: scripts/bench-thinmeta.sh [CASE...]      (default: a b c d)
+# Usage: scripts/bench-thinmeta.sh [CASE...]      (default: a b c d send)
 #   env: MAPPINGS=33554432 (32 Mi: a 2 TiB volume at 64 KiB blocks)
 #        BLOCK_SECTORS=128 REPS=3 SEED=1
 #        WORK=DIR (keeps the images there for reruns; default a temporary
@@ -35,7 +39,7 @@ mappings=${MAPPINGS:-33554432}
 sectors=${BLOCK_SECTORS:-128}
 reps=${REPS:-3}
 seed=${SEED:-1}
-cases=${*:-a b c d}
+cases=${*:-a b c d send}
 cd "$(dirname "$0")/.."
 for p in thin_restore thin_delta thin_dump losetup linux.uml; do
 	command -v "$p" >/dev/null || { echo "bench-thinmeta: $p not found" >&2; exit 1; }
@@ -51,7 +55,11 @@ go build -o "$work/discbench" ./lvmthin/internal/discbench
 bytes=$((sectors * 512))
 
 base=$work/base-$mappings-$sectors.bin
-if [ ! -f "$base" ]; then
+need_base=false
+for c in $cases; do
+	[ "$c" = send ] || need_base=true
+done
+if $need_base && [ ! -f "$base" ]; then
 	datablocks=$("$work/discbench" gen1 -mappings "$mappings" -block-sectors "$sectors" -o "$work/pool.xml")
 	# Room for thin_restore's tree and space maps, and for the nodes the
 	# kernel copies while writing (sparse).
@@ -63,7 +71,7 @@ if [ ! -f "$base" ]; then
 	mv "$base.tmp" "$base"
 	rm -f "$work/pool.xml"
 fi
-datablocks=$(cat "$base.datablocks")
+datablocks=$(cat "$base.datablocks" 2>/dev/null || echo 0)
 
 cat >"$work/guest.sh" <<'GUEST'
 #!/bin/sh
@@ -93,13 +101,50 @@ chmod 755 "$work/guest.sh"
 
 echo "tools: $(thin_delta --version 2>&1 | head -n1) (thin-provisioning-tools), $(go version | cut -d' ' -f3), $(nproc) CPUs"
 echo "$mappings mappings of $((bytes >> 10)) KiB per device ($(( mappings * bytes >> 30 )) GiB volume), seed $seed"
+cat >"$work/send.sh" <<'GUEST'
+#!/bin/sh
+# In the guest: a whole send of a small incremental, with each discovery.
+set -eu
+reps=$1
+dir=$(dirname "$0")
+tb=$dir/thinback
+mkpool -s 6G -p 4G vgsend >/dev/null 2>&1
+lvcreate -q -V 16G -T vgsend/pool -n vol >/dev/null 2>&1
+dd if=/dev/urandom of=/dev/vgsend/vol bs=4M count=512 oflag=direct status=none
+lvcreate -q -s -n s1 vgsend/vol >/dev/null 2>&1
+i=0
+while [ $i -lt 160 ]; do # 160 random 64 KiB writes in the written 2 GiB
+	dd if=/dev/urandom of=/dev/vgsend/vol bs=64k count=1 seek=$(( $(od -An -N4 -tu4 /dev/urandom) % 32768 )) oflag=direct conv=notrunc status=none
+	i=$((i + 1))
+done
+lvcreate -q -s -n s2 vgsend/vol >/dev/null 2>&1
+n=0
+while [ $n -lt "$reps" ]; do
+	for d in native tools; do
+		start=$(date +%s%N)
+		"$tb" send vgsend/s2 --base vgsend/s1 --discovery $d -o - 2>"$dir/err" >/dev/null
+		end=$(date +%s%N)
+		echo "$d: total $(( (end - start) / 1000000 )) ms; $(grep -o '([^)]*metadata snapshot held[^)]*)' "$dir/err")"
+	done
+	n=$((n + 1))
+done
+vgremove -q -f vgsend >/dev/null 2>&1
+GUEST
+chmod 755 "$work/send.sh"
+
 for c in $cases; do
+	if [ "$c" = send ]; then
+		go build -o "$work/thinback" ./cmd/thinback
+		echo "== send: a whole incremental send in the guest (10 MiB changed of a 16 GiB thin LV with 2 GiB written)"
+		flock /tmp/thinback-guest.lock scripts/uml/run --workdir "$work" --timeout 1800 -- "$work/send.sh" "$reps"
+		continue
+	fi
 	case $c in
 	a) args="-fraction 0.0001" ;;
 	b) args="-fraction 0.001" ;;
 	c) args="-fraction 0.01" ;;
 	d) args="-fraction 0.01 -clustered" ;;
-	*) echo "bench-thinmeta: unknown case $c (a, b, c or d)" >&2; exit 2 ;;
+	*) echo "bench-thinmeta: unknown case $c (a, b, c, d or send)" >&2; exit 2 ;;
 	esac
 	img=$work/case-$c-$mappings-$sectors-$seed.bin
 	if [ ! -f "$img" ]; then
