@@ -5,14 +5,15 @@ import (
 	"sync"
 )
 
-// A walk that reads leaves one 4 KiB read at a time waits for each: on a
+// A walk that reads nodes one 4 KiB read at a time waits for each: on a
 // real device, or through O_DIRECT, the latency of every read adds up,
 // where the thin tools keep many reads in flight. So when a cursor must
-// read a leaf, it reads with it the other leaves of the same parent it is
-// going to need: all of them in a full walk; in a diff, those the other
-// tree's parent at the same place does not share (the shared ones are
-// skipped unread). Runs of consecutive blocks are read with one call, and
-// the runs concurrently.
+// read a node below the root, it reads with it the other children of the
+// same parent it is going to need: all of them in a full walk; in a diff,
+// those the other tree's node at the same place does not share (the
+// shared ones are skipped unread). Runs of consecutive blocks are read
+// with one call, and the runs concurrently. Each level has its buffer, so
+// memory is a node's worth of children per level of the tree.
 const (
 	// maxPrefetch is the most entries a node can have (8-byte values).
 	maxPrefetch = (BlockSize - nodeHeaderSize) / 16
@@ -32,32 +33,39 @@ func newPrefetch() *prefetch {
 	return &prefetch{mem: alignedBlocks(maxPrefetch)}
 }
 
-// prefetched returns the block blk of a leaf at depth d (known only when a
-// leaf was read before) from the prefetch buffer, filling it first from
-// the parent's remaining children on a miss; nil if it is not there (then
-// the caller reads it itself).
-func (c *cursor) prefetched(blk uint64, d int) []byte {
-	pf := c.pf
-	if pf == nil || d == 0 || d != c.leafDepth {
+// prefetched returns block blk, a child at depth d (1 or more, once the
+// tree's leaf depth is known, so that the children's level is), from the
+// level's prefetch buffer, filling it first from the parent's remaining
+// children on a miss; nil if it is not there (then the caller reads it
+// itself). buf is the level's own buffer: a node above the leaves is
+// copied there, because a frame on the cursor's path must outlive the
+// level's next fill; a leaf is used in place (the next fill of its level
+// comes when the cursor has left it).
+func (c *cursor) prefetched(blk uint64, d int, buf []byte) []byte {
+	if !c.readAhead || d == 0 || c.leafDepth < d {
 		return nil
 	}
+	pf := c.pfs[d]
+	if pf == nil {
+		pf = newPrefetch()
+		c.pfs[d] = pf
+	}
 	if b := pf.get(blk); b != nil {
-		return b
+		return c.place(b, d, buf)
 	}
 	parent := &c.stack[d-1]
-	var skip []uint64 // children of the other tree's parent at the same place
+	var skip []uint64 // children of the other tree's node at the same place
 	if o := c.other; o != nil {
-		var of *frame
-		switch {
-		case o.leafDepth <= 0:
-		case o.depth == o.leafDepth+1: // in a leaf
-			of = &o.stack[o.depth-2]
-		case o.depth == o.leafDepth: // at a parent of leaves
-			of = &o.stack[o.depth-1]
-		}
-		if of == nil || of.n.leaf {
-			// Nothing to tell which leaves are shared: reading ahead
+		// The other cursor's node at the parent's height, if it is on
+		// its path and covers some of the parent's keys.
+		od := o.leafDepth - (c.leafDepth - (d - 1))
+		if o.leafDepth < 0 || od < 0 || od >= o.depth {
+			// Nothing to tell which children are shared: reading ahead
 			// could read what the diff skips.
+			return nil
+		}
+		of := &o.stack[od]
+		if of.n.leaf || of.last < parent.lo || parent.last < of.lo {
 			return nil
 		}
 		skip = pf.skip[:0]
@@ -79,7 +87,18 @@ func (c *cursor) prefetched(blk uint64, d int) []byte {
 	}
 	pf.tmp = want
 	pf.fill(c.m, want)
-	return pf.get(blk)
+	if b := pf.get(blk); b != nil {
+		return c.place(b, d, buf)
+	}
+	return nil
+}
+
+func (c *cursor) place(b []byte, d int, buf []byte) []byte {
+	if d < c.leafDepth {
+		copy(buf, b)
+		return buf
+	}
+	return b
 }
 
 func (pf *prefetch) get(blk uint64) []byte {

@@ -68,10 +68,12 @@ type cursor struct {
 	leafDepth int // -1 until a leaf is read
 	reads     uint64
 	cacheAll  bool // cache leaves too (small trees read by lookups)
-	// pf, if not nil, reads a parent's leaves ahead, many at once;
-	// other is the cursor of the other tree of a diff.
-	pf    *prefetch
-	other *cursor
+	// readAhead reads a parent's children ahead, many at once, into a
+	// buffer per level (prefetch.go); other is the cursor of the other
+	// tree of a diff.
+	readAhead bool
+	pfs       [maxDepth]*prefetch
+	other     *cursor
 }
 
 func newCursor(ctx context.Context, m *Metadata, root uint64, vsize int, limit uint64, what string) *cursor {
@@ -152,7 +154,7 @@ func (c *cursor) expand(it item) error {
 		c.bufs = alignedBlocks(maxDepth)
 	}
 	buf := c.bufs[d*BlockSize : (d+1)*BlockSize]
-	if b := c.prefetched(it.blk, d); b != nil {
+	if b := c.prefetched(it.blk, d, buf); b != nil {
 		buf = b
 	} else if err := m.read(it.blk, buf, c.what); err != nil {
 		return err
