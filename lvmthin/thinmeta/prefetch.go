@@ -74,6 +74,12 @@ func (c *cursor) prefetched(blk uint64, d int, buf []byte) []byte {
 		}
 		slices.Sort(skip)
 		pf.skip = skip
+		if _, shared := slices.BinarySearch(skip, blk); shared {
+			// A shared node the diff reads anyway (Same ranges
+			// wanted): read it alone, and keep the buffer for the
+			// unshared ones it holds.
+			return nil
+		}
 	}
 	want := pf.tmp[:0]
 	for i := parent.i; i < parent.n.n && len(want) < maxPrefetch; i++ {
