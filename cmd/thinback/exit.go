@@ -10,6 +10,7 @@ import (
 	"github.com/thinback/thinback/catalog/s3"
 	"github.com/thinback/thinback/catalog/s3store"
 	"github.com/thinback/thinback/lvmthin"
+	"github.com/thinback/thinback/lvmthin/thinmeta"
 	"github.com/thinback/thinback/restore"
 )
 
@@ -106,6 +107,11 @@ var exitCodes = []struct {
 	{lvmthin.ErrPoolOutOfSpace, exitLVM},
 	{lvmthin.ErrMetadata, exitLVM},
 	{lvmthin.ErrName, exitLVM},
+	// lvmthin wraps the native reader's errors in its own; listed here
+	// too so that one reaching a command unwrapped gets the same code.
+	{thinmeta.ErrMetadata, exitLVM},
+	{thinmeta.ErrNoDevice, exitLVM},
+	{thinmeta.ErrNoSnapshot, exitError}, // lvmthin's own no-snapshot error is not a sentinel either
 	// Classic (thick) snapshots; not wired into commands yet.
 	{lvmthin.ErrExists, exitLVM},
 	{lvmthin.ErrNoSpace, exitLVM}, // the volume group, not a disk of the store
