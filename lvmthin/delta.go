@@ -52,6 +52,7 @@ type Delta struct {
 	ext        *Extents
 	dev        *deviceReader
 	act        *Activation
+	ctx        context.Context // OpenDelta's, without its cancellation: for Close's deactivation
 	stats      DeltaStats
 	closed     bool
 }
@@ -62,7 +63,9 @@ var _ archive.Source = (*Delta)(nil)
 //  1. checks the volumes: Snap must be a thin snapshot; Base, if any, a thin
 //     snapshot of the same origin in the same pool, and older than Snap (by
 //     lv_time, or by the metadata's creation time when lv_time ties);
-//  2. activates Snap if it is inactive (lvchange -ay -K);
+//  2. activates Snap if it is inactive (lvchange -ay -K); Snap.Active, as
+//     the caller's lookup found it, is trusted, so an active Snap costs no
+//     command;
 //  3. under the pool's lock, reserves the pool's metadata snapshot, reads
 //     the changes (incremental) or the mappings (full) from it, natively
 //     or with thin_delta or thin_dump (opts.Discovery), spools the extents
@@ -88,13 +91,18 @@ func OpenDelta(ctx context.Context, opts DeltaOptions) (_ *Delta, err error) {
 	// run before it takes effect. (Registered first, so it ends last.)
 	ctx, finish := newGuardedContext(ctx)
 	defer finish()
-	d := &Delta{snap: snap, base: base}
+	d := &Delta{snap: snap, base: base, ctx: context.WithoutCancel(ctx)}
 	defer func() {
 		if err != nil {
 			_ = d.Close()
 		}
 	}()
-	if d.act, err = EnsureActive(ctx, snap.FullName()); err != nil {
+	if snap.Active {
+		// Active when the caller looked it up moments ago (backup creates
+		// it active): no lvs and no lvchange. Opening its device below
+		// fails clearly if someone deactivated it since.
+		d.act = &Activation{name: snap.FullName()}
+	} else if d.act, err = EnsureActive(ctx, snap.FullName()); err != nil {
 		return nil, fmt.Errorf("open delta of %s: %w", snap.FullName(), err)
 	}
 	d.stats.Activated = d.act.Activated()
@@ -289,7 +297,11 @@ func (d *Delta) Close() error {
 		errs = append(errs, d.ext.Close())
 	}
 	if d.act != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+		ctx := d.ctx
+		if ctx == nil {
+			ctx = context.Background()
+		}
+		ctx, cancel := context.WithTimeout(ctx, releaseTimeout)
 		defer cancel()
 		errs = append(errs, d.act.Restore(ctx))
 	}

@@ -9,9 +9,80 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
+
+// CommandStats count the external commands run on behalf of one context
+// (see CountCommands) and the time they took, so that a run can say what
+// its fixed cost in LVM is.
+type CommandStats struct {
+	LVM     int           // lvs, lvcreate, lvchange, lvremove
+	DMSetup int           // dmsetup status and messages
+	Tools   int           // thin_delta, thin_dump
+	LVMTime time.Duration // wall time of the LVM and dmsetup commands
+	// ToolsTime is the wall time of the thin tools.
+	ToolsTime time.Duration
+	// ByProgram counts each program, e.g. {"lvs": 2, "dmsetup": 5}.
+	ByProgram map[string]int
+}
+
+type commandCounter struct {
+	mu sync.Mutex
+	s  CommandStats
+}
+
+type commandCounterKey struct{}
+
+// CountCommands returns a context under which every command this package
+// runs is counted, and a function returning the counts so far. Contexts
+// derived from it count into the same total, including the ones the
+// package uses to release a metadata snapshot or deactivate a volume after
+// the caller's context is cancelled.
+func CountCommands(ctx context.Context) (context.Context, func() CommandStats) {
+	c := &commandCounter{s: CommandStats{ByProgram: map[string]int{}}}
+	return context.WithValue(ctx, commandCounterKey{}, c), func() CommandStats {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		s := c.s
+		s.ByProgram = make(map[string]int, len(c.s.ByProgram))
+		for k, v := range c.s.ByProgram {
+			s.ByProgram[k] = v
+		}
+		return s
+	}
+}
+
+// count records one command run under ctx.
+func count(ctx context.Context, prog string, took time.Duration) {
+	c, _ := ctx.Value(commandCounterKey{}).(*commandCounter)
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch prog {
+	case programs.thinDelta, programs.thinDump:
+		c.s.Tools++
+		c.s.ToolsTime += took
+	case programs.dmsetup:
+		c.s.DMSetup++
+		c.s.LVMTime += took
+	default:
+		c.s.LVM++
+		c.s.LVMTime += took
+	}
+	c.s.ByProgram[filepathBase(prog)]++
+}
+
+// filepathBase is a program's name without the directory tests put it in.
+func filepathBase(prog string) string {
+	if i := strings.LastIndexByte(prog, '/'); i >= 0 {
+		return prog[i+1:]
+	}
+	return prog
+}
 
 // programs names the external tools. Tests point them at other binaries
 // (fakes that print crafted output, or the real tools at another path).
@@ -55,6 +126,8 @@ const commandGrace = 10 * time.Second
 // what to stop (it must still release a metadata snapshot with dmsetup).
 func run(ctx context.Context, consume func(io.Reader) error, prog string, args ...string) ([]byte, error) {
 	argv := append([]string{prog}, args...)
+	started := time.Now()
+	defer func() { count(ctx, prog, time.Since(started)) }()
 	cmd := exec.CommandContext(ctx, prog, args...)
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "LVM_SUPPRESS_FD_WARNINGS=1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -10,6 +10,11 @@ type SnapshotOptions struct {
 	// ReadOnly creates the snapshot with read-only permission (-pr), so
 	// nothing can write to it by mistake while it serves as a backup base.
 	ReadOnly bool
+	// Activate creates the snapshot active (lvcreate -K, ignoring the
+	// activation-skip flag LVM gives thin snapshots), which saves the
+	// lvchange a reader of it would run next. The flag stays set, so the
+	// snapshot is not activated at boot.
+	Activate bool
 }
 
 // CreateSnapshot creates a thin snapshot named name of the thin volume
@@ -24,6 +29,16 @@ func CreateSnapshot(ctx context.Context, origin Name, name string, opts Snapshot
 	if err != nil {
 		return nil, fmt.Errorf("snapshot of %s: %w", origin, err)
 	}
+	return CreateSnapshotOf(ctx, o, name, opts)
+}
+
+// CreateSnapshotOf is CreateSnapshot of an origin the caller has just
+// looked up (from a Report), which saves an lvs.
+func CreateSnapshotOf(ctx context.Context, o *LV, name string, opts SnapshotOptions) (*LV, error) {
+	origin := o.FullName()
+	if err := checkLVName(name); err != nil {
+		return nil, fmt.Errorf("snapshot of %s: %w: %v", origin, ErrName, err)
+	}
 	if !o.IsThin() {
 		return nil, fmt.Errorf("snapshot of %s: it is not a thin volume (lv_attr %s); thinback snapshots thin volumes only: %w",
 			origin, o.Attr, ErrNotThin)
@@ -32,10 +47,15 @@ func CreateSnapshot(ctx context.Context, origin Name, name string, opts Snapshot
 	if opts.ReadOnly {
 		args = append(args, "-pr")
 	}
+	if opts.Activate {
+		args = append(args, "-ay", "-K")
+	}
 	args = append(args, "--", origin.String())
 	if _, err := run(ctx, nil, programs.lvcreate, args...); err != nil {
 		return nil, fmt.Errorf("snapshot %s of %s: %w", name, origin, err)
 	}
+	// The one lvs a new snapshot needs: its UUID, thin id and time exist
+	// only now.
 	return Lookup(ctx, Name{VG: origin.VG, LV: name})
 }
 
@@ -66,6 +86,16 @@ func RemoveSnapshot(ctx context.Context, n Name) error {
 	if err != nil {
 		return fmt.Errorf("remove snapshot %s: %w", n, err)
 	}
+	return RemoveSnapshotLV(ctx, lv)
+}
+
+// RemoveSnapshotLV is RemoveSnapshot of an LV the caller has looked up in
+// this run (from a Report), which saves an lvs. The checks are made on that
+// record, and lvremove is told to remove the LV only if its UUID is still
+// the record's (--select), so an LV renamed or recreated since under the
+// same name is left alone.
+func RemoveSnapshotLV(ctx context.Context, lv *LV) error {
+	n := lv.FullName()
 	if k := lv.Kind(); k != KindThinSnapshot && k != KindClassicSnapshot {
 		return fmt.Errorf("remove snapshot %s: it is not a snapshot but a %s (lv_attr %s); refusing to remove it: %w",
 			n, k, lv.Attr, ErrNotSnapshot)
@@ -74,7 +104,10 @@ func RemoveSnapshot(ctx context.Context, n Name) error {
 		return fmt.Errorf("remove snapshot %s: it is merging into %s; LVM removes it when the merge is done: %w",
 			n, lv.Origin, ErrSnapshotMerging)
 	}
-	if _, err := run(ctx, nil, programs.lvremove, "-y", "--", n.String()); err != nil {
+	if lv.UUID == "" {
+		return fmt.Errorf("remove snapshot %s: the record has no UUID; refusing to remove it by name alone", n)
+	}
+	if _, err := run(ctx, nil, programs.lvremove, "-y", "--select", "lv_uuid="+lv.UUID, "--", n.String()); err != nil {
 		return fmt.Errorf("remove snapshot %s: %w", n, err)
 	}
 	return nil

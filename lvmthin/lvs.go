@@ -249,33 +249,47 @@ func listVG(ctx context.Context, vg string) ([]*LV, error) {
 	return lvs, nil
 }
 
-// Lookup returns the LV named n. It fails with ErrNotFound if the volume
-// group or the LV does not exist.
-func Lookup(ctx context.Context, n Name) (*LV, error) {
-	lvs, err := listVG(ctx, n.VG)
+// Report is one lvs report of a volume group: its LVs at one moment. A run
+// that needs several LVs of one group (a volume, its snapshots, their pool)
+// reads it once and looks them up in it, rather than running lvs for each.
+type Report struct {
+	VG  string
+	LVs []*LV
+}
+
+// ListVG runs lvs once on the volume group vg. It fails with ErrNotFound if
+// the volume group does not exist.
+func ListVG(ctx context.Context, vg string) (*Report, error) {
+	lvs, err := listVG(ctx, vg)
 	if err != nil {
 		return nil, err
 	}
-	for _, lv := range lvs {
-		if lv.VG == n.VG && lv.Name == n.LV {
-			return lv, nil
+	return &Report{VG: vg, LVs: lvs}, nil
+}
+
+// Lookup returns the LV named n from the report, or ErrNotFound.
+func (r *Report) Lookup(n Name) (*LV, error) {
+	if n.VG == r.VG {
+		for _, lv := range r.LVs {
+			if lv.VG == n.VG && lv.Name == n.LV {
+				return lv, nil
+			}
 		}
 	}
 	return nil, fmt.Errorf("logical volume %s does not exist (lvs %s lists the volumes): %w", n, n.VG, ErrNotFound)
 }
 
-// Snapshots returns the snapshots (thin or classic) whose origin is the LV
-// named origin, oldest first (by creation time, then thin id, which LVM
+// Snapshots returns the snapshots (thin or classic) of the LV named origin
+// in the report, oldest first (by creation time, then thin id, which LVM
 // allocates in increasing order). Backup rotation uses it to find what to
 // remove. A merging classic snapshot is not listed (LVM hides it).
-func Snapshots(ctx context.Context, origin Name) ([]*LV, error) {
-	lvs, err := listVG(ctx, origin.VG)
-	if err != nil {
-		return nil, err
-	}
+func (r *Report) Snapshots(origin Name) ([]*LV, error) {
 	found := false
 	var snaps []*LV
-	for _, lv := range lvs {
+	for _, lv := range r.LVs {
+		if lv.VG != origin.VG {
+			continue
+		}
 		if lv.Name == origin.LV {
 			found = true
 		}
@@ -293,4 +307,24 @@ func Snapshots(ctx context.Context, origin Name) ([]*LV, error) {
 		return snaps[i].ThinID < snaps[j].ThinID
 	})
 	return snaps, nil
+}
+
+// Lookup returns the LV named n (one lvs of its volume group). It fails
+// with ErrNotFound if the volume group or the LV does not exist.
+func Lookup(ctx context.Context, n Name) (*LV, error) {
+	r, err := ListVG(ctx, n.VG)
+	if err != nil {
+		return nil, err
+	}
+	return r.Lookup(n)
+}
+
+// Snapshots returns the snapshots of the LV named origin (one lvs of its
+// volume group), as Report.Snapshots.
+func Snapshots(ctx context.Context, origin Name) ([]*LV, error) {
+	r, err := ListVG(ctx, origin.VG)
+	if err != nil {
+		return nil, err
+	}
+	return r.Snapshots(origin)
 }

@@ -193,7 +193,9 @@ func (m *MetadataSnap) Release() error {
 // snapshot is still the one we reserved (m.root, when known): releasing
 // someone else's would pull metadata from under their reader.
 func (m *MetadataSnap) releaseHeld() error {
-	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	// A fresh deadline, but the values (the command count) of the
+	// reserving context.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(m.ctx), releaseTimeout)
 	defer cancel()
 	st, err := GetPoolStatus(ctx, m.pool)
 	if err != nil {

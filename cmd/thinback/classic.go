@@ -301,8 +301,8 @@ func backupClassic(ctx context.Context, e *env, s catalog.Repository, name strin
 
 // runSendClassic sends the classic snapshot snap, or what changed since
 // the older classic snapshot base of the same origin.
-func runSendClassic(ctx context.Context, e *env, o sendOptions, snap, base *lvmthin.LV) error {
-	origin, err := originOf(ctx, snap)
+func runSendClassic(ctx context.Context, e *env, o sendOptions, rep *lvmthin.Report, snap, base *lvmthin.LV) error {
+	origin, err := originOf(rep, snap)
 	if err != nil {
 		return fmt.Errorf("send: %w", err)
 	}

@@ -127,11 +127,16 @@ type backupResult struct {
 	// How a thin LV's changes were found: the discovery (native or
 	// tools), the metadata the native reader read, and how long the pool's
 	// metadata snapshot was held.
-	Discovery        string   `json:"discovery,omitempty"`
-	MetadataBytes    int64    `json:"metadata_bytes,omitempty"`
-	MetadataSnapHeld float64  `json:"metadata_snap_held_seconds,omitempty"`
-	Pruned           []string `json:"pruned,omitempty"`
-	Notes            []string `json:"notes,omitempty"`
+	Discovery        string  `json:"discovery,omitempty"`
+	MetadataBytes    int64   `json:"metadata_bytes,omitempty"`
+	MetadataSnapHeld float64 `json:"metadata_snap_held_seconds,omitempty"`
+	// A thin LV's fixed cost: the LVM commands (lvs, lvcreate, lvchange,
+	// lvremove) and dmsetup commands the run started, and their time.
+	LVMCommands     int      `json:"lvm_commands,omitempty"`
+	DMSetupCommands int      `json:"dmsetup_commands,omitempty"`
+	LVMSeconds      float64  `json:"lvm_seconds,omitempty"`
+	Pruned          []string `json:"pruned,omitempty"`
+	Notes           []string `json:"notes,omitempty"`
 	// Warnings are failures that did not fail the run (a lock or an old
 	// snapshot not released); they are printed even with --quiet.
 	Warnings []string `json:"warnings,omitempty"`
@@ -162,12 +167,15 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 	}
 	name := o.volume
 	var origin *lvmthin.LV
+	var rep *lvmthin.Report // the run's one lvs report of the volume group
+	var commands func() lvmthin.CommandStats
 	if o.file != "" {
 		if name == "" {
 			name = filepath.Base(o.file)
 		}
 	} else {
-		if origin, err = lookupThin(ctx, o.lv); err != nil {
+		ctx, commands = lvmthin.CountCommands(ctx)
+		if origin, rep, err = lookupThin(ctx, o.lv, nil); err != nil {
 			return fmt.Errorf("backup: %w", err)
 		}
 		switch k := origin.Kind(); k {
@@ -196,7 +204,7 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 	} else if origin.Kind() == lvmthin.KindThick {
 		res, err = backupClassic(ctx, e, s, name, origin, o)
 	} else {
-		res, err = backupLVM(ctx, e, s, name, origin, o)
+		res, err = backupLVM(ctx, e, s, name, rep, origin, o)
 	}
 	if err != nil {
 		return fmt.Errorf("backup: %w", err)
@@ -221,6 +229,10 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 		warn(e, "%s", w)
 	}
 	res.Seconds = time.Since(start).Seconds()
+	if commands != nil {
+		cs := commands()
+		res.LVMCommands, res.DMSetupCommands, res.LVMSeconds = cs.LVM, cs.DMSetup, cs.LVMTime.Seconds()
+	}
 	if o.json {
 		enc := json.NewEncoder(e.stdout)
 		if err := enc.Encode(res); err != nil {
@@ -236,6 +248,9 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 		}
 		line += fmt.Sprintf(", read %s, changed %s, stored %s, in %s", bytesHuman(res.BytesRead), bytesHuman(res.DataBytes+res.ZeroBytes),
 			bytesHuman(res.StoredBytes), time.Duration(res.Seconds*float64(time.Second)).Round(time.Millisecond))
+		if commands != nil {
+			line += "; " + lvmCost(commands())
+		}
 		if len(res.Pruned) > 0 {
 			line += "; pruned " + strings.Join(res.Pruned, " ")
 		}
@@ -444,7 +459,7 @@ func backupFile(ctx context.Context, e *env, s catalog.Repository, name string, 
 	return res, nil
 }
 
-func backupLVM(ctx context.Context, e *env, s catalog.Repository, name string, origin *lvmthin.LV, o backupOptions) (_ *backupResult, err error) {
+func backupLVM(ctx context.Context, e *env, s catalog.Repository, name string, rep *lvmthin.Report, origin *lvmthin.LV, o backupOptions) (_ *backupResult, err error) {
 	v, newVol, err := volumeFor(s, catalog.Volume{Name: name, UUID: origin.UUID, Kind: catalog.KindLVMThin, Source: origin.FullName().String(), BlockSize: thinBlockSize(origin.ChunkSize)})
 	if err != nil {
 		return nil, err
@@ -455,7 +470,7 @@ func backupLVM(ctx context.Context, e *env, s catalog.Repository, name string, o
 	res := &backupResult{Volume: name, Kind: "full"}
 
 	// The base: the newest recorded snapshot whose LV is still on the pool.
-	existing, err := lvmthin.Snapshots(ctx, origin.FullName())
+	existing, err := rep.Snapshots(origin.FullName())
 	if err != nil {
 		return nil, err
 	}
@@ -471,7 +486,8 @@ func backupLVM(ctx context.Context, e *env, s catalog.Repository, name string, o
 	if err := runHook(ctx, e, "pre", o.pre, vars); err != nil {
 		return nil, err
 	}
-	snap, err := lvmthin.CreateSnapshot(ctx, origin.FullName(), lvName, lvmthin.SnapshotOptions{ReadOnly: true})
+	// Created active, for the delta to read: no lvchange -ay.
+	snap, err := lvmthin.CreateSnapshotOf(ctx, origin, lvName, lvmthin.SnapshotOptions{ReadOnly: true, Activate: true})
 	if postErr := runHook(context.WithoutCancel(ctx), e, "post", o.post, vars); postErr != nil && err == nil {
 		err = fmt.Errorf("%w (the snapshot %s/%s was taken)", postErr, origin.VG, lvName)
 		if snap != nil {
@@ -487,6 +503,16 @@ func backupLVM(ctx context.Context, e *env, s catalog.Repository, name string, o
 		if !recorded && err != nil {
 			// Not in the store: it must not become the next base.
 			err = removeUnrecorded(ctx, snap, err)
+		}
+	}()
+	// Left inactive, as LVM leaves a new thin snapshot, once the delta is
+	// closed (deferred calls run in reverse: this after d.Close).
+	defer func() {
+		if !recorded || res == nil {
+			return
+		}
+		if derr := lvmthin.Deactivate(context.WithoutCancel(ctx), snap.FullName()); derr != nil {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("the backup is stored, but its snapshot %s could not be deactivated: %v", snap.FullName(), derr))
 		}
 	}()
 
@@ -532,7 +558,7 @@ func backupLVM(ctx context.Context, e *env, s catalog.Repository, name string, o
 // failed (err): it is in no store, so it must not stay on the pool. A
 // failed removal is added to err, with what to do.
 func removeUnrecorded(ctx context.Context, snap *lvmthin.LV, err error) error {
-	if rerr := lvmthin.RemoveSnapshot(context.WithoutCancel(ctx), snap.FullName()); rerr != nil {
+	if rerr := lvmthin.RemoveSnapshotLV(context.WithoutCancel(ctx), snap); rerr != nil {
 		return fmt.Errorf("%w\nand the snapshot %s, which is in no store, could not be removed: %v; remove it with lvremove %s",
 			err, snap.FullName(), rerr, snap.FullName())
 	}

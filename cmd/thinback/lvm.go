@@ -88,43 +88,60 @@ func thinHeader(snap, base, origin *lvmthin.LV) *archive.Header {
 	return h
 }
 
-// lookupThin finds an LV by any spelling users type.
-func lookupThin(ctx context.Context, spelling string) (*lvmthin.LV, error) {
+// lookupThin finds an LV by any spelling users type, with one lvs of its
+// volume group; the report is returned too, for the run's other questions.
+// rep, when not nil, is a report the run already has, used when it is of
+// the same volume group.
+func lookupThin(ctx context.Context, spelling string, rep *lvmthin.Report) (*lvmthin.LV, *lvmthin.Report, error) {
 	n, err := lvmthin.ParseName(spelling)
 	if err != nil {
-		return nil, usageError{msg: err.Error()}
+		return nil, nil, usageError{msg: err.Error()}
 	}
-	return lvmthin.Lookup(ctx, n)
+	if rep == nil || rep.VG != n.VG {
+		if rep, err = lvmthin.ListVG(ctx, n.VG); err != nil {
+			return nil, nil, err
+		}
+	}
+	lv, err := rep.Lookup(n)
+	return lv, rep, err
 }
 
-// originOf returns the origin of a thin snapshot, or nil when it is gone.
-func originOf(ctx context.Context, snap *lvmthin.LV) (*lvmthin.LV, error) {
+// originOf returns the origin of a thin snapshot from the run's report of
+// its volume group, or nil when it is gone.
+func originOf(rep *lvmthin.Report, snap *lvmthin.LV) (*lvmthin.LV, error) {
 	if snap.Origin == "" {
 		return nil, nil
 	}
-	o, err := lvmthin.Lookup(ctx, lvmthin.Name{VG: snap.VG, LV: snap.Origin})
+	o, err := rep.Lookup(lvmthin.Name{VG: snap.VG, LV: snap.Origin})
 	if errors.Is(err, lvmthin.ErrNotFound) {
 		return nil, nil
 	}
 	return o, err
 }
 
+// lvmCost says what a run spent in LVM and device-mapper commands, for the
+// summary lines.
+func lvmCost(cs lvmthin.CommandStats) string {
+	return fmt.Sprintf("%d LVM and %d dmsetup commands in %s", cs.LVM, cs.DMSetup, cs.LVMTime.Round(time.Millisecond))
+}
+
 func runSendLVM(ctx context.Context, e *env, o sendOptions, spelling, baseSpelling string) error {
-	snap, err := lookupThin(ctx, spelling)
+	ctx, commands := lvmthin.CountCommands(ctx)
+	snap, rep, err := lookupThin(ctx, spelling, nil)
 	if err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
 	var base *lvmthin.LV
 	if baseSpelling != "" {
-		if base, err = lookupThin(ctx, baseSpelling); err != nil {
+		if base, _, err = lookupThin(ctx, baseSpelling, rep); err != nil {
 			return fmt.Errorf("send: base: %w", err)
 		}
 	}
 	if k := snap.Kind(); k == lvmthin.KindClassicSnapshot || k == lvmthin.KindThick {
 		// A thick LV itself is refused there, with what to snapshot.
-		return runSendClassic(ctx, e, o, snap, base)
+		return runSendClassic(ctx, e, o, rep, snap, base)
 	}
-	origin, err := originOf(ctx, snap)
+	origin, err := originOf(rep, snap)
 	if err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
@@ -144,7 +161,7 @@ func runSendLVM(ctx context.Context, e *env, o sendOptions, spelling, baseSpelli
 		return fmt.Errorf("send: %w", err)
 	}
 	if !o.quiet {
-		sayf(e.stderr, "%s (%s)", sendSummary(h, st), discoverySummary(d.Stats()))
+		sayf(e.stderr, "%s (%s; %s)", sendSummary(h, st), discoverySummary(d.Stats()), lvmCost(commands()))
 	}
 	return nil
 }

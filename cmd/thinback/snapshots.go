@@ -77,12 +77,13 @@ func newestBase(s catalog.Repository, name string, existing []*lvmthin.LV, where
 // removeOlderSnapshots removes thinback's snapshots of origin other than
 // keep, once keep's backup is durable in the store: the next incremental
 // needs only keep. Snapshots thinback did not make are never touched. It
-// returns a warning for each one it could not remove.
+// returns a warning for each one it could not remove. existing are this
+// run's records, so no lvs is run again (RemoveSnapshotLV).
 func removeOlderSnapshots(ctx context.Context, origin *lvmthin.LV, existing []*lvmthin.LV, keep *lvmthin.LV) []string {
 	var warnings []string
 	for _, lv := range existing {
 		if isOurSnapshot(lv, origin) && lv.UUID != keep.UUID {
-			if err := lvmthin.RemoveSnapshot(ctx, lv.FullName()); err != nil {
+			if err := lvmthin.RemoveSnapshotLV(ctx, lv); err != nil {
 				warnings = append(warnings, fmt.Sprintf("the backup is stored, but the old snapshot %s could not be removed (the next backup tries again; or lvremove it): %v", lv.FullName(), err))
 			}
 		}
