@@ -10,6 +10,8 @@ import (
 // TestGuest runs this package's TestKernel* tests against a real kernel in
 // a User-Mode Linux guest (see lvmtest.RunGuest). THINBACK_GUEST_RUN
 // narrows them (a -test.run pattern); THINBACK_SEED replays random choices.
+// The timeout leaves room for TestKernelNativeRounds' hundreds of rounds
+// on a loaded machine (about 7 minutes of the guest's time there).
 func TestGuest(t *testing.T) {
-	lvmtest.RunGuest(t, "..", lvmtest.Options{Pattern: "^TestKernel", Timeout: 12 * time.Minute})
+	lvmtest.RunGuest(t, "..", lvmtest.Options{Pattern: "^TestKernel", Timeout: 25 * time.Minute})
 }
