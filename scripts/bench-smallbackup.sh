@@ -20,7 +20,7 @@
 #
 # Usage: THIN_SEND_RECV=PATH scripts/bench-smallbackup.sh
 #   THIN_SEND_RECV: a thin_send_recv binary built from
-#        https://github.com/LINBIT/thin-send-recv (make CFLAGS="-O2 -Wall";
+#        https://github.com/LINBIT/thin-send-recv (make EXTRA_CFLAGS=-O2;
 #        needs flex)
 #   env: REPS=5 CHANGE_MIB=10
 # Needs root, user-mode-linux, lvm2, thin-provisioning-tools, zstd and Go.
