@@ -72,7 +72,7 @@ thinback_round() {
 tsr_round() {
 	local t0 t1
 	t0=$(now)
-	lvcreate -q -s -n "tsr$1" vgsb/vol >/dev/null
+	lvcreate -q -s -n "tsr$1" vgsb/vol >/dev/null 2>&1
 	"$ts" "vgsb/tsr$(($1 - 1))" "vgsb/tsr$1" | zstd -q -1 -T0 >"$dir/tsr.zst"
 	t1=$(now)
 	echo "tsr $(ms "$t0" "$t1") ms ($(stat -c %s "$dir/tsr.zst") bytes)"
@@ -86,11 +86,11 @@ one() { # round $1: thinback first on odd rounds, tsr first on even ones
 	fi
 }
 
-mkpool -s 8G -p 6G vgsb >/dev/null
-lvcreate -q -V 16G -T vgsb/pool -n vol >/dev/null
+mkpool -s 8G -p 6G vgsb >/dev/null 2>&1
+lvcreate -q -V 16G -T vgsb/pool -n vol >/dev/null 2>&1
 dd if=/dev/urandom of=/dev/vgsb/vol bs=4M count=512 oflag=direct status=none
 "$tb" backup vgsb/vol --store "$store" --quiet
-lvcreate -q -s -n tsr0 vgsb/vol >/dev/null
+lvcreate -q -s -n tsr0 vgsb/vol >/dev/null 2>&1
 echo "== $mib MiB changed (random 64 KiB writes), $reps rounds"
 i=1
 while [ $i -le "$reps" ]; do
@@ -114,7 +114,7 @@ export CMDLOG=$dir/tb.log
 PATH=$dir/wrap:$PATH "$tb" backup vgsb/vol --store "$store" --quiet
 echo "thinback backup: $(wc -l <"$CMDLOG") commands: $(sort "$CMDLOG" | uniq -c | awk '{printf "%s %s×%s", (NR > 1 ? "," : ""), $2, $1}')"
 export CMDLOG=$dir/tsr.log
-PATH=$dir/wrap:$PATH lvcreate -q -s -n "tsr$i" vgsb/vol >/dev/null
+PATH=$dir/wrap:$PATH lvcreate -q -s -n "tsr$i" vgsb/vol >/dev/null 2>&1
 PATH=$dir/wrap:$PATH "$ts" "vgsb/tsr$((i - 1))" "vgsb/tsr$i" | zstd -q -1 -T0 >"$dir/tsr.zst"
 echo "lvcreate + thin_send: $(wc -l <"$CMDLOG") commands: $(sort "$CMDLOG" | uniq -c | awk '{printf "%s %s×%s", (NR > 1 ? "," : ""), $2, $1}')"
 vgremove -q -f vgsb >/dev/null 2>&1
