@@ -17,6 +17,12 @@
 // with errors.Is. LV.Kind says what an LV is (thin volume or snapshot, thin
 // pool, thick volume, classic snapshot).
 //
+// LVM's commands are most of a small backup's fixed cost, so a caller that
+// needs several LVs of a volume group reads it once (ListVG, a Report) and
+// passes the records on: CreateSnapshotOf, RemoveSnapshotLV and OpenDelta
+// (which trusts an active Snap) run no lvs of their own. CountCommands
+// counts the commands run under a context, and their time.
+//
 // OpenDelta ties it together: given a thin snapshot (and an older one as the
 // base of an incremental) it returns an archive.Source whose extents come
 // from the pool's metadata snapshot, and whose data is read, with O_DIRECT,
