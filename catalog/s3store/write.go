@@ -111,25 +111,9 @@ func (s *Store) writeNew(volume string, vol *catalog.Volume, id string, write fu
 	at("write:journal")
 	ctx, stop := vl.writeContext()
 	defer stop()
-	w := &pieceWriter{s: s, ctx: ctx, file: file, piece: s.meta.PieceSize, n: 1}
-	fail := func(err error) (catalog.Snapshot, error) {
-		if aerr := w.Abort(); aerr != nil {
-			return catalog.Snapshot{}, fmt.Errorf("%w (and removing what was uploaded failed: %v; the volume's next writer removes it)", err, aerr)
-		}
-		s.dropJournal(journal)
-		return catalog.Snapshot{}, err
-	}
-	rec, err := write(w)
+	rec, w, fail, err := s.upload(ctx, journal, file, volume, id, write)
 	if err != nil {
-		// An error of the upload itself (a full bucket, a lost lock) wins
-		// over how the callback wrapped it: it is what to act on.
-		if w.err != nil && !errors.Is(err, w.err) {
-			err = fmt.Errorf("%w (%v)", w.err, err)
-		}
-		return fail(err)
-	}
-	if err := catalog.CheckWritten(volume, id, rec); err != nil {
-		return fail(err)
+		return catalog.Snapshot{}, err
 	}
 	rec.Seq, rec.File, rec.FileSize = seq, file, w.size
 	if rec.Created.IsZero() {
@@ -256,23 +240,9 @@ func (s *Store) ReplaceDelta(volume, id string, remove []string, write func(io.W
 	}
 	ctx, stop := vl.writeContext()
 	defer stop()
-	w := &pieceWriter{s: s, ctx: ctx, file: file, piece: s.meta.PieceSize, n: 1}
-	fail := func(err error) (catalog.Snapshot, error) {
-		if aerr := w.Abort(); aerr != nil {
-			return catalog.Snapshot{}, fmt.Errorf("%w (and removing what was uploaded failed: %v; the volume's next writer removes it)", err, aerr)
-		}
-		s.dropJournal(journal)
-		return catalog.Snapshot{}, err
-	}
-	rec, err := write(w)
+	rec, w, fail, err := s.upload(ctx, journal, file, volume, id, write)
 	if err != nil {
-		if w.err != nil && !errors.Is(err, w.err) {
-			err = fmt.Errorf("%w (%v)", w.err, err)
-		}
-		return fail(err)
-	}
-	if err := catalog.CheckWritten(volume, id, rec); err != nil {
-		return fail(err)
+		return catalog.Snapshot{}, err
 	}
 	rec.File, rec.FileSize = file, w.size
 	var removed []catalog.Snapshot
@@ -434,6 +404,37 @@ func (vl *volLock) stillHeld() error {
 			vl.s.loc, vl.volume, (vl.s.opts.LockTTL - left).Round(time.Second), left.Round(time.Second), s3.ErrNotHolder)
 	}
 	return nil
+}
+
+// upload streams the delta that write produces as file (named by
+// journal) and checks the record write returns. fail removes what was
+// uploaded and the journal and returns its error: the caller sends every
+// later failure of its commit through it too. When upload returns an
+// error, it has already gone through fail.
+func (s *Store) upload(ctx context.Context, journal, file, volume, id string, write func(io.Writer) (catalog.Snapshot, error)) (
+	rec catalog.Snapshot, w *pieceWriter, fail func(error) (catalog.Snapshot, error), err error) {
+	w = &pieceWriter{s: s, ctx: ctx, file: file, piece: s.meta.PieceSize, n: 1}
+	fail = func(err error) (catalog.Snapshot, error) {
+		if aerr := w.Abort(); aerr != nil {
+			return catalog.Snapshot{}, fmt.Errorf("%w (and removing what was uploaded failed: %v; the volume's next writer removes it)", err, aerr)
+		}
+		s.dropJournal(journal)
+		return catalog.Snapshot{}, err
+	}
+	if rec, err = write(w); err != nil {
+		// An error of the upload itself (a full bucket, a lost lock) wins
+		// over how the callback wrapped it: it is what to act on.
+		if w.err != nil && !errors.Is(err, w.err) {
+			err = fmt.Errorf("%w (%v)", w.err, err)
+		}
+		_, err = fail(err)
+		return catalog.Snapshot{}, nil, nil, err
+	}
+	if err = catalog.CheckWritten(volume, id, rec); err != nil {
+		_, err = fail(err)
+		return catalog.Snapshot{}, nil, nil, err
+	}
+	return rec, w, fail, nil
 }
 
 // writeJournal writes a journal naming files for the volume's next
