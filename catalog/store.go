@@ -203,6 +203,13 @@ func (s *Store) Files() ([]DeltaFile, error) {
 			})
 		}
 	}
+	SortDeltaFiles(files)
+	return files, nil
+}
+
+// SortDeltaFiles puts files in the order every store lists them: by
+// volume, then sequence number, snapshot ID and generation.
+func SortDeltaFiles(files []DeltaFile) {
 	sort.Slice(files, func(i, j int) bool {
 		a, b := &files[i], &files[j]
 		if a.Volume != b.Volume {
@@ -216,7 +223,6 @@ func (s *Store) Files() ([]DeltaFile, error) {
 		}
 		return a.Gen < b.Gen
 	})
-	return files, nil
 }
 
 // listVolumeFiles returns every non-directory entry under volumes/,

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sort"
 	"strings"
 
 	"github.com/thinback/thinback/catalog"
@@ -45,19 +44,7 @@ func (s *Store) Files() ([]catalog.DeltaFile, error) {
 			files = append(files, g.f)
 		}
 	}
-	sort.Slice(files, func(i, j int) bool {
-		a, b := &files[i], &files[j]
-		if a.Volume != b.Volume {
-			return a.Volume < b.Volume
-		}
-		if a.Seq != b.Seq {
-			return a.Seq < b.Seq
-		}
-		if a.ID != b.ID {
-			return a.ID < b.ID
-		}
-		return a.Gen < b.Gen
-	})
+	catalog.SortDeltaFiles(files)
 	return files, nil
 }
 
