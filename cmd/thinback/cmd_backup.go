@@ -288,33 +288,31 @@ func volumeFor(s catalog.Repository, want catalog.Volume) (catalog.Volume, *cata
 }
 
 // chainDigests opens the per-block digests of snapshot rec's chain, from
-// the store's files, for a backup that compares a volume's blocks with
-// them. The returned function closes the files.
+// the store's files (each checked against its record: openChain), for a
+// backup that compares a volume's blocks with them. The returned function
+// closes the files.
 func chainDigests(s catalog.Repository, rec catalog.Snapshot, blockSize int64) (*archive.ChainDigests, func(), error) {
 	var chain []catalog.Snapshot
+	var vol catalog.Volume
 	err := s.View(func(tx *catalog.Tx) error {
 		var err error
+		if vol, err = tx.Volume(rec.Volume); err != nil {
+			return err
+		}
 		chain, err = tx.Chain(rec.ID)
 		return err
 	})
 	if err != nil {
 		return nil, nil, err
 	}
-	var files []catalog.DeltaReader
-	closeAll := func() {
-		for _, f := range files {
-			f.Close()
-		}
+	files, err := openChain(s.OpenDelta, s.String(), vol, chain)
+	if err != nil {
+		return nil, nil, err
 	}
+	closeAll := func() { closeDeltas(files) }
 	var inputs []archive.ChainInput
-	for _, sn := range chain {
-		cf, err := s.OpenDelta(sn.File)
-		if err != nil {
-			closeAll()
-			return nil, nil, err
-		}
-		files = append(files, cf)
-		inputs = append(inputs, archive.ChainInput{Name: cf.Name(), File: cf})
+	for _, f := range files {
+		inputs = append(inputs, archive.ChainInput{Name: f.Name(), File: f})
 	}
 	prev, err := archive.OpenChainDigests(inputs)
 	if err == nil && prev.BlockSize() != blockSize {
@@ -426,7 +424,9 @@ func backupFile(ctx context.Context, e *env, s catalog.Repository, name string, 
 		if h.Parent, err = parentSnapshot(latest); err != nil {
 			return nil, err
 		}
-		h.ParentSize = latest.VolumeSize
+		// The parent's size as its file says (openChain checked the record
+		// against it).
+		h.ParentSize = prev.Header().VolumeSize
 		ds, err = archive.NewDigestSource(f, size, v.BlockSize, prev, archive.DigestSourceOptions{Progress: prog.Add})
 		if err != nil {
 			return nil, err

@@ -135,9 +135,6 @@ func runCat(ctx context.Context, e *env, o catOptions) error {
 	if err != nil {
 		return fmt.Errorf("cat: %w", err)
 	}
-	if err := pit.check(c.Header()); err != nil {
-		return fmt.Errorf("cat: %w", err)
-	}
 	if first := c.Files()[0]; !first.Header.IsFull() {
 		return fmt.Errorf("cat: %s is not a full: %w; run thinback verify", first.Name, archive.ErrNotChain)
 	}

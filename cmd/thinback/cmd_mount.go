@@ -510,9 +510,6 @@ func (n *imageNode) openReader() syscall.Errno {
 		return n.m.errno("opening "+what, err)
 	}
 	r, err := archive.OpenSnapshot(n.m.ctx, pit.inputs, archive.SnapshotOptions{Log: func(msg string) { n.m.log("%s", msg) }})
-	if err == nil {
-		err = pit.check(r.Header())
-	}
 	if err == nil && r.Size() != n.snap.VolumeSize {
 		err = fmt.Errorf("the files say the volume is %d bytes, the catalog %d: %w; run thinback verify", r.Size(), n.snap.VolumeSize, catalog.ErrCorrupt)
 	}

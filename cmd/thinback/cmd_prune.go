@@ -143,8 +143,12 @@ func runPrune(ctx context.Context, e *env, dir, only string, r catalog.Retention
 // no kept snapshot descends from are removed newest first.
 func pruneVolume(ctx context.Context, s catalog.Repository, name string, policy catalog.Retention, dryRun bool, level archive.Level) (*pruneResult, error) {
 	var snaps []catalog.Snapshot
+	var vol catalog.Volume
 	if err := s.View(func(tx *catalog.Tx) error {
 		var err error
+		if vol, err = tx.Volume(name); err != nil {
+			return err
+		}
 		snaps, err = tx.Snapshots(name)
 		return err
 	}); err != nil {
@@ -190,7 +194,7 @@ func pruneVolume(ctx context.Context, s catalog.Repository, name string, policy 
 		if err := ctx.Err(); err != nil {
 			return res, err
 		}
-		if err := mergeInto(ctx, s, st.kept, st.run, level); err != nil {
+		if err := mergeInto(ctx, s, vol, st.kept, st.run, level); err != nil {
 			return res, fmt.Errorf("merging %d snapshot(s) into #%d of %s: %w", len(st.run), st.kept.Seq, name, err)
 		}
 		res.Rewritten = append(res.Rewritten, fmt.Sprintf("#%d", st.kept.Seq))
@@ -208,21 +212,23 @@ func pruneVolume(ctx context.Context, s catalog.Repository, name string, policy 
 
 // mergeInto rewrites kept's delta file as the merge of run (its removed
 // ancestors, oldest first) and its own, and removes run, atomically.
-func mergeInto(ctx context.Context, s catalog.Repository, kept catalog.Snapshot, run []catalog.Snapshot, level archive.Level) error {
+func mergeInto(ctx context.Context, s catalog.Repository, vol catalog.Volume, kept catalog.Snapshot, run []catalog.Snapshot, level archive.Level) error {
+	// A file that is not the one its record describes would be merged
+	// into the kept snapshot's new file for good.
+	files, err := openChain(s.OpenDelta, s.String(), vol, append(append([]catalog.Snapshot(nil), run...), kept))
+	if err != nil {
+		return err
+	}
+	defer closeDeltas(files)
 	var inputs []restore.Input
-	for _, sn := range append(append([]catalog.Snapshot(nil), run...), kept) {
-		f, err := s.OpenDelta(sn.File)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
+	for _, f := range files {
 		inputs = append(inputs, restore.Input{Name: f.Name(), R: f})
 	}
 	var ids []string
 	for _, sn := range run {
 		ids = append(ids, sn.ID)
 	}
-	_, err := s.ReplaceDelta(kept.Volume, kept.ID, ids, func(w io.Writer) (catalog.Snapshot, error) {
+	_, err = s.ReplaceDelta(kept.Volume, kept.ID, ids, func(w io.Writer) (catalog.Snapshot, error) {
 		// Two workers at most: prune runs beside backups, and memory grows
 		// with workers times the files merged.
 		h, tr, err := restore.Merge(ctx, w, inputs, restore.MergeOptions{Tool: toolName(), Workers: 2, Level: level})

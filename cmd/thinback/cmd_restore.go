@@ -76,9 +76,13 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 	}
 	defer closeStore(e, s)
 	var chain []catalog.Snapshot
+	var vol catalog.Volume
 	err = s.View(func(tx *catalog.Tx) error {
 		snap, err := selectSnapshot(tx, o.volume, o.at, o.snapshot)
 		if err != nil {
+			return err
+		}
+		if vol, err = tx.Volume(snap.Volume); err != nil {
 			return err
 		}
 		chain, err = tx.Chain(snap.ID)
@@ -87,6 +91,14 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
+	// Every file of the chain is the one its record describes before the
+	// target or its state is touched: one that is not (another volume's,
+	// another snapshot's) would be written there and recorded as restored.
+	files, err := openChain(s.OpenDelta, s.String(), vol, chain)
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	defer closeDeltas(files)
 
 	// The store holds every file of the chain and the catalog.
 	t, err := openTarget(ctx, o.apply.target, append(o.apply.guards(), storeGuards(s, chain)...))
@@ -144,12 +156,8 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 	}
 	var inputs []restore.Input
 	var names []string
-	for _, sn := range chain[from:] {
-		f, err := s.OpenDelta(sn.File)
-		if err != nil {
-			return fmt.Errorf("restore: snapshot %s of %s: %w (run thinback verify)", sn.ID, o.volume, err)
-		}
-		defer f.Close()
+	for i, sn := range chain[from:] {
+		f := files[from+i]
 		inputs = append(inputs, restore.Input{Name: f.Name(), R: f})
 		names = append(names, fmt.Sprintf("#%d", sn.Seq))
 	}

@@ -155,11 +155,6 @@ func (x *storeExports) Open(name string) (nbdExport, error) {
 		return nil, err
 	}
 	r, err := archive.OpenSnapshot(context.Background(), pit.inputs, archive.SnapshotOptions{Log: func(msg string) { x.logf("%s", msg) }})
-	if err == nil {
-		if err = pit.check(r.Header()); err != nil {
-			r.Close()
-		}
-	}
 	if err != nil {
 		pit.Close()
 		err = x.s.damaged(err)

@@ -20,7 +20,7 @@ const (
 	exitOK          = 0
 	exitError       = 1  // anything not listed below
 	exitUsage       = 2  // bad command line
-	exitCorrupt     = 3  // a delta file is damaged, truncated or not a delta file
+	exitCorrupt     = 3  // a delta file is damaged, truncated, not a delta file, or not the one the catalog records
 	exitVersion     = 4  // a delta file needs a newer thinback
 	exitChain       = 5  // wrong base / not a chain / other volume / interrupted apply / modified target
 	exitTarget      = 6  // target too small, read-only, busy or not a file/device
@@ -38,7 +38,9 @@ const exitCodesHelp = `EXIT CODES:
    0    success
    1    error not listed below (I/O error, missing file...)
    2    bad command line
-   3    a delta file is damaged, truncated or not a delta file
+   3    a delta file is damaged, truncated or not a delta file, or a
+        store's file is not the one its catalog records (another
+        snapshot's or volume's): nothing was read from it or written
    4    a delta file needs a newer thinback
    5    the files do not apply to the target: wrong base snapshot, not a
         chain, another volume, an earlier apply was interrupted, or the
@@ -94,6 +96,9 @@ var exitCodes = []struct {
 	{archive.ErrHeader, exitCorrupt},
 	{archive.ErrTrailingData, exitCorrupt},
 	{archive.ErrWriteOrder, exitError}, // a bug of the writer's caller, not of any input
+	// The store holds another file than its catalog names: damaged as a
+	// store, whatever the target (5 is about the target).
+	{errNotRecorded, exitCorrupt},
 
 	// LVM.
 	{lvmthin.ErrMetadataSnapBusy, exitMetaSnap},

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand"
 	"net/http"
 	"os"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/rogpeppe/go-internal/testscript"
+	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3/s3test"
 )
 
@@ -57,6 +59,45 @@ func runStoreScripts(t *testing.T, srv *s3test.Server) {
 			ts.Check(cl.RemoveObject(context.Background(), srv.Bucket, oi.Key, minio.RemoveObjectOptions{}))
 		}
 		ts.Check(os.RemoveAll(ts.Getenv("THINBACK_CACHE")))
+	}
+	// putdelta FROMVOL FROMSEQ TOVOL TOSEQ: put the bytes of the delta
+	// file of FROMVOL's snapshot #FROMSEQ in place of those of TOVOL's
+	// #TOSEQ, under TOVOL's file's name, as a careless copy or a hostile
+	// store would; the catalog is left as it is.
+	cmds["putdelta"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		if neg || len(args) != 4 {
+			ts.Fatalf("usage: putdelta FROMVOL FROMSEQ TOVOL TOSEQ")
+		}
+		if srv == nil {
+			find := func(vol, seq string) string {
+				m, err := filepath.Glob(filepath.Join(ts.Getenv("STORE"), "volumes", catalog.DirName(vol), fmt.Sprintf("%08d-*.tbk", atoi(ts, seq))))
+				ts.Check(err)
+				if len(m) != 1 {
+					ts.Fatalf("%s #%s: files %q", vol, seq, m)
+				}
+				return m[0]
+			}
+			b, err := os.ReadFile(find(args[0], args[1]))
+			ts.Check(err)
+			ts.Check(os.WriteFile(find(args[2], args[3]), b, 0o600))
+			return
+		}
+		cl, ctx := srv.Client(), context.Background()
+		find := func(vol, seq string) string {
+			var keys []string
+			prefix := ts.Getenv("S3PREFIX") + "/volumes/" + catalog.DirName(vol) + "/" + fmt.Sprintf("%08d-", atoi(ts, seq))
+			for oi := range cl.ListObjects(ctx, srv.Bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
+				ts.Check(oi.Err)
+				keys = append(keys, oi.Key)
+			}
+			if len(keys) != 1 {
+				ts.Fatalf("%s #%s: objects %q", vol, seq, keys)
+			}
+			return keys[0]
+		}
+		_, err := cl.CopyObject(ctx, minio.CopyDestOptions{Bucket: srv.Bucket, Object: find(args[2], args[3])},
+			minio.CopySrcOptions{Bucket: srv.Bucket, Object: find(args[0], args[1])})
+		ts.Check(err)
 	}
 	testscript.Run(t, testscript.Params{
 		Dir: "../../testdata/store-script",

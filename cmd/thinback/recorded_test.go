@@ -1,0 +1,172 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/thinback/thinback/catalog"
+)
+
+// recordedStore is a local store of two volumes: disk.img with three
+// snapshots and other.img with one, each image written by the test
+// (deterministic bytes, no randomness).
+type recordedStore struct {
+	dir, store string
+	disk       [][]byte // disk.img at each snapshot
+}
+
+func newRecordedStore(t *testing.T) *recordedStore {
+	t.Helper()
+	rs := &recordedStore{dir: t.TempDir()}
+	rs.store = filepath.Join(rs.dir, "store")
+	thinback(t, rs.dir, "", "init", "--store", rs.store).want(t, 0, "init")
+	img := bytes.Repeat([]byte("the first state of disk.img\n"), 1<<20/28+1)[:1<<20]
+	for i := 0; i < 3; i++ {
+		copy(img[i*200000:], bytes.Repeat([]byte(fmt.Sprintf("snapshot %d changed this\n", i+1)), 4000))
+		rs.write(t, "disk.img", img)
+		thinback(t, rs.dir, "", "backup", "--store", rs.store, "--file", "disk.img").want(t, 0, "backup of disk.img")
+		rs.disk = append(rs.disk, append([]byte(nil), img...))
+	}
+	rs.write(t, "other.img", bytes.Repeat([]byte("other.img is another volume\n"), 1<<20/28+1)[:1<<20])
+	thinback(t, rs.dir, "", "backup", "--store", rs.store, "--file", "other.img").want(t, 0, "backup of other.img")
+	return rs
+}
+
+func (rs *recordedStore) write(t *testing.T, name string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(rs.dir, name), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// file is the path of volume's snapshot #seq's delta file.
+func (rs *recordedStore) file(t *testing.T, volume string, seq int) string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(rs.store, "volumes", catalog.DirName(volume), fmt.Sprintf("%08d-*.tbk", seq)))
+	if err != nil || len(m) != 1 {
+		t.Fatalf("the file of %s #%d: %q, %v", volume, seq, m, err)
+	}
+	return m[0]
+}
+
+// put puts the bytes of one snapshot's file in place of another's.
+func (rs *recordedStore) put(t *testing.T, fromVol string, fromSeq int, toVol string, toSeq int) {
+	t.Helper()
+	b, err := os.ReadFile(rs.file(t, fromVol, fromSeq))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(rs.file(t, toVol, toSeq), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A delta file that is not the one the catalog records is refused with
+// exit code 3 by restore, cat and verify --device, and by the reader
+// mount and serve open, whichever file of the chain it is; nothing is
+// written and the state file is unchanged.
+func TestNotRecordedFileRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		from     string
+		fromSeq  int
+		to, what int // the snapshot replaced, and the one read
+	}{
+		// Before, restore wrote other.img's data here, said "restored"
+		// and recorded it in the state file.
+		{"another volume's full as the full read alone", "other.img", 1, 1, 1},
+		{"another volume's full as the full", "other.img", 1, 1, 2},
+		{"another volume's full as the newest", "other.img", 1, 2, 2},
+		{"a later snapshot's file as the newest", "disk.img", 3, 2, 2},
+		{"an earlier snapshot's file as the newest", "disk.img", 1, 3, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rs := newRecordedStore(t)
+			// A target that holds #1, as the state file says.
+			thinback(t, rs.dir, "", "restore", "disk.img", "--store", rs.store, "--snapshot", "1", "--to", "target.img").want(t, 0, "restore of #1")
+			state := filepath.Join(rs.dir, "state.db")
+			stateBefore, err := os.ReadFile(state)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rs.put(t, tc.from, tc.fromSeq, "disk.img", tc.to)
+			snap := fmt.Sprint(tc.what)
+			wantRefused := func(r result, what string) {
+				t.Helper()
+				r.want(t, exitCorrupt, what)
+				if !strings.Contains(r.stderr, fmt.Sprintf("is not the delta file the catalog records for disk.img #%d", tc.to)) ||
+					!strings.Contains(r.stderr, "thinback verify --store") {
+					t.Errorf("%s: the message does not name the file, the snapshot and what to do:\n%s", what, r.stderr)
+				}
+			}
+
+			wantRefused(thinback(t, rs.dir, "", "restore", "disk.img", "--store", rs.store, "--snapshot", snap, "--to", "new.img"), "restore to a new file")
+			if _, err := os.Stat(filepath.Join(rs.dir, "new.img")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("restore refused, but new.img: %v", err)
+			}
+			wantRefused(thinback(t, rs.dir, "", "restore", "disk.img", "--store", rs.store, "--snapshot", snap, "--to", "target.img"), "restore onto the target")
+			if got, err := os.ReadFile(filepath.Join(rs.dir, "target.img")); err != nil || !bytes.Equal(got, rs.disk[0]) {
+				t.Errorf("restore refused, but the target changed (%v)", err)
+			}
+			if got, err := os.ReadFile(state); err != nil || !bytes.Equal(got, stateBefore) {
+				t.Errorf("restore refused, but the state file changed (%v)", err)
+			}
+
+			wantRefused(thinback(t, rs.dir, "", "cat", "disk.img", "--store", rs.store, "--snapshot", snap, "-o", "cat.img"), "cat")
+			if _, err := os.Stat(filepath.Join(rs.dir, "cat.img")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("cat refused, but cat.img: %v", err)
+			}
+			rs.write(t, "want.img", rs.disk[tc.what-1])
+			wantRefused(thinback(t, rs.dir, "", "verify", "disk.img", "--store", rs.store, "--snapshot", snap, "--device", "want.img"), "verify --device")
+
+			// The reader mount opens for an image (and serve for an
+			// export, through the same openPointInTime).
+			s, err := openReadStore(rs.store)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rec catalog.Snapshot
+			if err := s.View(func(tx *catalog.Tx) error {
+				var err error
+				rec, err = findSnapshot(tx, "disk.img", snap)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if pit, err := s.openPointInTime(func(tx *catalog.Tx) (catalog.Snapshot, error) { return tx.Snapshot(rec.ID) }); !errors.Is(err, errNotRecorded) {
+				if err == nil {
+					pit.Close()
+				}
+				t.Errorf("openPointInTime: %v, want errNotRecorded", err)
+			}
+			var mu sync.Mutex
+			var logged []string
+			m := &mountFS{store: s, ctx: context.Background(), open: map[*imageNode]bool{}, log: func(format string, args ...any) {
+				mu.Lock()
+				defer mu.Unlock()
+				logged = append(logged, fmt.Sprintf(format, args...))
+			}}
+			n := &imageNode{m: m, snap: rec}
+			if errno := n.openReader(); errno != syscall.EIO {
+				if errno == 0 {
+					n.closeReader()
+				}
+				t.Errorf("the mount's image of #%d opened with errno %v, want EIO", tc.what, errno)
+			}
+			if len(logged) != 1 || !strings.Contains(logged[0], "is not the delta file the catalog records") {
+				t.Errorf("the mount logged %q", logged)
+			}
+
+			// Every other snapshot still reads.
+			thinback(t, rs.dir, "", "restore", "other.img", "--store", rs.store, "--to", "other.out").want(t, 0, "restore of other.img")
+		})
+	}
+}
