@@ -130,7 +130,15 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 	// Read the files two at a time (each on all cores): the end of one
 	// file's pipeline and the cold start of the next then overlap.
 	var snaps []catalog.Snapshot
+	vols := map[string]catalog.Volume{}
 	if err := s.View(func(tx *catalog.Tx) error {
+		vs, err := tx.Volumes()
+		if err != nil {
+			return err
+		}
+		for _, v := range vs {
+			vols[v.Name] = v
+		}
 		all, err := tx.AllSnapshots()
 		for _, sn := range all {
 			if volume == "" || sn.Volume == volume {
@@ -205,22 +213,19 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 		}
 		h, tr, err, took := r.h, r.tr, r.err, r.took
 		if err == nil {
-			switch want := fmt.Sprintf("%x", tr.Digest); {
-			case catalogID(h.Snapshot.ID) != snap.ID:
-				err = fmt.Errorf("the file holds snapshot %s, the catalog says %s", h.Snapshot.ID, snap.ID)
-			case !h.IsFull() && catalogID(h.Parent.ID) != snap.Parent || h.IsFull() && snap.Parent != "":
-				err = fmt.Errorf("the file's parent is %s, the catalog says %q", h.Parent.ID, snap.Parent)
-			case want != snap.FileDigest:
-				err = fmt.Errorf("the file's digest is %s, the catalog recorded %s", want, snap.FileDigest)
-			case !h.IsFull() && snap.ParentSize != 0 && h.ParentSize != snap.ParentSize:
-				err = fmt.Errorf("the file was made from a parent of %d bytes, the catalog says %d: %w", h.ParentSize, snap.ParentSize, catalog.ErrParentSize)
-			default:
-				// The file is what a restore reads: its parent size must be
-				// its parent's volume size, whatever an older record says.
-				if p, ok := byID[snap.Parent]; ok && !h.IsFull() && h.ParentSize != p.VolumeSize {
-					err = fmt.Errorf("the file is an incremental made from a volume of %d bytes, but its parent %s (#%d) is %d bytes: %w; "+
-						"restoring it would leave stale data", h.ParentSize, p.ID, p.Seq, p.VolumeSize, catalog.ErrParentSize)
-				}
+			// Every field of the record against the file's header and
+			// digest, as every command that opens the file checks them.
+			err = checkRecord(snap.File, snap, vols[snap.Volume], h, fmt.Sprintf("%x", tr.Digest))
+			if err == nil && snap.FileDigest == "" {
+				err = fmt.Errorf("the catalog recorded no digest of the file, whose digest is %x", tr.Digest)
+			}
+		}
+		if err == nil {
+			// The file is what a restore reads: its parent size must be
+			// its parent's volume size, whatever an older record says.
+			if p, ok := byID[snap.Parent]; ok && !h.IsFull() && h.ParentSize != p.VolumeSize {
+				err = fmt.Errorf("the file is an incremental made from a volume of %d bytes, but its parent %s (#%d) is %d bytes: %w; "+
+					"restoring it would leave stale data", h.ParentSize, p.ID, p.Seq, p.VolumeSize, catalog.ErrParentSize)
 			}
 		}
 		if err != nil {

@@ -170,3 +170,63 @@ func TestNotRecordedFileRefused(t *testing.T) {
 		})
 	}
 }
+
+// A record whose volume size disagrees with its delta file: verify
+// reports it (before, it said "no problems", and the next backup took
+// its parent size from the record, making an incremental no restore could
+// apply), restore refuses the file, the next backup takes the size from
+// the file, and catalog rebuild puts the file's size back in the record.
+func TestRecordVolumeSizeMismatch(t *testing.T) {
+	rs := newRecordedStore(t)
+	s, err := catalog.OpenStore(rs.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec catalog.Snapshot
+	if err := s.Update(func(tx *catalog.Tx) error {
+		var err error
+		if rec, err = findSnapshot(tx, "disk.img", "3"); err != nil {
+			return err
+		}
+		rec.VolumeSize = 2 << 20
+		return tx.PutSnapshot(&rec)
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	r := thinback(t, rs.dir, "", "verify", "--store", rs.store)
+	r.want(t, exitVerify, "verify of the store")
+	if !strings.Contains(r.stdout, "BAD  disk.img #3") || !strings.Contains(r.stdout, "it holds a volume of 1048576 bytes, the record says 2097152") {
+		t.Errorf("verify does not report the record of #3 against its file:\n%s", r.stdout)
+	}
+	r = thinback(t, rs.dir, "", "restore", "disk.img", "--store", rs.store, "--to", "r3.img")
+	r.want(t, exitCorrupt, "restore of #3")
+
+	// The next backup reads its base's chain from the files: it is not
+	// built on the record's size.
+	img := append([]byte(nil), rs.disk[2]...)
+	copy(img[700000:], "the fourth backup")
+	rs.write(t, "disk.img", img)
+	r = thinback(t, rs.dir, "", "backup", "--store", rs.store, "--file", "disk.img")
+	r.want(t, 0, "backup after the bad record")
+	thinback(t, rs.dir, "", "restore", "disk.img", "--store", rs.store, "--to", "r4.img").want(t, 0, "restore of #4")
+	if got, err := os.ReadFile(filepath.Join(rs.dir, "r4.img")); err != nil || !bytes.Equal(got, img) {
+		t.Errorf("#4 does not restore to what was backed up (%v)", err)
+	}
+
+	thinback(t, rs.dir, "", "catalog", "rebuild", "--store", rs.store).want(t, 0, "catalog rebuild")
+	if err := s.View(func(tx *catalog.Tx) error {
+		got, err := tx.Snapshot(rec.ID)
+		if err == nil && got.VolumeSize != 1<<20 {
+			t.Errorf("after the rebuild, #3's record says %d bytes, want 1048576", got.VolumeSize)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	thinback(t, rs.dir, "", "verify", "--store", rs.store).want(t, 0, "verify after the rebuild")
+	thinback(t, rs.dir, "", "restore", "disk.img", "--store", rs.store, "--snapshot", "3", "--to", "r3.img").want(t, 0, "restore of #3 after the rebuild")
+	if got, err := os.ReadFile(filepath.Join(rs.dir, "r3.img")); err != nil || !bytes.Equal(got, rs.disk[2]) {
+		t.Errorf("#3 does not restore after the rebuild (%v)", err)
+	}
+}
