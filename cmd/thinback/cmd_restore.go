@@ -20,7 +20,9 @@ func restoreCommand(e *env) *cli.Command {
 			"written once however long the chain. If TARGET already holds an earlier snapshot of\n" +
 			"the chain (thinback restored it), only the missing incrementals are applied.\n" +
 			"Without --at or --snapshot, the newest snapshot is restored. TARGET is overwritten\n" +
-			"as with thinback apply.",
+			"as with thinback apply. Before TARGET is opened, every delta file is compared with\n" +
+			"its catalog record (header and file digest): one that is not the file recorded\n" +
+			"(another volume's or snapshot's) is refused with exit code 3, nothing written.",
 		Flags: []cli.Flag{
 			storeFlag,
 			&cli.StringFlag{Name: "at", Usage: `the newest snapshot at or before this time ("2026-11-20 03:00", local time, or RFC 3339)`},

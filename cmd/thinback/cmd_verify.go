@@ -22,9 +22,12 @@ func verifyCommand(e *env) *cli.Command {
 		Usage:     "check every delta file's digests and the chains of a store (or given files)",
 		ArgsUsage: "[VOLUME] | FILE... | VOLUME --snapshot ID --device DEV",
 		Description: "With --store, reads every delta file of the store (or of VOLUME), decompresses it and\n" +
-			"checks every digest and that it is the file the catalog says, then checks the\n" +
-			"catalog: chains unbroken, no file missing, altered or unknown. Without --store,\n" +
-			"checks the given files. Prints one verdict per file; exits 10 on any problem.\n\n" +
+			"checks every digest and that it is the file the catalog says (its header against\n" +
+			"every field of the record: snapshot, parent, volume name, uuid and size, parent\n" +
+			"size, digest), then checks the catalog: chains unbroken, no file missing, altered\n" +
+			"or unknown (catalog rebuild repairs records out of step with their files).\n" +
+			"Without --store, checks the given files. Prints one verdict per file; exits 10 on\n" +
+			"any problem.\n\n" +
 			"With --device DEV (a block device or a file) and --snapshot or --at, proves DEV equal\n" +
 			"to that snapshot of VOLUME without its source: hashes DEV's blocks on all cores and\n" +
 			"compares them with the digests the snapshot's delta files carry. Prints the first\n" +

@@ -40,7 +40,7 @@ const exitCodesHelp = `EXIT CODES:
    2    bad command line
    3    a delta file is damaged, truncated or not a delta file, or a
         store's file is not the one its catalog records (another
-        snapshot's or volume's): nothing was read from it or written
+        snapshot's or volume's), refused before anything is written
    4    a delta file needs a newer thinback
    5    the files do not apply to the target: wrong base snapshot, not a
         chain, another volume, an earlier apply was interrupted, or the
