@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/lvmthin"
 )
 
 // recordedStore is a local store of two volumes: disk.img with three
@@ -228,5 +229,50 @@ func TestRecordVolumeSizeMismatch(t *testing.T) {
 	thinback(t, rs.dir, "", "restore", "disk.img", "--store", rs.store, "--snapshot", "3", "--to", "r3.img").want(t, 0, "restore of #3 after the rebuild")
 	if got, err := os.ReadFile(filepath.Join(rs.dir, "r3.img")); err != nil || !bytes.Equal(got, rs.disk[2]) {
 		t.Errorf("#3 does not restore after the rebuild (%v)", err)
+	}
+}
+
+// An LVM backup's base is the newest recorded snapshot whose LV exists;
+// a base whose record disagrees with its delta file (here its volume
+// size) is not used: the backup makes a full and says why, instead of an
+// incremental built on the record's sizes.
+func TestNewestBaseChecksRecord(t *testing.T) {
+	rs := newRecordedStore(t)
+	s, err := catalog.OpenStore(rs.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Records as an LVM backup leaves them: the snapshot LV's UUID.
+	setRecord := func(seq string, size int64) {
+		t.Helper()
+		if err := s.Update(func(tx *catalog.Tx) error {
+			rec, err := findSnapshot(tx, "disk.img", seq)
+			if err != nil {
+				return err
+			}
+			rec.LVUUID, rec.VolumeSize = "lv-uuid-"+seq, size
+			return tx.PutSnapshot(&rec)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	existing := []*lvmthin.LV{{VG: "vg0", Name: "disk.thinback.3", UUID: "lv-uuid-3"}}
+
+	setRecord("3", 1<<20)
+	base, rec, notes, err := newestBase(s, "disk.img", existing, "the pool")
+	if err != nil || base == nil || rec.Seq != 3 || len(notes) != 0 {
+		t.Fatalf("newestBase with #3 as recorded: %v, #%d, %q, %v; want #3's LV", base, rec.Seq, notes, err)
+	}
+
+	setRecord("3", 2<<20)
+	base, _, notes, err = newestBase(s, "disk.img", existing, "the pool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if base != nil {
+		t.Errorf("newestBase took #3 as the base though its record says 2 MiB and its file 1 MiB")
+	}
+	if len(notes) != 1 || !strings.Contains(notes[0], "making a full") || !strings.Contains(notes[0], "it holds a volume of 1048576 bytes, the record says 2097152") {
+		t.Errorf("notes %q do not say why #3 is not the base", notes)
 	}
 }

@@ -43,7 +43,10 @@ func snapshotName(origin *lvmthin.LV, existing []*lvmthin.LV, now time.Time) str
 // newest recorded snapshot whose LV is among existing (matched by UUID).
 // It returns nil when there is none (a full), and notes saying why the
 // newest backup's snapshot was not used; where names the place the
-// snapshots live ("the pool", "the volume group").
+// snapshots live ("the pool", "the volume group"). The base's record must
+// describe its file (baseFile): an incremental is made from the sizes
+// the record gives, and one made from a record out of step with its file
+// could never be restored.
 func newestBase(s catalog.Repository, name string, existing []*lvmthin.LV, where string) (*lvmthin.LV, catalog.Snapshot, []string, error) {
 	byUUID := map[string]*lvmthin.LV{}
 	for _, lv := range existing {
@@ -71,7 +74,31 @@ func newestBase(s catalog.Repository, name string, existing []*lvmthin.LV, where
 		}
 		return nil
 	})
+	if err == nil && base != nil {
+		if ferr := baseFile(s, baseRec); ferr != nil {
+			notes = append(notes, fmt.Sprintf("backup #%d cannot be the base (%v): making a full; run thinback verify", baseRec.Seq, ferr))
+			base, baseRec = nil, catalog.Snapshot{}
+		}
+	}
 	return base, baseRec, notes, err
+}
+
+// baseFile opens the delta file of rec, the base of an incremental,
+// through openChain, which checks that rec describes it.
+func baseFile(s catalog.Repository, rec catalog.Snapshot) error {
+	var vol catalog.Volume
+	if err := s.View(func(tx *catalog.Tx) error {
+		var err error
+		vol, err = tx.Volume(rec.Volume)
+		return err
+	}); err != nil {
+		return err
+	}
+	files, err := openChain(s.OpenDelta, s.String(), vol, []catalog.Snapshot{rec})
+	if err != nil {
+		return err
+	}
+	return closeDeltas(files)
 }
 
 // removeOlderSnapshots removes thinback's snapshots of origin other than
