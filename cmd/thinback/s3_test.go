@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -98,6 +99,51 @@ func runStoreScripts(t *testing.T, srv *s3test.Server) {
 		_, err := cl.CopyObject(ctx, minio.CopyDestOptions{Bucket: srv.Bucket, Object: find(args[2], args[3])},
 			minio.CopySrcOptions{Bucket: srv.Bucket, Object: find(args[0], args[1])})
 		ts.Check(err)
+	}
+	// setsize VOLUME SEQ SIZE: make the record of VOLUME's #SEQ say the
+	// volume is SIZE bytes, as a damaged or hand-edited catalog would;
+	// the delta file is left as it is.
+	cmds["setsize"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		if neg || len(args) != 3 {
+			ts.Fatalf("usage: setsize VOLUME SEQ SIZE")
+		}
+		size := atoi(ts, args[2])
+		if srv == nil {
+			s, err := catalog.OpenStore(ts.Getenv("STORE"))
+			ts.Check(err)
+			ts.Check(s.Update(func(tx *catalog.Tx) error {
+				rec, err := findSnapshot(tx, args[0], args[1])
+				if err != nil {
+					return err
+				}
+				rec.VolumeSize = size
+				return tx.PutSnapshot(&rec)
+			}))
+			return
+		}
+		// The record object, and this machine's cache of the records,
+		// which is read again from the bucket.
+		cl, ctx := srv.Client(), context.Background()
+		prefix := ts.Getenv("S3PREFIX") + "/records/" + catalog.DirName(args[0]) + "/" + fmt.Sprintf("%08d-", atoi(ts, args[1]))
+		var keys []string
+		for oi := range cl.ListObjects(ctx, srv.Bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
+			ts.Check(oi.Err)
+			keys = append(keys, oi.Key)
+		}
+		if len(keys) != 1 {
+			ts.Fatalf("the record of %s #%s: objects %q", args[0], args[1], keys)
+		}
+		o, err := cl.GetObject(ctx, srv.Bucket, keys[0], minio.GetObjectOptions{})
+		ts.Check(err)
+		var rec map[string]any
+		ts.Check(json.NewDecoder(o).Decode(&rec))
+		o.Close()
+		rec["snapshot"].(map[string]any)["volume_size"] = size
+		b, err := json.Marshal(rec)
+		ts.Check(err)
+		_, err = cl.PutObject(ctx, srv.Bucket, keys[0], bytes.NewReader(b), int64(len(b)), minio.PutObjectOptions{})
+		ts.Check(err)
+		ts.Check(os.RemoveAll(ts.Getenv("THINBACK_CACHE")))
 	}
 	testscript.Run(t, testscript.Params{
 		Dir: "../../testdata/store-script",
