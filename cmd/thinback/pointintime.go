@@ -134,6 +134,7 @@ func (s *readStore) openPointInTime(pick func(*catalog.Tx) (catalog.Snapshot, er
 		return err
 	})
 	if err != nil {
+		closeDeltas(p.files) // opened, but the transaction failed to end
 		return nil, err
 	}
 	for _, f := range p.files {
