@@ -13,9 +13,12 @@ import (
 	"time"
 )
 
-// lockDir holds one lock file per thin pool. /run/lock is a tmpfs, so the
-// files vanish at boot, when no process can hold them anyway. Tests move it.
-var lockDir = "/run/lock/thinback"
+// lockDir holds one lock file per thin pool: a directory of thinback's
+// own (see privateLockDir), not the world-writable /run/lock, where
+// another user could plant a link for root to create a file through, or
+// hold a pool's lock to stop the backups. /run is a tmpfs, so the files
+// vanish at boot, when no process can hold them anyway. Tests move it.
+var lockDir = "/run/thinback"
 
 // releaseTimeout bounds the release of a metadata snapshot, which runs on a
 // context of its own because the caller's may be cancelled already.
@@ -54,7 +57,7 @@ type MetadataSnap struct {
 // ReserveMetadataSnap reserves the pool's metadata snapshot
 // (`dmsetup message <vg>-<pool>-tpool 0 reserve_metadata_snap`).
 //
-// It first takes the pool's lock (a flock under /run/lock/thinback), so two
+// It first takes the pool's lock (a flock under /run/thinback), so two
 // thinback processes never both hold a snapshot of one pool, then checks
 // the pool's status: a pool in failure, read-only or out-of-data-space mode
 // is refused with ErrPoolFailed, ErrPoolReadOnly or ErrPoolOutOfSpace; a
@@ -251,15 +254,17 @@ func ReleaseStale(ctx context.Context, pool Name, opts ReserveOptions) (released
 
 // lockPool takes the pool's exclusive lock, waiting (polling, so that ctx
 // can interrupt it) unless noWait. The lock is an flock on a file named
-// after the pool's dm name: it dies with the process, so a killed thinback
-// never leaves it taken, and the descriptor is close-on-exec, so no child
-// keeps it.
+// after the pool's dm name, in lockDir (checked by privateLockDir, and
+// never reached through a link: see openLockFile): it dies with the
+// process, so a killed thinback never leaves it taken, and the descriptor
+// is close-on-exec, so no child keeps it. The holder writes who it is
+// into the file; a process that finds the lock busy names it.
 func lockPool(ctx context.Context, pool Name, noWait bool) (*os.File, error) {
-	if err := os.MkdirAll(lockDir, 0o755); err != nil {
+	if err := privateLockDir(lockDir); err != nil {
 		return nil, fmt.Errorf("lock thin pool %s: %w", pool, err)
 	}
 	path := filepath.Join(lockDir, poolDMName(pool)+".lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := openLockFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("lock thin pool %s: %w", pool, err)
 	}
@@ -267,6 +272,10 @@ func lockPool(ctx context.Context, pool Name, noWait bool) (*os.File, error) {
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
+			if err := writeHolder(f); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("lock thin pool %s: write %s: %w", pool, path, err)
+			}
 			return f, nil
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
@@ -274,16 +283,18 @@ func lockPool(ctx context.Context, pool Name, noWait bool) (*os.File, error) {
 			return nil, fmt.Errorf("lock thin pool %s (%s): %w", pool, path, err)
 		}
 		if noWait {
+			h := readHolder(f)
 			f.Close()
-			return nil, fmt.Errorf("thin pool %s is in use by another thinback process (lock %s); try again later: %w",
-				pool, path, ErrLocked)
+			return nil, fmt.Errorf("thin pool %s is in use by another thinback process, %s (lock %s); try again when it has finished: %w",
+				pool, h, path, ErrLocked)
 		}
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			h := readHolder(f)
 			f.Close()
-			return nil, fmt.Errorf("waiting for the lock of thin pool %s (%s): %w", pool, path, ctx.Err())
+			return nil, fmt.Errorf("waiting for the lock of thin pool %s (%s), held by %s: %w", pool, path, h, ctx.Err())
 		case <-t.C:
 		}
 		if delay < 200*time.Millisecond {
