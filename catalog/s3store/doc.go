@@ -87,6 +87,10 @@
 //     pinned to its object's ETag and every record's data is verified).
 //   - The cache lives under Options.Cache (DefaultCacheDir), in a
 //     directory named by the store's id; removing it costs one full sync.
+//     Both directories must belong to the user thinback runs as and be
+//     writable by no one else, as ssh requires of a key directory
+//     (CacheDirError); the files in them are never reached through a
+//     link.
 //   - Rebuild takes every volume's lock and rewrites every record; do it
 //     while no backups run.
 package s3store

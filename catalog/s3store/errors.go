@@ -73,6 +73,26 @@ func (e *LockedError) Is(target error) bool {
 	return target == catalog.ErrLocked || target == s3.ErrLocked || ((e.Stale || e.Dead) && target == s3.ErrStaleLock)
 }
 
+// CacheDirError reports a cache directory (the base, or a store's own)
+// that is not the running user's, or that group or others may write to.
+// Whoever can write to it can change what this machine believes the
+// store holds, so it is refused, as ssh refuses such a key directory. It
+// matches catalog.ErrNotOwn.
+type CacheDirError struct {
+	Store   string
+	Path    string
+	Problem string // "is owned by uid 1000, ...", "is writable by group or others (mode 0775)"
+	Fix     string // "chmod 0700 DIR", ...
+}
+
+func (e *CacheDirError) Error() string {
+	return fmt.Sprintf("cache of store %s: %s %s: refusing to use it; %s, or use another cache directory (thinback --cache DIR)",
+		e.Store, e.Path, e.Problem, e.Fix)
+}
+
+// Is makes errors.Is(err, catalog.ErrNotOwn) true.
+func (e *CacheDirError) Is(target error) bool { return target == catalog.ErrNotOwn }
+
 // DamagedError reports a record, volume or journal object that does not
 // decode or does not check. The store goes on without it; verify lists it
 // and catalog rebuild recreates records from the delta files.
