@@ -14,7 +14,8 @@ import (
 
 // Owner is what a lock object holds: who took it and until when it is
 // valid unless renewed. Token tells two holders apart even on one host
-// with a reused pid.
+// with a reused pid. BootID, PIDNS and Start identify the process beyond
+// its pid (see Gone); locks written before they existed lack them.
 type Owner struct {
 	Host    string    `json:"host"`
 	PID     int       `json:"pid"`
@@ -22,6 +23,10 @@ type Owner struct {
 	Renewed time.Time `json:"renewed"`
 	Expires time.Time `json:"expires"`
 	Token   string    `json:"token"`
+
+	BootID string `json:"boot_id,omitempty"` // the kernel's boot ID when the lock was taken
+	PIDNS  string `json:"pid_ns,omitempty"`  // the pid namespace PID is numbered in
+	Start  uint64 `json:"start,omitempty"`   // the process's start time, clock ticks after boot
 }
 
 func (o Owner) String() string {
@@ -145,6 +150,7 @@ func (s *Store) Lock(ctx context.Context, name string, ttl time.Duration) (*Lock
 	}
 	now := time.Now().UTC()
 	me := Owner{Host: host, PID: os.Getpid(), Since: now, Renewed: now, Expires: now.Add(ttl), Token: hex.EncodeToString(tok[:])}
+	identify(&me)
 	data, err := json.Marshal(me)
 	if err != nil {
 		return nil, s.op("lock", name, err)

@@ -3,11 +3,14 @@ package s3
 import (
 	"encoding/json"
 	"errors"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/thinback/thinback/catalog/s3/s3test"
+	"golang.org/x/sys/unix"
 )
 
 // waitServerAge waits until the server's clock is more than d past the
@@ -98,5 +101,102 @@ func TestBreakLockIf(t *testing.T) {
 	}
 	if got := mustGet(t, s, "lk"); string(got) != `{"token":"new"}` {
 		t.Fatalf("the lock object is now %q", got)
+	}
+}
+
+// TestLockIdentity: a lock object records the boot, the pid namespace
+// and the start time of its holder, and its holder, alive, is not Gone;
+// a lock object written before those existed still decodes.
+func TestLockIdentity(t *testing.T) {
+	srv := s3test.Start(t)
+	s := openTest(t, srv, "")
+	ctx := testCtx(t)
+	l, err := s.Lock(ctx, "lk", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release(ctx)
+	o, _, err := s.ReadLock(ctx, "lk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	ns, _ := os.Readlink("/proc/self/ns/pid")
+	start, _, err := procStat(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.BootID == "" || o.BootID != strings.TrimSpace(string(boot)) || o.PIDNS == "" || o.PIDNS != ns || o.Start == 0 || o.Start != start {
+		t.Fatalf("lock object %+v, want boot %q, pid namespace %q, start %d", o, boot, ns, start)
+	}
+	if gone, why := o.Gone(); gone {
+		t.Fatalf("a live holder is gone: %s", why)
+	}
+
+	old := `{"host":"h","pid":12,"since":"2026-01-02T03:04:05Z","renewed":"2026-01-02T03:04:05Z","expires":"2026-01-02T03:14:05Z","token":"abc"}`
+	if _, err := s.Put(ctx, "old", []byte(old)); err != nil {
+		t.Fatal(err)
+	}
+	o, _, err = s.ReadLock(ctx, "old")
+	if err != nil || o.Token != "abc" || o.PID != 12 || o.BootID != "" {
+		t.Fatalf("lock object of an older thinback: %+v, %v", o, err)
+	}
+}
+
+// TestOwnerGone: a holder is Gone only when it is provably a process of
+// this boot and pid namespace that no longer runs: killed (reaped or a
+// zombie), or its pid now another process's. A live one, one of another
+// host, boot or pid namespace, or a lock that recorded none of these, is
+// not.
+func TestOwnerGone(t *testing.T) {
+	cmd := exec.Command("sleep", "1000")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	start, _, err := procStat(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	live := Owner{Host: host, PID: pid, Token: "t", BootID: bootID(), PIDNS: pidNamespace(), Start: start}
+	if live.BootID == "" || live.PIDNS == "" {
+		t.Fatalf("no boot ID or pid namespace: %+v", live)
+	}
+	change := func(f func(*Owner)) Owner { o := live; f(&o); return o }
+	for _, c := range []struct {
+		name string
+		o    Owner
+		gone bool
+	}{
+		{"live", live, false},
+		{"pid reused", change(func(o *Owner) { o.Start++ }), true},
+		{"another host", change(func(o *Owner) { o.Host += "x"; o.Start++ }), false},
+		{"another boot", change(func(o *Owner) { o.BootID = "00000000-0000-4000-8000-000000000000"; o.Start++ }), false},
+		{"another pid namespace", change(func(o *Owner) { o.PIDNS = "pid:[1]"; o.Start++ }), false},
+		{"no identity (older thinback)", change(func(o *Owner) { o.BootID, o.PIDNS, o.Start = "", "", 0 }), false},
+		{"undecodable", Owner{}, false},
+	} {
+		if gone, why := c.o.Gone(); gone != c.gone {
+			t.Errorf("%s: Gone = %v (%s), want %v", c.name, gone, why, c.gone)
+		}
+	}
+
+	// Killed, not yet reaped: a zombie.
+	if err := cmd.Process.Signal(unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var si unix.Siginfo
+	if err := unix.Waitid(unix.P_PID, pid, &si, unix.WEXITED|unix.WNOWAIT, nil); err != nil {
+		t.Fatal(err)
+	}
+	if gone, why := live.Gone(); !gone || !strings.Contains(why, "exited") {
+		t.Errorf("killed, a zombie: Gone = %v (%s), want gone", gone, why)
+	}
+	// Reaped: no process has the pid.
+	_ = cmd.Wait()
+	if gone, why := live.Gone(); !gone || !strings.Contains(why, "no longer runs") {
+		t.Errorf("killed and reaped: Gone = %v (%s), want gone", gone, why)
 	}
 }
