@@ -108,7 +108,7 @@ func (s *Store) judge(name string, owner Owner, info ObjectInfo, ttl time.Durati
 	if now.IsZero() {
 		now = time.Now()
 	}
-	e.Age = now.Sub(info.Modified)
+	e.Age = max(now.Sub(info.Modified), 0) // the two dates are rounded differently
 	e.Stale = e.Age > e.TTL+dateSlack
 	return e
 }
