@@ -50,9 +50,11 @@ type Options struct {
 	// or the first backup or receive); otherwise that is ErrNotStore.
 	Create bool
 
-	// BreakStaleLocks lets LockVolume remove a stale lock (expired, or
-	// held by a process of this host that no longer runs) and take the
-	// volume. A lock that is being renewed is never broken.
+	// BreakStaleLocks lets LockVolume remove a stale lock (not renewed
+	// within its time to live by the server's clock, or of an older
+	// thinback of this host whose pid runs no more) and take the volume.
+	// A lock that is being renewed is never broken; one of a process of
+	// this host that provably no longer runs is broken without it.
 	BreakStaleLocks bool
 
 	// LockTTL is the time to live of the volume locks this Store takes;
