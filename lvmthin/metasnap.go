@@ -34,6 +34,10 @@ type ReserveOptions struct {
 	// NoWait fails with ErrLocked instead of waiting when another process
 	// holds the pool's lock.
 	NoWait bool
+	// Waiting, if set, is called once when the pool's lock is busy and
+	// Reserve waits for it, with a line naming the holder (pid, command,
+	// since when).
+	Waiting func(msg string)
 }
 
 // MetadataSnap is a reserved metadata snapshot of a thin pool: a frozen,
@@ -79,7 +83,7 @@ func ReserveMetadataSnap(ctx context.Context, pool Name, opts ReserveOptions) (*
 // the guarded context, so that it can finish its own clean-up before a
 // caught signal is sent again.
 func reserveMetadataSnap(ctx context.Context, pool Name, opts ReserveOptions, ownGuard bool) (_ *MetadataSnap, err error) {
-	lock, err := lockPool(ctx, pool, opts.NoWait)
+	lock, err := lockPoolWaiting(ctx, pool, opts.NoWait, opts.Waiting)
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +235,7 @@ func releaseMessage(ctx context.Context, pool Name) error {
 // snapshot is never taken away: the call waits for it, unless NoWait). It
 // reports whether there was one to release.
 func ReleaseStale(ctx context.Context, pool Name, opts ReserveOptions) (released bool, err error) {
-	lock, err := lockPool(ctx, pool, opts.NoWait)
+	lock, err := lockPoolWaiting(ctx, pool, opts.NoWait, opts.Waiting)
 	if err != nil {
 		return false, err
 	}
@@ -260,6 +264,12 @@ func ReleaseStale(ctx context.Context, pool Name, opts ReserveOptions) (released
 // is close-on-exec, so no child keeps it. The holder writes who it is
 // into the file; a process that finds the lock busy names it.
 func lockPool(ctx context.Context, pool Name, noWait bool) (*os.File, error) {
+	return lockPoolWaiting(ctx, pool, noWait, nil)
+}
+
+// lockPoolWaiting is lockPool that calls waiting, if set, once when it
+// starts waiting, with a line naming the holder.
+func lockPoolWaiting(ctx context.Context, pool Name, noWait bool, waiting func(string)) (*os.File, error) {
 	if err := privateLockDir(lockDir); err != nil {
 		return nil, fmt.Errorf("lock thin pool %s: %w", pool, err)
 	}
@@ -287,6 +297,10 @@ func lockPool(ctx context.Context, pool Name, noWait bool) (*os.File, error) {
 			f.Close()
 			return nil, fmt.Errorf("thin pool %s is in use by another thinback process, %s (lock %s); try again when it has finished: %w",
 				pool, h, path, ErrLocked)
+		}
+		if waiting != nil {
+			waiting(fmt.Sprintf("thin pool %s is in use by another thinback process, %s (lock %s): waiting for it", pool, readHolder(f), path))
+			waiting = nil
 		}
 		t := time.NewTimer(delay)
 		select {

@@ -202,3 +202,41 @@ func TestLockBusyNamesHolder(t *testing.T) {
 }
 
 func mkfifo(path string) error { return syscall.Mkfifo(path, 0o600) }
+
+// TestLockWaitingNamesHolder: a run that waits for a busy pool's lock is
+// told once, with the holder named, and gets the lock when the holder
+// lets go.
+func TestLockWaitingNamesHolder(t *testing.T) {
+	withLockDir(t)
+	pool := Name{"vg0", "pool"}
+	ctx := context.Background()
+	first, err := lockPool(ctx, pool, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	told := make(chan string, 2)
+	got := make(chan error, 1)
+	go func() {
+		f, err := lockPoolWaiting(ctx, pool, false, func(msg string) { told <- msg })
+		if err == nil {
+			f.Close()
+		}
+		got <- err
+	}()
+	msg := <-told
+	if !strings.Contains(msg, "pid "+strconv.Itoa(os.Getpid())) || !strings.Contains(msg, "waiting") || !strings.Contains(msg, "vg0/pool") {
+		t.Errorf("waiting line %q does not name the pool and the holder", msg)
+	}
+	select {
+	case err := <-got:
+		t.Fatalf("got the lock while the holder held it: %v", err)
+	default:
+	}
+	first.Close()
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	if len(told) != 0 {
+		t.Errorf("told more than once: %q", <-told)
+	}
+}
