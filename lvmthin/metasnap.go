@@ -279,7 +279,7 @@ func lockPoolWaiting(ctx context.Context, pool Name, noWait bool, waiting func(s
 		return nil, fmt.Errorf("lock thin pool %s: %w", pool, err)
 	}
 	delay := 10 * time.Millisecond
-	for {
+	for polls := 0; ; {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
 			if err := writeHolder(f); err != nil {
@@ -293,20 +293,23 @@ func lockPoolWaiting(ctx context.Context, pool Name, noWait bool, waiting func(s
 			return nil, fmt.Errorf("lock thin pool %s (%s): %w", pool, path, err)
 		}
 		if noWait {
-			h := readHolder(f)
+			h, _ := readHolder(f)
 			f.Close()
 			return nil, fmt.Errorf("thin pool %s is in use by another thinback process, %s (lock %s); try again when it has finished: %w",
 				pool, h, path, ErrLocked)
 		}
-		if waiting != nil {
-			waiting(fmt.Sprintf("thin pool %s is in use by another thinback process, %s (lock %s): waiting for it", pool, readHolder(f), path))
+		// The holder names itself just after it takes the lock: give it
+		// a few polls to do so before saying who it is.
+		if h, known := readHolder(f); waiting != nil && (known || polls >= 5) {
+			waiting(fmt.Sprintf("thin pool %s is in use by another thinback process, %s (lock %s): waiting for it", pool, h, path))
 			waiting = nil
 		}
+		polls++
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			h := readHolder(f)
+			h, _ := readHolder(f)
 			f.Close()
 			return nil, fmt.Errorf("waiting for the lock of thin pool %s (%s), held by %s: %w", pool, path, h, ctx.Err())
 		case <-t.C:

@@ -126,17 +126,19 @@ func writeHolder(f *os.File) error {
 }
 
 // readHolder says who holds the lock of the busy lock file f: "pid 1234
-// (thinback backup vg0/vm1) since 2026-12-07T03:00:00Z". The holder
-// writes that just after it takes the lock, so a process that finds
-// nothing readable, or a pid that no longer runs, was a moment too early.
-func readHolder(f *os.File) string {
+// (thinback backup vg0/vm1) since 2026-12-07T03:00:00Z", and whether it
+// could tell. The holder writes that just after it takes the lock, so a
+// process that finds nothing readable, or a pid that no longer runs, was
+// a moment too early.
+func readHolder(f *os.File) (string, bool) {
+	const unknown = "a process that has not written its name into the lock file yet"
 	data, err := io.ReadAll(io.NewSectionReader(f, 0, maxHolder))
 	var h holder
 	if err != nil || json.Unmarshal(data, &h) != nil || h.PID <= 0 {
-		return "a process that has not written its name into the lock file yet"
+		return unknown, false
 	}
 	if err := syscall.Kill(h.PID, 0); err != nil && !errors.Is(err, syscall.EPERM) {
-		return "a process that has not written its name into the lock file yet"
+		return unknown, false
 	}
-	return fmt.Sprintf("pid %d (%s) since %s", h.PID, h.Command, h.Since.Format(time.RFC3339))
+	return fmt.Sprintf("pid %d (%s) since %s", h.PID, h.Command, h.Since.Format(time.RFC3339)), true
 }
