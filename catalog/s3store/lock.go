@@ -45,8 +45,9 @@ type volLock struct {
 // at once, with a warning through Notify. A stale one (not renewed
 // within the lock's time to live by the server's clock, or of an older
 // thinback of this host whose pid runs no more) is also s3.ErrStaleLock
-// and is broken only with Options.BreakStaleLocks. A server that does not honour conditional
-// writes fails with s3.ErrNoConditional: nothing is written to it.
+// and is broken only with Options.BreakStaleLocks. A server that does
+// not honour conditional writes fails with s3.ErrNoConditional: nothing
+// is written to it.
 //
 // unlock releases the lock. If the lock was lost while held (broken by
 // someone else), writes fail from then on and unlock says so
@@ -137,7 +138,7 @@ func (s *Store) breakLock(e *LockedError) (*s3.Lock, error) {
 		return nil, fmt.Errorf("%w; breaking it failed: %w", e, err)
 	}
 	if e.Gone {
-		s.notify("warning: broke the lock of volume %s held by %s: %s on this host, so the run holding it was killed", e.Volume, owner, e.Why)
+		s.notify("warning: broke the lock of volume %s held by %s: %s on this host, so the run that held it was killed", e.Volume, owner, e.Why)
 	} else {
 		s.notify("broke the stale lock of volume %s held by %s", e.Volume, owner)
 	}
