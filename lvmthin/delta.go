@@ -27,6 +27,9 @@ type DeltaOptions struct {
 	// NoWait fails with ErrLocked instead of waiting for another thinback
 	// working on the same pool.
 	NoWait bool
+	// Waiting is told when the pool's lock is busy and OpenDelta waits
+	// for it (see ReserveOptions.Waiting).
+	Waiting func(msg string)
 	// TempDir holds the extent list ("" = os.TempDir()).
 	TempDir string
 	// Discovery says how the metadata is read ("" = DiscoverNative).
@@ -124,7 +127,7 @@ func OpenDelta(ctx context.Context, opts DeltaOptions) (_ *Delta, err error) {
 func (d *Delta) discover(ctx context.Context, opts DeltaOptions, tie bool) (err error) {
 	snap, base := d.snap, d.base
 	pool := snap.PoolName()
-	ms, err := reserveMetadataSnap(ctx, pool, ReserveOptions{ReleaseStale: opts.ReleaseStale, NoWait: opts.NoWait}, false)
+	ms, err := reserveMetadataSnap(ctx, pool, ReserveOptions{ReleaseStale: opts.ReleaseStale, NoWait: opts.NoWait, Waiting: opts.Waiting}, false)
 	if err != nil {
 		return fmt.Errorf("open delta of %s: %w", snap.FullName(), err)
 	}

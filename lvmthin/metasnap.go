@@ -13,9 +13,12 @@ import (
 	"time"
 )
 
-// lockDir holds one lock file per thin pool. /run/lock is a tmpfs, so the
-// files vanish at boot, when no process can hold them anyway. Tests move it.
-var lockDir = "/run/lock/thinback"
+// lockDir holds one lock file per thin pool: a directory of thinback's
+// own (see privateLockDir), not the world-writable /run/lock, where
+// another user could plant a link for root to create a file through, or
+// hold a pool's lock to stop the backups. /run is a tmpfs, so the files
+// vanish at boot, when no process can hold them anyway. Tests move it.
+var lockDir = "/run/thinback"
 
 // releaseTimeout bounds the release of a metadata snapshot, which runs on a
 // context of its own because the caller's may be cancelled already.
@@ -31,6 +34,10 @@ type ReserveOptions struct {
 	// NoWait fails with ErrLocked instead of waiting when another process
 	// holds the pool's lock.
 	NoWait bool
+	// Waiting, if set, is called once when the pool's lock is busy and
+	// Reserve waits for it, with a line naming the holder (pid, command,
+	// since when).
+	Waiting func(msg string)
 }
 
 // MetadataSnap is a reserved metadata snapshot of a thin pool: a frozen,
@@ -54,7 +61,7 @@ type MetadataSnap struct {
 // ReserveMetadataSnap reserves the pool's metadata snapshot
 // (`dmsetup message <vg>-<pool>-tpool 0 reserve_metadata_snap`).
 //
-// It first takes the pool's lock (a flock under /run/lock/thinback), so two
+// It first takes the pool's lock (a flock under /run/thinback), so two
 // thinback processes never both hold a snapshot of one pool, then checks
 // the pool's status: a pool in failure, read-only or out-of-data-space mode
 // is refused with ErrPoolFailed, ErrPoolReadOnly or ErrPoolOutOfSpace; a
@@ -76,7 +83,7 @@ func ReserveMetadataSnap(ctx context.Context, pool Name, opts ReserveOptions) (*
 // the guarded context, so that it can finish its own clean-up before a
 // caught signal is sent again.
 func reserveMetadataSnap(ctx context.Context, pool Name, opts ReserveOptions, ownGuard bool) (_ *MetadataSnap, err error) {
-	lock, err := lockPool(ctx, pool, opts.NoWait)
+	lock, err := lockPoolWaiting(ctx, pool, opts.NoWait, opts.Waiting)
 	if err != nil {
 		return nil, err
 	}
@@ -228,7 +235,7 @@ func releaseMessage(ctx context.Context, pool Name) error {
 // snapshot is never taken away: the call waits for it, unless NoWait). It
 // reports whether there was one to release.
 func ReleaseStale(ctx context.Context, pool Name, opts ReserveOptions) (released bool, err error) {
-	lock, err := lockPool(ctx, pool, opts.NoWait)
+	lock, err := lockPoolWaiting(ctx, pool, opts.NoWait, opts.Waiting)
 	if err != nil {
 		return false, err
 	}
@@ -251,22 +258,34 @@ func ReleaseStale(ctx context.Context, pool Name, opts ReserveOptions) (released
 
 // lockPool takes the pool's exclusive lock, waiting (polling, so that ctx
 // can interrupt it) unless noWait. The lock is an flock on a file named
-// after the pool's dm name: it dies with the process, so a killed thinback
-// never leaves it taken, and the descriptor is close-on-exec, so no child
-// keeps it.
+// after the pool's dm name, in lockDir (checked by privateLockDir, and
+// never reached through a link: see openLockFile): it dies with the
+// process, so a killed thinback never leaves it taken, and the descriptor
+// is close-on-exec, so no child keeps it. The holder writes who it is
+// into the file; a process that finds the lock busy names it.
 func lockPool(ctx context.Context, pool Name, noWait bool) (*os.File, error) {
-	if err := os.MkdirAll(lockDir, 0o755); err != nil {
+	return lockPoolWaiting(ctx, pool, noWait, nil)
+}
+
+// lockPoolWaiting is lockPool that calls waiting, if set, once when it
+// starts waiting, with a line naming the holder.
+func lockPoolWaiting(ctx context.Context, pool Name, noWait bool, waiting func(string)) (*os.File, error) {
+	if err := privateLockDir(lockDir); err != nil {
 		return nil, fmt.Errorf("lock thin pool %s: %w", pool, err)
 	}
 	path := filepath.Join(lockDir, poolDMName(pool)+".lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := openLockFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("lock thin pool %s: %w", pool, err)
 	}
 	delay := 10 * time.Millisecond
-	for {
+	for polls := 0; ; {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
+			if err := writeHolder(f); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("lock thin pool %s: write %s: %w", pool, path, err)
+			}
 			return f, nil
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
@@ -274,16 +293,25 @@ func lockPool(ctx context.Context, pool Name, noWait bool) (*os.File, error) {
 			return nil, fmt.Errorf("lock thin pool %s (%s): %w", pool, path, err)
 		}
 		if noWait {
+			h, _ := readHolder(f)
 			f.Close()
-			return nil, fmt.Errorf("thin pool %s is in use by another thinback process (lock %s); try again later: %w",
-				pool, path, ErrLocked)
+			return nil, fmt.Errorf("thin pool %s is in use by another thinback process, %s (lock %s); try again when it has finished: %w",
+				pool, h, path, ErrLocked)
 		}
+		// The holder names itself just after it takes the lock: give it
+		// a few polls to do so before saying who it is.
+		if h, known := readHolder(f); waiting != nil && (known || polls >= 5) {
+			waiting(fmt.Sprintf("thin pool %s is in use by another thinback process, %s (lock %s): waiting for it", pool, h, path))
+			waiting = nil
+		}
+		polls++
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			h, _ := readHolder(f)
 			f.Close()
-			return nil, fmt.Errorf("waiting for the lock of thin pool %s (%s): %w", pool, path, ctx.Err())
+			return nil, fmt.Errorf("waiting for the lock of thin pool %s (%s), held by %s: %w", pool, path, h, ctx.Err())
 		case <-t.C:
 		}
 		if delay < 200*time.Millisecond {

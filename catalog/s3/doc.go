@@ -83,9 +83,13 @@
 //     recognised by the multipart ETag (MD5 of the part MD5s), which
 //     servers with other ETag schemes do not give; then Complete fails
 //     and the object may still exist.
-//   - Lock expiry is judged by the clocks of the machines involved. S3
-//     itself refuses clients more than 15 minutes off (ErrClockSkew);
-//     keep time to live well above the expected skew. Release and Renew
+//   - A lock is judged stale by the server's clock alone: the lock
+//     object's Last-Modified against the Date of the answer that carried
+//     it, never kept alive by what its holder wrote (an expiry of 2099,
+//     or nothing that decodes). Both have whole seconds, so a lock goes stale a second
+//     after its time to live. A holder's renewals run on its own clock,
+//     and S3 refuses clients more than 15 minutes off (ErrClockSkew);
+//     keep time to live well above a renewal's round trip. Release and Renew
 //     read the lock back before they act: a BreakLock and a new Lock
 //     between the read and the write are not excluded on servers that
 //     ignore If-Match (Renew) or for Release, which has no conditional

@@ -76,9 +76,10 @@ var (
 	// ErrLocked: a lock object is held by someone else. See LockedError.
 	ErrLocked = errors.New("locked")
 
-	// ErrStaleLock: the lock object found has expired: its holder stopped
-	// renewing it, most likely because it died. ErrLocked holds too; only
-	// an explicit BreakLock removes it.
+	// ErrStaleLock: the lock object found was not renewed within its time
+	// to live, by the server's clock: its holder stopped renewing it, most
+	// likely because it died. ErrLocked holds too; only an explicit
+	// BreakLock removes it.
 	ErrStaleLock = errors.New("stale lock")
 
 	// ErrNotHolder: a Renew or Release of a lock that is no longer this

@@ -14,7 +14,8 @@ import (
 
 // Owner is what a lock object holds: who took it and until when it is
 // valid unless renewed. Token tells two holders apart even on one host
-// with a reused pid.
+// with a reused pid. BootID, PIDNS and Start identify the process beyond
+// its pid (see Gone); locks written before they existed lack them.
 type Owner struct {
 	Host    string    `json:"host"`
 	PID     int       `json:"pid"`
@@ -22,6 +23,10 @@ type Owner struct {
 	Renewed time.Time `json:"renewed"`
 	Expires time.Time `json:"expires"`
 	Token   string    `json:"token"`
+
+	BootID string `json:"boot_id,omitempty"` // the kernel's boot ID when the lock was taken
+	PIDNS  string `json:"pid_ns,omitempty"`  // the pid namespace PID is numbered in
+	Start  uint64 `json:"start,omitempty"`   // the process's start time, clock ticks after boot
 }
 
 func (o Owner) String() string {
@@ -35,30 +40,77 @@ func (o Owner) String() string {
 const maxLockSize = 64 << 10
 
 // LockedError reports a lock object held by someone else. Stale means
-// its expiry has passed by this machine's clock: the holder stopped
-// renewing it.
+// the object was last written (Modified, by the server's clock) longer
+// ago than the lock's time to live: its holder stopped renewing it. What
+// the holder wrote in it (its expiry) can make a lock stale sooner,
+// never keep it from going stale: a lock object claiming to be valid
+// until 2099, or one that does not decode, goes stale like any other.
 type LockedError struct {
 	Store  string
 	Object string
 	Owner  Owner
 	Stale  bool
+
+	ETag     string        // of the lock object judged
+	Modified time.Time     // when it was last written, by the server's clock
+	Age      time.Duration // how long ago that was, by the server's clock
+	TTL      time.Duration // the time to live it was judged by
 }
 
 func (e *LockedError) Error() string {
 	msg := fmt.Sprintf("store %s: %s is locked by %s", e.Store, e.Object, e.Owner)
 	if e.Stale {
-		return msg + fmt.Sprintf("; the lock expired at %s, so its holder has probably died: break it once you are sure no thinback of that host still runs",
-			e.Owner.Expires.Format(time.RFC3339))
+		return msg + "; " + e.StaleReason() + ", so its holder has probably died: break it once you are sure no thinback of that host still runs"
 	}
-	if !e.Owner.Expires.IsZero() {
-		msg += fmt.Sprintf(", renewed until %s", e.Owner.Expires.Format(time.RFC3339))
+	if !e.Modified.IsZero() {
+		msg += fmt.Sprintf(", last renewed %s ago", e.Age.Round(time.Second))
 	}
 	return msg
+}
+
+// StaleReason says why a stale lock is: "it was last written 12m0s ago
+// (2026-12-07T03:00:00Z, by the server's clock), longer than its time to
+// live of 10m0s".
+func (e *LockedError) StaleReason() string {
+	return fmt.Sprintf("it was last written %s ago (%s, by the server's clock), longer than its time to live of %s",
+		e.Age.Round(time.Second), e.Modified.UTC().Format(time.RFC3339), e.TTL)
 }
 
 // Is makes errors.Is match ErrLocked, and ErrStaleLock when stale.
 func (e *LockedError) Is(target error) bool {
 	return target == ErrLocked || (e.Stale && target == ErrStaleLock)
+}
+
+// dateSlack is the resolution of the HTTP dates Modified and Date are
+// read from: a lock is judged stale only that much after its time to
+// live, so rounding never makes a live lock look stale.
+const dateSlack = time.Second
+
+// judge returns the error for a lock object held by owner, of which info
+// was read, for a taker whose locks live ttl: stale if the server's clock
+// (info.Date, or this machine's if the server sent none) is more than
+// the time to live past the object's last write. The time to live is
+// ttl, or the shorter one the holder declared (Expires - Renewed, a
+// difference of its own clock's readings, so no clock is compared with
+// another).
+func (s *Store) judge(name string, owner Owner, info ObjectInfo, ttl time.Duration) *LockedError {
+	e := &LockedError{Store: s.loc.String(), Object: name, Owner: owner, ETag: info.ETag, Modified: info.Modified, TTL: ttl}
+	if d := owner.Expires.Sub(owner.Renewed); owner.Token != "" && d > 0 && d < ttl {
+		e.TTL = d
+	}
+	if info.Modified.IsZero() {
+		// A server that gives no Last-Modified: only the holder's own
+		// word is left.
+		e.Stale = !owner.Expires.IsZero() && time.Now().After(owner.Expires)
+		return e
+	}
+	now := info.Date
+	if now.IsZero() {
+		now = time.Now()
+	}
+	e.Age = max(now.Sub(info.Modified), 0) // the two dates are rounded differently
+	e.Stale = e.Age > e.TTL+dateSlack
+	return e
 }
 
 // Lock is a held lock object. While it is held a goroutine renews it
@@ -83,8 +135,9 @@ type Lock struct {
 
 // Lock takes the lock object name with a conditional create, valid for
 // ttl unless renewed. If another holder has it the error is a
-// *LockedError (ErrLocked, and ErrStaleLock if it expired): a stale lock
-// is reported, never taken over; BreakLock removes it. A server that
+// *LockedError (ErrLocked, and ErrStaleLock if it was not renewed within
+// ttl by the server's clock, see LockedError): a stale lock is reported,
+// never taken over; BreakLock removes it. A server that
 // ignores conditional writes fails with ErrNoConditional.
 func (s *Store) Lock(ctx context.Context, name string, ttl time.Duration) (*Lock, error) {
 	if ttl <= 0 {
@@ -97,6 +150,7 @@ func (s *Store) Lock(ctx context.Context, name string, ttl time.Duration) (*Lock
 	}
 	now := time.Now().UTC()
 	me := Owner{Host: host, PID: os.Getpid(), Since: now, Renewed: now, Expires: now.Add(ttl), Token: hex.EncodeToString(tok[:])}
+	identify(&me)
 	data, err := json.Marshal(me)
 	if err != nil {
 		return nil, s.op("lock", name, err)
@@ -123,8 +177,7 @@ func (s *Store) Lock(ctx context.Context, name string, ttl time.Duration) (*Lock
 			// minio-go's retry met our own object.
 			return s.held(ctx, name, ttl, me, info.ETag), nil
 		}
-		return nil, &LockedError{Store: s.loc.String(), Object: name, Owner: owner,
-			Stale: !owner.Expires.IsZero() && time.Now().After(owner.Expires)}
+		return nil, s.judge(name, owner, info, ttl)
 	}
 	return nil, s.op("lock", name, errors.New("the lock object keeps appearing and vanishing"))
 }
@@ -163,6 +216,22 @@ func (s *Store) BreakLock(ctx context.Context, name string) (Owner, error) {
 	owner, _, err := s.ReadLock(ctx, name)
 	if err != nil && !errors.Is(err, errLockDecode) {
 		return Owner{}, err
+	}
+	return owner, s.Delete(ctx, name)
+}
+
+// BreakLockIf is BreakLock of the lock object as it was judged: if the
+// object's ETag is no longer etag (renewed, or broken and taken by
+// another meanwhile) nothing is removed and the error matches
+// ErrChanged.
+func (s *Store) BreakLockIf(ctx context.Context, name, etag string) (Owner, error) {
+	owner, info, err := s.ReadLock(ctx, name)
+	if err != nil && !errors.Is(err, errLockDecode) {
+		return Owner{}, err
+	}
+	if info.ETag != etag {
+		return owner, &Error{Op: "break lock", Store: s.loc.String(), Object: name, Kind: ErrChanged,
+			Err: errors.New("the lock object changed since it was judged: not breaking it")}
 	}
 	return owner, s.Delete(ctx, name)
 }

@@ -21,8 +21,13 @@ import (
 type ObjectInfo struct {
 	Name     string // relative to the store's prefix
 	Size     int64
-	ETag     string // without quotes
-	Modified time.Time
+	ETag     string    // without quotes
+	Modified time.Time // Last-Modified, by the server's clock
+
+	// Date is the server's clock when it answered (its Date header), so
+	// Modified can be compared with it rather than with this machine's
+	// clock; Get sets it, zero if the server sent none.
+	Date time.Time
 }
 
 func (s *Store) info(oi minio.ObjectInfo) (ObjectInfo, bool) {
@@ -184,13 +189,16 @@ func (s *Store) Get(ctx context.Context, name string, limit int64) ([]byte, Obje
 	if err := validName(name); err != nil {
 		return nil, ObjectInfo{}, s.op("get", name, err)
 	}
-	body, oi, _, err := s.core.GetObject(ctx, s.loc.Bucket, s.key(name), minio.GetObjectOptions{})
+	body, oi, h, err := s.core.GetObject(ctx, s.loc.Bucket, s.key(name), minio.GetObjectOptions{})
 	if err != nil {
 		return nil, ObjectInfo{}, s.op("get", name, err)
 	}
 	defer body.Close()
 	info, _ := s.info(oi)
 	info.Name = name
+	if d, err := http.ParseTime(h.Get("Date")); err == nil {
+		info.Date = d
+	}
 	if oi.Size > limit {
 		return nil, info, &Error{Op: "get", Store: s.loc.String(), Object: name, Kind: ErrTooLarge,
 			Err: fmt.Errorf("%d bytes, more than the %d expected", oi.Size, limit)}

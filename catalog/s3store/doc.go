@@ -76,17 +76,25 @@
 //     ignores If-None-Match is found out at the first write (the store
 //     object, or a lock) and refused with s3.ErrNoConditional.
 //   - A lock is valid for Options.LockTTL unless renewed. A holder that
-//     cannot renew it for most of that stops before it commits. A stale
-//     lock (expired, or left by a process of this host that no longer
-//     runs) is never taken over unless Options.BreakStaleLocks: the
-//     error names its owner. Expiry is judged by the clocks of the hosts
-//     involved.
+//     cannot renew it for most of that stops before it commits. A lock
+//     whose holder is a process of this host that provably no longer
+//     runs (the same boot ID and pid namespace, and no process with its
+//     pid, or one started at another time) is broken by the next writer
+//     of this host, with a warning: a run killed with SIGKILL does not
+//     stop the next cron run. Any other stale lock (not renewed within
+//     the time to live, judged by the server's clock alone) is never
+//     taken over unless Options.BreakStaleLocks: the error names its
+//     owner.
 //   - Readers on other hosts see a prune's commit only when they next
 //     sync; a restore that started before a prune on another host may
 //     find an object gone (an error, never wrong data: every read is
 //     pinned to its object's ETag and every record's data is verified).
 //   - The cache lives under Options.Cache (DefaultCacheDir), in a
 //     directory named by the store's id; removing it costs one full sync.
+//     Both directories must belong to the user thinback runs as and be
+//     writable by no one else, as ssh requires of a key directory
+//     (CacheDirError); the files in them are never reached through a
+//     link.
 //   - Rebuild takes every volume's lock and rewrites every record; do it
 //     while no backups run.
 package s3store

@@ -38,11 +38,16 @@ type volLock struct {
 // volume: it aborts their multipart uploads and removes the files their
 // journals name that no record references (Notify says what).
 //
-// A lock held elsewhere is a *LockedError (catalog.ErrLocked); a stale
-// one (expired, or held by a process of this host that no longer runs)
-// is also s3.ErrStaleLock and is broken only with
-// Options.BreakStaleLocks. A server that does not honour conditional
-// writes fails with s3.ErrNoConditional: nothing is written to it.
+// A lock held elsewhere is a *LockedError (catalog.ErrLocked). A lock
+// whose holder is a process of this host that provably no longer runs
+// (same boot and pid namespace, and its pid gone or now another
+// process's: a run killed with SIGKILL, or by the OOM killer) is broken
+// at once, with a warning through Notify. A stale one (not renewed
+// within the lock's time to live by the server's clock, or of an older
+// thinback of this host whose pid runs no more) is also s3.ErrStaleLock
+// and is broken only with Options.BreakStaleLocks. A server that does
+// not honour conditional writes fails with s3.ErrNoConditional: nothing
+// is written to it.
 //
 // unlock releases the lock. If the lock was lost while held (broken by
 // someone else), writes fail from then on and unlock says so
@@ -74,20 +79,12 @@ func (s *Store) lockVolume(volume string) (*volLock, error) {
 	l, err := s.s3.Lock(s.ctx, name, s.opts.LockTTL)
 	var le *s3.LockedError
 	if errors.As(err, &le) {
-		e := &LockedError{Volume: volume, Store: s.loc.String(), Object: name, Owner: le.Owner, Stale: le.Stale}
-		e.Dead = le.Owner.Token != "" && le.Owner.Host == s.host && le.Owner.PID > 0 &&
-			le.Owner.PID != os.Getpid() && !processAlive(le.Owner.PID)
-		if !(e.Stale || e.Dead) || !s.opts.BreakStaleLocks {
+		e := s.lockedError(volume, le)
+		if !e.Gone && !((e.Stale || e.Dead) && s.opts.BreakStaleLocks) {
 			return nil, e
 		}
-		owner, berr := s.s3.BreakLock(s.ctx, name)
-		if berr != nil {
-			return nil, fmt.Errorf("%w; breaking it failed: %w", e, berr)
-		}
-		s.notify("broke the stale lock of volume %s held by %s", volume, owner)
-		l, err = s.s3.Lock(s.ctx, name, s.opts.LockTTL)
-		if errors.As(err, &le) {
-			return nil, &LockedError{Volume: volume, Store: s.loc.String(), Object: name, Owner: le.Owner, Stale: le.Stale}
+		if l, err = s.breakLock(e); err != nil {
+			return nil, err
 		}
 	}
 	if err != nil {
@@ -101,6 +98,56 @@ func (s *Store) lockVolume(volume string) (*volLock, error) {
 		return nil, errors.Join(err, vl.release())
 	}
 	return vl, nil
+}
+
+// lockedError is the error for the lock object of volume that le found
+// held: stale (by the server's clock), Gone (its holder is a process of
+// this host that provably no longer runs, see s3.Owner.Gone), or Dead (a
+// lock of an older thinback, without the process's identity, whose pid
+// runs no more here: probably, not provably, gone).
+func (s *Store) lockedError(volume string, le *s3.LockedError) *LockedError {
+	e := &LockedError{Volume: volume, Store: s.loc.String(), Object: le.Object, Owner: le.Owner, Stale: le.Stale, lock: le}
+	e.Gone, e.Why = le.Owner.Gone()
+	e.Dead = e.Gone || (le.Owner.Token != "" && le.Owner.BootID == "" && le.Owner.Host == s.host && le.Owner.PID > 0 &&
+		le.Owner.PID != os.Getpid() && !processAlive(le.Owner.PID))
+	return e
+}
+
+// breakLock removes the lock object e judged stale or gone, if it is
+// still the object judged, and takes the lock. A gone holder's lock is
+// broken by every run of this host that finds it: the cache's flock
+// makes them do it one at a time, so the second finds the first's live
+// lock instead of breaking it too.
+func (s *Store) breakLock(e *LockedError) (*s3.Lock, error) {
+	unlock, err := s.cacheLock()
+	if err != nil {
+		return nil, fmt.Errorf("%w; breaking it failed: %w", e, err)
+	}
+	defer unlock()
+	owner, err := s.s3.BreakLockIf(s.ctx, e.Object, e.lock.ETag)
+	if errors.Is(err, s3.ErrChanged) || errors.Is(err, s3.ErrNotFound) {
+		// Renewed, released or taken meanwhile: judge it again.
+		l, err := s.s3.Lock(s.ctx, e.Object, s.opts.LockTTL)
+		var le *s3.LockedError
+		if errors.As(err, &le) {
+			return nil, s.lockedError(e.Volume, le)
+		}
+		return l, err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w; breaking it failed: %w", e, err)
+	}
+	if e.Gone {
+		s.notify("warning: broke the lock of volume %s held by %s: %s on this host, so the run that held it was killed", e.Volume, owner, e.Why)
+	} else {
+		s.notify("broke the stale lock of volume %s held by %s", e.Volume, owner)
+	}
+	l, err := s.s3.Lock(s.ctx, e.Object, s.opts.LockTTL)
+	var le *s3.LockedError
+	if errors.As(err, &le) {
+		return nil, s.lockedError(e.Volume, le)
+	}
+	return l, err
 }
 
 // processAlive reports whether a process with this pid exists here

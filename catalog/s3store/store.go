@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/thinback/thinback/catalog"
@@ -49,9 +50,11 @@ type Options struct {
 	// or the first backup or receive); otherwise that is ErrNotStore.
 	Create bool
 
-	// BreakStaleLocks lets LockVolume remove a stale lock (expired, or
-	// held by a process of this host that no longer runs) and take the
-	// volume. A lock that is being renewed is never broken.
+	// BreakStaleLocks lets LockVolume remove a stale lock (not renewed
+	// within its time to live by the server's clock, or of an older
+	// thinback of this host whose pid runs no more) and take the volume.
+	// A lock that is being renewed is never broken; one of a process of
+	// this host that provably no longer runs is broken without it.
 	BreakStaleLocks bool
 
 	// LockTTL is the time to live of the volume locks this Store takes;
@@ -198,7 +201,10 @@ func newID() string {
 
 // openCache makes the cache directory of this store: <cache>/<store id>.
 // The base directory may be a link the user made; the store's own
-// directory and its files are thinback's and never followed.
+// directory and its files are thinback's and never followed. Both must
+// be the running user's and writable by no one else (see
+// privateCacheDir): whoever can write to the cache can change what this
+// machine believes the store holds.
 func (s *Store) openCache() error {
 	base := s.opts.Cache
 	if base == "" {
@@ -210,14 +216,69 @@ func (s *Store) openCache() error {
 	if err := os.MkdirAll(base, 0o700); err != nil {
 		return fmt.Errorf("cache of store %s: %w", s.loc, catalog.WriteError(base, err))
 	}
+	if err := s.privateCacheDir(base, os.Stat); err != nil {
+		return err
+	}
 	s.cacheDir = filepath.Join(base, s.meta.ID)
 	if _, err := catalog.OwnDir(s.cacheDir, true); err != nil {
 		return fmt.Errorf("cache of store %s: %w", s.loc, catalog.WriteError(s.cacheDir, err))
 	}
+	if err := s.privateCacheDir(s.cacheDir, os.Lstat); err != nil {
+		return err
+	}
 	s.db = filepath.Join(s.cacheDir, "catalog.db")
 	// For people looking into the cache directory: which store it is.
-	_ = os.WriteFile(filepath.Join(s.cacheDir, "store"), []byte(s.loc.String()+"\n"), 0o600)
+	_ = s.writeCacheFile(filepath.Join(s.cacheDir, "store"), []byte(s.loc.String()+"\n"))
 	return nil
+}
+
+// privateCacheDir refuses a cache directory that is not the running
+// user's, or that group or others may write to, as ssh refuses such a
+// key directory. stat is os.Stat for the base directory, which may be a
+// link the user made, and os.Lstat for a store's own.
+func (s *Store) privateCacheDir(dir string, stat func(string) (os.FileInfo, error)) error {
+	fi, err := stat(dir)
+	if err != nil {
+		return fmt.Errorf("cache of store %s: %w", s.loc, err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return &CacheDirError{Store: s.loc.String(), Path: dir,
+			Problem: fmt.Sprintf("is owned by uid %d, not by uid %d that thinback runs as", st.Uid, os.Geteuid()),
+			Fix:     fmt.Sprintf("chown it to uid %d and chmod 0700 it", os.Geteuid())}
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return &CacheDirError{Store: s.loc.String(), Path: dir,
+			Problem: fmt.Sprintf("is writable by group or others (mode %04o)", fi.Mode().Perm()),
+			Fix:     "chmod 0700 " + dir}
+	}
+	return nil
+}
+
+// writeCacheFile replaces the cache file name with data: a temp file
+// (never opened through a link, see catalog.OpenOwn), fsynced, renamed
+// over the old one, which, a link, would itself be replaced and not
+// followed.
+func (s *Store) writeCacheFile(name string, data []byte) error {
+	tmp := name + ".tmp"
+	f, err := catalog.OpenOwn(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return catalog.WriteError(tmp, err)
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, name)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return catalog.WriteError(name, err)
+	}
+	return catalog.SyncDir(filepath.Dir(name))
 }
 
 // String returns the store's address.
@@ -330,26 +391,7 @@ func (s *Store) saveSidecar(sc sidecar) error {
 	if err != nil {
 		return err
 	}
-	tmp := s.sidecarPath() + ".tmp"
-	f, err := catalog.OpenOwn(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return catalog.WriteError(tmp, err)
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, s.sidecarPath())
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return catalog.WriteError(s.sidecarPath(), err)
-	}
-	return catalog.SyncDir(s.cacheDir)
+	return s.writeCacheFile(s.sidecarPath(), data)
 }
 
 // cacheUpdate runs fn on the cache's catalog and records the ETags of the

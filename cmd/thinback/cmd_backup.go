@@ -516,7 +516,7 @@ func backupLVM(ctx context.Context, e *env, s catalog.Repository, name string, r
 		}
 	}()
 
-	d, err := lvmthin.OpenDelta(ctx, lvmthin.DeltaOptions{Snap: snap, Base: base, ReleaseStale: o.releaseStale, Discovery: o.discovery})
+	d, err := lvmthin.OpenDelta(ctx, lvmthin.DeltaOptions{Snap: snap, Base: base, ReleaseStale: o.releaseStale, Discovery: o.discovery, Waiting: waitingLine(e)})
 	if err != nil {
 		return nil, err
 	}

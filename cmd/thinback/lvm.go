@@ -145,7 +145,7 @@ func runSendLVM(ctx context.Context, e *env, o sendOptions, spelling, baseSpelli
 	if err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
-	d, err := lvmthin.OpenDelta(ctx, lvmthin.DeltaOptions{Snap: snap, Base: base, ReleaseStale: o.releaseStale, Discovery: o.discovery})
+	d, err := lvmthin.OpenDelta(ctx, lvmthin.DeltaOptions{Snap: snap, Base: base, ReleaseStale: o.releaseStale, Discovery: o.discovery, Waiting: waitingLine(e)})
 	if err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
@@ -176,4 +176,11 @@ func discardZeroes(ctx context.Context, target string) bool {
 	}
 	lv, err := lvmthin.Lookup(ctx, n)
 	return err == nil && lv.IsThin()
+}
+
+// waitingLine prints, once, that a run waits for another thinback
+// working on the same thin pool, and which: a cron run that seems to
+// hang says why, even with --quiet.
+func waitingLine(e *env) func(string) {
+	return func(msg string) { sayf(e.stderr, "thinback: %s", msg) }
 }

@@ -28,7 +28,7 @@ var (
 	insecureTLSFlag = &cli.BoolFlag{Name: "insecure-tls",
 		Usage: "S3 stores: do not verify the server's TLS certificate (only for tests: anyone in between can read and change the backups)"}
 	breakStaleLockFlag = &cli.BoolFlag{Name: "break-stale-lock",
-		Usage: "S3 stores: remove a volume's lock left by a run that died (expired, or of a process of this host that no longer runs); a lock that is being renewed is never broken"}
+		Usage: "S3 stores: remove a volume's stale lock (not renewed within its time to live by the bucket's clock, or of an older thinback of this host that died); a lock of this host's killed run is removed without it, and a lock that is being renewed never"}
 )
 
 // s3Flags are added to every command that takes --store (see
