@@ -10,10 +10,27 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 )
+
+// seededRand returns a generator for a random test: its seed is logged,
+// and THINBACK_SEED=N replays it.
+func seededRand(t *testing.T) *rand.Rand {
+	t.Helper()
+	seed := time.Now().UnixNano()
+	if v := os.Getenv("THINBACK_SEED"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			t.Fatalf("THINBACK_SEED=%q: %v", v, err)
+		}
+		seed = n
+	}
+	t.Logf("seed %d (replay with THINBACK_SEED=%d)", seed, seed)
+	return rand.New(rand.NewSource(seed))
+}
 
 // nbdClient is the client side of the protocol, as the kernel's nbd
 // driver and nbd-client speak it: the fixed newstyle handshake, then
@@ -126,7 +143,7 @@ func (k *nbdClient) reply(n uint32) (handle uint64, code uint32, data []byte) {
 func TestServeNBD(t *testing.T) {
 	work := t.TempDir()
 	store := filepath.Join(work, "store")
-	r := rand.New(rand.NewSource(time.Now().UnixNano()))
+	r := seededRand(t)
 	img := make([]byte, 3<<20+777)
 	r.Read(img[:2<<20])
 	var states [][]byte
