@@ -281,6 +281,9 @@ type readBudget struct {
 	used    int64
 	peak    int64
 	waiters []*budgetWaiter
+	// onWait, if set, is called (with mu held) when a read must wait
+	// (tests).
+	onWait func()
 }
 
 type budgetWaiter struct {
@@ -301,6 +304,9 @@ func (b *readBudget) acquire(n int64, done <-chan struct{}) bool {
 	}
 	w := &budgetWaiter{n: n, ready: make(chan struct{})}
 	b.waiters = append(b.waiters, w)
+	if b.onWait != nil {
+		b.onWait()
+	}
 	b.mu.Unlock()
 	select {
 	case <-w.ready:
