@@ -199,6 +199,13 @@ func (srv *nbdServer) serve(ctx context.Context, l net.Listener) error {
 		}
 		delay = 0
 		srv.mu.Lock()
+		if ctx.Err() != nil {
+			// Accepted as the server stopped, perhaps after stop
+			// closed the others: not served.
+			srv.mu.Unlock()
+			c.Close()
+			return nil
+		}
 		n := len(srv.conns)
 		if n < srv.opts.MaxConns {
 			srv.conns[c] = true
