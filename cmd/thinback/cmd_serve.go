@@ -3,6 +3,8 @@ package main
 import (
 	"container/list"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -32,10 +34,12 @@ func serveCommand(e *env) *cli.Command {
 			"   mount -o ro /dev/nbd0 /mnt/x            (nbd-client -d /dev/nbd0 when done)\n" +
 			"   qemu-img convert nbd+unix:///vg0/vm1@12?socket=/run/thinback.sock out.qcow2\n\n" +
 			"Every block is verified as it is read; a damaged record is an I/O error for its range.\n" +
-			"Write requests are refused. There is no authentication: anyone who can connect can\n" +
-			"read every volume. The unix socket is made mode 0600 (only its owner, the user running\n" +
-			"serve, can connect), whatever the umask; with tcp:, prefer tcp:127.0.0.1:PORT (PORT 0\n" +
-			"picks a free port, which is printed). A client has --handshake-timeout to choose its\n" +
+			"Write requests are refused. Without --tls-client-ca there is no authentication: anyone\n" +
+			"who can connect can read every volume. The unix socket is made mode 0600 (only its owner,\n" +
+			"the user running serve, can connect), whatever the umask; with tcp:, prefer\n" +
+			"tcp:127.0.0.1:PORT (PORT 0 picks a free port, which is printed), or TLS: with --tls-cert\n" +
+			"and --tls-key every client must start TLS (NBD's STARTTLS; nbds:// URLs), and with\n" +
+			"--tls-client-ca it must show a certificate that CA signed. A client has --handshake-timeout to choose its\n" +
 			"export; at most --max-connections are served at once (more are closed at once). All\n" +
 			"clients share one read budget (64 MiB of reads in flight) and one cache of decoded\n" +
 			"records (64 MiB), and each point in time is indexed once however many clients read it.\n" +
@@ -44,6 +48,9 @@ func serveCommand(e *env) *cli.Command {
 			&cli.StringFlag{Name: "nbd", Usage: "where to listen: unix:PATH or tcp:HOST:PORT (required)"},
 			&cli.IntFlag{Name: "max-connections", Value: nbdDefaultConns, Usage: "serve at most `N` connections at once"},
 			&cli.DurationFlag{Name: "handshake-timeout", Value: nbdDefaultHandshake, Usage: "close a connection that has not chosen its export within this `TIME`"},
+			&cli.StringFlag{Name: "tls-cert", Usage: "require TLS, with this server certificate (PEM `FILE`, with --tls-key)"},
+			&cli.StringFlag{Name: "tls-key", Usage: "the private key of --tls-cert (PEM `FILE`)"},
+			&cli.StringFlag{Name: "tls-client-ca", Usage: "require client certificates signed by this CA (PEM `FILE`; needs --tls-cert)"},
 		},
 		Action: func(c *cli.Context) error {
 			if _, err := args(c, 0, 0, "serve takes no arguments"); err != nil {
@@ -52,10 +59,41 @@ func serveCommand(e *env) *cli.Command {
 			if c.Int("max-connections") < 1 || c.Duration("handshake-timeout") <= 0 {
 				return usageError{msg: "serve: --max-connections and --handshake-timeout must be positive"}
 			}
+			tlsConf, err := serveTLS(c.String("tls-cert"), c.String("tls-key"), c.String("tls-client-ca"))
+			if err != nil {
+				return err
+			}
 			return runServe(c.Context, e, serveOptions{store: c.String("store"), addr: c.String("nbd"), quiet: c.Bool("quiet"),
-				nbd: nbdOptions{MaxConns: c.Int("max-connections"), HandshakeTimeout: c.Duration("handshake-timeout")}})
+				nbd: nbdOptions{MaxConns: c.Int("max-connections"), HandshakeTimeout: c.Duration("handshake-timeout"), TLS: tlsConf}})
 		},
 	}
+}
+
+// serveTLS is the TLS configuration the flags ask for: nil for none.
+func serveTLS(cert, key, clientCA string) (*tls.Config, error) {
+	if cert == "" && key == "" && clientCA == "" {
+		return nil, nil
+	}
+	if cert == "" || key == "" {
+		return nil, usageError{msg: "serve: give --tls-cert and --tls-key together (--tls-client-ca needs them too)"}
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, fmt.Errorf("serve: --tls-cert %s, --tls-key %s: %w", cert, key, err)
+	}
+	conf := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	if clientCA != "" {
+		pem, err := os.ReadFile(clientCA)
+		if err != nil {
+			return nil, fmt.Errorf("serve: --tls-client-ca: %w", err)
+		}
+		conf.ClientCAs = x509.NewCertPool()
+		if !conf.ClientCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("serve: --tls-client-ca %s holds no PEM certificate", clientCA)
+		}
+		conf.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return conf, nil
 }
 
 type serveOptions struct {
@@ -116,8 +154,8 @@ func runServe(ctx context.Context, e *env, o serveOptions) error {
 	where := o.addr
 	if tcp, ok := l.Addr().(*net.TCPAddr); ok {
 		where = "tcp:" + tcp.String() // the port chosen, for tcp:HOST:0
-		if !tcp.IP.IsLoopback() {
-			warn(e, "serving on %s, which is not a loopback address: anyone who can reach it can read every volume of the store", tcp)
+		if !tcp.IP.IsLoopback() && (o.nbd.TLS == nil || o.nbd.TLS.ClientCAs == nil) {
+			warn(e, "serving on %s, which is not a loopback address, without --tls-client-ca: anyone who can reach it can read every volume of the store", tcp)
 		}
 	}
 	var logMu sync.Mutex
@@ -130,7 +168,11 @@ func runServe(ctx context.Context, e *env, o serveOptions) error {
 	defer exports.Close()
 	srv := newNBDServer(exports, o.nbd, logf)
 	if !o.quiet {
-		fmt.Fprintf(e.stderr, "thinback: serving store %s over NBD at %s, read-only; ^C to stop\n", o.store, where)
+		tlsSays := ""
+		if o.nbd.TLS != nil {
+			tlsSays = ", TLS required"
+		}
+		fmt.Fprintf(e.stderr, "thinback: serving store %s over NBD at %s, read-only%s; ^C to stop\n", o.store, where, tlsSays)
 	}
 	if o.started != nil {
 		o.started(srv, exports)

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -44,6 +45,7 @@ const (
 	nbdOptAbort      = 2
 	nbdOptList       = 3
 	nbdOptInfo       = 6
+	nbdOptStartTLS   = 5
 	nbdOptGo         = 7
 
 	nbdRepAck        = 1
@@ -51,6 +53,7 @@ const (
 	nbdRepInfo       = 3
 	nbdRepErrUnsup   = 1<<31 + 1
 	nbdRepErrInvalid = 1<<31 + 3
+	nbdRepErrTLSReqd = 1<<31 + 5
 	nbdRepErrUnknown = 1<<31 + 6
 
 	nbdInfoExport    = 0
@@ -116,6 +119,9 @@ type nbdOptions struct {
 	HandshakeTimeout time.Duration // 0: nbdDefaultHandshake
 	ReplyTimeout     time.Duration // 0: nbdReplyTimeout
 	ReadBudget       int64         // bytes; 0: nbdDefaultBudget
+	// TLS, if set, is required: a client must start TLS (NBD_OPT_STARTTLS)
+	// before any other option but NBD_OPT_ABORT.
+	TLS *tls.Config
 }
 
 // nbdServer is what every connection of a server shares: its exports,
@@ -248,6 +254,7 @@ type nbdConn struct {
 	w   *bufio.Writer
 	// deadline is when the handshake must be done.
 	deadline time.Time
+	tls      bool // TLS started
 }
 
 // serveConn serves one connection until it ends, or ctx is done.
@@ -416,7 +423,32 @@ func (n *nbdConn) handshake() (nbdExport, error) {
 		if _, err := io.ReadFull(n.r, data); err != nil {
 			return nil, fmt.Errorf("reading option %d: %w", hdr.Option, err)
 		}
+		if n.srv.opts.TLS != nil && !n.tls {
+			switch hdr.Option {
+			case nbdOptStartTLS:
+				if err := n.startTLS(data); err != nil {
+					return nil, err
+				}
+				continue
+			case nbdOptExportName: // no error reply: the connection ends
+				return nil, errors.New("NBD_OPT_EXPORT_NAME before TLS, which this server requires")
+			case nbdOptAbort:
+			default:
+				if err := n.replyDone(hdr.Option, nbdRepErrTLSReqd, []byte("this server requires TLS: start it first (NBD_OPT_STARTTLS)")); err != nil {
+					return nil, err
+				}
+				continue
+			}
+		}
 		switch hdr.Option {
+		case nbdOptStartTLS:
+			msg := "TLS is already on"
+			if n.srv.opts.TLS == nil {
+				msg = "this server has no TLS (thinback serve --tls-cert)"
+			}
+			if err := n.replyDone(hdr.Option, nbdRepErrInvalid, []byte(msg)); err != nil {
+				return nil, err
+			}
 		case nbdOptExportName:
 			exp, err := n.open(string(data))
 			if err != nil || exp == nil {
@@ -481,6 +513,28 @@ func (n *nbdConn) handshake() (nbdExport, error) {
 			}
 		}
 	}
+}
+
+// startTLS answers NBD_OPT_STARTTLS and runs the TLS handshake; the
+// rest of the connection is then over TLS.
+func (n *nbdConn) startTLS(data []byte) error {
+	if len(data) != 0 {
+		return n.replyDone(nbdOptStartTLS, nbdRepErrInvalid, []byte("NBD_OPT_STARTTLS takes no data"))
+	}
+	if n.r.Buffered() > 0 {
+		// Sent before the server's answer: it would be read as plain
+		// text, outside the TLS session.
+		return errors.New("the client sent data after NBD_OPT_STARTTLS before its answer")
+	}
+	if err := n.replyDone(nbdOptStartTLS, nbdRepAck, nil); err != nil {
+		return err
+	}
+	tc := tls.Server(n.c, n.srv.opts.TLS)
+	if err := tc.HandshakeContext(n.ctx); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	n.c, n.r, n.w, n.tls = tc, bufio.NewReader(tc), bufio.NewWriter(tc), true
+	return nil
 }
 
 const nbdTransmitFlags = nbdFlagHasFlags | nbdFlagReadOnly | nbdFlagSendFlush | nbdFlagMultiConn

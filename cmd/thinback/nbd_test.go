@@ -453,10 +453,17 @@ func FuzzNBDServer(f *testing.F) {
 }
 
 // FuzzNBDHandshake feeds what a client sends (after the server's
-// greeting, from its flags on) to the server: whatever it is, the server
-// neither panics nor hangs nor allocates beyond its bounds, and it ends
-// the connection when the input ends.
+// greeting, from its flags on) to the server, with or without TLS
+// required: whatever it is, the server neither panics nor hangs nor
+// allocates beyond its bounds, and it ends the connection when the input
+// ends.
 func FuzzNBDHandshake(f *testing.F) {
+	pki := f.TempDir()
+	testPKI(f, pki)
+	tlsConf, err := serveTLS(filepath.Join(pki, "server-cert.pem"), filepath.Join(pki, "server-key.pem"), "")
+	if err != nil {
+		f.Fatal(err)
+	}
 	hello := binary.BigEndian.AppendUint32(nil, nbdFlagCFixed|nbdFlagCNoZeroes)
 	opt := func(b []byte, o uint32, data []byte) []byte {
 		b = binary.BigEndian.AppendUint64(b, nbdOptMagic)
@@ -465,15 +472,30 @@ func FuzzNBDHandshake(f *testing.F) {
 		return append(b, data...)
 	}
 	goData := append(binary.BigEndian.AppendUint32(nil, 3), "mem\x00\x00"...)
-	f.Add(opt(append([]byte(nil), hello...), nbdOptList, nil))
-	f.Add(nbdRequest(nbdRequest(opt(append([]byte(nil), hello...), nbdOptGo, goData), nbdCmdRead, 0, 4096), nbdCmdDisc, 0, 0))
-	f.Add(nbdRequest(opt(append([]byte(nil), hello...), nbdOptExportName, []byte("mem")), nbdCmdWrite, 0, 10))
-	f.Add(opt(append([]byte(nil), hello...), nbdOptInfo, []byte{0xff, 0xff, 0xff, 0xff, 0, 0}))
-	f.Add(nbdRequest(opt(append([]byte(nil), hello...), nbdOptGo, goData), nbdCmdRead, 1<<20-1, 1<<30))
-	f.Fuzz(func(t *testing.T, in []byte) {
+	f.Add(false, opt(append([]byte(nil), hello...), nbdOptList, nil))
+	f.Add(true, opt(append([]byte(nil), hello...), nbdOptList, nil))
+	f.Add(false, nbdRequest(nbdRequest(opt(append([]byte(nil), hello...), nbdOptGo, goData), nbdCmdRead, 0, 4096), nbdCmdDisc, 0, 0))
+	f.Add(true, nbdRequest(nbdRequest(opt(append([]byte(nil), hello...), nbdOptGo, goData), nbdCmdRead, 0, 4096), nbdCmdDisc, 0, 0))
+	f.Add(false, nbdRequest(opt(append([]byte(nil), hello...), nbdOptExportName, []byte("mem")), nbdCmdWrite, 0, 10))
+	f.Add(true, nbdRequest(opt(append([]byte(nil), hello...), nbdOptExportName, []byte("mem")), nbdCmdWrite, 0, 10))
+	f.Add(false, opt(append([]byte(nil), hello...), nbdOptInfo, []byte{0xff, 0xff, 0xff, 0xff, 0, 0}))
+	f.Add(true, opt(append([]byte(nil), hello...), nbdOptInfo, []byte{0xff, 0xff, 0xff, 0xff, 0, 0}))
+	f.Add(false, nbdRequest(opt(append([]byte(nil), hello...), nbdOptGo, goData), nbdCmdRead, 1<<20-1, 1<<30))
+	f.Add(true, nbdRequest(opt(append([]byte(nil), hello...), nbdOptGo, goData), nbdCmdRead, 1<<20-1, 1<<30))
+	f.Add(false, opt(opt(append([]byte(nil), hello...), nbdOptList, nil), nbdOptStartTLS, nil))
+	f.Add(true, opt(opt(append([]byte(nil), hello...), nbdOptList, nil), nbdOptStartTLS, nil))
+	f.Add(false, opt(opt(append([]byte(nil), hello...), nbdOptStartTLS, []byte{1}), nbdOptExportName, []byte("mem")))
+	f.Add(true, opt(opt(append([]byte(nil), hello...), nbdOptStartTLS, []byte{1}), nbdOptExportName, []byte("mem")))
+	f.Add(false, append(opt(append([]byte(nil), hello...), nbdOptStartTLS, nil), 0x16, 3, 1, 0, 5, 1, 0, 0, 1, 0))
+	f.Add(true, append(opt(append([]byte(nil), hello...), nbdOptStartTLS, nil), 0x16, 3, 1, 0, 5, 1, 0, 0, 1, 0))
+	f.Fuzz(func(t *testing.T, requireTLS bool, in []byte) {
 		client, server := socketPair(t)
 		defer client.Close()
-		srv := newNBDServer(fuzzExport, nbdOptions{}, func(string, ...any) {})
+		var opts nbdOptions
+		if requireTLS {
+			opts.TLS = tlsConf
+		}
+		srv := newNBDServer(fuzzExport, opts, func(string, ...any) {})
 		done := make(chan error, 1)
 		go func() { done <- srv.serveConn(context.Background(), server); server.Close() }()
 		greeting := make(chan []byte, 1)
