@@ -34,16 +34,16 @@ func serveCommand(e *env) *cli.Command {
 			"   mount -o ro /dev/nbd0 /mnt/x            (nbd-client -d /dev/nbd0 when done)\n" +
 			"   qemu-img convert nbd+unix:///vg0/vm1@12?socket=/run/thinback.sock out.qcow2\n\n" +
 			"Every block is verified as it is read; a damaged record is an I/O error for its range.\n" +
-			"Write requests are refused. Without --tls-client-ca there is no authentication: anyone\n" +
-			"who can connect can read every volume. The unix socket is made mode 0600 (only its owner,\n" +
-			"the user running serve, can connect), whatever the umask; with tcp:, prefer\n" +
-			"tcp:127.0.0.1:PORT (PORT 0 picks a free port, which is printed), or TLS: with --tls-cert\n" +
-			"and --tls-key every client must start TLS (NBD's STARTTLS; nbds:// URLs), and with\n" +
-			"--tls-client-ca it must show a certificate that CA signed. A client has --handshake-timeout to choose its\n" +
-			"export; at most --max-connections are served at once (more are closed at once). All\n" +
-			"clients share one read budget (64 MiB of reads in flight) and one cache of decoded\n" +
-			"records (64 MiB), and each point in time is indexed once however many clients read it.\n" +
-			"Runs until interrupted (^C, SIGTERM).",
+			"Write requests are refused. Without --tls-client-ca there is no authentication:\n" +
+			"anyone who can connect can read every volume. The unix socket is made mode 0600\n" +
+			"(only its owner, the user running serve, can connect), whatever the umask; with tcp:,\n" +
+			"prefer tcp:127.0.0.1:PORT (PORT 0 picks a free port, which is printed), or TLS: with\n" +
+			"--tls-cert and --tls-key every client must start TLS (NBD's STARTTLS; nbds:// URLs),\n" +
+			"and with --tls-client-ca it must show a certificate that CA signed.\n\n" +
+			"A client has --handshake-timeout to choose its export; at most --max-connections are\n" +
+			"served at once (more are closed at once). All clients share one read budget (64 MiB of\n" +
+			"reads in flight) and one cache of decoded records (64 MiB), and each point in time is\n" +
+			"indexed once however many clients read it. Runs until interrupted (^C, SIGTERM).",
 		Flags: []cli.Flag{storeFlag, quietFlag,
 			&cli.StringFlag{Name: "nbd", Usage: "where to listen: unix:PATH or tcp:HOST:PORT (required)"},
 			&cli.IntFlag{Name: "max-connections", Value: nbdDefaultConns, Usage: "serve at most `N` connections at once"},
