@@ -33,6 +33,10 @@ type SnapshotOptions struct {
 	// 0 means DefaultSnapshotCache. The record a read needs is decoded
 	// even when it alone is larger.
 	CacheSize int64
+	// Cache, if set, is a cache shared with other readers, and CacheSize
+	// is not used: the reader keeps its decoded records there, decodes
+	// ahead with its background slots and reuses its decoders.
+	Cache *SnapshotCache
 	// ReadAhead is how many bytes past a read that follows the one before
 	// are decoded in the background, by one goroutine per CPU, so that a
 	// sequential reader (dd, cp, a loop device) keeps every core busy; 0
@@ -86,13 +90,12 @@ type SnapshotReader struct {
 	segRec chunks[int32]
 	recs   chunks[indexRecord]
 
-	cache     recordCache
-	readAhead int64         // bytes
-	ahead     chan struct{} // one token per background decode
-	aheadSeg  atomic.Int64  // the last segment handed to the read-ahead
+	cache     *SnapshotCache
+	ownCache  bool         // made for this reader alone, closed with it
+	readAhead int64        // bytes
+	aheadSeg  atomic.Int64 // the last segment handed to the read-ahead
 	wg        sync.WaitGroup
 	next      atomic.Int64 // where the last read ended
-	decoders  chan *Decoder
 	log       func(string)
 	logged    sync.Map // record index -> true once logged
 	closed    atomic.Bool
@@ -161,18 +164,15 @@ func OpenSnapshot(ctx context.Context, inputs []ChainInput, opts SnapshotOptions
 	if err := s.index(ctx, c); err != nil {
 		return nil, err
 	}
-	limit := opts.CacheSize
-	if limit <= 0 {
-		limit = DefaultSnapshotCache
+	s.cache = opts.Cache
+	if s.cache == nil {
+		s.cache, s.ownCache = NewSnapshotCache(opts.CacheSize), true
 	}
-	s.cache = recordCache{m: make(map[int32]*cacheEntry), limit: limit}
 	s.readAhead = opts.ReadAhead
 	if s.readAhead == 0 {
 		s.readAhead = DefaultReadAhead
 	}
-	s.readAhead = min(max(s.readAhead, 0), limit/2)
-	s.ahead = make(chan struct{}, WorkerCount(0))
-	s.decoders = make(chan *Decoder, 2*WorkerCount(0))
+	s.readAhead = min(max(s.readAhead, 0), s.cache.limit/2)
 	s.next.Store(-1)
 	return s, nil
 }
@@ -246,25 +246,19 @@ func (s *SnapshotReader) IndexBytes() int64 {
 	return s.segOff.bytes() + s.segRec.bytes() + s.recs.bytes()
 }
 
-// Close stops the background decoding and drops the cache. It does not
-// close the files. Reads after Close fail.
+// Close stops the background decoding and drops the records the reader
+// keeps in its cache. It does not close the files. Reads after Close
+// fail.
 func (s *SnapshotReader) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
 	s.wg.Wait()
-	s.cache.mu.Lock()
-	s.cache.m, s.cache.bytes = nil, 0
-	s.cache.lru.Init()
-	s.cache.mu.Unlock()
-	for {
-		select {
-		case d := <-s.decoders:
-			d.Close()
-		default:
-			return nil
-		}
+	s.cache.drop(s)
+	if s.ownCache {
+		s.cache.Close()
 	}
+	return nil
 }
 
 // SeekData returns the first offset at or after off that a DATA record
@@ -394,19 +388,19 @@ func (s *SnapshotReader) readAheadFrom(i int, end int64) {
 		ref := s.segRec.at(j)
 		if ref >= 0 {
 			select {
-			case s.ahead <- struct{}{}:
+			case s.cache.ahead <- struct{}{}:
 			default:
 				return // every slot busy: the reader is ahead enough
 			}
-			e, fresh := s.cache.claim(ref)
+			e, fresh := s.cache.claim(s, ref)
 			if !fresh {
-				<-s.ahead
+				<-s.cache.ahead
 			} else {
 				e.background = true
 				s.wg.Add(1)
 				go func() {
 					defer s.wg.Done()
-					defer func() { <-s.ahead }()
+					defer func() { <-s.cache.ahead }()
 					s.load(ref, e)
 				}()
 			}
@@ -419,7 +413,7 @@ func (s *SnapshotReader) readAheadFrom(i int, end int64) {
 // and decoded now (once, however many readers want it at the same time).
 func (s *SnapshotReader) record(ref int32) ([]byte, error) {
 	for {
-		e, fresh := s.cache.claim(ref)
+		e, fresh := s.cache.claim(s, ref)
 		if fresh {
 			s.load(ref, e)
 		} else {
@@ -441,7 +435,7 @@ func (s *SnapshotReader) load(ref int32, e *cacheEntry) {
 	if e.err != nil {
 		s.report(ref, e.err)
 	}
-	s.cache.done(ref, e)
+	s.cache.done(s, ref, e)
 }
 
 // decode reads record ref (header, metadata and payload at once), checks
@@ -482,13 +476,13 @@ func (s *SnapshotReader) decode(ref int32) ([]byte, error) {
 
 	var dec *Decoder
 	select {
-	case dec = <-s.decoders:
+	case dec = <-s.cache.decoders:
 	default:
 		dec = NewDecoder()
 	}
 	data, err := dec.Decode(nil, rec, payload)
 	select {
-	case s.decoders <- dec:
+	case s.cache.decoders <- dec:
 	default:
 		dec.Close()
 	}
@@ -511,15 +505,76 @@ func (s *SnapshotReader) report(ref int32, err error) {
 		err, r.offset, r.offset+int64(r.length), s.hdr.Snapshot.Describe()))
 }
 
-// recordCache keeps the decoded data of recently read records, least
-// recently used first out, within a byte budget. An entry being loaded
-// is in the map (so that its readers wait for it) but not yet in the LRU
-// list nor counted.
-type recordCache struct {
+// A SnapshotCache is what the SnapshotReaders opened with it share: the
+// decoded data of recently read records, least recently used first out
+// whichever reader read them, within one byte limit; the background
+// decodes of their read-ahead (one per CPU in all); and a pool of
+// decoders. A server that opens many snapshots for many clients then
+// holds the memory of one cache, not of one per snapshot. An entry being
+// loaded is in the map (so that its readers wait for it) but not yet in
+// the LRU list nor counted.
+type SnapshotCache struct {
 	mu           sync.Mutex
-	m            map[int32]*cacheEntry
-	lru          list.List // of int32, most recent at the front
+	m            map[cacheKey]*cacheEntry
+	lru          list.List // of cacheKey, most recent at the front
 	bytes, limit int64
+	ahead        chan struct{} // one token per background decode
+	decoders     chan *Decoder
+}
+
+// cacheKey is a record of a reader.
+type cacheKey struct {
+	s   *SnapshotReader
+	ref int32
+}
+
+// NewSnapshotCache returns a cache that keeps up to limit bytes of
+// decoded records; 0 means DefaultSnapshotCache.
+func NewSnapshotCache(limit int64) *SnapshotCache {
+	if limit <= 0 {
+		limit = DefaultSnapshotCache
+	}
+	return &SnapshotCache{m: make(map[cacheKey]*cacheEntry), limit: limit,
+		ahead: make(chan struct{}, WorkerCount(0)), decoders: make(chan *Decoder, 2*WorkerCount(0))}
+}
+
+// Bytes returns the bytes of decoded records the cache holds now.
+func (c *SnapshotCache) Bytes() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bytes
+}
+
+// Limit returns the bytes of decoded records the cache keeps at most
+// (and for a moment one record more, when that record alone is larger).
+func (c *SnapshotCache) Limit() int64 { return c.limit }
+
+// Close frees the pooled decoders. Close the readers first.
+func (c *SnapshotCache) Close() error {
+	for {
+		select {
+		case d := <-c.decoders:
+			d.Close()
+		default:
+			return nil
+		}
+	}
+}
+
+// drop forgets the records of a closed reader.
+func (c *SnapshotCache) drop(s *SnapshotReader) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, e := range c.m {
+		if k.s != s {
+			continue
+		}
+		if e.elem != nil {
+			c.lru.Remove(e.elem)
+			c.bytes -= int64(cap(e.data))
+		}
+		delete(c.m, k)
+	}
 }
 
 type cacheEntry struct {
@@ -530,37 +585,42 @@ type cacheEntry struct {
 	background bool          // loaded by a read-ahead
 }
 
-// claim returns the entry of ref: the cached or loading one, or a new one
-// that the caller must load (fresh), which it registers.
-func (c *recordCache) claim(ref int32) (e *cacheEntry, fresh bool) {
+// claim returns the entry of record ref of s: the cached or loading one,
+// or a new one that the caller must load (fresh), which it registers.
+func (c *SnapshotCache) claim(s *SnapshotReader, ref int32) (e *cacheEntry, fresh bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.m[ref]; ok {
+	k := cacheKey{s, ref}
+	if e, ok := c.m[k]; ok {
 		if e.elem != nil {
 			c.lru.MoveToFront(e.elem)
 		}
 		return e, false
 	}
 	e = &cacheEntry{ready: make(chan struct{})}
-	if c.m != nil { // nil once closed: load, but keep nothing
-		c.m[ref] = e
+	// Once s is closed (checked under the lock that drop takes), load
+	// but keep nothing.
+	if !s.closed.Load() {
+		c.m[k] = e
 	}
 	return e, true
 }
 
 // done publishes a loaded entry, or forgets a failed one (a later read
 // tries again), and evicts what no longer fits.
-func (c *recordCache) done(ref int32, e *cacheEntry) {
+func (c *SnapshotCache) done(s *SnapshotReader, ref int32, e *cacheEntry) {
 	c.mu.Lock()
-	if c.m[ref] == e {
+	k := cacheKey{s, ref}
+	if c.m[k] == e {
 		if e.err != nil {
-			delete(c.m, ref)
+			delete(c.m, k)
 		} else {
-			e.elem = c.lru.PushFront(ref)
+			e.elem = c.lru.PushFront(k)
 			c.bytes += int64(cap(e.data))
 			for c.bytes > c.limit && c.lru.Len() > 1 {
-				old := c.lru.Remove(c.lru.Back()).(int32)
+				old := c.lru.Remove(c.lru.Back()).(cacheKey)
 				c.bytes -= int64(cap(c.m[old].data))
+				c.m[old].elem = nil
 				delete(c.m, old)
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -29,7 +30,7 @@ func mountCommand(e *env) *cli.Command {
 		Name:      "mount",
 		Usage:     "show every backed-up point in time of a store as a read-only disk image (FUSE)",
 		ArgsUsage: "MOUNTPOINT",
-		Description: "Mounts a read-only tree at MOUNTPOINT, an empty directory:\n\n" +
+		Description: "Mounts a read-only tree at MOUNTPOINT, an empty directory (not a symbolic link):\n\n" +
 			"   MOUNTPOINT/<volume>/<seq>-<UTC time>.img   each snapshot of the volume\n" +
 			"   MOUNTPOINT/<volume>/latest.img             the newest one (the same file)\n\n" +
 			"<volume> is escaped as in the store (vg0/vm1 → vg0%2Fvm1). Each image is a file of the\n" +
@@ -137,6 +138,13 @@ func runMount(ctx context.Context, e *env, o mountOptions) error {
 		server.Wait()
 		close(served)
 	}()
+	// The root of the tree mounted, to know it again when unmounting.
+	var mounted unix.Stat_t
+	if err := unix.Lstat(mp, &mounted); err != nil {
+		server.Unmount()
+		<-served
+		return fmt.Errorf("mount: %s after mounting: %w", o.mountpoint, err)
+	}
 	defer m.closeAll()
 	if !o.quiet {
 		fmt.Fprintf(e.stderr, "thinback: mounted store %s at %s, read-only; ^C or umount %s to stop\n", o.store, o.mountpoint, o.mountpoint)
@@ -155,9 +163,21 @@ func runMount(ctx context.Context, e *env, o mountOptions) error {
 			return // the same ^C, seen both as the context and as a signal
 		}
 		tried = time.Now()
+		// What is at mp must still be the tree mounted there: the path
+		// has no link left in it, and UMOUNT_NOFOLLOW keeps it so.
+		var now unix.Stat_t
+		if err := unix.Lstat(mp, &now); err != nil || now.Dev != mounted.Dev || now.Ino != mounted.Ino {
+			select {
+			case <-served:
+				return
+			default:
+			}
+			m.log("not unmounting %s: it is no longer the directory this mount is on (it was replaced or moved); unmount the tree yourself (findmnt -t fuse.thinback)", o.mountpoint)
+			return
+		}
 		// umount(2) first, as root: go-fuse's Unmount falls back to
 		// fusermount on any error, which would hide EBUSY.
-		err := syscall.Unmount(mp, 0)
+		err := unix.Unmount(mp, unix.UMOUNT_NOFOLLOW)
 		if errors.Is(err, syscall.EPERM) {
 			err = server.Unmount() // not root: fusermount3 -u
 		}
@@ -191,12 +211,23 @@ func runMount(ctx context.Context, e *env, o mountOptions) error {
 }
 
 // checkMountpoint refuses a mountpoint that is missing, not a directory,
-// not empty, already a mount point (busy) or a dead FUSE mount, and
-// returns it as an absolute path.
+// not empty, already a mount point (busy), a dead FUSE mount or a
+// symbolic link, and returns it as an absolute path with no symbolic
+// link in it. A link is refused, and the links of the directories above
+// are resolved here once, because the tree is unmounted by path when
+// thinback mount is stopped: a link re-pointed meanwhile would make ^C
+// unmount another file system.
 func checkMountpoint(dir string) (string, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return "", err
+	}
+	if fi, err := os.Lstat(abs); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+		to, _ := os.Readlink(abs)
+		return "", usageError{msg: fmt.Sprintf("mount point %s is a symbolic link (to %s): give the directory itself, so that stopping thinback mount unmounts what it mounted and nothing else", dir, to), hint: "thinback mount"}
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
 	}
 	var st, parent syscall.Stat_t
 	if err := syscall.Stat(abs, &st); err != nil {
@@ -232,8 +263,12 @@ func mountAdvice(err error) string {
 		return "\nmounting needs root, or fusermount3 (Debian's fuse3 package) for other users"
 	case errors.Is(err, syscall.ENODEV) || errors.Is(err, syscall.ENOENT):
 		return "\nis FUSE available? (modprobe fuse; /dev/fuse must exist)"
-	case strings.Contains(err.Error(), "fusermount"):
+	case errors.Is(err, exec.ErrNotFound):
 		return "\nas a user other than root, mounting needs fusermount3 (Debian's fuse3 package)"
+	case os.Geteuid() != 0:
+		// Other users mount through fusermount3, whose own message is
+		// the error above.
+		return "\nas a user other than root, mounting goes through fusermount3 (Debian's fuse3 package): see its message above"
 	}
 	return ""
 }

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"container/list"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -9,6 +12,9 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
+	"syscall"
+	"time"
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
@@ -28,22 +34,80 @@ func serveCommand(e *env) *cli.Command {
 			"   mount -o ro /dev/nbd0 /mnt/x            (nbd-client -d /dev/nbd0 when done)\n" +
 			"   qemu-img convert nbd+unix:///vg0/vm1@12?socket=/run/thinback.sock out.qcow2\n\n" +
 			"Every block is verified as it is read; a damaged record is an I/O error for its range.\n" +
-			"Write requests are refused. There is no authentication: anyone who can connect can\n" +
-			"read every volume, so prefer a unix socket, or tcp:127.0.0.1:PORT. Runs until\n" +
-			"interrupted (^C, SIGTERM).",
+			"Write requests are refused. Without --tls-client-ca there is no authentication:\n" +
+			"anyone who can connect can read every volume. The unix socket is made mode 0600\n" +
+			"(only its owner, the user running serve, can connect), whatever the umask; with tcp:,\n" +
+			"prefer tcp:127.0.0.1:PORT (PORT 0 picks a free port, which is printed), or TLS: with\n" +
+			"--tls-cert and --tls-key every client must start TLS (NBD's STARTTLS; nbds:// URLs),\n" +
+			"and with --tls-client-ca it must show a certificate that CA signed.\n\n" +
+			"A client has --handshake-timeout to choose its export; at most --max-connections are\n" +
+			"served at once (more are closed at once). All clients share one read budget (64 MiB of\n" +
+			"reads in flight) and one cache of decoded records (64 MiB), and each point in time is\n" +
+			"indexed once however many clients read it. Runs until interrupted (^C, SIGTERM).",
 		Flags: []cli.Flag{storeFlag, quietFlag,
 			&cli.StringFlag{Name: "nbd", Usage: "where to listen: unix:PATH or tcp:HOST:PORT (required)"},
+			&cli.IntFlag{Name: "max-connections", Value: nbdDefaultConns, Usage: "serve at most `N` connections at once"},
+			&cli.DurationFlag{Name: "handshake-timeout", Value: nbdDefaultHandshake, Usage: "close a connection that has not chosen its export within this `TIME`"},
+			&cli.StringFlag{Name: "tls-cert", Usage: "require TLS, with this server certificate (PEM `FILE`, with --tls-key)"},
+			&cli.StringFlag{Name: "tls-key", Usage: "the private key of --tls-cert (PEM `FILE`)"},
+			&cli.StringFlag{Name: "tls-client-ca", Usage: "require client certificates signed by this CA (PEM `FILE`; needs --tls-cert)"},
 		},
 		Action: func(c *cli.Context) error {
 			if _, err := args(c, 0, 0, "serve takes no arguments"); err != nil {
 				return err
 			}
-			return runServe(c.Context, e, c.String("store"), c.String("nbd"), c.Bool("quiet"))
+			if c.Int("max-connections") < 1 || c.Duration("handshake-timeout") <= 0 {
+				return usageError{msg: "serve: --max-connections and --handshake-timeout must be positive"}
+			}
+			tlsConf, err := serveTLS(c.String("tls-cert"), c.String("tls-key"), c.String("tls-client-ca"))
+			if err != nil {
+				return err
+			}
+			return runServe(c.Context, e, serveOptions{store: c.String("store"), addr: c.String("nbd"), quiet: c.Bool("quiet"),
+				nbd: nbdOptions{MaxConns: c.Int("max-connections"), HandshakeTimeout: c.Duration("handshake-timeout"), TLS: tlsConf}})
 		},
 	}
 }
 
-// listenNBD listens where --nbd says.
+// serveTLS is the TLS configuration the flags ask for: nil for none.
+func serveTLS(cert, key, clientCA string) (*tls.Config, error) {
+	if cert == "" && key == "" && clientCA == "" {
+		return nil, nil
+	}
+	if cert == "" || key == "" {
+		return nil, usageError{msg: "serve: give --tls-cert and --tls-key together (--tls-client-ca needs them too)"}
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, fmt.Errorf("serve: --tls-cert %s, --tls-key %s: %w", cert, key, err)
+	}
+	conf := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	if clientCA != "" {
+		pem, err := os.ReadFile(clientCA)
+		if err != nil {
+			return nil, fmt.Errorf("serve: --tls-client-ca: %w", err)
+		}
+		conf.ClientCAs = x509.NewCertPool()
+		if !conf.ClientCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("serve: --tls-client-ca %s holds no PEM certificate", clientCA)
+		}
+		conf.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return conf, nil
+}
+
+type serveOptions struct {
+	store, addr string
+	quiet       bool
+	nbd         nbdOptions
+	// started, if set, is called with the server once it listens (tests).
+	started func(*nbdServer, *storeExports)
+}
+
+// listenNBD listens where --nbd says. A unix socket is made mode 0600
+// whatever the umask (the umask is narrowed while it is bound, so there
+// is no moment when it is open to others): the socket is the only access
+// control.
 func listenNBD(addr string) (net.Listener, error) {
 	switch {
 	case strings.HasPrefix(addr, "unix:"):
@@ -51,25 +115,35 @@ func listenNBD(addr string) (net.Listener, error) {
 		if _, err := os.Lstat(path); err == nil {
 			return nil, fmt.Errorf("%s exists: remove it (a socket left by a killed thinback serve?) or choose another path: %w", path, fs.ErrExist)
 		}
-		return net.Listen("unix", path)
+		old := syscall.Umask(0o177)
+		l, err := net.Listen("unix", path)
+		syscall.Umask(old)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.Chmod(path, 0o600); err != nil {
+			l.Close()
+			return nil, err
+		}
+		return l, nil
 	case strings.HasPrefix(addr, "tcp:"):
 		return net.Listen("tcp", strings.TrimPrefix(addr, "tcp:"))
 	}
 	return nil, usageError{msg: fmt.Sprintf("serve: --nbd %q: give unix:PATH or tcp:HOST:PORT", addr)}
 }
 
-func runServe(ctx context.Context, e *env, store, addr string, quiet bool) error {
-	if addr == "" {
+func runServe(ctx context.Context, e *env, o serveOptions) error {
+	if o.addr == "" {
 		return usageError{msg: "serve: give where to listen with --nbd unix:PATH or --nbd tcp:127.0.0.1:PORT"}
 	}
-	s, err := openReadStore(store)
+	s, err := openReadStore(o.store)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
 	if err := s.View(func(*catalog.Tx) error { return nil }); err != nil {
-		return fmt.Errorf("serve: store %s: %w", store, err)
+		return fmt.Errorf("serve: store %s: %w", o.store, err)
 	}
-	l, err := listenNBD(addr)
+	l, err := listenNBD(o.addr)
 	if err != nil {
 		var ue usageError
 		if errors.As(err, &ue) {
@@ -77,29 +151,94 @@ func runServe(ctx context.Context, e *env, store, addr string, quiet bool) error
 		}
 		return fmt.Errorf("serve: %w", err)
 	}
-	if tcp, ok := l.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
-		warn(e, "serving on %s, which is not a loopback address: anyone who can reach it can read every volume of the store", tcp)
+	where := o.addr
+	if tcp, ok := l.Addr().(*net.TCPAddr); ok {
+		where = "tcp:" + tcp.String() // the port chosen, for tcp:HOST:0
+		if !tcp.IP.IsLoopback() && (o.nbd.TLS == nil || o.nbd.TLS.ClientCAs == nil) {
+			warn(e, "serving on %s, which is not a loopback address, without --tls-client-ca: anyone who can reach it can read every volume of the store", tcp)
+		}
 	}
-	logf := func(format string, args ...any) { fmt.Fprintf(e.stderr, "thinback: serve: "+format+"\n", args...) }
-	if !quiet {
-		fmt.Fprintf(e.stderr, "thinback: serving store %s over NBD at %s, read-only; ^C to stop\n", store, addr)
+	var logMu sync.Mutex
+	logf := func(format string, args ...any) {
+		logMu.Lock()
+		defer logMu.Unlock()
+		fmt.Fprintf(e.stderr, "thinback: serve: "+format+"\n", args...)
 	}
-	err = serveNBD(ctx, l, &storeExports{s: s, logf: logf}, logf)
+	exports := newStoreExports(s, logf)
+	defer exports.Close()
+	srv := newNBDServer(exports, o.nbd, logf)
+	if !o.quiet {
+		tlsSays := ""
+		if o.nbd.TLS != nil {
+			tlsSays = ", TLS required"
+		}
+		fmt.Fprintf(e.stderr, "thinback: serving store %s over NBD at %s, read-only%s; ^C to stop\n", o.store, where, tlsSays)
+	}
+	if o.started != nil {
+		o.started(srv, exports)
+	}
+	err = srv.serve(ctx, l)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	if !quiet {
-		fmt.Fprintf(e.stderr, "thinback: stopped serving %s\n", addr)
+	if !o.quiet {
+		fmt.Fprintf(e.stderr, "thinback: stopped serving %s\n", where)
 	}
 	return nil
 }
 
+// How long, and how many, points in time no client has open stay
+// indexed: NBD_OPT_INFO then NBD_OPT_GO, or a client that reconnects,
+// finds its index built.
+const (
+	idleExportTTL = time.Minute
+	idleExports   = 8
+)
+
 // storeExports offers the snapshots of a store: VOLUME is the newest,
 // VOLUME@SEQ (or @#SEQ, @ID, @ID-PREFIX) any; the empty name is the newest
-// snapshot of a store's only volume.
+// snapshot of a store's only volume. Each point in time is opened and
+// indexed once, however many clients read it, and every reader keeps its
+// decoded records in one cache.
 type storeExports struct {
-	s    *readStore
-	logf func(string, ...any)
+	s     *readStore
+	logf  func(string, ...any)
+	cache *archive.SnapshotCache
+
+	mu    sync.Mutex
+	open  map[string]*sharedExport // by chainKey
+	idle  list.List                // of *sharedExport no client has open, oldest first
+	built int                      // indexes built, ever
+}
+
+// sharedExport is a point in time open, with its index, shared by the
+// clients that read it.
+type sharedExport struct {
+	key   string
+	ready chan struct{} // closed once r and pit, or err, are set
+	r     *archive.SnapshotReader
+	pit   *pointInTime
+	err   error
+	refs  int
+	idle  *list.Element
+	timer *time.Timer
+}
+
+func newStoreExports(s *readStore, logf func(string, ...any)) *storeExports {
+	return &storeExports{s: s, logf: logf, cache: archive.NewSnapshotCache(archive.DefaultSnapshotCache), open: make(map[string]*sharedExport)}
+}
+
+// chainKey names a point in time by its snapshot and the files it is read
+// from: a prune that rewrites a file of the chain makes it another key.
+func chainKey(chain []catalog.Snapshot) string {
+	var b strings.Builder
+	for _, sn := range chain {
+		b.WriteString(sn.ID)
+		b.WriteByte(0)
+		b.WriteString(sn.File)
+		b.WriteByte(0)
+	}
+	return b.String()
 }
 
 func (x *storeExports) List() ([]string, error) {
@@ -146,7 +285,17 @@ func (x *storeExports) pick(tx *catalog.Tx, name string) (catalog.Snapshot, erro
 }
 
 func (x *storeExports) Open(name string) (nbdExport, error) {
-	pit, err := x.s.openPointInTime(func(tx *catalog.Tx) (catalog.Snapshot, error) { return x.pick(tx, name) })
+	var snap catalog.Snapshot
+	var key string
+	err := x.s.View(func(tx *catalog.Tx) error {
+		var err error
+		if snap, err = x.pick(tx, name); err != nil {
+			return err
+		}
+		chain, err := tx.Chain(snap.ID)
+		key = chainKey(chain)
+		return err
+	})
 	if errors.Is(err, catalog.ErrNotFound) {
 		return nil, nil
 	}
@@ -154,23 +303,147 @@ func (x *storeExports) Open(name string) (nbdExport, error) {
 		x.logf("opening export %q: %v", name, err)
 		return nil, err
 	}
-	r, err := archive.OpenSnapshot(context.Background(), pit.inputs, archive.SnapshotOptions{Log: func(msg string) { x.logf("%s", msg) }})
-	if err != nil {
-		pit.Close()
-		err = x.s.damaged(err)
-		x.logf("opening export %q: %v", name, err)
-		return nil, err
+	x.mu.Lock()
+	e := x.open[key]
+	if e == nil {
+		e = &sharedExport{key: key, ready: make(chan struct{}), refs: 1}
+		x.open[key] = e
+		x.built++
+		x.mu.Unlock()
+		x.build(e, snap.ID)
+	} else {
+		e.refs++
+		if e.idle != nil {
+			x.idle.Remove(e.idle)
+			e.idle = nil
+			e.timer.Stop()
+		}
+		x.mu.Unlock()
+		<-e.ready
 	}
-	return &pointExport{SnapshotReader: r, pit: pit}, nil
+	if e.err != nil {
+		x.release(e)
+		x.logf("opening export %q: %v", name, e.err)
+		return nil, e.err
+	}
+	return &pointExport{e: e, x: x}, nil
 }
 
-// pointExport is a point in time served, with its files.
-type pointExport struct {
-	*archive.SnapshotReader
-	pit *pointInTime
+// build opens and indexes the point in time of e; on failure it takes e
+// out of the exports open, so that the next client tries again.
+func (x *storeExports) build(e *sharedExport, id string) {
+	defer close(e.ready)
+	pit, err := x.s.openPointInTime(func(tx *catalog.Tx) (catalog.Snapshot, error) { return tx.Snapshot(id) })
+	if err == nil {
+		e.r, err = archive.OpenSnapshot(context.Background(), pit.inputs, archive.SnapshotOptions{Cache: x.cache, Log: func(msg string) { x.logf("%s", msg) }})
+		if err != nil {
+			pit.Close()
+			err = x.s.damaged(err)
+		}
+	}
+	if err != nil {
+		e.r, e.err = nil, err
+		x.mu.Lock()
+		if x.open[e.key] == e {
+			delete(x.open, e.key)
+		}
+		x.mu.Unlock()
+		return
+	}
+	e.pit = pit
 }
+
+// release is a client's close of e: the last one leaves e indexed, idle,
+// for idleExportTTL, among the idleExports most recent.
+func (x *storeExports) release(e *sharedExport) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	e.refs--
+	if e.refs > 0 {
+		return
+	}
+	if e.err != nil || x.open[e.key] != e {
+		e.close()
+		return
+	}
+	e.idle = x.idle.PushBack(e)
+	e.timer = time.AfterFunc(idleExportTTL, func() {
+		x.mu.Lock()
+		defer x.mu.Unlock()
+		if e.idle != nil && e.refs == 0 {
+			x.evict(e)
+		}
+	})
+	for x.idle.Len() > idleExports {
+		x.evict(x.idle.Front().Value.(*sharedExport))
+	}
+}
+
+// evict closes an idle export; x.mu is held.
+func (x *storeExports) evict(e *sharedExport) {
+	x.idle.Remove(e.idle)
+	e.idle = nil
+	e.timer.Stop()
+	delete(x.open, e.key)
+	e.close()
+}
+
+func (e *sharedExport) close() {
+	if e.r != nil {
+		e.r.Close()
+		e.pit.Close()
+		e.r, e.pit = nil, nil
+	}
+}
+
+// Close closes the exports no client has open; call it once the server
+// has stopped.
+func (x *storeExports) Close() error {
+	x.mu.Lock()
+	for x.idle.Len() > 0 {
+		x.evict(x.idle.Front().Value.(*sharedExport))
+	}
+	x.mu.Unlock()
+	return x.cache.Close()
+}
+
+// exportStats is what the open exports hold, for tests: how many indexes
+// were ever built, how many points in time are open, the memory of their
+// indexes, and the bytes of decoded records cached for all of them.
+type exportStats struct {
+	built, open int
+	indexBytes  int64
+	cacheBytes  int64
+}
+
+func (x *storeExports) stats() exportStats {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	st := exportStats{built: x.built, open: len(x.open), cacheBytes: x.cache.Bytes()}
+	for _, e := range x.open {
+		select {
+		case <-e.ready:
+			if e.r != nil {
+				st.indexBytes += e.r.IndexBytes()
+			}
+		default:
+		}
+	}
+	return st
+}
+
+// pointExport is a client's handle on a shared point in time.
+type pointExport struct {
+	e    *sharedExport
+	x    *storeExports
+	once sync.Once
+}
+
+func (p *pointExport) ReadAt(b []byte, off int64) (int, error) { return p.e.r.ReadAt(b, off) }
+
+func (p *pointExport) Size() int64 { return p.e.r.Size() }
 
 func (p *pointExport) Close() error {
-	p.SnapshotReader.Close()
-	return p.pit.Close()
+	p.once.Do(func() { p.x.release(p.e) })
+	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -124,7 +123,7 @@ func (m *mounted) stop(t *testing.T, sig os.Signal) {
 func TestMountHost(t *testing.T) {
 	work := t.TempDir()
 	store := filepath.Join(work, "store")
-	r := rand.New(rand.NewSource(time.Now().UnixNano()))
+	r := seededRand(t)
 	img := make([]byte, 6<<20+12345)
 	r.Read(img[:4<<20])
 	var states [][]byte

@@ -3,12 +3,15 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
+	"time"
 )
 
 // A read-only NBD server (the Network Block Device protocol of Linux's nbd
@@ -42,6 +45,7 @@ const (
 	nbdOptAbort      = 2
 	nbdOptList       = 3
 	nbdOptInfo       = 6
+	nbdOptStartTLS   = 5
 	nbdOptGo         = 7
 
 	nbdRepAck        = 1
@@ -49,6 +53,7 @@ const (
 	nbdRepInfo       = 3
 	nbdRepErrUnsup   = 1<<31 + 1
 	nbdRepErrInvalid = 1<<31 + 3
+	nbdRepErrTLSReqd = 1<<31 + 5
 	nbdRepErrUnknown = 1<<31 + 6
 
 	nbdInfoExport    = 0
@@ -67,11 +72,27 @@ const (
 	nbdMaxOption = 64 << 10
 	// nbdMaxRead bounds one read request (and so the memory of one).
 	nbdMaxRead = 32 << 20
-	// nbdInflight bounds the reads served at once per connection, in
-	// units of nbdSlot bytes (a read takes one unit per started nbdSlot):
-	// a client cannot make the server hold more than 64 MiB of reads.
-	nbdInflight = 16
-	nbdSlot     = 4 << 20
+	// nbdSlot is the unit of the read budget: a read takes one per
+	// started nbdSlot of its length, at least one, so that a read also
+	// pays for the record (at most archive.MaxDataLen) it decodes.
+	nbdSlot = 4 << 20
+	// nbdDefaultBudget is the read budget of the whole server, shared by
+	// every connection: however many clients there are and whatever they
+	// ask, the server holds at most this much of reads being served
+	// (their buffers), and so at most nbdDefaultBudget/nbdSlot reads at
+	// once, each decoding one record at a time.
+	nbdDefaultBudget = 64 << 20
+	// nbdDefaultConns is how many connections are served at once unless
+	// told otherwise (--max-connections); one more is closed at once.
+	nbdDefaultConns = 64
+	// nbdDefaultHandshake is how long a client has to negotiate its
+	// export (--handshake-timeout), so that connections that say nothing
+	// do not hold their places.
+	nbdDefaultHandshake = 30 * time.Second
+	// nbdReplyTimeout is how long a reply may wait for the client to
+	// take it: a client that asks and never reads would otherwise hold
+	// its share of the read budget forever.
+	nbdReplyTimeout = 60 * time.Second
 )
 
 // errNBDClosed marks the end of a connection the client asked for.
@@ -92,44 +113,132 @@ type nbdExports interface {
 	Open(name string) (nbdExport, error)
 }
 
-// serveNBD serves the connections of l until ctx is done, then closes
-// them and returns once every one has ended.
-func serveNBD(ctx context.Context, l net.Listener, exports nbdExports, logf func(string, ...any)) error {
+// nbdOptions tune a server; the zero value is good.
+type nbdOptions struct {
+	MaxConns         int           // 0: nbdDefaultConns
+	HandshakeTimeout time.Duration // 0: nbdDefaultHandshake
+	ReplyTimeout     time.Duration // 0: nbdReplyTimeout
+	ReadBudget       int64         // bytes; 0: nbdDefaultBudget
+	// TLS, if set, is required: a client must start TLS (NBD_OPT_STARTTLS)
+	// before any other option but NBD_OPT_ABORT.
+	TLS *tls.Config
+}
+
+// nbdServer is what every connection of a server shares: its exports,
+// its read budget and its limits.
+type nbdServer struct {
+	exports nbdExports
+	logf    func(string, ...any)
+	opts    nbdOptions
+	budget  *readBudget
+
+	mu    sync.Mutex
+	conns map[net.Conn]bool
+}
+
+func newNBDServer(exports nbdExports, opts nbdOptions, logf func(string, ...any)) *nbdServer {
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = nbdDefaultConns
+	}
+	if opts.HandshakeTimeout <= 0 {
+		opts.HandshakeTimeout = nbdDefaultHandshake
+	}
+	if opts.ReplyTimeout <= 0 {
+		opts.ReplyTimeout = nbdReplyTimeout
+	}
+	if opts.ReadBudget <= 0 {
+		opts.ReadBudget = nbdDefaultBudget
+	}
+	// A read of nbdMaxRead must fit, or it would wait forever.
+	opts.ReadBudget = max(opts.ReadBudget, nbdMaxRead)
+	return &nbdServer{exports: exports, logf: logf, opts: opts,
+		budget: newReadBudget(opts.ReadBudget / nbdSlot), conns: make(map[net.Conn]bool)}
+}
+
+// connections returns how many connections are being served.
+func (srv *nbdServer) connections() int {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	return len(srv.conns)
+}
+
+// serve serves the connections of l until ctx is done, then closes them
+// and returns once every one has ended. A failing accept (too many open
+// files, a connection reset before it was taken) is logged and tried
+// again after a pause that grows up to a second, as net/http does;
+// connections over the limit are closed at once.
+func (srv *nbdServer) serve(ctx context.Context, l net.Listener) error {
 	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := make(map[net.Conn]bool)
 	stop := context.AfterFunc(ctx, func() {
 		l.Close()
-		mu.Lock()
-		for c := range conns {
+		srv.mu.Lock()
+		for c := range srv.conns {
 			c.Close()
 		}
-		mu.Unlock()
+		srv.mu.Unlock()
 	})
 	defer stop()
 	defer wg.Wait()
+	var delay time.Duration
+	full := false // the limit was reached and said so
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("nbd: accepting a connection: %w", err)
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("nbd: accepting a connection: %w", err)
+			}
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+				srv.logf("nbd: accepting a connection: %v; trying again (%d connections open)", err, srv.connections())
+			} else {
+				delay = min(2*delay, time.Second)
+			}
+			select {
+			case <-time.After(delay):
+			case <-ctx.Done():
+				return nil
+			}
+			continue
 		}
-		mu.Lock()
-		conns[c] = true
-		mu.Unlock()
+		delay = 0
+		srv.mu.Lock()
+		if ctx.Err() != nil {
+			// Accepted as the server stopped, perhaps after stop
+			// closed the others: not served.
+			srv.mu.Unlock()
+			c.Close()
+			return nil
+		}
+		n := len(srv.conns)
+		if n < srv.opts.MaxConns {
+			srv.conns[c] = true
+		}
+		srv.mu.Unlock()
+		if n >= srv.opts.MaxConns {
+			if !full {
+				full = true
+				srv.logf("nbd: %d connections open, the most served at once (--max-connections): closing new ones until one ends", n)
+			}
+			c.Close()
+			continue
+		}
+		full = false
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() {
-				mu.Lock()
-				delete(conns, c)
-				mu.Unlock()
+				// Forgotten before closed: a client that sees its
+				// connection end can count on its place being free.
+				srv.mu.Lock()
+				delete(srv.conns, c)
+				srv.mu.Unlock()
 				c.Close()
 			}()
-			if err := serveNBDConn(c, exports); err != nil && !errors.Is(err, errNBDClosed) && ctx.Err() == nil {
-				logf("nbd: %s: %v", c.RemoteAddr(), err)
+			if err := srv.serveConn(ctx, c); err != nil && !errors.Is(err, errNBDClosed) && ctx.Err() == nil {
+				srv.logf("nbd: %s: %v", c.RemoteAddr(), err)
 			}
 		}()
 	}
@@ -137,21 +246,134 @@ func serveNBD(ctx context.Context, l net.Listener, exports nbdExports, logf func
 
 // nbdConn is one client connection.
 type nbdConn struct {
-	c       net.Conn
-	r       *bufio.Reader
-	wmu     sync.Mutex // one reply at a time
-	w       *bufio.Writer
-	exports nbdExports
+	srv *nbdServer
+	ctx context.Context
+	c   net.Conn
+	r   *bufio.Reader
+	wmu sync.Mutex // one reply at a time
+	w   *bufio.Writer
+	// deadline is when the handshake must be done.
+	deadline time.Time
+	tls      bool // TLS started
 }
 
-func serveNBDConn(c net.Conn, exports nbdExports) error {
-	n := &nbdConn{c: c, r: bufio.NewReader(c), w: bufio.NewWriter(c), exports: exports}
+// serveConn serves one connection until it ends, or ctx is done.
+func (srv *nbdServer) serveConn(ctx context.Context, c net.Conn) error {
+	n := &nbdConn{srv: srv, ctx: ctx, c: c, r: bufio.NewReader(c), w: bufio.NewWriter(c),
+		deadline: time.Now().Add(srv.opts.HandshakeTimeout)}
+	c.SetDeadline(n.deadline)
 	exp, err := n.handshake()
 	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("no export chosen within %v of connecting (--handshake-timeout): closing the connection", srv.opts.HandshakeTimeout)
+		}
 		return err
 	}
 	defer exp.Close()
+	c.SetDeadline(time.Time{})
 	return n.transmit(exp)
+}
+
+// open opens an export for the handshake, whose deadline moves by the
+// time that takes (building a large snapshot's index): the client is
+// timed, not the server.
+func (n *nbdConn) open(name string) (nbdExport, error) {
+	start := time.Now()
+	exp, err := n.srv.exports.Open(name)
+	n.deadline = n.deadline.Add(time.Since(start))
+	n.c.SetDeadline(n.deadline)
+	return exp, err
+}
+
+// readBudget is a counting semaphore of read units shared by the
+// connections of a server, taken whole (a read takes all of its units at
+// once, never some while waiting for the rest, which could deadlock two
+// connections) and first come, first served.
+type readBudget struct {
+	mu      sync.Mutex
+	limit   int64
+	used    int64
+	peak    int64
+	waiters []*budgetWaiter
+	// onWait, if set, is called (with mu held) when a read must wait
+	// (tests).
+	onWait func()
+}
+
+type budgetWaiter struct {
+	n     int64
+	ready chan struct{}
+}
+
+func newReadBudget(limit int64) *readBudget { return &readBudget{limit: limit} }
+
+// acquire takes n units (at most the limit), waiting for them until done
+// is closed; it reports whether it took them.
+func (b *readBudget) acquire(n int64, done <-chan struct{}) bool {
+	b.mu.Lock()
+	if len(b.waiters) == 0 && b.used+n <= b.limit {
+		b.take(n)
+		b.mu.Unlock()
+		return true
+	}
+	w := &budgetWaiter{n: n, ready: make(chan struct{})}
+	b.waiters = append(b.waiters, w)
+	if b.onWait != nil {
+		b.onWait()
+	}
+	b.mu.Unlock()
+	select {
+	case <-w.ready:
+		return true
+	case <-done:
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		select {
+		case <-w.ready: // granted meanwhile: give it back
+			b.used -= n
+			b.grant()
+		default:
+			for i, x := range b.waiters {
+				if x == w {
+					b.waiters = append(b.waiters[:i], b.waiters[i+1:]...)
+					break
+				}
+			}
+			b.grant() // the first waiter may fit now
+		}
+		return false
+	}
+}
+
+func (b *readBudget) take(n int64) {
+	b.used += n
+	b.peak = max(b.peak, b.used)
+}
+
+// release gives back n units.
+func (b *readBudget) release(n int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.used -= n
+	b.grant()
+}
+
+// grant hands units to the waiters first in line, while they fit.
+func (b *readBudget) grant() {
+	for len(b.waiters) > 0 && b.used+b.waiters[0].n <= b.limit {
+		w := b.waiters[0]
+		b.waiters = b.waiters[1:]
+		b.take(w.n)
+		close(w.ready)
+	}
+}
+
+// state returns the units in use, the most ever in use at once, and how
+// many reads wait.
+func (b *readBudget) state() (used, peak int64, waiting int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.used, b.peak, len(b.waiters)
 }
 
 func (n *nbdConn) flush() error { return n.w.Flush() }
@@ -201,9 +423,34 @@ func (n *nbdConn) handshake() (nbdExport, error) {
 		if _, err := io.ReadFull(n.r, data); err != nil {
 			return nil, fmt.Errorf("reading option %d: %w", hdr.Option, err)
 		}
+		if n.srv.opts.TLS != nil && !n.tls {
+			switch hdr.Option {
+			case nbdOptStartTLS:
+				if err := n.startTLS(data); err != nil {
+					return nil, err
+				}
+				continue
+			case nbdOptExportName: // no error reply: the connection ends
+				return nil, errors.New("NBD_OPT_EXPORT_NAME before TLS, which this server requires")
+			case nbdOptAbort:
+			default:
+				if err := n.replyDone(hdr.Option, nbdRepErrTLSReqd, []byte("this server requires TLS: start it first (NBD_OPT_STARTTLS)")); err != nil {
+					return nil, err
+				}
+				continue
+			}
+		}
 		switch hdr.Option {
+		case nbdOptStartTLS:
+			msg := "TLS is already on"
+			if n.srv.opts.TLS == nil {
+				msg = "this server has no TLS (thinback serve --tls-cert)"
+			}
+			if err := n.replyDone(hdr.Option, nbdRepErrInvalid, []byte(msg)); err != nil {
+				return nil, err
+			}
 		case nbdOptExportName:
-			exp, err := n.exports.Open(string(data))
+			exp, err := n.open(string(data))
 			if err != nil || exp == nil {
 				// This option has no error reply: the connection ends.
 				if err == nil {
@@ -234,7 +481,7 @@ func (n *nbdConn) handshake() (nbdExport, error) {
 				}
 				continue
 			}
-			names, err := n.exports.List()
+			names, err := n.srv.exports.List()
 			if err != nil {
 				return nil, err
 			}
@@ -268,6 +515,28 @@ func (n *nbdConn) handshake() (nbdExport, error) {
 	}
 }
 
+// startTLS answers NBD_OPT_STARTTLS and runs the TLS handshake; the
+// rest of the connection is then over TLS.
+func (n *nbdConn) startTLS(data []byte) error {
+	if len(data) != 0 {
+		return n.replyDone(nbdOptStartTLS, nbdRepErrInvalid, []byte("NBD_OPT_STARTTLS takes no data"))
+	}
+	if n.r.Buffered() > 0 {
+		// Sent before the server's answer: it would be read as plain
+		// text, outside the TLS session.
+		return errors.New("the client sent data after NBD_OPT_STARTTLS before its answer")
+	}
+	if err := n.replyDone(nbdOptStartTLS, nbdRepAck, nil); err != nil {
+		return err
+	}
+	tc := tls.Server(n.c, n.srv.opts.TLS)
+	if err := tc.HandshakeContext(n.ctx); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	n.c, n.r, n.w, n.tls = tc, bufio.NewReader(tc), bufio.NewWriter(tc), true
+	return nil
+}
+
 const nbdTransmitFlags = nbdFlagHasFlags | nbdFlagReadOnly | nbdFlagSendFlush | nbdFlagMultiConn
 
 // info answers NBD_OPT_INFO and NBD_OPT_GO: the export's size, flags and
@@ -287,9 +556,12 @@ func (n *nbdConn) info(opt uint32, data []byte) (nbdExport, error) {
 	if len(rest) != 2+2*int(nreq) {
 		return nil, n.replyDone(opt, nbdRepErrInvalid, []byte("information requests do not match their count"))
 	}
-	exp, err := n.exports.Open(name)
+	exp, err := n.open(name)
 	if err != nil {
-		return nil, n.replyDone(opt, nbdRepErrUnknown, []byte(err.Error()))
+		// The error, logged by the server, names the store's files: the
+		// client, who may be anyone who can connect, learns only that
+		// the export cannot be read.
+		return nil, n.replyDone(opt, nbdRepErrUnknown, []byte(fmt.Sprintf("export %q cannot be read: the server's log says why", name)))
 	}
 	if exp == nil {
 		return nil, n.replyDone(opt, nbdRepErrUnknown, []byte("no export "+name+" (thinback serve lists them: nbd-client -l)"))
@@ -333,11 +605,10 @@ func (n *nbdConn) replyDone(opt, typ uint32, data []byte) error {
 
 // transmit serves requests until NBD_CMD_DISC or the end of the
 // connection. Reads are served concurrently (their replies carry the
-// request's handle), up to nbdInflight at once.
+// request's handle), as many as the server's read budget allows.
 func (n *nbdConn) transmit(exp nbdExport) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	slots := make(chan struct{}, nbdInflight)
 	size := exp.Size()
 	for {
 		var req struct {
@@ -365,18 +636,14 @@ func (n *nbdConn) transmit(exp nbdExport) error {
 				}
 				continue
 			}
-			units := max(1, (int(req.Length)+nbdSlot-1)/nbdSlot)
-			for range units { // only this goroutine takes units: no deadlock
-				slots <- struct{}{}
+			units := max(1, (int64(req.Length)+nbdSlot-1)/nbdSlot)
+			if !n.srv.budget.acquire(units, n.ctx.Done()) {
+				return n.ctx.Err()
 			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				defer func() {
-					for range units {
-						<-slots
-					}
-				}()
+				defer n.srv.budget.release(units)
 				buf := make([]byte, req.Length)
 				code := uint32(0)
 				if _, err := exp.ReadAt(buf, int64(req.Offset)); err != nil && !errors.Is(err, io.EOF) {
@@ -416,6 +683,7 @@ func (n *nbdConn) transmit(exp nbdExport) error {
 func (n *nbdConn) simple(handle uint64, code uint32, data []byte) error {
 	n.wmu.Lock()
 	defer n.wmu.Unlock()
+	n.c.SetWriteDeadline(time.Now().Add(n.srv.opts.ReplyTimeout))
 	if err := n.put(uint32(nbdReplyMagic), code, handle); err != nil {
 		return err
 	}

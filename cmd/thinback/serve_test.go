@@ -1,0 +1,501 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// serveStore makes a store of two backups of a small image and returns
+// it with the image's two states.
+func serveStore(t *testing.T) (work, store string, states [][]byte) {
+	t.Helper()
+	work = t.TempDir()
+	store = filepath.Join(work, "store")
+	r := seededRand(t)
+	img := make([]byte, 3<<20+777)
+	r.Read(img[:2<<20])
+	for i := 0; i < 2; i++ {
+		if i > 0 {
+			r.Read(img[1<<20 : 1<<20+300000])
+		}
+		if err := os.WriteFile(filepath.Join(work, "disk.img"), img, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		run(t, work, "backup", "--file", "disk.img", "--store", store)
+		states = append(states, append([]byte(nil), img...))
+	}
+	return work, store, states
+}
+
+// startServe runs serve in this process on a unix socket and returns the
+// socket once the server listens, with the server and its exports; the
+// server stops at the end of the test.
+func startServe(t *testing.T, store string, opts nbdOptions) (sock string, srv *nbdServer, x *storeExports, log *syncBuffer) {
+	t.Helper()
+	sock = filepath.Join(t.TempDir(), "nbd.sock")
+	log = &syncBuffer{}
+	e := &env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: writerFunc(func(b []byte) (int, error) { log.WriteString(string(b)); return len(b), nil })}
+	ctx, cancel := context.WithCancel(context.Background())
+	started := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- runServe(ctx, e, serveOptions{store: store, addr: "unix:" + sock, quiet: true, nbd: opts,
+			started: func(s *nbdServer, xs *storeExports) { srv, x = s, xs; close(started) }})
+	}()
+	select {
+	case <-started:
+	case err := <-done:
+		t.Fatalf("serve: %v", err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return sock, srv, x, log
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+
+func (k *nbdClient) info(name string) (final uint32, msg string) {
+	k.t.Helper()
+	data := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
+	data = append(data, name...)
+	data = binary.BigEndian.AppendUint16(data, 0)
+	k.put(uint64(nbdOptMagic), uint32(nbdOptInfo), uint32(len(data)))
+	k.c.Write(data)
+	for {
+		var magic uint64
+		var o, typ, n uint32
+		k.get(&magic, &o, &typ, &n)
+		b := make([]byte, n)
+		if _, err := io.ReadFull(k.c, b); err != nil {
+			k.t.Fatal(err)
+		}
+		if typ == nbdRepAck || typ&(1<<31) != 0 {
+			return typ, string(b)
+		}
+	}
+}
+
+// TestServeShared: many clients of two points in time, each choosing its
+// export after NBD_OPT_INFO, share one index per point in time and one
+// cache of decoded records, and the reads they ask for, never taken from
+// their sockets, hold the server's one read budget at most: when the
+// budget is spent, reads wait. Then every reply arrives, with the bytes
+// of its export.
+func TestServeShared(t *testing.T) {
+	_, store, states := serveStore(t)
+	sock, srv, x, log := startServe(t, store, nbdOptions{})
+	waited := make(chan struct{}, 1)
+	srv.budget.mu.Lock()
+	srv.budget.onWait = func() {
+		select {
+		case waited <- struct{}{}:
+		default:
+		}
+	}
+	srv.budget.mu.Unlock()
+
+	const clients = 40
+	names := []string{"disk.img@1", "disk.img"}
+	var ks []*nbdClient
+	for i := range clients {
+		k := dialNBD(t, sock)
+		if final, _ := k.info(names[i%2]); final != nbdRepAck {
+			t.Fatalf("client %d: NBD_OPT_INFO %s: reply %#x", i, names[i%2], final)
+		}
+		if final := k.goExport(names[i%2]); final != nbdRepAck {
+			t.Fatalf("client %d: NBD_OPT_GO %s: reply %#x", i, names[i%2], final)
+		}
+		ks = append(ks, k)
+	}
+	st := x.stats()
+	if st.built != 2 || st.open != 2 {
+		t.Fatalf("%d clients of 2 points in time, each with NBD_OPT_INFO then NBD_OPT_GO: %d indexes built, %d open; want 2 and 2", clients, st.built, st.open)
+	}
+	t.Logf("%d idle clients: %d indexes of %d bytes in all, %d connections", clients, st.built, st.indexBytes, srv.connections())
+
+	// Every client asks for its whole image, 1 MiB at a time, and takes
+	// no reply yet: 160 units of reads asked for, 16 in the budget.
+	const piece = 1 << 20
+	for i, k := range ks {
+		want := states[i%2]
+		for h, off := uint64(1), 0; off < len(want); h, off = h+1, off+piece {
+			k.request(nbdCmdRead, h, uint64(off), uint32(min(piece, len(want)-off)), nil)
+		}
+	}
+	<-waited // reads wait: the budget is spent
+	used, peak, _ := srv.budget.state()
+	if used > srv.budget.limit || peak > srv.budget.limit {
+		t.Fatalf("the read budget: %d units in use, %d at most, limit %d", used, peak, srv.budget.limit)
+	}
+	var wg sync.WaitGroup
+	for i, k := range ks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			want := states[i%2]
+			n := (len(want) + piece - 1) / piece
+			for range n {
+				var magic, code uint32
+				var h uint64
+				if err := binary.Read(k.c, binary.BigEndian, &magic); err != nil {
+					t.Errorf("client %d: %v", i, err)
+					return
+				}
+				binary.Read(k.c, binary.BigEndian, &code)
+				binary.Read(k.c, binary.BigEndian, &h)
+				off := int(h-1) * piece
+				if magic != nbdReplyMagic || code != 0 || h < 1 || h > uint64(n) {
+					t.Errorf("client %d: reply %#x code %d handle %d", i, magic, code, h)
+					return
+				}
+				b := make([]byte, min(piece, len(want)-off))
+				if _, err := io.ReadFull(k.c, b); err != nil || !bytes.Equal(b, want[off:off+len(b)]) {
+					t.Errorf("client %d: the read at %d: %v, or other bytes", i, off, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	used, peak, _ = srv.budget.state()
+	st = x.stats()
+	if peak != srv.budget.limit || st.built != 2 || st.cacheBytes > x.cache.Limit() {
+		t.Fatalf("after every read: the budget was used up to %d units (limit %d), %d indexes built, %d bytes cached (limit %d)", peak, srv.budget.limit, st.built, st.cacheBytes, x.cache.Limit())
+	}
+	t.Logf("served %d clients: read budget at most %d of %d units of %d MiB, %d bytes of decoded records cached", clients, peak, srv.budget.limit, nbdSlot>>20, st.cacheBytes)
+	if s := log.String(); s != "" {
+		t.Logf("serve said:\n%s", s)
+	}
+}
+
+// listenTest serves fuzzExport on a unix socket with opts until the end
+// of the test.
+func listenTest(t *testing.T, opts nbdOptions) (sock string, srv *nbdServer, log *syncBuffer) {
+	t.Helper()
+	sock = filepath.Join(t.TempDir(), "nbd.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log = &syncBuffer{}
+	srv = newNBDServer(fuzzExport, opts, func(format string, args ...any) { log.WriteString(fmt.Sprintf(format+"\n", args...)) })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.serve(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return sock, srv, log
+}
+
+// closedByServer reports whether the server closes c without sending
+// more than up to bytes (the greeting, or nothing).
+func closedByServer(t *testing.T, c net.Conn, upto int) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	b, err := io.ReadAll(io.LimitReader(c, int64(upto)+1))
+	if err != nil || len(b) > upto {
+		t.Fatalf("the server sent %d bytes and %v; want it to close the connection after at most %d", len(b), err, upto)
+	}
+}
+
+// TestServeLimits: a client that does not choose its export within the
+// handshake timeout is disconnected, one that did keeps its connection
+// past it; connections over the limit are closed at once, and a place
+// freed is given to the next client.
+func TestServeLimits(t *testing.T) {
+	sock, srv, log := listenTest(t, nbdOptions{MaxConns: 2, HandshakeTimeout: 500 * time.Millisecond})
+	a := dialNBD(t, sock)
+	if final := a.goExport("mem"); final != nbdRepAck {
+		t.Fatalf("NBD_OPT_GO: %#x", final)
+	}
+	idle, err := net.Dial("unix", sock) // connects after a: its deadline comes later
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	if _, err := io.ReadFull(idle, make([]byte, 18)); err != nil { // the greeting: idle has its place
+		t.Fatal(err)
+	}
+	over, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer over.Close()
+	closedByServer(t, over, 0)
+	if !strings.Contains(log.String(), "--max-connections") {
+		t.Fatalf("a connection over the limit closed without a word in the log:\n%s", log.String())
+	}
+	closedByServer(t, idle, 0) // the greeting was read above
+	if !strings.Contains(log.String(), "--handshake-timeout") {
+		t.Fatalf("the idle connection closed without a word in the log:\n%s", log.String())
+	}
+	// a's handshake deadline, earlier than idle's, has passed: it still
+	// reads.
+	a.request(nbdCmdRead, 1, 1000, 100, nil)
+	if h, code, b := a.reply(100); h != 1 || code != 0 || !bytes.Equal(b, fuzzExport.data[1000:1100]) {
+		t.Fatalf("a read after the handshake timeout: handle %d code %d", h, code)
+	}
+	next := dialNBD(t, sock) // idle's place
+	if final := next.goExport("mem"); final != nbdRepAck {
+		t.Fatalf("NBD_OPT_GO on the place freed: %#x", final)
+	}
+	if n := srv.connections(); n != 2 {
+		t.Fatalf("%d connections served, want 2", n)
+	}
+}
+
+// TestServeRepliesNoPaths: an export that cannot be opened (its delta
+// file damaged) is refused to the client with a message naming the
+// export and nothing of the store's files; the server's log has the
+// details.
+func TestServeRepliesNoPaths(t *testing.T) {
+	_, store, _ := serveStore(t)
+	files, err := filepath.Glob(filepath.Join(store, "volumes", "*", "*.tbk"))
+	if err != nil || len(files) != 2 {
+		t.Fatalf("delta files %v: %v", files, err)
+	}
+	for _, f := range files {
+		if err := os.Truncate(f, 1000); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sock, _, _, log := startServe(t, store, nbdOptions{})
+	k := dialNBD(t, sock)
+	final, msg := k.info("disk.img@1")
+	if final != nbdRepErrUnknown || !strings.Contains(msg, "disk.img@1") {
+		t.Fatalf("NBD_OPT_INFO of a damaged export: reply %#x %q", final, msg)
+	}
+	dir, _ := filepath.Abs(store)
+	for _, leak := range []string{dir, filepath.Base(files[0]), "volumes/"} {
+		if strings.Contains(msg, leak) {
+			t.Fatalf("the reply to the client names the store's files (%s): %q", leak, msg)
+		}
+	}
+	if !strings.Contains(log.String(), filepath.Base(files[0])) {
+		t.Fatalf("the server's log does not name the damaged file:\n%s", log.String())
+	}
+}
+
+// serveProc is thinback serve run as its own process.
+type serveProc struct {
+	cmd   *exec.Cmd
+	lines chan string
+	log   *syncBuffer
+}
+
+// startServeProc starts thinback serve with args under umask 000 (as a
+// careless service manager might run it).
+func startServeProc(t *testing.T, work string, args ...string) *serveProc {
+	t.Helper()
+	p := &serveProc{cmd: thinbackCmd(t, work, append([]string{"serve"}, args...)...), lines: make(chan string, 100), log: &syncBuffer{}}
+	stderr, err := p.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := syscall.Umask(0)
+	err = p.cmd.Start()
+	syscall.Umask(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		s := bufio.NewScanner(stderr)
+		for s.Scan() {
+			p.log.WriteString(s.Text() + "\n")
+			select {
+			case p.lines <- s.Text():
+			default:
+			}
+		}
+		close(p.lines)
+	}()
+	t.Cleanup(func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		p.cmd.Wait()
+	})
+	return p
+}
+
+// waitLine waits for a line of standard error holding want.
+func (p *serveProc) waitLine(t *testing.T, want string) string {
+	t.Helper()
+	for line := range p.lines {
+		if strings.Contains(line, want) {
+			return line
+		}
+	}
+	err := p.cmd.Wait()
+	t.Fatalf("serve ended (%v) without saying %q:\n%s", err, want, p.log.String())
+	return ""
+}
+
+// TestServeSocketAndPort: the unix socket is 0600 even under umask 000,
+// and tcp:HOST:0 prints the port chosen, where the server answers.
+func TestServeSocketAndPort(t *testing.T) {
+	work, store, _ := serveStore(t)
+	sock := filepath.Join(work, "nbd.sock")
+	p := startServeProc(t, work, "--store", store, "--nbd", "unix:"+sock)
+	p.waitLine(t, "serving store")
+	fi, err := os.Lstat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("the socket under umask 000: %v, want a socket of mode 0600", fi.Mode())
+	}
+
+	p = startServeProc(t, work, "--store", store, "--nbd", "tcp:127.0.0.1:0")
+	line := p.waitLine(t, "serving store")
+	i := strings.Index(line, "at tcp:127.0.0.1:")
+	if i < 0 {
+		t.Fatalf("serve said %q, not where it listens", line)
+	}
+	addr := strings.Fields(line[i+len("at tcp:"):])[0]
+	addr = strings.TrimSuffix(addr, ",")
+	if strings.HasSuffix(addr, ":0") {
+		t.Fatalf("serve printed port 0: %q", line)
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("the address printed, %s: %v", addr, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	var magic uint64
+	if err := binary.Read(c, binary.BigEndian, &magic); err != nil || magic != nbdMagic {
+		t.Fatalf("at %s: %#x, %v; want the NBD greeting", addr, magic, err)
+	}
+}
+
+// TestServeAcceptBackoff: when accepting fails because the server is
+// out of file descriptors, it says so and goes on: once connections
+// end, new clients are served.
+func TestServeAcceptBackoff(t *testing.T) {
+	work, store, _ := serveStore(t)
+	sock := filepath.Join(work, "nbd.sock")
+	p := startServeProc(t, work, "--store", store, "--nbd", "unix:"+sock, "--max-connections", "1000")
+	p.waitLine(t, "serving store")
+	// Few descriptors from now on: the ones open, and a few more.
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := uint64(len(fds) + 4)
+	if err := unix.Prlimit(p.cmd.Process.Pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: limit, Max: limit}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	for range 12 {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	p.waitLine(t, "too many open files; trying again")
+	for _, c := range conns {
+		c.Close()
+	}
+	k := dialNBD(t, sock)
+	if final, names := k.option(nbdOptList, nil); final != nbdRepAck || len(names) != 3 {
+		t.Fatalf("NBD_OPT_LIST after running out of descriptors: %#x, %d names", final, len(names))
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Wait(); err != nil {
+		t.Fatalf("serve after running out of descriptors: %v\n%s", err, p.log.String())
+	}
+}
+
+// TestServeNbdinfo: libnbd's own client (nbdinfo, nbdcopy: Debian's
+// libnbd-bin) lists the exports with their sizes, read-only, and copies
+// each point in time byte for byte over several connections at once,
+// while the server indexes each point in time once for all its
+// NBD_OPT_INFO and NBD_OPT_GO requests.
+func TestServeNbdinfo(t *testing.T) {
+	for _, p := range []string{"nbdinfo", "nbdcopy"} {
+		if _, err := exec.LookPath(p); err != nil {
+			if os.Getenv("THINBACK_REQUIRE_VM") == "1" {
+				t.Fatalf("%s not found (apt-get install libnbd-bin): THINBACK_REQUIRE_VM=1 needs it", p)
+			}
+			t.Skipf("%s not found (apt-get install libnbd-bin)", p)
+		}
+	}
+	work, store, states := serveStore(t)
+	sock, _, x, log := startServe(t, store, nbdOptions{})
+	uri := func(name string) string { return "nbd+unix:///" + name + "?socket=" + sock }
+	out, err := exec.Command("nbdinfo", "--list", "--json", uri("")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nbdinfo --list: %v\n%s", err, out)
+	}
+	var list struct {
+		Exports []struct {
+			Name     string `json:"export-name"`
+			Size     int64  `json:"export-size"`
+			ReadOnly bool   `json:"is_read_only"`
+		} `json:"exports"`
+	}
+	if err := json.Unmarshal(out, &list); err != nil {
+		t.Fatalf("nbdinfo --list --json: %v\n%s", err, out)
+	}
+	sizes := map[string]int64{}
+	for _, e := range list.Exports {
+		if !e.ReadOnly {
+			t.Fatalf("export %s is not read-only", e.Name)
+		}
+		sizes[e.Name] = e.Size
+	}
+	want := map[string]int64{"disk.img": int64(len(states[1])), "disk.img@1": int64(len(states[0])), "disk.img@2": int64(len(states[1]))}
+	if fmt.Sprint(sizes) != fmt.Sprint(want) {
+		t.Fatalf("nbdinfo --list: %v, want %v", sizes, want)
+	}
+	for name, state := range map[string][]byte{"disk.img@1": states[0], "disk.img": states[1], "disk.img@2": states[1]} {
+		dst := filepath.Join(work, "copy.img")
+		os.Remove(dst)
+		if out, err := exec.Command("nbdcopy", "--connections=4", uri(name), dst).CombinedOutput(); err != nil {
+			t.Fatalf("nbdcopy %s: %v\n%s", name, err, out)
+		}
+		got, err := os.ReadFile(dst)
+		if err != nil || !bytes.Equal(got, state) {
+			t.Fatalf("nbdcopy %s: %d bytes (%v), not the image's %d", name, len(got), err, len(state))
+		}
+	}
+	// disk.img and disk.img@2 are one point in time.
+	if st := x.stats(); st.built != 2 {
+		t.Fatalf("2 points in time listed, queried and copied: %d indexes built, want 2", st.built)
+	}
+	out, err = exec.Command("nbdinfo", uri("disk.img@9")).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "disk.img@9") || strings.Contains(string(out), store) {
+		t.Fatalf("nbdinfo of an export that does not exist: %v\n%s", err, out)
+	}
+	if s := log.String(); s != "" {
+		t.Logf("serve said:\n%s", s)
+	}
+}
