@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"reflect"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -328,6 +332,42 @@ func TestSendSourceErrors(t *testing.T) {
 	}
 	if err := Send(ctx, w, fullSource(vol), SendOptions{}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled send: %v", err)
+	}
+}
+
+// badSource is a source whose device fails every read that touches the
+// 4 KiB block at bad, as a disk with a bad sector fails a whole request.
+type badSource struct {
+	*memSource
+	bad int64
+}
+
+func (s badSource) ReadAt(p []byte, off int64) (int, error) {
+	if off < s.bad+ReadErrorBlock && s.bad < off+int64(len(p)) {
+		return 0, &os.PathError{Op: "read", Path: "/dev/sdz", Err: syscall.EIO}
+	}
+	return s.memSource.ReadAt(p, off)
+}
+
+// TestSendReadError checks that a source failing a whole chunk for one bad
+// block is reported at that block's offset, with the source's own error.
+func TestSendReadError(t *testing.T) {
+	vol := make([]byte, 4<<20)
+	for i := range vol {
+		vol[i] = byte(i%251) | 1
+	}
+	const bad = 3<<20 + 12<<10 // inside the fourth 1 MiB chunk
+	w := NewWriter(io.Discard)
+	if err := w.WriteHeader(testHeader(int64(len(vol)))); err != nil {
+		t.Fatal(err)
+	}
+	err := Send(context.Background(), w, badSource{fullSource(vol), bad}, SendOptions{})
+	var re *ReadError
+	if !errors.As(err, &re) || re.Offset != bad || !errors.Is(err, syscall.EIO) {
+		t.Fatalf("Send over a bad block at %d: %v", bad, err)
+	}
+	if !strings.Contains(err.Error(), "/dev/sdz") || !strings.Contains(err.Error(), fmt.Sprint(bad)) {
+		t.Fatalf("the error names neither the device nor the offset: %v", err)
 	}
 }
 

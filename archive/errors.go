@@ -52,3 +52,23 @@ func (e *FormatError) Error() string {
 }
 
 func (e *FormatError) Unwrap() error { return e.Err }
+
+// A ReadError is a source that could not be read: a bad sector, a failing
+// or vanished device. Offset is the volume byte offset of the first block
+// of ReadErrorBlock bytes that failed, found by reading the failed range
+// again a block at a time; Err is the source's own error, which names the
+// device or file.
+type ReadError struct {
+	Offset int64
+	Err    error
+}
+
+// ReadErrorBlock is the granularity at which Send locates an unreadable
+// range: the page size, and the sector size of most disks.
+const ReadErrorBlock = 4096
+
+func (e *ReadError) Error() string {
+	return fmt.Sprintf("reading the source at byte offset %d: %v (a bad sector or a failing disk? see the kernel log, dmesg)", e.Offset, e.Err)
+}
+
+func (e *ReadError) Unwrap() error { return e.Err }

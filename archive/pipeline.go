@@ -125,11 +125,32 @@ func (b *sendJob) encode(enc *Encoder, src Source, e Extent, bs int64) error {
 	if got != n {
 		if err == nil || err == io.EOF {
 			err = io.ErrUnexpectedEOF
+			return fmt.Errorf("reading source at offset %d (%d bytes): got %d bytes: %w", e.Offset, n, got, err)
 		}
-		return fmt.Errorf("reading source at offset %d (%d bytes): got %d bytes: %w", e.Offset, n, got, err)
+		return locateReadError(src, data, e.Offset, got, err)
 	}
 	b.recs, _ = enc.Encode(b.recs[:0], e.Offset, data, bs, b.out[:0])
 	return nil
+}
+
+// locateReadError finds the first unreadable block of a range whose read
+// failed with err after got good bytes (a device fails a whole request
+// for one bad sector): it reads the rest again a ReadErrorBlock at a time,
+// and returns a *ReadError at the first block that fails. If every block
+// reads now, the failure is reported where the range starts.
+func locateReadError(src Source, data []byte, off int64, got int, err error) error {
+	pos := int64(got) / ReadErrorBlock * ReadErrorBlock
+	for ; pos < int64(len(data)); pos += ReadErrorBlock {
+		blk := data[pos:min(pos+ReadErrorBlock, int64(len(data)))]
+		n, berr := src.ReadAt(blk, off+pos)
+		if n != len(blk) {
+			if berr == nil || berr == io.EOF {
+				berr = io.ErrUnexpectedEOF
+			}
+			return &ReadError{Offset: off + pos, Err: berr}
+		}
+	}
+	return &ReadError{Offset: off, Err: err}
 }
 
 // aligner turns a source's extents, in any alignment, into block-aligned
