@@ -127,30 +127,10 @@ func (b *sendJob) encode(enc *Encoder, src Source, e Extent, bs int64) error {
 			err = io.ErrUnexpectedEOF
 			return fmt.Errorf("reading source at offset %d (%d bytes): got %d bytes: %w", e.Offset, n, got, err)
 		}
-		return locateReadError(src, data, e.Offset, got, err)
+		return locateReadError(src, "the source", data, e.Offset, n, got, err)
 	}
 	b.recs, _ = enc.Encode(b.recs[:0], e.Offset, data, bs, b.out[:0])
 	return nil
-}
-
-// locateReadError finds the first unreadable block of a range whose read
-// failed with err after got good bytes (a device fails a whole request
-// for one bad sector): it reads the rest again a ReadErrorBlock at a time,
-// and returns a *ReadError at the first block that fails. If every block
-// reads now, the failure is reported where the range starts.
-func locateReadError(src Source, data []byte, off int64, got int, err error) error {
-	pos := int64(got) / ReadErrorBlock * ReadErrorBlock
-	for ; pos < int64(len(data)); pos += ReadErrorBlock {
-		blk := data[pos:min(pos+ReadErrorBlock, int64(len(data)))]
-		n, berr := src.ReadAt(blk, off+pos)
-		if n != len(blk) {
-			if berr == nil || berr == io.EOF {
-				berr = io.ErrUnexpectedEOF
-			}
-			return &ReadError{Offset: off + pos, Err: berr}
-		}
-	}
-	return &ReadError{Offset: off, Err: err}
 }
 
 // aligner turns a source's extents, in any alignment, into block-aligned
@@ -378,5 +358,6 @@ func ReadPayloadAt(ra io.ReaderAt, rec *Record, buf []byte) ([]byte, error) {
 	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return buf, recordError(rec, ErrTruncated, fmt.Sprintf("the file ends inside the record's payload, at byte %d of %d (did it shrink while being read?)", n, rec.PayloadLen))
 	}
-	return buf, fmt.Errorf("reading the payload of record %d at byte %d: %w", rec.Num, rec.PayloadPos, err)
+	return buf, locateReadError(ra, fmt.Sprintf("the payload of record %d (bytes %d to %d)", rec.Num, rec.PayloadPos, rec.PayloadPos+rec.PayloadLen),
+		buf, rec.PayloadPos, int(rec.PayloadLen), n, err)
 }
