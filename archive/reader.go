@@ -37,6 +37,10 @@ type Reader struct {
 	meta    []byte
 	err     error
 	done    bool
+	// endAt and endChain are where the END record starts and the chain
+	// before it, for ResumeWriter.
+	endAt    int64
+	endChain Digest
 }
 
 // NewReader returns a Reader reading from r.
@@ -210,6 +214,9 @@ func (r *Reader) next() (*Record, error) {
 	next := chainNext(r.hasher, r.chain, rh[:], meta)
 	if next != Digest(buf[metaLen:]) {
 		return nil, r.corrupt(at, num, ErrChecksum, "record digest does not match the chain: the record is corrupt, or records were reordered, dropped or spliced from another file")
+	}
+	if typ == typeEnd {
+		r.endAt, r.endChain = at, r.chain
 	}
 	r.chain = next
 	if rh[2] != 0 || rh[3] != 0 {
