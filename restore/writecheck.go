@@ -65,6 +65,9 @@ func (t *Target) wrote(off, end int64) error {
 		return &WriteError{Target: t.Path, From: c.checked, To: c.written, Err: err}
 	}
 	c.started = c.written
+	if prev == c.checked {
+		return nil // the first window: nothing before it to wait for (a length of 0 would mean "to the end")
+	}
 	if err := unix.SyncFileRange(fd, c.checked, prev-c.checked, unix.SYNC_FILE_RANGE_WAIT_BEFORE); err != nil {
 		// The error may be of the window just started: both are named.
 		return &WriteError{Target: t.Path, From: c.checked, To: c.written, Err: err}
