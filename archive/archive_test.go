@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"reflect"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -328,6 +332,151 @@ func TestSendSourceErrors(t *testing.T) {
 	}
 	if err := Send(ctx, w, fullSource(vol), SendOptions{}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled send: %v", err)
+	}
+}
+
+// badSource is a source whose device fails every read that touches the
+// 4 KiB block at bad, as a disk with a bad sector fails a whole request.
+type badSource struct {
+	*memSource
+	bad int64
+}
+
+func (s badSource) ReadAt(p []byte, off int64) (int, error) {
+	if off < s.bad+ReadErrorBlock && s.bad < off+int64(len(p)) {
+		return 0, &os.PathError{Op: "read", Path: "/dev/sdz", Err: syscall.EIO}
+	}
+	return s.memSource.ReadAt(p, off)
+}
+
+// TestSendReadError checks that a source failing a whole chunk for one bad
+// block is reported at that block's offset, with the source's own error.
+func TestSendReadError(t *testing.T) {
+	vol := make([]byte, 4<<20)
+	for i := range vol {
+		vol[i] = byte(i%251) | 1
+	}
+	const bad = 3<<20 + 12<<10 // inside the fourth 1 MiB chunk
+	w := NewWriter(io.Discard)
+	if err := w.WriteHeader(testHeader(int64(len(vol)))); err != nil {
+		t.Fatal(err)
+	}
+	err := Send(context.Background(), w, badSource{fullSource(vol), bad}, SendOptions{})
+	var re *ReadError
+	if !errors.As(err, &re) || re.Offset != bad || !errors.Is(err, syscall.EIO) {
+		t.Fatalf("Send over a bad block at %d: %v", bad, err)
+	}
+	if !strings.Contains(err.Error(), "/dev/sdz") || !strings.Contains(err.Error(), fmt.Sprint(bad)) {
+		t.Fatalf("the error names neither the device nor the offset: %v", err)
+	}
+}
+
+// badFile is a file on a disk that fails every read touching the 4 KiB
+// block at bad, with the error os.File gives.
+type badFile struct {
+	data []byte
+	bad  int64
+}
+
+func (f badFile) ReadAt(p []byte, off int64) (int, error) {
+	if off < f.bad+ReadErrorBlock && f.bad < off+int64(len(p)) {
+		return 0, &os.PathError{Op: "read", Path: "store/x.tbk", Err: syscall.EIO}
+	}
+	return copy(p, f.data[off:]), nil
+}
+
+// TestReadPayloadAtReadError checks that a payload read failing for one
+// bad block is reported at that block's offset in the file.
+func TestReadPayloadAtReadError(t *testing.T) {
+	data := make([]byte, 64<<10)
+	rec := &Record{Num: 3, PayloadPos: 1000, PayloadLen: 40000}
+	const bad = 24576
+	_, err := ReadPayloadAt(badFile{data, bad}, rec, nil)
+	var re *ReadError
+	if !errors.As(err, &re) || re.Offset != bad || !errors.Is(err, syscall.EIO) ||
+		!strings.Contains(err.Error(), "record 3") || !strings.Contains(err.Error(), "store/x.tbk") {
+		t.Fatalf("payload read over a bad block at %d: %v", bad, err)
+	}
+	// A bad block in the payload's first, partial block.
+	if _, err := ReadPayloadAt(badFile{data, 0}, rec, nil); !errors.As(err, &re) || re.Offset != 1000 {
+		t.Fatalf("payload read over a bad block at 0: %v", err)
+	}
+}
+
+// badSeeker is a delta file on a disk with a bad 4 KiB block at bad, read
+// as a Reader reads files: sequentially, with seeks and positioned reads.
+type badSeeker struct {
+	*bytes.Reader
+	bad int64
+}
+
+func (f badSeeker) touches(off, n int64) bool { return off < f.bad+ReadErrorBlock && f.bad < off+n }
+
+func (f badSeeker) Read(p []byte) (int, error) {
+	cur, _ := f.Seek(0, io.SeekCurrent)
+	if f.touches(cur, int64(len(p))) {
+		return 0, &os.PathError{Op: "read", Path: "store/x.tbk", Err: syscall.EIO}
+	}
+	return f.Reader.Read(p)
+}
+
+func (f badSeeker) ReadAt(p []byte, off int64) (int, error) {
+	if f.touches(off, int64(len(p))) {
+		return 0, &os.PathError{Op: "read", Path: "store/x.tbk", Err: syscall.EIO}
+	}
+	return f.Reader.ReadAt(p, off)
+}
+
+// TestReaderReadError checks that a Reader reading through a bad block of
+// a file, in a payload or in a record header, reports the block's offset.
+func TestReaderReadError(t *testing.T) {
+	vol := make([]byte, 4<<20)
+	testRand(t).Read(vol) // incompressible: payloads of 1 MiB
+	var buf bytes.Buffer
+	w := NewWriter(&buf)
+	if err := w.WriteHeader(testHeader(int64(len(vol)))); err != nil {
+		t.Fatal(err)
+	}
+	if err := Send(context.Background(), w, fullSource(vol), SendOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Where the second record starts, and a block inside its payload.
+	rd := NewReader(bytes.NewReader(buf.Bytes()))
+	var second *Record
+	for i := 0; i < 2; i++ {
+		rec, err := rd.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		second = rec
+	}
+	inPayload := (second.PayloadPos + second.PayloadLen/2) &^ (ReadErrorBlock - 1)
+	for _, tc := range []struct {
+		name      string
+		bad, want int64
+		what      string
+		payloads  bool // read the payloads, else skip them (seek)
+	}{
+		{"payload", inPayload, inPayload, "the payload of record 2", true},
+		{"header", second.PayloadPos - 1, (second.PayloadPos - 1) &^ (ReadErrorBlock - 1), "record 2", false},
+	} {
+		rd := NewReader(badSeeker{bytes.NewReader(buf.Bytes()), tc.bad &^ (ReadErrorBlock - 1)})
+		var err error
+		for err == nil {
+			if _, err = rd.Next(); err == nil && tc.payloads {
+				_, err = rd.ReadPayload(nil)
+			}
+		}
+		var re *ReadError
+		if !errors.As(err, &re) || re.What != tc.what || !errors.Is(err, syscall.EIO) {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if re.Offset < tc.want || re.Offset > tc.bad {
+			t.Fatalf("%s: reported at byte %d, the bad block is at %d: %v", tc.name, re.Offset, tc.want, err)
+		}
 	}
 }
 

@@ -59,6 +59,10 @@
 // write in order, memory bounded, the earliest error wins) behind Send,
 // Scan, DigestSource and restore's apply and merge, with the worker policy
 // (WorkerCount, MaxWorkers); ReadPayloadAt, reading a record's payload at
-// its offset (ErrTruncated when the file shrank); and DataRegions, the walk
-// over a sparse file's data and holes with SEEK_DATA/SEEK_HOLE.
+// its offset (ErrTruncated when the file shrank); ReadError, an
+// unreadable source or delta file located to its first bad 4 KiB (Send,
+// ReadPayloadAt and Reader read a failed range again a block at a time);
+// ResumeWriter, continuing a complete file where its END record is (a
+// snapback file of an apply run again); and DataRegions, the walk over a
+// sparse file's data and holes with SEEK_DATA/SEEK_HOLE.
 package archive

@@ -3,6 +3,8 @@ package archive
 import (
 	"errors"
 	"fmt"
+	"io"
+	"syscall"
 )
 
 // Sentinel errors. Errors from Reader, Writer and Decoder wrap one of them;
@@ -52,3 +54,58 @@ func (e *FormatError) Error() string {
 }
 
 func (e *FormatError) Unwrap() error { return e.Err }
+
+// A ReadError is data that could not be read: a bad sector, a failing or
+// vanished device, under a source or a delta file. Offset is the byte
+// offset (in the volume for a source, in the file for a delta file) of the
+// first block of ReadErrorBlock bytes that failed, found by reading the
+// failed range again a block at a time; Err is the reader's own error,
+// which names the device or file.
+type ReadError struct {
+	What   string // what was being read: "the source", "the payload of record 4"
+	Offset int64
+	Err    error
+}
+
+// ReadErrorBlock is the granularity at which an unreadable range is
+// located: the page size, and the sector size of most disks.
+const ReadErrorBlock = 4096
+
+func (e *ReadError) Error() string {
+	if errors.Is(e.Err, syscall.EIO) {
+		return fmt.Sprintf("reading %s at byte offset %d: %v (a bad sector or a failing disk? see the kernel log, dmesg)", e.What, e.Offset, e.Err)
+	}
+	return fmt.Sprintf("reading %s at byte offset %d: %v", e.What, e.Offset, e.Err)
+}
+
+func (e *ReadError) Unwrap() error { return e.Err }
+
+// locateReadError finds the first unreadable block of the n bytes at off
+// whose read failed with err after got good bytes (a device fails a whole
+// request for one bad sector): it reads the rest again into buf (n bytes
+// or more) a ReadErrorBlock at a time, aligned on offsets of the reader,
+// and returns a *ReadError at the first block that fails. If every block
+// reads now, the failure is reported where the range starts. Only an I/O
+// error (EIO) is located so: any other (a network store's, a cancelled
+// context's) is reported where the read stopped, without reading again.
+func locateReadError(ra io.ReaderAt, what string, buf []byte, off int64, n, got int, err error) error {
+	if !errors.Is(err, syscall.EIO) {
+		return &ReadError{What: what, Offset: off + int64(got), Err: err}
+	}
+	pos := off + int64(got)
+	pos -= pos % ReadErrorBlock
+	for end := off + int64(n); pos < end; pos = pos - pos%ReadErrorBlock + ReadErrorBlock {
+		if pos < off {
+			pos = off
+		}
+		blk := buf[pos-off : min(pos-pos%ReadErrorBlock+ReadErrorBlock, end)-off]
+		m, berr := ra.ReadAt(blk, pos)
+		if m != len(blk) {
+			if berr == nil || berr == io.EOF {
+				berr = io.ErrUnexpectedEOF
+			}
+			return &ReadError{What: what, Offset: pos, Err: berr}
+		}
+	}
+	return &ReadError{What: what, Offset: off, Err: err}
+}

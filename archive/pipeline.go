@@ -125,8 +125,9 @@ func (b *sendJob) encode(enc *Encoder, src Source, e Extent, bs int64) error {
 	if got != n {
 		if err == nil || err == io.EOF {
 			err = io.ErrUnexpectedEOF
+			return fmt.Errorf("reading source at offset %d (%d bytes): got %d bytes: %w", e.Offset, n, got, err)
 		}
-		return fmt.Errorf("reading source at offset %d (%d bytes): got %d bytes: %w", e.Offset, n, got, err)
+		return locateReadError(src, "the source", data, e.Offset, n, got, err)
 	}
 	b.recs, _ = enc.Encode(b.recs[:0], e.Offset, data, bs, b.out[:0])
 	return nil
@@ -357,5 +358,6 @@ func ReadPayloadAt(ra io.ReaderAt, rec *Record, buf []byte) ([]byte, error) {
 	if err == nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return buf, recordError(rec, ErrTruncated, fmt.Sprintf("the file ends inside the record's payload, at byte %d of %d (did it shrink while being read?)", n, rec.PayloadLen))
 	}
-	return buf, fmt.Errorf("reading the payload of record %d at byte %d: %w", rec.Num, rec.PayloadPos, err)
+	return buf, locateReadError(ra, fmt.Sprintf("the payload of record %d (bytes %d to %d)", rec.Num, rec.PayloadPos, rec.PayloadPos+rec.PayloadLen),
+		buf, rec.PayloadPos, int(rec.PayloadLen), n, err)
 }

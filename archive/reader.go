@@ -37,6 +37,10 @@ type Reader struct {
 	meta    []byte
 	err     error
 	done    bool
+	// endAt and endChain are where the END record starts and the chain
+	// before it, for ResumeWriter.
+	endAt    int64
+	endChain Digest
 }
 
 // NewReader returns a Reader reading from r.
@@ -93,7 +97,7 @@ func (r *Reader) Header() (*Header, error) {
 			}
 			return nil, r.corrupt(0, 0, ErrTruncated, fmt.Sprintf("the file ends after %d bytes, inside the header", n))
 		}
-		return nil, r.fail(err)
+		return nil, r.readFailed("the header", fixed[:], r.pos-int64(n), n, err)
 	}
 	if string(fixed[:8]) != magic {
 		if string(fixed[:4]) == magic[:4] {
@@ -119,7 +123,7 @@ func (r *Reader) Header() (*Header, error) {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil, r.corrupt(0, 0, ErrTruncated, fmt.Sprintf("the file ends after %d bytes, inside the header", r.pos))
 		}
-		return nil, r.fail(err)
+		return nil, r.readFailed("the header", buf[fixedHeaderLen:], r.pos-int64(n), n, err)
 	}
 	tagAt := fixedHeaderLen + int(bodyLen)
 	if Digest(blake3.Sum256(buf[:tagAt])) != Digest(buf[tagAt:]) {
@@ -186,7 +190,7 @@ func (r *Reader) next() (*Record, error) {
 			}
 			return nil, r.corrupt(at, num, ErrTruncated, "the file ends inside a record header")
 		}
-		return nil, r.fail(err)
+		return nil, r.readFailed(fmt.Sprintf("record %d", num), rh[:], at, n, err)
 	}
 	typ, flags := rh[0], rh[1]
 	metaLen := binary.LittleEndian.Uint32(rh[4:])
@@ -204,12 +208,15 @@ func (r *Reader) next() (*Record, error) {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil, r.corrupt(at, num, ErrTruncated, "the file ends inside a record")
 		}
-		return nil, r.fail(err)
+		return nil, r.readFailed(fmt.Sprintf("record %d", num), buf, r.pos-int64(n), n, err)
 	}
 	meta := buf[:metaLen]
 	next := chainNext(r.hasher, r.chain, rh[:], meta)
 	if next != Digest(buf[metaLen:]) {
 		return nil, r.corrupt(at, num, ErrChecksum, "record digest does not match the chain: the record is corrupt, or records were reordered, dropped or spliced from another file")
+	}
+	if typ == typeEnd {
+		r.endAt, r.endChain = at, r.chain
 	}
 	r.chain = next
 	if rh[2] != 0 || rh[3] != 0 {
@@ -342,9 +349,20 @@ func (r *Reader) ReadPayload(dst []byte) ([]byte, error) {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil, r.corrupt(r.pos-int64(got), r.n, ErrTruncated, "the file ends inside a record's payload")
 		}
-		return nil, r.fail(err)
+		return nil, r.readFailed(fmt.Sprintf("the payload of record %d", r.n), dst, r.pos-int64(got), got, err)
 	}
 	return dst, nil
+}
+
+// readFailed makes the sticky error of a read of len(buf) bytes at off
+// that failed with err after got bytes: a *ReadError at the first
+// unreadable block when the file can be read at offsets again, else at
+// the first byte not read (a stream's offset).
+func (r *Reader) readFailed(what string, buf []byte, off int64, got int, err error) error {
+	if ra := r.readerAt(); ra != nil {
+		return r.fail(locateReadError(ra, what, buf, off, len(buf), got, err))
+	}
+	return r.fail(&ReadError{What: what, Offset: off + int64(got), Err: err})
 }
 
 func (r *Reader) skipPayload() error {

@@ -48,6 +48,10 @@ func (w *Writer) Header() *Header { return w.hdr }
 // Offset returns the number of bytes written so far.
 func (w *Writer) Offset() int64 { return w.pos }
 
+// Covered returns the volume offset where the last record written ends
+// (0 before the first): the next record starts at or after it.
+func (w *Writer) Covered() int64 { return w.lay.prevEnd }
+
 // Trailer returns the END record's contents; valid after Close.
 func (w *Writer) Trailer() Trailer { return w.trailer }
 

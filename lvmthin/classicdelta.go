@@ -504,7 +504,8 @@ func (c *Classic) ReadAt(p []byte, off int64) (int, error) {
 	if c.closed {
 		return 0, errDeltaClosed
 	}
-	return c.dev.ReadAt(p, off)
+	n, err := c.dev.ReadAt(p, off)
+	return n, snapshotReadError(c.snap, err)
 }
 
 // Snap returns the snapshot being sent.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/thinback/thinback/archive"
@@ -268,7 +269,21 @@ func (d *Delta) ReadAt(p []byte, off int64) (int, error) {
 	if d.closed {
 		return 0, errDeltaClosed
 	}
-	return d.dev.ReadAt(p, off)
+	n, err := d.dev.ReadAt(p, off)
+	return n, snapshotReadError(d.snap, err)
+}
+
+// snapshotReadError names the snapshot, and the volume it is of, in a
+// failed read of its device (whose own error names only the device-mapper
+// node); io.EOF passes through as is.
+func snapshotReadError(snap *LV, err error) error {
+	if err == nil || err == io.EOF {
+		return err
+	}
+	if snap.Origin == "" {
+		return fmt.Errorf("snapshot %s/%s: %w", snap.VG, snap.Name, err)
+	}
+	return fmt.Errorf("snapshot %s/%s of %s/%s: %w", snap.VG, snap.Name, snap.VG, snap.Origin, err)
 }
 
 var errDeltaClosed = errors.New("lvmthin: delta closed")

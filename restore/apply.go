@@ -34,6 +34,11 @@ type Options struct {
 	// the end. If Apply fails before calling Begin, nothing was
 	// overwritten and the file is not needed.
 	Snapback SnapbackFile
+	// ResumeSnapback says Snapback is not new but the snapback file of
+	// the interrupted apply that this one runs again (the same files):
+	// it is continued, so it goes on undoing everything both runs
+	// overwrote. Apply refuses any other file.
+	ResumeSnapback bool
 	// State is what is known about the target.
 	State State
 	// Begin is called, after every check and before the first write, with
@@ -160,7 +165,17 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 		mark.Files = append(mark.Files, f.Name)
 	}
 	if opts.Snapback != nil {
-		sb, err := createSnapback(opts.Snapback, t, snapbackHeader(t, files, st, now()))
+		var sb *snapback
+		if opts.ResumeSnapback {
+			prev := st.InProgress
+			if prev == nil || prev.Undo.IsZero() || prev.Snapshot != mark.Snapshot || prev.Parent != mark.Parent {
+				return nil, fmt.Errorf("snapback file %s already exists, and %s holds no interrupted apply of these files that it belongs to: choose another name (it would be overwritten)",
+					opts.Snapback.Name(), t.Path)
+			}
+			sb, err = resumeSnapback(opts.Snapback, t, prev)
+		} else {
+			sb, err = createSnapback(opts.Snapback, t, snapbackHeader(t, files, st, now()))
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -638,3 +638,60 @@ func TestParentSizeMismatchRefused(t *testing.T) {
 	_, _, _, _, err = mergeFiles(t, w, []string{full, bad}, MergeOptions{})
 	mustFail(t, err, ErrNotChain, bad)
 }
+
+// TestSnapbackContinued: an apply that stopped half-way, run again with
+// its snapback file, continues that file instead of starting one that
+// would save the half-written target as "before": the file then undoes
+// both runs, back to what the target held before the first. Any other
+// existing file is refused and left as it was.
+func TestSnapbackContinued(t *testing.T) {
+	verifyFirstLimit(t, 0)
+	w := newWorld(t)
+	st := stateStore{}
+	v1 := w.image(w.random(300 * 4096))
+	next := append([]byte(nil), v1.data...)
+	w.r.Read(next) // every block changes
+	v2 := w.image(next)
+	target := filepath.Join(w.dir, "copy")
+	if _, err := st.apply(t, target, []string{w.delta(v1, nil)}, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	good := w.delta(v2, v1)
+	nums, _ := dataRecords(t, good)
+	bad := corruptAt(t, good, nums[len(nums)/2])
+	undo := filepath.Join(w.dir, "undo.tbk")
+	if _, err := st.apply(t, target, []string{bad}, Options{Snapback: newSnapback(t, undo), Workers: 1}); !errors.Is(err, archive.ErrChecksum) {
+		t.Fatalf("got %v, want ErrChecksum", err)
+	}
+
+	// Another file of the same name is refused, untouched.
+	other := filepath.Join(w.dir, "other.tbk")
+	if err := os.WriteFile(other, []byte("not a snapback file"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.apply(t, target, []string{good}, Options{Snapback: openRW(t, other), ResumeSnapback: true}); err == nil {
+		t.Fatal("a file that is not the interrupted apply's snapback file was continued")
+	}
+	if b, _ := os.ReadFile(other); string(b) != "not a snapback file" {
+		t.Fatalf("the refused file was written: %q", b)
+	}
+
+	if _, err := st.apply(t, target, []string{good}, Options{Snapback: openRW(t, undo), ResumeSnapback: true}); err != nil {
+		t.Fatalf("the same apply, continuing its snapback file: %v", err)
+	}
+	mustEqual(t, target, v2.data)
+	if _, err := st.apply(t, target, []string{undo}, Options{}); err != nil {
+		t.Fatalf("applying the continued snapback file: %v", err)
+	}
+	mustEqual(t, target, v1.data)
+}
+
+func openRW(t testing.TB, path string) *os.File {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}

@@ -52,6 +52,43 @@ func createSnapback(f SnapbackFile, t *Target, h *archive.Header) (*snapback, er
 	return s, nil
 }
 
+// resumeSnapback continues f, the snapback file of the interrupted apply
+// (mark) that this one runs again, which applies the same files and so
+// overwrites the same ranges in the same order: those the file covers
+// were saved before the interrupted run overwrote them (later runs see
+// their new contents, which must not be saved over the old), so saving
+// starts where the file ends.
+func resumeSnapback(f SnapbackFile, t *Target, mark *Mark) (*snapback, error) {
+	rs, ok := f.(io.ReadSeeker)
+	if !ok {
+		return nil, fmt.Errorf("snapback file %s cannot be read back to continue it", f.Name())
+	}
+	if _, err := rs.Seek(0, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("snapback file %s: %w", f.Name(), err)
+	}
+	w, err := archive.ResumeWriter(rs, f)
+	if err != nil {
+		return nil, fmt.Errorf("snapback file %s exists but cannot be continued: %w; give the apply a new snapback file name", f.Name(), err)
+	}
+	h := w.Header()
+	if !h.IsSnapback() || h.Snapshot.ID != mark.Undo || h.Parent.ID != mark.Snapshot {
+		return nil, fmt.Errorf("snapback file %s already exists and is not the one of the interrupted apply of %s to %s: choose another name (it would be overwritten)",
+			f.Name(), describe(archive.Snapshot{ID: mark.Snapshot}), t.Path)
+	}
+	if _, err := rs.Seek(w.Offset(), io.SeekStart); err != nil {
+		return nil, fmt.Errorf("snapback file %s: %w", f.Name(), err)
+	}
+	s := &snapback{path: f.Name(), f: f, w: w, enc: archive.NewEncoder(archive.LevelFastest),
+		t: t, bs: h.BlockSize, size: h.VolumeSize, saved: w.Covered()}
+	if !t.block {
+		s.data = archive.NewDataRegions(t.f)
+	}
+	chunk := max(snapbackChunk/s.bs, 1) * s.bs
+	s.buf = make([]byte, chunk)
+	s.out = make([]byte, 0, archive.MaxEncodedLen(int(chunk)))
+	return s, nil
+}
+
 // save saves the target's contents of [off, end), widened to the snapback
 // file's blocks and clipped to its volume, then makes them durable. Ranges
 // must come in ascending order; what was saved already is skipped.

@@ -55,6 +55,7 @@ type Target struct {
 	punchFailed        bool // fallocate is unsupported here; use BLKZEROOUT or writes
 	zeroOutFailed      bool
 	log                writeLog
+	check              writeCheck
 }
 
 // writeLog follows what an apply writes: the range it may have overwritten
@@ -204,7 +205,10 @@ func (t *Target) ReadAt(p []byte, off int64) (int, error) { return t.f.ReadAt(p,
 // WriteAt writes p at off.
 func (t *Target) WriteAt(p []byte, off int64) error {
 	t.log.add(off, int64(len(p)), false)
-	return t.writeAt(p, off)
+	if err := t.writeAt(p, off); err != nil {
+		return err
+	}
+	return t.wrote(off, off+int64(len(p)))
 }
 
 func (t *Target) writeAt(p []byte, off int64) error {
@@ -223,6 +227,13 @@ func (t *Target) Zero(off, n int64) error {
 		return nil
 	}
 	t.log.add(off, n, true)
+	if err := t.zero(off, n); err != nil {
+		return err
+	}
+	return t.wrote(off, off+n) // zeroes may have been written as data
+}
+
+func (t *Target) zero(off, n int64) error {
 	if !t.block {
 		if !t.punchFailed {
 			err := unix.Fallocate(int(t.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
@@ -336,7 +347,7 @@ func (t *Target) queueLimit(name string) int64 {
 // Sync flushes the target to stable storage.
 func (t *Target) Sync() error {
 	if err := t.f.Sync(); err != nil {
-		return fmt.Errorf("target %s: fsync: %w", t.Path, err)
+		return t.syncError(err)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
@@ -28,10 +29,11 @@ func applyCommand(e *env) *cli.Command {
 			"resized to the volume's size. An incremental is refused unless the state file says\n" +
 			"TARGET holds its base snapshot (--force skips that check). An interrupted apply is\n" +
 			"finished by running it again; --snapback FILE saves what is overwritten, and\n" +
-			"applying FILE undoes the apply.",
+			"applying FILE undoes the apply. Run again with the same --snapback FILE, an\n" +
+			"interrupted apply continues that file, which then undoes both runs.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "to", Usage: "the file or block device to write (required)"},
-			&cli.StringFlag{Name: "snapback", Usage: "save the data the apply overwrites in this new delta file"},
+			&cli.StringFlag{Name: "snapback", Usage: "save the data the apply overwrites in this new delta file (or, running an interrupted apply again, in its snapback file)"},
 			&cli.BoolFlag{Name: "force", Usage: "apply even if TARGET is not known to hold the base snapshot"},
 			&cli.StringFlag{Name: "state", Usage: "state file recording what each target holds (default $THINBACK_STATE or " + defaultStateFile + ")"},
 			quietFlag,
@@ -147,14 +149,16 @@ func applyTo(ctx context.Context, e *env, t *restore.Target, inputs []restore.In
 		return nil, fmt.Errorf("apply: %w", err)
 	}
 	var undo *os.File
+	resume := false
 	if o.snapback != "" {
-		if undo, err = createSnapback(o.snapback); err != nil {
+		if undo, resume, err = openSnapback(o.snapback, st); err != nil {
 			return nil, fmt.Errorf("apply: %w", err)
 		}
 	}
 	// began: the apply wrote, or may have written, to the target, so the
-	// snapback file covers something and is kept.
-	began := false
+	// snapback file covers something and is kept. A snapback file being
+	// continued was there before: it is always kept.
+	began := resume
 	prog := newProgress(e.stderr, o.quiet, "applied", 0)
 	opts := restore.Options{
 		Force: o.force,
@@ -172,7 +176,7 @@ func applyTo(ctx context.Context, e *env, t *restore.Target, inputs []restore.In
 		Progress: prog.Add,
 	}
 	if undo != nil {
-		opts.Snapback = typedFile{undo}
+		opts.Snapback, opts.ResumeSnapback = typedFile{undo}, resume
 	}
 	res, err := restore.Apply(ctx, t, inputs, opts)
 	prog.Done()
@@ -185,8 +189,32 @@ func applyTo(ctx context.Context, e *env, t *restore.Target, inputs []restore.In
 	return res, nil
 }
 
-// createSnapback creates a snapback file: never over an existing file, and
-// with its name durable before anything is saved in it.
+// openSnapback creates a snapback file: never over an existing file, and
+// with its name durable before anything is saved in it. When the target
+// holds an interrupted apply that kept a snapback file, an existing file
+// is opened instead (resume is true): if it is that apply's snapback file
+// and this apply runs it again, restore.Apply continues it; it refuses
+// any other before writing to it.
+func openSnapback(path string, st restore.State) (f *os.File, resume bool, err error) {
+	if st.InProgress == nil || st.InProgress.Undo.IsZero() {
+		f, err = createSnapback(path)
+		return f, false, err
+	}
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		f, err = createSnapback(path)
+		return f, false, err
+	}
+	if f, err = os.OpenFile(path, os.O_RDWR|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0); err != nil {
+		return nil, false, fmt.Errorf("snapback file %s: %w", path, err)
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, false, fmt.Errorf("snapback file %s already exists and is not a regular file: choose another name", path)
+	}
+	return f, true, nil
+}
+
+// createSnapback creates a new snapback file.
 func createSnapback(path string) (*os.File, error) {
 	f, err := catalog.CreateExclusive(path)
 	if errors.Is(err, fs.ErrExist) {

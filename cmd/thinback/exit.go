@@ -176,6 +176,9 @@ var exitCodes = []struct {
 	{catalog.ErrNoSpace, exitNoSpace},
 	{catalog.ErrTooLarge, exitNoSpace},
 	{syscall.ENOSPC, exitNoSpace},
+	// A bad sector or a failing disk under a source, a store or a target:
+	// archive.ReadError and restore.WriteError say which and where.
+	{syscall.EIO, exitError},
 	// What Check finds: the store is damaged, as verify reports it.
 	{catalog.ErrIndex, exitVerify},
 	{catalog.ErrUnknownVolume, exitVerify},

@@ -7,6 +7,7 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -58,6 +59,10 @@ func TestExitCodes(t *testing.T) {
 		{wrap(lvmthin.ErrLocked), 9},
 		{wrap(errVerify), 10},
 		{wrap(syscall.ENOSPC), 11},
+		{wrap(&archive.ReadError{What: "the source", Err: &os.PathError{Op: "read", Path: "/dev/sdz", Err: syscall.EIO}}), 1},
+		{wrap(&restore.WriteError{Target: "/dev/sdz", Err: syscall.EIO}), 1},
+		{wrap(&restore.WriteError{Target: "/dev/sdz", Err: syscall.ENOSPC}), 11},
+		{wrap(&archive.ReadError{What: "record 2", Err: context.Canceled}), 130},
 		{wrap(catalog.ErrNoSpace), 11},
 		{wrap(context.Canceled), 130},
 		{wrap(&s3.Error{Kind: s3.ErrQuota}), 11},

@@ -224,3 +224,39 @@ func cmdFsround(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(f.Sync())
 	ts.Check(f.Close())
 }
+
+// blocksof FILE BS SRC...: every BS-byte block of FILE equals the block at
+// the same offset of one of the SRC files ("zero" stands for zeroes): an
+// apply that stopped half-way wrote nothing that is not its snapshot's.
+func cmdBlocksof(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) < 3 {
+		ts.Fatalf("usage: blocksof FILE BS SRC...")
+	}
+	read := func(name string) []byte {
+		b, err := os.ReadFile(ts.MkAbs(name))
+		ts.Check(err)
+		return b
+	}
+	data, bs := read(args[0]), int(atoi(ts, args[1]))
+	var srcs [][]byte
+	for _, name := range args[2:] {
+		if name == "zero" {
+			srcs = append(srcs, make([]byte, len(data)))
+		} else {
+			srcs = append(srcs, read(name))
+		}
+	}
+	for off := 0; off < len(data); off += bs {
+		blk := data[off:min(off+bs, len(data))]
+		found := false
+		for _, s := range srcs {
+			if off+len(blk) <= len(s) && string(s[off:off+len(blk)]) == string(blk) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			ts.Fatalf("%s: the block at byte %d is none of %s", args[0], off, strings.Join(args[2:], ", "))
+		}
+	}
+}

@@ -53,6 +53,7 @@ func scriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []st
 		"scribbledev": cmdScribbledev,
 		"mbr":         cmdMbr,
 		"fsround":     cmdFsround,
+		"blocksof":    cmdBlocksof,
 	}
 }
 
