@@ -1,10 +1,16 @@
 package lvmthin
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -53,20 +59,81 @@ func TestRunNotStarted(t *testing.T) {
 
 func TestRunConsumeErrorStopsCommand(t *testing.T) {
 	bad := errors.New("parser gave up")
-	start := time.Now()
-	_, err := run(context.Background(), func(r io.Reader) error {
-		buf := make([]byte, 10)
-		if _, err := io.ReadFull(r, buf); err != nil {
-			return err
-		}
-		return bad
-	}, "sh", "-c", "while :; do echo yyyyyyyyyyyyyyyyyyyy; done")
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	// The producer never ends by itself, nor does its child holding the
+	// same output: only stopping the whole group ends run.
+	err := runBounded(t, func() error {
+		_, err := run(context.Background(), func(r io.Reader) error {
+			buf := make([]byte, 10)
+			if _, err := io.ReadFull(r, buf); err != nil {
+				return err
+			}
+			return bad
+		}, "sh", "-c", `sleep 100000 & echo $! > `+pidFile+`; while :; do echo yyyyyyyyyyyyyyyyyyyy; done`)
+		return err
+	})
 	if !errors.Is(err, bad) {
 		t.Fatalf("error %v, want the consumer's", err)
 	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("took %v to stop the producer", d)
+	waitGone(t, pidFile)
+}
+
+// runBounded runs f and returns its error; a generous bound turns a run
+// that never returns into a failure rather than a test binary timeout.
+func runBounded(t *testing.T, f func() error) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(2 * time.Minute): // a bound for a stuck run, not a claim about its speed
+		t.Fatal("run did not return")
+		return nil
 	}
+}
+
+// waitPidFile waits until the command has written its child's pid.
+func waitPidFile(t *testing.T, pidFile string) {
+	t.Helper()
+	for i := 0; ; i++ {
+		if b, err := os.ReadFile(pidFile); err == nil && strings.HasSuffix(string(b), "\n") {
+			return
+		}
+		if i == 6000 {
+			t.Fatalf("%s was never written", pidFile)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitGone checks that the process whose pid is in pidFile (a child of
+// the command run started, in its process group) has ended: gone, or a
+// zombie its new parent has not reaped yet. A process still running after
+// a generous bound means run left it behind; it is killed then.
+func waitGone(t *testing.T, pidFile string) {
+	t.Helper()
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 6000; i++ {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return
+		}
+		// pid (comm) STATE ...
+		if f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:])); len(f) > 0 && f[0] == "Z" {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	t.Fatalf("process %d, started by the command, still runs after run returned", pid)
 }
 
 func TestRunCommandErrorWinsOverConsumer(t *testing.T) {
@@ -81,16 +148,18 @@ func TestRunCommandErrorWinsOverConsumer(t *testing.T) {
 }
 
 func TestRunCancel(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	start := time.Now()
-	_, err := run(ctx, nil, "sleep", "30")
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("error %v, want the deadline", err)
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	go func() { waitPidFile(t, pidFile); cancel() }()
+	err := runBounded(t, func() error {
+		_, err := run(ctx, nil, "sh", "-c", `sleep 100000 & echo $! > `+pidFile+`; wait`)
+		return err
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("error %v, want the cancellation", err)
 	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("took %v to stop", d)
-	}
+	waitGone(t, pidFile)
 }
 
 func TestClassify(t *testing.T) {

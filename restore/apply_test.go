@@ -570,18 +570,18 @@ func readDevice(t *testing.T, dev string, n int) []byte {
 
 func TestReadOnlyTarget(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("mounting needs root")
+		unavailable(t, "mounting needs root")
 	}
 	dir := t.TempDir()
 	if out, err := runCmd("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", dir); err != nil {
-		t.Skipf("cannot mount a tmpfs: %v %s", err, out)
+		unavailable(t, "cannot mount a tmpfs: %v %s", err, out)
 	}
 	defer runCmd("umount", dir)
 	if err := os.WriteFile(filepath.Join(dir, "img"), make([]byte, 4096), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := runCmd("mount", "-o", "remount,ro", dir); err != nil {
-		t.Skipf("cannot remount read-only: %v %s", err, out)
+		unavailable(t, "cannot remount read-only: %v %s", err, out)
 	}
 	_, err := OpenTarget(filepath.Join(dir, "img"), TargetOptions{})
 	if !errors.Is(err, ErrTargetReadOnly) {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/thinback/thinback/archive"
@@ -143,7 +144,19 @@ func TestHugeVolumeSizeLeavesStateAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := os.Truncate(probe, 1<<62); err == nil {
-		t.Skip("this filesystem holds 4 EiB files")
+		// This filesystem (tmpfs) holds 4 EiB files: a file size limit
+		// stands in for one that does not, as FAT's 4 GiB would.
+		os.Remove(probe)
+		var old syscall.Rlimit
+		if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
+			t.Fatal(err)
+		}
+		lim := old
+		lim.Cur = 1 << 40
+		if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old) })
 	}
 	huge := w.image(nil)
 	h := w.header(huge, nil)

@@ -25,6 +25,9 @@ import (
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3"
 	"github.com/thinback/thinback/catalog/s3/s3test"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 )
 
 var seedFlag = flag.Uint64("seed", 0, "seed for random tests (0: from THINBACK_SEED or the clock)")
@@ -350,13 +353,21 @@ func runChild() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	before, err := listVolumes(sp.Addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
 	body := func(w io.Writer) (catalog.Snapshot, error) {
 		half := len(sp.Data) / 2
 		if _, err := w.Write(sp.Data[:half]); err != nil {
 			return catalog.Snapshot{}, err
 		}
 		if sp.Point == "midstream" {
-			time.Sleep(200 * time.Millisecond) // let the parts in flight get there
+			if err := waitArrived(sp, before, int64(half)); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(4)
+			}
 			die()
 		}
 		if _, err := w.Write(sp.Data[half:]); err != nil {
@@ -377,6 +388,73 @@ func runChild() int {
 		return 2
 	}
 	return 3 // finished without reaching the point
+}
+
+// volumeObjects is what the bucket holds under the test stores' volumes/:
+// complete objects, and the parts uploaded of each unfinished upload.
+type volumeObjects struct {
+	objects map[string]bool
+	parts   map[string]int // upload id -> parts
+}
+
+func listVolumes(addr string) (volumeObjects, error) {
+	v := volumeObjects{objects: map[string]bool{}, parts: map[string]int{}}
+	c, err := minio.NewCore(addr, &minio.Options{Creds: credentials.NewStaticV4(s3test.AccessKey, s3test.SecretKey, ""),
+		BucketLookup: minio.BucketLookupPath, Region: "us-east-1"})
+	if err != nil {
+		return v, err
+	}
+	ctx := context.Background()
+	for o := range c.Client.ListObjects(ctx, s3test.DefaultBucket, minio.ListObjectsOptions{Prefix: "p/" + volumesDir, Recursive: true}) {
+		if o.Err != nil {
+			return v, o.Err
+		}
+		v.objects[o.Key] = true
+	}
+	for u := range c.Client.ListIncompleteUploads(ctx, s3test.DefaultBucket, "p/"+volumesDir, true) {
+		if u.Err != nil {
+			return v, u.Err
+		}
+		parts, err := c.ListObjectParts(ctx, s3test.DefaultBucket, u.Key, u.UploadID, 0, 1000)
+		if err != nil {
+			return v, err
+		}
+		v.parts[u.UploadID] = len(parts.ObjectParts)
+	}
+	return v, nil
+}
+
+// waitArrived waits until what a writer was given, written bytes of a new
+// file, is on the server as far as the upload sends it before more comes:
+// its complete pieces as objects (new since before), and the whole parts
+// of the piece in progress in an unfinished upload. The test kills the
+// writer then, so the cleanup it checks has all of these to remove. The
+// bound only turns an upload that never arrives into an error.
+func waitArrived(sp childSpec, before volumeObjects, written int64) error {
+	o := testOptions(sp.Cache)
+	pieces := int(written / o.PieceSize)
+	parts := int(written % o.PieceSize / o.S3.PartSize)
+	var now volumeObjects
+	for i := 0; i < 1200; i++ {
+		var err error
+		if now, err = listVolumes(sp.Addr); err != nil {
+			return err
+		}
+		newObjects, maxParts := 0, 0
+		for k := range now.objects {
+			if !before.objects[k] {
+				newObjects++
+			}
+		}
+		for _, n := range now.parts {
+			maxParts = max(maxParts, n)
+		}
+		if newObjects >= pieces && maxParts >= parts {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("after %d bytes written, the server never held %d new pieces and an upload of %d parts: %v", written, pieces, parts, now)
 }
 
 // runKilled runs a child that must die by SIGKILL at its point.

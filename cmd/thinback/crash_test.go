@@ -32,11 +32,11 @@ func run(t *testing.T, dir string, args ...string) string {
 	return out.String()
 }
 
-// killAfter starts thinback and SIGKILLs it after d; it reports whether
-// the command finished first.
-func killAfter(t *testing.T, dir string, d time.Duration, args ...string) bool {
+// killAfter starts cmd and SIGKILLs it after d; it reports whether the
+// command finished first, and how long it ran.
+func killAfter(t *testing.T, cmd *exec.Cmd, d time.Duration) (finished bool, ran time.Duration) {
 	t.Helper()
-	cmd := thinbackCmd(t, dir, args...)
+	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -44,12 +44,34 @@ func killAfter(t *testing.T, dir string, d time.Duration, args ...string) bool {
 	go func() { done <- cmd.Wait() }()
 	select {
 	case <-done:
-		return true
+		return true, time.Since(start)
 	case <-time.After(d):
 		cmd.Process.Signal(syscall.SIGKILL)
 		<-done
+		return false, time.Since(start)
+	}
+}
+
+// killer kills runs of one kind of command at random moments within how
+// long such a run takes: the bound starts at a guess and becomes the
+// length of each run that finished before its kill, so the next kill falls
+// within a real run whatever the machine's speed.
+type killer struct {
+	r             *rand.Rand
+	bound         time.Duration
+	landed, tries int
+}
+
+func (k *killer) kill(t *testing.T, cmd *exec.Cmd) (landed bool) {
+	t.Helper()
+	finished, ran := killAfter(t, cmd, time.Duration(k.r.Int63n(int64(k.bound)+1)))
+	k.tries++
+	if finished {
+		k.bound = ran
 		return false
 	}
+	k.landed++
+	return true
 }
 
 func sameFile(t *testing.T, a, b string) {
@@ -132,28 +154,32 @@ func killAnywhere(t *testing.T, dir, store string, writerFlags ...string) {
 	run(t, dir, w("backup", "--store", store, "--file", img)...)
 	typical := time.Since(start)
 	record()
-	finished := 0
+	// Every round's backup is killed mid-run: one that finishes first is
+	// recorded like any backup, and the round tries again, the image
+	// changed, with a kill within that run's length.
+	backups := &killer{r: r, bound: typical}
 	for i := 0; i < 12; i++ {
-		// The image changes; a backup is killed somewhere in its run
-		// (each changed image state is a new snapshot id when recorded).
-		f, _ := os.OpenFile(img, os.O_WRONLY, 0)
-		buf := make([]byte, 1<<20)
-		r.Read(buf)
-		f.WriteAt(buf, r.Int63n(23<<20))
-		f.Close()
-		if killAfter(t, dir, time.Duration(r.Int63n(int64(typical)+1)), w("backup", "--store", store, "--file", img)...) {
-			finished++
+		landed := false
+		for try := 0; try < 4 && !landed; try++ {
+			f, _ := os.OpenFile(img, os.O_WRONLY, 0)
+			buf := make([]byte, 1<<20)
+			r.Read(buf)
+			f.WriteAt(buf, r.Int63n(23<<20))
+			f.Close()
+			landed = backups.kill(t, thinbackCmd(t, dir, w("backup", "--store", store, "--file", img)...))
+			record()
 		}
-		record()
+		if !landed {
+			t.Fatalf("round %d: four backups in a row finished before their kill (the last in %v): the test kills nothing", i, backups.bound)
+		}
 		check(fmt.Sprintf("backup killed, round %d", i))
 		run(t, dir, w("backup", "--store", store, "--file", img)...)
 		record()
 	}
 	// Prune, killed at random moments; every kept snapshot stays exact.
+	prunes := &killer{r: r, bound: typical}
 	for i := 0; i < 6; i++ {
-		if killAfter(t, dir, time.Duration(r.Int63n(int64(typical)+1)), w("prune", "--store", store, "disk.img", "--keep-last", fmt.Sprint(12-2*i))...) {
-			finished++
-		}
+		prunes.kill(t, thinbackCmd(t, dir, w("prune", "--store", store, "disk.img", "--keep-last", fmt.Sprint(12-2*i))...))
 		check(fmt.Sprintf("prune killed, round %d", i))
 	}
 	// Receive, killed while reading its stream.
@@ -161,18 +187,22 @@ func killAnywhere(t *testing.T, dir, store string, writerFlags ...string) {
 	other := filepath.Join(dir, "other.img")
 	os.WriteFile(other, data[:8<<20], 0o600)
 	run(t, dir, "send", "--file", other, "-o", full)
+	receives := &killer{r: r, bound: typical}
 	for i := 0; i < 4; i++ {
 		cmd := thinbackCmd(t, dir, w("receive", "--store", store)...)
 		in, _ := os.Open(full)
 		cmd.Stdin = in
-		cmd.Start()
-		time.Sleep(time.Duration(r.Int63n(int64(typical) + 1)))
-		cmd.Process.Signal(syscall.SIGKILL)
-		cmd.Wait()
+		receives.kill(t, cmd)
 		in.Close()
 		run(t, dir, "verify", "--store", store)
 	}
-	t.Logf("%d of the killed runs finished before the kill (typical backup %v)", finished, typical)
+	t.Logf("kills that landed mid-run: backups %d of %d, prunes %d of %d, receives %d of %d (typical backup %v)",
+		backups.landed, backups.tries, prunes.landed, prunes.tries, receives.landed, receives.tries, typical)
+	// A prune or receive finishes first at times; all of them doing so
+	// would leave those kills untested.
+	if prunes.landed < 2 || receives.landed < 1 {
+		t.Fatalf("too few prunes (%d of %d) or receives (%d of %d) were killed mid-run", prunes.landed, prunes.tries, receives.landed, receives.tries)
+	}
 	run(t, dir, w("backup", "--store", store, "--file", img)...)
 	record()
 	check("at the end")

@@ -37,7 +37,9 @@ func hasMount(dir string) bool {
 }
 
 // startMount runs thinback mount of store on a new directory and waits
-// until the tree is there; it skips the test where FUSE cannot mount.
+// until the tree is there; it skips the test where FUSE cannot mount
+// (TestGuest runs the mount tests again in the guest, where they can and
+// where a skip fails the run).
 func startMount(t *testing.T, work, store string) *mounted {
 	t.Helper()
 	if os.Geteuid() != 0 {

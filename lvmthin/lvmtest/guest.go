@@ -4,7 +4,11 @@
 package lvmtest
 
 import (
+	"bufio"
 	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,6 +41,12 @@ type Options struct {
 	// (the repository may not be visible: the guest has its own /tmp),
 	// and its path there is passed as THINBACK_GUEST_TESTDATA.
 	TestData string
+	// MaySkip names the guest tests (as go test -json names them,
+	// "TestX/sub") allowed to skip there, each with the reason why the
+	// guest itself may lack what they need. Any other skip in the guest
+	// fails the run: the guest is where those tests must run, so a skip
+	// there means a test that silently tested nothing.
+	MaySkip map[string]string
 }
 
 // TestDataDir returns where the guest tests find the directory passed as
@@ -114,22 +124,104 @@ func RunGuest(t *testing.T, root string, opts Options) {
 		}
 		env = append(env, "--env", "THINBACK_GUEST_TESTDATA="+dst)
 	}
+	// -test.v=test2json frames every line with the event it belongs to;
+	// go tool test2json turns that into go test -json's events, which
+	// tell a skipped test from a passed one.
 	args := append(env, "--workdir", work, "--mem", mem, "--timeout", strconv.Itoa(int(timeout.Seconds())+60), "--",
-		bin, "-test.run", pattern, "-test.count", "1", "-test.timeout", strconv.Itoa(int(timeout.Seconds()))+"s")
-	if testing.Verbose() {
-		args = append(args, "-test.v")
-	}
+		bin, "-test.run", pattern, "-test.count", "1", "-test.timeout", strconv.Itoa(int(timeout.Seconds()))+"s",
+		"-test.v=test2json")
 	cmd := exec.Command(runScript, args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start = time.Now()
 	err = cmd.Run()
-	t.Logf("guest ran for %v; its output:\n%s", time.Since(start).Round(time.Millisecond), out.String())
+	conv := exec.Command(goBin, "tool", "test2json", "-t")
+	conv.Stdin = bytes.NewReader(stdout.Bytes())
+	events, cerr := conv.Output()
+	if cerr != nil {
+		t.Fatalf("go tool test2json: %v; the guest's output:\n%s%s", cerr, stdout.String(), stderr.String())
+	}
+	res, perr := ParseTestEvents(bytes.NewReader(events))
+	t.Logf("guest ran for %v; its output:\n%s%s", time.Since(start).Round(time.Millisecond), res.Output, stderr.String())
+	if perr != nil {
+		t.Fatalf("reading the guest's test events: %v", perr)
+	}
 	if err != nil {
 		t.Fatalf("guest tests failed: %v", err)
 	}
-	// A pattern that matched nothing would pass silently.
-	if !strings.Contains(out.String(), "PASS") || strings.Contains(out.String(), "no tests to run") {
-		t.Fatalf("the guest ran no test")
+	if msg := res.Check(opts.MaySkip); msg != "" {
+		t.Fatal(msg)
 	}
+	if testing.Verbose() {
+		t.Logf("in the guest: %d tests passed, %d skipped as allowed (%s)", len(res.Passed), len(res.Skipped), strings.Join(res.Skipped, ", "))
+	}
+}
+
+// TestEvents is what a guest run's go test -json events say.
+type TestEvents struct {
+	Passed  []string // tests and subtests that passed
+	Skipped []string // tests and subtests that skipped
+	Failed  []string
+	Output  string // every line the tests printed, in order
+	// PackagePassed: the run as a whole ended with ok.
+	PackagePassed bool
+}
+
+// ParseTestEvents reads go test -json events (test2json's output).
+func ParseTestEvents(r io.Reader) (TestEvents, error) {
+	var res TestEvents
+	var out strings.Builder
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		var ev struct {
+			Action, Test, Output string
+		}
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			return res, fmt.Errorf("event %q: %w", sc.Text(), err)
+		}
+		switch ev.Action {
+		case "output":
+			out.WriteString(ev.Output)
+		case "pass":
+			if ev.Test == "" {
+				res.PackagePassed = true
+			} else {
+				res.Passed = append(res.Passed, ev.Test)
+			}
+		case "skip":
+			if ev.Test != "" {
+				res.Skipped = append(res.Skipped, ev.Test)
+			}
+		case "fail":
+			res.Failed = append(res.Failed, ev.Test)
+		}
+	}
+	res.Output = out.String()
+	return res, sc.Err()
+}
+
+// Check returns why a guest run whose events are res must fail, or "": a
+// test failed, none passed, or one skipped that may not (maySkip names
+// those that may, with the reason).
+func (res TestEvents) Check(maySkip map[string]string) string {
+	if len(res.Failed) > 0 {
+		return fmt.Sprintf("guest tests failed: %s", strings.Join(res.Failed, ", "))
+	}
+	if !res.PackagePassed || len(res.Passed) == 0 {
+		// A pattern that matched nothing would pass silently.
+		return "the guest ran no test"
+	}
+	var bad []string
+	for _, name := range res.Skipped {
+		if _, ok := maySkip[name]; !ok {
+			bad = append(bad, name)
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Sprintf("in the guest, where everything they need is present, these tests skipped instead of running: %s "+
+			"(see their skip messages above; a test that may skip there is named in lvmtest.Options.MaySkip with the reason)",
+			strings.Join(bad, ", "))
+	}
+	return ""
 }
