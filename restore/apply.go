@@ -203,8 +203,21 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 			return nil, err
 		}
 	}
+	// The file's times are set and made durable with the data, and read
+	// after the fsync: nothing of thinback's changes them later.
+	if err := t.stampMtime(time.Now()); err != nil {
+		return nil, err
+	}
 	if err := t.Sync(); err != nil {
 		return nil, err
+	}
+	var fst *FileStat
+	if !t.block {
+		s, err := t.fileStat()
+		if err != nil {
+			return nil, err
+		}
+		fst = &s
 	}
 	fp, err := t.fingerprint(t.log.s.offsets(finalSize, priorFingerprint(st)))
 	if err != nil {
@@ -218,7 +231,7 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 	run.done = true
 	t.created = false // complete: the file is the user's now
 	if opts.Finish != nil {
-		done := State{VolumeName: last.VolumeName, VolumeUUID: last.VolumeUUID, VolumeSize: finalSize, Snapshot: last.Snapshot, Fingerprint: fp}
+		done := State{VolumeName: last.VolumeName, VolumeUUID: last.VolumeUUID, VolumeSize: finalSize, Snapshot: last.Snapshot, Fingerprint: fp, FileStat: fst}
 		if err := opts.Finish(done); err != nil {
 			return nil, fmt.Errorf("the target %s holds %s, but recording that in the state file failed: %w", t.Path, describe(last.Snapshot), err)
 		}
