@@ -40,7 +40,9 @@ type Options struct {
 	// the state to record durably: the target's state with its
 	// InProgress mark set. An error stops the apply.
 	Begin func(State) error
-	// Finish is called after the target was fsynced, with its new state.
+	// Finish is called after the target was fsynced, with its new state;
+	// also after Revert, when a failed apply grew a file and shrank it
+	// back, with the state put back and the file's new times.
 	Finish func(State) error
 	// Workers decoding in parallel; 0 means one per CPU.
 	Workers int
@@ -300,13 +302,19 @@ func (r *applyRun) stop(err error) error {
 			r.sb.abandon()
 			r.sb = nil
 		}
+		shrunk := false
 		if t.created {
 			note("removing "+t.Path, t.RemoveCreated())
 		} else if !t.block && t.Size() != r.oldSize {
-			note("shrinking "+t.Path+" back", t.Resize(r.oldSize))
+			serr := t.Resize(r.oldSize)
+			note("shrinking "+t.Path+" back", serr)
+			shrunk = serr == nil
 		}
 		if r.began && r.opts.Revert != nil {
 			note("restoring the state file", r.opts.Revert())
+			if shrunk {
+				note("recording the file's times in the state file", r.restamp())
+			}
 		}
 		switch {
 		case created:
@@ -346,6 +354,31 @@ func (r *applyRun) stop(err error) error {
 		note("recording where the apply stopped in the state file", r.opts.Stopped(st))
 	}
 	return fmt.Errorf("%w\n%s", err, advice)
+}
+
+// restamp records the times a file grown and shrunk back to its size has
+// now, when the state put back says, exactly, that it held its snapshot
+// before the apply: it holds the same bytes, and the grow and shrink of
+// this run are not a write to be noticed by the next apply.
+func (r *applyRun) restamp() error {
+	st := r.mark
+	st.InProgress = nil
+	if st.FileStat == nil || st.Modified != "" || st.Snapshot.ID.IsZero() || r.opts.Finish == nil {
+		return nil
+	}
+	t := r.t
+	if err := t.stampMtime(time.Now()); err != nil {
+		return err
+	}
+	if err := t.Sync(); err != nil {
+		return err
+	}
+	fs, err := t.fileStat()
+	if err != nil {
+		return err
+	}
+	st.FileStat = &fs
+	return r.opts.Finish(st)
 }
 
 // verifyPayloads reads every payload of a seekable file that starts at

@@ -1,13 +1,17 @@
 package restore
 
 import (
+	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/thinback/thinback/archive"
 )
 
 // TestWrittenFileTargetIsModified: a regular file target written to after
@@ -196,4 +200,63 @@ func verifyState(t *testing.T, target string, st State) State {
 		t.Fatal(err)
 	}
 	return got
+}
+
+// TestShrunkBackKeepsState: an incremental of a grown volume, read from a
+// stream, grows the file and then finds its first record damaged: nothing
+// was written, the file is shrunk back, and the state records its new
+// times, so the good copy of the incremental still applies (the grow and
+// shrink were the apply's own, not a write).
+func TestShrunkBackKeepsState(t *testing.T) {
+	w := newWorld(t)
+	v1 := w.image(w.random(300 * 4096))
+	grown := append(append([]byte(nil), v1.data...), w.random(50*4096)...)
+	w.r.Read(grown[:4096]) // the first record is DATA at 0
+	v2 := w.image(grown)
+	full, incr := w.delta(v1, nil), w.delta(v2, v1)
+	nums, _ := dataRecords(t, incr)
+	bad := corruptAt(t, incr, nums[0])
+
+	st := stateStore{}
+	target := filepath.Join(t.TempDir(), "copy")
+	if _, err := st.apply(t, target, []string{full}, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	before := *st.only(t).FileStat
+	tg, err := OpenTarget(target, TargetOptions{NoCreate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	key := func() string {
+		for k := range st {
+			return k
+		}
+		return ""
+	}()
+	opts := Options{State: st[key],
+		Begin:   func(s State) error { st[key] = s; return nil },
+		Finish:  func(s State) error { st[key] = s; return nil },
+		Stopped: func(s State) error { st[key] = s; return nil },
+	}
+	prior := st[key]
+	opts.Revert = func() error { st[key] = prior; return nil }
+	_, err = Apply(context.Background(), tg, []Input{{Name: "stream", R: struct{ io.Reader }{f}}}, opts)
+	tg.Close()
+	if !errors.Is(err, archive.ErrChecksum) || !strings.Contains(err.Error(), "nothing was written") {
+		t.Fatalf("got %v, want a checksum error with nothing written", err)
+	}
+	mustEqual(t, target, v1.data)
+	after := st.only(t)
+	if after.InProgress != nil || after.Snapshot.ID != v1.snap.ID || after.FileStat == nil || *after.FileStat == before {
+		t.Fatalf("state after the shrink-back: %+v (before: %+v)", after, before)
+	}
+	if _, err := st.apply(t, target, []string{incr}, Options{}); err != nil {
+		t.Fatalf("the good incremental after the shrink-back: %v", err)
+	}
+	mustEqual(t, target, v2.data)
 }
