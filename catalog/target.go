@@ -41,6 +41,10 @@ type Target struct {
 	// Fingerprint samples what the last completed apply left on the
 	// target, so that a target written to since is noticed by the caller.
 	Fingerprint *Fingerprint `json:"fingerprint,omitempty"`
+	// FileStat is what the last completed apply left on a regular file
+	// target: its size, times and inode, so that any write since is
+	// noticed by the caller. Records written before it have none.
+	FileStat *FileStat `json:"file_stat,omitempty"`
 	// InProgress is set while an apply runs and left behind when it is
 	// interrupted.
 	InProgress *Mark `json:"in_progress,omitempty"`
@@ -78,6 +82,16 @@ type Fingerprint struct {
 type Sample struct {
 	Offset int64  `json:"offset"`
 	Digest string `json:"digest"`
+}
+
+// FileStat is a regular file's size, modification and status-change
+// times (nanoseconds since the epoch), device and inode.
+type FileStat struct {
+	Size    int64  `json:"size"`
+	MtimeNs int64  `json:"mtime_ns"`
+	CtimeNs int64  `json:"ctime_ns"`
+	Dev     uint64 `json:"dev"`
+	Ino     uint64 `json:"ino"`
 }
 
 // maxSamples bounds a fingerprint, so a record stays small whatever a
@@ -127,6 +141,9 @@ func (t *Target) validate(key string) error {
 		if err := t.Fingerprint.validate(); err != nil {
 			return err
 		}
+	}
+	if t.FileStat != nil && t.FileStat.Size < 0 {
+		return fmt.Errorf("file stat of a %d-byte target", t.FileStat.Size)
 	}
 	if m := t.InProgress; m != nil {
 		if err := ValidID(m.Snapshot); err != nil {

@@ -21,6 +21,7 @@ func TestStateFileTargets(t *testing.T) {
 		Key: "/dev/vg1/vm1-restored", Path: "/dev/vg1/vm1-restored", Volume: "vg0/vm1", VolumeUUID: "lvm-uuid",
 		Snapshot: "", Dev: 0xfd01, Ino: 1234, Device: "lv-uuid:abc",
 		Fingerprint: &Fingerprint{Size: 8192, BlockSize: 4096, Samples: []Sample{{Offset: 4096, Digest: strings.Repeat("ab", 32)}}},
+		FileStat:    &FileStat{Size: 8192, MtimeNs: 1795662245123456789, CtimeNs: 1795662245987654321, Dev: 0xfd01, Ino: 1234},
 		InProgress: &Mark{Snapshot: snap, Files: []string{"full.tbk", "incr1.tbk"}, UndoSnapshot: undo, Started: started,
 			WroteFrom: 4096, WroteTo: 65536, Stopped: "full.tbk is damaged"},
 	}
@@ -81,19 +82,20 @@ func TestStateFileTargets(t *testing.T) {
 func TestTargetValidation(t *testing.T) {
 	path, _ := newTestFile(t)
 	for name, tg := range map[string]Target{
-		"empty key":         {},
-		"bad snapshot":      {Key: "k", Snapshot: "nope"},
-		"bad mark":          {Key: "k", InProgress: &Mark{}},
-		"bad undo":          {Key: "k", InProgress: &Mark{Snapshot: newID(), UndoSnapshot: "x"}},
-		"bad volume":        {Key: "k", Volume: "a\x00"},
-		"control in files":  {Key: "k", InProgress: &Mark{Snapshot: newID(), Files: make([]string, maxField+1)}},
-		"bad written range": {Key: "k", InProgress: &Mark{Snapshot: newID(), WroteFrom: 10, WroteTo: 5}},
-		"huge stop reason":  {Key: "k", InProgress: &Mark{Snapshot: newID(), Stopped: string(make([]byte, maxField+1))}},
-		"bad sample block":  {Key: "k", Fingerprint: &Fingerprint{Size: 4096, BlockSize: 7}},
-		"sample outside":    {Key: "k", Fingerprint: &Fingerprint{Size: 4096, BlockSize: 4096, Samples: []Sample{{Offset: 4096, Digest: strings.Repeat("0", 64)}}}},
-		"bad digest":        {Key: "k", Fingerprint: &Fingerprint{Size: 4096, BlockSize: 4096, Samples: []Sample{{Offset: 0, Digest: "xyz"}}}},
-		"too many samples":  {Key: "k", Fingerprint: &Fingerprint{Size: 1 << 30, BlockSize: 4096, Samples: make([]Sample, maxSamples+1)}},
-		"volume not UTF-8":  {Key: "k", Volume: "a\xff"},
+		"empty key":          {},
+		"bad snapshot":       {Key: "k", Snapshot: "nope"},
+		"bad mark":           {Key: "k", InProgress: &Mark{}},
+		"bad undo":           {Key: "k", InProgress: &Mark{Snapshot: newID(), UndoSnapshot: "x"}},
+		"bad volume":         {Key: "k", Volume: "a\x00"},
+		"control in files":   {Key: "k", InProgress: &Mark{Snapshot: newID(), Files: make([]string, maxField+1)}},
+		"bad written range":  {Key: "k", InProgress: &Mark{Snapshot: newID(), WroteFrom: 10, WroteTo: 5}},
+		"huge stop reason":   {Key: "k", InProgress: &Mark{Snapshot: newID(), Stopped: string(make([]byte, maxField+1))}},
+		"bad sample block":   {Key: "k", Fingerprint: &Fingerprint{Size: 4096, BlockSize: 7}},
+		"sample outside":     {Key: "k", Fingerprint: &Fingerprint{Size: 4096, BlockSize: 4096, Samples: []Sample{{Offset: 4096, Digest: strings.Repeat("0", 64)}}}},
+		"bad digest":         {Key: "k", Fingerprint: &Fingerprint{Size: 4096, BlockSize: 4096, Samples: []Sample{{Offset: 0, Digest: "xyz"}}}},
+		"too many samples":   {Key: "k", Fingerprint: &Fingerprint{Size: 1 << 30, BlockSize: 4096, Samples: make([]Sample, maxSamples+1)}},
+		"volume not UTF-8":   {Key: "k", Volume: "a\xff"},
+		"negative stat size": {Key: "k", FileStat: &FileStat{Size: -1}},
 	} {
 		err := fileDB(path).Update(func(tx *Tx) error { return tx.PutTarget(&tg) })
 		if !errors.Is(err, ErrInvalidRecord) {

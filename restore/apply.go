@@ -45,7 +45,9 @@ type Options struct {
 	// the state to record durably: the target's state with its
 	// InProgress mark set. An error stops the apply.
 	Begin func(State) error
-	// Finish is called after the target was fsynced, with its new state.
+	// Finish is called after the target was fsynced, with its new state;
+	// also after Revert, when a failed apply grew a file and shrank it
+	// back, with the state put back and the file's new times.
 	Finish func(State) error
 	// Workers decoding in parallel; 0 means one per CPU.
 	Workers int
@@ -218,8 +220,21 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 			return nil, err
 		}
 	}
+	// The file's times are set and made durable with the data, and read
+	// after the fsync: nothing of thinback's changes them later.
+	if err := t.stampMtime(time.Now()); err != nil {
+		return nil, err
+	}
 	if err := t.Sync(); err != nil {
 		return nil, err
+	}
+	var fst *FileStat
+	if !t.block {
+		s, err := t.fileStat()
+		if err != nil {
+			return nil, err
+		}
+		fst = &s
 	}
 	fp, err := t.fingerprint(t.log.s.offsets(finalSize, priorFingerprint(st)))
 	if err != nil {
@@ -233,7 +248,7 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 	run.done = true
 	t.created = false // complete: the file is the user's now
 	if opts.Finish != nil {
-		done := State{VolumeName: last.VolumeName, VolumeUUID: last.VolumeUUID, VolumeSize: finalSize, Snapshot: last.Snapshot, Fingerprint: fp}
+		done := State{VolumeName: last.VolumeName, VolumeUUID: last.VolumeUUID, VolumeSize: finalSize, Snapshot: last.Snapshot, Fingerprint: fp, FileStat: fst}
 		if err := opts.Finish(done); err != nil {
 			return nil, fmt.Errorf("the target %s holds %s, but recording that in the state file failed: %w", t.Path, describe(last.Snapshot), err)
 		}
@@ -302,13 +317,19 @@ func (r *applyRun) stop(err error) error {
 			r.sb.abandon()
 			r.sb = nil
 		}
+		shrunk := false
 		if t.created {
 			note("removing "+t.Path, t.RemoveCreated())
 		} else if !t.block && t.Size() != r.oldSize {
-			note("shrinking "+t.Path+" back", t.Resize(r.oldSize))
+			serr := t.Resize(r.oldSize)
+			note("shrinking "+t.Path+" back", serr)
+			shrunk = serr == nil
 		}
 		if r.began && r.opts.Revert != nil {
 			note("restoring the state file", r.opts.Revert())
+			if shrunk {
+				note("recording the file's times in the state file", r.restamp())
+			}
 		}
 		switch {
 		case created:
@@ -348,6 +369,31 @@ func (r *applyRun) stop(err error) error {
 		note("recording where the apply stopped in the state file", r.opts.Stopped(st))
 	}
 	return fmt.Errorf("%w\n%s", err, advice)
+}
+
+// restamp records the times a file grown and shrunk back to its size has
+// now, when the state put back says, exactly, that it held its snapshot
+// before the apply: it holds the same bytes, and the grow and shrink of
+// this run are not a write to be noticed by the next apply.
+func (r *applyRun) restamp() error {
+	st := r.mark
+	st.InProgress = nil
+	if st.FileStat == nil || st.Modified != "" || st.Snapshot.ID.IsZero() || r.opts.Finish == nil {
+		return nil
+	}
+	t := r.t
+	if err := t.stampMtime(time.Now()); err != nil {
+		return err
+	}
+	if err := t.Sync(); err != nil {
+		return err
+	}
+	fs, err := t.fileStat()
+	if err != nil {
+		return err
+	}
+	st.FileStat = &fs
+	return r.opts.Finish(st)
 }
 
 // verifyPayloads reads every payload of a seekable file that starts at

@@ -44,6 +44,10 @@ type State struct {
 	// Fingerprint samples what the apply that left the target at Snapshot
 	// wrote (see Target.Verify); nil when unknown.
 	Fingerprint *Fingerprint
+	// FileStat is a regular file target's size, times and inode after
+	// that apply (see Target.Verify); nil for a block device, or when
+	// unknown (a record older than it), when the fingerprint is used.
+	FileStat *FileStat
 	// Modified, when set, says why the target no longer holds Snapshot:
 	// it was replaced under its name (its identity differs from the one
 	// recorded) or written to since (Target.Verify). CheckChain then

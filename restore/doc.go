@@ -18,11 +18,12 @@
 // (applying a file is idempotent). One that fails before its first write
 // leaves the state as it was, and a file target it created is removed.
 //
-// The state also carries a fingerprint of what the last apply wrote
-// (Target.Verify): a target written to since, or replaced (Identity), is
-// treated as holding nothing, so that only a full is applied to it
-// (ErrModified, ZFS's "destination has been modified since most recent
-// snapshot"). A target that is one of the command's own files, or holds
+// The state also carries what the last apply left on the target: a
+// regular file's size, times and inode (FileStat, exact), a block
+// device's sampled fingerprint (Fingerprint). A target written to since
+// (Target.Verify), or replaced (Identity), is treated as holding nothing,
+// so that only a full is applied to it (ErrModified, ZFS's "destination
+// has been modified since most recent snapshot"). A target that is one of the command's own files, or holds
 // the filesystem one of them is on, is refused (TargetOptions.Guards).
 //
 // With a snapback file, the old contents of every range are saved, and made

@@ -12,7 +12,10 @@ import (
 )
 
 // A fingerprint is what a target held after the apply that left it at its
-// snapshot: its size and the digests of a few dozen of its blocks. Before
+// snapshot: its size and the digests of a few dozen of its blocks. It is
+// how a block device, which keeps no modification time, is checked; a
+// regular file is checked exactly by its FileStat, and by its fingerprint
+// only when its state was recorded without one. Before
 // an incremental is applied on top, the blocks are read and hashed again; a
 // difference means that the target was written to since (mounted, or
 // overwritten by something else) and no longer holds the snapshot, so only
@@ -153,13 +156,16 @@ func (t *Target) blockDigest(buf []byte, off int64) (archive.Digest, error) {
 }
 
 // Verify checks that the target still holds what st says the last apply
-// left on it: a regular file of the same size, the same digests of the
-// sampled blocks. When it does not, it returns st with Modified saying
-// what differs; a file that OpenTarget created holds nothing, whatever st
-// says. There is nothing to check (st is returned as it is) when
-// st holds no fingerprint (an older state file), when an apply is in
-// progress (the target is partly written, and the mark says so), or when
-// Modified is set already.
+// left on it. A regular file must have the same size, modification time,
+// status-change time, device and inode as the apply left (st.FileStat):
+// that is exact. A block device, and a regular file whose record predates
+// FileStat, must have the same digests of the sampled blocks (see
+// Fingerprint): that sees only what changed in those blocks. When the
+// target differs, Verify returns st with Modified saying how; a file that
+// OpenTarget created holds nothing, whatever st says. There is nothing to
+// check (st is returned as it is) when st holds neither (an older state
+// file), when an apply is in progress (the target is partly written, and
+// the mark says so), or when Modified is set already.
 func (t *Target) Verify(st State) (State, error) {
 	if t.created && st.Modified == "" && (!st.Snapshot.ID.IsZero() || st.InProgress != nil) {
 		// Whatever the record says (a file of the same inode number once
@@ -167,8 +173,19 @@ func (t *Target) Verify(st State) (State, error) {
 		st.Modified = "it did not exist: this run created it"
 		return st, nil
 	}
+	if st.Modified != "" || st.InProgress != nil || st.Snapshot.ID.IsZero() {
+		return st, nil
+	}
+	if !t.block && st.FileStat != nil {
+		now, err := t.fileStat()
+		if err != nil {
+			return st, err
+		}
+		st.Modified = now.changed(*st.FileStat)
+		return st, nil
+	}
 	fp := st.Fingerprint
-	if fp == nil || st.Modified != "" || st.InProgress != nil || st.Snapshot.ID.IsZero() {
+	if fp == nil {
 		return st, nil
 	}
 	switch {

@@ -41,7 +41,33 @@ func checkGuards(path string, guards []Guard) error {
 	if terr != nil && !errors.Is(terr, os.ErrNotExist) {
 		return nil // OpenTarget reports it
 	}
-	tres := resolvePath(path)
+	return refuseGuarded("target "+path, "target", tst, terr, resolvePath(path), guards)
+}
+
+// CheckOutput refuses an output that is already open (standard output)
+// when writing it would destroy one of guards: when it is one of them,
+// lies inside one (Dir), or holds the filesystem one is on, exactly as
+// OpenTarget refuses such a target (ErrTargetIsInput). name is what
+// messages call it. A pipe, a socket, a terminal or a character device is
+// none of them.
+func CheckOutput(f *os.File, name string, guards []Guard) error {
+	if len(guards) == 0 {
+		return nil
+	}
+	tst, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	// The path the descriptor was opened by, for the "inside" check and
+	// the message; the comparisons themselves are by device and inode.
+	return refuseGuarded(name, "output", tst, nil, resolvePath("/proc/self/fd/"+strconv.Itoa(int(f.Fd()))), guards)
+}
+
+// refuseGuarded is checkGuards for a target described as desc (a
+// "target" or an "output", as kind says), with tst and terr what stat
+// says of it (terr: it does not exist yet) and tres its resolved path (""
+// when unknown).
+func refuseGuarded(desc, kind string, tst os.FileInfo, terr error, tres string, guards []Guard) error {
 	// Being one of them first: it says the most.
 	for _, g := range guards {
 		gst, gerr := os.Stat(g.Path)
@@ -53,7 +79,7 @@ func checkGuards(path string, guards []Guard) error {
 			same = same || os.SameFile(tst, gst) || sameBlockDevice(tst, gst)
 		}
 		if same {
-			return fmt.Errorf("target %s is the %s %s: refusing to overwrite it: %w; choose another target", path, g.What, g.Path, ErrTargetIsInput)
+			return fmt.Errorf("%s is the %s %s: refusing to overwrite it: %w; choose another %s", desc, g.What, g.Path, ErrTargetIsInput, kind)
 		}
 	}
 	for _, g := range guards {
@@ -62,7 +88,7 @@ func checkGuards(path string, guards []Guard) error {
 			continue
 		}
 		if g.Dir && gerr == nil && gst.IsDir() && tres != "" && inside(tres, gst) {
-			return fmt.Errorf("target %s lies inside the %s %s: refusing to write there: %w; choose a target outside it", path, g.What, g.Path, ErrTargetIsInput)
+			return fmt.Errorf("%s lies inside the %s %s: refusing to write there: %w; put the %s outside it", desc, g.What, g.Path, ErrTargetIsInput, kind)
 		}
 		if terr != nil {
 			continue // a target to create holds nothing
@@ -75,7 +101,7 @@ func checkGuards(path string, guards []Guard) error {
 			}
 		}
 		if how := holds(tst, on); how != "" {
-			return fmt.Errorf("target %s holds the filesystem of the %s %s (%s): refusing to overwrite it: %w; choose another target", path, g.What, g.Path, how, ErrTargetIsInput)
+			return fmt.Errorf("%s holds the filesystem of the %s %s (%s): refusing to overwrite it: %w; choose another %s", desc, g.What, g.Path, how, ErrTargetIsInput, kind)
 		}
 	}
 	return nil

@@ -316,7 +316,7 @@ func runSendClassic(ctx context.Context, e *env, o sendOptions, rep *lvmthin.Rep
 	defer d.Close()
 	h := classicHeader(d.Snap(), d.Base(), origin, d.Size())
 	prog := newProgress(e.stderr, o.quiet, "sent", d.Stats().DataBytes)
-	st, err := sendTo(ctx, e, o.out, h, d, o.level, prog, true)
+	st, err := sendTo(ctx, e, o.out, h, d, o.level, prog, true, lvSources(snap, base, origin))
 	prog.Done()
 	if err != nil {
 		return err

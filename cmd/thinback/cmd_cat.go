@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/restore"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 )
@@ -20,12 +22,16 @@ func catCommand(e *env) *cli.Command {
 		Usage:     "write a volume's state at a point in time as a raw image, to standard output or a file",
 		ArgsUsage: "VOLUME",
 		Description: "Reads the chain full → … → the chosen snapshot from the store and writes the volume as it\n" +
-			"was then, byte for byte, in order: for | qemu-img convert, | ssh, | dd. Every block is\n" +
-			"verified against its digest before it is written; a damaged file stops the output with\n" +
-			"an error (exit 3). Without --at or --snapshot, the newest snapshot.\n\n" +
+			"was then, byte for byte, in order: for | ssh, | dd, | gzip. Every block is verified\n" +
+			"against its digest before it is written; a damaged file stops the output with an\n" +
+			"error (exit 3). Without --at or --snapshot, the newest snapshot.\n\n" +
 			"-o FILE writes a new sparse file (ranges that read as zeroes are holes) under a\n" +
 			"temporary name and gives it its name when complete; an existing FILE is refused.\n" +
-			"Standard output (-o -, the default) must not be a terminal. The store is only read.",
+			"qemu-img convert cannot read a raw image from a pipe: give it -o FILE's file, or\n" +
+			"let it read thinback serve's export (nbd+unix:///VOLUME@SEQ?socket=PATH).\n\n" +
+			"Standard output (-o -, the default) must not be a terminal, nor one of the files read,\n" +
+			"the catalog, a file inside the store, or the device holding the store (exit 6, as\n" +
+			"restore --to). The store is only read.",
 		Flags: []cli.Flag{
 			storeFlag,
 			&cli.StringFlag{Name: "at", Usage: `the newest snapshot at or before this time ("2026-11-20 03:00", local time, or RFC 3339)`},
@@ -61,13 +67,16 @@ type imageOutput struct {
 	file *catalog.Pending // nil for standard output
 }
 
-func createImageOutput(e *env, path string) (*imageOutput, error) {
+func createImageOutput(e *env, path string, guards []restore.Guard) (*imageOutput, error) {
 	if path == "" {
 		return nil, usageError{msg: "cat: give -o FILE, or -o - for standard output"}
 	}
 	if path == "-" {
 		if f, ok := e.stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 			return nil, usageError{msg: "refusing to write a disk image to a terminal: redirect standard output or give -o FILE"}
+		}
+		if err := checkStdout(e, guards); err != nil {
+			return nil, fmt.Errorf("cat: %w", err)
 		}
 		return &imageOutput{output: &output{w: e.stdout, name: "standard output"}}, nil
 	}
@@ -139,7 +148,13 @@ func runCat(ctx context.Context, e *env, o catOptions) error {
 		return fmt.Errorf("cat: %s is not a full: %w; run thinback verify", first.Name, archive.ErrNotChain)
 	}
 	size := c.Header().VolumeSize
-	out, err := createImageOutput(e, o.out)
+	// What standard output must not be: the store, its catalog, the
+	// files being read, or what holds them.
+	guards := []restore.Guard{{What: "store", Path: s.dir, Dir: true}, {What: "catalog", Path: filepath.Join(s.dir, "catalog.db")}}
+	for _, in := range pit.inputs {
+		guards = append(guards, restore.Guard{What: "delta file", Path: in.Name})
+	}
+	out, err := createImageOutput(e, o.out, guards)
 	if err != nil {
 		return err
 	}

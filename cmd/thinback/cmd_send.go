@@ -13,6 +13,7 @@ import (
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/lvmthin"
+	"github.com/thinback/thinback/restore"
 	"github.com/urfave/cli/v2"
 )
 
@@ -174,7 +175,11 @@ func runSendFile(ctx context.Context, e *env, o sendOptions) error {
 	} else if o.baseID != "" {
 		return usageError{msg: "send: --base-id goes with --base-file"}
 	}
-	st, err := sendTo(ctx, e, o.out, h, src, o.level, prog, o.baseFile == "")
+	sources := []restore.Guard{{What: "image", Path: o.file}}
+	if o.baseFile != "" {
+		sources = append(sources, restore.Guard{What: "base image", Path: o.baseFile})
+	}
+	st, err := sendTo(ctx, e, o.out, h, src, o.level, prog, o.baseFile == "", sources)
 	if err != nil {
 		return err
 	}
@@ -195,12 +200,13 @@ type sendStats struct {
 	took     time.Duration
 }
 
-// sendTo writes a delta file of src with header h to out.
-func sendTo(ctx context.Context, e *env, out string, h *archive.Header, src archive.Source, level archive.Level, prog progress, countWrites bool) (st sendStats, err error) {
+// sendTo writes a delta file of src with header h to out. Standard output
+// must not be, nor hold, one of sources, what the delta is read from.
+func sendTo(ctx context.Context, e *env, out string, h *archive.Header, src archive.Source, level archive.Level, prog progress, countWrites bool, sources []restore.Guard) (st sendStats, err error) {
 	start := time.Now()
-	o, err := createOutput(e, out)
+	o, err := createOutput(e, out, sources)
 	if err != nil {
-		return sendStats{}, err
+		return sendStats{}, fmt.Errorf("send: %w", err)
 	}
 	defer func() {
 		if aerr := o.abort(); aerr != nil && err != nil {
@@ -230,6 +236,22 @@ func sendTo(ctx context.Context, e *env, out string, h *archive.Header, src arch
 	}
 	t := w.Trailer()
 	return sendStats{trailer: t, read: t.DataBytes, fileSize: w.Offset(), took: time.Since(start)}, nil
+}
+
+// lvSources are the LVs a send reads, or whose data it reads (the
+// origin of a snapshot), as what standard output must not be or hold;
+// an LV that is not active has no device to write to.
+func lvSources(snap, base, origin *lvmthin.LV) []restore.Guard {
+	var g []restore.Guard
+	for _, s := range []struct {
+		what string
+		lv   *lvmthin.LV
+	}{{"snapshot", snap}, {"base snapshot", base}, {"origin", origin}} {
+		if s.lv != nil && s.lv.DMPath != "" {
+			g = append(g, restore.Guard{What: s.what + " " + s.lv.FullName().String(), Path: s.lv.DMPath})
+		}
+	}
+	return g
 }
 
 func sendError(out string, err error) error {

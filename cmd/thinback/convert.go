@@ -108,6 +108,9 @@ func targetRecord(id restore.Identity, path string, st restore.State) catalog.Ta
 			t.Fingerprint.Samples = append(t.Fingerprint.Samples, catalog.Sample{Offset: smp.Offset, Digest: hex.EncodeToString(smp.Digest[:])})
 		}
 	}
+	if fs := st.FileStat; fs != nil {
+		t.FileStat = &catalog.FileStat{Size: fs.Size, MtimeNs: fs.Mtime, CtimeNs: fs.Ctime, Dev: fs.Dev, Ino: fs.Ino}
+	}
 	if m := st.InProgress; m != nil {
 		t.InProgress = &catalog.Mark{Snapshot: catalogID(m.Snapshot), Parent: catalogID(m.Parent),
 			UndoSnapshot: catalogID(m.Undo), Files: m.Files, Started: m.Started,
@@ -133,6 +136,9 @@ func targetState(t catalog.Target) (restore.State, error) {
 			}
 			st.Fingerprint.Samples = append(st.Fingerprint.Samples, restore.Sample{Offset: smp.Offset, Digest: d})
 		}
+	}
+	if fs := t.FileStat; fs != nil {
+		st.FileStat = &restore.FileStat{Size: fs.Size, Mtime: fs.MtimeNs, Ctime: fs.CtimeNs, Dev: fs.Dev, Ino: fs.Ino}
 	}
 	if m := t.InProgress; m != nil {
 		st.InProgress = &restore.Mark{Files: m.Files, Started: m.Started, WroteFrom: m.WroteFrom, WroteTo: m.WroteTo, Stopped: m.Stopped}

@@ -46,8 +46,9 @@ const exitCodesHelp = `EXIT CODES:
         chain, another volume, an earlier apply was interrupted, or the
         target was replaced or written to since its last apply
    6    the target is too small, read-only, in use, not a file or device,
-        or one of the command's own files (or holds one); or a source is
-        not a regular file or block device
+        or one of the command's own files (or holds one), as may be the
+        standard output of cat or send -o -; or a source is not a regular
+        file or block device
    7    LVM: volume or pool not found, not a thin volume, pool failed,
         damaged pool metadata
    8    the thin pool's metadata snapshot is held by another program or a

@@ -152,7 +152,7 @@ func runSendLVM(ctx context.Context, e *env, o sendOptions, spelling, baseSpelli
 	defer d.Close()
 	h := thinHeader(snap, base, origin)
 	prog := newProgress(e.stderr, o.quiet, "sent", d.Stats().DataBytes)
-	st, err := sendTo(ctx, e, o.out, h, d, o.level, prog, true)
+	st, err := sendTo(ctx, e, o.out, h, d, o.level, prog, true, lvSources(snap, base, origin))
 	prog.Done()
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/restore"
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 )
@@ -21,13 +22,19 @@ type output struct {
 	name    string           // for messages
 }
 
-func createOutput(e *env, path string) (*output, error) {
+// createOutput opens path for a delta file; standard output ("-") is
+// refused when it is one of guards, the files the command reads, or holds
+// one (see checkStdout).
+func createOutput(e *env, path string, guards []restore.Guard) (*output, error) {
 	if path == "" {
 		return nil, usageError{msg: "no output: give -o FILE, or -o - for standard output"}
 	}
 	if path == "-" {
 		if f, ok := e.stdout.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 			return nil, usageError{msg: "refusing to write a delta file to a terminal: redirect standard output or give -o FILE"}
+		}
+		if err := checkStdout(e, guards); err != nil {
+			return nil, err
 		}
 		return &output{w: e.stdout, name: "standard output"}, nil
 	}
@@ -39,6 +46,19 @@ func createOutput(e *env, path string) (*output, error) {
 		return nil, fmt.Errorf("output %s: %w", path, err)
 	}
 	return &output{w: &typedWriter{w: p, path: path}, pending: p, name: path}, nil
+}
+
+// checkStdout refuses a standard output that a shell opened on one of
+// guards (1<> on a delta file being read), inside one (a store's
+// directory), or on the block device that holds one's filesystem (>
+// /dev/loop0 under the store): the checks restore --to makes of its
+// target, made before anything is written.
+func checkStdout(e *env, guards []restore.Guard) error {
+	f, ok := e.stdout.(*os.File)
+	if !ok {
+		return nil
+	}
+	return restore.CheckOutput(f, "standard output", guards)
 }
 
 // commit makes the file durable under its final name, or standard output
