@@ -222,9 +222,7 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 	}
 	// The file's times are set and made durable with the data, and read
 	// after the fsync: nothing of thinback's changes them later.
-	if err := t.stampMtime(time.Now()); err != nil {
-		return nil, err
-	}
+	t.stampMtime(time.Now())
 	if err := t.Sync(); err != nil {
 		return nil, err
 	}
@@ -382,9 +380,7 @@ func (r *applyRun) restamp() error {
 		return nil
 	}
 	t := r.t
-	if err := t.stampMtime(time.Now()); err != nil {
-		return err
-	}
+	t.stampMtime(time.Now())
 	if err := t.Sync(); err != nil {
 		return err
 	}

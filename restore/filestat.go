@@ -1,7 +1,6 @@
 package restore
 
 import (
-	"errors"
 	"fmt"
 	"time"
 	"unsafe"
@@ -59,22 +58,16 @@ const timeGrain = 2 * time.Second
 // filesystem's granularity), which is later. Without it, a write soon
 // after the apply could leave the same time as the apply's own last write
 // (the kernel's clock for file times moves in ticks of milliseconds, or
-// FAT's two seconds) and go unseen. Setting a time needs the file's owner
-// (or CAP_FOWNER); where that is refused, the time is left as the last
-// write set it.
-func (t *Target) stampMtime(now time.Time) error {
+// FAT's two seconds) and go unseen. It is a refinement, never a reason to
+// fail an apply that wrote everything: where setting the time is refused
+// (it needs the file's owner, or CAP_FOWNER) or unsupported, the time
+// stays the one the last write set.
+func (t *Target) stampMtime(now time.Time) {
 	if t.block {
-		return nil
+		return
 	}
 	at := now.Truncate(timeGrain).Add(-timeGrain)
 	ts := [2]unix.Timespec{{Nsec: unix.UTIME_OMIT}, unix.NsecToTimespec(at.UnixNano())}
 	// futimens(fd, ts): utimensat with a NULL path sets the open file's.
-	_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, t.f.Fd(), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
-	switch {
-	case e == 0:
-		return nil
-	case errors.Is(e, unix.EPERM), errors.Is(e, unix.EACCES), errors.Is(e, unix.EOPNOTSUPP), errors.Is(e, unix.ENOSYS):
-		return nil
-	}
-	return fmt.Errorf("target %s: setting its modification time: %w", t.Path, e)
+	unix.Syscall6(unix.SYS_UTIMENSAT, t.f.Fd(), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
 }
