@@ -124,8 +124,17 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 	names := make([]string, len(inputs))
 	var supersedable, payload int64
 	starts := make([]int64, len(inputs))
+	inputs = append([]Input(nil), inputs...)
 	for i, in := range inputs {
 		rd, trailer, at, err := prescan(in, seekable[i])
+		if err != nil && i == 0 && seekable[0] != nil {
+			// Undoing an apply that a crash interrupted, with the
+			// snapback file the crash tore.
+			if v := recoverUndo(seekable[0], opts.State); v != nil {
+				in.R, inputs[0], seekable[0] = v, Input{Name: in.Name, R: v}, v
+				rd, trailer, at, err = prescan(in, v)
+			}
+		}
 		if err != nil {
 			return nil, err
 		}

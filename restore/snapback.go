@@ -57,7 +57,9 @@ func createSnapback(f SnapbackFile, t *Target, h *archive.Header) (*snapback, er
 // overwrites the same ranges in the same order: those the file covers
 // were saved before the interrupted run overwrote them (later runs see
 // their new contents, which must not be saved over the old), so saving
-// starts where the file ends.
+// starts where the file ends. A file that a crash tore during a
+// checkpoint is cut back to its records that verify (see
+// archive.RecoverWriter) and made complete again first.
 func resumeSnapback(f SnapbackFile, t *Target, mark *Mark) (*snapback, error) {
 	rs, ok := f.(io.ReadSeeker)
 	if !ok {
@@ -66,7 +68,7 @@ func resumeSnapback(f SnapbackFile, t *Target, mark *Mark) (*snapback, error) {
 	if _, err := rs.Seek(0, io.SeekStart); err != nil {
 		return nil, fmt.Errorf("snapback file %s: %w", f.Name(), err)
 	}
-	w, err := archive.ResumeWriter(rs, f)
+	w, torn, err := archive.RecoverWriter(rs, f)
 	if err != nil {
 		return nil, fmt.Errorf("snapback file %s exists but cannot be continued: %w; give the apply a new snapback file name", f.Name(), err)
 	}
@@ -86,6 +88,26 @@ func resumeSnapback(f SnapbackFile, t *Target, mark *Mark) (*snapback, error) {
 	chunk := max(snapbackChunk/s.bs, 1) * s.bs
 	s.buf = make([]byte, chunk)
 	s.out = make([]byte, 0, archive.MaxEncodedLen(int(chunk)))
+	if torn {
+		// A crash tore the last checkpoint (see archive.RecoverWriter):
+		// what verifies is kept, which is everything the interrupted run
+		// overwrote, since it overwrote a range only once the checkpoint
+		// saving it was durable. The file is made complete again before
+		// anything is overwritten.
+		tr, ok := f.(interface{ Truncate(int64) error })
+		if !ok {
+			s.abandon()
+			return nil, fmt.Errorf("snapback file %s was torn by a crash and cannot be cut back to repair it", f.Name())
+		}
+		if err := tr.Truncate(w.Offset()); err != nil {
+			s.abandon()
+			return nil, s.wrap(err)
+		}
+		if err := s.checkpoint(); err != nil {
+			s.abandon()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -188,4 +210,67 @@ func (s *snapback) abandon() { s.enc.Close() }
 
 func (s *snapback) wrap(err error) error {
 	return fmt.Errorf("snapback file %s: %w", s.path, err)
+}
+
+// recoverUndo returns a view of s, the file named name being applied, as
+// the complete delta file it was at its last checkpoint, when it is the
+// snapback file of the interrupted apply that st records and a crash tore
+// it (see archive.RecoverWriter): its records that verify, then the END
+// record that the crash lost. They hold everything the interrupted apply
+// overwrote. It returns nil for any other file, which is then refused as
+// it would have been.
+func recoverUndo(s seekReaderAt, st State) seekReaderAt {
+	m := st.InProgress
+	if m == nil || m.Undo.IsZero() {
+		return nil
+	}
+	if _, err := s.Seek(0, io.SeekStart); err != nil {
+		return nil
+	}
+	w, torn, err := archive.RecoverWriter(s, io.Discard)
+	if err != nil || !torn {
+		return nil
+	}
+	h := w.Header()
+	if !h.IsSnapback() || h.Snapshot.ID != m.Undo || h.Parent.ID != m.Snapshot {
+		return nil
+	}
+	if m.WroteTo > 0 && w.Covered() < min(m.WroteTo, h.VolumeSize) {
+		return nil // it does not cover what the stopped apply recorded writing
+	}
+	end, err := w.Checkpoint()
+	if err != nil {
+		return nil
+	}
+	q := w.Offset()
+	return io.NewSectionReader(&withEnd{ra: s, at: q, end: end}, 0, q+int64(len(end)))
+}
+
+// withEnd reads ra's first at bytes followed by end.
+type withEnd struct {
+	ra  io.ReaderAt
+	at  int64
+	end []byte
+}
+
+func (e *withEnd) ReadAt(p []byte, off int64) (int, error) {
+	n := 0
+	if off < e.at {
+		k := int(min(int64(len(p)), e.at-off))
+		got, err := e.ra.ReadAt(p[:k], off)
+		n += got
+		if got < k {
+			if err == nil || errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return n, err
+		}
+	}
+	if rel := off + int64(n) - e.at; n < len(p) && rel < int64(len(e.end)) {
+		n += copy(p[n:], e.end[rel:])
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
 }

@@ -30,7 +30,9 @@ func applyCommand(e *env) *cli.Command {
 			"TARGET holds its base snapshot (--force skips that check). An interrupted apply is\n" +
 			"finished by running it again; --snapback FILE saves what is overwritten, and\n" +
 			"applying FILE undoes the apply. Run again with the same --snapback FILE, an\n" +
-			"interrupted apply continues that file, which then undoes both runs.",
+			"interrupted apply continues that file, which then undoes both runs. A FILE that\n" +
+			"a power cut left ending inside a record still does both, read up to its last\n" +
+			"record that verifies, on a TARGET whose state file says that apply was interrupted.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "to", Usage: "the file or block device to write (required)"},
 			&cli.StringFlag{Name: "snapback", Usage: "save the data the apply overwrites in this new delta file (or, running an interrupted apply again, in its snapback file)"},
