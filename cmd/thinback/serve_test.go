@@ -179,7 +179,7 @@ func TestServeShared(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	used, peak, _ = srv.budget.state()
+	_, peak, _ = srv.budget.state()
 	st = x.stats()
 	if peak != srv.budget.limit || st.built != 2 || st.cacheBytes > x.cache.Limit() {
 		t.Fatalf("after every read: the budget was used up to %d units (limit %d), %d indexes built, %d bytes cached (limit %d)", peak, srv.budget.limit, st.built, st.cacheBytes, x.cache.Limit())
