@@ -77,6 +77,10 @@ func resumeSnapback(f SnapbackFile, t *Target, mark *Mark) (*snapback, error) {
 		return nil, fmt.Errorf("snapback file %s already exists and is not the one of the interrupted apply of %s to %s: choose another name (it would be overwritten)",
 			f.Name(), describe(archive.Snapshot{ID: mark.Snapshot}), t.Path)
 	}
+	if torn && mark.WroteTo > 0 && w.Covered() < min(mark.WroteTo, h.VolumeSize) {
+		return nil, fmt.Errorf("snapback file %s ends inside a record and, read up to its last record that verifies, covers the target %s only up to byte %d, but the interrupted apply wrote up to byte %d: it is not the file that apply wrote (a copy cut short?); give the apply a new snapback file name",
+			f.Name(), t.Path, w.Covered(), mark.WroteTo)
+	}
 	if _, err := rs.Seek(w.Offset(), io.SeekStart); err != nil {
 		return nil, fmt.Errorf("snapback file %s: %w", f.Name(), err)
 	}
@@ -212,8 +216,8 @@ func (s *snapback) wrap(err error) error {
 	return fmt.Errorf("snapback file %s: %w", s.path, err)
 }
 
-// recoverUndo returns a view of s, the file named name being applied, as
-// the complete delta file it was at its last checkpoint, when it is the
+// recoverUndo returns a view of s, the first file being applied, as the
+// complete delta file it was at its last checkpoint, when it is the
 // snapback file of the interrupted apply that st records and a crash tore
 // it (see archive.RecoverWriter): its records that verify, then the END
 // record that the crash lost. They hold everything the interrupted apply

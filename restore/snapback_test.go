@@ -148,6 +148,12 @@ func TestSnapbackTornByCrash(t *testing.T) {
 				t.Fatalf("a torn snapback file, state %s: %v, want ErrTruncated", name, err)
 			}
 			mustEqual(t, tg, before)
+			// Nor is it continued, or cut.
+			if _, err := st.apply(t, tg, []string{incr}, Options{Snapback: openRW(t, sb), ResumeSnapback: true}); err == nil {
+				t.Fatalf("a torn snapback file, state %s: continued", name)
+			}
+			mustEqual(t, tg, before)
+			mustEqual(t, sb, torn)
 		})
 	}
 }
