@@ -63,6 +63,8 @@
 // unreadable source or delta file located to its first bad 4 KiB (Send,
 // ReadPayloadAt and Reader read a failed range again a block at a time);
 // ResumeWriter, continuing a complete file where its END record is (a
-// snapback file of an apply run again); and DataRegions, the walk over a
+// snapback file of an apply run again), and RecoverWriter, the same for a
+// file a crash tore during a checkpoint, up to its last record that
+// verifies; and DataRegions, the walk over a
 // sparse file's data and holes with SEEK_DATA/SEEK_HOLE.
 package archive
