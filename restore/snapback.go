@@ -31,16 +31,7 @@ const snapbackChunk = 1 << 20
 // createSnapback starts the snapback file in f, which the caller created
 // (see Options.Snapback), and writes h.
 func createSnapback(f SnapbackFile, t *Target, h *archive.Header) (*snapback, error) {
-	s := &snapback{path: f.Name(), f: f, w: archive.NewWriter(f), enc: archive.NewEncoder(archive.LevelFastest),
-		t: t, bs: h.BlockSize, size: h.VolumeSize}
-	if !t.block {
-		// Saving walks ascending ranges, each saved before it is
-		// overwritten, so the regions still to be asked about do not change.
-		s.data = archive.NewDataRegions(t.f)
-	}
-	chunk := max(snapbackChunk/s.bs, 1) * s.bs
-	s.buf = make([]byte, chunk)
-	s.out = make([]byte, 0, archive.MaxEncodedLen(int(chunk)))
+	s := startSnapback(f, archive.NewWriter(f), t, h, 0)
 	if err := s.w.WriteHeader(h); err != nil {
 		s.abandon()
 		return nil, s.wrap(err)
@@ -50,6 +41,22 @@ func createSnapback(f SnapbackFile, t *Target, h *archive.Header) (*snapback, er
 		return nil, err
 	}
 	return s, nil
+}
+
+// startSnapback is the state of saving t's ranges into f through w, whose
+// file has header h and covers the target below saved.
+func startSnapback(f SnapbackFile, w *archive.Writer, t *Target, h *archive.Header, saved int64) *snapback {
+	s := &snapback{path: f.Name(), f: f, w: w, enc: archive.NewEncoder(archive.LevelFastest),
+		t: t, bs: h.BlockSize, size: h.VolumeSize, saved: saved}
+	if !t.block {
+		// Saving walks ascending ranges, each saved before it is
+		// overwritten, so the regions still to be asked about do not change.
+		s.data = archive.NewDataRegions(t.f)
+	}
+	chunk := max(snapbackChunk/s.bs, 1) * s.bs
+	s.buf = make([]byte, chunk)
+	s.out = make([]byte, 0, archive.MaxEncodedLen(int(chunk)))
+	return s
 }
 
 // resumeSnapback continues f, the snapback file of the interrupted apply
@@ -84,14 +91,7 @@ func resumeSnapback(f SnapbackFile, t *Target, mark *Mark) (*snapback, error) {
 	if _, err := rs.Seek(w.Offset(), io.SeekStart); err != nil {
 		return nil, fmt.Errorf("snapback file %s: %w", f.Name(), err)
 	}
-	s := &snapback{path: f.Name(), f: f, w: w, enc: archive.NewEncoder(archive.LevelFastest),
-		t: t, bs: h.BlockSize, size: h.VolumeSize, saved: w.Covered()}
-	if !t.block {
-		s.data = archive.NewDataRegions(t.f)
-	}
-	chunk := max(snapbackChunk/s.bs, 1) * s.bs
-	s.buf = make([]byte, chunk)
-	s.out = make([]byte, 0, archive.MaxEncodedLen(int(chunk)))
+	s := startSnapback(f, w, t, h, w.Covered())
 	if torn {
 		// A crash tore the last checkpoint (see archive.RecoverWriter):
 		// what verifies is kept, which is everything the interrupted run
