@@ -2,6 +2,7 @@ package lvmthin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -151,7 +152,10 @@ func MetadataDevice(pool Name) string { return "/dev/mapper/" + DMName(pool.VG, 
 func GetPoolStatus(ctx context.Context, pool Name) (*PoolStatus, error) {
 	out, err := run(ctx, nil, programs.dmsetup, "status", poolDMName(pool))
 	if err != nil {
-		return nil, fmt.Errorf("status of thin pool %s (it must be active): %w", pool, err)
+		if errors.Is(err, ErrNotFound) {
+			return nil, fmt.Errorf("status of thin pool %s (it must be active): %w", pool, err)
+		}
+		return nil, fmt.Errorf("status of thin pool %s: %w", pool, err)
 	}
 	line := strings.TrimSpace(string(out))
 	if strings.Contains(line, "\n") {

@@ -2,6 +2,7 @@ package lvmthin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -96,7 +97,10 @@ func ParseSnapshotStatus(line string) (*SnapshotStatus, error) {
 func GetSnapshotStatus(ctx context.Context, snap Name) (*SnapshotStatus, error) {
 	out, err := run(ctx, nil, programs.dmsetup, "status", snap.DMName())
 	if err != nil {
-		return nil, fmt.Errorf("status of snapshot %s (it must be active): %w", snap, err)
+		if errors.Is(err, ErrNotFound) {
+			return nil, fmt.Errorf("status of snapshot %s (it must be active): %w", snap, err)
+		}
+		return nil, fmt.Errorf("status of snapshot %s: %w", snap, err)
 	}
 	line := strings.TrimSpace(string(out))
 	if strings.Contains(line, "\n") {
