@@ -535,12 +535,12 @@ func snapbackHeader(t *Target, files []File, st State, now time.Time) *archive.H
 		ParentSize: size,
 		Tool:       last.Tool,
 	}
-	h.SetAttr("snapback.target", t.Path)
+	h.SetAttr(archive.AttrSnapbackTarget, t.Path)
 	names := make([]string, len(files))
 	for i, f := range files {
 		names[i] = f.Name
 	}
-	h.SetAttr("snapback.applied", strings.Join(names, " "))
+	h.SetAttr(archive.AttrSnapbackApplied, strings.Join(names, " "))
 	return h
 }
 

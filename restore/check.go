@@ -88,10 +88,10 @@ func (e *modifiedError) Is(target error) bool { return target == ErrModified }
 // along a chain (send --file b.img --base-file a.img names its volume
 // b.img), so they say nothing about which volume a file is of.
 func namedVolume(h *archive.Header) bool {
-	if p := h.Attr("file.path"); p != "" && h.VolumeName == path.Base(p) {
+	if p := h.Attr(archive.AttrFilePath); p != "" && h.VolumeName == path.Base(p) {
 		return false
 	}
-	if vg, lv := h.Attr("lvm.vg"), h.Attr("lvm.lv"); vg != "" && h.VolumeName == vg+"/"+lv {
+	if vg, lv := h.Attr(archive.AttrLVMVG), h.Attr(archive.AttrLVMLV); vg != "" && h.VolumeName == vg+"/"+lv {
 		return false
 	}
 	return true

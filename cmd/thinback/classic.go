@@ -82,31 +82,24 @@ func classicHeader(snap, base, origin *lvmthin.LV, size int64) *archive.Header {
 		VolumeName: snap.VG + "/" + snap.Origin, VolumeSize: size,
 		Snapshot: lvSnapshot(snap), Tool: toolName(),
 	}
-	h.SetAttr("lvm.vg", snap.VG)
-	h.SetAttr("lvm.kind", lvmKindThick)
-	h.SetAttr("lvm.origin", snap.Origin)
+	h.SetAttr(archive.AttrLVMVG, snap.VG)
+	h.SetAttr(archive.AttrLVMKind, archive.LVMKindThick)
+	h.SetAttr(archive.AttrLVMOrigin, snap.Origin)
 	if origin != nil {
 		h.VolumeUUID = origin.UUID
-		h.SetAttr("lvm.origin_uuid", origin.UUID)
+		h.SetAttr(archive.AttrLVMOriginUUID, origin.UUID)
 	}
-	h.SetAttr("lvm.lv", snap.Name)
-	h.SetAttr("lvm.lv_uuid", snap.UUID)
-	h.SetAttr("lvm.lv_time", snap.Time.UTC().Format(time.RFC3339))
-	h.SetAttr("lvm.chunk_size", strconv.FormatInt(snap.ChunkSize, 10))
+	h.SetAttr(archive.AttrLVMLV, snap.Name)
+	h.SetAttr(archive.AttrLVMLVUUID, snap.UUID)
+	h.SetAttr(archive.AttrLVMLVTime, snap.Time.UTC().Format(time.RFC3339))
+	h.SetAttr(archive.AttrLVMChunkSize, strconv.FormatInt(snap.ChunkSize, 10))
 	if base != nil {
 		h.Parent, h.ParentSize = lvSnapshot(base), size
-		h.SetAttr("lvm.parent_lv", base.Name)
-		h.SetAttr("lvm.parent_lv_uuid", base.UUID)
+		h.SetAttr(archive.AttrLVMParentLV, base.Name)
+		h.SetAttr(archive.AttrLVMParentUUID, base.UUID)
 	}
 	return h
 }
-
-// The lvm.kind header attribute: what kind of LV a delta file was read
-// from. Files written before it existed are of thin LVs.
-const (
-	lvmKindThin  = "thin"
-	lvmKindThick = "thick"
-)
 
 // waitPastSecond waits until the clock has passed the whole second of t:
 // LVM records a snapshot's creation in whole seconds, and a base and a

@@ -416,7 +416,7 @@ func backupFile(ctx context.Context, e *env, s catalog.Repository, name string, 
 		Snapshot: archive.Snapshot{ID: archive.NewID(), Name: name + "@" + now.Format("20060102T150405Z"), Time: now},
 		Tool:     toolName(),
 	}
-	h.SetAttr("file.path", abs)
+	h.SetAttr(archive.AttrFilePath, abs)
 	prog := newProgress(e.stderr, o.quiet || o.json, "backed up", size)
 	var src archive.Source
 	var ds *archive.DigestSource

@@ -138,7 +138,7 @@ func runSendFile(ctx context.Context, e *env, o sendOptions) error {
 	if h.VolumeName == "" {
 		h.VolumeName = filepath.Base(o.file)
 	}
-	h.SetAttr("file.path", abs)
+	h.SetAttr(archive.AttrFilePath, abs)
 
 	prog := newProgress(e.stderr, o.quiet, "sent", size)
 	defer prog.Done()
@@ -169,7 +169,7 @@ func runSendFile(ctx context.Context, e *env, o sendOptions) error {
 		}
 		h.Parent, h.ParentSize = base, baseSize
 		babs, _ := filepath.Abs(o.baseFile)
-		h.SetAttr("file.base_path", babs)
+		h.SetAttr(archive.AttrFileBasePath, babs)
 		// The comparison reads NEW once; progress follows it.
 		src = archive.NewCompareSource(nf, size, bf, baseSize, o.blockSize, prog.Add)
 	} else if o.baseID != "" {

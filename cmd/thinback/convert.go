@@ -44,8 +44,8 @@ func snapshotRecord(h *archive.Header, t archive.Trailer) catalog.Snapshot {
 		Volume:     h.VolumeName,
 		Time:       h.Snapshot.Time,
 		Name:       h.Snapshot.Name,
-		LVName:     h.Attr("lvm.lv"),
-		LVUUID:     h.Attr("lvm.lv_uuid"),
+		LVName:     h.Attr(archive.AttrLVMLV),
+		LVUUID:     h.Attr(archive.AttrLVMLVUUID),
 		VolumeSize: h.VolumeSize,
 		DataBytes:  t.DataBytes,
 		ZeroBytes:  t.ZeroBytes,
@@ -54,7 +54,7 @@ func snapshotRecord(h *archive.Header, t archive.Trailer) catalog.Snapshot {
 	if !h.IsFull() {
 		s.Parent, s.ParentSize = catalogID(h.Parent.ID), h.ParentSize
 	}
-	if id, err := strconv.ParseInt(h.Attr("lvm.thin_id"), 10, 64); err == nil {
+	if id, err := strconv.ParseInt(h.Attr(archive.AttrLVMThinID), 10, 64); err == nil {
 		s.ThinID = id
 	}
 	return s
@@ -74,13 +74,13 @@ func mergedRecord(kept catalog.Snapshot, h *archive.Header, t archive.Trailer) c
 
 // volumeRecord describes the volume of a delta file for the catalog.
 func volumeRecord(h *archive.Header) catalog.Volume {
-	v := catalog.Volume{Name: h.VolumeName, UUID: h.VolumeUUID, Kind: catalog.KindFile, BlockSize: h.BlockSize, Source: h.Attr("file.path")}
-	if h.Attr("lvm.vg") != "" {
+	v := catalog.Volume{Name: h.VolumeName, UUID: h.VolumeUUID, Kind: catalog.KindFile, BlockSize: h.BlockSize, Source: h.Attr(archive.AttrFilePath)}
+	if h.Attr(archive.AttrLVMVG) != "" {
 		v.Kind = catalog.KindLVMThin
-		if h.Attr("lvm.kind") == lvmKindThick {
+		if h.Attr(archive.AttrLVMKind) == archive.LVMKindThick {
 			v.Kind = catalog.KindLVMThick
 		}
-		v.Source = h.Attr("lvm.vg") + "/" + h.Attr("lvm.origin")
+		v.Source = h.Attr(archive.AttrLVMVG) + "/" + h.Attr(archive.AttrLVMOrigin)
 	}
 	return v
 }

@@ -66,24 +66,24 @@ func thinHeader(snap, base, origin *lvmthin.LV) *archive.Header {
 		VolumeName: snap.FullName().String(), VolumeSize: snap.Size,
 		Snapshot: lvSnapshot(snap), Tool: toolName(),
 	}
-	h.SetAttr("lvm.vg", snap.VG)
-	h.SetAttr("lvm.kind", lvmKindThin)
-	h.SetAttr("lvm.pool", snap.Pool)
+	h.SetAttr(archive.AttrLVMVG, snap.VG)
+	h.SetAttr(archive.AttrLVMKind, archive.LVMKindThin)
+	h.SetAttr(archive.AttrLVMPool, snap.Pool)
 	if origin != nil {
 		h.VolumeName, h.VolumeUUID = origin.FullName().String(), origin.UUID
-		h.SetAttr("lvm.origin", origin.Name)
-		h.SetAttr("lvm.origin_uuid", origin.UUID)
+		h.SetAttr(archive.AttrLVMOrigin, origin.Name)
+		h.SetAttr(archive.AttrLVMOriginUUID, origin.UUID)
 	}
-	h.SetAttr("lvm.lv", snap.Name)
-	h.SetAttr("lvm.lv_uuid", snap.UUID)
-	h.SetAttr("lvm.thin_id", strconv.FormatUint(uint64(snap.ThinID), 10))
-	h.SetAttr("lvm.lv_time", snap.Time.UTC().Format(time.RFC3339))
-	h.SetAttr("lvm.chunk_size", strconv.FormatInt(snap.ChunkSize, 10))
+	h.SetAttr(archive.AttrLVMLV, snap.Name)
+	h.SetAttr(archive.AttrLVMLVUUID, snap.UUID)
+	h.SetAttr(archive.AttrLVMThinID, strconv.FormatUint(uint64(snap.ThinID), 10))
+	h.SetAttr(archive.AttrLVMLVTime, snap.Time.UTC().Format(time.RFC3339))
+	h.SetAttr(archive.AttrLVMChunkSize, strconv.FormatInt(snap.ChunkSize, 10))
 	if base != nil {
 		h.Parent, h.ParentSize = lvSnapshot(base), base.Size
-		h.SetAttr("lvm.parent_lv", base.Name)
-		h.SetAttr("lvm.parent_lv_uuid", base.UUID)
-		h.SetAttr("lvm.parent_thin_id", strconv.FormatUint(uint64(base.ThinID), 10))
+		h.SetAttr(archive.AttrLVMParentLV, base.Name)
+		h.SetAttr(archive.AttrLVMParentUUID, base.UUID)
+		h.SetAttr(archive.AttrLVMParentThinID, strconv.FormatUint(uint64(base.ThinID), 10))
 	}
 	return h
 }
