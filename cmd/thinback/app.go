@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/urfave/cli/v2"
 )
 
@@ -35,7 +36,7 @@ func Main(args []string) int {
 			msg = "interrupted: " + strings.TrimSuffix(msg, ": context canceled")
 		}
 		// Messages quote names from files, streams and catalogs.
-		fmt.Fprintf(os.Stderr, "thinback: %s\n", safeMessage(msg))
+		fmt.Fprintf(os.Stderr, "thinback: %s\n", printable.Message(msg))
 	}
 	return exitCode(err)
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/thinback/thinback/lvmthin"
 )
 
@@ -319,7 +320,7 @@ func runSendClassic(ctx context.Context, e *env, o sendOptions, rep *lvmthin.Rep
 	}
 	if !o.quiet {
 		ds := d.Stats()
-		sayf(e.stderr, "%s (%d ranges from %s, %d+%d exceptions)", sendSummary(h, st), ds.Ranges, ds.Tool, ds.BaseExceptions, ds.SnapExceptions)
+		printable.Sayf(e.stderr, "%s (%d ranges from %s, %d+%d exceptions)", sendSummary(h, st), ds.Ranges, ds.Tool, ds.BaseExceptions, ds.SnapExceptions)
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/cmd/internal/printable"
 )
 
 // Crafted delta files: every digest valid (BLAKE3 is unkeyed, so anyone
@@ -107,14 +108,14 @@ func thinback(t *testing.T, dir, stdin string, args ...string) result {
 	}
 	// Escaped, so that the test's own log never carries what the
 	// crafted names hold to a terminal (--json output keeps them raw).
-	t.Logf("thinback %s: exit %d\n%s", safe(strings.Join(args, " ")), r.code, safeMessage(r.stdout+r.stderr))
+	t.Logf("thinback %s: exit %d\n%s", printable.String(strings.Join(args, " ")), r.code, printable.Message(r.stdout+r.stderr))
 	return r
 }
 
 func (r result) want(t *testing.T, code int, what string) {
 	t.Helper()
 	if r.code != code {
-		t.Fatalf("%s: exit %d, want %d\n%s", what, r.code, code, safeMessage(r.stdout+r.stderr))
+		t.Fatalf("%s: exit %d, want %d\n%s", what, r.code, code, printable.Message(r.stdout+r.stderr))
 	}
 }
 
@@ -122,7 +123,7 @@ func (r result) want(t *testing.T, code int, what string) {
 func noRawControls(t *testing.T, what, out string) {
 	t.Helper()
 	for i, r := range out {
-		if r != '\n' && r != '\t' && escapeRune(r) {
+		if r != '\n' && r != '\t' && printable.Escaped(r) {
 			t.Errorf("%s: raw %U at byte %d reaches the terminal: %q", what, r, i, out)
 			return
 		}

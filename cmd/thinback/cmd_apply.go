@@ -12,6 +12,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/thinback/thinback/restore"
 	"github.com/urfave/cli/v2"
 )
@@ -112,7 +113,7 @@ func runApply(ctx context.Context, e *env, o applyOptions) (err error) {
 		if res.Snapback != nil {
 			msg += fmt.Sprintf("; undo with: thinback apply %s --to %s", o.snapback, o.target)
 		}
-		sayf(e.stderr, "%s", msg)
+		printable.Sayf(e.stderr, "%s", msg)
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/thinback/thinback/lvmthin"
 	"github.com/urfave/cli/v2"
 )
@@ -161,9 +162,9 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 	}
 	defer closeStore(e, s)
 	if removed, err := s.RemoveOrphans(); err != nil {
-		sayf(e.stderr, "thinback: removing files of %s left by an interrupted run: %v", o.store, err)
+		printable.Sayf(e.stderr, "thinback: removing files of %s left by an interrupted run: %v", o.store, err)
 	} else if len(removed) > 0 {
-		sayf(e.stderr, "thinback: removed %d file(s) left by an interrupted run: %s", len(removed), strings.Join(removed, ", "))
+		printable.Sayf(e.stderr, "thinback: removed %d file(s) left by an interrupted run: %s", len(removed), strings.Join(removed, ", "))
 	}
 	name := o.volume
 	var origin *lvmthin.LV
@@ -255,9 +256,9 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 			line += "; pruned " + strings.Join(res.Pruned, " ")
 		}
 		for _, n := range res.Notes {
-			sayf(e.stderr, "thinback: %s", n)
+			printable.Sayf(e.stderr, "thinback: %s", n)
 		}
-		sayf(e.stderr, "%s", line)
+		printable.Sayf(e.stderr, "%s", line)
 	}
 	return pruneErr
 }

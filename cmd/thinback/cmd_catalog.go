@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/urfave/cli/v2"
 )
 
@@ -56,7 +57,7 @@ func runRebuild(ctx context.Context, e *env, dir string, quiet bool) error {
 		}
 		if err != nil {
 			bad++
-			sayf(e.stderr, "thinback: skipping %s: %v", f.Path, err)
+			printable.Sayf(e.stderr, "thinback: skipping %s: %v", f.Path, err)
 			continue
 		}
 		sn := snapshotRecord(h, tr)
@@ -72,7 +73,7 @@ func runRebuild(ctx context.Context, e *env, dir string, quiet bool) error {
 		return fmt.Errorf("catalog rebuild: %w", err)
 	}
 	if !quiet {
-		sayf(e.stderr, "rebuilt the catalog of %s from %d delta file(s)", dir, len(good))
+		printable.Sayf(e.stderr, "rebuilt the catalog of %s from %d delta file(s)", dir, len(good))
 	}
 	if bad > 0 {
 		return fmt.Errorf("catalog rebuild: %d file(s) could not be read and were left out (run thinback verify --store %s)", bad, dir)

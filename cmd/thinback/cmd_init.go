@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/urfave/cli/v2"
 )
 
@@ -20,7 +21,7 @@ func initCommand(e *env) *cli.Command {
 				return err
 			}
 			defer closeStore(e, s)
-			sayf(e.stderr, "store %s is ready: back up into it with thinback backup VG/LV --store %s", s, s)
+			printable.Sayf(e.stderr, "store %s is ready: back up into it with thinback backup VG/LV --store %s", s, s)
 			return nil
 		},
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/urfave/cli/v2"
 )
 
@@ -167,7 +168,9 @@ func headerReport(h *archive.Header) *inspectHeader {
 func printInspect(w io.Writer, rep *inspectReport) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	// Every cell may hold names and attributes of the file.
-	row := func(k, f string, a ...any) { fmt.Fprintf(tw, "%s\t%s\n", safe(k), safe(fmt.Sprintf(f, a...))) }
+	row := func(k, f string, a ...any) {
+		fmt.Fprintf(tw, "%s\t%s\n", printable.String(k), printable.String(fmt.Sprintf(f, a...)))
+	}
 	row("file", "%s", rep.File)
 	if h := rep.Header; h != nil {
 		row("format", "version %d, %s", h.Version, h.Kind)

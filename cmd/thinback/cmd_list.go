@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/urfave/cli/v2"
 )
 
@@ -71,7 +72,7 @@ func runList(ctx context.Context, e *env, dir, state, only string, asJSON bool) 
 		}
 	}
 	if err != nil {
-		sayf(e.stderr, "thinback: %v (targets not shown)", err)
+		printable.Sayf(e.stderr, "thinback: %v (targets not shown)", err)
 	}
 	var out []listVolume
 	err = s.View(func(tx *catalog.Tx) error {
@@ -130,7 +131,7 @@ func printList(w io.Writer, vols []listVolume) {
 		if !v.Retention.IsZero() {
 			line += fmt.Sprintf(", keep %s", v.Retention)
 		}
-		sayf(w, "%s)", line)
+		printable.Sayf(w, "%s)", line)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "  SEQ\tID\tTIME (UTC)\tKIND\tSIZE\tCHANGED\tSTORED\tHELD BY")
 		for _, s := range v.Snapshots {
@@ -141,8 +142,8 @@ func printList(w io.Writer, vols []listVolume) {
 				}
 				targets += t
 			}
-			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Seq, safe(s.ID[:8]), s.Time.UTC().Format(time.DateTime),
-				s.Kind, bytesHuman(s.VolumeSize), bytesHuman(s.DataBytes+s.ZeroBytes), bytesHuman(s.FileSize), safe(targets))
+			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Seq, printable.String(s.ID[:8]), s.Time.UTC().Format(time.DateTime),
+				s.Kind, bytesHuman(s.VolumeSize), bytesHuman(s.DataBytes+s.ZeroBytes), bytesHuman(s.FileSize), printable.String(targets))
 		}
 		tw.Flush()
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/thinback/thinback/restore"
 	"github.com/urfave/cli/v2"
 )
@@ -132,7 +133,7 @@ func runPrune(ctx context.Context, e *env, dir, only string, r catalog.Retention
 		if len(res.Rewritten) > 0 {
 			line += fmt.Sprintf("; merged into %s", strings.Join(res.Rewritten, ", "))
 		}
-		sayf(e.stderr, "%s", line)
+		printable.Sayf(e.stderr, "%s", line)
 	}
 	return nil
 }

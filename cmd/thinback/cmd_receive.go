@@ -9,6 +9,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/thinback/thinback/restore"
 	"github.com/urfave/cli/v2"
 )
@@ -97,7 +98,7 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
 	err = s.View(func(tx *catalog.Tx) error {
 		if v, err := tx.Volume(h.VolumeName); err == nil && v.UUID != "" && h.VolumeUUID != "" && v.UUID != h.VolumeUUID {
 			return fmt.Errorf("the store's volume %s has uuid %s, the stream's %s: a different volume under the same name: %w",
-				h.VolumeName, safe(v.UUID), safe(h.VolumeUUID), restore.ErrVolumeMismatch)
+				h.VolumeName, printable.String(v.UUID), printable.String(h.VolumeUUID), restore.ErrVolumeMismatch)
 		}
 		err := tx.CheckNew(snapshotRecord(h, archive.Trailer{}))
 		if errors.Is(err, catalog.ErrParentVolume) {
@@ -135,7 +136,7 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
 		if !h.IsFull() {
 			kind = "incremental"
 		}
-		sayf(e.stderr, "received %s #%d %s (%s, %s): %s data, %s zero, %s stored", h.VolumeName, snap.Seq, snap.ID,
+		printable.Sayf(e.stderr, "received %s #%d %s (%s, %s): %s data, %s zero, %s stored", h.VolumeName, snap.Seq, snap.ID,
 			h.Snapshot.Name, kind, bytesHuman(snap.DataBytes), bytesHuman(snap.ZeroBytes), bytesHuman(snap.FileSize))
 	}
 	return nil
@@ -145,9 +146,9 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
 func receiveAdvice(h *archive.Header, err error) error {
 	switch {
 	case errors.Is(err, catalog.ErrExist):
-		return fmt.Errorf("snapshot %s (%s) of %s is already in the store: %w", h.Snapshot.ID, safe(h.Snapshot.Name), h.VolumeName, err)
+		return fmt.Errorf("snapshot %s (%s) of %s is already in the store: %w", h.Snapshot.ID, printable.String(h.Snapshot.Name), h.VolumeName, err)
 	case errors.Is(err, catalog.ErrMissingParent):
-		return fmt.Errorf("the stream is an incremental from %s (%s), which is not in the store: receive its full and the incrementals up to it first: %w", h.Parent.ID, safe(h.Parent.Name), err)
+		return fmt.Errorf("the stream is an incremental from %s (%s), which is not in the store: receive its full and the incrementals up to it first: %w", h.Parent.ID, printable.String(h.Parent.Name), err)
 	case errors.Is(err, catalog.ErrParentSize):
 		return fmt.Errorf("%w; the stream is not recorded (is the file damaged or crafted? send it again)", err)
 	}

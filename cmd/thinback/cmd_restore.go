@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/thinback/thinback/restore"
 	"github.com/urfave/cli/v2"
 )
@@ -152,7 +153,7 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 	}
 	if from == len(chain) {
 		if !o.apply.quiet {
-			sayf(e.stderr, "%s already holds %s of %s: nothing to do", o.apply.target, chain[len(chain)-1].ID, o.volume)
+			printable.Sayf(e.stderr, "%s already holds %s of %s: nothing to do", o.apply.target, chain[len(chain)-1].ID, o.volume)
 		}
 		return nil
 	}
@@ -169,7 +170,7 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 	}
 	if !o.apply.quiet {
 		last := chain[len(chain)-1]
-		sayf(e.stderr, "restored %s #%d (%s, %s) to %s from %d file(s) %s: %s written, %s zeroed, %s superseded, in %s",
+		printable.Sayf(e.stderr, "restored %s #%d (%s, %s) to %s from %d file(s) %s: %s written, %s zeroed, %s superseded, in %s",
 			o.volume, last.Seq, last.ID, last.Time.UTC().Format(time.RFC3339), o.apply.target, len(inputs), strings.Join(names, " "),
 			bytesHuman(res.DataBytes), bytesHuman(res.ZeroBytes), bytesHuman(res.Skipped), res.Duration.Round(time.Millisecond))
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/thinback/thinback/lvmthin"
 	"github.com/thinback/thinback/restore"
 	"github.com/urfave/cli/v2"
@@ -187,7 +188,7 @@ func runSendFile(ctx context.Context, e *env, o sendOptions) error {
 		st.read = size + min(size, h.ParentSize) // both images are read in full
 	}
 	if !o.quiet {
-		sayf(e.stderr, "%s", sendSummary(h, st))
+		printable.Sayf(e.stderr, "%s", sendSummary(h, st))
 	}
 	return nil
 }

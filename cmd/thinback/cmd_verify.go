@@ -10,6 +10,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/urfave/cli/v2"
 )
 
@@ -91,7 +92,7 @@ func verdict(e *env, quiet bool, ok bool, what string, size int64, took time.Dur
 	if !ok {
 		word = "BAD "
 	}
-	sayf(e.stdout, "%s %s (%s%s)%s", word, what, bytesHuman(size), rate, detail)
+	printable.Sayf(e.stdout, "%s %s (%s%s)%s", word, what, bytesHuman(size), rate, detail)
 }
 
 func runVerifyFiles(ctx context.Context, e *env, files []string, quiet bool) error {
@@ -259,21 +260,21 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 				// A file renamed into place by a run killed before it
 				// recorded it: harmless, and nothing refers to it.
 				if ce.Detail != "" { // what an S3 store knows of it
-					sayf(e.stdout, "note %s: %s", ce.File, ce.Detail)
+					printable.Sayf(e.stdout, "note %s: %s", ce.File, ce.Detail)
 					continue
 				}
-				sayf(e.stdout, "note %s is not in the catalog (left by an interrupted run: the next backup removes it, thinback catalog rebuild adopts it)", ce.File)
+				printable.Sayf(e.stdout, "note %s is not in the catalog (left by an interrupted run: the next backup removes it, thinback catalog rebuild adopts it)", ce.File)
 				continue
 			}
 		}
 		shown++
-		sayf(e.stdout, "BAD  %v", p)
+		printable.Sayf(e.stdout, "BAD  %v", p)
 	}
 	if shown > 0 {
 		return fmt.Errorf("%d problem(s) in store %s: %w", shown, dir, errVerify)
 	}
 	if !quiet {
-		sayf(e.stderr, "verified %d file(s) of store %s: no problems", files, dir)
+		printable.Sayf(e.stderr, "verified %d file(s) of store %s: no problems", files, dir)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/thinback/thinback/lvmthin"
 	"github.com/urfave/cli/v2"
 )
@@ -161,7 +162,7 @@ func runSendLVM(ctx context.Context, e *env, o sendOptions, spelling, baseSpelli
 		return fmt.Errorf("send: %w", err)
 	}
 	if !o.quiet {
-		sayf(e.stderr, "%s (%s; %s)", sendSummary(h, st), discoverySummary(d.Stats()), lvmCost(commands()))
+		printable.Sayf(e.stderr, "%s (%s; %s)", sendSummary(h, st), discoverySummary(d.Stats()), lvmCost(commands()))
 	}
 	return nil
 }
@@ -182,5 +183,5 @@ func discardZeroes(ctx context.Context, target string) bool {
 // working on the same thin pool, and which: a cron run that seems to
 // hang says why, even with --quiet.
 func waitingLine(e *env) func(string) {
-	return func(msg string) { sayf(e.stderr, "thinback: %s", msg) }
+	return func(msg string) { printable.Sayf(e.stderr, "thinback: %s", msg) }
 }

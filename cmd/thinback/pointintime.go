@@ -13,6 +13,7 @@ import (
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3"
+	"github.com/thinback/thinback/cmd/internal/printable"
 	"golang.org/x/sys/unix"
 )
 
@@ -201,10 +202,10 @@ func checkRecord(file string, rec catalog.Snapshot, vol catalog.Volume, h *archi
 		differ("its parent is %s, the record's is %s", none(got), none(rec.Parent))
 	}
 	if h.VolumeName != rec.Volume {
-		differ("it is a backup of volume %q, the record of %q", safe(h.VolumeName), rec.Volume)
+		differ("it is a backup of volume %q, the record of %q", printable.String(h.VolumeName), rec.Volume)
 	}
 	if vol.UUID != "" && h.VolumeUUID != "" && h.VolumeUUID != vol.UUID {
-		differ("its volume's uuid is %s, the catalog's %s", safe(h.VolumeUUID), vol.UUID)
+		differ("its volume's uuid is %s, the catalog's %s", printable.String(h.VolumeUUID), vol.UUID)
 	}
 	if h.VolumeSize != rec.VolumeSize {
 		differ("it holds a volume of %d bytes, the record says %d", h.VolumeSize, rec.VolumeSize)

@@ -12,6 +12,7 @@ import (
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3"
+	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/urfave/cli/v2"
 )
 
@@ -43,9 +44,9 @@ func openStore(ctx context.Context, e *env, dir string, create bool) (catalog.Re
 		return nil, fmt.Errorf("store %s: %w", dir, err)
 	}
 	if removed, err := s.CleanTemp(); err != nil {
-		sayf(e.stderr, "thinback: cleaning temporary files of %s: %v", dir, err)
+		printable.Sayf(e.stderr, "thinback: cleaning temporary files of %s: %v", dir, err)
 	} else if len(removed) > 0 {
-		sayf(e.stderr, "thinback: removed %d temporary file(s) left by an interrupted run: %s", len(removed), strings.Join(removed, ", "))
+		printable.Sayf(e.stderr, "thinback: removed %d temporary file(s) left by an interrupted run: %s", len(removed), strings.Join(removed, ", "))
 	}
 	return s, nil
 }

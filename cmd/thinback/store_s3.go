@@ -8,6 +8,7 @@ import (
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3"
 	"github.com/thinback/thinback/catalog/s3store"
+	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/urfave/cli/v2"
 )
 
@@ -90,7 +91,7 @@ func openS3Store(ctx context.Context, e *env, addr string, create bool) (catalog
 		Cache:           e.s3.cache,
 		Create:          create,
 		BreakStaleLocks: e.s3.breakStale,
-		Notify:          func(msg string) { sayf(e.stderr, "thinback: %s", msg) },
+		Notify:          func(msg string) { printable.Sayf(e.stderr, "thinback: %s", msg) },
 	}
 	st, err := s3store.Open(ctx, loc, opts)
 	if err != nil {

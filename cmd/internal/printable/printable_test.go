@@ -1,4 +1,4 @@
-package main
+package printable
 
 import (
 	"strings"
@@ -6,9 +6,9 @@ import (
 	"unicode/utf8"
 )
 
-// FuzzSafe: whatever a file, stream or catalog holds, what safe prints
+// FuzzSafe: whatever a file, stream or catalog holds, what String prints
 // carries no rune a terminal acts on, is valid UTF-8, and an ordinary
-// string is printed as it is. safeMessage differs only in keeping
+// string is printed as it is. Message differs only in keeping
 // newlines.
 func FuzzSafe(f *testing.F) {
 	for _, s := range []string{"vg0/vm1", "snap\x1b]0;title\x07", "\x1b[2J", "a\u202eb", "\u0085", "\xff\xfe", "café 日本 😀", "a\nb\tc\r", ""} {
@@ -21,16 +21,16 @@ func FuzzSafe(f *testing.F) {
 				t.Fatalf("escape(%q, %v) = %q: not UTF-8", s, keep, out)
 			}
 			for _, r := range out {
-				if escapeRune(r) && !(keep && r == '\n') {
+				if Escaped(r) && !(keep && r == '\n') {
 					t.Fatalf("escape(%q, %v) = %q holds %U", s, keep, out, r)
 				}
 			}
 			if keep && strings.Count(out, "\n") != strings.Count(s, "\n") {
-				t.Fatalf("safeMessage(%q) = %q changed the lines", s, out)
+				t.Fatalf("Message(%q) = %q changed the lines", s, out)
 			}
 			clean := utf8.ValidString(s)
 			for _, r := range s {
-				if escapeRune(r) && !(keep && r == '\n') {
+				if Escaped(r) && !(keep && r == '\n') {
 					clean = false
 				}
 			}

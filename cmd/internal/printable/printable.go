@@ -1,4 +1,7 @@
-package main
+// Package printable makes text from outside thinback safe to print on a
+// terminal: names and attributes come from delta files, streams and
+// catalogs that anyone can write.
+package printable
 
 import (
 	"fmt"
@@ -12,14 +15,14 @@ import (
 // and catalogs that anyone can write. A name holding "ESC ] 0;..." would
 // retitle the user's terminal, "ESC [2J" clear it, a bidi override make
 // one name read as another. Human output therefore passes every such
-// string through safe; --json output keeps them exact (JSON escapes
+// string through String; --json output keeps them exact (JSON escapes
 // what it must, and a program reads the value, not the screen).
 
-// escapeRune reports the runes safe escapes: C0 and C1 controls and DEL,
+// Escaped reports the runes String escapes: C0 and C1 controls and DEL,
 // bidirectional embeddings, overrides, isolates and marks, and the line
 // and paragraph separators. Everything else, accents, CJK and emoji
 // included, is printed as it is, so ordinary names stay readable.
-func escapeRune(r rune) bool {
+func Escaped(r rune) bool {
 	switch {
 	case r < 0x20, r >= 0x7f && r <= 0x9f:
 		return true
@@ -31,23 +34,23 @@ func escapeRune(r rune) bool {
 	return false
 }
 
-// safe returns s with each rune a terminal would act on written as a Go
+// String returns s with each rune a terminal would act on written as a Go
 // escape (\x1b, \n, \u202e), and each byte that is not UTF-8 as \xNN.
 // A string without such runes is returned unchanged.
-func safe(s string) string { return escape(s, false) }
+func String(s string) string { return escape(s, false) }
 
-// safeMessage is safe for a message of several lines: newlines, which
+// Message is String for a message of several lines: newlines, which
 // thinback's own messages use to separate advice from the error, are
 // kept; every other control is escaped. Names inside thinback's messages
-// are passed through safe where they are formatted, so a newline in a
+// are passed through String where they are formatted, so a newline in a
 // name does not reach here as a newline from cmd's own messages.
-func safeMessage(s string) string { return escape(s, true) }
+func Message(s string) string { return escape(s, true) }
 
 func escape(s string, keepNewlines bool) string {
 	clean := true
 	for i := 0; i < len(s); {
 		r, n := utf8.DecodeRuneInString(s[i:])
-		if (r == utf8.RuneError && n == 1) || (escapeRune(r) && !(keepNewlines && r == '\n')) {
+		if (r == utf8.RuneError && n == 1) || (Escaped(r) && !(keepNewlines && r == '\n')) {
 			clean = false
 			break
 		}
@@ -65,7 +68,7 @@ func escape(s string, keepNewlines bool) string {
 			b.WriteString(`\x`)
 			b.WriteString(strconv.FormatUint(uint64(s[i])>>4, 16))
 			b.WriteString(strconv.FormatUint(uint64(s[i])&15, 16))
-		case escapeRune(r) && !(keepNewlines && r == '\n'):
+		case Escaped(r) && !(keepNewlines && r == '\n'):
 			q := strconv.QuoteRuneToASCII(r) // '\x1b', '\u202e'
 			b.WriteString(q[1 : len(q)-1])
 		default:
@@ -76,9 +79,9 @@ func escape(s string, keepNewlines bool) string {
 	return b.String()
 }
 
-// sayf writes one line of human output to w: the formatted text, passed
-// through safe as a whole (so no name in it can carry a control to the
+// Sayf writes one line of human output to w: the formatted text, passed
+// through String as a whole (so no name in it can carry a control to the
 // terminal, a newline included), and a newline.
-func sayf(w io.Writer, format string, a ...any) {
-	fmt.Fprintln(w, safe(fmt.Sprintf(format, a...)))
+func Sayf(w io.Writer, format string, a ...any) {
+	fmt.Fprintln(w, String(fmt.Sprintf(format, a...)))
 }
