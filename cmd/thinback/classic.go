@@ -11,6 +11,7 @@ import (
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/printable"
+	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/lvmthin"
 )
 
@@ -252,7 +253,7 @@ func backupClassic(ctx context.Context, e *env, s catalog.Repository, name strin
 	var h *archive.Header
 	if base != nil {
 		h = classicHeader(snap, base, origin, d.Size())
-		if h.Parent.ID, err = archiveID(baseRec.ID); err != nil {
+		if h.Parent.ID, err = record.ParseID(baseRec.ID); err != nil {
 			return nil, fmt.Errorf("snapshot #%d of %s: %w", baseRec.Seq, name, err)
 		}
 		h.ParentSize = baseRec.VolumeSize

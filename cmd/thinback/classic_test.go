@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/lvmthin"
 )
 
@@ -65,19 +66,19 @@ func TestVolumeRecordKind(t *testing.T) {
 	when := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	origin := &lvmthin.LV{VG: "vg", Name: "data", UUID: "uuid-origin", Attr: "owi-aos---", Size: 1 << 30}
 	snap := &lvmthin.LV{VG: "vg", Name: "data.thinback.x", Origin: "data", UUID: "uuid-snap", Attr: "sri-a-s---", Time: when, ChunkSize: 4096}
-	v := volumeRecord(classicHeader(snap, nil, origin, 1<<30))
+	v := record.VolumeOf(classicHeader(snap, nil, origin, 1<<30))
 	if v.Kind != catalog.KindLVMThick || v.Source != "vg/data" || v.Name != "vg/data" || v.UUID != "uuid-origin" {
 		t.Errorf("thick volume record %+v", v)
 	}
 	thin := &lvmthin.LV{VG: "vg", Name: "vm.thinback.x", Origin: "vm", Pool: "pool", UUID: "uuid-thin", Attr: "Vri---tz-k", Time: when, ThinID: 2, ChunkSize: 65536, Size: 1 << 30}
 	thinOrigin := &lvmthin.LV{VG: "vg", Name: "vm", Pool: "pool", UUID: "uuid-vm", Attr: "Vwi-a-tz--", ThinID: 1, Size: 1 << 30}
-	if v := volumeRecord(thinHeader(thin, nil, thinOrigin)); v.Kind != catalog.KindLVMThin || v.Source != "vg/vm" {
+	if v := record.VolumeOf(thinHeader(thin, nil, thinOrigin)); v.Kind != catalog.KindLVMThin || v.Source != "vg/vm" {
 		t.Errorf("thin volume record %+v", v)
 	}
 	// Thin files written before lvm.kind existed.
 	h := thinHeader(thin, nil, thinOrigin)
 	h.SetAttr("lvm.kind", "")
-	if v := volumeRecord(h); v.Kind != catalog.KindLVMThin {
+	if v := record.VolumeOf(h); v.Kind != catalog.KindLVMThin {
 		t.Errorf("thin volume record without lvm.kind %+v", v)
 	}
 }

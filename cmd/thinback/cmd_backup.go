@@ -15,6 +15,7 @@ import (
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/printable"
+	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/lvmthin"
 	"github.com/urfave/cli/v2"
 )
@@ -289,7 +290,7 @@ func volumeFor(s catalog.Repository, want catalog.Volume) (catalog.Volume, *cata
 }
 
 // chainDigests opens the per-block digests of snapshot rec's chain, from
-// the store's files (each checked against its record: openChain), for a
+// the store's files (each checked against its record: OpenChain), for a
 // backup that compares a volume's blocks with them. The returned function
 // closes the files.
 func chainDigests(s catalog.Repository, rec catalog.Snapshot, blockSize int64) (*archive.ChainDigests, func(), error) {
@@ -306,11 +307,11 @@ func chainDigests(s catalog.Repository, rec catalog.Snapshot, blockSize int64) (
 	if err != nil {
 		return nil, nil, err
 	}
-	files, err := openChain(s.OpenDelta, s.String(), vol, chain)
+	files, err := record.OpenChain(s.OpenDelta, s.String(), vol, chain)
 	if err != nil {
 		return nil, nil, err
 	}
-	closeAll := func() { closeDeltas(files) }
+	closeAll := func() { record.CloseAll(files) }
 	var inputs []archive.ChainInput
 	for _, f := range files {
 		inputs = append(inputs, archive.ChainInput{Name: f.Name(), File: f})
@@ -341,16 +342,16 @@ func storeDelta(ctx context.Context, s catalog.DeltaWriter, dir string, h *archi
 		if err := w.Close(); err != nil {
 			return catalog.Snapshot{}, err
 		}
-		full := snapshotRecord(h, w.Trailer())
+		full := record.OfFile(h, w.Trailer())
 		full.LVName, full.LVUUID, full.ThinID = rec.LVName, rec.LVUUID, rec.ThinID
 		return full, nil
 	}
 	var full catalog.Snapshot
 	var err error
 	if newVol != nil {
-		full, err = s.WriteVolumeDelta(*newVol, catalogID(h.Snapshot.ID), write)
+		full, err = s.WriteVolumeDelta(*newVol, record.ID(h.Snapshot.ID), write)
 	} else {
-		full, err = s.WriteDelta(h.VolumeName, catalogID(h.Snapshot.ID), write)
+		full, err = s.WriteDelta(h.VolumeName, record.ID(h.Snapshot.ID), write)
 	}
 	return full, storeWriteError(dir, err)
 }
@@ -422,10 +423,10 @@ func backupFile(ctx context.Context, e *env, s catalog.Repository, name string, 
 	var src archive.Source
 	var ds *archive.DigestSource
 	if prev != nil {
-		if h.Parent, err = parentSnapshot(latest); err != nil {
+		if h.Parent, err = record.ParentOf(latest); err != nil {
 			return nil, err
 		}
-		// The parent's size as its file says (openChain checked the record
+		// The parent's size as its file says (OpenChain checked the record
 		// against it).
 		h.ParentSize = prev.Header().VolumeSize
 		ds, err = archive.NewDigestSource(f, size, v.BlockSize, prev, archive.DigestSourceOptions{Progress: prog.Add})
@@ -529,7 +530,7 @@ func backupLVM(ctx context.Context, e *env, s catalog.Repository, name string, r
 	h := thinHeader(snap, base, origin)
 	h.VolumeName, h.VolumeUUID = name, origin.UUID
 	if base != nil {
-		if h.Parent.ID, err = archiveID(baseRec.ID); err != nil {
+		if h.Parent.ID, err = record.ParseID(baseRec.ID); err != nil {
 			return nil, fmt.Errorf("snapshot #%d of %s: %w", baseRec.Seq, name, err)
 		}
 		res.Kind, res.Parent = "incremental", fmt.Sprintf("#%d", baseRec.Seq)

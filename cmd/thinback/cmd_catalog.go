@@ -6,6 +6,7 @@ import (
 
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/printable"
+	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/urfave/cli/v2"
 )
 
@@ -49,7 +50,7 @@ func runRebuild(ctx context.Context, e *env, dir string, quiet bool) error {
 	bad := 0
 	for _, f := range files {
 		h, tr, err := readStoredMeta(ctx, s, f.Path)
-		if err == nil && catalogID(h.Snapshot.ID) != f.ID {
+		if err == nil && record.ID(h.Snapshot.ID) != f.ID {
 			err = fmt.Errorf("its name says snapshot %s, its header %s", f.ID, h.Snapshot.ID)
 		}
 		if err == nil && h.VolumeName != f.Volume {
@@ -60,9 +61,9 @@ func runRebuild(ctx context.Context, e *env, dir string, quiet bool) error {
 			printable.Sayf(e.stderr, "thinback: skipping %s: %v", f.Path, err)
 			continue
 		}
-		sn := snapshotRecord(h, tr)
+		sn := record.OfFile(h, tr)
 		sn.Seq, sn.File, sn.FileSize = f.Seq, f.Path, f.Size
-		good = append(good, found{f, sn, volumeRecord(h)})
+		good = append(good, found{f, sn, record.VolumeOf(h)})
 	}
 	var vols []catalog.Volume
 	var snaps []catalog.Snapshot

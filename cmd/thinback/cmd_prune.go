@@ -11,6 +11,7 @@ import (
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/printable"
+	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/restore"
 	"github.com/urfave/cli/v2"
 )
@@ -216,11 +217,11 @@ func pruneVolume(ctx context.Context, s catalog.Repository, name string, policy 
 func mergeInto(ctx context.Context, s catalog.Repository, vol catalog.Volume, kept catalog.Snapshot, run []catalog.Snapshot, level archive.Level) error {
 	// A file that is not the one its record describes would be merged
 	// into the kept snapshot's new file for good.
-	files, err := openChain(s.OpenDelta, s.String(), vol, append(append([]catalog.Snapshot(nil), run...), kept))
+	files, err := record.OpenChain(s.OpenDelta, s.String(), vol, append(append([]catalog.Snapshot(nil), run...), kept))
 	if err != nil {
 		return err
 	}
-	defer closeDeltas(files)
+	defer record.CloseAll(files)
 	var inputs []restore.Input
 	for _, f := range files {
 		inputs = append(inputs, restore.Input{Name: f.Name(), R: f})
@@ -236,7 +237,7 @@ func mergeInto(ctx context.Context, s catalog.Repository, vol catalog.Volume, ke
 		if err != nil {
 			return catalog.Snapshot{}, err
 		}
-		return mergedRecord(kept, h, tr), nil
+		return record.Merged(kept, h, tr), nil
 	})
 	return err
 }

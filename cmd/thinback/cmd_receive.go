@@ -10,6 +10,7 @@ import (
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/printable"
+	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/restore"
 	"github.com/urfave/cli/v2"
 )
@@ -100,9 +101,9 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
 			return fmt.Errorf("the store's volume %s has uuid %s, the stream's %s: a different volume under the same name: %w",
 				h.VolumeName, printable.String(v.UUID), printable.String(h.VolumeUUID), restore.ErrVolumeMismatch)
 		}
-		err := tx.CheckNew(snapshotRecord(h, archive.Trailer{}))
+		err := tx.CheckNew(record.OfFile(h, archive.Trailer{}))
 		if errors.Is(err, catalog.ErrParentVolume) {
-			if p, perr := tx.Snapshot(catalogID(h.Parent.ID)); perr == nil {
+			if p, perr := tx.Snapshot(record.ID(h.Parent.ID)); perr == nil {
 				return fmt.Errorf("the stream's parent %s belongs to volume %s, the stream to %s: %w", p.ID, p.Volume, h.VolumeName, catalog.ErrParentVolume)
 			}
 		}
@@ -114,7 +115,7 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
 	prog := newProgress(e.stderr, quiet, "received", h.VolumeSize)
 	// A new volume is recorded with its first snapshot, so a stream that
 	// fails, or a commit that does, leaves no volume behind.
-	snap, err := s.WriteVolumeDelta(volumeRecord(h), catalogID(h.Snapshot.ID), func(w io.Writer) (catalog.Snapshot, error) {
+	snap, err := s.WriteVolumeDelta(record.VolumeOf(h), record.ID(h.Snapshot.ID), func(w io.Writer) (catalog.Snapshot, error) {
 		if err := sink.setTarget(w); err != nil {
 			return catalog.Snapshot{}, err
 		}
@@ -125,7 +126,7 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
 		if err != nil {
 			return catalog.Snapshot{}, fmt.Errorf("standard input: %w", err)
 		}
-		return snapshotRecord(h, rd.Trailer()), nil
+		return record.OfFile(h, rd.Trailer()), nil
 	})
 	prog.Done()
 	if err != nil {

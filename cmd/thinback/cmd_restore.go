@@ -8,6 +8,7 @@ import (
 
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/printable"
+	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/restore"
 	"github.com/urfave/cli/v2"
 )
@@ -97,11 +98,11 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 	// Every file of the chain is the one its record describes before the
 	// target or its state is touched: one that is not (another volume's,
 	// another snapshot's) would be written there and recorded as restored.
-	files, err := openChain(s.OpenDelta, s.String(), vol, chain)
+	files, err := record.OpenChain(s.OpenDelta, s.String(), vol, chain)
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
-	defer closeDeltas(files)
+	defer record.CloseAll(files)
 
 	// The store holds every file of the chain and the catalog.
 	t, err := openTarget(ctx, o.apply.target, append(o.apply.guards(), storeGuards(s, chain)...))
@@ -145,9 +146,9 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 	from := 0
 	for i, sn := range chain {
 		switch {
-		case st.InProgress != nil && catalogID(st.InProgress.Snapshot) == chain[len(chain)-1].ID && sn.Parent != "" && sn.Parent == catalogID(st.InProgress.Parent):
+		case st.InProgress != nil && record.ID(st.InProgress.Snapshot) == chain[len(chain)-1].ID && sn.Parent != "" && sn.Parent == record.ID(st.InProgress.Parent):
 			from = i
-		case st.InProgress == nil && sn.ID == catalogID(st.Snapshot.ID):
+		case st.InProgress == nil && sn.ID == record.ID(st.Snapshot.ID):
 			from = i + 1
 		}
 	}

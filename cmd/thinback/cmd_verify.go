@@ -11,6 +11,7 @@ import (
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/printable"
+	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/urfave/cli/v2"
 )
 
@@ -219,7 +220,7 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 		if err == nil {
 			// Every field of the record against the file's header and
 			// digest, as every command that opens the file checks them.
-			err = checkRecord(snap.File, snap, vols[snap.Volume], h, fmt.Sprintf("%x", tr.Digest))
+			err = record.Check(snap.File, snap, vols[snap.Volume], h, fmt.Sprintf("%x", tr.Digest))
 			if err == nil && snap.FileDigest == "" {
 				err = fmt.Errorf("the catalog recorded no digest of the file, whose digest is %x", tr.Digest)
 			}

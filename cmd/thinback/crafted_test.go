@@ -13,6 +13,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/record"
 )
 
 // A stream whose volume name holds a control, a C1 control or a bidi
@@ -99,7 +100,7 @@ func TestCraftedParentSize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := snapshotRecord(h, tr)
+	rec := record.OfFile(h, tr)
 	// Commit itself refuses the record...
 	if err := s.Commit(f, &rec); !errors.Is(err, catalog.ErrParentSize) {
 		t.Fatalf("Commit of the crafted incremental: %v, want ErrParentSize", err)

@@ -9,6 +9,7 @@ import (
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3"
 	"github.com/thinback/thinback/catalog/s3store"
+	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/lvmthin"
 	"github.com/thinback/thinback/lvmthin/thinmeta"
 	"github.com/thinback/thinback/restore"
@@ -99,7 +100,7 @@ var exitCodes = []struct {
 	{archive.ErrWriteOrder, exitError}, // a bug of the writer's caller, not of any input
 	// The store holds another file than its catalog names: damaged as a
 	// store, whatever the target (5 is about the target).
-	{errNotRecorded, exitCorrupt},
+	{record.ErrNotRecorded, exitCorrupt},
 
 	// LVM.
 	{lvmthin.ErrMetadataSnapBusy, exitMetaSnap},

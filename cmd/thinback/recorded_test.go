@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/lvmthin"
 )
 
@@ -142,11 +143,11 @@ func TestNotRecordedFileRefused(t *testing.T) {
 			}); err != nil {
 				t.Fatal(err)
 			}
-			if pit, err := s.openPointInTime(func(tx *catalog.Tx) (catalog.Snapshot, error) { return tx.Snapshot(rec.ID) }); !errors.Is(err, errNotRecorded) {
+			if pit, err := s.openPointInTime(func(tx *catalog.Tx) (catalog.Snapshot, error) { return tx.Snapshot(rec.ID) }); !errors.Is(err, record.ErrNotRecorded) {
 				if err == nil {
 					pit.Close()
 				}
-				t.Errorf("openPointInTime: %v, want errNotRecorded", err)
+				t.Errorf("openPointInTime: %v, want record.ErrNotRecorded", err)
 			}
 			var mu sync.Mutex
 			var logged []string

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/lvmthin"
 )
 
@@ -84,7 +85,7 @@ func newestBase(s catalog.Repository, name string, existing []*lvmthin.LV, where
 }
 
 // baseFile opens the delta file of rec, the base of an incremental,
-// through openChain, which checks that rec describes it.
+// through OpenChain, which checks that rec describes it.
 func baseFile(s catalog.Repository, rec catalog.Snapshot) error {
 	var vol catalog.Volume
 	if err := s.View(func(tx *catalog.Tx) error {
@@ -94,11 +95,11 @@ func baseFile(s catalog.Repository, rec catalog.Snapshot) error {
 	}); err != nil {
 		return err
 	}
-	files, err := openChain(s.OpenDelta, s.String(), vol, []catalog.Snapshot{rec})
+	files, err := record.OpenChain(s.OpenDelta, s.String(), vol, []catalog.Snapshot{rec})
 	if err != nil {
 		return err
 	}
-	return closeDeltas(files)
+	return record.CloseAll(files)
 }
 
 // removeOlderSnapshots removes thinback's snapshots of origin other than

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/restore"
 )
 
@@ -68,7 +69,7 @@ func (s *stateFile) load() (restore.State, error) {
 			return err
 		}
 		s.loaded = &t
-		if st, err = targetState(t); err != nil {
+		if st, err = record.TargetState(t); err != nil {
 			return err
 		}
 		st.Modified = s.id.Changed(restore.Identity{Key: t.Key, Dev: t.Dev, Ino: t.Ino, Device: t.Device})
@@ -82,7 +83,7 @@ func (s *stateFile) load() (restore.State, error) {
 
 // save records st for the target.
 func (s *stateFile) save(path string, st restore.State) error {
-	t := targetRecord(s.id, path, st)
+	t := record.OfTarget(s.id, path, st)
 	if err := stateDir(s.path, true); err != nil {
 		return err
 	}

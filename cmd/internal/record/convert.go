@@ -1,9 +1,10 @@
-package main
-
-// Every conversion between the packages' types lives here. The catalog
-// imports nothing of ours, so it keeps snapshot ids as strings and its own
-// Mark; archive's headers and restore's states are turned into catalog
-// records, and back, only by these functions.
+// Package record is where thinback's packages' types meet the catalog's:
+// a delta file's header and trailer become a catalog record and back, a
+// restore state becomes a target record and back, and a delta file
+// reached by way of the catalog is checked against its record before
+// anything reads it. The catalog imports nothing of ours, so it keeps
+// snapshot ids as strings and its own Mark; only these functions convert.
+package record
 
 import (
 	"encoding/hex"
@@ -15,17 +16,17 @@ import (
 	"github.com/thinback/thinback/restore"
 )
 
-// catalogID is how the catalog spells a snapshot id: "" for none.
-func catalogID(id archive.ID) string {
+// ID is how the catalog spells a snapshot id: "" for none.
+func ID(id archive.ID) string {
 	if id.IsZero() {
 		return ""
 	}
 	return id.String()
 }
 
-// archiveID reads a snapshot id from the catalog ("" is none). A bad one
+// ParseID reads a snapshot id from the catalog ("" is none). A bad one
 // means a damaged record: the error says which.
-func archiveID(s string) (archive.ID, error) {
+func ParseID(s string) (archive.ID, error) {
 	if s == "" {
 		return archive.ID{}, nil
 	}
@@ -36,11 +37,11 @@ func archiveID(s string) (archive.ID, error) {
 	return id, nil
 }
 
-// snapshotRecord describes a delta file for the catalog, from its header and
+// OfFile describes a delta file for the catalog, from its header and
 // trailer: what backup, receive and catalog rebuild record.
-func snapshotRecord(h *archive.Header, t archive.Trailer) catalog.Snapshot {
+func OfFile(h *archive.Header, t archive.Trailer) catalog.Snapshot {
 	s := catalog.Snapshot{
-		ID:         catalogID(h.Snapshot.ID),
+		ID:         ID(h.Snapshot.ID),
 		Volume:     h.VolumeName,
 		Time:       h.Snapshot.Time,
 		Name:       h.Snapshot.Name,
@@ -52,7 +53,7 @@ func snapshotRecord(h *archive.Header, t archive.Trailer) catalog.Snapshot {
 		FileDigest: fmt.Sprintf("%x", t.Digest),
 	}
 	if !h.IsFull() {
-		s.Parent, s.ParentSize = catalogID(h.Parent.ID), h.ParentSize
+		s.Parent, s.ParentSize = ID(h.Parent.ID), h.ParentSize
 	}
 	if id, err := strconv.ParseInt(h.Attr(archive.AttrLVMThinID), 10, 64); err == nil {
 		s.ThinID = id
@@ -60,20 +61,20 @@ func snapshotRecord(h *archive.Header, t archive.Trailer) catalog.Snapshot {
 	return s
 }
 
-// mergedRecord is kept's record after its file was replaced by the merge
+// Merged is kept's record after its file was replaced by the merge
 // with header h and trailer t (prune).
-func mergedRecord(kept catalog.Snapshot, h *archive.Header, t archive.Trailer) catalog.Snapshot {
+func Merged(kept catalog.Snapshot, h *archive.Header, t archive.Trailer) catalog.Snapshot {
 	rec := kept
 	rec.Parent, rec.ParentSize = "", 0
 	if !h.IsFull() {
-		rec.Parent, rec.ParentSize = catalogID(h.Parent.ID), h.ParentSize
+		rec.Parent, rec.ParentSize = ID(h.Parent.ID), h.ParentSize
 	}
 	rec.DataBytes, rec.ZeroBytes, rec.FileDigest = t.DataBytes, t.ZeroBytes, fmt.Sprintf("%x", t.Digest)
 	return rec
 }
 
-// volumeRecord describes the volume of a delta file for the catalog.
-func volumeRecord(h *archive.Header) catalog.Volume {
+// VolumeOf describes the volume of a delta file for the catalog.
+func VolumeOf(h *archive.Header) catalog.Volume {
 	v := catalog.Volume{Name: h.VolumeName, UUID: h.VolumeUUID, Kind: catalog.KindFile, BlockSize: h.BlockSize, Source: h.Attr(archive.AttrFilePath)}
 	if h.Attr(archive.AttrLVMVG) != "" {
 		v.Kind = catalog.KindLVMThin
@@ -85,22 +86,22 @@ func volumeRecord(h *archive.Header) catalog.Volume {
 	return v
 }
 
-// parentSnapshot is the parent identity a header names for an incremental
+// ParentOf is the parent identity a header names for an incremental
 // from the recorded snapshot rec.
-func parentSnapshot(rec catalog.Snapshot) (archive.Snapshot, error) {
-	id, err := archiveID(rec.ID)
+func ParentOf(rec catalog.Snapshot) (archive.Snapshot, error) {
+	id, err := ParseID(rec.ID)
 	if err != nil {
 		return archive.Snapshot{}, fmt.Errorf("snapshot #%d of %s: %w", rec.Seq, rec.Volume, err)
 	}
 	return archive.Snapshot{ID: id, Name: rec.Name, Time: rec.Time}, nil
 }
 
-// targetRecord is the state file's record of a target in state st.
-func targetRecord(id restore.Identity, path string, st restore.State) catalog.Target {
+// OfTarget is the state file's record of a target in state st.
+func OfTarget(id restore.Identity, path string, st restore.State) catalog.Target {
 	t := catalog.Target{Key: id.Key, Path: path, Volume: st.VolumeName, VolumeUUID: st.VolumeUUID,
 		Dev: id.Dev, Ino: id.Ino, Device: id.Device}
 	if !st.Snapshot.ID.IsZero() {
-		t.Snapshot, t.SnapshotName, t.SnapshotTime = catalogID(st.Snapshot.ID), st.Snapshot.Name, st.Snapshot.Time
+		t.Snapshot, t.SnapshotName, t.SnapshotTime = ID(st.Snapshot.ID), st.Snapshot.Name, st.Snapshot.Time
 	}
 	if fp := st.Fingerprint; fp != nil {
 		t.Fingerprint = &catalog.Fingerprint{Size: fp.Size, BlockSize: fp.BlockSize}
@@ -112,18 +113,18 @@ func targetRecord(id restore.Identity, path string, st restore.State) catalog.Ta
 		t.FileStat = &catalog.FileStat{Size: fs.Size, MtimeNs: fs.Mtime, CtimeNs: fs.Ctime, Dev: fs.Dev, Ino: fs.Ino}
 	}
 	if m := st.InProgress; m != nil {
-		t.InProgress = &catalog.Mark{Snapshot: catalogID(m.Snapshot), Parent: catalogID(m.Parent),
-			UndoSnapshot: catalogID(m.Undo), Files: m.Files, Started: m.Started,
+		t.InProgress = &catalog.Mark{Snapshot: ID(m.Snapshot), Parent: ID(m.Parent),
+			UndoSnapshot: ID(m.Undo), Files: m.Files, Started: m.Started,
 			WroteFrom: m.WroteFrom, WroteTo: m.WroteTo, Stopped: m.Stopped}
 	}
 	return t
 }
 
-// targetState is restore's view of a target's record.
-func targetState(t catalog.Target) (restore.State, error) {
+// TargetState is restore's view of a target's record.
+func TargetState(t catalog.Target) (restore.State, error) {
 	st := restore.State{VolumeName: t.Volume, VolumeUUID: t.VolumeUUID}
 	var err error
-	if st.Snapshot.ID, err = archiveID(t.Snapshot); err != nil {
+	if st.Snapshot.ID, err = ParseID(t.Snapshot); err != nil {
 		return st, err
 	}
 	st.Snapshot.Name, st.Snapshot.Time = t.SnapshotName, t.SnapshotTime
@@ -146,7 +147,7 @@ func targetState(t catalog.Target) (restore.State, error) {
 			dst *archive.ID
 			s   string
 		}{{&st.InProgress.Snapshot, m.Snapshot}, {&st.InProgress.Parent, m.Parent}, {&st.InProgress.Undo, m.UndoSnapshot}} {
-			if *p.dst, err = archiveID(p.s); err != nil {
+			if *p.dst, err = ParseID(p.s); err != nil {
 				return st, err
 			}
 		}
