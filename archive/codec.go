@@ -231,6 +231,18 @@ func OpenPayload(rec *Record, payload []byte) ([]byte, error) {
 // payload is sealed and its digests keyed.
 func (r *Record) Encrypted() bool { return r.crypt != nil }
 
+// EncodedLen returns the length of the record's encoded payload (zstd or
+// raw): PayloadLen, less the AEAD's tag for an encrypted record. After
+// Decode or OpenPayload, the payload buffer's first EncodedLen bytes are
+// the encoded payload, which a Writer takes (a merge copying a whole
+// record into a file under the same key).
+func (r *Record) EncodedLen() int64 {
+	if r.crypt != nil {
+		return r.PayloadLen - aeadOverhead
+	}
+	return r.PayloadLen
+}
+
 func recordError(rec *Record, sentinel error, detail string) error {
 	return &FormatError{Offset: rec.Pos, Record: rec.Num, Err: sentinel, Detail: detail}
 }

@@ -73,9 +73,10 @@ type Key struct {
 	master [MasterKeySize]byte
 	id     KeyID
 	mac    [32]byte
-	// digest is the keyed BLAKE3 hasher of block digests, cloned per use.
-	digest *blake3.Hasher
-	zeros  sync.Map // keyed digests of zero blocks, by length
+	// digests holds keyed BLAKE3 hashers of block digests: a Hasher
+	// carries an 8 KiB buffer, too much to allocate per block.
+	digests sync.Pool
+	zeros   sync.Map // keyed digests of zero blocks, by length
 }
 
 // NewKey returns the Key of master, a secret of MasterKeySize random
@@ -89,11 +90,14 @@ func NewKey(master []byte) (*Key, error) {
 	id := derive(master, nil, infoKeyID, KeyIDSize)
 	copy(k.id[:], id)
 	copy(k.mac[:], derive(master, nil, infoMAC, 32))
-	h, err := blake3.NewKeyed(derive(master, nil, infoDigest, 32))
-	if err != nil {
+	dk := derive(master, nil, infoDigest, 32)
+	if _, err := blake3.NewKeyed(dk); err != nil {
 		return nil, err
 	}
-	k.digest = h
+	k.digests.New = func() any {
+		h, _ := blake3.NewKeyed(dk)
+		return h
+	}
 	return k, nil
 }
 
@@ -125,10 +129,12 @@ func (k *Key) headerMAC(b []byte) Digest {
 
 // sum is the keyed block digest of b.
 func (k *Key) sum(b []byte) Digest {
-	h := k.digest.Clone()
+	h := k.digests.Get().(*blake3.Hasher)
+	h.Reset() // keeps the key
 	_, _ = h.Write(b)
 	var d Digest
 	h.Sum(d[:0])
+	k.digests.Put(h)
 	return d
 }
 
