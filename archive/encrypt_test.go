@@ -348,7 +348,7 @@ func TestEncryptedTamper(t *testing.T) {
 
 	// A forger mends the unkeyed chain after each change: the key catches
 	// every one.
-	for i := hdrEnd - DigestSize - headerMACLen - encSectionLen; i < int64(len(f)); i++ {
+	for i := int64(fixedHeaderLen); i < int64(len(f)); i++ {
 		if inLengths(recs, i) {
 			continue // framing, found without the key above
 		}
@@ -360,11 +360,20 @@ func TestEncryptedTamper(t *testing.T) {
 		}
 		what := fmt.Sprintf("byte %d flipped, chain mended", i)
 		if i < hdrEnd {
-			check(what, b, ErrWrongKey, ErrHeader)
+			// The MAC fails; or the fields no longer parse; or the
+			// feature bits now say "not encrypted" (a downgrade, refused
+			// under a key) or name a feature unknown.
+			check(what, b, ErrWrongKey, ErrHeader, ErrAuth, ErrVersion)
 			continue
 		}
 		check(what, b, ErrAuth, ErrHeader)
 	}
+
+	// The ENCRYPTED bit cleared (a downgrade), the chain mended: under a
+	// key, a file that is not encrypted is refused.
+	b0 := bytes.Clone(f)
+	b0[fixedHeaderLen] &^= byte(FeatureEncrypted)
+	check("ENCRYPTED cleared", rechain(t, b0), ErrAuth)
 
 	// The key id changed (and the chain mended): the header names another
 	// key, which the reader's is not.
