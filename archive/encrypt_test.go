@@ -802,3 +802,45 @@ func FuzzEncryptedHeader(f *testing.F) {
 		}
 	})
 }
+
+// TestGoldenEncrypted reads the encrypted golden files, written by an
+// earlier build under the master key of 32 bytes of 1: every derivation,
+// nonce and associated data of docs/FORMAT.md "Encryption" must stay as it
+// was for them to read. The salt is random, so -update writes new files
+// rather than comparing bytes.
+func TestGoldenEncrypted(t *testing.T) {
+	k := testKey(t, 1)
+	base, next := goldenVolumes()
+	if *update {
+		h := testHeader(int64(len(base)))
+		full, tr := buildKey(t, k, h, fullSource(base), SendOptions{Workers: 1})
+		hi := testHeader(int64(len(next)))
+		hi.Snapshot = Snapshot{ID: DeriveID("test", "snap2"), Name: "vg0/vm1.snap2", Time: h.Snapshot.Time.Add(3600e9)}
+		hi.Parent, hi.ParentSize, hi.ParentTag = h.Snapshot, h.VolumeSize, tr.Tag
+		incr, _ := buildKey(t, k, hi, &memSource{data: next, extents: []Extent{{0, 4096, KindZero}, {3 * 4096, 4096, KindData}}}, SendOptions{Workers: 1})
+		for name, b := range map[string][]byte{"encrypted-full.tbk": full, "encrypted-incr.tbk": incr} {
+			if err := os.WriteFile(filepath.Join(goldenDir, name), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	full := readFile(t, filepath.Join(goldenDir, "encrypted-full.tbk"))
+	incr := readFile(t, filepath.Join(goldenDir, "encrypted-incr.tbk"))
+	vol, _, err := applyKey(t, full, nil, base, WithKey(k))
+	if err != nil || !bytes.Equal(vol, base) {
+		t.Fatalf("golden encrypted full: %v", err)
+	}
+	if vol, _, err = applyKey(t, incr, vol, next, WithKey(k)); err != nil || !bytes.Equal(vol, next) {
+		t.Fatalf("golden encrypted incremental: %v", err)
+	}
+	dir := t.TempDir()
+	if _, err := OpenChain([]ChainInput{
+		{Name: "full", File: openBytes(t, filepath.Join(dir, "full"), full)},
+		{Name: "incr", File: openBytes(t, filepath.Join(dir, "incr"), incr)},
+	}, WithKey(k)); err != nil {
+		t.Fatalf("golden encrypted chain: %v", err)
+	}
+	if _, _, err := applyKey(t, full, nil, base); !errors.Is(err, ErrKeyRequired) {
+		t.Fatalf("golden encrypted full without the key: %v", err)
+	}
+}
