@@ -844,3 +844,25 @@ func TestGoldenEncrypted(t *testing.T) {
 		t.Fatalf("golden encrypted full without the key: %v", err)
 	}
 }
+
+// TestEncryptedLargestRecord: a DATA record of MaxDataLen that does not
+// compress is stored raw and sealed, 16 bytes longer than the bound of a
+// plain payload, and reads back.
+func TestEncryptedLargestRecord(t *testing.T) {
+	r := testRand(t)
+	k := testKey(t, 5)
+	vol := make([]byte, MaxDataLen)
+	r.Read(vol)
+	h := testHeader(int64(len(vol)))
+	h.BlockSize = MaxBlockSize
+	f, _ := buildKey(t, k, h, fullSource(vol), SendOptions{ChunkSize: MaxDataLen})
+	if _, recs := layoutOf(t, f); recs[0].end-recs[0].tagEnd != MaxDataLen+aeadOverhead {
+		t.Fatalf("the record's payload is %d bytes, want a sealed raw %d", recs[0].end-recs[0].tagEnd, MaxDataLen)
+	}
+	if got, _, err := applyKey(t, f, nil, vol, WithKey(k)); err != nil || !bytes.Equal(got, vol) {
+		t.Fatalf("largest record: %v", err)
+	}
+	if _, err := CheckStructure(bytes.NewReader(f)); err != nil {
+		t.Fatalf("CheckStructure of the largest record: %v", err)
+	}
+}

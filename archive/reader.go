@@ -223,7 +223,11 @@ func (r *Reader) next() (*Record, error) {
 	typ, flags := rh[0], rh[1]
 	metaLen := binary.LittleEndian.Uint32(rh[4:])
 	payloadLen := binary.LittleEndian.Uint32(rh[8:])
-	if metaLen > maxOptionalMeta || payloadLen > maxPayload {
+	most := uint32(maxPayload)
+	if r.hdr.IsEncrypted() {
+		most += aeadOverhead // a raw record of MaxDataLen, sealed
+	}
+	if metaLen > maxOptionalMeta || payloadLen > most {
 		return nil, r.corrupt(at, num, ErrHeader, fmt.Sprintf("record lengths (meta %d, payload %d) exceed the format's bounds", metaLen, payloadLen))
 	}
 	if cap(r.meta) < int(metaLen)+DigestSize {
