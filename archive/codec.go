@@ -217,9 +217,10 @@ func (k *Key) blockDigest(b []byte) Digest {
 // OpenPayload returns the payload of rec, a DATA record of an encrypted
 // file, authenticated and decrypted in place: the encoded data (zstd or
 // raw, as rec.Compressed says) that a Writer takes, which is how records
-// are copied into another file (merging a chain) under a new salt or
-// another key. A payload of a file that is not encrypted is returned as it
-// is.
+// are copied into another file under the same key (merging a chain, under
+// the new file's salt). Under another key the digests differ: the data is
+// decoded and encoded again (an Encoder given that key). A payload of a
+// file that is not encrypted is returned as it is.
 func OpenPayload(rec *Record, payload []byte) ([]byte, error) {
 	if rec.crypt == nil {
 		return payload, nil
