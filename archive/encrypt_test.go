@@ -737,6 +737,23 @@ func TestCheckStructure(t *testing.T) {
 			t.Fatalf("%s: %v, want %v", c.what, err, c.want)
 		}
 	}
+	// Any byte flipped outside the payloads, or any cut, is found.
+	hdrEnd, _ := layoutOf(t, f)
+	for i := int64(0); i < int64(len(f)); i++ {
+		inPayload := false
+		for _, s := range recs {
+			inPayload = inPayload || i >= s.tagEnd && i < s.end
+		}
+		if _, err := CheckStructure(bytes.NewReader(f[:i])); err == nil {
+			t.Fatalf("cut to %d bytes: no error", i)
+		}
+		if inPayload {
+			continue
+		}
+		if _, err := CheckStructure(bytes.NewReader(flip(f, i))); err == nil {
+			t.Fatalf("byte %d flipped (header ends at %d): no error", i, hdrEnd)
+		}
+	}
 	// A flipped payload is beyond it: the key finds it.
 	b := flip(f, recs[0].tagEnd)
 	if _, err := CheckStructure(bytes.NewReader(b)); err != nil {
