@@ -214,6 +214,7 @@ type ChainInput struct {
 type Chain struct {
 	files []ChainFile
 	ras   []io.ReaderAt
+	rds   []*Reader
 	*Merger
 }
 
@@ -222,7 +223,14 @@ type Chain struct {
 // may be an incremental: the chain then holds the changes from its parent.
 // The files must stay open while the Chain is used. Damage after the
 // headers is found as the segments are read, naming the file.
-func OpenChain(inputs []ChainInput) (*Chain, error) {
+//
+// WithKey reads files encrypted under the key, and then also requires each
+// encrypted incremental (but a snapback file) to carry the tag of the file
+// before it, which is checked, with that file's END record read and
+// authenticated from its tail, before any record is read (ErrParentTag):
+// a file of another volume, store or key, or an older file in place of
+// the parent, is refused before a byte of data is returned.
+func OpenChain(inputs []ChainInput, opts ...Option) (*Chain, error) {
 	if len(inputs) == 0 {
 		return nil, fmt.Errorf("no delta files: %w", ErrNotChain)
 	}
@@ -230,7 +238,7 @@ func OpenChain(inputs []ChainInput) (*Chain, error) {
 	names := make([]string, len(inputs))
 	rds := make([]*Reader, len(inputs))
 	for i, in := range inputs {
-		rd := NewReader(in.File)
+		rd := NewReader(in.File, opts...)
 		h, err := rd.Header()
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", in.Name, err)
@@ -243,6 +251,10 @@ func OpenChain(inputs []ChainInput) (*Chain, error) {
 	if err := checkBlockSize(c.files); err != nil {
 		return nil, err
 	}
+	if err := checkParentTags(inputs, c.files, rds); err != nil {
+		return nil, err
+	}
+	c.rds = rds
 	c.Merger = NewMerger(names, rds, c.Header().VolumeSize)
 	return c, nil
 }

@@ -3,8 +3,6 @@ package archive
 import (
 	"fmt"
 	"io"
-
-	"github.com/zeebo/blake3"
 )
 
 // ChainDigests yields the block digests of a snapshot from the delta files
@@ -31,8 +29,12 @@ var _ DigestIterator = (*ChainDigests)(nil)
 // OpenChainDigests opens inputs, the chain of a snapshot from its full,
 // oldest first, and checks that they form a chain with one block size (see
 // OpenChain). The files must stay open while the ChainDigests is used.
-func OpenChainDigests(inputs []ChainInput) (*ChainDigests, error) {
-	c, err := OpenChain(inputs)
+//
+// WithKey reads a chain encrypted under the key: the digests are then the
+// key's keyed digests, to compare with those of a DigestSource given the
+// same key.
+func OpenChainDigests(inputs []ChainInput, opts ...Option) (*ChainDigests, error) {
+	c, err := OpenChain(inputs, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -139,5 +141,9 @@ func (d *ChainDigests) cutBlock(seg Segment, from int64) (Digest, bool, error) {
 	if isZero(b) {
 		return Digest{}, true, nil
 	}
-	return blake3.Sum256(b), false, nil
+	var key *Key
+	if rec.crypt != nil {
+		key = rec.crypt.key
+	}
+	return key.blockDigest(b), false, nil
 }

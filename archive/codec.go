@@ -34,10 +34,12 @@ func (l Level) zstd() zstd.EncoderLevel {
 // send pipeline gives each worker its own.
 type Encoder struct {
 	enc *zstd.Encoder
+	key *Key // digests are keyed under it, for an encrypted file
 }
 
-// NewEncoder returns an Encoder compressing at level.
-func NewEncoder(level Level) *Encoder {
+// NewEncoder returns an Encoder compressing at level. WithKey makes its
+// digests the keyed digests of a file encrypted under the key.
+func NewEncoder(level Level, opts ...Option) *Encoder {
 	enc, err := zstd.NewWriter(nil,
 		zstd.WithEncoderLevel(level.zstd()),
 		zstd.WithEncoderConcurrency(1),
@@ -49,7 +51,7 @@ func NewEncoder(level Level) *Encoder {
 	if err != nil {
 		panic("archive: zstd encoder options: " + err.Error())
 	}
-	return &Encoder{enc: enc}
+	return &Encoder{enc: enc, key: applyOptions(opts).key}
 }
 
 // Close releases the Encoder's compression state.
@@ -88,7 +90,7 @@ func (e *Encoder) encodeData(dst []Record, off int64, data []byte, bs int, buf [
 	rec := Record{Kind: KindData, Offset: off, Length: int64(len(data)), blockSize: int64(bs)}
 	rec.Digests = make([]Digest, (len(data)+bs-1)/bs)
 	for i := range rec.Digests {
-		rec.Digests[i] = blake3.Sum256(data[i*bs : min((i+1)*bs, len(data))])
+		rec.Digests[i] = e.key.blockDigest(data[i*bs : min((i+1)*bs, len(data))])
 	}
 	mark := len(buf)
 	buf = e.enc.EncodeAll(data, buf)
@@ -142,10 +144,19 @@ func (d *Decoder) Close() { d.dec.Close() }
 // its capacity is less than rec.Length) and verifies every block against the
 // record's digests. It returns the data (which aliases payload when the
 // record is stored raw), or a *FormatError wrapping
-// ErrChecksum that names the first bad block.
+// ErrChecksum that names the first bad block. The payload of a record of
+// an encrypted file is authenticated first and decrypted in place (a
+// *FormatError wrapping ErrAuth if it does not authenticate): no byte of
+// it is decrypted, decompressed or returned before.
 func (d *Decoder) Decode(dst []byte, rec *Record, payload []byte) ([]byte, error) {
 	if rec.Kind != KindData {
 		return nil, fmt.Errorf("archive: Decode of a %v record", rec.Kind)
+	}
+	if rec.crypt != nil {
+		var err error
+		if payload, err = rec.crypt.openPayload(rec, payload); err != nil {
+			return nil, err
+		}
 	}
 	n := int(rec.Length)
 	var data []byte
@@ -181,13 +192,56 @@ func Verify(rec *Record, data []byte) error {
 	if bs == 0 || int64(len(data)) != rec.Length || len(rec.Digests) != (len(data)+bs-1)/bs {
 		return recordError(rec, ErrChecksum, "data does not match the record's length")
 	}
+	var key *Key
+	if rec.crypt != nil {
+		key = rec.crypt.key
+	}
 	for i := range rec.Digests {
-		if Digest(blake3.Sum256(data[i*bs:min((i+1)*bs, len(data))])) != rec.Digests[i] {
+		if key.blockDigest(data[i*bs:min((i+1)*bs, len(data))]) != rec.Digests[i] {
 			off := rec.Offset + int64(i*bs)
 			return recordError(rec, ErrChecksum, fmt.Sprintf("block %d (volume bytes %d to %d) does not match its digest: the payload is corrupt", i, off, off+int64(min(bs, len(data)-i*bs))))
 		}
 	}
 	return nil
+}
+
+// blockDigest is the digest of a block: keyed under k, or plain BLAKE3-256
+// when k is nil.
+func (k *Key) blockDigest(b []byte) Digest {
+	if k == nil {
+		return blake3.Sum256(b)
+	}
+	return k.sum(b)
+}
+
+// OpenPayload returns the payload of rec, a DATA record of an encrypted
+// file, authenticated and decrypted in place: the encoded data (zstd or
+// raw, as rec.Compressed says) that a Writer takes, which is how records
+// are copied into another file under the same key (merging a chain, under
+// the new file's salt). Under another key the digests differ: the data is
+// decoded and encoded again (an Encoder given that key). A payload of a
+// file that is not encrypted is returned as it is.
+func OpenPayload(rec *Record, payload []byte) ([]byte, error) {
+	if rec.crypt == nil {
+		return payload, nil
+	}
+	return rec.crypt.openPayload(rec, payload)
+}
+
+// Encrypted reports whether the record belongs to an encrypted file: its
+// payload is sealed and its digests keyed.
+func (r *Record) Encrypted() bool { return r.crypt != nil }
+
+// EncodedLen returns the length of the record's encoded payload (zstd or
+// raw): PayloadLen, less the AEAD's tag for an encrypted record. After
+// Decode or OpenPayload, the payload buffer's first EncodedLen bytes are
+// the encoded payload, which a Writer takes (a merge copying a whole
+// record into a file under the same key).
+func (r *Record) EncodedLen() int64 {
+	if r.crypt != nil {
+		return r.PayloadLen - aeadOverhead
+	}
+	return r.PayloadLen
 }
 
 func recordError(rec *Record, sentinel error, detail string) error {

@@ -8,8 +8,6 @@ import (
 	"os"
 	"slices"
 	"sync"
-
-	"github.com/zeebo/blake3"
 )
 
 // DigestExtent says what a range of a volume held in some snapshot, block by
@@ -48,6 +46,10 @@ type DigestSourceOptions struct {
 	// Progress, if set, is called from Next with the bytes of the image
 	// examined (read and hashed, or skipped as a hole) since the last call.
 	Progress func(n int64)
+	// Key, when the earlier snapshot's digests are keyed (read from a chain
+	// encrypted under it, see OpenChainDigests), hashes the image's blocks
+	// under it too.
+	Key *Key
 }
 
 // maxHashWorkers bounds the hashing workers and with them memory: BLAKE3
@@ -93,6 +95,7 @@ type DigestSource struct {
 	chunk    int64
 	workers  int
 	sparse   bool
+	key      *Key
 	prev     DigestIterator
 	progress func(int64)
 
@@ -140,7 +143,7 @@ func NewDigestSource(f *os.File, size, blockSize int64, prev DigestIterator, opt
 		workers = min(workers, maxHashWorkers)
 	}
 	return &DigestSource{f: f, size: size, bs: blockSize, chunk: chunk, workers: workers,
-		sparse: mode.IsRegular(), prev: prev, progress: opts.Progress}, nil
+		sparse: mode.IsRegular(), key: opts.Key, prev: prev, progress: opts.Progress}, nil
 }
 
 // Stats returns what the source did so far.
@@ -327,7 +330,7 @@ func (s *DigestSource) compare(j *hashJob) error {
 	}
 	for i := range nb {
 		lo, hi := int64(i)*bs, min(int64(i+1)*bs, j.n)
-		kind := classify(j.exp[i], j.hole[i], buf[lo:hi])
+		kind := classify(s.key, j.exp[i], j.hole[i], buf[lo:hi])
 		if kind == 0 {
 			continue
 		}
@@ -344,7 +347,7 @@ func (s *DigestSource) compare(j *hashJob) error {
 // else the kind of extent that describes its new contents. A block of
 // another length than the earlier snapshot's (the volume's end moved)
 // always differs: digests of different lengths cannot be compared.
-func classify(exp expected, hole bool, block []byte) Kind {
+func classify(key *Key, exp expected, hole bool, block []byte) Kind {
 	n := int64(len(block))
 	same := exp.length == n
 	switch {
@@ -356,11 +359,11 @@ func classify(exp expected, hole bool, block []byte) Kind {
 	case same && exp.kind == KindData:
 		// Hashing is needed anyway; the zero test then costs nothing, as
 		// no DATA digest is ever the digest of zeroes.
-		d := Digest(blake3.Sum256(block))
+		d := key.blockDigest(block)
 		switch d {
 		case exp.digest:
 			return 0
-		case zeroDigest(n):
+		case key.zeroDigest(n):
 			return KindZero
 		}
 		return KindData

@@ -52,6 +52,23 @@
 // records a range needs, with a small cache and a read-ahead for
 // sequential readers. A damaged record fails the reads of its range only.
 //
+// # Encryption
+//
+// A file written by NewWriter(w, WithKey(k)) is encrypted under k, a Key
+// made from a 32-byte master key (NewKey): record metadata and payloads
+// sealed with AES-256-GCM under keys of the file's own (a random salt),
+// block digests keyed, the header and END authenticated, an incremental
+// bound to its parent by the parent's file tag (Header.ParentTag,
+// Trailer.Tag, Key.FileTag). NewReader, OpenChain, OpenChainDigests,
+// ResumeWriter and RecoverWriter take WithKey, OpenSnapshot and
+// DigestSource a Key field; a Decoder authenticates a payload before any
+// byte of it is decrypted or returned, and OpenPayload opens one for
+// copying into another file. Without the key a Reader gives the header
+// and then ErrKeyRequired, and CheckStructure checks what can be checked
+// without it: the structure and the file digest. ErrWrongKey, ErrAuth and
+// ErrParentTag say what else went wrong. docs/FORMAT.md "Encryption" is
+// the design.
+//
 // # Machinery for the other packages
 //
 // Each of these exists once, here, for every package that needs it:

@@ -27,6 +27,21 @@ var (
 	// ErrWriteOrder means a Writer was given records out of order,
 	// overlapping, unaligned or outside the volume: a bug in the caller.
 	ErrWriteOrder = errors.New("record out of order or outside the volume")
+
+	// ErrKeyRequired means the file is encrypted and no key was given: the
+	// error names the file's key id.
+	ErrKeyRequired = errors.New("the file is encrypted and no key was given")
+	// ErrWrongKey means the key given is not the file's: its id differs, or
+	// the header does not authenticate under it.
+	ErrWrongKey = errors.New("wrong key")
+	// ErrAuth means a record of an encrypted file does not authenticate
+	// under its key: the file was altered, or records were moved, dropped
+	// or spliced in from another file.
+	ErrAuth = errors.New("authentication failed")
+	// ErrParentTag means an encrypted incremental names a parent file that
+	// is not the one given before it: another volume's, store's or key's,
+	// or an older file put in its place.
+	ErrParentTag = errors.New("parent file tag does not match")
 )
 
 // A FormatError says what is wrong with a delta file and where.

@@ -82,6 +82,29 @@ const (
 	FeatureSnapback Feature = 1 << 0
 )
 
-// Required features a reader of this package understands. Version 1 defines
-// none; a file that sets any other required bit is refused with ErrVersion.
-const knownRequired Feature = 0
+// Required features. A reader refuses a file with a required bit it does
+// not know.
+const (
+	// FeatureEncrypted marks an encrypted file (docs/FORMAT.md
+	// "Encryption"): record metadata and payloads sealed with an AEAD, the
+	// header authenticated, block digests keyed.
+	FeatureEncrypted Feature = 1 << 0
+)
+
+// Required features a reader of this package understands; a file that
+// sets any other required bit is refused with ErrVersion.
+const knownRequired = FeatureEncrypted
+
+// Sizes of the encryption section of an encrypted file's header body:
+// aead u8 || kdf u8 || reserved u16 || key_id[8] || salt[32] || parent_tag[32],
+// and the header MAC that ends the body.
+const (
+	encSectionLen = 1 + 1 + 2 + KeyIDSize + SaltSize + DigestSize
+	headerMACLen  = DigestSize
+	// endClearLen is what an encrypted file's END record keeps in the clear
+	// before its sealed counts: the chain link before it and the number of
+	// records (so END is authenticated from the file's tail alone).
+	endClearLen = DigestSize + 8
+	// sealedEndLen is the length of an encrypted file's END record.
+	sealedEndLen = rhdrLen + endClearLen + endMetaLen + aeadOverhead + DigestSize
+)

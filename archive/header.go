@@ -31,7 +31,22 @@ type Header struct {
 
 	Tool  string // writer name and version
 	Attrs []Attr // source details, for people and catalog rebuilds
+
+	// Encryption (Required has FeatureEncrypted; see docs/FORMAT.md
+	// "Encryption"). A Writer given a key sets KeyID and AEAD itself.
+	KeyID KeyID
+	AEAD  AEAD
+	// ParentTag is the parent file's tag (Key.FileTag of its digest): an
+	// encrypted incremental must carry it, except a snapback file, whose
+	// parent is the state of a target rather than a file.
+	ParentTag Digest
+
+	salt [SaltSize]byte
+	mac  Digest // the header MAC read, checked by a Reader with a key
 }
+
+// IsEncrypted reports whether the file is encrypted.
+func (h *Header) IsEncrypted() bool { return h.Required&FeatureEncrypted != 0 }
 
 // Snapshot names one state of a volume.
 type Snapshot struct {
@@ -106,6 +121,16 @@ func (h *Header) validate() string {
 		return "snapshot is its own parent"
 	case h.IsFull() && (h.ParentSize != 0 || h.Parent.Name != "" || !h.Parent.Time.IsZero()):
 		return "a full has parent details but no parent id"
+	case h.IsEncrypted() && h.AEAD != AEADAES256GCM:
+		return fmt.Sprintf("unknown AEAD %d", h.AEAD)
+	case h.IsEncrypted() && h.KeyID.IsZero():
+		return "encrypted file without a key id"
+	case !h.IsEncrypted() && (h.ParentTag != Digest{} || !h.KeyID.IsZero()):
+		return "a key id or parent tag in a file that is not encrypted"
+	case h.IsEncrypted() && h.IsFull() && h.ParentTag != Digest{}:
+		return "a full has a parent tag"
+	case h.IsEncrypted() && !h.IsFull() && !h.IsSnapback() && h.ParentTag == Digest{}:
+		return "an encrypted incremental without its parent's tag"
 	case len(h.Attrs) > maxAttrs:
 		return fmt.Sprintf("%d attributes, at most %d", len(h.Attrs), maxAttrs)
 	}
@@ -167,6 +192,12 @@ func (h *Header) appendBody(b []byte) []byte {
 		b = appendString(b, a.Key)
 		b = appendString(b, a.Value)
 	}
+	if h.IsEncrypted() {
+		b = append(b, byte(h.AEAD), byte(KDFHKDFSHA256), 0, 0)
+		b = append(b, h.KeyID[:]...)
+		b = append(b, h.salt[:]...)
+		b = append(b, h.ParentTag[:]...)
+	}
 	return b
 }
 
@@ -191,9 +222,21 @@ func fromUnixNano(n int64) time.Time {
 }
 
 // parseBody decodes a header body. It returns a detail string on error.
+//
+// The body of an encrypted file ends with the header MAC, kept in h.mac;
+// the encryption section follows the attributes.
 func parseBody(b []byte) (*Header, string) {
+	encrypted := len(b) >= 8 && Feature(binary.LittleEndian.Uint64(b))&FeatureEncrypted != 0
+	var mac Digest
+	if encrypted {
+		if len(b) < minHeaderBody+encSectionLen+headerMACLen {
+			return nil, "the header of an encrypted file is too short for its keys"
+		}
+		copy(mac[:], b[len(b)-headerMACLen:])
+		b = b[:len(b)-headerMACLen]
+	}
 	d := decoder{b: b}
-	h := &Header{Version: Version}
+	h := &Header{Version: Version, mac: mac}
 	h.Required = Feature(d.u64())
 	h.Optional = Feature(d.u64())
 	h.BlockSize = int64(d.u32())
@@ -225,6 +268,18 @@ func parseBody(b []byte) (*Header, string) {
 		k := d.str()
 		v := d.str()
 		h.Attrs = append(h.Attrs, Attr{k, v})
+	}
+	if encrypted {
+		h.AEAD = AEAD(d.u8())
+		if kdf := KDF(d.u8()); kdf != KDFHKDFSHA256 && !d.short {
+			return nil, fmt.Sprintf("unknown key derivation %d", kdf)
+		}
+		if d.u16() != 0 {
+			return nil, "reserved field of the encryption section is not zero"
+		}
+		copy(h.KeyID[:], d.bytes(KeyIDSize))
+		copy(h.salt[:], d.bytes(SaltSize))
+		copy(h.ParentTag[:], d.bytes(DigestSize))
 	}
 	if d.short {
 		return nil, "header body ends inside a field"

@@ -88,7 +88,7 @@ func Send(ctx context.Context, w *Writer, src Source, opts SendOptions) error {
 				return nil
 			}
 			if encs[worker] == nil {
-				encs[worker] = NewEncoder(level)
+				encs[worker] = NewEncoder(level, WithKey(w.key))
 			}
 			return j.encode(encs[worker], src, j.ext, bs)
 		},

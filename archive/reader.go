@@ -41,11 +41,22 @@ type Reader struct {
 	// before it, for ResumeWriter.
 	endAt    int64
 	endChain Digest
+
+	key   *Key
+	crypt *fileCrypt // of an encrypted file, once its header is verified
+	plain []byte     // opened metadata of an encrypted file, reused
+	// keyless reads an encrypted file without its key: the chain and the
+	// framing only (CheckStructure).
+	keyless    bool
+	sealedData int64 // DATA records seen keyless
 }
 
-// NewReader returns a Reader reading from r.
-func NewReader(r io.Reader) *Reader {
-	rd := &Reader{r: r, hasher: blake3.New()}
+// NewReader returns a Reader reading from r. WithKey gives it the key of
+// an encrypted file; without it, Header reads an encrypted file's header
+// (checked by its digest only, not authenticated) and Next fails with
+// ErrKeyRequired.
+func NewReader(r io.Reader, opts ...Option) *Reader {
+	rd := &Reader{r: r, hasher: blake3.New(), key: applyOptions(opts).key}
 	if s, ok := r.(io.Seeker); ok {
 		rd.seeker = s
 		if cur, err := s.Seek(0, io.SeekCurrent); err == nil {
@@ -136,12 +147,26 @@ func (r *Reader) Header() (*Header, error) {
 	if unknown := h.Required &^ knownRequired; unknown != 0 {
 		return nil, r.corrupt(0, 0, ErrVersion, fmt.Sprintf("unknown required features %#x: use a newer thinback", uint64(unknown)))
 	}
+	var key *Key
+	if !h.IsEncrypted() && r.key != nil {
+		return nil, r.corrupt(0, 0, ErrAuth, fmt.Sprintf("the file is not encrypted, but it is read with key %s: it was not written under that key (put in place of an encrypted file?)", r.key.ID()))
+	}
+	if h.IsEncrypted() && r.key != nil {
+		if h.KeyID != r.key.ID() {
+			return nil, r.corrupt(0, 0, ErrWrongKey, fmt.Sprintf("the file is encrypted with key %s, the key given is %s: give the key of the store it was written into", h.KeyID, r.key.ID()))
+		}
+		if r.key.headerMAC(buf[:tagAt-headerMACLen]) != h.mac {
+			return nil, r.corrupt(0, 0, ErrWrongKey, fmt.Sprintf("the header does not authenticate under key %s: the key is not the one that wrote the file, or the header was altered", h.KeyID))
+		}
+		key = r.key
+		r.crypt = key.file(h.salt)
+	}
 	copy(r.chain[:], buf[tagAt:])
 	r.hdr = h
 	r.lay = newLayout(h)
-	r.zeroBS = zeroDigest(h.BlockSize)
+	r.zeroBS = key.zeroDigest(h.BlockSize)
 	if tail := h.VolumeSize % h.BlockSize; tail != 0 {
-		r.zeroEnd = zeroDigest(tail)
+		r.zeroEnd = key.zeroDigest(tail)
 	}
 	return h, nil
 }
@@ -152,6 +177,9 @@ func (r *Reader) Header() (*Header, error) {
 func (r *Reader) Next() (*Record, error) {
 	if _, err := r.Header(); err != nil {
 		return nil, err
+	}
+	if r.hdr.IsEncrypted() && r.crypt == nil && !r.keyless && r.err == nil {
+		return nil, r.corrupt(r.pos, 0, ErrKeyRequired, fmt.Sprintf("its key is %s; give that key", r.hdr.KeyID))
 	}
 	for {
 		if r.err != nil {
@@ -195,7 +223,11 @@ func (r *Reader) next() (*Record, error) {
 	typ, flags := rh[0], rh[1]
 	metaLen := binary.LittleEndian.Uint32(rh[4:])
 	payloadLen := binary.LittleEndian.Uint32(rh[8:])
-	if metaLen > maxOptionalMeta || payloadLen > maxPayload {
+	most := uint32(maxPayload)
+	if r.hdr.IsEncrypted() {
+		most += aeadOverhead // a raw record of MaxDataLen, sealed
+	}
+	if metaLen > maxOptionalMeta || payloadLen > most {
 		return nil, r.corrupt(at, num, ErrHeader, fmt.Sprintf("record lengths (meta %d, payload %d) exceed the format's bounds", metaLen, payloadLen))
 	}
 	if cap(r.meta) < int(metaLen)+DigestSize {
@@ -215,6 +247,7 @@ func (r *Reader) next() (*Record, error) {
 	if next != Digest(buf[metaLen:]) {
 		return nil, r.corrupt(at, num, ErrChecksum, "record digest does not match the chain: the record is corrupt, or records were reordered, dropped or spliced from another file")
 	}
+	prev := r.chain
 	if typ == typeEnd {
 		r.endAt, r.endChain = at, r.chain
 	}
@@ -224,12 +257,36 @@ func (r *Reader) next() (*Record, error) {
 	}
 	r.pending = int64(payloadLen)
 	payloadPos := r.pos
+	sealed := r.hdr.IsEncrypted()
+	if sealed {
+		if typ == typeEnd {
+			// The link before END is stored with it, so that END can be
+			// authenticated on its own (docs/FORMAT.md "Encryption").
+			if len(meta) < endClearLen || Digest(meta[:DigestSize]) != prev || binary.LittleEndian.Uint64(meta[DigestSize:]) != uint64(r.n) {
+				return nil, r.corrupt(at, num, ErrHeader, "the END record of an encrypted file does not hold the chain link before it and the number of records")
+			}
+			meta = meta[endClearLen:]
+		}
+		if r.keyless {
+			return nil, r.skimSealed(at, num, typ, flags, len(meta), payloadLen)
+		}
+		if len(meta) < aeadOverhead {
+			return nil, r.corrupt(at, num, ErrHeader, fmt.Sprintf("sealed record metadata of %d bytes", len(meta)))
+		}
+		plain, err := r.crypt.openMeta(r.plain[:0], num, typ == typeEnd, rh[:], prev, meta)
+		if err != nil {
+			return nil, r.corrupt(at, num, ErrAuth, fmt.Sprintf("the record's metadata does not authenticate under key %s: the file was altered, or the record was moved or spliced from another file", r.hdr.KeyID))
+		}
+		r.plain = plain
+		meta = plain
+		metaLen = uint32(len(meta))
+	}
 
 	switch {
 	case typ == typeEnd:
 		return nil, r.readEnd(at, num, flags, meta, payloadLen)
 	case typ == typeData:
-		return r.readData(at, num, flags, meta, payloadLen, payloadPos)
+		return r.readData(at, num, flags, meta, payloadLen, payloadPos, sealed)
 	case typ == typeZero:
 		if flags != 0 || metaLen != zeroMetaLen || payloadLen != 0 {
 			return nil, r.corrupt(at, num, ErrHeader, "malformed ZERO record")
@@ -255,7 +312,14 @@ func (r *Reader) next() (*Record, error) {
 	return nil, r.corrupt(at, num, ErrHeader, fmt.Sprintf("unknown record type %d", typ))
 }
 
-func (r *Reader) readData(at, num int64, flags byte, meta []byte, payloadLen uint32, payloadPos int64) (*Record, error) {
+func (r *Reader) readData(at, num int64, flags byte, meta []byte, stored uint32, payloadPos int64, sealed bool) (*Record, error) {
+	payloadLen := stored
+	if sealed {
+		if stored <= aeadOverhead {
+			return nil, r.corrupt(at, num, ErrHeader, fmt.Sprintf("sealed DATA payload of %d bytes", stored))
+		}
+		payloadLen -= aeadOverhead
+	}
 	if len(meta) < dataMetaFixed || len(meta) > maxDataMeta {
 		return nil, r.corrupt(at, num, ErrHeader, fmt.Sprintf("DATA record metadata of %d bytes", len(meta)))
 	}
@@ -278,7 +342,7 @@ func (r *Reader) readData(at, num int64, flags byte, meta []byte, payloadLen uin
 		return nil, r.corrupt(at, num, ErrHeader, fmt.Sprintf("DATA record of %d bytes has a payload of %d bytes", length, payloadLen))
 	}
 	rec := &Record{Kind: KindData, Offset: int64(off), Length: length, Compressed: compressed,
-		Num: num, Pos: at, PayloadPos: payloadPos, PayloadLen: int64(payloadLen), blockSize: bs}
+		Num: num, Pos: at, PayloadPos: payloadPos, PayloadLen: int64(stored), blockSize: bs, crypt: r.crypt}
 	if d := r.lay.add(KindData, rec.Offset, rec.Length); d != "" {
 		return nil, r.corrupt(at, num, ErrHeader, d)
 	}
@@ -295,7 +359,7 @@ func (r *Reader) readData(at, num int64, flags byte, meta []byte, payloadLen uin
 	}
 	r.n++
 	r.counts.DataBytes += length
-	r.counts.PayloadBytes += int64(payloadLen)
+	r.counts.PayloadBytes += int64(stored)
 	return rec, nil
 }
 
@@ -309,6 +373,9 @@ func (r *Reader) readEnd(at, num int64, flags byte, meta []byte, payloadLen uint
 		ZeroBytes:    int64(binary.LittleEndian.Uint64(meta[16:])),
 		PayloadBytes: int64(binary.LittleEndian.Uint64(meta[24:])),
 		Digest:       r.chain,
+	}
+	if r.crypt != nil {
+		t.Tag = r.crypt.key.FileTag(r.chain)
 	}
 	c := r.counts
 	if t.Records != r.n || t.DataBytes != c.DataBytes || t.ZeroBytes != c.ZeroBytes || t.PayloadBytes != c.PayloadBytes {

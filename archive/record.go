@@ -28,6 +28,7 @@ type Record struct {
 	PayloadLen int64
 
 	blockSize int64
+	crypt     *fileCrypt // the keys of an encrypted file
 }
 
 // End returns the offset just past the record's range.

@@ -16,8 +16,11 @@ import (
 // and Close end the longer file. Records must continue after the file's
 // last one. Snapback files use it to go on covering an interrupted apply
 // when it is run again.
-func ResumeWriter(r io.Reader, w io.Writer) (*Writer, error) {
-	rd := NewReader(r)
+//
+// WithKey continues a file encrypted under the key (under the file's own
+// salt, so the records written next are sealed as the file's are).
+func ResumeWriter(r io.Reader, w io.Writer, opts ...Option) (*Writer, error) {
+	rd := NewReader(r, opts...)
 	h, err := rd.Header()
 	if err != nil {
 		return nil, err
@@ -34,6 +37,8 @@ func ResumeWriter(r io.Reader, w io.Writer) (*Writer, error) {
 	c := rd.counts
 	return &Writer{
 		w:      w,
+		key:    rd.key,
+		crypt:  rd.crypt,
 		hdr:    h,
 		lay:    rd.lay,
 		chain:  rd.endChain,
@@ -46,7 +51,17 @@ func ResumeWriter(r io.Reader, w io.Writer) (*Writer, error) {
 
 // EndRecordLen is the length of an END record: what a snapback file's
 // checkpoint writes, and what the first records after it overwrite.
+// An encrypted file's is longer (see Header.EndRecordLen).
 const EndRecordLen = rhdrLen + endMetaLen + DigestSize
+
+// EndRecordLen returns the length of the END record of a file with header
+// h: EndRecordLen, or more for an encrypted file.
+func (h *Header) EndRecordLen() int64 {
+	if h.IsEncrypted() {
+		return sealedEndLen
+	}
+	return EndRecordLen
+}
 
 // RecoverWriter is ResumeWriter for a file whose last checkpoint a crash
 // may have torn: a Writer continued (see Writer.Checkpoint) writes its next
@@ -56,7 +71,8 @@ const EndRecordLen = rhdrLen + endMetaLen + DigestSize
 // every DATA record's data against its block digests, and stops at the END
 // record or, in a torn file, after the last record that verifies. A torn
 // tail is one the file ends inside of (ErrTruncated), or that fails to
-// verify and is no longer than an END record (a torn page over it);
+// verify and is no longer than an END record (a torn page over it; see
+// Header.EndRecordLen);
 // anything else wrong (a bad record followed by more bytes, bytes after
 // the END, an unreadable sector) is returned as the error it is. The
 // Writer's Offset is where the next record (or the END) goes: torn says
@@ -66,8 +82,11 @@ const EndRecordLen = rhdrLen + endMetaLen + DigestSize
 // about how many records a torn file lost. A writer that overwrites
 // nothing a record covers until that record's checkpoint is durable, as
 // Apply's snapback does, loses none that mattered.
-func RecoverWriter(r io.Reader, w io.Writer) (wr *Writer, torn bool, err error) {
-	rd := NewReader(r)
+//
+// WithKey recovers a file encrypted under the key; a record verifies when
+// its metadata and payload authenticate too.
+func RecoverWriter(r io.Reader, w io.Writer, opts ...Option) (wr *Writer, torn bool, err error) {
+	rd := NewReader(r, opts...)
 	h, err := rd.Header()
 	if err != nil {
 		return nil, false, err
@@ -87,7 +106,7 @@ func RecoverWriter(r io.Reader, w io.Writer) (wr *Writer, torn bool, err error) 
 		rec, err := rd.Next()
 		if errors.Is(err, io.EOF) {
 			c := rd.counts
-			return &Writer{w: w, hdr: h, lay: rd.lay, chain: rd.endChain, hasher: blake3.New(), pos: rd.endAt,
+			return &Writer{w: w, key: rd.key, crypt: rd.crypt, hdr: h, lay: rd.lay, chain: rd.endChain, hasher: blake3.New(), pos: rd.endAt,
 				trailer: Trailer{Records: rd.n, DataBytes: c.DataBytes, ZeroBytes: c.ZeroBytes, PayloadBytes: c.PayloadBytes}}, false, nil
 		}
 		if err == nil && rec.Kind == KindData {
@@ -99,11 +118,11 @@ func RecoverWriter(r io.Reader, w io.Writer) (wr *Writer, torn bool, err error) 
 			}
 		}
 		if err != nil {
-			if !tornTail(r, err, good.pos) {
+			if !tornTail(r, err, good.pos, h.EndRecordLen()) {
 				return nil, false, err
 			}
 			c := good.counts
-			return &Writer{w: w, hdr: h, lay: good.lay, chain: good.chain, hasher: blake3.New(), pos: good.pos,
+			return &Writer{w: w, key: rd.key, crypt: rd.crypt, hdr: h, lay: good.lay, chain: good.chain, hasher: blake3.New(), pos: good.pos,
 				trailer: Trailer{Records: good.n, DataBytes: c.DataBytes, ZeroBytes: c.ZeroBytes, PayloadBytes: c.PayloadBytes}}, true, nil
 		}
 		good = mark{pos: rd.pos, chain: rd.chain, lay: rd.lay, n: rd.n, counts: rd.counts}
@@ -112,7 +131,7 @@ func RecoverWriter(r io.Reader, w io.Writer) (wr *Writer, torn bool, err error) 
 
 // tornTail reports whether err, met reading the record at pos, is a torn
 // tail (see RecoverWriter).
-func tornTail(r io.Reader, err error, pos int64) bool {
+func tornTail(r io.Reader, err error, pos, endLen int64) bool {
 	if errors.Is(err, ErrTruncated) {
 		return true
 	}
@@ -125,5 +144,5 @@ func tornTail(r io.Reader, err error, pos int64) bool {
 		return false
 	}
 	size, serr := s.Seek(0, io.SeekEnd)
-	return serr == nil && size-pos <= EndRecordLen
+	return serr == nil && size-pos <= endLen
 }

@@ -47,6 +47,8 @@ type SnapshotOptions struct {
 	// with a line naming the file, the record and the ranges affected.
 	// It may be called from several goroutines at once.
 	Log func(msg string)
+	// Key reads a chain encrypted under it (see OpenChain's WithKey).
+	Key *Key
 }
 
 // A SnapshotReader reads any byte range of the snapshot a chain of delta
@@ -82,6 +84,8 @@ type SnapshotReader struct {
 	size  int64
 	names []string
 	ras   []io.ReaderAt
+	// crypts holds the keys of each file of an encrypted chain.
+	crypts []*fileCrypt
 
 	// The index. Segment i covers [segOff[i], segOff[i+1]) (the last one
 	// up to size) and reads from record segRec[i] of recs, or as zeroes
@@ -146,7 +150,7 @@ func digestBytes(d []Digest) []byte {
 // files must stay open while the reader is used; Close the reader before
 // them. Cancelling ctx stops the indexing.
 func OpenSnapshot(ctx context.Context, inputs []ChainInput, opts SnapshotOptions) (*SnapshotReader, error) {
-	c, err := OpenChain(inputs)
+	c, err := OpenChain(inputs, WithKey(opts.Key))
 	if err != nil {
 		return nil, err
 	}
@@ -157,9 +161,10 @@ func OpenSnapshot(ctx context.Context, inputs []ChainInput, opts SnapshotOptions
 		return nil, fmt.Errorf("a chain of %d files is too long to read: %w", len(inputs), ErrNotChain)
 	}
 	s := &SnapshotReader{hdr: c.Header(), bs: c.BlockSize(), size: c.Header().VolumeSize, log: opts.Log}
-	for _, in := range inputs {
+	for i, in := range inputs {
 		s.names = append(s.names, in.Name)
 		s.ras = append(s.ras, in.File)
+		s.crypts = append(s.crypts, c.rds[i].crypt)
 	}
 	if err := s.index(ctx, c); err != nil {
 		return nil, err
@@ -445,10 +450,15 @@ func (s *SnapshotReader) decode(ref int32) ([]byte, error) {
 	name, ra := s.names[r.input], s.ras[r.input]
 	n := blocks(int64(r.length), s.bs)
 	metaLen := dataMetaFixed + DigestSize*n
-	pos := r.payloadPos - DigestSize - metaLen - rhdrLen
+	crypt := s.crypts[r.input]
+	stored := metaLen
+	if crypt != nil {
+		stored += aeadOverhead
+	}
+	pos := r.payloadPos - DigestSize - stored - rhdrLen
 	buf := make([]byte, r.payloadPos+int64(r.payloadLen)-pos)
 	rec := &Record{Kind: KindData, Offset: r.offset, Length: int64(r.length), Compressed: r.compressed,
-		Num: r.num, Pos: pos, PayloadPos: r.payloadPos, PayloadLen: int64(r.payloadLen), blockSize: s.bs}
+		Num: r.num, Pos: pos, PayloadPos: r.payloadPos, PayloadLen: int64(r.payloadLen), blockSize: s.bs, crypt: crypt}
 	got, err := ra.ReadAt(buf, pos)
 	if got < len(buf) {
 		if err == nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -460,8 +470,14 @@ func (s *SnapshotReader) decode(ref int32) ([]byte, error) {
 	if r.compressed {
 		enc = encZstd
 	}
-	meta := buf[rhdrLen : rhdrLen+metaLen]
-	if buf[0] != typeData || buf[1] != enc || binary.LittleEndian.Uint32(buf[4:]) != uint32(metaLen) ||
+	meta := buf[rhdrLen : rhdrLen+stored]
+	if crypt != nil {
+		var err error
+		if meta, err = crypt.openMeta(nil, r.num, false, buf[:rhdrLen], Digest{}, meta); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, recordError(rec, ErrAuth, fmt.Sprintf("the record's metadata does not authenticate under key %s: the file changed or is damaged", crypt.key.id)))
+		}
+	}
+	if buf[0] != typeData || buf[1] != enc || binary.LittleEndian.Uint32(buf[4:]) != uint32(stored) ||
 		binary.LittleEndian.Uint32(buf[8:]) != r.payloadLen ||
 		binary.LittleEndian.Uint64(meta[0:]) != uint64(r.offset) || binary.LittleEndian.Uint32(meta[8:]) != r.length {
 		return nil, fmt.Errorf("%s: %w", name, recordError(rec, ErrHeader, "the record's header is not what the file held when it was indexed: the file changed or is damaged"))

@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -24,6 +25,9 @@ type Writer struct {
 	buf     []byte
 	err     error
 	closed  bool
+	key     *Key
+	crypt   *fileCrypt // of an encrypted file
+	sealed  []byte     // sealed metadata or payload, reused
 }
 
 // Trailer is what the END record says about a file.
@@ -34,12 +38,20 @@ type Trailer struct {
 	PayloadBytes int64 // bytes of payload stored
 	// Digest is the file digest: the last link of the chain, committing to
 	// the header, every record and, through the block digests, every byte.
+	// Of an encrypted file, it is computed over what the file stores, so
+	// it is checked without the key.
 	Digest Digest
+	// Tag is an encrypted file's tag (Key.FileTag of Digest), the proof
+	// under the key that the file is the one written; zero for a file that
+	// is not encrypted.
+	Tag Digest
 }
 
-// NewWriter returns a Writer writing to w.
-func NewWriter(w io.Writer) *Writer {
-	return &Writer{w: w, hasher: blake3.New()}
+// NewWriter returns a Writer writing to w. WithKey makes it write an
+// encrypted file.
+func NewWriter(w io.Writer, opts ...Option) *Writer {
+	o := applyOptions(opts)
+	return &Writer{w: w, hasher: blake3.New(), key: o.key}
 }
 
 // Header returns the header written, or nil before WriteHeader.
@@ -63,15 +75,25 @@ func (w *Writer) WriteHeader(h *Header) error {
 	if w.hdr != nil {
 		return w.fail(errors.New("archive: WriteHeader called twice"))
 	}
-	if d := h.validate(); d != "" {
-		return w.fail(fmt.Errorf("archive: invalid header: %s", d))
-	}
-	if h.Required&^knownRequired != 0 {
-		return w.fail(fmt.Errorf("archive: unknown required features %#x", uint64(h.Required&^knownRequired)))
-	}
 	hc := *h
 	hc.Version = Version
 	hc.Attrs = append([]Attr(nil), h.Attrs...)
+	if w.key != nil {
+		hc.Required |= FeatureEncrypted
+		hc.KeyID, hc.AEAD = w.key.ID(), AEADAES256GCM
+		if _, err := rand.Read(hc.salt[:]); err != nil {
+			return w.fail(fmt.Errorf("archive: the file's salt: %w", err))
+		}
+		w.crypt = w.key.file(hc.salt)
+	} else if hc.IsEncrypted() {
+		return w.fail(errors.New("archive: an encrypted header without a key (see WithKey)"))
+	}
+	if d := hc.validate(); d != "" {
+		return w.fail(fmt.Errorf("archive: invalid header: %s", d))
+	}
+	if hc.Required&^knownRequired != 0 {
+		return w.fail(fmt.Errorf("archive: unknown required features %#x", uint64(hc.Required&^knownRequired)))
+	}
 	w.hdr = &hc
 	w.lay = newLayout(&hc)
 
@@ -81,14 +103,23 @@ func (w *Writer) WriteHeader(h *Header) error {
 		// tell a truncated header from a short one by length alone.
 		body = append(body, 0)
 	}
-	if len(body) > maxHeaderBody {
-		return w.fail(fmt.Errorf("archive: header is %d bytes, at most %d", len(body), maxHeaderBody))
+	macLen := 0
+	if w.crypt != nil {
+		macLen = headerMACLen
 	}
-	b := make([]byte, 0, fixedHeaderLen+len(body)+DigestSize)
+	if len(body)+macLen > maxHeaderBody {
+		return w.fail(fmt.Errorf("archive: header is %d bytes, at most %d", len(body)+macLen, maxHeaderBody))
+	}
+	b := make([]byte, 0, fixedHeaderLen+len(body)+macLen+DigestSize)
 	b = append(b, magic...)
 	b = binary.LittleEndian.AppendUint16(b, Version)
-	b = binary.LittleEndian.AppendUint32(b, uint32(len(body)))
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(body)+macLen))
 	b = append(b, body...)
+	if w.crypt != nil {
+		mac := w.key.headerMAC(b)
+		hc.mac = mac
+		b = append(b, mac[:]...)
+	}
 	w.chain = blake3.Sum256(b)
 	b = append(b, w.chain[:]...)
 	return w.write(b)
@@ -155,7 +186,12 @@ func (w *Writer) writeData(r *Record) error {
 	if r.Compressed {
 		flags = encZstd
 	}
-	if err := w.writeRecord(typeData, flags, meta, r.Payload); err != nil {
+	payload := r.Payload
+	if w.crypt != nil {
+		w.sealed = w.crypt.sealPayload(w.sealed[:0], w.trailer.Records+1, flags, r.Offset, r.Length, payload)
+		payload = w.sealed
+	}
+	if err := w.writeRecord(typeData, flags, meta, payload); err != nil {
 		return err
 	}
 	w.trailer.DataBytes += r.Length
@@ -178,12 +214,10 @@ func (w *Writer) flushZero() error {
 	return nil
 }
 
-// writeRecord frames one record and advances the chain.
+// writeRecord frames one record and advances the chain. The metadata of
+// an encrypted file is sealed here.
 func (w *Writer) writeRecord(typ, flags byte, meta, payload []byte) error {
-	var rh [rhdrLen]byte
-	rh[0], rh[1] = typ, flags
-	binary.LittleEndian.PutUint32(rh[4:], uint32(len(meta)))
-	binary.LittleEndian.PutUint32(rh[8:], uint32(len(payload)))
+	rh, meta := w.frame(typ, flags, meta, len(payload))
 	w.chain = chainNext(w.hasher, w.chain, rh[:], meta)
 	b := make([]byte, 0, rhdrLen+len(meta)+DigestSize)
 	b = append(b, rh[:]...)
@@ -223,20 +257,48 @@ func (w *Writer) Checkpoint() ([]byte, error) {
 	if d := w.lay.finish(); d != "" {
 		return nil, w.fail(fmt.Errorf("%w: %s", ErrWriteOrder, d))
 	}
-	rh, meta := w.endRecord()
-	tag := chainNext(w.hasher, w.chain, rh[:], meta[:])
-	b := append(rh[:], meta[:]...)
+	plain := w.endMeta()
+	rh, meta := w.frame(typeEnd, 0, plain[:], 0)
+	tag := chainNext(w.hasher, w.chain, rh[:], meta)
+	b := append(rh[:], meta...)
 	return append(b, tag[:]...), nil
 }
 
-func (w *Writer) endRecord() (rh [rhdrLen]byte, meta [endMetaLen]byte) {
-	rh[0] = typeEnd
-	binary.LittleEndian.PutUint32(rh[4:], endMetaLen)
+// frame returns the record header and the stored metadata of the next
+// record: meta itself, or sealed in an encrypted file (an END record's
+// after the chain link before it and the number of records,
+// docs/FORMAT.md "Encryption").
+func (w *Writer) frame(typ, flags byte, meta []byte, payloadLen int) ([rhdrLen]byte, []byte) {
+	var rh [rhdrLen]byte
+	rh[0], rh[1] = typ, flags
+	stored := len(meta)
+	if w.crypt != nil {
+		stored += aeadOverhead
+		if typ == typeEnd {
+			stored += endClearLen
+		}
+	}
+	binary.LittleEndian.PutUint32(rh[4:], uint32(stored))
+	binary.LittleEndian.PutUint32(rh[8:], uint32(payloadLen))
+	if w.crypt == nil {
+		return rh, meta
+	}
+	var out []byte
+	if typ == typeEnd {
+		out = append(make([]byte, 0, stored), w.chain[:]...)
+		out = binary.LittleEndian.AppendUint64(out, uint64(w.trailer.Records))
+	} else {
+		out = make([]byte, 0, stored)
+	}
+	return rh, w.crypt.sealMeta(out, w.trailer.Records+1, typ == typeEnd, rh[:], w.chain, meta)
+}
+
+func (w *Writer) endMeta() (meta [endMetaLen]byte) {
 	binary.LittleEndian.PutUint64(meta[0:], uint64(w.trailer.Records))
 	binary.LittleEndian.PutUint64(meta[8:], uint64(w.trailer.DataBytes))
 	binary.LittleEndian.PutUint64(meta[16:], uint64(w.trailer.ZeroBytes))
 	binary.LittleEndian.PutUint64(meta[24:], uint64(w.trailer.PayloadBytes))
-	return rh, meta
+	return meta
 }
 
 // Close writes the END record. It fails if the records do not cover what
@@ -257,11 +319,14 @@ func (w *Writer) Close() error {
 	if d := w.lay.finish(); d != "" {
 		return w.fail(fmt.Errorf("%w: %s", ErrWriteOrder, d))
 	}
-	_, meta := w.endRecord()
+	meta := w.endMeta()
 	if err := w.writeRecord(typeEnd, 0, meta[:], nil); err != nil {
 		return err
 	}
 	w.trailer.Digest = w.chain
+	if w.key != nil {
+		w.trailer.Tag = w.key.FileTag(w.chain)
+	}
 	w.closed = true
 	return nil
 }

@@ -41,7 +41,8 @@ const exitCodesHelp = `EXIT CODES:
    2    bad command line
    3    a delta file is damaged, truncated or not a delta file, or a
         store's file is not the one its catalog records (another
-        snapshot's or volume's), refused before anything is written
+        snapshot's or volume's), refused before anything is written; or
+        an encrypted delta file, which needs its key (named by its id)
    4    a delta file needs a newer thinback
    5    the files do not apply to the target: wrong base snapshot, not a
         chain, another volume, an earlier apply was interrupted, or the
@@ -98,6 +99,13 @@ var exitCodes = []struct {
 	{archive.ErrHeader, exitCorrupt},
 	{archive.ErrTrailingData, exitCorrupt},
 	{archive.ErrWriteOrder, exitError}, // a bug of the writer's caller, not of any input
+	// Encrypted files: a key missing or not the file's, or contents that
+	// do not authenticate, are input that cannot be used, as a damaged
+	// file is, and nothing was written.
+	{archive.ErrKeyRequired, exitCorrupt},
+	{archive.ErrWrongKey, exitCorrupt},
+	{archive.ErrAuth, exitCorrupt},
+	{archive.ErrParentTag, exitChain}, // as archive.ErrNotChain: not the parent
 	// The store holds another file than its catalog names: damaged as a
 	// store, whatever the target (5 is about the target).
 	{record.ErrNotRecorded, exitCorrupt},
