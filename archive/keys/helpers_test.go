@@ -176,5 +176,3 @@ func wantIs(t *testing.T, err error, target error, not ...error) {
 		}
 	}
 }
-
-func asSlotError(err error, target **SlotError) bool { return errors.As(err, target) }
