@@ -17,8 +17,7 @@ func BenchmarkArgon2id(b *testing.B) {
 		{Time: 1, MemoryKiB: 64 << 10, Threads: 2},
 		{Time: 4, MemoryKiB: 64 << 10, Threads: 2},
 		{Time: 1, MemoryKiB: 128 << 10, Threads: 2},
-		DefaultArgon2,
-		{Time: 3, MemoryKiB: 128 << 10, Threads: 2},
+		DefaultArgon2, // t=3, 128 MiB, 2 lanes
 		{Time: 2, MemoryKiB: 128 << 10, Threads: 1},
 		{Time: 1, MemoryKiB: 256 << 10, Threads: 2},
 		{Time: 2, MemoryKiB: 256 << 10, Threads: 2},
