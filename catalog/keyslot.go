@@ -130,6 +130,7 @@ func (s *Store) PutKeySlot(id string, data []byte) error {
 		_ = s.Discard(tmp)
 		return fmt.Errorf("catalog: key slot %s: %w", id, WriteError(tmp.Name(), err))
 	}
+	at("keyslot:written")
 	if err := Publish(tmp, final); err != nil {
 		_ = s.Discard(tmp)
 		return fmt.Errorf("catalog: key slot %s: %w", id, err)

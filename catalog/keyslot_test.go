@@ -144,3 +144,39 @@ func TestKeySlotsNoLinks(t *testing.T) {
 		t.Fatal("the link's target was removed")
 	}
 }
+
+// TestCrashPutKeySlot: a writer killed while it stores a key slot leaves
+// the slot complete or absent, and a temp file the next run's CleanTemp
+// removes.
+func TestCrashPutKeySlot(t *testing.T) {
+	for _, tc := range []struct {
+		point  string
+		stored bool
+		temps  int
+	}{
+		{point: "keyslot:written", temps: 1},
+		{point: "publish:renamed", stored: true},
+	} {
+		t.Run(tc.point, func(t *testing.T) {
+			ts := newTestStore(t)
+			data := []byte(`{"slot":"whole"}`)
+			runKilled(t, "keyslot", ts.Dir(), tc.point, childSpec{Slot: "0011223344556677", Data: data})
+			temps, _ := ts.recover()
+			if len(temps) != tc.temps {
+				t.Errorf("cleanup removed temps %v", temps)
+			}
+			slots, err := ts.KeySlots()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, ok := slots["0011223344556677"]; ok != tc.stored || (ok && !bytes.Equal(got, data)) || len(slots) > 1 {
+				t.Fatalf("slots after the crash: %q", slots)
+			}
+			// The next run stores it, or finds it stored.
+			err = ts.PutKeySlot("0011223344556677", data)
+			if tc.stored != errors.Is(err, fs.ErrExist) || (!tc.stored && err != nil) {
+				t.Fatalf("put again: %v", err)
+			}
+		})
+	}
+}
