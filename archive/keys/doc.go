@@ -23,14 +23,14 @@
 //
 //	mk, _ := keys.NewMasterKey()
 //	slot, _ := keys.NewPassphraseSlot(mk, passphrase, keys.DefaultArgon2, "laptop")
-//	ring, err := keys.Init(store, slot)            // store: a keys.Storage
-//	...
-//	ring, err := keys.Load(store)
-//	mk, slot, err := ring.UnlockPassphrase(passphrase) // ErrWrongKey
+//	ring, err := keys.Init(store, slot)              // store: a keys.Storage (catalog.Repository)
+//
+//	ring, err = keys.Load(store)                     // another day, another command
+//	mk, slot, err = ring.UnlockPassphrase(passphrase) // ErrWrongKey
 //	kf, _ := keys.CreateKeyFile("/etc/thinback/vm1.key")
 //	s, _ := keys.NewKeyFileSlot(mk, kf, "cron")
 //	err = ring.Add(mk, s)
-//	err = ring.Remove(slot.ID)                     // ErrLastSlot for the last one
+//	err = ring.Remove(slot.ID)                       // ErrLastSlot for the last one
 //
 // # Caveats
 //
