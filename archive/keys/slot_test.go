@@ -190,8 +190,13 @@ func TestNewSlotInvalid(t *testing.T) {
 func TestMasterKeyID(t *testing.T) {
 	a, _ := NewMasterKey()
 	b, _ := NewMasterKey()
-	if a.ID() == b.ID() || a.ID() != a.ID() {
+	if a.ID() == b.ID() {
 		t.Fatal("key ids do not tell keys apart")
+	}
+	var again MasterKey
+	copy(again.key[:], a.Bytes())
+	if again.ID() != a.ID() {
+		t.Fatal("a key's id changes")
 	}
 	if len(a.ID().String()) != 16 {
 		t.Fatalf("id %q", a.ID())
