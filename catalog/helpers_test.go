@@ -60,6 +60,7 @@ type childSpec struct {
 	Snap   Snapshot
 	Data   []byte
 	Remove []string
+	Slot   string // a key slot's id
 }
 
 func runChild(mode string) int {
@@ -120,6 +121,11 @@ func runChild(mode string) int {
 			err = s.Replace(f, &spec.Snap, spec.Remove...)
 		}
 		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+	case "keyslot":
+		if err := s.PutKeySlot(spec.Slot, spec.Data); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 2
 		}

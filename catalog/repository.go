@@ -20,6 +20,7 @@ import (
 // what this process committed since.
 type Repository interface {
 	DeltaWriter
+	KeySlots // the key slots of an encrypted store
 
 	// String names the store in messages: its directory, or its address.
 	String() string

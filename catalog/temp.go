@@ -56,6 +56,11 @@ func (s *Store) CreateTemp(volume string) (*os.File, error) {
 	if err := ValidVolumeName(volume); err != nil {
 		return nil, err
 	}
+	return s.createTemp(DirName(volume))
+}
+
+// createTemp is CreateTemp for a file whose temp name ends in tag.
+func (s *Store) createTemp(tag string) (*os.File, error) {
 	// tmp/ must be the store's own: a link to another directory would put
 	// the file (and CleanTemp's removals) there.
 	if _, err := OwnDir(s.tmpDir(), false); err != nil {
@@ -67,7 +72,7 @@ func (s *Store) CreateTemp(volume string) (*os.File, error) {
 			return nil, err
 		}
 		name := filepath.Join(s.tmpDir(), fmt.Sprintf("%s%d.%s.%s%s",
-			tempPrefix, os.Getpid(), hex.EncodeToString(rnd[:]), DirName(volume), tempSuffix))
+			tempPrefix, os.Getpid(), hex.EncodeToString(rnd[:]), tag, tempSuffix))
 		f, err := OpenOwn(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 		if errors.Is(err, fs.ErrExist) {
 			continue

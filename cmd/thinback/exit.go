@@ -6,6 +6,7 @@ import (
 	"syscall"
 
 	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/archive/keys"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3"
 	"github.com/thinback/thinback/catalog/s3store"
@@ -156,6 +157,20 @@ var exitCodes = []struct {
 	{restore.ErrTargetKind, exitTarget},
 	{archive.ErrFileKind, exitTarget}, // a source, like a target, is a file or a device
 	{restore.ErrTargetIsInput, exitTarget},
+
+	// Key slots of encrypted stores. No command unlocks a store yet: a
+	// wrong passphrase or key gets a code of its own, documented, with
+	// the commands that take one.
+	{keys.ErrWrongKey, exitError},
+	{keys.ErrCorrupt, exitCorrupt},
+	{keys.ErrVersion, exitVersion},
+	{keys.ErrInvalid, exitUsage}, // an empty passphrase, a label with control characters
+	{keys.ErrSlotType, exitUsage},
+	{keys.ErrKeyFile, exitError},
+	{keys.ErrLastSlot, exitError},
+	{keys.ErrNotFound, exitError},
+	{keys.ErrNoSlots, exitError},
+	{keys.ErrExist, exitError},
 
 	// Stores on S3-compatible object storage.
 	{s3.ErrLocked, exitLocked}, // s3store.LockedError, stale or not

@@ -1,0 +1,83 @@
+package s3store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io/fs"
+	"maps"
+	"testing"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/catalog/s3"
+	"github.com/thinback/thinback/catalog/s3/s3test"
+)
+
+func TestKeySlots(t *testing.T) {
+	srv := s3test.Start(t)
+	h := newHost(t, srv)
+	st := h.open()
+	got, err := st.KeySlots()
+	if err != nil || len(got) != 0 {
+		t.Fatalf("slots of a new store: %v, %v", got, err)
+	}
+	want := map[string][]byte{"0011223344556677": []byte(`{"slot":"a"}`), "8899aabbccddeeff": []byte(`{"slot":"b"}`)}
+	for id, data := range want {
+		if err := st.PutKeySlot(id, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another host sees them: they live in the bucket, not in a cache.
+	other := newHost(t, srv).open()
+	if got, err = other.KeySlots(); err != nil || !maps.EqualFunc(got, want, bytes.Equal) {
+		t.Fatalf("slots %q, %v", got, err)
+	}
+	if objs := withPrefix(objects(srv), "keys/"); len(objs) != 2 {
+		t.Fatalf("objects %q", objs)
+	}
+	// Never replaced.
+	err = other.PutKeySlot("0011223344556677", []byte("other"))
+	if !errors.Is(err, fs.ErrExist) || !errors.Is(err, s3.ErrExist) {
+		t.Fatalf("put over a slot: %v", err)
+	}
+	if got, _ = st.KeySlots(); !bytes.Equal(got["0011223344556677"], want["0011223344556677"]) {
+		t.Fatal("put over a slot changed it")
+	}
+	// Removed once.
+	if err := st.RemoveKeySlot("0011223344556677"); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.RemoveKeySlot("0011223344556677"); !errors.Is(err, catalog.ErrNotFound) {
+		t.Fatalf("remove again: %v", err)
+	}
+	delete(want, "0011223344556677")
+	if got, err = other.KeySlots(); err != nil || !maps.EqualFunc(got, want, bytes.Equal) {
+		t.Fatalf("slots %q, %v", got, err)
+	}
+	for _, id := range []string{"", "..", "a/b", "../records"} {
+		if err := st.PutKeySlot(id, []byte("x")); !errors.Is(err, catalog.ErrInvalidRecord) {
+			t.Errorf("put %q: %v", id, err)
+		}
+	}
+	if err := st.PutKeySlot("big", make([]byte, catalog.MaxKeySlotSize+1)); !errors.Is(err, catalog.ErrInvalidRecord) {
+		t.Fatalf("put of a big slot: %v", err)
+	}
+	// Objects under keys/ that are not slot ids are skipped; one too
+	// large for a slot is refused before its body is read.
+	cl := srv.Client()
+	put := func(name string, data []byte) {
+		t.Helper()
+		if _, err := cl.PutObject(context.Background(), srv.Bucket, "p/keys/"+name, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("sub/0011223344556677", []byte("x"))
+	if got, err = st.KeySlots(); err != nil || len(got) != 1 {
+		t.Fatalf("slots %q, %v", got, err)
+	}
+	put("big", make([]byte, catalog.MaxKeySlotSize+1))
+	if _, err := st.KeySlots(); !errors.Is(err, s3.ErrTooLarge) {
+		t.Fatalf("slots with a big object: %v", err)
+	}
+}
