@@ -85,10 +85,8 @@ func NewKey(master []byte) (*Key, error) {
 	if len(master) != MasterKeySize {
 		return nil, fmt.Errorf("archive: a master key is %d bytes, not %d", MasterKeySize, len(master))
 	}
-	k := &Key{}
+	k := &Key{id: MasterKeyID(master)}
 	copy(k.master[:], master)
-	id := derive(master, nil, infoKeyID, KeyIDSize)
-	copy(k.id[:], id)
 	copy(k.mac[:], derive(master, nil, infoMAC, 32))
 	dk := derive(master, nil, infoDigest, 32)
 	if _, err := blake3.NewKeyed(dk); err != nil {
@@ -103,6 +101,14 @@ func NewKey(master []byte) (*Key, error) {
 
 // ID returns the key's id.
 func (k *Key) ID() KeyID { return k.id }
+
+// MasterKeyID returns the id of the master key master: the id its files
+// and its key slots name it by.
+func MasterKeyID(master []byte) KeyID {
+	var id KeyID
+	copy(id[:], derive(master, nil, infoKeyID, KeyIDSize))
+	return id
+}
 
 // FileTag returns the tag of the file whose digest (Trailer.Digest, the
 // last link of its chain) is d: a MAC under the key, which only a holder

@@ -1,11 +1,11 @@
 package keys
 
 import (
-	"crypto/hkdf"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"sort"
+
+	"github.com/thinback/thinback/archive"
 )
 
 // KeySize is the size of a master key: 256 bits.
@@ -33,30 +33,17 @@ func NewMasterKey() (*MasterKey, error) {
 func (k *MasterKey) Bytes() []byte { return k.key[:] }
 
 // ID returns the key's id: a name for it that reveals nothing of it.
-func (k *MasterKey) ID() KeyID {
-	var id KeyID
-	b, err := hkdf.Key(sha256.New, k.key[:], nil, keyIDInfo, len(id))
-	if err != nil {
-		panic(err) // only for lengths HKDF-SHA256 cannot give; 8 bytes is not one
-	}
-	copy(id[:], b)
-	return id
-}
+func (k *MasterKey) ID() KeyID { return archive.MasterKeyID(k.key[:]) }
 
 // Destroy overwrites the key in memory.
 func (k *MasterKey) Destroy() { clear(k.key[:]) }
 
-// keyIDInfo is the HKDF info string of a master key's id.
-const keyIDInfo = "thinback key id v1"
-
 // KeyID names a master key: the first 8 bytes of HKDF-SHA256 of the key
-// with the info "thinback key id v1" (docs/FORMAT.md, "Key slots"). Every
-// slot records the id of the key it wraps, so a store's slots can be
-// listed, and slots of different keys told apart, without unlocking any.
-type KeyID [8]byte
-
-// String returns the id as 16 lowercase hex digits.
-func (id KeyID) String() string { return hex.EncodeToString(id[:]) }
+// with the info "thinback key id v1" (docs/FORMAT.md, "Key slots"), the
+// id its delta files name too. Every slot records the id of the key it
+// wraps, so a store's slots can be listed, and slots of different keys
+// told apart, without unlocking any.
+type KeyID = archive.KeyID
 
 // parseKeyID parses 16 lowercase hex digits.
 func parseKeyID(s string) (KeyID, bool) {
