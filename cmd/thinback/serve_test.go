@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -342,58 +341,23 @@ func TestServeAcceptBackoff(t *testing.T) {
 // while the server indexes each point in time once for all its
 // NBD_OPT_INFO and NBD_OPT_GO requests.
 func TestServeNbdinfo(t *testing.T) {
-	for _, p := range []string{"nbdinfo", "nbdcopy"} {
-		if _, err := exec.LookPath(p); err != nil {
-			if os.Getenv("THINBACK_REQUIRE_VM") == "1" {
-				t.Fatalf("%s not found (apt-get install libnbd-bin): THINBACK_REQUIRE_VM=1 needs it", p)
-			}
-			t.Skipf("%s not found (apt-get install libnbd-bin)", p)
-		}
-	}
-	work, store, states := serveStore(t)
+	nbdtest.NeedLibnbd(t)
+	_, store, states := serveStore(t)
 	sock, _, x, _, log := startServe(t, store, nbd.Options{})
 	uri := func(name string) string { return "nbd+unix:///" + name + "?socket=" + sock }
-	out, err := exec.Command("nbdinfo", "--list", "--json", uri("")).CombinedOutput()
-	if err != nil {
-		t.Fatalf("nbdinfo --list: %v\n%s", err, out)
-	}
-	var list struct {
-		Exports []struct {
-			Name     string `json:"export-name"`
-			Size     int64  `json:"export-size"`
-			ReadOnly bool   `json:"is_read_only"`
-		} `json:"exports"`
-	}
-	if err := json.Unmarshal(out, &list); err != nil {
-		t.Fatalf("nbdinfo --list --json: %v\n%s", err, out)
-	}
-	sizes := map[string]int64{}
-	for _, e := range list.Exports {
-		if !e.ReadOnly {
-			t.Fatalf("export %s is not read-only", e.Name)
-		}
-		sizes[e.Name] = e.Size
-	}
+	sizes := nbdtest.NbdinfoList(t, uri(""))
 	want := map[string]int64{"disk.img": int64(len(states[1])), "disk.img@1": int64(len(states[0])), "disk.img@2": int64(len(states[1]))}
 	if fmt.Sprint(sizes) != fmt.Sprint(want) {
 		t.Fatalf("nbdinfo --list: %v, want %v", sizes, want)
 	}
 	for name, state := range map[string][]byte{"disk.img@1": states[0], "disk.img": states[1], "disk.img@2": states[1]} {
-		dst := filepath.Join(work, "copy.img")
-		os.Remove(dst)
-		if out, err := exec.Command("nbdcopy", "--connections=4", uri(name), dst).CombinedOutput(); err != nil {
-			t.Fatalf("nbdcopy %s: %v\n%s", name, err, out)
-		}
-		got, err := os.ReadFile(dst)
-		if err != nil || !bytes.Equal(got, state) {
-			t.Fatalf("nbdcopy %s: %d bytes (%v), not the image's %d", name, len(got), err, len(state))
-		}
+		nbdtest.Nbdcopy(t, uri(name), state)
 	}
 	// disk.img and disk.img@2 are one point in time.
 	if st := x.Stats(); st.Built != 2 {
 		t.Fatalf("2 points in time listed, queried and copied: %d indexes built, want 2", st.Built)
 	}
-	out, err = exec.Command("nbdinfo", uri("disk.img@9")).CombinedOutput()
+	out, err := exec.Command("nbdinfo", uri("disk.img@9")).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "disk.img@9") || strings.Contains(string(out), store) {
 		t.Fatalf("nbdinfo of an export that does not exist: %v\n%s", err, out)
 	}

@@ -5,9 +5,11 @@
 package nbdtest
 
 import (
+	"bytes"
 	"crypto/tls"
 	"encoding/binary"
 	"io"
+	"math/rand"
 	"net"
 	"testing"
 	"time"
@@ -82,8 +84,10 @@ func (k *Client) Option(opt uint32, data []byte) (final uint32, replies [][]byte
 func (k *Client) option(opt uint32, data []byte) (final uint32, replies [][]byte, last []byte) {
 	k.T.Helper()
 	k.Put(uint64(nbd.OptMagic), opt, uint32(len(data)))
-	if _, err := k.Conn.Write(data); err != nil {
-		k.T.Fatal(err)
+	if len(data) > 0 {
+		if _, err := k.Conn.Write(data); err != nil {
+			k.T.Fatal(err)
+		}
 	}
 	for {
 		var magic uint64
@@ -166,7 +170,7 @@ func (k *Client) Request(typ uint16, handle, off uint64, n uint32, payload []byt
 	k.T.Helper()
 	k.Put(uint32(nbd.RequestMagic), uint16(0), typ, handle, off, n)
 	if len(payload) == 0 {
-		return // no write, which would fail once NBD_CMD_DISC closed the connection
+		return // no empty write, which fails once the server closed the connection
 	}
 	if _, err := k.Conn.Write(payload); err != nil {
 		k.T.Fatal(err)
@@ -206,4 +210,39 @@ func AppendOption(b []byte, opt uint32, data []byte) []byte {
 	b = binary.BigEndian.AppendUint32(b, opt)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
 	return append(b, data...)
+}
+
+// ReadMany sends n reads of random ranges of the export chosen, all in
+// flight at once, then checks that each reply, matched by its handle,
+// holds the bytes of want it asks for.
+func (k *Client) ReadMany(r *rand.Rand, want []byte, n int) {
+	k.T.Helper()
+	type rq struct {
+		off uint64
+		n   uint32
+	}
+	reqs := map[uint64]rq{}
+	for h := uint64(1); h <= uint64(n); h++ {
+		q := rq{off: uint64(r.Int63n(int64(len(want))))}
+		q.n = uint32(min(uint64(1+r.Intn(200000)), uint64(len(want))-q.off))
+		reqs[h] = q
+		k.Request(nbd.CmdRead, h, q.off, q.n, nil)
+	}
+	for range n {
+		var magic, code uint32
+		var h uint64
+		k.Get(&magic, &code, &h)
+		q, ok := reqs[h]
+		if magic != nbd.ReplyMagic || !ok || code != 0 {
+			k.T.Fatalf("reply %#x %d for handle %d", magic, code, h)
+		}
+		b := make([]byte, q.n)
+		if _, err := io.ReadFull(k.Conn, b); err != nil {
+			k.T.Fatal(err)
+		}
+		if !bytes.Equal(b, want[q.off:q.off+uint64(q.n)]) {
+			k.T.Fatalf("read of %d bytes at %d returned other bytes", q.n, q.off)
+		}
+		delete(reqs, h)
+	}
 }
