@@ -210,10 +210,11 @@ func TestServeLimits(t *testing.T) {
 }
 
 // gatedExport is an export of size bytes, byte i being byte(i*7), whose
-// reads wait until gate is closed.
+// reads say they began on entered, then wait until gate is closed.
 type gatedExport struct {
-	size int64
-	gate chan struct{}
+	size    int64
+	entered chan struct{}
+	gate    chan struct{}
 }
 
 func (g gatedExport) List() ([]string, error)              { return []string{"gated"}, nil }
@@ -222,6 +223,7 @@ func (g gatedExport) Size() int64                          { return g.size }
 func (g gatedExport) Close() error                         { return nil }
 
 func (g gatedExport) ReadAt(b []byte, off int64) (int, error) {
+	g.entered <- struct{}{}
 	<-g.gate
 	return copy(b, gatedBytes(off, len(b))), nil
 }
@@ -246,7 +248,8 @@ func gatedBytes(off int64, n int) []byte {
 // their sockets but not served; once the reads in progress end, every
 // read is answered with its bytes, and the budget was never overdrawn.
 func TestReadBudget(t *testing.T) {
-	exp := gatedExport{size: 128 << 20, gate: make(chan struct{})}
+	const clients, reads = 6, 4 // 24 reads of one slot each: more than the 16 of the budget
+	exp := gatedExport{size: 128 << 20, entered: make(chan struct{}, clients*reads), gate: make(chan struct{})}
 	waited := make(chan struct{}, 1)
 	sock, srv, _ := listenTest(t, exp, nbd.Options{OnReadWait: func() {
 		select {
@@ -254,7 +257,9 @@ func TestReadBudget(t *testing.T) {
 		default:
 		}
 	}})
-	const clients, reads = 6, 4 // 24 reads of one slot each: more than the 16 of the budget
+	var opened sync.Once
+	open := func() { opened.Do(func() { close(exp.gate) }) }
+	t.Cleanup(open) // before the server stops: its reads must end
 	var ks []*nbdtest.Client
 	for range clients {
 		k := nbdtest.Dial(t, "unix", sock)
@@ -268,11 +273,21 @@ func TestReadBudget(t *testing.T) {
 			k.Request(nbd.CmdRead, uint64(j), uint64(i*reads+j)*nbd.ReadSlot, nbd.ReadSlot, nil)
 		}
 	}
-	<-waited
+	for served := 0; ; {
+		select {
+		case <-exp.entered:
+			if served++; served > nbd.DefaultReadBudget/nbd.ReadSlot {
+				t.Fatalf("%d reads of %d bytes served at once, beyond the read budget", served, nbd.ReadSlot)
+			}
+			continue
+		case <-waited:
+		}
+		break
+	}
 	if b := srv.ReadBudget(); b.Limit != nbd.DefaultReadBudget/nbd.ReadSlot || b.Used > b.Limit || b.Waiting == 0 {
 		t.Fatalf("reads waiting for the budget: %+v", b)
 	}
-	close(exp.gate)
+	open()
 	var wg sync.WaitGroup
 	for i, k := range ks {
 		wg.Add(1)
