@@ -1,7 +1,6 @@
 package main
 
 import (
-	"container/list"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -14,10 +13,10 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/nbd"
 	"github.com/urfave/cli/v2"
 )
 
@@ -46,8 +45,8 @@ func serveCommand(e *env) *cli.Command {
 			"indexed once however many clients read it. Runs until interrupted (^C, SIGTERM).",
 		Flags: []cli.Flag{storeFlag, quietFlag,
 			&cli.StringFlag{Name: "nbd", Usage: "where to listen: unix:PATH or tcp:HOST:PORT (required)"},
-			&cli.IntFlag{Name: "max-connections", Value: nbdDefaultConns, Usage: "serve at most `N` connections at once"},
-			&cli.DurationFlag{Name: "handshake-timeout", Value: nbdDefaultHandshake, Usage: "close a connection that has not chosen its export within this `TIME`"},
+			&cli.IntFlag{Name: "max-connections", Value: nbd.DefaultConns, Usage: "serve at most `N` connections at once"},
+			&cli.DurationFlag{Name: "handshake-timeout", Value: nbd.DefaultHandshakeTimeout, Usage: "close a connection that has not chosen its export within this `TIME`"},
 			&cli.StringFlag{Name: "tls-cert", Usage: "require TLS, with this server certificate (PEM `FILE`, with --tls-key)"},
 			&cli.StringFlag{Name: "tls-key", Usage: "the private key of --tls-cert (PEM `FILE`)"},
 			&cli.StringFlag{Name: "tls-client-ca", Usage: "require client certificates signed by this CA (PEM `FILE`; needs --tls-cert)"},
@@ -64,7 +63,7 @@ func serveCommand(e *env) *cli.Command {
 				return err
 			}
 			return runServe(c.Context, e, serveOptions{store: c.String("store"), addr: c.String("nbd"), quiet: c.Bool("quiet"),
-				nbd: nbdOptions{MaxConns: c.Int("max-connections"), HandshakeTimeout: c.Duration("handshake-timeout"), TLS: tlsConf}})
+				nbd: nbd.Options{MaxConns: c.Int("max-connections"), HandshakeTimeout: c.Duration("handshake-timeout"), TLS: tlsConf}})
 		},
 	}
 }
@@ -99,9 +98,10 @@ func serveTLS(cert, key, clientCA string) (*tls.Config, error) {
 type serveOptions struct {
 	store, addr string
 	quiet       bool
-	nbd         nbdOptions
-	// started, if set, is called with the server once it listens (tests).
-	started func(*nbdServer, *storeExports)
+	nbd         nbd.Options
+	// started, if set, is called with the server, its exports and their
+	// cache once it listens (tests).
+	started func(*nbd.Server, *nbd.Shared, *archive.SnapshotCache)
 }
 
 // listenNBD listens where --nbd says. A unix socket is made mode 0600
@@ -164,9 +164,12 @@ func runServe(ctx context.Context, e *env, o serveOptions) error {
 		defer logMu.Unlock()
 		fmt.Fprintf(e.stderr, "thinback: serve: "+format+"\n", args...)
 	}
-	exports := newStoreExports(s, logf)
+	cache := archive.NewSnapshotCache(archive.DefaultSnapshotCache)
+	defer cache.Close()
+	exports := nbd.NewShared(&storePoints{s: s, logf: logf, cache: cache}, logf)
 	defer exports.Close()
-	srv := newNBDServer(exports, o.nbd, logf)
+	o.nbd.Logf = logf
+	srv := nbd.NewServer(exports, o.nbd)
 	if !o.quiet {
 		tlsSays := ""
 		if o.nbd.TLS != nil {
@@ -175,9 +178,9 @@ func runServe(ctx context.Context, e *env, o serveOptions) error {
 		fmt.Fprintf(e.stderr, "thinback: serving store %s over NBD at %s, read-only%s; ^C to stop\n", o.store, where, tlsSays)
 	}
 	if o.started != nil {
-		o.started(srv, exports)
+		o.started(srv, exports, cache)
 	}
-	err = srv.serve(ctx, l)
+	err = srv.Serve(ctx, l)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -187,45 +190,14 @@ func runServe(ctx context.Context, e *env, o serveOptions) error {
 	return nil
 }
 
-// How long, and how many, points in time no client has open stay
-// indexed: NBD_OPT_INFO then NBD_OPT_GO, or a client that reconnects,
-// finds its index built.
-const (
-	idleExportTTL = time.Minute
-	idleExports   = 8
-)
-
-// storeExports offers the snapshots of a store: VOLUME is the newest,
-// VOLUME@SEQ (or @#SEQ, @ID, @ID-PREFIX) any; the empty name is the newest
-// snapshot of a store's only volume. Each point in time is opened and
-// indexed once, however many clients read it, and every reader keeps its
-// decoded records in one cache.
-type storeExports struct {
+// storePoints are the snapshots of a store as NBD exports: VOLUME is the
+// newest, VOLUME@SEQ (or @#SEQ, @ID, @ID-PREFIX) any; the empty name is
+// the newest snapshot of a store's only volume. Every export reads its
+// decoded records through one cache.
+type storePoints struct {
 	s     *readStore
 	logf  func(string, ...any)
 	cache *archive.SnapshotCache
-
-	mu    sync.Mutex
-	open  map[string]*sharedExport // by chainKey
-	idle  list.List                // of *sharedExport no client has open, oldest first
-	built int                      // indexes built, ever
-}
-
-// sharedExport is a point in time open, with its index, shared by the
-// clients that read it.
-type sharedExport struct {
-	key   string
-	ready chan struct{} // closed once r and pit, or err, are set
-	r     *archive.SnapshotReader
-	pit   *pointInTime
-	err   error
-	refs  int
-	idle  *list.Element
-	timer *time.Timer
-}
-
-func newStoreExports(s *readStore, logf func(string, ...any)) *storeExports {
-	return &storeExports{s: s, logf: logf, cache: archive.NewSnapshotCache(archive.DefaultSnapshotCache), open: make(map[string]*sharedExport)}
 }
 
 // chainKey names a point in time by its snapshot and the files it is read
@@ -241,7 +213,7 @@ func chainKey(chain []catalog.Snapshot) string {
 	return b.String()
 }
 
-func (x *storeExports) List() ([]string, error) {
+func (x *storePoints) List() ([]string, error) {
 	var names []string
 	err := x.s.View(func(tx *catalog.Tx) error {
 		snaps, err := tx.AllSnapshots()
@@ -263,7 +235,7 @@ func (x *storeExports) List() ([]string, error) {
 }
 
 // pick resolves an export name to a snapshot; ErrNotFound if none.
-func (x *storeExports) pick(tx *catalog.Tx, name string) (catalog.Snapshot, error) {
+func (x *storePoints) pick(tx *catalog.Tx, name string) (catalog.Snapshot, error) {
 	if name == "" {
 		vols, err := tx.Volumes()
 		if err != nil {
@@ -284,7 +256,9 @@ func (x *storeExports) pick(tx *catalog.Tx, name string) (catalog.Snapshot, erro
 	return findSnapshot(tx, name[:i], name[i+1:])
 }
 
-func (x *storeExports) Open(name string) (nbdExport, error) {
+// Find resolves name to its snapshot and the chain of files it is read
+// from.
+func (x *storePoints) Find(name string) (string, func() (nbd.Export, error), error) {
 	var snap catalog.Snapshot
 	var key string
 	err := x.s.View(func(tx *catalog.Tx) error {
@@ -297,153 +271,36 @@ func (x *storeExports) Open(name string) (nbdExport, error) {
 		return err
 	})
 	if errors.Is(err, catalog.ErrNotFound) {
-		return nil, nil
+		return "", nil, nil
 	}
 	if err != nil {
-		x.logf("opening export %q: %v", name, err)
+		return "", nil, err
+	}
+	return key, func() (nbd.Export, error) { return x.open(snap.ID) }, nil
+}
+
+// open opens and indexes the point in time of snapshot id.
+func (x *storePoints) open(id string) (nbd.Export, error) {
+	pit, err := x.s.openPointInTime(func(tx *catalog.Tx) (catalog.Snapshot, error) { return tx.Snapshot(id) })
+	if err != nil {
 		return nil, err
 	}
-	x.mu.Lock()
-	e := x.open[key]
-	if e == nil {
-		e = &sharedExport{key: key, ready: make(chan struct{}), refs: 1}
-		x.open[key] = e
-		x.built++
-		x.mu.Unlock()
-		x.build(e, snap.ID)
-	} else {
-		e.refs++
-		if e.idle != nil {
-			x.idle.Remove(e.idle)
-			e.idle = nil
-			e.timer.Stop()
-		}
-		x.mu.Unlock()
-		<-e.ready
-	}
-	if e.err != nil {
-		x.release(e)
-		x.logf("opening export %q: %v", name, e.err)
-		return nil, e.err
-	}
-	return &pointExport{e: e, x: x}, nil
-}
-
-// build opens and indexes the point in time of e; on failure it takes e
-// out of the exports open, so that the next client tries again.
-func (x *storeExports) build(e *sharedExport, id string) {
-	defer close(e.ready)
-	pit, err := x.s.openPointInTime(func(tx *catalog.Tx) (catalog.Snapshot, error) { return tx.Snapshot(id) })
-	if err == nil {
-		e.r, err = archive.OpenSnapshot(context.Background(), pit.inputs, archive.SnapshotOptions{Cache: x.cache, Log: func(msg string) { x.logf("%s", msg) }})
-		if err != nil {
-			pit.Close()
-			err = x.s.damaged(err)
-		}
-	}
+	r, err := archive.OpenSnapshot(context.Background(), pit.inputs, archive.SnapshotOptions{Cache: x.cache, Log: func(msg string) { x.logf("%s", msg) }})
 	if err != nil {
-		e.r, e.err = nil, err
-		x.mu.Lock()
-		if x.open[e.key] == e {
-			delete(x.open, e.key)
-		}
-		x.mu.Unlock()
-		return
+		pit.Close()
+		return nil, x.s.damaged(err)
 	}
-	e.pit = pit
+	return &pointReader{SnapshotReader: r, pit: pit}, nil
 }
 
-// release is a client's close of e: the last one leaves e indexed, idle,
-// for idleExportTTL, among the idleExports most recent.
-func (x *storeExports) release(e *sharedExport) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	e.refs--
-	if e.refs > 0 {
-		return
-	}
-	if e.err != nil || x.open[e.key] != e {
-		e.close()
-		return
-	}
-	e.idle = x.idle.PushBack(e)
-	e.timer = time.AfterFunc(idleExportTTL, func() {
-		x.mu.Lock()
-		defer x.mu.Unlock()
-		if e.idle != nil && e.refs == 0 {
-			x.evict(e)
-		}
-	})
-	for x.idle.Len() > idleExports {
-		x.evict(x.idle.Front().Value.(*sharedExport))
-	}
+// pointReader is a point in time open: its index, and the files it reads.
+type pointReader struct {
+	*archive.SnapshotReader
+	pit *pointInTime
 }
 
-// evict closes an idle export; x.mu is held.
-func (x *storeExports) evict(e *sharedExport) {
-	x.idle.Remove(e.idle)
-	e.idle = nil
-	e.timer.Stop()
-	delete(x.open, e.key)
-	e.close()
-}
-
-func (e *sharedExport) close() {
-	if e.r != nil {
-		e.r.Close()
-		e.pit.Close()
-		e.r, e.pit = nil, nil
-	}
-}
-
-// Close closes the exports no client has open; call it once the server
-// has stopped.
-func (x *storeExports) Close() error {
-	x.mu.Lock()
-	for x.idle.Len() > 0 {
-		x.evict(x.idle.Front().Value.(*sharedExport))
-	}
-	x.mu.Unlock()
-	return x.cache.Close()
-}
-
-// exportStats is what the open exports hold, for tests: how many indexes
-// were ever built, how many points in time are open, the memory of their
-// indexes, and the bytes of decoded records cached for all of them.
-type exportStats struct {
-	built, open int
-	indexBytes  int64
-	cacheBytes  int64
-}
-
-func (x *storeExports) stats() exportStats {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	st := exportStats{built: x.built, open: len(x.open), cacheBytes: x.cache.Bytes()}
-	for _, e := range x.open {
-		select {
-		case <-e.ready:
-			if e.r != nil {
-				st.indexBytes += e.r.IndexBytes()
-			}
-		default:
-		}
-	}
-	return st
-}
-
-// pointExport is a client's handle on a shared point in time.
-type pointExport struct {
-	e    *sharedExport
-	x    *storeExports
-	once sync.Once
-}
-
-func (p *pointExport) ReadAt(b []byte, off int64) (int, error) { return p.e.r.ReadAt(b, off) }
-
-func (p *pointExport) Size() int64 { return p.e.r.Size() }
-
-func (p *pointExport) Close() error {
-	p.once.Do(func() { p.x.release(p.e) })
+func (p *pointReader) Close() error {
+	p.SnapshotReader.Close()
+	p.pit.Close()
 	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -18,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/cmd/internal/nbd"
+	"github.com/thinback/thinback/cmd/internal/nbd/nbdtest"
 	"golang.org/x/sys/unix"
 )
 
@@ -46,7 +48,7 @@ func serveStore(t *testing.T) (work, store string, states [][]byte) {
 // startServe runs serve in this process on a unix socket and returns the
 // socket once the server listens, with the server and its exports; the
 // server stops at the end of the test.
-func startServe(t *testing.T, store string, opts nbdOptions) (sock string, srv *nbdServer, x *storeExports, log *syncBuffer) {
+func startServe(t *testing.T, store string, opts nbd.Options) (sock string, srv *nbd.Server, x *nbd.Shared, cache *archive.SnapshotCache, log *syncBuffer) {
 	t.Helper()
 	sock = filepath.Join(t.TempDir(), "nbd.sock")
 	log = &syncBuffer{}
@@ -56,7 +58,10 @@ func startServe(t *testing.T, store string, opts nbdOptions) (sock string, srv *
 	done := make(chan error, 1)
 	go func() {
 		done <- runServe(ctx, e, serveOptions{store: store, addr: "unix:" + sock, quiet: true, nbd: opts,
-			started: func(s *nbdServer, xs *storeExports) { srv, x = s, xs; close(started) }})
+			started: func(s *nbd.Server, xs *nbd.Shared, c *archive.SnapshotCache) {
+				srv, x, cache = s, xs, c
+				close(started)
+			}})
 	}()
 	select {
 	case <-started:
@@ -69,33 +74,12 @@ func startServe(t *testing.T, store string, opts nbdOptions) (sock string, srv *
 			t.Errorf("serve: %v", err)
 		}
 	})
-	return sock, srv, x, log
+	return sock, srv, x, cache, log
 }
 
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
-
-func (k *nbdClient) info(name string) (final uint32, msg string) {
-	k.t.Helper()
-	data := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
-	data = append(data, name...)
-	data = binary.BigEndian.AppendUint16(data, 0)
-	k.put(uint64(nbdOptMagic), uint32(nbdOptInfo), uint32(len(data)))
-	k.c.Write(data)
-	for {
-		var magic uint64
-		var o, typ, n uint32
-		k.get(&magic, &o, &typ, &n)
-		b := make([]byte, n)
-		if _, err := io.ReadFull(k.c, b); err != nil {
-			k.t.Fatal(err)
-		}
-		if typ == nbdRepAck || typ&(1<<31) != 0 {
-			return typ, string(b)
-		}
-	}
-}
 
 // TestServeShared: many clients of two points in time, each choosing its
 // export after NBD_OPT_INFO, share one index per point in time and one
@@ -105,35 +89,32 @@ func (k *nbdClient) info(name string) (final uint32, msg string) {
 // of its export.
 func TestServeShared(t *testing.T) {
 	_, store, states := serveStore(t)
-	sock, srv, x, log := startServe(t, store, nbdOptions{})
 	waited := make(chan struct{}, 1)
-	srv.budget.mu.Lock()
-	srv.budget.onWait = func() {
+	sock, srv, x, cache, log := startServe(t, store, nbd.Options{OnReadWait: func() {
 		select {
 		case waited <- struct{}{}:
 		default:
 		}
-	}
-	srv.budget.mu.Unlock()
+	}})
 
 	const clients = 40
 	names := []string{"disk.img@1", "disk.img"}
-	var ks []*nbdClient
+	var ks []*nbdtest.Client
 	for i := range clients {
-		k := dialNBD(t, sock)
-		if final, _ := k.info(names[i%2]); final != nbdRepAck {
+		k := nbdtest.Dial(t, "unix", sock)
+		if final, _ := k.Info(names[i%2]); final != nbd.RepAck {
 			t.Fatalf("client %d: NBD_OPT_INFO %s: reply %#x", i, names[i%2], final)
 		}
-		if final := k.goExport(names[i%2]); final != nbdRepAck {
+		if final := k.Go(names[i%2]); final != nbd.RepAck {
 			t.Fatalf("client %d: NBD_OPT_GO %s: reply %#x", i, names[i%2], final)
 		}
 		ks = append(ks, k)
 	}
-	st := x.stats()
-	if st.built != 2 || st.open != 2 {
-		t.Fatalf("%d clients of 2 points in time, each with NBD_OPT_INFO then NBD_OPT_GO: %d indexes built, %d open; want 2 and 2", clients, st.built, st.open)
+	st := x.Stats()
+	if st.Built != 2 || st.Open != 2 {
+		t.Fatalf("%d clients of 2 points in time, each with NBD_OPT_INFO then NBD_OPT_GO: %d indexes built, %d open; want 2 and 2", clients, st.Built, st.Open)
 	}
-	t.Logf("%d idle clients: %d indexes of %d bytes in all, %d connections", clients, st.built, st.indexBytes, srv.connections())
+	t.Logf("%d idle clients: %d indexes of %d bytes in all, %d connections", clients, st.Built, st.IndexBytes, srv.Connections())
 
 	// Every client asks for its whole image, 1 MiB at a time, and takes
 	// no reply yet: 160 units of reads asked for, 16 in the budget.
@@ -141,13 +122,13 @@ func TestServeShared(t *testing.T) {
 	for i, k := range ks {
 		want := states[i%2]
 		for h, off := uint64(1), 0; off < len(want); h, off = h+1, off+piece {
-			k.request(nbdCmdRead, h, uint64(off), uint32(min(piece, len(want)-off)), nil)
+			k.Request(nbd.CmdRead, h, uint64(off), uint32(min(piece, len(want)-off)), nil)
 		}
 	}
 	<-waited // reads wait: the budget is spent
-	used, peak, _ := srv.budget.state()
-	if used > srv.budget.limit || peak > srv.budget.limit {
-		t.Fatalf("the read budget: %d units in use, %d at most, limit %d", used, peak, srv.budget.limit)
+	b := srv.ReadBudget()
+	if b.Used > b.Limit || b.Peak > b.Limit {
+		t.Fatalf("the read budget: %d units in use, %d at most, limit %d", b.Used, b.Peak, b.Limit)
 	}
 	var wg sync.WaitGroup
 	for i, k := range ks {
@@ -159,19 +140,19 @@ func TestServeShared(t *testing.T) {
 			for range n {
 				var magic, code uint32
 				var h uint64
-				if err := binary.Read(k.c, binary.BigEndian, &magic); err != nil {
+				if err := binary.Read(k.Conn, binary.BigEndian, &magic); err != nil {
 					t.Errorf("client %d: %v", i, err)
 					return
 				}
-				binary.Read(k.c, binary.BigEndian, &code)
-				binary.Read(k.c, binary.BigEndian, &h)
+				binary.Read(k.Conn, binary.BigEndian, &code)
+				binary.Read(k.Conn, binary.BigEndian, &h)
 				off := int(h-1) * piece
-				if magic != nbdReplyMagic || code != 0 || h < 1 || h > uint64(n) {
+				if magic != nbd.ReplyMagic || code != 0 || h < 1 || h > uint64(n) {
 					t.Errorf("client %d: reply %#x code %d handle %d", i, magic, code, h)
 					return
 				}
 				b := make([]byte, min(piece, len(want)-off))
-				if _, err := io.ReadFull(k.c, b); err != nil || !bytes.Equal(b, want[off:off+len(b)]) {
+				if _, err := io.ReadFull(k.Conn, b); err != nil || !bytes.Equal(b, want[off:off+len(b)]) {
 					t.Errorf("client %d: the read at %d: %v, or other bytes", i, off, err)
 					return
 				}
@@ -179,94 +160,14 @@ func TestServeShared(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	_, peak, _ = srv.budget.state()
-	st = x.stats()
-	if peak != srv.budget.limit || st.built != 2 || st.cacheBytes > x.cache.Limit() {
-		t.Fatalf("after every read: the budget was used up to %d units (limit %d), %d indexes built, %d bytes cached (limit %d)", peak, srv.budget.limit, st.built, st.cacheBytes, x.cache.Limit())
+	b = srv.ReadBudget()
+	st = x.Stats()
+	if b.Peak != b.Limit || st.Built != 2 || cache.Bytes() > cache.Limit() {
+		t.Fatalf("after every read: the budget was used up to %d units (limit %d), %d indexes built, %d bytes cached (limit %d)", b.Peak, b.Limit, st.Built, cache.Bytes(), cache.Limit())
 	}
-	t.Logf("served %d clients: read budget at most %d of %d units of %d MiB, %d bytes of decoded records cached", clients, peak, srv.budget.limit, nbdSlot>>20, st.cacheBytes)
+	t.Logf("served %d clients: read budget at most %d of %d units of %d MiB, %d bytes of decoded records cached", clients, b.Peak, b.Limit, nbd.ReadSlot>>20, cache.Bytes())
 	if s := log.String(); s != "" {
 		t.Logf("serve said:\n%s", s)
-	}
-}
-
-// listenTest serves fuzzExport on a unix socket with opts until the end
-// of the test.
-func listenTest(t *testing.T, opts nbdOptions) (sock string, srv *nbdServer, log *syncBuffer) {
-	t.Helper()
-	sock = filepath.Join(t.TempDir(), "nbd.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log = &syncBuffer{}
-	srv = newNBDServer(fuzzExport, opts, func(format string, args ...any) { log.WriteString(fmt.Sprintf(format+"\n", args...)) })
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.serve(ctx, l) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	return sock, srv, log
-}
-
-// closedByServer reports whether the server closes c without sending
-// more than up to bytes (the greeting, or nothing).
-func closedByServer(t *testing.T, c net.Conn, upto int) {
-	t.Helper()
-	c.SetReadDeadline(time.Now().Add(30 * time.Second))
-	b, err := io.ReadAll(io.LimitReader(c, int64(upto)+1))
-	if err != nil || len(b) > upto {
-		t.Fatalf("the server sent %d bytes and %v; want it to close the connection after at most %d", len(b), err, upto)
-	}
-}
-
-// TestServeLimits: a client that does not choose its export within the
-// handshake timeout is disconnected, one that did keeps its connection
-// past it; connections over the limit are closed at once, and a place
-// freed is given to the next client.
-func TestServeLimits(t *testing.T) {
-	sock, srv, log := listenTest(t, nbdOptions{MaxConns: 2, HandshakeTimeout: 500 * time.Millisecond})
-	a := dialNBD(t, sock)
-	if final := a.goExport("mem"); final != nbdRepAck {
-		t.Fatalf("NBD_OPT_GO: %#x", final)
-	}
-	idle, err := net.Dial("unix", sock) // connects after a: its deadline comes later
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idle.Close()
-	if _, err := io.ReadFull(idle, make([]byte, 18)); err != nil { // the greeting: idle has its place
-		t.Fatal(err)
-	}
-	over, err := net.Dial("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer over.Close()
-	closedByServer(t, over, 0)
-	if !strings.Contains(log.String(), "--max-connections") {
-		t.Fatalf("a connection over the limit closed without a word in the log:\n%s", log.String())
-	}
-	closedByServer(t, idle, 0) // the greeting was read above
-	if !strings.Contains(log.String(), "--handshake-timeout") {
-		t.Fatalf("the idle connection closed without a word in the log:\n%s", log.String())
-	}
-	// a's handshake deadline, earlier than idle's, has passed: it still
-	// reads.
-	a.request(nbdCmdRead, 1, 1000, 100, nil)
-	if h, code, b := a.reply(100); h != 1 || code != 0 || !bytes.Equal(b, fuzzExport.data[1000:1100]) {
-		t.Fatalf("a read after the handshake timeout: handle %d code %d", h, code)
-	}
-	next := dialNBD(t, sock) // idle's place
-	if final := next.goExport("mem"); final != nbdRepAck {
-		t.Fatalf("NBD_OPT_GO on the place freed: %#x", final)
-	}
-	if n := srv.connections(); n != 2 {
-		t.Fatalf("%d connections served, want 2", n)
 	}
 }
 
@@ -285,10 +186,10 @@ func TestServeRepliesNoPaths(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	sock, _, _, log := startServe(t, store, nbdOptions{})
-	k := dialNBD(t, sock)
-	final, msg := k.info("disk.img@1")
-	if final != nbdRepErrUnknown || !strings.Contains(msg, "disk.img@1") {
+	sock, _, _, _, log := startServe(t, store, nbd.Options{})
+	k := nbdtest.Dial(t, "unix", sock)
+	final, msg := k.Info("disk.img@1")
+	if final != nbd.RepErrUnknown || !strings.Contains(msg, "disk.img@1") {
 		t.Fatalf("NBD_OPT_INFO of a damaged export: reply %#x %q", final, msg)
 	}
 	dir, _ := filepath.Abs(store)
@@ -388,7 +289,7 @@ func TestServeSocketAndPort(t *testing.T) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	var magic uint64
-	if err := binary.Read(c, binary.BigEndian, &magic); err != nil || magic != nbdMagic {
+	if err := binary.Read(c, binary.BigEndian, &magic); err != nil || magic != nbd.Magic {
 		t.Fatalf("at %s: %#x, %v; want the NBD greeting", addr, magic, err)
 	}
 }
@@ -422,8 +323,8 @@ func TestServeAcceptBackoff(t *testing.T) {
 	for _, c := range conns {
 		c.Close()
 	}
-	k := dialNBD(t, sock)
-	if final, names := k.option(nbdOptList, nil); final != nbdRepAck || len(names) != 3 {
+	k := nbdtest.Dial(t, "unix", sock)
+	if final, names := k.List(); final != nbd.RepAck || len(names) != 3 {
 		t.Fatalf("NBD_OPT_LIST after running out of descriptors: %#x, %d names", final, len(names))
 	}
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -440,58 +341,23 @@ func TestServeAcceptBackoff(t *testing.T) {
 // while the server indexes each point in time once for all its
 // NBD_OPT_INFO and NBD_OPT_GO requests.
 func TestServeNbdinfo(t *testing.T) {
-	for _, p := range []string{"nbdinfo", "nbdcopy"} {
-		if _, err := exec.LookPath(p); err != nil {
-			if os.Getenv("THINBACK_REQUIRE_VM") == "1" {
-				t.Fatalf("%s not found (apt-get install libnbd-bin): THINBACK_REQUIRE_VM=1 needs it", p)
-			}
-			t.Skipf("%s not found (apt-get install libnbd-bin)", p)
-		}
-	}
-	work, store, states := serveStore(t)
-	sock, _, x, log := startServe(t, store, nbdOptions{})
+	nbdtest.NeedLibnbd(t)
+	_, store, states := serveStore(t)
+	sock, _, x, _, log := startServe(t, store, nbd.Options{})
 	uri := func(name string) string { return "nbd+unix:///" + name + "?socket=" + sock }
-	out, err := exec.Command("nbdinfo", "--list", "--json", uri("")).CombinedOutput()
-	if err != nil {
-		t.Fatalf("nbdinfo --list: %v\n%s", err, out)
-	}
-	var list struct {
-		Exports []struct {
-			Name     string `json:"export-name"`
-			Size     int64  `json:"export-size"`
-			ReadOnly bool   `json:"is_read_only"`
-		} `json:"exports"`
-	}
-	if err := json.Unmarshal(out, &list); err != nil {
-		t.Fatalf("nbdinfo --list --json: %v\n%s", err, out)
-	}
-	sizes := map[string]int64{}
-	for _, e := range list.Exports {
-		if !e.ReadOnly {
-			t.Fatalf("export %s is not read-only", e.Name)
-		}
-		sizes[e.Name] = e.Size
-	}
+	sizes := nbdtest.NbdinfoList(t, uri(""))
 	want := map[string]int64{"disk.img": int64(len(states[1])), "disk.img@1": int64(len(states[0])), "disk.img@2": int64(len(states[1]))}
 	if fmt.Sprint(sizes) != fmt.Sprint(want) {
 		t.Fatalf("nbdinfo --list: %v, want %v", sizes, want)
 	}
 	for name, state := range map[string][]byte{"disk.img@1": states[0], "disk.img": states[1], "disk.img@2": states[1]} {
-		dst := filepath.Join(work, "copy.img")
-		os.Remove(dst)
-		if out, err := exec.Command("nbdcopy", "--connections=4", uri(name), dst).CombinedOutput(); err != nil {
-			t.Fatalf("nbdcopy %s: %v\n%s", name, err, out)
-		}
-		got, err := os.ReadFile(dst)
-		if err != nil || !bytes.Equal(got, state) {
-			t.Fatalf("nbdcopy %s: %d bytes (%v), not the image's %d", name, len(got), err, len(state))
-		}
+		nbdtest.Nbdcopy(t, uri(name), state)
 	}
 	// disk.img and disk.img@2 are one point in time.
-	if st := x.stats(); st.built != 2 {
-		t.Fatalf("2 points in time listed, queried and copied: %d indexes built, want 2", st.built)
+	if st := x.Stats(); st.Built != 2 {
+		t.Fatalf("2 points in time listed, queried and copied: %d indexes built, want 2", st.Built)
 	}
-	out, err = exec.Command("nbdinfo", uri("disk.img@9")).CombinedOutput()
+	out, err := exec.Command("nbdinfo", uri("disk.img@9")).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "disk.img@9") || strings.Contains(string(out), store) {
 		t.Fatalf("nbdinfo of an export that does not exist: %v\n%s", err, out)
 	}

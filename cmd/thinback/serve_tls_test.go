@@ -2,17 +2,10 @@ package main
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
-	"encoding/pem"
 	"io"
-	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,75 +13,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/thinback/thinback/cmd/internal/nbd"
+	"github.com/thinback/thinback/cmd/internal/nbd/nbdtest"
 )
-
-// testPKI writes to dir a CA (ca-cert.pem), a server certificate for
-// localhost signed by it (server-cert.pem, server-key.pem) and a client
-// certificate signed by it (client-cert.pem, client-key.pem): the names
-// libnbd's tls-certificates directory uses.
-func testPKI(t testing.TB, dir string) (ca *x509.Certificate) {
-	t.Helper()
-	write := func(name, typ string, der []byte) {
-		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	newKey := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	caKey := newKey()
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "thinback test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ca, err = x509.ParseCertificate(der); err != nil {
-		t.Fatal(err)
-	}
-	write("ca-cert.pem", "CERTIFICATE", der)
-	for i, who := range []string{"server", "client"} {
-		key := newKey()
-		c := &x509.Certificate{SerialNumber: big.NewInt(int64(i + 2)), Subject: pkix.Name{CommonName: "localhost"},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-			DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-			KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment}
-		if who == "server" {
-			c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		} else {
-			c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-		}
-		der, err := x509.CreateCertificate(rand.Reader, c, ca, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kder, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		write(who+"-cert.pem", "CERTIFICATE", der)
-		write(who+"-key.pem", "PRIVATE KEY", kder)
-	}
-	return ca
-}
-
-// startTLS sends NBD_OPT_STARTTLS and runs the client's TLS handshake.
-func (k *nbdClient) startTLS(conf *tls.Config) {
-	k.t.Helper()
-	if final, _ := k.option(nbdOptStartTLS, nil); final != nbdRepAck {
-		k.t.Fatalf("NBD_OPT_STARTTLS: reply %#x", final)
-	}
-	tc := tls.Client(k.c, conf)
-	if err := tc.Handshake(); err != nil {
-		k.t.Fatalf("TLS handshake: %v", err)
-	}
-	k.c = tc
-}
 
 // TestServeTLS: with --tls-cert, --tls-key and --tls-client-ca, a client
 // must start TLS before anything else, and show a certificate the CA
@@ -100,12 +28,12 @@ func TestServeTLS(t *testing.T) {
 	if err := os.Mkdir(pki, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	ca := testPKI(t, pki)
+	ca := nbdtest.PKI(t, pki)
 	conf, err := serveTLS(filepath.Join(pki, "server-cert.pem"), filepath.Join(pki, "server-key.pem"), filepath.Join(pki, "ca-cert.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	sock, _, _, log := startServe(t, store, nbdOptions{TLS: conf})
+	sock, _, _, _, log := startServe(t, store, nbd.Options{TLS: conf})
 	roots := x509.NewCertPool()
 	roots.AddCert(ca)
 	client, err := tls.LoadX509KeyPair(filepath.Join(pki, "client-cert.pem"), filepath.Join(pki, "client-key.pem"))
@@ -114,39 +42,39 @@ func TestServeTLS(t *testing.T) {
 	}
 
 	// Before TLS: every option refused, but STARTTLS.
-	k := dialNBD(t, sock)
-	if final, _ := k.option(nbdOptList, nil); final != nbdRepErrTLSReqd {
+	k := nbdtest.Dial(t, "unix", sock)
+	if final, _ := k.Option(nbd.OptList, nil); final != nbd.RepErrTLSReqd {
 		t.Fatalf("NBD_OPT_LIST before TLS: reply %#x, want NBD_REP_ERR_TLS_REQD", final)
 	}
-	if final := k.goExport("disk.img"); final != nbdRepErrTLSReqd {
+	if final := k.Go("disk.img"); final != nbd.RepErrTLSReqd {
 		t.Fatalf("NBD_OPT_GO before TLS: reply %#x, want NBD_REP_ERR_TLS_REQD", final)
 	}
-	k.startTLS(&tls.Config{RootCAs: roots, ServerName: "localhost", Certificates: []tls.Certificate{client}})
-	final, list := k.option(nbdOptList, nil)
-	if final != nbdRepAck || len(list) != 3 {
+	k.StartTLS(&tls.Config{RootCAs: roots, ServerName: "localhost", Certificates: []tls.Certificate{client}})
+	final, list := k.Option(nbd.OptList, nil)
+	if final != nbd.RepAck || len(list) != 3 {
 		t.Fatalf("NBD_OPT_LIST over TLS: reply %#x, %d names", final, len(list))
 	}
-	if final := k.goExport("disk.img@1"); final != nbdRepAck || k.sz != uint64(len(states[0])) {
-		t.Fatalf("NBD_OPT_GO over TLS: reply %#x, size %d", final, k.sz)
+	if final := k.Go("disk.img@1"); final != nbd.RepAck || k.Size != uint64(len(states[0])) {
+		t.Fatalf("NBD_OPT_GO over TLS: reply %#x, size %d", final, k.Size)
 	}
-	k.request(nbdCmdRead, 5, 1000, 200000, nil)
-	if h, code, b := k.reply(200000); h != 5 || code != 0 || !bytes.Equal(b, states[0][1000:201000]) {
+	k.Request(nbd.CmdRead, 5, 1000, 200000, nil)
+	if h, code, b := k.Reply(200000); h != 5 || code != 0 || !bytes.Equal(b, states[0][1000:201000]) {
 		t.Fatalf("a read over TLS: handle %d code %d", h, code)
 	}
 
 	// Without a client certificate: no further.
-	k = dialNBD(t, sock)
-	if final, _ := k.option(nbdOptStartTLS, nil); final != nbdRepAck {
+	k = nbdtest.Dial(t, "unix", sock)
+	if final, _ := k.Option(nbd.OptStartTLS, nil); final != nbd.RepAck {
 		t.Fatalf("NBD_OPT_STARTTLS: reply %#x", final)
 	}
-	tc := tls.Client(k.c, &tls.Config{RootCAs: roots, ServerName: "localhost"})
+	tc := tls.Client(k.Conn, &tls.Config{RootCAs: roots, ServerName: "localhost"})
 	tc.SetDeadline(time.Now().Add(30 * time.Second))
 	err = tc.Handshake()
 	if err == nil {
 		// TLS 1.3: the server's refusal of the missing certificate
 		// comes with the first read.
-		b := binary.BigEndian.AppendUint64(nil, nbdOptMagic)
-		b = binary.BigEndian.AppendUint32(b, nbdOptList)
+		b := binary.BigEndian.AppendUint64(nil, nbd.OptMagic)
+		b = binary.BigEndian.AppendUint32(b, nbd.OptList)
 		b = binary.BigEndian.AppendUint32(b, 0)
 		tc.Write(b)
 		_, err = io.ReadFull(tc, make([]byte, 20))
