@@ -191,7 +191,7 @@ func printBackup(e *env, o backupOptions, res *backup.Result, commands func() lv
 	line += fmt.Sprintf(", read %s, changed %s, stored %s, in %s", bytesHuman(res.BytesRead), bytesHuman(res.DataBytes+res.ZeroBytes),
 		bytesHuman(res.StoredBytes), time.Duration(res.Seconds*float64(time.Second)).Round(time.Millisecond))
 	if commands != nil {
-		line += "; " + lvmCost(commands())
+		line += "; " + backup.LVMCost(commands())
 	}
 	if len(res.Pruned) > 0 {
 		line += "; pruned " + strings.Join(res.Pruned, " ")
