@@ -139,16 +139,7 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 		Volume: o.volume, Level: o.level,
 		Pre: o.pre, Post: o.post, HookOutput: e.stderr,
 		Retention: o.retention,
-		Prune: func(ctx context.Context, name string, r catalog.Retention) ([]uint64, error) {
-			pr, err := pruneVolume(ctx, s, name, r, false, o.level)
-			var removed []uint64
-			if pr != nil {
-				for _, r := range pr.Removed {
-					removed = append(removed, r.Seq)
-				}
-			}
-			return removed, err
-		},
+		Prune:     pruneAfterBackup(s, o.level),
 		Progress: func(total int64) backup.Progress {
 			return newProgress(e.stderr, o.quiet || o.json, "backed up", total)
 		},
@@ -170,6 +161,21 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 		return usageOf(fmt.Errorf("backup: %w", err))
 	}
 	return err
+}
+
+// pruneAfterBackup is backup's retention: thinback prune of the volume,
+// which returns the sequence numbers it removed.
+func pruneAfterBackup(s catalog.Repository, level archive.Level) func(context.Context, string, catalog.Retention) ([]uint64, error) {
+	return func(ctx context.Context, name string, r catalog.Retention) ([]uint64, error) {
+		pr, err := pruneVolume(ctx, s, name, r, false, level)
+		var removed []uint64
+		if pr != nil {
+			for _, r := range pr.Removed {
+				removed = append(removed, r.Seq)
+			}
+		}
+		return removed, err
+	}
 }
 
 // printBackup prints a backup's result: one JSON object, or one line.

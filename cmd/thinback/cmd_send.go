@@ -107,11 +107,13 @@ func runSend(ctx context.Context, e *env, o sendOptions) error {
 		out, err = backup.OpenFileSend(backup.FileSendOptions{
 			File: o.file, BaseFile: o.baseFile, BaseID: o.baseID,
 			Volume: o.volume, VolumeUUID: o.volumeUUID, BlockSize: o.blockSize, Tool: toolName(),
-		}, newProg)
+			Progress: newProg,
+		})
 	} else {
-		out, err = backup.OpenLVSend(ctx, o.snap, o.base, backup.LVOptions{
-			ReleaseStale: o.releaseStale, Discovery: o.discovery, Waiting: waitingLine(e), Tool: toolName(),
-		}, newProg)
+		out, err = backup.OpenLVSend(ctx, backup.LVSendOptions{
+			Snap: o.snap, Base: o.base, Progress: newProg,
+			LV: backup.LVOptions{ReleaseStale: o.releaseStale, Discovery: o.discovery, Waiting: waitingLine(e), Tool: toolName()},
+		})
 	}
 	if err != nil {
 		return usageOf(fmt.Errorf("send: %w", err))

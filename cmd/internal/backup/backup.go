@@ -231,22 +231,8 @@ func run(ctx context.Context, s catalog.Repository, src Source, want catalog.Vol
 	}
 	res.Notes = append(res.Notes, notes...)
 
-	// The snapshot, between the hooks.
-	snapName := src.NextSnapshot()
-	vars := map[string]string{"THINBACK_VOLUME": name, "THINBACK_SOURCE": src.Origin()}
-	if snapName != "" {
-		vars["THINBACK_SNAPSHOT"] = snapName
-	}
-	if err := runHook(ctx, o.HookOutput, "pre", o.Pre, vars); err != nil {
-		return nil, err
-	}
-	err = src.TakeSnapshot(ctx)
-	if !src.Live() {
-		if postErr := runHook(context.WithoutCancel(ctx), o.HookOutput, "post", o.Post, vars); postErr != nil && err == nil {
-			return nil, src.RemoveSnapshot(ctx, fmt.Errorf("%w (the snapshot %s was taken)", postErr, snapName))
-		}
-	}
-	if err != nil {
+	hk := hooks{out: o.HookOutput, vars: map[string]string{"THINBACK_VOLUME": name, "THINBACK_SOURCE": src.Origin()}}
+	if err := takeSnapshot(ctx, src, hk, o); err != nil {
 		return nil, err
 	}
 	recorded := false
@@ -257,13 +243,7 @@ func run(ctx context.Context, s catalog.Repository, src Source, want catalog.Vol
 		}
 	}()
 
-	progress := func(total int64) Progress {
-		if o.Progress == nil {
-			return NoProgress{}
-		}
-		return o.Progress(total)
-	}
-	d, err := src.Discover(ctx, res, progress)
+	d, err := src.Discover(ctx, res, o.newProgress)
 	if err != nil {
 		return nil, err
 	}
@@ -283,7 +263,7 @@ func run(ctx context.Context, s catalog.Repository, src Source, want catalog.Vol
 	rec, err := StoreDelta(ctx, s, StoreOptions{Header: d.Header, Source: d.Source, Level: o.Level, Progress: writes, Record: d.Record, NewVolume: newVol})
 	d.Progress.Done()
 	if src.Live() {
-		if postErr := runHook(context.WithoutCancel(ctx), o.HookOutput, "post", o.Post, vars); postErr != nil && err == nil {
+		if postErr := hk.run(context.WithoutCancel(ctx), "post", o.Post); postErr != nil && err == nil {
 			err = postErr
 		}
 	}
@@ -305,6 +285,34 @@ func run(ctx context.Context, s catalog.Repository, src Source, want catalog.Vol
 	// Rotate: the new snapshot is durable in the store.
 	res.Warnings = append(res.Warnings, src.Rotate(ctx)...)
 	return res, nil
+}
+
+// takeSnapshot takes src's snapshot between the --pre and --post
+// commands; a snapshot taken when the --post command fails is removed.
+// A source read as it is (Live) runs its --post command once read.
+func takeSnapshot(ctx context.Context, src Source, hk hooks, o Options) error {
+	snapName := src.NextSnapshot()
+	if snapName != "" {
+		hk.vars["THINBACK_SNAPSHOT"] = snapName
+	}
+	if err := hk.run(ctx, "pre", o.Pre); err != nil {
+		return err
+	}
+	err := src.TakeSnapshot(ctx)
+	if !src.Live() {
+		if postErr := hk.run(context.WithoutCancel(ctx), "post", o.Post); postErr != nil && err == nil {
+			return src.RemoveSnapshot(ctx, fmt.Errorf("%w (the snapshot %s was taken)", postErr, snapName))
+		}
+	}
+	return err
+}
+
+// newProgress makes the progress display of total bytes.
+func (o Options) newProgress(total int64) Progress {
+	if o.Progress == nil {
+		return NoProgress{}
+	}
+	return o.Progress(total)
 }
 
 // volumeFor returns the store's record of a volume, or want and a pointer

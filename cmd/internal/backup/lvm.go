@@ -61,12 +61,12 @@ func lvSnapshot(lv *lvmthin.LV) archive.Snapshot {
 }
 
 // ThinHeader describes a delta of the thin snapshot snap (against base,
-// or a full) of origin, written by tool.
-func ThinHeader(snap, base, origin *lvmthin.LV, tool string) *archive.Header {
+// or a full) of origin; the caller names the tool.
+func ThinHeader(snap, base, origin *lvmthin.LV) *archive.Header {
 	h := &archive.Header{
 		BlockSize: ThinBlockSize(snap.ChunkSize), Codec: archive.CodecZstd, Hash: archive.HashBLAKE3,
 		VolumeName: snap.FullName().String(), VolumeSize: snap.Size,
-		Snapshot: lvSnapshot(snap), Tool: tool,
+		Snapshot: lvSnapshot(snap),
 	}
 	h.SetAttr(archive.AttrLVMVG, snap.VG)
 	h.SetAttr(archive.AttrLVMKind, archive.LVMKindThin)
@@ -91,12 +91,13 @@ func ThinHeader(snap, base, origin *lvmthin.LV, tool string) *archive.Header {
 }
 
 // ClassicHeader describes a delta of the classic snapshot snap (against
-// base, or a full) of origin, of a volume of size bytes, written by tool.
-func ClassicHeader(snap, base, origin *lvmthin.LV, size int64, tool string) *archive.Header {
+// base, or a full) of origin, of a volume of size bytes; the caller names
+// the tool.
+func ClassicHeader(snap, base, origin *lvmthin.LV, size int64) *archive.Header {
 	h := &archive.Header{
 		BlockSize: archive.DefaultBlockSize, Codec: archive.CodecZstd, Hash: archive.HashBLAKE3,
 		VolumeName: snap.VG + "/" + snap.Origin, VolumeSize: size,
-		Snapshot: lvSnapshot(snap), Tool: tool,
+		Snapshot: lvSnapshot(snap),
 	}
 	h.SetAttr(archive.AttrLVMVG, snap.VG)
 	h.SetAttr(archive.AttrLVMKind, archive.LVMKindThick)

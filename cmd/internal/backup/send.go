@@ -37,18 +37,28 @@ type Outgoing struct {
 	Detail func() string
 }
 
-// OpenLVSend opens a delta of the thin or classic snapshot named by
-// spelling: a full, or what changed since the older snapshot base of the
-// same volume ("" for none).
-func OpenLVSend(ctx context.Context, spelling, baseSpelling string, o LVOptions, newProgress func(total int64) Progress) (*Outgoing, error) {
+// LVSendOptions are what send makes a delta of an LV from.
+type LVSendOptions struct {
+	// Snap names the thin or classic snapshot, Base the older snapshot
+	// of the same volume ("" for a full), in any spelling.
+	Snap, Base string
+	LV         LVOptions
+	// Progress makes the progress display of total bytes.
+	Progress func(total int64) Progress
+}
+
+// OpenLVSend opens a delta of the thin or classic snapshot o.Snap: a
+// full, or what changed since o.Base.
+func OpenLVSend(ctx context.Context, so LVSendOptions) (*Outgoing, error) {
+	o, newProgress := so.LV, so.Progress
 	ctx, commands := lvmthin.CountCommands(ctx)
-	snap, rep, err := LookupLV(ctx, spelling, nil)
+	snap, rep, err := LookupLV(ctx, so.Snap, nil)
 	if err != nil {
 		return nil, err
 	}
 	var base *lvmthin.LV
-	if baseSpelling != "" {
-		if base, _, err = LookupLV(ctx, baseSpelling, rep); err != nil {
+	if so.Base != "" {
+		if base, _, err = LookupLV(ctx, so.Base, rep); err != nil {
 			return nil, fmt.Errorf("base: %w", err)
 		}
 	}
@@ -66,8 +76,10 @@ func OpenLVSend(ctx context.Context, spelling, baseSpelling string, o LVOptions,
 			}
 			return nil, err
 		}
+		h := ClassicHeader(d.Snap(), d.Base(), origin, d.Size())
+		h.Tool = o.Tool
 		return &Outgoing{
-			Header: ClassicHeader(d.Snap(), d.Base(), origin, d.Size(), o.Tool), Source: d,
+			Header: h, Source: d,
 			Progress: newProgress(d.Stats().DataBytes), CountWrites: true,
 			Guards: lvGuards(snap, base, origin), Close: d.Close, Read: read,
 			Detail: func() string {
@@ -80,8 +92,10 @@ func OpenLVSend(ctx context.Context, spelling, baseSpelling string, o LVOptions,
 	if err != nil {
 		return nil, err
 	}
+	h := ThinHeader(snap, base, origin)
+	h.Tool = o.Tool
 	return &Outgoing{
-		Header: ThinHeader(snap, base, origin, o.Tool), Source: d,
+		Header: h, Source: d,
 		Progress: newProgress(d.Stats().DataBytes), CountWrites: true,
 		Guards: lvGuards(snap, base, origin), Close: d.Close, Read: read,
 		Detail: func() string { return discoverySummary(d.Stats()) + "; " + LVMCost(commands()) },
@@ -132,6 +146,8 @@ type FileSendOptions struct {
 	Volume, VolumeUUID string
 	BlockSize          int64
 	Tool               string
+	// Progress makes the progress display of total bytes.
+	Progress func(total int64) Progress
 }
 
 // fileSnapshot names the state of an image. A regular file's identity is
@@ -154,7 +170,7 @@ func fileSnapshot(f *os.File, size int64, block bool) (archive.Snapshot, error) 
 
 // OpenFileSend opens a delta of an image: a full, or with o.BaseFile the
 // blocks that differ from the older image. The images are only read.
-func OpenFileSend(o FileSendOptions, newProgress func(total int64) Progress) (_ *Outgoing, err error) {
+func OpenFileSend(o FileSendOptions) (_ *Outgoing, err error) {
 	var files []*os.File
 	var prog Progress
 	closeFiles := func() error {
@@ -196,7 +212,7 @@ func OpenFileSend(o FileSendOptions, newProgress func(total int64) Progress) (_ 
 	}
 	h.SetAttr(archive.AttrFilePath, abs)
 
-	prog = newProgress(size)
+	prog = o.Progress(size)
 	out := &Outgoing{
 		Header: h, Progress: prog, CountWrites: o.BaseFile == "",
 		Source: archive.NewFileSource(nf, size, block),
@@ -215,31 +231,41 @@ func OpenFileSend(o FileSendOptions, newProgress func(total int64) Progress) (_ 
 		return nil, fmt.Errorf("base: %w", err)
 	}
 	files = append(files, bf)
-	baseSize, baseBlock, err := archive.FileSize(bf)
+	baseSize, err := fileBase(h, bf, o)
 	if err != nil {
-		return nil, fmt.Errorf("base: %w", err)
+		return nil, err
 	}
-	base, err := fileSnapshot(bf, baseSize, baseBlock)
-	if err != nil {
-		return nil, fmt.Errorf("base: %w", err)
-	}
-	if o.BaseID != "" {
-		if base.ID, err = archive.ParseID(o.BaseID); err != nil {
-			return nil, &UsageError{Msg: "--base-id: " + err.Error()}
-		}
-	} else if baseBlock {
-		return nil, &UsageError{Msg: fmt.Sprintf("the base %s is a block device, whose snapshot id cannot be derived: give --base-id (thinback inspect shows the id of the full you made of it)", o.BaseFile)}
-	}
-	if base.ID == snap.ID {
-		return nil, fmt.Errorf("%s and %s are the same unchanged file: there is nothing to send", o.File, o.BaseFile)
-	}
-	h.Parent, h.ParentSize = base, baseSize
-	babs, _ := filepath.Abs(o.BaseFile)
-	h.SetAttr(archive.AttrFileBasePath, babs)
 	// The comparison reads NEW once; progress follows it.
 	out.Source = archive.NewCompareSource(nf, size, bf, baseSize, o.BlockSize, prog.Add)
 	out.Guards = append(out.Guards, restore.Guard{What: "base image", Path: o.BaseFile})
 	// Both images are read in full.
 	out.Read = func(archive.Trailer) int64 { return size + min(size, baseSize) }
 	return out, nil
+}
+
+// fileBase makes h an incremental from the older image bf, and returns
+// its size.
+func fileBase(h *archive.Header, bf *os.File, o FileSendOptions) (int64, error) {
+	baseSize, baseBlock, err := archive.FileSize(bf)
+	if err != nil {
+		return 0, fmt.Errorf("base: %w", err)
+	}
+	base, err := fileSnapshot(bf, baseSize, baseBlock)
+	if err != nil {
+		return 0, fmt.Errorf("base: %w", err)
+	}
+	if o.BaseID != "" {
+		if base.ID, err = archive.ParseID(o.BaseID); err != nil {
+			return 0, &UsageError{Msg: "--base-id: " + err.Error()}
+		}
+	} else if baseBlock {
+		return 0, &UsageError{Msg: fmt.Sprintf("the base %s is a block device, whose snapshot id cannot be derived: give --base-id (thinback inspect shows the id of the full you made of it)", o.BaseFile)}
+	}
+	if base.ID == h.Snapshot.ID {
+		return 0, fmt.Errorf("%s and %s are the same unchanged file: there is nothing to send", o.File, o.BaseFile)
+	}
+	h.Parent, h.ParentSize = base, baseSize
+	babs, _ := filepath.Abs(o.BaseFile)
+	h.SetAttr(archive.AttrFileBasePath, babs)
+	return baseSize, nil
 }

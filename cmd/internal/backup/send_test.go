@@ -55,7 +55,7 @@ func TestFileSend(t *testing.T) {
 	if err := os.WriteFile(cur, state2, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	full, err := OpenFileSend(FileSendOptions{File: old, Volume: "disk", BlockSize: 4096, Tool: "thinback test"}, noProgress)
+	full, err := OpenFileSend(FileSendOptions{File: old, Volume: "disk", BlockSize: 4096, Tool: "thinback test", Progress: noProgress})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +64,7 @@ func TestFileSend(t *testing.T) {
 	}
 	writeOutgoing(t, full, filepath.Join(dir, "full.tbk"))
 
-	incr, err := OpenFileSend(FileSendOptions{File: cur, BaseFile: old, Volume: "disk", BlockSize: 4096, Tool: "thinback test"}, noProgress)
+	incr, err := OpenFileSend(FileSendOptions{File: cur, BaseFile: old, Volume: "disk", BlockSize: 4096, Tool: "thinback test", Progress: noProgress})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,8 +116,8 @@ func TestFileSendRefused(t *testing.T) {
 		{FileSendOptions{File: img, BaseFile: img}, false, "are the same unchanged file: there is nothing to send"},
 		{FileSendOptions{File: filepath.Join(dir, "missing.img")}, false, "missing.img"},
 	} {
-		c.o.BlockSize = 4096
-		out, err := OpenFileSend(c.o, noProgress)
+		c.o.BlockSize, c.o.Progress = 4096, noProgress
+		out, err := OpenFileSend(c.o)
 		var ue *UsageError
 		if err == nil || errors.As(err, &ue) != c.usage || !strings.Contains(err.Error(), c.has) {
 			t.Errorf("OpenFileSend(%+v) = %v, %v; want an error with %q (usage error: %v)", c.o, out, err, c.has, c.usage)

@@ -167,12 +167,7 @@ func (t *ThickSource) Discover(ctx context.Context, res *Result, newProgress fun
 	if err := ctx.Err(); err != nil {
 		return nil, err // interrupted while the hooks ran
 	}
-	var closers []func()
-	closeAll := func() {
-		for i := len(closers) - 1; i >= 0; i-- {
-			closers[i]()
-		}
-	}
+	closeDigests := func() {}
 	var baseSize int64
 	if base != nil {
 		baseSize = baseRec.VolumeSize
@@ -181,38 +176,13 @@ func (t *ThickSource) Discover(ctx context.Context, res *Result, newProgress fun
 	var src archive.Source = d
 	var ds *archive.DigestSource
 	if base != nil && errors.Is(err, lvmthin.ErrBaseInvalid) {
-		// The base's table is incomplete: compare every block of the new
-		// snapshot with the previous backup's digests instead.
-		res.Fallback = fmt.Sprintf("base snapshot %s was invalidated (its %s copy-on-write store overflowed, or an I/O error)", base.FullName(), BytesHuman(base.Size))
-		res.Notes = append(res.Notes, res.Fallback+": compared every block with the backup's digests instead of reading its exception table; "+
-			"give a larger --snapshot-size or back up more often")
-		prev, closeChain, cerr := chainDigests(t.s, baseRec, t.v.BlockSize)
-		if cerr != nil {
-			res.Notes = append(res.Notes, fmt.Sprintf("cannot read the chain of backup #%d (%v): making a full; run thinback verify", baseRec.Seq, cerr))
-			base = nil
-		} else {
-			closers = append(closers, closeChain)
-		}
-		if d, err = lvmthin.OpenClassic(ctx, lvmthin.ClassicOptions{Snap: snap}); err != nil {
-			closeAll()
+		if d, ds, closeDigests, err = t.digests(ctx, res); err != nil {
 			return nil, err
 		}
-		if prev != nil {
-			f, err := archive.OpenFile(d.Snap().DMPath)
-			if err != nil {
-				d.Close()
-				closeAll()
-				return nil, fmt.Errorf("open snapshot %s: %w", snap.FullName(), err)
-			}
-			closers = append(closers, func() { f.Close() })
-			if ds, err = archive.NewDigestSource(f, d.Size(), t.v.BlockSize, prev, archive.DigestSourceOptions{}); err != nil {
-				d.Close()
-				closeAll()
-				return nil, err
-			}
-			closers = append(closers, func() { ds.Close() })
+		if ds != nil {
 			src = ds
 		} else {
+			base = nil
 			src = d
 		}
 	} else if err != nil {
@@ -220,7 +190,7 @@ func (t *ThickSource) Discover(ctx context.Context, res *Result, newProgress fun
 	}
 	closeDelta := func() error {
 		err := d.Close()
-		closeAll()
+		closeDigests()
 		return err
 	}
 	st := d.Stats()
@@ -232,7 +202,7 @@ func (t *ThickSource) Discover(ctx context.Context, res *Result, newProgress fun
 
 	var h *archive.Header
 	if base != nil {
-		h = ClassicHeader(snap, base, t.origin, d.Size(), t.o.Tool)
+		h = ClassicHeader(snap, base, t.origin, d.Size())
 		if h.Parent.ID, err = record.ParseID(baseRec.ID); err != nil {
 			err = fmt.Errorf("snapshot #%d of %s: %w", baseRec.Seq, t.v.Name, err)
 			if cerr := closeDelta(); cerr != nil {
@@ -246,9 +216,9 @@ func (t *ThickSource) Discover(ctx context.Context, res *Result, newProgress fun
 			res.Method = "digests"
 		}
 	} else {
-		h = ClassicHeader(snap, nil, t.origin, d.Size(), t.o.Tool)
+		h = ClassicHeader(snap, nil, t.origin, d.Size())
 	}
-	h.VolumeName, h.VolumeUUID = t.v.Name, t.origin.UUID
+	h.VolumeName, h.VolumeUUID, h.Tool = t.v.Name, t.origin.UUID, t.o.Tool
 	var prog Progress = NoProgress{}
 	if ds == nil {
 		prog = newProgress(d.Stats().DataBytes)
@@ -267,6 +237,52 @@ func (t *ThickSource) Discover(ctx context.Context, res *Result, newProgress fun
 			}
 		},
 	}, nil
+}
+
+// digests opens the new snapshot for a backup whose base was
+// invalidated: every block is compared with the previous backup's
+// digests (ds), or, when its chain cannot be read, sent as a full (ds
+// nil). closeDigests closes what it opened besides d.
+func (t *ThickSource) digests(ctx context.Context, res *Result) (d *lvmthin.Classic, ds *archive.DigestSource, closeDigests func(), err error) {
+	snap, base, baseRec := t.snap, t.base, t.baseRec
+	var closers []func()
+	closeDigests = func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	// The base's table is incomplete: compare every block of the new
+	// snapshot with the previous backup's digests instead.
+	res.Fallback = fmt.Sprintf("base snapshot %s was invalidated (its %s copy-on-write store overflowed, or an I/O error)", base.FullName(), BytesHuman(base.Size))
+	res.Notes = append(res.Notes, res.Fallback+": compared every block with the backup's digests instead of reading its exception table; "+
+		"give a larger --snapshot-size or back up more often")
+	prev, closeChain, cerr := chainDigests(t.s, baseRec, t.v.BlockSize)
+	if cerr != nil {
+		res.Notes = append(res.Notes, fmt.Sprintf("cannot read the chain of backup #%d (%v): making a full; run thinback verify", baseRec.Seq, cerr))
+	} else {
+		closers = append(closers, closeChain)
+	}
+	if d, err = lvmthin.OpenClassic(ctx, lvmthin.ClassicOptions{Snap: snap}); err != nil {
+		closeDigests()
+		return nil, nil, nil, err
+	}
+	if prev == nil {
+		return d, nil, closeDigests, nil
+	}
+	f, err := archive.OpenFile(d.Snap().DMPath)
+	if err != nil {
+		d.Close()
+		closeDigests()
+		return nil, nil, nil, fmt.Errorf("open snapshot %s: %w", snap.FullName(), err)
+	}
+	closers = append(closers, func() { f.Close() })
+	if ds, err = archive.NewDigestSource(f, d.Size(), t.v.BlockSize, prev, archive.DigestSourceOptions{}); err != nil {
+		d.Close()
+		closeDigests()
+		return nil, nil, nil, err
+	}
+	closers = append(closers, func() { ds.Close() })
+	return d, ds, closeDigests, nil
 }
 
 // Rotate implements Source: removing the base also ends its

@@ -66,17 +66,17 @@ func TestVolumeRecordKind(t *testing.T) {
 	when := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	origin := &lvmthin.LV{VG: "vg", Name: "data", UUID: "uuid-origin", Attr: "owi-aos---", Size: 1 << 30}
 	snap := &lvmthin.LV{VG: "vg", Name: "data.thinback.x", Origin: "data", UUID: "uuid-snap", Attr: "sri-a-s---", Time: when, ChunkSize: 4096}
-	v := record.VolumeOf(ClassicHeader(snap, nil, origin, 1<<30, "thinback test"))
+	v := record.VolumeOf(ClassicHeader(snap, nil, origin, 1<<30))
 	if v.Kind != catalog.KindLVMThick || v.Source != "vg/data" || v.Name != "vg/data" || v.UUID != "uuid-origin" {
 		t.Errorf("thick volume record %+v", v)
 	}
 	thin := &lvmthin.LV{VG: "vg", Name: "vm.thinback.x", Origin: "vm", Pool: "pool", UUID: "uuid-thin", Attr: "Vri---tz-k", Time: when, ThinID: 2, ChunkSize: 65536, Size: 1 << 30}
 	thinOrigin := &lvmthin.LV{VG: "vg", Name: "vm", Pool: "pool", UUID: "uuid-vm", Attr: "Vwi-a-tz--", ThinID: 1, Size: 1 << 30}
-	if v := record.VolumeOf(ThinHeader(thin, nil, thinOrigin, "thinback test")); v.Kind != catalog.KindLVMThin || v.Source != "vg/vm" {
+	if v := record.VolumeOf(ThinHeader(thin, nil, thinOrigin)); v.Kind != catalog.KindLVMThin || v.Source != "vg/vm" {
 		t.Errorf("thin volume record %+v", v)
 	}
 	// Thin files written before lvm.kind existed.
-	h := ThinHeader(thin, nil, thinOrigin, "thinback test")
+	h := ThinHeader(thin, nil, thinOrigin)
 	h.SetAttr("lvm.kind", "")
 	if v := record.VolumeOf(h); v.Kind != catalog.KindLVMThin {
 		t.Errorf("thin volume record without lvm.kind %+v", v)

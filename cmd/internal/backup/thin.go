@@ -51,8 +51,8 @@ func (t *ThinSource) Discover(ctx context.Context, res *Result, newProgress func
 		return nil, err
 	}
 	t.d = d
-	h := ThinHeader(snap, base, t.origin, t.o.Tool)
-	h.VolumeName, h.VolumeUUID = t.v.Name, t.origin.UUID
+	h := ThinHeader(snap, base, t.origin)
+	h.VolumeName, h.VolumeUUID, h.Tool = t.v.Name, t.origin.UUID, t.o.Tool
 	if base != nil {
 		if h.Parent.ID, err = record.ParseID(t.baseRec.ID); err != nil {
 			err = fmt.Errorf("snapshot #%d of %s: %w", t.baseRec.Seq, t.v.Name, err)
