@@ -9,6 +9,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/backup"
 	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/restore"
@@ -130,7 +131,7 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
 	})
 	prog.Done()
 	if err != nil {
-		return fmt.Errorf("receive: %w\nnothing was recorded in the store", storeWriteError(dir, err))
+		return fmt.Errorf("receive: %w\nnothing was recorded in the store", backup.StoreWriteError(dir, err))
 	}
 	if !quiet {
 		kind := "full"

@@ -4,14 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/backup"
 	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/thinback/thinback/lvmthin"
 	"github.com/thinback/thinback/restore"
@@ -79,15 +78,17 @@ func sendCommand(e *env) *cli.Command {
 			case o.blockSize < archive.MinBlockSize || o.blockSize > archive.MaxBlockSize || o.blockSize%archive.MinBlockSize != 0:
 				return usageError{msg: fmt.Sprintf("send: --block-size %d is not a multiple of 4096 between 4096 and %d", o.blockSize, archive.MaxBlockSize)}
 			}
-			if o.file != "" {
-				return runSendFile(c.Context, e, o)
+			if len(a) == 1 {
+				o.snap = a[0]
 			}
-			return runSendLVM(c.Context, e, o, a[0], c.String("base"))
+			o.base = c.String("base")
+			return runSend(c.Context, e, o)
 		},
 	}
 }
 
 type sendOptions struct {
+	snap, base             string
 	file, baseFile, baseID string
 	out                    string
 	volume, volumeUUID     string
@@ -98,97 +99,44 @@ type sendOptions struct {
 	discovery              lvmthin.Discovery
 }
 
-// fileSnapshot names the state of an image. A regular file's identity is
-// derived from its inode and modification time, so an incremental sent
-// later against the same, unchanged file names the snapshot its full
-// called itself, on any host; a changed file is a new snapshot. A block
-// device has no such stamp: it gets a random identity.
-func fileSnapshot(f *os.File, size int64, block bool) (archive.Snapshot, error) {
-	st, err := f.Stat()
+func runSend(ctx context.Context, e *env, o sendOptions) error {
+	newProg := func(total int64) backup.Progress { return newProgress(e.stderr, o.quiet, "sent", total) }
+	var out *backup.Outgoing
+	var err error
+	if o.file != "" {
+		out, err = backup.OpenFileSend(backup.FileSendOptions{
+			File: o.file, BaseFile: o.baseFile, BaseID: o.baseID,
+			Volume: o.volume, VolumeUUID: o.volumeUUID, BlockSize: o.blockSize, Tool: toolName(),
+			Progress: newProg,
+		})
+	} else {
+		out, err = backup.OpenLVSend(ctx, backup.LVSendOptions{
+			Snap: o.snap, Base: o.base, Progress: newProg,
+			LV: backup.LVOptions{ReleaseStale: o.releaseStale, Discovery: o.discovery, Waiting: waitingLine(e), Tool: toolName()},
+		})
+	}
 	if err != nil {
-		return archive.Snapshot{}, err
+		return usageOf(fmt.Errorf("send: %w", err))
 	}
-	if block {
-		return archive.Snapshot{ID: archive.NewID(), Name: f.Name(), Time: time.Now().UTC()}, nil
-	}
-	sys := st.Sys().(*syscall.Stat_t)
-	key := fmt.Sprintf("%d:%d:%d:%d", sys.Dev, sys.Ino, size, st.ModTime().UnixNano())
-	return archive.Snapshot{ID: archive.DeriveID("file", key), Name: filepath.Base(f.Name()), Time: st.ModTime().UTC()}, nil
-}
-
-func runSendFile(ctx context.Context, e *env, o sendOptions) error {
-	nf, err := archive.OpenFile(o.file)
-	if err != nil {
-		return fmt.Errorf("send: %w", err)
-	}
-	defer nf.Close()
-	size, block, err := archive.FileSize(nf)
-	if err != nil {
-		return fmt.Errorf("send: %w", err)
-	}
-	snap, err := fileSnapshot(nf, size, block)
-	if err != nil {
-		return fmt.Errorf("send: %w", err)
-	}
-	abs, _ := filepath.Abs(o.file)
-	h := &archive.Header{
-		BlockSize: o.blockSize, Codec: archive.CodecZstd, Hash: archive.HashBLAKE3,
-		VolumeName: o.volume, VolumeUUID: o.volumeUUID, VolumeSize: size,
-		Snapshot: snap, Tool: toolName(),
-	}
-	if h.VolumeName == "" {
-		h.VolumeName = filepath.Base(o.file)
-	}
-	h.SetAttr(archive.AttrFilePath, abs)
-
-	prog := newProgress(e.stderr, o.quiet, "sent", size)
-	defer prog.Done()
-	var src archive.Source = archive.NewFileSource(nf, size, block)
-	if o.baseFile != "" {
-		bf, err := archive.OpenFile(o.baseFile)
-		if err != nil {
-			return fmt.Errorf("send: base: %w", err)
-		}
-		defer bf.Close()
-		baseSize, baseBlock, err := archive.FileSize(bf)
-		if err != nil {
-			return fmt.Errorf("send: base: %w", err)
-		}
-		base, err := fileSnapshot(bf, baseSize, baseBlock)
-		if err != nil {
-			return fmt.Errorf("send: base: %w", err)
-		}
-		if o.baseID != "" {
-			if base.ID, err = archive.ParseID(o.baseID); err != nil {
-				return usageError{msg: "send: --base-id: " + err.Error()}
-			}
-		} else if baseBlock {
-			return usageError{msg: fmt.Sprintf("send: the base %s is a block device, whose snapshot id cannot be derived: give --base-id (thinback inspect shows the id of the full you made of it)", o.baseFile)}
-		}
-		if base.ID == snap.ID {
-			return fmt.Errorf("send: %s and %s are the same unchanged file: there is nothing to send", o.file, o.baseFile)
-		}
-		h.Parent, h.ParentSize = base, baseSize
-		babs, _ := filepath.Abs(o.baseFile)
-		h.SetAttr(archive.AttrFileBasePath, babs)
-		// The comparison reads NEW once; progress follows it.
-		src = archive.NewCompareSource(nf, size, bf, baseSize, o.blockSize, prog.Add)
-	} else if o.baseID != "" {
-		return usageError{msg: "send: --base-id goes with --base-file"}
-	}
-	sources := []restore.Guard{{What: "image", Path: o.file}}
-	if o.baseFile != "" {
-		sources = append(sources, restore.Guard{What: "base image", Path: o.baseFile})
-	}
-	st, err := sendTo(ctx, e, o.out, h, src, o.level, prog, o.baseFile == "", sources)
+	defer out.Close()
+	st, err := sendTo(ctx, e, sendToOptions{
+		out: o.out, header: out.Header, src: out.Source, level: o.level,
+		progress: out.Progress, countWrites: out.CountWrites, guards: out.Guards,
+	})
+	out.Progress.Done()
 	if err != nil {
 		return err
 	}
-	if o.baseFile != "" {
-		st.read = size + min(size, h.ParentSize) // both images are read in full
+	if err := out.Close(); err != nil {
+		return fmt.Errorf("send: %w", err)
 	}
+	st.read = out.Read(st.trailer)
 	if !o.quiet {
-		printable.Sayf(e.stderr, "%s", sendSummary(h, st))
+		line := sendSummary(out.Header, st)
+		if out.Detail != nil {
+			line += " (" + out.Detail() + ")"
+		}
+		printable.Sayf(e.stderr, "%s", line)
 	}
 	return nil
 }
@@ -201,11 +149,24 @@ type sendStats struct {
 	took     time.Duration
 }
 
-// sendTo writes a delta file of src with header h to out. Standard output
-// must not be, nor hold, one of sources, what the delta is read from.
-func sendTo(ctx context.Context, e *env, out string, h *archive.Header, src archive.Source, level archive.Level, prog progress, countWrites bool, sources []restore.Guard) (st sendStats, err error) {
+// sendToOptions are what sendTo writes where.
+type sendToOptions struct {
+	out         string // a file, or "-" for standard output
+	header      *archive.Header
+	src         archive.Source
+	level       archive.Level
+	progress    progress
+	countWrites bool // add the bytes written to progress
+	// guards are what the delta is read from, which standard output must
+	// not be or hold.
+	guards []restore.Guard
+}
+
+// sendTo writes a delta file of so.src with header so.header to so.out.
+func sendTo(ctx context.Context, e *env, so sendToOptions) (st sendStats, err error) {
 	start := time.Now()
-	o, err := createOutput(e, out, sources)
+	out, h := so.out, so.header
+	o, err := createOutput(e, out, so.guards)
 	if err != nil {
 		return sendStats{}, fmt.Errorf("send: %w", err)
 	}
@@ -222,11 +183,11 @@ func sendTo(ctx context.Context, e *env, out string, h *archive.Header, src arch
 	if err := w.WriteHeader(h); err != nil {
 		return sendStats{}, sendError(out, err)
 	}
-	opts := archive.SendOptions{Level: level}
-	if countWrites {
-		opts.Progress = prog.Add
+	opts := archive.SendOptions{Level: so.level}
+	if so.countWrites {
+		opts.Progress = so.progress.Add
 	}
-	if err := archive.Send(ctx, w, src, opts); err != nil {
+	if err := archive.Send(ctx, w, so.src, opts); err != nil {
 		return sendStats{}, sendError(out, err)
 	}
 	if err := w.Close(); err != nil {
@@ -237,22 +198,6 @@ func sendTo(ctx context.Context, e *env, out string, h *archive.Header, src arch
 	}
 	t := w.Trailer()
 	return sendStats{trailer: t, read: t.DataBytes, fileSize: w.Offset(), took: time.Since(start)}, nil
-}
-
-// lvSources are the LVs a send reads, or whose data it reads (the
-// origin of a snapshot), as what standard output must not be or hold;
-// an LV that is not active has no device to write to.
-func lvSources(snap, base, origin *lvmthin.LV) []restore.Guard {
-	var g []restore.Guard
-	for _, s := range []struct {
-		what string
-		lv   *lvmthin.LV
-	}{{"snapshot", snap}, {"base snapshot", base}, {"origin", origin}} {
-		if s.lv != nil && s.lv.DMPath != "" {
-			g = append(g, restore.Guard{What: s.what + " " + s.lv.FullName().String(), Path: s.lv.DMPath})
-		}
-	}
-	return g
 }
 
 func sendError(out string, err error) error {

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/thinback/thinback/cmd/internal/backup"
 	"golang.org/x/term"
 )
 
@@ -88,15 +89,4 @@ func (p *ttyProgress) Done() {
 }
 
 // bytesHuman formats n in binary units.
-func bytesHuman(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+func bytesHuman(n int64) string { return backup.BytesHuman(n) }

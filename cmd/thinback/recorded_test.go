@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/backup"
 	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/lvmthin"
 )
@@ -260,13 +261,13 @@ func TestNewestBaseChecksRecord(t *testing.T) {
 	existing := []*lvmthin.LV{{VG: "vg0", Name: "disk.thinback.3", UUID: "lv-uuid-3"}}
 
 	setRecord("3", 1<<20)
-	base, rec, notes, err := newestBase(s, "disk.img", existing, "the pool")
+	base, rec, notes, err := backup.NewestBase(s, "disk.img", existing, "the pool")
 	if err != nil || base == nil || rec.Seq != 3 || len(notes) != 0 {
 		t.Fatalf("newestBase with #3 as recorded: %v, #%d, %q, %v; want #3's LV", base, rec.Seq, notes, err)
 	}
 
 	setRecord("3", 2<<20)
-	base, _, notes, err = newestBase(s, "disk.img", existing, "the pool")
+	base, _, notes, err = backup.NewestBase(s, "disk.img", existing, "the pool")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package main
+package backup
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/thinback/thinback/catalog"
-	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/lvmthin"
 )
 
@@ -40,7 +39,7 @@ func snapshotName(origin *lvmthin.LV, existing []*lvmthin.LV, now time.Time) str
 	return name
 }
 
-// newestBase finds the base of the next incremental of volume name: the
+// NewestBase finds the base of the next incremental of volume name: the
 // newest recorded snapshot whose LV is among existing (matched by UUID).
 // It returns nil when there is none (a full), and notes saying why the
 // newest backup's snapshot was not used; where names the place the
@@ -48,7 +47,7 @@ func snapshotName(origin *lvmthin.LV, existing []*lvmthin.LV, now time.Time) str
 // describe its file (baseFile): an incremental is made from the sizes
 // the record gives, and one made from a record out of step with its file
 // could never be restored.
-func newestBase(s catalog.Repository, name string, existing []*lvmthin.LV, where string) (*lvmthin.LV, catalog.Snapshot, []string, error) {
+func NewestBase(s catalog.Repository, name string, existing []*lvmthin.LV, where string) (*lvmthin.LV, catalog.Snapshot, []string, error) {
 	byUUID := map[string]*lvmthin.LV{}
 	for _, lv := range existing {
 		byUUID[lv.UUID] = lv
@@ -84,24 +83,6 @@ func newestBase(s catalog.Repository, name string, existing []*lvmthin.LV, where
 	return base, baseRec, notes, err
 }
 
-// baseFile opens the delta file of rec, the base of an incremental,
-// through OpenChain, which checks that rec describes it.
-func baseFile(s catalog.Repository, rec catalog.Snapshot) error {
-	var vol catalog.Volume
-	if err := s.View(func(tx *catalog.Tx) error {
-		var err error
-		vol, err = tx.Volume(rec.Volume)
-		return err
-	}); err != nil {
-		return err
-	}
-	files, err := record.OpenChain(s.OpenDelta, s.String(), vol, []catalog.Snapshot{rec})
-	if err != nil {
-		return err
-	}
-	return record.CloseAll(files)
-}
-
 // removeOlderSnapshots removes thinback's snapshots of origin other than
 // keep, once keep's backup is durable in the store: the next incremental
 // needs only keep. Snapshots thinback did not make are never touched. It
@@ -117,4 +98,72 @@ func removeOlderSnapshots(ctx context.Context, origin *lvmthin.LV, existing []*l
 		}
 	}
 	return warnings
+}
+
+// removeUnrecorded removes a snapshot thinback took for a backup that
+// failed (err): it is in no store, so it must not stay on the pool. A
+// failed removal is added to err, with what to do.
+func removeUnrecorded(ctx context.Context, snap *lvmthin.LV, err error) error {
+	if rerr := lvmthin.RemoveSnapshotLV(context.WithoutCancel(ctx), snap); rerr != nil {
+		return fmt.Errorf("%w\nand the snapshot %s, which is in no store, could not be removed: %v; remove it with lvremove %s",
+			err, snap.FullName(), rerr, snap.FullName())
+	}
+	return err
+}
+
+// lvSource is what the thin and the thick source share: the LV backed
+// up, the snapshots thinback took of it, the base and the new snapshot.
+type lvSource struct {
+	origin *lvmthin.LV
+	rep    *lvmthin.Report // the run's one lvs report of the volume group
+	o      LVOptions
+
+	// Set by ChooseBase, NextSnapshot and TakeSnapshot.
+	s        catalog.Repository
+	v        catalog.Volume
+	existing []*lvmthin.LV
+	base     *lvmthin.LV
+	baseRec  catalog.Snapshot
+	lvName   string
+	snap     *lvmthin.LV
+}
+
+// CheckVolume implements Source: an LV recreated under the same name is
+// another volume.
+func (l *lvSource) CheckVolume(v catalog.Volume) ([]string, error) {
+	if v.UUID != l.origin.UUID {
+		return nil, fmt.Errorf("the store's volume %s is the backup of LV uuid %s, but %s has uuid %s (was it recreated?): back it up under another name with --volume", v.Name, v.UUID, l.origin.FullName(), l.origin.UUID)
+	}
+	return nil, nil
+}
+
+// chooseBase picks the newest recorded snapshot among existing.
+func (l *lvSource) chooseBase(s catalog.Repository, v catalog.Volume, existing []*lvmthin.LV, where string) ([]string, error) {
+	l.s, l.v, l.existing = s, v, existing
+	var notes []string
+	var err error
+	l.base, l.baseRec, notes, err = NewestBase(s, v.Name, existing, where)
+	return notes, err
+}
+
+// NextSnapshot implements Source: LV.thinback.<UTC time>.
+func (l *lvSource) NextSnapshot() string {
+	if l.lvName == "" {
+		l.lvName = snapshotName(l.origin, l.existing, time.Now())
+	}
+	return l.origin.VG + "/" + l.lvName
+}
+
+// Origin implements Source.
+func (l *lvSource) Origin() string { return l.origin.FullName().String() }
+
+// Live implements Source: an LV is read from a snapshot.
+func (l *lvSource) Live() bool { return false }
+
+// RemoveSnapshot implements Source.
+func (l *lvSource) RemoveSnapshot(ctx context.Context, err error) error {
+	if l.snap == nil {
+		return err
+	}
+	return removeUnrecorded(ctx, l.snap, err)
 }

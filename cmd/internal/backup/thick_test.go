@@ -1,4 +1,4 @@
-package main
+package backup
 
 import (
 	"errors"
@@ -38,7 +38,7 @@ func TestParseSnapshotSize(t *testing.T) {
 	}
 	for _, in := range []string{"0", "-1G", "G", "1.5G", "12X", "1GB2", "0%", "101%", "x%", "1Gx", "99999999999T"} {
 		_, err := parseSnapshotSize(in, lv)
-		var ue usageError
+		var ue *UsageError
 		if !errors.As(err, &ue) {
 			t.Errorf("parseSnapshotSize(%q) = %v, want a usage error", in, err)
 		}
@@ -66,17 +66,17 @@ func TestVolumeRecordKind(t *testing.T) {
 	when := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	origin := &lvmthin.LV{VG: "vg", Name: "data", UUID: "uuid-origin", Attr: "owi-aos---", Size: 1 << 30}
 	snap := &lvmthin.LV{VG: "vg", Name: "data.thinback.x", Origin: "data", UUID: "uuid-snap", Attr: "sri-a-s---", Time: when, ChunkSize: 4096}
-	v := record.VolumeOf(classicHeader(snap, nil, origin, 1<<30))
+	v := record.VolumeOf(ClassicHeader(snap, nil, origin, 1<<30))
 	if v.Kind != catalog.KindLVMThick || v.Source != "vg/data" || v.Name != "vg/data" || v.UUID != "uuid-origin" {
 		t.Errorf("thick volume record %+v", v)
 	}
 	thin := &lvmthin.LV{VG: "vg", Name: "vm.thinback.x", Origin: "vm", Pool: "pool", UUID: "uuid-thin", Attr: "Vri---tz-k", Time: when, ThinID: 2, ChunkSize: 65536, Size: 1 << 30}
 	thinOrigin := &lvmthin.LV{VG: "vg", Name: "vm", Pool: "pool", UUID: "uuid-vm", Attr: "Vwi-a-tz--", ThinID: 1, Size: 1 << 30}
-	if v := record.VolumeOf(thinHeader(thin, nil, thinOrigin)); v.Kind != catalog.KindLVMThin || v.Source != "vg/vm" {
+	if v := record.VolumeOf(ThinHeader(thin, nil, thinOrigin)); v.Kind != catalog.KindLVMThin || v.Source != "vg/vm" {
 		t.Errorf("thin volume record %+v", v)
 	}
 	// Thin files written before lvm.kind existed.
-	h := thinHeader(thin, nil, thinOrigin)
+	h := ThinHeader(thin, nil, thinOrigin)
 	h.SetAttr("lvm.kind", "")
 	if v := record.VolumeOf(h); v.Kind != catalog.KindLVMThin {
 		t.Errorf("thin volume record without lvm.kind %+v", v)
