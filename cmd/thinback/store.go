@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"strings"
 
 	"github.com/thinback/thinback/archive"
@@ -87,29 +86,6 @@ func readDeltaFrom(ctx context.Context, f io.Reader, payloads bool) (*archive.He
 		return h, archive.Trailer{}, err
 	}
 	return h, rd.Trailer(), nil
-}
-
-// findSnapshot resolves a snapshot of volume by ID, a unique ID prefix, or
-// its sequence number ("#3" or "3").
-func findSnapshot(tx *catalog.Tx, volume, ref string) (catalog.Snapshot, error) {
-	snaps, err := tx.Snapshots(volume)
-	if err != nil {
-		return catalog.Snapshot{}, err
-	}
-	var found []catalog.Snapshot
-	seq, seqErr := strconv.ParseUint(strings.TrimPrefix(ref, "#"), 10, 64)
-	for _, s := range snaps {
-		if s.ID == ref || (len(ref) >= 4 && strings.HasPrefix(s.ID, ref)) || (seqErr == nil && s.Seq == seq) {
-			found = append(found, s)
-		}
-	}
-	switch len(found) {
-	case 1:
-		return found[0], nil
-	case 0:
-		return catalog.Snapshot{}, fmt.Errorf("volume %s has no snapshot %q (see thinback list %s): %w", volume, ref, volume, catalog.ErrNotFound)
-	}
-	return catalog.Snapshot{}, usageError{msg: fmt.Sprintf("snapshot %q of %s is ambiguous: give more of its id", ref, volume)}
 }
 
 // warn prints a failure that did not fail the run. Warnings are printed
