@@ -5,6 +5,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/verify"
 	"github.com/thinback/thinback/restore"
 )
 
@@ -19,17 +20,6 @@ func storeGuards(s catalog.Repository, chain []catalog.Snapshot) []restore.Guard
 	return guards
 }
 
-// readStored reads a store's delta file to its verified END record,
-// decompressing every record and checking every digest.
-func readStored(ctx context.Context, s catalog.Repository, file string) (*archive.Header, archive.Trailer, error) {
-	r, err := s.OpenStream(file)
-	if err != nil {
-		return nil, archive.Trailer{}, err
-	}
-	defer r.Close()
-	return readDeltaFrom(ctx, r, true)
-}
-
 // readStoredMeta reads a store's delta file's header and records' metadata
 // to its verified END record, seeking over the payloads.
 func readStoredMeta(ctx context.Context, s catalog.Repository, file string) (*archive.Header, archive.Trailer, error) {
@@ -38,5 +28,5 @@ func readStoredMeta(ctx context.Context, s catalog.Repository, file string) (*ar
 		return nil, archive.Trailer{}, err
 	}
 	defer r.Close()
-	return readDeltaFrom(ctx, r, false)
+	return verify.File(ctx, r, false)
 }

@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 
@@ -12,6 +10,7 @@ import (
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3"
 	"github.com/thinback/thinback/cmd/internal/printable"
+	"github.com/thinback/thinback/cmd/internal/verify"
 	"github.com/urfave/cli/v2"
 )
 
@@ -68,24 +67,7 @@ func readDelta(ctx context.Context, path string, payloads bool) (*archive.Header
 		return nil, archive.Trailer{}, err
 	}
 	defer f.Close()
-	return readDeltaFrom(ctx, f, payloads)
-}
-
-// readDeltaFrom is readDelta of an open file or stream. A stream (no
-// io.Seeker) is read front to back, payloads included.
-func readDeltaFrom(ctx context.Context, f io.Reader, payloads bool) (*archive.Header, archive.Trailer, error) {
-	rd := archive.NewReader(f)
-	h, err := rd.Header()
-	if err == nil && payloads {
-		err = archive.Scan(ctx, rd, archive.ScanOptions{}, func(*archive.Record, []byte) error { return nil })
-	}
-	for err == nil && !payloads {
-		_, err = rd.Next()
-	}
-	if err != nil && !errors.Is(err, io.EOF) {
-		return h, archive.Trailer{}, err
-	}
-	return h, rd.Trailer(), nil
+	return verify.File(ctx, f, payloads)
 }
 
 // warn prints a failure that did not fail the run. Warnings are printed
