@@ -60,6 +60,13 @@
 // writers and RemoveOrphans removes files that were renamed into place
 // but never recorded, or that a committed change made obsolete.
 //
+// A reader that may run for days, or read a store on read-only media,
+// opens it with OpenReadOnly: a Repository that creates and cleans
+// nothing, holds the catalog's shared lock only while a View runs, and
+// refuses every write with ErrReadOnly. Retention.Plan says what a prune
+// of a volume removes and which files it merges, for the caller to carry
+// out with ReplaceDelta and Remove.
+//
 // # Publishing a file
 //
 // Every finished file thinback writes gets its name one way, here, for the

@@ -72,6 +72,12 @@ type Repository interface {
 	// file's name for OpenDelta or OpenStream.
 	Check(opts CheckOptions) ([]error, error)
 
+	// LocalFiles lists the files and directories of this machine through
+	// which the store holds chain (a snapshot's chain, full first): a
+	// command that writes to a file or device it is given refuses one
+	// that is, or holds, any of them.
+	LocalFiles(chain []Snapshot) []LocalFile
+
 	// Close releases what the store holds (locks still held, open
 	// connections). The local store holds nothing between calls.
 	Close() error
@@ -88,6 +94,25 @@ type DeltaReader interface {
 }
 
 var _ Repository = (*Store)(nil)
+
+// LocalFile is a file or directory of this machine that a store keeps
+// (see Repository.LocalFiles). What names it in messages: "store",
+// "catalog", "delta file", "catalog cache".
+type LocalFile struct {
+	What string
+	Path string
+	Dir  bool // a directory: nothing under it either
+}
+
+// LocalFiles returns the store's directory, its catalog and the delta
+// files of chain.
+func (s *Store) LocalFiles(chain []Snapshot) []LocalFile {
+	files := []LocalFile{{What: "store", Path: s.Dir(), Dir: true}, {What: "catalog", Path: s.DBPath()}}
+	for _, sn := range chain {
+		files = append(files, LocalFile{What: "delta file", Path: s.Path(sn.File)})
+	}
+	return files
+}
 
 // String returns the store's directory.
 func (s *Store) String() string { return s.dir }

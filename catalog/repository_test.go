@@ -190,3 +190,27 @@ func TestCheckReplace(t *testing.T) {
 		return nil
 	})
 }
+
+// TestStoreLocalFiles: a local store keeps its directory, its catalog
+// and every delta file of a chain on this machine.
+func TestStoreLocalFiles(t *testing.T) {
+	ts := newTestStore(t)
+	ts.putVolume("v")
+	a := ts.commit("v", "", []byte("a"))
+	b := ts.commit("v", a.ID, []byte("bb"))
+	got := ts.LocalFiles([]Snapshot{a, b})
+	want := []LocalFile{
+		{What: "store", Path: ts.Dir(), Dir: true},
+		{What: "catalog", Path: ts.DBPath()},
+		{What: "delta file", Path: ts.Path(a.File)},
+		{What: "delta file", Path: ts.Path(b.File)},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("LocalFiles = %+v, want %+v", got, want)
+	}
+	for _, f := range got {
+		if _, err := os.Stat(f.Path); err != nil {
+			t.Errorf("%s %s: %v", f.What, f.Path, err)
+		}
+	}
+}

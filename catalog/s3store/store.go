@@ -293,6 +293,12 @@ func (s *Store) CacheDir() string { return s.cacheDir }
 // CacheDB returns the path of the cache's catalog file.
 func (s *Store) CacheDB() string { return s.db }
 
+// LocalFiles returns the cache's catalog: the delta files are in the
+// bucket, not on this machine.
+func (s *Store) LocalFiles([]catalog.Snapshot) []catalog.LocalFile {
+	return []catalog.LocalFile{{What: "catalog cache", Path: s.db}}
+}
+
 // View runs fn in a read-only transaction of the cached catalog: the
 // records as they were when the Store was opened (and, for a locked
 // volume, when it was locked), plus what this Store committed since.

@@ -475,3 +475,22 @@ func TestDamagedStoreObject(t *testing.T) {
 		}
 	}
 }
+
+// LocalFiles names the cache's catalog, which is on this machine, and
+// none of a chain's delta files, which are in the bucket.
+func TestLocalFiles(t *testing.T) {
+	srv := s3test.Start(t)
+	h := newHost(t, srv)
+	st := h.open()
+	unlock := lock(t, st, "v")
+	s1 := write(t, st, "v", "", []byte("one"), 0)
+	unlock()
+	got := st.LocalFiles([]catalog.Snapshot{s1})
+	want := []catalog.LocalFile{{What: "catalog cache", Path: filepath.Join(h.cache, st.ID(), "catalog.db")}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("LocalFiles = %+v, want %+v", got, want)
+	}
+	if _, err := os.Stat(got[0].Path); err != nil {
+		t.Errorf("the catalog cache: %v", err)
+	}
+}

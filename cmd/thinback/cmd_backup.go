@@ -11,7 +11,9 @@ import (
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/backup"
+	"github.com/thinback/thinback/cmd/internal/pointintime"
 	"github.com/thinback/thinback/cmd/internal/printable"
+	"github.com/thinback/thinback/cmd/internal/prune"
 	"github.com/thinback/thinback/lvmthin"
 	"github.com/urfave/cli/v2"
 )
@@ -167,7 +169,7 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 // which returns the sequence numbers it removed.
 func pruneAfterBackup(s catalog.Repository, level archive.Level) func(context.Context, string, catalog.Retention) ([]uint64, error) {
 	return func(ctx context.Context, name string, r catalog.Retention) ([]uint64, error) {
-		pr, err := pruneVolume(ctx, s, name, r, false, level)
+		pr, err := prune.Volume(ctx, s, name, r, prune.Options{Level: level, Tool: toolName()})
 		var removed []uint64
 		if pr != nil {
 			for _, r := range pr.Removed {
@@ -209,11 +211,13 @@ func printBackup(e *env, o backupOptions, res *backup.Result, commands func() lv
 	return nil
 }
 
-// usageOf makes an error of the backup package that is a bad command
-// line a usage error, with the same text.
+// usageOf makes an error of the packages under cmd/internal that is a
+// bad command line (a backup.UsageError or a pointintime.UsageError) a
+// usage error, with the same text.
 func usageOf(err error) error {
-	var ue *backup.UsageError
-	if errors.As(err, &ue) {
+	var bu *backup.UsageError
+	var pu *pointintime.UsageError
+	if errors.As(err, &bu) || errors.As(err, &pu) {
 		return usageError{msg: err.Error()}
 	}
 	return err

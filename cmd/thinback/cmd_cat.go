@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/thinback/thinback/archive"
@@ -133,14 +132,15 @@ func runCat(ctx context.Context, e *env, o catOptions) error {
 	if err != nil {
 		return err
 	}
-	pit, err := s.openPointInTime(func(tx *catalog.Tx) (catalog.Snapshot, error) {
+	defer closeStore(e, s)
+	pit, err := s.Open(func(tx *catalog.Tx) (catalog.Snapshot, error) {
 		return selectSnapshot(tx, o.volume, o.at, o.snapshot)
 	})
 	if err != nil {
 		return fmt.Errorf("cat: %w", err)
 	}
 	defer pit.Close()
-	c, err := archive.OpenChain(pit.inputs)
+	c, err := archive.OpenChain(pit.Inputs)
 	if err != nil {
 		return fmt.Errorf("cat: %w", err)
 	}
@@ -150,11 +150,7 @@ func runCat(ctx context.Context, e *env, o catOptions) error {
 	size := c.Header().VolumeSize
 	// What standard output must not be: the store, its catalog, the
 	// files being read, or what holds them.
-	guards := []restore.Guard{{What: "store", Path: s.dir, Dir: true}, {What: "catalog", Path: filepath.Join(s.dir, "catalog.db")}}
-	for _, in := range pit.inputs {
-		guards = append(guards, restore.Guard{What: "delta file", Path: in.Name})
-	}
-	out, err := createImageOutput(e, o.out, guards)
+	out, err := createImageOutput(e, o.out, storeGuards(s, pit.Chain))
 	if err != nil {
 		return err
 	}
@@ -187,7 +183,7 @@ func runCat(ctx context.Context, e *env, o catOptions) error {
 		err = fmt.Errorf("bytes [%d, %d) of the volume are defined by no file of the chain: %w", pos, size, archive.ErrNotChain)
 	}
 	if err != nil {
-		return fmt.Errorf("cat %s to %s: %w", pit.describe(), out.name, s.damaged(err))
+		return fmt.Errorf("cat %s to %s: %w", pit.Describe(), out.name, s.Damaged(err))
 	}
 	if err := out.finish(size); err != nil {
 		return fmt.Errorf("cat: %w", err)
@@ -196,7 +192,7 @@ func runCat(ctx context.Context, e *env, o catOptions) error {
 	prog.Done()
 	if !o.quiet {
 		fmt.Fprintf(e.stderr, "cat %s to %s: %s (%s of data, %s of zeroes) from %d file(s), every block verified, in %s\n",
-			pit.describe(), out.name, bytesHuman(size), bytesHuman(data), bytesHuman(size-data), len(pit.files), time.Since(start).Round(time.Millisecond))
+			pit.Describe(), out.name, bytesHuman(size), bytesHuman(data), bytesHuman(size-data), len(pit.Files), time.Since(start).Round(time.Millisecond))
 	}
 	return nil
 }

@@ -59,20 +59,6 @@ type restoreOptions struct {
 	apply                       applyOptions
 }
 
-// parseTime reads the times people type: RFC 3339, or a date with an
-// optional time in the local time zone.
-func parseTime(s string) (time.Time, error) {
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return t, nil
-	}
-	for _, layout := range []string{"2006-01-02 15:04:05", "2006-01-02 15:04", "2006-01-02T15:04:05", "2006-01-02T15:04", "2006-01-02"} {
-		if t, err := time.ParseInLocation(layout, s, time.Local); err == nil {
-			return t, nil
-		}
-	}
-	return time.Time{}, usageError{msg: fmt.Sprintf("cannot read the time %q: write it as 2026-11-20 03:00 (local time) or in RFC 3339", s)}
-}
-
 func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 	s, err := openStore(ctx, e, o.store, false)
 	if err != nil {

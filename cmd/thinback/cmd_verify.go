@@ -5,13 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sync"
 	"time"
 
-	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/printable"
-	"github.com/thinback/thinback/cmd/internal/record"
+	"github.com/thinback/thinback/cmd/internal/verify"
 	"github.com/urfave/cli/v2"
 )
 
@@ -127,155 +125,40 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 		return err
 	}
 	defer closeStore(e, s)
-	if volume != "" {
-		if err := s.View(func(tx *catalog.Tx) error { _, err := tx.Volume(volume); return err }); err != nil {
-			return fmt.Errorf("verify: %w", err)
-		}
-	}
-	// Read the files two at a time (each on all cores): the end of one
-	// file's pipeline and the cold start of the next then overlap.
-	var snaps []catalog.Snapshot
-	vols := map[string]catalog.Volume{}
-	if err := s.View(func(tx *catalog.Tx) error {
-		vs, err := tx.Volumes()
-		if err != nil {
-			return err
-		}
-		for _, v := range vs {
-			vols[v.Name] = v
-		}
-		all, err := tx.AllSnapshots()
-		for _, sn := range all {
-			if volume == "" || sn.Volume == volume {
-				snaps = append(snaps, sn)
-			}
-		}
-		return err
-	}); err != nil {
-		return fmt.Errorf("verify: %w", err)
-	}
-	type result struct {
-		h    *archive.Header
-		tr   archive.Trailer
-		err  error
-		took time.Duration
-		done chan struct{}
-	}
-	results := make(map[string]*result, len(snaps)) // by file: a prune may repoint a snapshot meanwhile
-	byID := make(map[string]catalog.Snapshot, len(snaps))
-	for _, sn := range snaps {
-		results[sn.File] = &result{done: make(chan struct{})}
-		byID[sn.ID] = sn
-	}
-	next := make(chan catalog.Snapshot)
-	var wg sync.WaitGroup
-	for i := 0; i < 2; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for sn := range next {
-				r := results[sn.File]
-				start := time.Now()
-				r.h, r.tr, r.err = readStored(ctx, s, sn.File)
-				r.took = time.Since(start)
-				close(r.done)
-			}
-		}()
-	}
-	go func() {
-		defer close(next)
-		for _, sn := range snaps {
-			select {
-			case next <- sn:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	defer wg.Wait() // never leave readers behind
-	files := 0
-	problems, err := s.Check(catalog.CheckOptions{Verify: func(snap catalog.Snapshot, _ string) error {
-		if volume != "" && snap.Volume != volume {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		files++
+	res, err := verify.Store(ctx, s, verify.Options{Volume: volume, File: func(f verify.FileResult) {
+		snap := f.Snapshot
 		what := fmt.Sprintf("%s #%d %s %s", snap.Volume, snap.Seq, snap.ID, snap.File)
-		r := results[snap.File]
-		if r == nil { // recorded meanwhile
-			r = &result{}
-			start := time.Now()
-			r.h, r.tr, r.err = readStored(ctx, s, snap.File)
-			r.took = time.Since(start)
-		} else {
-			select {
-			case <-r.done:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+		if f.Err != nil {
+			verdict(e, quiet, false, what, snap.FileSize, f.Took, ": "+f.Err.Error())
+			return
 		}
-		h, tr, err, took := r.h, r.tr, r.err, r.took
-		if err == nil {
-			// Every field of the record against the file's header and
-			// digest, as every command that opens the file checks them.
-			err = record.Check(snap.File, snap, vols[snap.Volume], h, fmt.Sprintf("%x", tr.Digest))
-			if err == nil && snap.FileDigest == "" {
-				err = fmt.Errorf("the catalog recorded no digest of the file, whose digest is %x", tr.Digest)
-			}
-		}
-		if err == nil {
-			// The file is what a restore reads: its parent size must be
-			// its parent's volume size, whatever an older record says.
-			if p, ok := byID[snap.Parent]; ok && !h.IsFull() && h.ParentSize != p.VolumeSize {
-				err = fmt.Errorf("the file is an incremental made from a volume of %d bytes, but its parent %s (#%d) is %d bytes: %w; "+
-					"restoring it would leave stale data", h.ParentSize, p.ID, p.Seq, p.VolumeSize, catalog.ErrParentSize)
-			}
-		}
-		if err != nil {
-			verdict(e, quiet, false, what, snap.FileSize, took, ": "+err.Error())
-			return err
-		}
-		verdict(e, quiet, true, what, snap.FileSize, took, "")
-		return nil
+		verdict(e, quiet, true, what, snap.FileSize, f.Took, "")
 	}})
 	if err != nil {
+		if err == ctx.Err() {
+			return err
+		}
 		return fmt.Errorf("verify: %w", err)
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	shown := 0
-	for _, p := range problems {
+	for _, p := range res.Problems {
 		var ce *catalog.CheckError
-		if errors.As(p, &ce) {
-			if volume != "" && ce.Volume != "" && ce.Volume != volume {
+		if verify.IsOrphan(p) && errors.As(p, &ce) {
+			// A file renamed into place by a run killed before it
+			// recorded it: harmless, and nothing refers to it.
+			if ce.Detail != "" { // what an S3 store knows of it
+				printable.Sayf(e.stdout, "note %s: %s", ce.File, ce.Detail)
 				continue
 			}
-			if errors.Is(ce.Problem, catalog.ErrFileDigest) {
-				shown++ // already reported with its file
-				continue
-			}
-			if errors.Is(ce.Problem, catalog.ErrOrphan) {
-				// A file renamed into place by a run killed before it
-				// recorded it: harmless, and nothing refers to it.
-				if ce.Detail != "" { // what an S3 store knows of it
-					printable.Sayf(e.stdout, "note %s: %s", ce.File, ce.Detail)
-					continue
-				}
-				printable.Sayf(e.stdout, "note %s is not in the catalog (left by an interrupted run: the next backup removes it, thinback catalog rebuild adopts it)", ce.File)
-				continue
-			}
+			printable.Sayf(e.stdout, "note %s is not in the catalog (left by an interrupted run: the next backup removes it, thinback catalog rebuild adopts it)", ce.File)
+			continue
 		}
-		shown++
 		printable.Sayf(e.stdout, "BAD  %v", p)
 	}
-	if shown > 0 {
-		return fmt.Errorf("%d problem(s) in store %s: %w", shown, dir, errVerify)
+	if res.Bad() > 0 {
+		return fmt.Errorf("%d problem(s) in store %s: %w", res.Bad(), dir, errVerify)
 	}
 	if !quiet {
-		printable.Sayf(e.stderr, "verified %d file(s) of store %s: no problems", files, dir)
+		printable.Sayf(e.stderr, "verified %d file(s) of store %s: no problems", res.Files, dir)
 	}
 	return nil
 }

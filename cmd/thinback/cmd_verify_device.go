@@ -9,6 +9,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/pointintime"
 )
 
 // verify --device: a restored device or file proved equal to a snapshot
@@ -39,16 +40,17 @@ func runVerifyDevice(ctx context.Context, e *env, o verifyDeviceOptions) error {
 	if err != nil {
 		return err
 	}
-	pit, err := s.openPointInTime(func(tx *catalog.Tx) (catalog.Snapshot, error) {
+	defer closeStore(e, s)
+	pit, err := s.Open(func(tx *catalog.Tx) (catalog.Snapshot, error) {
 		return selectSnapshot(tx, o.volume, o.at, o.snapshot)
 	})
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}
 	defer pit.Close()
-	cd, err := archive.OpenChainDigests(pit.inputs)
+	cd, err := archive.OpenChainDigests(pit.Inputs)
 	if err != nil {
-		return fmt.Errorf("verify: %w", s.damaged(err))
+		return fmt.Errorf("verify: %w", s.Damaged(err))
 	}
 	dev, err := archive.OpenFile(o.device) // a FIFO would block the open
 	if err != nil {
@@ -80,7 +82,7 @@ func runVerifyDevice(ctx context.Context, e *env, o verifyDeviceOptions) error {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("verify %s against %s: %w", o.device, pit.describe(), s.damaged(err))
+			return fmt.Errorf("verify %s against %s: %w", o.device, pit.Describe(), s.Damaged(err))
 		}
 		differ += x.Length
 		zero := x.Kind == archive.KindZero
@@ -106,7 +108,7 @@ func runVerifyDevice(ctx context.Context, e *env, o verifyDeviceOptions) error {
 	// from the snapshot's data: the digests say which blocks differ.
 	if len(shown) > 0 {
 		if err := refineDiffs(ctx, pit, dev, size, shown, cd.BlockSize()); err != nil {
-			return fmt.Errorf("verify %s against %s: %w", o.device, pit.describe(), s.damaged(err))
+			return fmt.Errorf("verify %s against %s: %w", o.device, pit.Describe(), s.Damaged(err))
 		}
 	}
 	bad := ranges > 0
@@ -140,10 +142,10 @@ func runVerifyDevice(ctx context.Context, e *env, o verifyDeviceOptions) error {
 		if devSize != volSize && (devSize < volSize || !block) {
 			detail += ", and the size differs"
 		}
-		verdict(e, false, false, fmt.Sprintf("%s against %s", o.device, pit.describe()), size, took, ": "+detail)
-		return fmt.Errorf("%s differs from %s of store %s: %w", o.device, pit.describe(), o.store, errVerify)
+		verdict(e, false, false, fmt.Sprintf("%s against %s", o.device, pit.Describe()), size, took, ": "+detail)
+		return fmt.Errorf("%s differs from %s of store %s: %w", o.device, pit.Describe(), o.store, errVerify)
 	}
-	verdict(e, o.quiet, true, fmt.Sprintf("%s is %s", o.device, pit.describe()), size, took, "")
+	verdict(e, o.quiet, true, fmt.Sprintf("%s is %s", o.device, pit.Describe()), size, took, "")
 	return nil
 }
 
@@ -152,11 +154,11 @@ func runVerifyDevice(ctx context.Context, e *env, o verifyDeviceOptions) error {
 // from the snapshot, read through a SnapshotReader of the same files. A
 // block that differs only in length (the device ends inside it) keeps its
 // bounds.
-func refineDiffs(ctx context.Context, pit *pointInTime, dev *os.File, size int64, ranges []diffRange, bs int64) error {
-	if err := pit.rewind(); err != nil {
+func refineDiffs(ctx context.Context, pit *pointintime.PointInTime, dev *os.File, size int64, ranges []diffRange, bs int64) error {
+	if err := pit.Rewind(); err != nil {
 		return err
 	}
-	sr, err := archive.OpenSnapshot(ctx, pit.inputs, archive.SnapshotOptions{ReadAhead: -1})
+	sr, err := archive.OpenSnapshot(ctx, pit.Inputs, archive.SnapshotOptions{ReadAhead: -1})
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
-	"github.com/thinback/thinback/catalog/s3store"
+	"github.com/thinback/thinback/cmd/internal/verify"
 	"github.com/thinback/thinback/restore"
 )
 
@@ -13,28 +13,11 @@ import (
 // be, nor hold: for a local store its directory, catalog and the chain's
 // delta files.
 func storeGuards(s catalog.Repository, chain []catalog.Snapshot) []restore.Guard {
-	switch s := s.(type) {
-	case *catalog.Store:
-		guards := []restore.Guard{{What: "store", Path: s.Dir(), Dir: true}, {What: "catalog", Path: s.DBPath()}}
-		for _, sn := range chain {
-			guards = append(guards, restore.Guard{What: "delta file", Path: s.Path(sn.File)})
-		}
-		return guards
-	case *s3store.Store:
-		return []restore.Guard{{What: "catalog cache", Path: s.CacheDB()}}
+	var guards []restore.Guard
+	for _, f := range s.LocalFiles(chain) {
+		guards = append(guards, restore.Guard{What: f.What, Path: f.Path, Dir: f.Dir})
 	}
-	return nil
-}
-
-// readStored reads a store's delta file to its verified END record,
-// decompressing every record and checking every digest.
-func readStored(ctx context.Context, s catalog.Repository, file string) (*archive.Header, archive.Trailer, error) {
-	r, err := s.OpenStream(file)
-	if err != nil {
-		return nil, archive.Trailer{}, err
-	}
-	defer r.Close()
-	return readDeltaFrom(ctx, r, true)
+	return guards
 }
 
 // readStoredMeta reads a store's delta file's header and records' metadata
@@ -45,5 +28,5 @@ func readStoredMeta(ctx context.Context, s catalog.Repository, file string) (*ar
 		return nil, archive.Trailer{}, err
 	}
 	defer r.Close()
-	return readDeltaFrom(ctx, r, false)
+	return verify.File(ctx, r, false)
 }

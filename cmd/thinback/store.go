@@ -2,17 +2,15 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
-	"strconv"
 	"strings"
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3"
 	"github.com/thinback/thinback/cmd/internal/printable"
+	"github.com/thinback/thinback/cmd/internal/verify"
 	"github.com/urfave/cli/v2"
 )
 
@@ -69,47 +67,7 @@ func readDelta(ctx context.Context, path string, payloads bool) (*archive.Header
 		return nil, archive.Trailer{}, err
 	}
 	defer f.Close()
-	return readDeltaFrom(ctx, f, payloads)
-}
-
-// readDeltaFrom is readDelta of an open file or stream. A stream (no
-// io.Seeker) is read front to back, payloads included.
-func readDeltaFrom(ctx context.Context, f io.Reader, payloads bool) (*archive.Header, archive.Trailer, error) {
-	rd := archive.NewReader(f)
-	h, err := rd.Header()
-	if err == nil && payloads {
-		err = archive.Scan(ctx, rd, archive.ScanOptions{}, func(*archive.Record, []byte) error { return nil })
-	}
-	for err == nil && !payloads {
-		_, err = rd.Next()
-	}
-	if err != nil && !errors.Is(err, io.EOF) {
-		return h, archive.Trailer{}, err
-	}
-	return h, rd.Trailer(), nil
-}
-
-// findSnapshot resolves a snapshot of volume by ID, a unique ID prefix, or
-// its sequence number ("#3" or "3").
-func findSnapshot(tx *catalog.Tx, volume, ref string) (catalog.Snapshot, error) {
-	snaps, err := tx.Snapshots(volume)
-	if err != nil {
-		return catalog.Snapshot{}, err
-	}
-	var found []catalog.Snapshot
-	seq, seqErr := strconv.ParseUint(strings.TrimPrefix(ref, "#"), 10, 64)
-	for _, s := range snaps {
-		if s.ID == ref || (len(ref) >= 4 && strings.HasPrefix(s.ID, ref)) || (seqErr == nil && s.Seq == seq) {
-			found = append(found, s)
-		}
-	}
-	switch len(found) {
-	case 1:
-		return found[0], nil
-	case 0:
-		return catalog.Snapshot{}, fmt.Errorf("volume %s has no snapshot %q (see thinback list %s): %w", volume, ref, volume, catalog.ErrNotFound)
-	}
-	return catalog.Snapshot{}, usageError{msg: fmt.Sprintf("snapshot %q of %s is ambiguous: give more of its id", ref, volume)}
+	return verify.File(ctx, f, payloads)
 }
 
 // warn prints a failure that did not fail the run. Warnings are printed

@@ -1,0 +1,108 @@
+// Package pointintime reads a volume as it was at one snapshot: the
+// delta files of the snapshot's chain, full first, opened together from a
+// store and each checked against its record. It is what cat, mount,
+// serve and verify --device share. The store is any catalog.Repository;
+// which back end holds the files is not this package's business.
+package pointintime
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/record"
+)
+
+// Store is a store that point-in-time readers read. For a directory,
+// open it with catalog.OpenReadOnly, so that a reader that lasts for
+// days never holds a writer up and the store may be on read-only media.
+type Store struct {
+	catalog.Repository
+}
+
+// Damaged adds to an error of a damaged delta file what to do about it.
+func (s *Store) Damaged(err error) error {
+	var fe *archive.FormatError
+	if !errors.As(err, &fe) {
+		return err
+	}
+	return fmt.Errorf("%w\na delta file of the store is damaged or incomplete: thinback verify --store %s checks them all", err, s)
+}
+
+// PointInTime is the delta files of one snapshot's chain, full first,
+// open for reading.
+type PointInTime struct {
+	Snap   catalog.Snapshot   // the snapshot read
+	Chain  []catalog.Snapshot // its chain, full first
+	Files  []catalog.DeltaReader
+	Inputs []archive.ChainInput // Files, for archive's chain readers
+}
+
+// Open opens the files of the chain of the snapshot pick selects, each
+// checked against its record (record.OpenChain). They are opened inside
+// the catalog transaction that names them: a prune commits its change
+// only after that transaction, and removes the files it made obsolete
+// only after its commit, so every file named is there to open. Once
+// open, a file is read as it is even if a prune removes its name
+// meanwhile: a local store never rewrites a file in place (a prune writes
+// the next generation under a new name), and an open descriptor keeps
+// reading the old inode.
+//
+// A store on object storage has no open descriptors: an object removed by
+// a prune is gone for later range reads, so an image open across a prune
+// would get EIO for records it had not cached (never other data, since
+// every record is checked against the digests indexed when it was
+// opened). Such a store will need to keep an image's objects (delay the
+// deletes of a prune, or read a versioned bucket's old versions) while a
+// reader has them open.
+func (s *Store) Open(pick func(*catalog.Tx) (catalog.Snapshot, error)) (*PointInTime, error) {
+	p := &PointInTime{}
+	err := s.View(func(tx *catalog.Tx) error {
+		var err error
+		if p.Snap, err = pick(tx); err != nil {
+			return err
+		}
+		if p.Chain, err = tx.Chain(p.Snap.ID); err != nil {
+			return err
+		}
+		vol, err := tx.Volume(p.Snap.Volume)
+		if err != nil {
+			return err
+		}
+		p.Files, err = record.OpenChain(s.OpenDelta, s.String(), vol, p.Chain)
+		return err
+	})
+	if err != nil {
+		record.CloseAll(p.Files) // opened, but the transaction failed to end
+		return nil, err
+	}
+	for _, f := range p.Files {
+		p.Inputs = append(p.Inputs, archive.ChainInput{Name: f.Name(), File: f})
+	}
+	return p, nil
+}
+
+// Rewind puts every file back at its start, to read the chain again.
+func (p *PointInTime) Rewind() error {
+	for _, f := range p.Files {
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Describe names the snapshot in messages: "vg0/vm1 #3 (3f2a91c0-…, 2026-11-20T03:00:04Z)".
+func (p *PointInTime) Describe() string {
+	return fmt.Sprintf("%s #%d (%s, %s)", p.Snap.Volume, p.Snap.Seq, p.Snap.ID, p.Snap.Time.UTC().Format(time.RFC3339))
+}
+
+// Close closes the files.
+func (p *PointInTime) Close() error {
+	err := record.CloseAll(p.Files)
+	p.Files = nil
+	return err
+}
