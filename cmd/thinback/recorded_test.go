@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/fusefs"
 	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/lvmthin"
 )
@@ -151,16 +152,13 @@ func TestNotRecordedFileRefused(t *testing.T) {
 			}
 			var mu sync.Mutex
 			var logged []string
-			m := &mountFS{store: s, ctx: context.Background(), open: map[*imageNode]bool{}, log: func(format string, args ...any) {
+			logf := func(format string, args ...any) {
 				mu.Lock()
 				defer mu.Unlock()
 				logged = append(logged, fmt.Sprintf(format, args...))
-			}}
-			n := &imageNode{m: m, snap: rec}
-			if errno := n.openReader(); errno != syscall.EIO {
-				if errno == 0 {
-					n.closeReader()
-				}
+			}
+			m := fusefs.New(context.Background(), storeImages{store: s, log: logf}, logf)
+			if errno := openImage(t, m, rec); errno != syscall.EIO {
 				t.Errorf("the mount's image of #%d opened with errno %v, want EIO", tc.what, errno)
 			}
 			if len(logged) != 1 || !strings.Contains(logged[0], "is not the delta file the catalog records") {
