@@ -85,7 +85,7 @@ func runMount(ctx context.Context, e *env, o mountOptions) error {
 	}
 	server, err := fusefs.Mount(mp, m, debug)
 	if err != nil {
-		return fmt.Errorf("mount: mounting %s: %w%s", o.mountpoint, err, mountAdvice(err))
+		return fmt.Errorf("mount: mounting %s: %w%s", o.mountpoint, err, mountAdvice(err, os.Geteuid()))
 	}
 	served := make(chan struct{})
 	go func() {
@@ -211,15 +211,22 @@ func checkMountpoint(dir string) (string, error) {
 	return abs, nil
 }
 
-func mountAdvice(err error) string {
+// mountAdvice says what to do after a failed mount, by euid and the
+// error. An *exec.Error is go-fuse's when it found no fusermount3 or
+// fusermount to run (it looks in PATH, then in /bin, and returns the
+// second look's error: not exec.ErrNotFound, but ENOENT, which alone
+// would read as a missing /dev/fuse). As root the helper is only the
+// fallback of a mount(2) that failed, whose error go-fuse drops.
+func mountAdvice(err error, euid int) string {
+	var helper *exec.Error
 	switch {
 	case errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES):
 		return "\nmounting needs root, or fusermount3 (Debian's fuse3 package) for other users"
+	case euid != 0 && errors.As(err, &helper):
+		return "\nas a user other than root, mounting needs fusermount3 (Debian's fuse3 package)"
 	case errors.Is(err, syscall.ENODEV) || errors.Is(err, syscall.ENOENT):
 		return "\nis FUSE available? (modprobe fuse; /dev/fuse must exist)"
-	case errors.Is(err, exec.ErrNotFound):
-		return "\nas a user other than root, mounting needs fusermount3 (Debian's fuse3 package)"
-	case os.Geteuid() != 0:
+	case euid != 0:
 		// Other users mount through fusermount3, whose own message is
 		// the error above.
 		return "\nas a user other than root, mounting goes through fusermount3 (Debian's fuse3 package): see its message above"
