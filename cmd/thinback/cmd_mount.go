@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/fusefs"
@@ -83,21 +84,9 @@ func runMount(ctx context.Context, e *env, o mountOptions) error {
 	if o.debug {
 		debug = newStderrLogger(e)
 	}
-	server, err := fusefs.Mount(mp, m, debug)
+	t, err := mountTree(mp, o.mountpoint, m, debug, logf)
 	if err != nil {
-		return fmt.Errorf("mount: mounting %s: %w%s", o.mountpoint, err, mountAdvice(err, os.Geteuid()))
-	}
-	served := make(chan struct{})
-	go func() {
-		server.Wait()
-		close(served)
-	}()
-	// The root of the tree mounted, to know it again when unmounting.
-	var mounted unix.Stat_t
-	if err := unix.Lstat(mp, &mounted); err != nil {
-		server.Unmount()
-		<-served
-		return fmt.Errorf("mount: %s after mounting: %w", o.mountpoint, err)
+		return err
 	}
 	defer m.Close()
 	if !o.quiet {
@@ -111,56 +100,90 @@ func runMount(ctx context.Context, e *env, o mountOptions) error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	done := ctx.Done()
-	var tried time.Time
-	unmount := func() {
-		if time.Since(tried) < 500*time.Millisecond {
-			return // the same ^C, seen both as the context and as a signal
-		}
-		tried = time.Now()
-		// What is at mp must still be the tree mounted there: the path
-		// has no link left in it, and UMOUNT_NOFOLLOW keeps it so.
-		var now unix.Stat_t
-		if err := unix.Lstat(mp, &now); err != nil || now.Dev != mounted.Dev || now.Ino != mounted.Ino {
-			select {
-			case <-served:
-				return
-			default:
-			}
-			logf("not unmounting %s: it is no longer the directory this mount is on (it was replaced or moved); unmount the tree yourself (findmnt -t fuse.thinback)", o.mountpoint)
-			return
-		}
-		// umount(2) first, as root: go-fuse's Unmount falls back to
-		// fusermount on any error, which would hide EBUSY.
-		err := unix.Unmount(mp, unix.UMOUNT_NOFOLLOW)
-		if errors.Is(err, syscall.EPERM) {
-			err = server.Unmount() // not root: fusermount3 -u
-		}
-		if err != nil {
-			select {
-			case <-served:
-				return
-			default:
-			}
-			if errors.Is(err, syscall.EBUSY) {
-				logf("cannot unmount %s: it is busy; unmount what is mounted from its images (umount, losetup -d) and leave the directory, then press ^C again (or umount -l %s)", o.mountpoint, o.mountpoint)
-				return
-			}
-			logf("cannot unmount %s: %v", o.mountpoint, err)
-		}
-	}
 	for {
 		select {
-		case <-served:
+		case <-t.served:
 			if !o.quiet {
 				fmt.Fprintf(e.stderr, "thinback: unmounted %s\n", o.mountpoint)
 			}
 			return nil
 		case <-done:
 			done = nil
-			unmount()
+			t.unmount()
 		case <-sigs:
-			unmount()
+			t.unmount()
 		}
+	}
+}
+
+// mountedTree is the tree thinback mount serves, to unmount when asked.
+type mountedTree struct {
+	path   string      // the mount point, with no symbolic link in it
+	name   string      // the mount point as it was given
+	root   unix.Stat_t // what was at path once mounted
+	server *fuse.Server
+	served chan struct{} // closed once the server stopped: unmounted
+	log    func(format string, args ...any)
+	tried  time.Time
+}
+
+// mountTree mounts m at path (name as it was given) and serves it until
+// it is unmounted: t.served is closed then.
+func mountTree(path, name string, m *fusefs.FS, debug *log.Logger, logf func(format string, args ...any)) (*mountedTree, error) {
+	server, err := fusefs.Mount(path, m, debug)
+	if err != nil {
+		return nil, fmt.Errorf("mount: mounting %s: %w%s", name, err, mountAdvice(err, os.Geteuid()))
+	}
+	t := &mountedTree{path: path, name: name, server: server, served: make(chan struct{}), log: logf}
+	go func() {
+		server.Wait()
+		close(t.served)
+	}()
+	// The root of the tree mounted, to know it again when unmounting.
+	if err := unix.Lstat(path, &t.root); err != nil {
+		server.Unmount()
+		<-t.served
+		return nil, fmt.Errorf("mount: %s after mounting: %w", name, err)
+	}
+	return t, nil
+}
+
+// unmount unmounts the tree if path still leads to it. While the tree is
+// busy it says what to do, and the tree goes on serving.
+func (t *mountedTree) unmount() {
+	if time.Since(t.tried) < 500*time.Millisecond {
+		return // the same ^C, seen both as the context and as a signal
+	}
+	t.tried = time.Now()
+	// What is at path must still be the tree mounted there: the path
+	// has no link left in it, and UMOUNT_NOFOLLOW keeps it so.
+	var now unix.Stat_t
+	if err := unix.Lstat(t.path, &now); err != nil || now.Dev != t.root.Dev || now.Ino != t.root.Ino {
+		select {
+		case <-t.served:
+			return
+		default:
+		}
+		t.log("not unmounting %s: it is no longer the directory this mount is on (it was replaced or moved); unmount the tree yourself (findmnt -t fuse.thinback)", t.name)
+		return
+	}
+	// umount(2) first, as root: go-fuse's Unmount falls back to
+	// fusermount on any error, which would hide EBUSY.
+	err := unix.Unmount(t.path, unix.UMOUNT_NOFOLLOW)
+	if errors.Is(err, syscall.EPERM) {
+		err = t.server.Unmount() // not root: fusermount3 -u
+	}
+	if err != nil {
+		select {
+		case <-t.served:
+			return
+		default:
+		}
+		if errors.Is(err, syscall.EBUSY) {
+			t.log("cannot unmount %s: it is busy; unmount what is mounted from its images (umount, losetup -d) and leave the directory, then press ^C again (or umount -l %s)", t.name, t.name)
+			return
+		}
+		t.log("cannot unmount %s: %v", t.name, err)
 	}
 }
 
