@@ -281,26 +281,5 @@ func (x *storePoints) Find(name string) (string, func() (nbd.Export, error), err
 
 // open opens and indexes the point in time of snapshot id.
 func (x *storePoints) open(id string) (nbd.Export, error) {
-	pit, err := x.s.openPointInTime(func(tx *catalog.Tx) (catalog.Snapshot, error) { return tx.Snapshot(id) })
-	if err != nil {
-		return nil, err
-	}
-	r, err := archive.OpenSnapshot(context.Background(), pit.inputs, archive.SnapshotOptions{Cache: x.cache, Log: func(msg string) { x.logf("%s", msg) }})
-	if err != nil {
-		pit.Close()
-		return nil, x.s.damaged(err)
-	}
-	return &pointReader{SnapshotReader: r, pit: pit}, nil
-}
-
-// pointReader is a point in time open: its index, and the files it reads.
-type pointReader struct {
-	*archive.SnapshotReader
-	pit *pointInTime
-}
-
-func (p *pointReader) Close() error {
-	p.SnapshotReader.Close()
-	p.pit.Close()
-	return nil
+	return x.s.OpenImage(context.Background(), id, archive.SnapshotOptions{Cache: x.cache, Log: func(msg string) { x.logf("%s", msg) }})
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"os"
@@ -14,8 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/fusefs"
 	"golang.org/x/sys/unix"
 )
 
@@ -346,4 +350,27 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// openImage opens snap's image in m as the kernel would, by its names
+// from the root, and releases it again; it returns the open's errno.
+func openImage(t *testing.T, m *fusefs.FS, snap catalog.Snapshot) syscall.Errno {
+	t.Helper()
+	root := m.Root()
+	fs.NewNodeFS(root, nil) // the tree's bridge, without a kernel
+	ctx := context.Background()
+	var out fuse.EntryOut
+	dir, errno := root.(fs.NodeLookuper).Lookup(ctx, catalog.DirName(snap.Volume), &out)
+	if errno != 0 {
+		t.Fatalf("looking up %s: %v", snap.Volume, errno)
+	}
+	img, errno := dir.Operations().(fs.NodeLookuper).Lookup(ctx, fusefs.ImageName(snap), &out)
+	if errno != 0 {
+		t.Fatalf("looking up %s in %s: %v", fusefs.ImageName(snap), snap.Volume, errno)
+	}
+	fh, _, errno := img.Operations().(fs.NodeOpener).Open(ctx, syscall.O_RDONLY)
+	if errno == 0 {
+		img.Operations().(fs.NodeReleaser).Release(ctx, fh)
+	}
+	return errno
 }

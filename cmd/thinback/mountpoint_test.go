@@ -154,3 +154,32 @@ func TestMountRelinkedParent(t *testing.T) {
 		t.Fatalf("SIGTERM unmounted the tmpfs the link leads to now:\n%s", out.String())
 	}
 }
+
+// TestMountAdvice: what a failed mount advises, from the errors go-fuse
+// returns. A user other than root without fusermount3 is told to install
+// it (go-fuse's error is exec.LookPath's for /bin/fusermount, which wraps
+// ENOENT: before, that read as a missing /dev/fuse); root, whose mount(2)
+// failed first, is asked whether FUSE is there.
+func TestMountAdvice(t *testing.T) {
+	_, noHelper := exec.LookPath(filepath.Join(t.TempDir(), "fusermount")) // as go-fuse looks in /bin
+	if noHelper == nil {
+		t.Fatal("exec.LookPath found a file in an empty directory")
+	}
+	for _, tc := range []struct {
+		err  error
+		euid int
+		want string
+	}{
+		{noHelper, 1000, "\nas a user other than root, mounting needs fusermount3 (Debian's fuse3 package)"},
+		{noHelper, 0, "\nis FUSE available? (modprobe fuse; /dev/fuse must exist)"},
+		{&os.PathError{Op: "open", Path: "/dev/fuse", Err: syscall.ENOENT}, 0, "\nis FUSE available? (modprobe fuse; /dev/fuse must exist)"},
+		{syscall.ENODEV, 1000, "\nis FUSE available? (modprobe fuse; /dev/fuse must exist)"},
+		{syscall.EPERM, 0, "\nmounting needs root, or fusermount3 (Debian's fuse3 package) for other users"},
+		{errors.New("fusermount exited with code 256\n"), 1000, "\nas a user other than root, mounting goes through fusermount3 (Debian's fuse3 package): see its message above"},
+		{errors.New("fusermount exited with code 256\n"), 0, ""},
+	} {
+		if got := mountAdvice(tc.err, tc.euid); got != tc.want {
+			t.Errorf("mountAdvice(%v, euid %d) = %q, want %q", tc.err, tc.euid, got, tc.want)
+		}
+	}
+}

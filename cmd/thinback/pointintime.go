@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3"
 	"github.com/thinback/thinback/cmd/internal/pointintime"
@@ -36,24 +35,6 @@ func openReadStore(dir string) (*readStore, error) {
 	}
 	return &readStore{&pointintime.Store{Repository: r}}, nil
 }
-
-// pointInTime is a pointintime.PointInTime as mount and serve use it.
-type pointInTime struct {
-	*pointintime.PointInTime
-	inputs []archive.ChainInput
-}
-
-// openPointInTime is pointintime.Store.Open.
-func (s *readStore) openPointInTime(pick func(*catalog.Tx) (catalog.Snapshot, error)) (*pointInTime, error) {
-	p, err := s.Open(pick)
-	if err != nil {
-		return nil, err
-	}
-	return &pointInTime{PointInTime: p, inputs: p.Inputs}, nil
-}
-
-// damaged is pointintime.Store.Damaged.
-func (s *readStore) damaged(err error) error { return s.Damaged(err) }
 
 // selectSnapshot is pointintime.Select, whose errors in what the user
 // typed are usage errors (exit 2).

@@ -14,6 +14,7 @@ import (
 
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/backup"
+	"github.com/thinback/thinback/cmd/internal/fusefs"
 	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/lvmthin"
 )
@@ -131,7 +132,7 @@ func TestNotRecordedFileRefused(t *testing.T) {
 			wantRefused(thinback(t, rs.dir, "", "verify", "disk.img", "--store", rs.store, "--snapshot", snap, "--device", "want.img"), "verify --device")
 
 			// The reader mount opens for an image (and serve for an
-			// export, through the same openPointInTime).
+			// export, through the same pointintime.Store.Open).
 			s, err := openReadStore(rs.store)
 			if err != nil {
 				t.Fatal(err)
@@ -144,24 +145,21 @@ func TestNotRecordedFileRefused(t *testing.T) {
 			}); err != nil {
 				t.Fatal(err)
 			}
-			if pit, err := s.openPointInTime(func(tx *catalog.Tx) (catalog.Snapshot, error) { return tx.Snapshot(rec.ID) }); !errors.Is(err, record.ErrNotRecorded) {
+			if pit, err := s.Open(func(tx *catalog.Tx) (catalog.Snapshot, error) { return tx.Snapshot(rec.ID) }); !errors.Is(err, record.ErrNotRecorded) {
 				if err == nil {
 					pit.Close()
 				}
-				t.Errorf("openPointInTime: %v, want record.ErrNotRecorded", err)
+				t.Errorf("Open: %v, want record.ErrNotRecorded", err)
 			}
 			var mu sync.Mutex
 			var logged []string
-			m := &mountFS{store: s, ctx: context.Background(), open: map[*imageNode]bool{}, log: func(format string, args ...any) {
+			logf := func(format string, args ...any) {
 				mu.Lock()
 				defer mu.Unlock()
 				logged = append(logged, fmt.Sprintf(format, args...))
-			}}
-			n := &imageNode{m: m, snap: rec}
-			if errno := n.openReader(); errno != syscall.EIO {
-				if errno == 0 {
-					n.closeReader()
-				}
+			}
+			m := fusefs.New(context.Background(), storeImages{store: s, log: logf}, logf)
+			if errno := openImage(t, m, rec); errno != syscall.EIO {
 				t.Errorf("the mount's image of #%d opened with errno %v, want EIO", tc.what, errno)
 			}
 			if len(logged) != 1 || !strings.Contains(logged[0], "is not the delta file the catalog records") {

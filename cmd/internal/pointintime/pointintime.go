@@ -6,6 +6,7 @@
 package pointintime
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -105,4 +106,37 @@ func (p *PointInTime) Close() error {
 	err := record.CloseAll(p.Files)
 	p.Files = nil
 	return err
+}
+
+// Image is a point in time open for reads at any offset, as mount and
+// serve read it: the chain's index (archive.SnapshotReader) over its
+// open files.
+type Image struct {
+	*archive.SnapshotReader
+	pit *PointInTime
+}
+
+// OpenImage opens the chain of the snapshot with id (Open) and indexes it
+// for reads at any offset. An index that cannot be built is a damaged
+// delta file (Damaged).
+func (s *Store) OpenImage(ctx context.Context, id string, opts archive.SnapshotOptions) (*Image, error) {
+	pit, err := s.Open(func(tx *catalog.Tx) (catalog.Snapshot, error) { return tx.Snapshot(id) })
+	if err != nil {
+		return nil, err
+	}
+	r, err := archive.OpenSnapshot(ctx, pit.Inputs, opts)
+	if err != nil {
+		if r != nil {
+			r.Close()
+		}
+		pit.Close()
+		return nil, s.Damaged(err)
+	}
+	return &Image{SnapshotReader: r, pit: pit}, nil
+}
+
+// Close closes the index and the files.
+func (i *Image) Close() error {
+	i.SnapshotReader.Close()
+	return i.pit.Close()
 }
