@@ -12,6 +12,7 @@ import (
 	"github.com/thinback/thinback/catalog/s3store"
 	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/lvmthin"
+	"github.com/thinback/thinback/lvmthin/cow"
 	"github.com/thinback/thinback/lvmthin/thinmeta"
 	"github.com/thinback/thinback/restore"
 )
@@ -126,6 +127,9 @@ var exitCodes = []struct {
 	// lvmthin wraps the native reader's errors in its own; listed here
 	// too so that one reaching a command unwrapped gets the same code.
 	{thinmeta.ErrMetadata, exitLVM},
+	{cow.ErrCorrupt, exitLVM}, // lvmthin also wraps these as ErrMetadata
+	{cow.ErrVersion, exitLVM},
+	{cow.ErrInvalidated, exitLVM},
 	{thinmeta.ErrNoDevice, exitLVM},
 	{thinmeta.ErrNoSnapshot, exitError}, // lvmthin's own no-snapshot error is not a sentinel either
 	// Classic (thick) snapshots; not wired into commands yet.
