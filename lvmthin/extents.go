@@ -8,10 +8,45 @@ import (
 	"io"
 	"math"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/thinback/thinback/archive"
 )
+
+// rangeKind is what a range of the metadata says, whichever reader found
+// it (thin_delta/thin_dump output, or package thinmeta).
+type rangeKind uint8
+
+const (
+	rangeSame      rangeKind = iota + 1 // mapped to the same block in both
+	rangeDifferent                      // mapped in both, to different blocks
+	rangeLeftOnly                       // mapped only in the older device
+	rangeRightOnly                      // mapped only in the newer device
+	rangeMapped                         // a full: mapped in the device
+)
+
+func (k rangeKind) String() string {
+	switch k {
+	case rangeSame:
+		return "same"
+	case rangeDifferent:
+		return "different"
+	case rangeLeftOnly:
+		return "left_only"
+	case rangeRightOnly:
+		return "right_only"
+	case rangeMapped:
+		return "mapping"
+	}
+	return "kind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// badf makes the error for metadata or tool output that does not make
+// sense.
+func badf(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrMetadata}, args...)...)
+}
 
 // extentBuilder turns the block ranges of thin_delta/thin_dump output into
 // byte extents of the newer volume:

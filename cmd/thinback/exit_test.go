@@ -86,7 +86,7 @@ func TestExitCodes(t *testing.T) {
 // here.
 func TestExitCodeTable(t *testing.T) {
 	declared := map[string]bool{}
-	for _, pkg := range []string{"archive", "catalog", "catalog/s3", "catalog/s3store", "lvmthin", "lvmthin/thinmeta", "restore"} {
+	for _, pkg := range []string{"archive", "catalog", "catalog/s3", "catalog/s3store", "lvmthin", "lvmthin/thinmeta", "lvmthin/thinxml", "restore"} {
 		files, err := filepath.Glob(filepath.Join("..", "..", pkg, "*.go"))
 		if err != nil || len(files) == 0 {
 			t.Fatalf("no Go files in %s: %v", pkg, err)
