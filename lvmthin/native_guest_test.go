@@ -54,14 +54,15 @@ func roundsEnv(t *testing.T, name string, def int) int {
 // every device the native full with thin_dump -m: the ranges themselves
 // and the extents Discover builds from them (with the LVs' sizes) must be
 // identical. THINBACK_SEED replays a run; THINBACK_ROUNDS and
-// THINBACK_ROUND_SEEDS change its length (default 3 seeds of 100 rounds).
+// THINBACK_ROUND_SEEDS change its length (default 3 seeds of 50 rounds;
+// THINBACK_ROUNDS=100 is the longer run).
 // With THINBACK_THINMETA_FIXTURES set to a directory, it copies the held
 // metadata there now and then, as fixtures for the host's tests.
 func TestKernelNativeRounds(t *testing.T) {
 	guestOnly(t)
 	r := testRand(t)
 	seeds := roundsEnv(t, "THINBACK_ROUND_SEEDS", 3)
-	rounds := roundsEnv(t, "THINBACK_ROUNDS", 100)
+	rounds := roundsEnv(t, "THINBACK_ROUNDS", 50)
 	chunks := []int64{64 << 10, 128 << 10, 192 << 10, 256 << 10}
 	for s := 0; s < seeds; s++ {
 		seed := r.Uint64()
