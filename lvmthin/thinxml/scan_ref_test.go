@@ -49,6 +49,24 @@ func TestScanDevices(t *testing.T) {
 	}
 }
 
+// TestScanNoDevice: a dump without the wanted device is ErrNoDevice, not
+// ErrMetadata, after the mappings of the devices it has; the reference
+// says the same.
+func TestScanNoDevice(t *testing.T) {
+	data := readFixture(t, "dump-0.9.xml")
+	for _, scan := range []func(io.Reader, thinxml.Options, thinxml.Handler) error{thinxml.Scan, xmlref.Scan} {
+		ranges := 0
+		err := scan(bytes.NewReader(data), thinxml.Options{Dump: true, DumpDev: 9, TempDir: t.TempDir()},
+			thinxml.Handler{Range: func(thinxml.RangeKind, uint64, uint64) error { ranges++; return nil }})
+		if !errors.Is(err, thinxml.ErrNoDevice) || errors.Is(err, thinxml.ErrMetadata) {
+			t.Fatalf("error %v, want ErrNoDevice alone", err)
+		}
+		if ranges != 0 {
+			t.Errorf("%d ranges of other devices reported", ranges)
+		}
+	}
+}
+
 // TestScanXMLDecisions shows, input by input, what the reference accepts
 // and thinxml.Scan refuses on purpose, and what both accept.
 func TestScanXMLDecisions(t *testing.T) {
