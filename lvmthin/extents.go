@@ -8,39 +8,23 @@ import (
 	"io"
 	"math"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/lvmthin/thinxml"
 )
 
-// rangeKind is what a range of the metadata says, whichever reader found
-// it (thin_delta/thin_dump output, or package thinmeta).
-type rangeKind uint8
+// rangeKind is what a range of the metadata says, in thin_delta's words,
+// whichever reader found it (package thinxml or thinmeta).
+type rangeKind = thinxml.RangeKind
 
 const (
-	rangeSame      rangeKind = iota + 1 // mapped to the same block in both
-	rangeDifferent                      // mapped in both, to different blocks
-	rangeLeftOnly                       // mapped only in the older device
-	rangeRightOnly                      // mapped only in the newer device
-	rangeMapped                         // a full: mapped in the device
+	rangeSame      = thinxml.RangeSame      // mapped to the same block in both
+	rangeDifferent = thinxml.RangeDifferent // mapped in both, to different blocks
+	rangeLeftOnly  = thinxml.RangeLeftOnly  // mapped only in the older device
+	rangeRightOnly = thinxml.RangeRightOnly // mapped only in the newer device
+	rangeMapped    = thinxml.RangeMapped    // a full: mapped in the device
 )
-
-func (k rangeKind) String() string {
-	switch k {
-	case rangeSame:
-		return "same"
-	case rangeDifferent:
-		return "different"
-	case rangeLeftOnly:
-		return "left_only"
-	case rangeRightOnly:
-		return "right_only"
-	case rangeMapped:
-		return "mapping"
-	}
-	return "kind(" + strconv.Itoa(int(k)) + ")"
-}
 
 // badf makes the error for metadata or tool output that does not make
 // sense.

@@ -15,26 +15,12 @@ import (
 // and builds a delta's extents from their XML, which package thinxml reads.
 
 // DeviceDetails is a thin device's entry in the pool metadata (thin_dump's
-// <device> element).
-type DeviceDetails struct {
-	ID           uint32
-	MappedBlocks uint64
-	Transaction  uint64
-	CreationTime uint64 // the pool's snapshot clock when the device was created
-	SnapshotTime uint64 // ... when it was last snapshotted
-}
+// <device> element), whichever reader found it.
+type DeviceDetails = thinxml.Device
 
 // xmlScanFunc is the signature of thinxml.Scan; tests run the same
 // assembly of a delta with the encoding/xml parser it replaced.
 type xmlScanFunc func(r io.Reader, opt thinxml.Options, h thinxml.Handler) error
-
-var xmlKinds = [...]rangeKind{
-	thinxml.RangeSame:      rangeSame,
-	thinxml.RangeDifferent: rangeDifferent,
-	thinxml.RangeLeftOnly:  rangeLeftOnly,
-	thinxml.RangeRightOnly: rangeRightOnly,
-	thinxml.RangeMapped:    rangeMapped,
-}
 
 // xmlOutputError gives an error of package thinxml this package's
 // meaning: output that makes no sense is ErrMetadata, a dump without the
@@ -122,12 +108,7 @@ func parseDeltaWith(scan xmlScanFunc, r io.Reader, opts DiscoverOptions) (*Exten
 	} else {
 		opt.Dump, opt.DumpDev = true, opts.Snap.ID
 	}
-	err = toolOutputError(scan(r, opt, thinxml.Handler{Superblock: b.setBlockSize, Range: func(k thinxml.RangeKind, begin, length uint64) error {
-		if int(k) >= len(xmlKinds) || xmlKinds[k] == 0 {
-			return badf("unknown range kind %v", k)
-		}
-		return b.add(xmlKinds[k], begin, length)
-	}}))
+	err = toolOutputError(scan(r, opt, thinxml.Handler{Superblock: b.setBlockSize, Range: b.add}))
 	if err == nil {
 		err = b.finish()
 	}
@@ -161,7 +142,7 @@ func ReadDeviceDetails(ctx context.Context, metadata string, metadataSnap bool, 
 	_, err := run(ctx, func(r io.Reader) error {
 		return toolOutputError(thinxml.Scan(r, thinxml.Options{Dump: true}, thinxml.Handler{Device: func(d thinxml.Device) error {
 			if want[d.ID] {
-				found[d.ID] = DeviceDetails(d)
+				found[d.ID] = d
 			}
 			return nil
 		}}))
