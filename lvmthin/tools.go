@@ -34,8 +34,9 @@ type xmlOutputError struct {
 func (e *xmlOutputError) Error() string   { return e.err.Error() }
 func (e *xmlOutputError) Unwrap() []error { return []error{e.kind, e.err} }
 
-// toolOutputError wraps an error of thinxml.Scan in an xmlOutputError.
-func toolOutputError(err error) error {
+// wrapXML gives an error of thinxml.Scan its meaning here, as wrapNative
+// does for thinmeta.
+func wrapXML(err error) error {
 	switch {
 	case err == nil:
 		return nil
@@ -108,7 +109,7 @@ func parseDeltaWith(scan xmlScanFunc, r io.Reader, opts DiscoverOptions) (*Exten
 	} else {
 		opt.Dump, opt.DumpDev = true, opts.Snap.ID
 	}
-	err = toolOutputError(scan(r, opt, thinxml.Handler{Superblock: b.setBlockSize, Range: b.add}))
+	err = wrapXML(scan(r, opt, thinxml.Handler{Superblock: b.setBlockSize, Range: b.add}))
 	if err == nil {
 		err = b.finish()
 	}
@@ -140,7 +141,7 @@ func ReadDeviceDetails(ctx context.Context, metadata string, metadataSnap bool, 
 		args = append([]string{"-m"}, args...)
 	}
 	_, err := run(ctx, func(r io.Reader) error {
-		return toolOutputError(thinxml.Scan(r, thinxml.Options{Dump: true}, thinxml.Handler{Device: func(d thinxml.Device) error {
+		return wrapXML(thinxml.Scan(r, thinxml.Options{Dump: true}, thinxml.Handler{Device: func(d thinxml.Device) error {
 			if want[d.ID] {
 				found[d.ID] = d
 			}
