@@ -3,9 +3,6 @@ package lvmthin
 import (
 	"context"
 	"fmt"
-	"io"
-	"strconv"
-	"time"
 )
 
 // ThinDevice is a thin device of a pool's metadata and the size of its LV.
@@ -102,46 +99,9 @@ func Discover(ctx context.Context, opts DiscoverOptions) (*Extents, error) {
 	case DiscoverNative:
 		return discoverNative(ctx, opts)
 	case DiscoverTools:
-	default:
-		return nil, fmt.Errorf("discover: unknown discovery %q", opts.Discovery)
+		return discoverTools(ctx, opts)
 	}
-	var prog string
-	var args []string
-	if opts.MetadataSnap {
-		// Bare -m: 0.9 takes an attached optional value, so "-m N"
-		// would read N as the device path.
-		args = append(args, "-m")
-	}
-	if opts.Base != nil {
-		prog = programs.thinDelta
-		args = append(args, "--snap1", strconv.FormatUint(uint64(opts.Base.ID), 10),
-			"--snap2", strconv.FormatUint(uint64(opts.Snap.ID), 10))
-	} else {
-		prog = programs.thinDump
-		args = append(args, "--dev-id", strconv.FormatUint(uint64(opts.Snap.ID), 10))
-	}
-	args = append(args, opts.Metadata)
-
-	var x *Extents
-	start := time.Now()
-	_, err := run(ctx, func(r io.Reader) (err error) {
-		x, err = parseDelta(r, opts)
-		return err
-	}, prog, args...)
-	toolTime := time.Since(start)
-	if err != nil {
-		if x != nil {
-			x.Close()
-		}
-		if opts.Base != nil {
-			return nil, fmt.Errorf("changes from thin device %d to %d in %s: %w", opts.Base.ID, opts.Snap.ID, opts.Metadata, err)
-		}
-		return nil, fmt.Errorf("mappings of thin device %d in %s: %w", opts.Snap.ID, opts.Metadata, err)
-	}
-	x.stats.Discovery = DiscoverTools
-	x.stats.Tool = prog
-	x.stats.ToolTime = toolTime
-	return x, nil
+	return nil, fmt.Errorf("discover: unknown discovery %q", opts.Discovery)
 }
 
 // newExtentBuilder returns the builder of a delta's extents, writing to
@@ -158,74 +118,4 @@ func newExtentBuilder(opts DiscoverOptions, sp *spool) *extentBuilder {
 		b.fillFrom = 0
 	}
 	return b
-}
-
-// parseDelta turns thin_delta output (opts.Base set) or thin_dump output
-// (opts.Base nil) into a spooled extent list.
-func parseDelta(r io.Reader, opts DiscoverOptions) (*Extents, error) {
-	return parseDeltaWith(scanXML, r, opts)
-}
-
-// parseDeltaWith is parseDelta with the XML parser as a parameter, so that
-// tests can hold scanXML to the encoding/xml parser it replaced.
-func parseDeltaWith(scan xmlScanFunc, r io.Reader, opts DiscoverOptions) (*Extents, error) {
-	sp, err := newSpool(opts.TempDir)
-	if err != nil {
-		return nil, err
-	}
-	b := newExtentBuilder(opts, sp)
-	opt := xmlScan{tempDir: opts.TempDir}
-	if opts.Base != nil {
-		opt.left, opt.right = opts.Base.ID, opts.Snap.ID
-	} else {
-		opt.dump, opt.dumpDev = true, opts.Snap.ID
-	}
-	err = scan(r, opt, xmlHandler{superblock: b.setBlockSize, rng: b.add})
-	if err == nil {
-		err = b.finish()
-	}
-	var x *Extents
-	if err == nil {
-		x, err = sp.finish()
-	}
-	if err != nil {
-		sp.abort()
-		return nil, err
-	}
-	x.stats.Ranges = b.ranges
-	x.stats.BlockSize = b.unit
-	return x, nil
-}
-
-// ReadDeviceDetails returns the metadata's entries of the given thin devices
-// (`thin_dump [-m] --skip-mappings METADATA`): their creation times order
-// snapshots when LVM's one-second lv_time cannot. A device that is not in
-// the metadata is an ErrNotFound.
-func ReadDeviceDetails(ctx context.Context, metadata string, metadataSnap bool, ids ...uint32) (map[uint32]DeviceDetails, error) {
-	want := map[uint32]bool{}
-	for _, id := range ids {
-		want[id] = true
-	}
-	found := map[uint32]DeviceDetails{}
-	args := []string{"--skip-mappings", metadata}
-	if metadataSnap {
-		args = append([]string{"-m"}, args...)
-	}
-	_, err := run(ctx, func(r io.Reader) error {
-		return scanXML(r, xmlScan{dump: true}, xmlHandler{device: func(d DeviceDetails) error {
-			if want[d.ID] {
-				found[d.ID] = d
-			}
-			return nil
-		}})
-	}, programs.thinDump, args...)
-	if err != nil {
-		return nil, fmt.Errorf("thin device details in %s: %w", metadata, err)
-	}
-	for _, id := range ids {
-		if _, ok := found[id]; !ok {
-			return nil, fmt.Errorf("thin device %d is not in the pool metadata %s: %w", id, metadata, ErrNotFound)
-		}
-	}
-	return found, nil
 }

@@ -41,9 +41,9 @@
 //     paths to the changed leaves, not the volume. It validates every block
 //     it reads and refuses damage as ErrMetadata naming the block.
 //   - DiscoverTools runs thin_delta (incremental) or thin_dump (full) from
-//     thin-provisioning-tools and parses their XML: a fallback, and the
-//     oracle the native reader is tested against, in a real kernel and on
-//     damaged metadata. Only it needs those tools.
+//     thin-provisioning-tools and parses their XML (package thinxml): a
+//     fallback, and the oracle the native reader is tested against, in a
+//     real kernel and on damaged metadata. Only it needs those tools.
 //
 // Both feed the same extent builder, so they give the same extents.
 //
@@ -53,6 +53,32 @@
 // by lvmthin/cow from the base's -cow device, with O_DIRECT) together with
 // those of the newer snapshot's own table, and its data is read from the
 // newer snapshot. A full reads the whole snapshot.
+//
+// # Where things are
+//
+// The root is the control plane, and the two ways of reading a delta:
+//
+//   - Running LVM and device-mapper: exec.go (the runner, command counts),
+//     pipe.go, name.go, lvs.go, lv.go, kind.go, vg.go, pool.go, errors.go;
+//     a pool's metadata snapshot and its lock: metasnap.go, poollock.go.
+//   - How thinback reads a thin pool: delta.go (OpenDelta: a thin
+//     snapshot as an archive.Source), discover.go (Discover, and the
+//     choice of Discovery), native.go (with package thinmeta, the kernel's
+//     on-disk metadata), tools.go (running thin_delta and thin_dump, with
+//     package thinxml, their XML), extents.go (the extent builder and
+//     spool both feed).
+//   - How it reads a classic snapshot: classic.go (creating one),
+//     classicdelta.go (OpenClassic), classicstatus.go (its dmsetup status),
+//     with package cow, the kernel's copy-on-write store. They stay in the
+//     root, beside the thin side, because they run LVM and dmsetup and
+//     share its extent spool; cow, like thinmeta and thinxml, only reads a
+//     format and runs nothing.
+//
+// Subpackages: thinmeta, thinxml and cow read formats and import nothing
+// of thinback's; lvmtest runs tests in a User-Mode Linux guest;
+// internal/blockdev reads block devices with O_DIRECT; internal/xmlref is
+// the tests' reference XML parser; internal/discbench and
+// internal/classicbench are the programs of scripts/bench-*.sh.
 //
 // # Caveats
 //
@@ -73,9 +99,10 @@
 //     unlinked temporary file so the snapshot is released before any data
 //     is read.
 //   - The tools' XML is read by a scanner of the subset of XML they write
-//     (thin-provisioning-tools 0.9 and 1.x), in memory that does not grow
-//     with the output; XML outside it, such as text between elements,
-//     entity references or a DOCTYPE, is refused as ErrMetadata.
+//     (thin-provisioning-tools 0.9 and 1.x; package thinxml), in memory
+//     that does not grow with the output; XML outside it, such as text
+//     between elements, entity references or a DOCTYPE, is refused as
+//     ErrMetadata.
 //   - A classic snapshot costs its origin a copy on the first write to each
 //     chunk, and is invalidated by the kernel once its COW store is full.
 //     OpenClassic checks the base before and after reading its table (lvs,

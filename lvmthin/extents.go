@@ -11,7 +11,26 @@ import (
 	"time"
 
 	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/lvmthin/thinxml"
 )
+
+// rangeKind is what a range of the metadata says, in thin_delta's words,
+// whichever reader found it (package thinxml or thinmeta).
+type rangeKind = thinxml.RangeKind
+
+const (
+	rangeSame      = thinxml.RangeSame      // mapped to the same block in both
+	rangeDifferent = thinxml.RangeDifferent // mapped in both, to different blocks
+	rangeLeftOnly  = thinxml.RangeLeftOnly  // mapped only in the older device
+	rangeRightOnly = thinxml.RangeRightOnly // mapped only in the newer device
+	rangeMapped    = thinxml.RangeMapped    // a full: mapped in the device
+)
+
+// badf makes the error for metadata or tool output that does not make
+// sense.
+func badf(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrMetadata}, args...)...)
+}
 
 // extentBuilder turns the block ranges of thin_delta/thin_dump output into
 // byte extents of the newer volume:

@@ -22,6 +22,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/lvmthin/thinmeta"
+	"github.com/thinback/thinback/lvmthin/thinxml"
 )
 
 // roundDev is a live thin LV of the rounds test.
@@ -53,14 +54,15 @@ func roundsEnv(t *testing.T, name string, def int) int {
 // every device the native full with thin_dump -m: the ranges themselves
 // and the extents Discover builds from them (with the LVs' sizes) must be
 // identical. THINBACK_SEED replays a run; THINBACK_ROUNDS and
-// THINBACK_ROUND_SEEDS change its length (default 3 seeds of 100 rounds).
+// THINBACK_ROUND_SEEDS change its length (default 3 seeds of 50 rounds;
+// THINBACK_ROUNDS=100 is the longer run).
 // With THINBACK_THINMETA_FIXTURES set to a directory, it copies the held
 // metadata there now and then, as fixtures for the host's tests.
 func TestKernelNativeRounds(t *testing.T) {
 	guestOnly(t)
 	r := testRand(t)
 	seeds := roundsEnv(t, "THINBACK_ROUND_SEEDS", 3)
-	rounds := roundsEnv(t, "THINBACK_ROUNDS", 100)
+	rounds := roundsEnv(t, "THINBACK_ROUNDS", 50)
 	chunks := []int64{64 << 10, 128 << 10, 192 << 10, 256 << 10}
 	for s := 0; s < seeds; s++ {
 		seed := r.Uint64()
@@ -235,17 +237,17 @@ func toolOutput(t *testing.T, args ...string) []byte {
 	return out
 }
 
-// toolRanges parses thin tool output into ranges through the package's own
-// XML scanner, merging adjacent ranges of one kind.
-func toolRanges(t *testing.T, out []byte, opt xmlScan) []thinmeta.Range {
+// toolRanges parses thin tool output into ranges through thinback's own
+// XML scanner (package thinxml), merging adjacent ranges of one kind.
+func toolRanges(t *testing.T, out []byte, opt thinxml.Options) []thinmeta.Range {
 	t.Helper()
-	kinds := map[rangeKind]thinmeta.Kind{rangeSame: thinmeta.Same, rangeDifferent: thinmeta.Different,
-		rangeLeftOnly: thinmeta.LeftOnly, rangeRightOnly: thinmeta.RightOnly, rangeMapped: thinmeta.Mapped}
+	kinds := map[thinxml.RangeKind]thinmeta.Kind{thinxml.RangeSame: thinmeta.Same, thinxml.RangeDifferent: thinmeta.Different,
+		thinxml.RangeLeftOnly: thinmeta.LeftOnly, thinxml.RangeRightOnly: thinmeta.RightOnly, thinxml.RangeMapped: thinmeta.Mapped}
 	var rs []thinmeta.Range
-	opt.tempDir = t.TempDir()
-	err := scanXML(bytes.NewReader(out), opt, xmlHandler{
-		superblock: func(uint64) error { return nil },
-		rng: func(kind rangeKind, begin, length uint64) error {
+	opt.TempDir = t.TempDir()
+	err := thinxml.Scan(bytes.NewReader(out), opt, thinxml.Handler{
+		Superblock: func(uint64) error { return nil },
+		Range: func(kind thinxml.RangeKind, begin, length uint64) error {
 			k := kinds[kind]
 			if n := len(rs); n > 0 && rs[n-1].Kind == k && rs[n-1].End() == begin {
 				rs[n-1].Length += length
@@ -332,7 +334,7 @@ func compareRound(t *testing.T, r *rand.Rand, ms *MetadataSnap, devs []*roundDev
 		}
 		st.fulls++
 		st.fullBytes += m.Stats().BytesRead - before
-		if wantRuns := toolRanges(t, dump, xmlScan{dump: true, dumpDev: d.id}); !reflect.DeepEqual(runs, wantRuns) {
+		if wantRuns := toolRanges(t, dump, thinxml.Options{Dump: true, DumpDev: d.id}); !reflect.DeepEqual(runs, wantRuns) {
 			t.Fatalf("mapped ranges of %s: native %v, thin_dump %v", d.name, runs, wantRuns)
 		}
 		opts := DiscoverOptions{Snap: ThinDevice{ID: d.id, Size: d.size}, BlockSize: chunk, TempDir: t.TempDir()}
@@ -350,7 +352,7 @@ func compareRound(t *testing.T, r *rand.Rand, ms *MetadataSnap, devs []*roundDev
 			}
 			out := toolOutput(t, "thin_delta", "-m", "--snap1", strconv.FormatUint(uint64(a.id), 10),
 				"--snap2", strconv.FormatUint(uint64(b.id), 10), meta)
-			want := toolRanges(t, out, xmlScan{left: a.id, right: b.id})
+			want := toolRanges(t, out, thinxml.Options{Left: a.id, Right: b.id})
 			diff := func(opts thinmeta.DiffOptions) ([]thinmeta.Range, int64) {
 				t.Helper()
 				before := m.Stats().BytesRead

@@ -11,6 +11,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/lvmthin/thinmeta"
+	"github.com/thinback/thinback/lvmthin/thinxml"
 )
 
 // pairFromXML builds a model of two devices whose thin_delta output says
@@ -23,22 +24,22 @@ func pairFromXML(t *testing.T, data []byte, dump bool, dev uint32) *thinPair {
 		p.left[i], p.right[i] = -1, -1
 	}
 	next := int64(0)
-	opt := xmlScan{tempDir: t.TempDir(), dump: dump, dumpDev: dev}
-	err := scanXML(bytes.NewReader(data), opt, xmlHandler{
-		superblock: func(uint64) error { return nil },
-		rng: func(kind rangeKind, begin, length uint64) error {
+	opt := thinxml.Options{TempDir: t.TempDir(), Dump: dump, DumpDev: dev}
+	err := thinxml.Scan(bytes.NewReader(data), opt, thinxml.Handler{
+		Superblock: func(uint64) error { return nil },
+		Range: func(kind thinxml.RangeKind, begin, length uint64) error {
 			for b := begin; b < begin+length; b++ {
 				switch kind {
-				case rangeSame:
+				case thinxml.RangeSame:
 					p.left[b], p.right[b] = next, next
 					next++
-				case rangeDifferent:
+				case thinxml.RangeDifferent:
 					p.left[b], p.right[b] = next, next+1
 					next += 2
-				case rangeLeftOnly:
+				case thinxml.RangeLeftOnly:
 					p.left[b] = next
 					next++
-				case rangeRightOnly, rangeMapped:
+				case thinxml.RangeRightOnly, thinxml.RangeMapped:
 					p.right[b] = next
 					next++
 				}

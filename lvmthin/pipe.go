@@ -16,7 +16,7 @@ import (
 //     keeps EPOLLET users working that way), and Go polls the pipes it
 //     makes (os.Pipe, exec's StdoutPipe): its poller thread is woken a
 //     million times, even while the reader does something else;
-//   - a reader that is faster than the tool, as scanXML is, waits in read
+//   - a reader that is faster than the tool, as thinxml.Scan is, waits in read
 //     on an empty pipe and is woken by nearly every write.
 //
 // Measured with thin_dump of 2 M mappings (79 MB) on 2 CPUs: 0.95 s to

@@ -188,23 +188,6 @@ func TestParseDeltaBad(t *testing.T) {
 	}
 }
 
-func TestReadDeviceDetailsScan(t *testing.T) {
-	got := map[uint32]DeviceDetails{}
-	err := scanXML(bytes.NewReader(readFixture(t, "dump-0.9-devices.xml")), xmlScan{dump: true},
-		xmlHandler{device: func(d DeviceDetails) error { got[d.ID] = d; return nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[uint32]DeviceDetails{
-		1: {ID: 1, MappedBlocks: 15, Transaction: 0, CreationTime: 0, SnapshotTime: 2},
-		2: {ID: 2, MappedBlocks: 11, Transaction: 1, CreationTime: 1, SnapshotTime: 1},
-		3: {ID: 3, MappedBlocks: 15, Transaction: 2, CreationTime: 2, SnapshotTime: 2},
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("got %+v\nwant %+v", got, want)
-	}
-}
-
 func FuzzParseDelta(f *testing.F) {
 	for _, name := range []string{"delta-0.9.xml", "delta-0.9-verbose.xml", "delta-0.9-reverse.xml",
 		"delta-1.x.xml", "delta-1.x-verbose.xml", "dump-0.9.xml", "dump-0.9-devices.xml", "dump-1.x-defs.xml"} {
@@ -295,5 +278,39 @@ func BenchmarkParseDump(b *testing.B) {
 			b.Fatalf("%d extents", x.Stats().Extents)
 		}
 		x.Close()
+	}
+}
+
+// TestParseDeltaErrorText holds the text of the errors discovery gives
+// for bad tool output (with the line and byte of the output), and the
+// sentinel of this package they match, whichever package reads the XML.
+func TestParseDeltaErrorText(t *testing.T) {
+	const sb = `<superblock uuid="" time="1" transaction="1" data_block_size="128" nr_data_blocks="0">`
+	n := int64(fixtureBlocks)
+	tests := []struct {
+		name, xml string
+		opts      DiscoverOptions
+		want      error
+		text      string
+	}{
+		{"not a number", sb + `<diff left="1" right="2"><different begin="x" length="1"/></diff></superblock>`, incr(1, 2, n, n), ErrMetadata,
+			`line 1, byte 111 of the output: <different>: lvmthin: bad thin metadata output: attribute begin="x": not a 64-bit number`},
+		{"entity", sb + `<diff left="1" right="2"><different begin="&#49;" length="1"/></diff></superblock>`, incr(1, 2, n, n), ErrMetadata,
+			`line 1, byte 129 of the output: lvmthin: bad thin metadata output: XML the thin tools do not write: entity or character reference in attribute value`},
+		{"out of order", sb + `<diff left="1" right="2"><different begin="10" length="1"/><different begin="5" length="1"/></diff></superblock>`, incr(1, 2, n, n), ErrMetadata,
+			`line 1, byte 145 of the output: <different>: lvmthin: bad thin metadata output: different range at block 5 overlaps or precedes the previous range, which ends at block 11`},
+		{"device missing", string(readFixture(t, "dump-0.9.xml")), full(9, n), ErrNotFound,
+			`thin device 9 is not in the pool metadata: lvmthin: not found`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := parseFixture(t, []byte(tt.xml), tt.opts)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("error %v, want %v", err, tt.want)
+			}
+			if err.Error() != tt.text {
+				t.Errorf("error %q\nwant  %q", err, tt.text)
+			}
+		})
 	}
 }

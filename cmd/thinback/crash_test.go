@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -89,10 +90,27 @@ func sameFile(t *testing.T, a, b string) {
 	}
 }
 
+// killRounds is how many rounds of killed backups killAnywhere runs: 6 by
+// default, THINBACK_KILL_ROUNDS for a longer run (12 takes about twice
+// as long).
+func killRounds(t *testing.T) int {
+	t.Helper()
+	v := os.Getenv("THINBACK_KILL_ROUNDS")
+	if v == "" {
+		return 6
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		t.Fatalf("THINBACK_KILL_ROUNDS=%q: want a positive number", v)
+	}
+	return n
+}
+
 // TestKillAnywhere SIGKILLs backup, prune and receive at random moments
-// (the seed is logged; THINBACK_SEED replays it). After every kill, verify
-// passes, every recorded snapshot restores to the image it was made from,
-// and the next run succeeds: nothing is lost, nothing is half-recorded.
+// (the seed is logged; THINBACK_SEED replays it; THINBACK_KILL_ROUNDS sets
+// the rounds of killed backups). After every kill, verify passes, every
+// recorded snapshot restores to the image it was made from, and the next
+// run succeeds: nothing is lost, nothing is half-recorded.
 func TestKillAnywhere(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kills processes for a while")
@@ -158,7 +176,8 @@ func killAnywhere(t *testing.T, dir, store string, writerFlags ...string) {
 	// recorded like any backup, and the round tries again, the image
 	// changed, with a kill within that run's length.
 	backups := &killer{r: r, bound: typical}
-	for i := 0; i < 12; i++ {
+	rounds := killRounds(t)
+	for i := 0; i < rounds; i++ {
 		landed := false
 		for try := 0; try < 4 && !landed; try++ {
 			f, _ := os.OpenFile(img, os.O_WRONLY, 0)
@@ -177,9 +196,11 @@ func killAnywhere(t *testing.T, dir, store string, writerFlags ...string) {
 		record()
 	}
 	// Prune, killed at random moments; every kept snapshot stays exact.
+	// There are more than rounds snapshots: each prune keeps fewer.
 	prunes := &killer{r: r, bound: typical}
 	for i := 0; i < 6; i++ {
-		prunes.kill(t, thinbackCmd(t, dir, w("prune", "--store", store, "disk.img", "--keep-last", fmt.Sprint(12-2*i))...))
+		keep := max(1, rounds-i*rounds/6)
+		prunes.kill(t, thinbackCmd(t, dir, w("prune", "--store", store, "disk.img", "--keep-last", fmt.Sprint(keep))...))
 		check(fmt.Sprintf("prune killed, round %d", i))
 	}
 	// Receive, killed while reading its stream.

@@ -14,6 +14,7 @@ import (
 	"github.com/thinback/thinback/lvmthin"
 	"github.com/thinback/thinback/lvmthin/cow"
 	"github.com/thinback/thinback/lvmthin/thinmeta"
+	"github.com/thinback/thinback/lvmthin/thinxml"
 	"github.com/thinback/thinback/restore"
 )
 
@@ -132,6 +133,10 @@ var exitCodes = []struct {
 	{cow.ErrInvalidated, exitLVM},
 	{thinmeta.ErrNoDevice, exitLVM},
 	{thinmeta.ErrNoSnapshot, exitError}, // lvmthin's own no-snapshot error is not a sentinel either
+	// ... and the thin tools' XML reader's (lvmthin/thinxml).
+	{thinxml.ErrMetadata, exitLVM},
+	{thinxml.ErrUnsupported, exitLVM},
+	{thinxml.ErrNoDevice, exitLVM},
 	// Classic (thick) snapshots; not wired into commands yet.
 	{lvmthin.ErrExists, exitLVM},
 	{lvmthin.ErrNoSpace, exitLVM}, // the volume group, not a disk of the store

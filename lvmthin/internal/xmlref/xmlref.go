@@ -1,8 +1,13 @@
-package lvmthin
+// Package xmlref is what the tests of thinback's reading of thin tool XML
+// share: Scan, the encoding/xml parser that thinxml.Scan replaced, kept as
+// the reference the differential tests hold thinxml.Scan to (lvmthin's
+// xmldiff_test.go, thinxml's tests); Refusals, the input thinxml.Scan
+// refuses on purpose; Record, to compare what parsers report; and
+// generators of the tools' output. Only tests import it.
+package xmlref
 
-// The parser scanXML replaced, kept as the reference that the differential
-// tests (xmldiff_test.go) hold the new one to: the code is that of the
-// encoding/xml version, renamed (ref...), and must stay so.
+// The reference's code is that of the encoding/xml version, renamed
+// (ref...), and must stay so.
 
 import (
 	"bufio"
@@ -12,16 +17,29 @@ import (
 	"io"
 	"os"
 	"strconv"
+
+	"github.com/thinback/thinback/lvmthin/thinxml"
 )
 
-var refDeltaKinds = map[string]rangeKind{
-	"same":       rangeSame,
-	"different":  rangeDifferent,
-	"left_only":  rangeLeftOnly,
-	"right_only": rangeRightOnly,
+// maxBlockSectors is the kernel's largest thin-pool block size (1 GiB) in
+// sectors (DATA_DEV_BLOCK_SIZE_MAX_SECTORS).
+const maxBlockSectors = 2097152
+
+type defSpan struct{ off, end int64 }
+
+// badf makes the error for output that does not make sense.
+func badf(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{thinxml.ErrMetadata}, args...)...)
 }
 
-// refScanXML parses thin_delta or thin_dump XML from r as a token stream, in
+var refDeltaKinds = map[string]thinxml.RangeKind{
+	"same":       thinxml.RangeSame,
+	"different":  thinxml.RangeDifferent,
+	"left_only":  thinxml.RangeLeftOnly,
+	"right_only": thinxml.RangeRightOnly,
+}
+
+// Scan parses thin_delta or thin_dump XML from r as a token stream, in
 // memory bounded by the size of one element: nothing is kept per range. It
 // understands thin-provisioning-tools 0.9 and 1.x output:
 //   - thin_delta: <superblock><diff left right> with <same|different|
@@ -34,7 +52,7 @@ var refDeltaKinds = map[string]rangeKind{
 //
 // Unknown elements and attributes are ignored, so later tool versions that
 // add some still parse; missing required ones are errors.
-func refScanXML(r io.Reader, opt xmlScan, h xmlHandler) error {
+func Scan(r io.Reader, opt thinxml.Options, h thinxml.Handler) error {
 	// A larger buffer than the decoder's own 4 KiB: fewer reads of the pipe.
 	s := &refScanner{opt: opt, h: h, dec: xml.NewDecoder(bufio.NewReaderSize(r, 256<<10))}
 	defer s.refCloseDefs()
@@ -42,15 +60,15 @@ func refScanXML(r io.Reader, opt xmlScan, h xmlHandler) error {
 }
 
 type refScanner struct {
-	opt xmlScan
-	h   xmlHandler
+	opt thinxml.Options
+	h   thinxml.Handler
 	dec *xml.Decoder
 
 	stack     []string
 	sawSB     bool
 	sawDiff   bool
 	sawDev    bool
-	group     rangeKind // current --verbose group, 0 if none
+	group     thinxml.RangeKind // current --verbose group, 0 if none
 	inDiff    bool
 	inDevice  bool
 	wantedDev bool // inside the wanted <device>
@@ -97,11 +115,11 @@ func (s *refScanner) scan() error {
 	if !s.sawSB {
 		return badf("no <superblock> in output")
 	}
-	if !s.opt.dump && !s.sawDiff {
+	if !s.opt.Dump && !s.sawDiff {
 		return badf("no <diff> in output")
 	}
-	if s.opt.dump && s.opt.dumpDev != 0 && !s.sawDev {
-		return fmt.Errorf("thin device %d is not in the pool metadata: %w", s.opt.dumpDev, ErrNotFound)
+	if s.opt.Dump && s.opt.DumpDev != 0 && !s.sawDev {
+		return fmt.Errorf("thin device %d is not in the pool metadata: %w", s.opt.DumpDev, thinxml.ErrNoDevice)
 	}
 	return nil
 }
@@ -120,8 +138,8 @@ func (s *refScanner) start(t xml.StartElement) error {
 		if v == 0 || v > maxBlockSectors {
 			return badf("data_block_size %d out of range 1..%d sectors", v, maxBlockSectors)
 		}
-		if s.h.superblock != nil {
-			return s.h.superblock(v)
+		if s.h.Superblock != nil {
+			return s.h.Superblock(v)
 		}
 		return nil
 	}
@@ -130,14 +148,14 @@ func (s *refScanner) start(t xml.StartElement) error {
 	}
 	switch {
 	case name == "diff":
-		if s.opt.dump || s.sawDiff {
+		if s.opt.Dump || s.sawDiff {
 			return badf("unexpected <diff>")
 		}
 		s.sawDiff, s.inDiff = true, true
-		if err := refCheckDevAttr(t, "left", s.opt.left); err != nil {
+		if err := refCheckDevAttr(t, "left", s.opt.Left); err != nil {
 			return err
 		}
-		return refCheckDevAttr(t, "right", s.opt.right)
+		return refCheckDevAttr(t, "right", s.opt.Right)
 
 	case s.inDiff && refDeltaKinds[name] != 0:
 		kind := refDeltaKinds[name]
@@ -157,7 +175,7 @@ func (s *refScanner) start(t xml.StartElement) error {
 		return s.deltaRange(t, s.group)
 
 	case name == "device":
-		if !s.opt.dump || s.inDevice || s.inDef {
+		if !s.opt.Dump || s.inDevice || s.inDef {
 			return badf("unexpected <device>")
 		}
 		s.inDevice = true
@@ -165,18 +183,18 @@ func (s *refScanner) start(t xml.StartElement) error {
 		if err != nil {
 			return err
 		}
-		d := DeviceDetails{ID: uint32(id)}
+		d := thinxml.Device{ID: uint32(id)}
 		// These are informational; absent ones stay zero.
 		d.MappedBlocks, _ = refAttrUint(t, "mapped_blocks", 64)
 		d.Transaction, _ = refAttrUint(t, "transaction", 64)
 		d.CreationTime, _ = refAttrUint(t, "creation_time", 64)
 		d.SnapshotTime, _ = refAttrUint(t, "snap_time", 64)
-		if s.h.device != nil {
-			if err := s.h.device(d); err != nil {
+		if s.h.Device != nil {
+			if err := s.h.Device(d); err != nil {
 				return err
 			}
 		}
-		if s.opt.dumpDev != 0 && d.ID == s.opt.dumpDev {
+		if s.opt.DumpDev != 0 && d.ID == s.opt.DumpDev {
 			if s.sawDev {
 				return badf("thin device %d appears twice", d.ID)
 			}
@@ -185,7 +203,7 @@ func (s *refScanner) start(t xml.StartElement) error {
 		return nil
 
 	case name == "def":
-		if !s.opt.dump || s.inDevice || s.inDef {
+		if !s.opt.Dump || s.inDevice || s.inDef {
 			return badf("unexpected <def>")
 		}
 		n, ok := refAttr(t, "name")
@@ -246,7 +264,7 @@ func (s *refScanner) end(name string) error {
 	return nil
 }
 
-func (s *refScanner) deltaRange(t xml.StartElement, kind rangeKind) error {
+func (s *refScanner) deltaRange(t xml.StartElement, kind thinxml.RangeKind) error {
 	begin, err := refAttrUint(t, "begin", 64)
 	if err != nil {
 		return err
@@ -255,8 +273,8 @@ func (s *refScanner) deltaRange(t xml.StartElement, kind rangeKind) error {
 	if err != nil {
 		return err
 	}
-	if s.h.rng != nil {
-		return s.h.rng(kind, begin, length)
+	if s.h.Range != nil {
+		return s.h.Range(kind, begin, length)
 	}
 	return nil
 }
@@ -270,8 +288,8 @@ func (s *refScanner) mapping(begin, length uint64) error {
 	if !s.wantedDev {
 		return nil
 	}
-	if s.h.rng != nil {
-		return s.h.rng(rangeMapped, begin, length)
+	if s.h.Range != nil {
+		return s.h.Range(thinxml.RangeMapped, begin, length)
 	}
 	return nil
 }
@@ -280,7 +298,7 @@ func (s *refScanner) mapping(begin, length uint64) error {
 // unlinked at once, so it disappears with the process whatever happens.
 func (s *refScanner) beginDef() error {
 	if s.defFile == nil {
-		f, err := os.CreateTemp(s.opt.tempDir, "thinback-defs-*")
+		f, err := os.CreateTemp(s.opt.TempDir, "thinback-defs-*")
 		if err != nil {
 			return err
 		}

@@ -1,4 +1,4 @@
-package lvmthin
+package thinxml
 
 import (
 	"bufio"
@@ -10,21 +10,21 @@ import (
 	"unicode/utf8"
 )
 
-// Bounds of what xmlReader accepts. The thin tools' longest tag is a
+// Bounds of what Scan accepts. The thin tools' longest tag is a
 // <superblock> of about 130 bytes, and their elements nest four deep
 // (superblock, diff, group, range); the bounds leave ample room for later
 // versions while keeping memory independent of the input.
 const (
-	maxXMLTag   = 4 << 10 // bytes from '<' to '>'
-	maxXMLDepth = 32      // open elements
+	MaxTag   = 4 << 10 // bytes from '<' to '>'
+	MaxDepth = 32      // open elements
 )
 
-// errUnsupportedXML marks well-formed XML that the thin tools never write
-// and that xmlReader refuses rather than interprets (see scanXML).
-var errUnsupportedXML = errors.New("XML the thin tools do not write")
+// ErrUnsupported marks well-formed XML that the thin tools never write
+// and that xmlReader refuses rather than interprets (see Scan).
+var ErrUnsupported = errors.New("XML the thin tools do not write")
 
 func unsupportedf(format string, args ...any) error {
-	return fmt.Errorf("%w: %w: "+format, append([]any{ErrMetadata, errUnsupportedXML}, args...)...)
+	return fmt.Errorf("%w: %w: "+format, append([]any{ErrMetadata, ErrUnsupported}, args...)...)
 }
 
 // xmlError is unusable thin tool output and where in it the problem is.
@@ -68,17 +68,17 @@ var elemNames = [...]string{
 
 func (e xmlElem) String() string { return elemNames[e] }
 
-// rangeKind is the kind of range a thin_delta element names, or 0.
-func (e xmlElem) rangeKind() rangeKind {
+// RangeKind is the kind of range a thin_delta element names, or 0.
+func (e xmlElem) rangeKind() RangeKind {
 	switch e {
 	case elemSame:
-		return rangeSame
+		return RangeSame
 	case elemDifferent:
-		return rangeDifferent
+		return RangeDifferent
 	case elemLeftOnly:
-		return rangeLeftOnly
+		return RangeLeftOnly
 	case elemRightOnly:
-		return rangeRightOnly
+		return RangeRightOnly
 	}
 	return 0
 }
@@ -308,8 +308,8 @@ func (x *xmlReader) next() (xmlToken, error) {
 func (x *xmlReader) parse(p func(*xmlReader, []byte) (int, error)) error {
 	for {
 		w := x.win[x.pos:]
-		if len(w) > maxXMLTag {
-			w = w[:maxXMLTag]
+		if len(w) > MaxTag {
+			w = w[:MaxTag]
 		}
 		n, err := p(x, w)
 		if err == nil {
@@ -320,8 +320,8 @@ func (x *xmlReader) parse(p func(*xmlReader, []byte) (int, error)) error {
 		if err != errNeedMore {
 			return err
 		}
-		if len(w) == maxXMLTag {
-			return x.errAt(x.pos, unsupportedf("tag longer than %d bytes", maxXMLTag))
+		if len(w) == MaxTag {
+			return x.errAt(x.pos, unsupportedf("tag longer than %d bytes", MaxTag))
 		}
 		if !x.more(x.pos) {
 			return x.truncated()

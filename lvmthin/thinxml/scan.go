@@ -1,4 +1,4 @@
-package lvmthin
+package thinxml
 
 import (
 	"bufio"
@@ -9,36 +9,36 @@ import (
 	"strconv"
 )
 
-// rangeKind is what a range of thin_delta or thin_dump output says.
-type rangeKind uint8
+// RangeKind is what a range of thin_delta or thin_dump output says.
+type RangeKind uint8
 
 const (
-	rangeSame      rangeKind = iota + 1 // mapped to the same block in both
-	rangeDifferent                      // mapped in both, to different blocks
-	rangeLeftOnly                       // mapped only in the older device
-	rangeRightOnly                      // mapped only in the newer device
-	rangeMapped                         // thin_dump: mapped in the device
+	RangeSame      RangeKind = iota + 1 // mapped to the same block in both
+	RangeDifferent                      // mapped in both, to different blocks
+	RangeLeftOnly                       // mapped only in the older device
+	RangeRightOnly                      // mapped only in the newer device
+	RangeMapped                         // thin_dump: mapped in the device
 )
 
-func (k rangeKind) String() string {
+func (k RangeKind) String() string {
 	switch k {
-	case rangeSame:
+	case RangeSame:
 		return "same"
-	case rangeDifferent:
+	case RangeDifferent:
 		return "different"
-	case rangeLeftOnly:
+	case RangeLeftOnly:
 		return "left_only"
-	case rangeRightOnly:
+	case RangeRightOnly:
 		return "right_only"
-	case rangeMapped:
+	case RangeMapped:
 		return "mapping"
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
 }
 
-// DeviceDetails is a thin device's entry in the pool metadata (thin_dump's
+// Device is a thin device's entry in the pool metadata (thin_dump's
 // <device> element).
-type DeviceDetails struct {
+type Device struct {
 	ID           uint32
 	MappedBlocks uint64
 	Transaction  uint64
@@ -46,40 +46,39 @@ type DeviceDetails struct {
 	SnapshotTime uint64 // ... when it was last snapshotted
 }
 
-// xmlHandler receives what scanXML finds, in document order.
-type xmlHandler struct {
-	// superblock gets data_block_size (in 512-byte sectors) before any
+// Handler receives what Scan finds, in document order. A nil function
+// skips what it would get.
+type Handler struct {
+	// Superblock gets data_block_size (in 512-byte sectors) before any
 	// range is reported.
-	superblock func(blockSectors uint64) error
-	// device gets every <device> element (thin_dump).
-	device func(DeviceDetails) error
-	// rng gets every range of a thin_delta <diff>, and every mapping of
+	Superblock func(blockSectors uint64) error
+	// Device gets every <device> element (thin_dump).
+	Device func(Device) error
+	// Range gets every range of a thin_delta <diff>, and every mapping of
 	// the wanted device of a thin_dump (with <ref>s expanded), in blocks.
-	rng func(kind rangeKind, begin, length uint64) error
+	Range func(kind RangeKind, begin, length uint64) error
 }
 
-// xmlScan says which output scanXML reads and what to check in it.
-type xmlScan struct {
+// Options say which output Scan reads and what to check in it.
+type Options struct {
 	// For thin_delta output: the device ids the <diff> must name (0:
 	// not checked).
-	left, right uint32
-	// For thin_dump output: the device whose mappings are reported; the
-	// mappings of other devices are skipped.
-	dumpDev uint32
-	dump    bool
-	// tempDir holds the spool of 1.x thin_dump <def> blocks.
-	tempDir string
+	Left, Right uint32
+	// Dump says the output is thin_dump's. DumpDev is the device whose
+	// mappings are reported (the mappings of other devices are skipped);
+	// if not 0, a dump without it fails with ErrNoDevice.
+	DumpDev uint32
+	Dump    bool
+	// TempDir holds the spool of 1.x thin_dump <def> blocks ("" =
+	// os.TempDir()).
+	TempDir string
 }
-
-// xmlScanFunc is the signature of scanXML; tests run the same assembly of
-// a delta with the encoding/xml parser scanXML replaced.
-type xmlScanFunc func(r io.Reader, opt xmlScan, h xmlHandler) error
 
 // maxBlockSectors is the kernel's largest thin-pool block size (1 GiB) in
 // sectors (DATA_DEV_BLOCK_SIZE_MAX_SECTORS).
 const maxBlockSectors = 2097152
 
-// scanXML parses thin_delta or thin_dump XML from r as it streams, in
+// Scan parses thin_delta or thin_dump XML from r as it streams, in
 // memory bounded by the size of one tag: nothing is kept per range. It
 // understands thin-provisioning-tools 0.9 and 1.x output:
 //   - thin_delta: <superblock><diff left right> with <same|different|
@@ -101,11 +100,16 @@ const maxBlockSectors = 2097152
 // white space (the tools write attributes only), entity and character
 // references, CDATA sections, DOCTYPE and other declarations, names that
 // are not ASCII, a known attribute twice in one tag, a tag longer than
-// maxXMLTag bytes and elements nested deeper than maxXMLDepth. Comments,
+// MaxTag bytes and elements nested deeper than MaxDepth. Comments,
 // processing instructions and a UTF-8 XML declaration are skipped. On
 // everything else it reports what the encoding/xml parser it replaced
-// did; the tests hold it to that parser (xmlref_test.go).
-func scanXML(r io.Reader, opt xmlScan, h xmlHandler) error {
+// did; the tests hold it to that parser (lvmthin/internal/xmlref keeps it).
+//
+// Output that does not make sense is an ErrMetadata naming the line and
+// byte offset; a dump without the wanted device (Options.DumpDev) is an
+// ErrNoDevice. An error of the handler is returned as it is, with the
+// position.
+func Scan(r io.Reader, opt Options, h Handler) error {
 	// A large buffer: fewer reads of the pipe, and every tag fits in it.
 	s := &xmlScanner{opt: opt, h: h}
 	s.x.br = bufio.NewReaderSize(r, 256<<10)
@@ -122,8 +126,8 @@ func badf(format string, args ...any) error {
 // xmlScanner gives the elements xmlReader finds their meaning in thin_delta
 // or thin_dump output.
 type xmlScanner struct {
-	opt xmlScan
-	h   xmlHandler
+	opt Options
+	h   Handler
 	x   xmlReader
 
 	// stack holds the open elements; names holds the local names of the
@@ -133,7 +137,7 @@ type xmlScanner struct {
 	sawSB     bool
 	sawDiff   bool
 	sawDev    bool
-	group     rangeKind // current --verbose group, 0 if none
+	group     RangeKind // current --verbose group, 0 if none
 	inDiff    bool
 	inDevice  bool
 	wantedDev bool // inside the wanted <device>
@@ -166,8 +170,8 @@ func (s *xmlScanner) scan() error {
 		}
 		switch tok {
 		case tokStart:
-			if len(s.stack) == maxXMLDepth {
-				return x.tagErr(unsupportedf("<%s> nested deeper than %d elements", x.local, maxXMLDepth))
+			if len(s.stack) == MaxDepth {
+				return x.tagErr(unsupportedf("<%s> nested deeper than %d elements", x.local, MaxDepth))
 			}
 			if err := s.start(x.elem); err != nil {
 				return x.tagErr(fmt.Errorf("<%s>: %w", x.local, err))
@@ -220,11 +224,11 @@ func (s *xmlScanner) finish() error {
 	if !s.sawSB {
 		return badf("no <superblock> in output")
 	}
-	if !s.opt.dump && !s.sawDiff {
+	if !s.opt.Dump && !s.sawDiff {
 		return badf("no <diff> in output")
 	}
-	if s.opt.dump && s.opt.dumpDev != 0 && !s.sawDev {
-		return fmt.Errorf("thin device %d is not in the pool metadata: %w", s.opt.dumpDev, ErrNotFound)
+	if s.opt.Dump && s.opt.DumpDev != 0 && !s.sawDev {
+		return fmt.Errorf("thin device %d is not in the pool metadata: %w", s.opt.DumpDev, ErrNoDevice)
 	}
 	return nil
 }
@@ -243,8 +247,8 @@ func (s *xmlScanner) start(elem xmlElem) error {
 		if v == 0 || v > maxBlockSectors {
 			return badf("data_block_size %d out of range 1..%d sectors", v, maxBlockSectors)
 		}
-		if s.h.superblock != nil {
-			return s.h.superblock(v)
+		if s.h.Superblock != nil {
+			return s.h.Superblock(v)
 		}
 		return nil
 	}
@@ -253,14 +257,14 @@ func (s *xmlScanner) start(elem xmlElem) error {
 	}
 	switch kind := elem.rangeKind(); {
 	case elem == elemDiff:
-		if s.opt.dump || s.sawDiff {
+		if s.opt.Dump || s.sawDiff {
 			return badf("unexpected <diff>")
 		}
 		s.sawDiff, s.inDiff = true, true
-		if err := s.checkDevAttr(attrLeft, s.opt.left); err != nil {
+		if err := s.checkDevAttr(attrLeft, s.opt.Left); err != nil {
 			return err
 		}
-		return s.checkDevAttr(attrRight, s.opt.right)
+		return s.checkDevAttr(attrRight, s.opt.Right)
 
 	case s.inDiff && kind != 0:
 		if s.group != 0 {
@@ -279,7 +283,7 @@ func (s *xmlScanner) start(elem xmlElem) error {
 		return s.deltaRange(s.group)
 
 	case elem == elemDevice:
-		if !s.opt.dump || s.inDevice || s.inDef {
+		if !s.opt.Dump || s.inDevice || s.inDef {
 			return badf("unexpected <device>")
 		}
 		s.inDevice = true
@@ -287,18 +291,18 @@ func (s *xmlScanner) start(elem xmlElem) error {
 		if err != nil {
 			return err
 		}
-		d := DeviceDetails{ID: uint32(id)}
+		d := Device{ID: uint32(id)}
 		// These are informational; absent or bad ones stay zero.
 		d.MappedBlocks, _ = x.uintAttr(attrMappedBlocks, 64)
 		d.Transaction, _ = x.uintAttr(attrTransaction, 64)
 		d.CreationTime, _ = x.uintAttr(attrCreationTime, 64)
 		d.SnapshotTime, _ = x.uintAttr(attrSnapTime, 64)
-		if s.h.device != nil {
-			if err := s.h.device(d); err != nil {
+		if s.h.Device != nil {
+			if err := s.h.Device(d); err != nil {
 				return err
 			}
 		}
-		if s.opt.dumpDev != 0 && d.ID == s.opt.dumpDev {
+		if s.opt.DumpDev != 0 && d.ID == s.opt.DumpDev {
 			if s.sawDev {
 				return badf("thin device %d appears twice", d.ID)
 			}
@@ -307,7 +311,7 @@ func (s *xmlScanner) start(elem xmlElem) error {
 		return nil
 
 	case elem == elemDef:
-		if !s.opt.dump || s.inDevice || s.inDef {
+		if !s.opt.Dump || s.inDevice || s.inDef {
 			return badf("unexpected <def>")
 		}
 		n, ok := x.text(attrName)
@@ -368,7 +372,7 @@ func (s *xmlScanner) end(elem xmlElem) error {
 	return nil
 }
 
-func (s *xmlScanner) deltaRange(kind rangeKind) error {
+func (s *xmlScanner) deltaRange(kind RangeKind) error {
 	begin, err := s.x.uintAttr(attrBegin, 64)
 	if err != nil {
 		return err
@@ -377,8 +381,8 @@ func (s *xmlScanner) deltaRange(kind rangeKind) error {
 	if err != nil {
 		return err
 	}
-	if s.h.rng != nil {
-		return s.h.rng(kind, begin, length)
+	if s.h.Range != nil {
+		return s.h.Range(kind, begin, length)
 	}
 	return nil
 }
@@ -408,8 +412,8 @@ func (s *xmlScanner) mapping(begin, length uint64) error {
 	if !s.wantedDev {
 		return nil
 	}
-	if s.h.rng != nil {
-		return s.h.rng(rangeMapped, begin, length)
+	if s.h.Range != nil {
+		return s.h.Range(RangeMapped, begin, length)
 	}
 	return nil
 }
@@ -418,7 +422,7 @@ func (s *xmlScanner) mapping(begin, length uint64) error {
 // unlinked at once, so it disappears with the process whatever happens.
 func (s *xmlScanner) beginDef() error {
 	if s.defFile == nil {
-		f, err := os.CreateTemp(s.opt.tempDir, "thinback-defs-*")
+		f, err := os.CreateTemp(s.opt.TempDir, "thinback-defs-*")
 		if err != nil {
 			return err
 		}
