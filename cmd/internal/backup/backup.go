@@ -232,7 +232,18 @@ func run(ctx context.Context, s catalog.Repository, src Source, want catalog.Vol
 	res.Notes = append(res.Notes, notes...)
 
 	hk := hooks{out: o.HookOutput, vars: map[string]string{"THINBACK_VOLUME": name, "THINBACK_SOURCE": src.Origin()}}
-	if err := takeSnapshot(ctx, src, hk, o); err != nil {
+	// A source read as it is (Live) is "snapshotted" by the read itself:
+	// its --post command runs once the read is over, however it ended.
+	postPending := false
+	defer func() {
+		if !postPending {
+			return
+		}
+		if postErr := hk.run(context.WithoutCancel(ctx), "post", o.Post); postErr != nil && err == nil {
+			err = postErr
+		}
+	}()
+	if err := takeSnapshot(ctx, src, hk, o, &postPending); err != nil {
 		return nil, err
 	}
 	recorded := false
@@ -262,7 +273,8 @@ func run(ctx context.Context, s catalog.Repository, src Source, want catalog.Vol
 	}
 	rec, err := StoreDelta(ctx, s, StoreOptions{Header: d.Header, Source: d.Source, Level: o.Level, Progress: writes, Record: d.Record, NewVolume: newVol})
 	d.Progress.Done()
-	if src.Live() {
+	if postPending {
+		postPending = false
 		if postErr := hk.run(context.WithoutCancel(ctx), "post", o.Post); postErr != nil && err == nil {
 			err = postErr
 		}
@@ -289,8 +301,9 @@ func run(ctx context.Context, s catalog.Repository, src Source, want catalog.Vol
 
 // takeSnapshot takes src's snapshot between the --pre and --post
 // commands; a snapshot taken when the --post command fails is removed.
-// A source read as it is (Live) runs its --post command once read.
-func takeSnapshot(ctx context.Context, src Source, hk hooks, o Options) error {
+// A source read as it is (Live) runs its --post command once read: for
+// one, takeSnapshot sets *postLater once the --pre command has run.
+func takeSnapshot(ctx context.Context, src Source, hk hooks, o Options, postLater *bool) error {
 	snapName := src.NextSnapshot()
 	if snapName != "" {
 		hk.vars["THINBACK_SNAPSHOT"] = snapName
@@ -299,7 +312,9 @@ func takeSnapshot(ctx context.Context, src Source, hk hooks, o Options) error {
 		return err
 	}
 	err := src.TakeSnapshot(ctx)
-	if !src.Live() {
+	if src.Live() {
+		*postLater = true
+	} else {
 		if postErr := hk.run(context.WithoutCancel(ctx), "post", o.Post); postErr != nil && err == nil {
 			return src.RemoveSnapshot(ctx, fmt.Errorf("%w (the snapshot %s was taken)", postErr, snapName))
 		}

@@ -147,6 +147,7 @@ type fakeSource struct {
 	data   []byte
 	v      catalog.Volume
 	taken  bool
+	live   bool // read as it is, as an image is
 }
 
 func (f *fakeSource) step(name string) error {
@@ -173,7 +174,7 @@ func (f *fakeSource) ChooseBase(_ context.Context, s catalog.Repository, v catal
 
 func (f *fakeSource) NextSnapshot() string { return "vg/fake.thinback.1" }
 func (f *fakeSource) Origin() string       { return "vg/fake" }
-func (f *fakeSource) Live() bool           { return false }
+func (f *fakeSource) Live() bool           { return f.live }
 
 func (f *fakeSource) TakeSnapshot(context.Context) error {
 	if err := f.step("snapshot"); err != nil {
@@ -344,6 +345,37 @@ func TestRunFailures(t *testing.T) {
 			})
 			if !errors.Is(err, catalog.ErrNotFound) {
 				t.Errorf("the store holds the volume after a failed first backup: %v", err)
+			}
+		})
+	}
+}
+
+// A source read as it is (an image) runs its --post command once, after
+// the read, whether the read, the store or the commit failed, and after
+// the failure: the command undoes what --pre did (thaws a filesystem).
+func TestRunLiveFailures(t *testing.T) {
+	for _, failAt := range []string{"", "snapshot", "discover", "read", "commit"} {
+		t.Run("fail at "+failAt, func(t *testing.T) {
+			st := &steps{}
+			s := newStore(t, st)
+			if failAt == "commit" {
+				s.commitErr = errFake
+			}
+			src := &fakeSource{steps: st, failAt: failAt, live: true, data: bytes.Repeat([]byte("l"), 8192)}
+			_, err := Run(context.Background(), s, src, options(st))
+			if (err != nil) != (failAt != "") {
+				t.Fatalf("Run: %v", err)
+			}
+			got := st.get()
+			if n := slices.Index(got, "post hook"); n < 0 || slices.Index(got[n+1:], "post hook") >= 0 {
+				t.Fatalf("the --post command did not run exactly once: %q", got)
+			}
+			before(t, got, "pre hook", "post hook")
+			switch failAt {
+			case "", "read", "commit":
+				before(t, got, "discover", "post hook")
+			default:
+				before(t, got, failAt, "post hook")
 			}
 		})
 	}

@@ -43,7 +43,7 @@ func parseSnapshotSize(s string, lvSize int64) (int64, error) {
 		return max(lvSize*defaultSnapshotPercent/100, minSnapshotSize), nil
 	}
 	bad := func() (int64, error) {
-		return 0, &UsageError{Msg: fmt.Sprintf("backup: --snapshot-size %q: want a size such as 512M, 2G or 25%%", s)}
+		return 0, &UsageError{Msg: fmt.Sprintf("--snapshot-size %q: want a size such as 512M, 2G or 25%%", s)}
 	}
 	if p, ok := strings.CutSuffix(s, "%"); ok {
 		n, err := strconv.ParseFloat(p, 64)
