@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/pointintime"
 )
@@ -69,14 +70,16 @@ func TestDeviceChanged(t *testing.T) {
 	for i := 5*blockSize + 100; i < 5*blockSize+200; i++ {
 		data[i] ^= 0xff
 	}
-	clear(data[9*blockSize+7 : 10*blockSize+9]) // two blocks, zeroes
+	// Two blocks, one of zeroes and one of other data: one range.
+	clear(data[9*blockSize : 10*blockSize])
+	data[10*blockSize+9] ^= 1
 	r, err := compare(t, s, snaps[2], data)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []DiffRange{
 		{Off: 5 * blockSize, End: 6 * blockSize, First: 5*blockSize + 100, Last: 5*blockSize + 199},
-		{Off: 9 * blockSize, End: 11 * blockSize, First: 9*blockSize + 7, Last: 10*blockSize + 8},
+		{Off: 9 * blockSize, End: 11 * blockSize, First: 9 * blockSize, Last: 10*blockSize + 9},
 	}
 	if !reflect.DeepEqual(r.Shown, want) || r.Ranges != 2 || r.Differ != 3*blockSize || r.Equal() {
 		t.Errorf("got %+v, ranges %+v\nwant ranges %+v", r, r.Shown, want)
@@ -169,5 +172,31 @@ func TestDeviceErrors(t *testing.T) {
 	_, err = compareFile(t, s, snaps[0], fifo)
 	if !errors.As(err, &de) || de.Stage != StageDevice {
 		t.Errorf("FIFO: %v (%#v)", err, err)
+	}
+}
+
+// TestDeviceDamaged: a delta file damaged in a record is found while
+// comparing, as a damaged file (archive.FormatError) in StageCompare,
+// whether the device differs from the snapshot or not.
+func TestDeviceDamaged(t *testing.T) {
+	s, snaps := newStore(t)
+	p := s.Path(snaps[0].File)
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 1
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	changed := imageOf(1)
+	changed[5*blockSize] ^= 1
+	for name, img := range map[string][]byte{"equal": imageOf(1), "changed": changed} {
+		_, err = compare(t, s, snaps[0], img)
+		var de *DeviceError
+		var fe *archive.FormatError
+		if !errors.As(err, &de) || de.Stage != StageCompare || !errors.As(err, &fe) {
+			t.Errorf("%s image over a damaged file: %v (%#v), want a FormatError in StageCompare", name, err, err)
+		}
 	}
 }
