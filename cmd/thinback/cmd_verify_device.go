@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/pointintime"
 	"github.com/thinback/thinback/cmd/internal/verify"
 )
 
@@ -36,18 +37,8 @@ func runVerifyDevice(ctx context.Context, e *env, o verifyDeviceOptions) error {
 	r, err := verify.Device(ctx, pit, o.device, verify.DeviceOptions{
 		Progress: func(size int64) verify.Progress { return newProgress(e.stderr, o.quiet, "verify", size) },
 	})
-	if de := (*verify.DeviceError)(nil); errors.As(err, &de) {
-		switch de.Stage {
-		case verify.StageDigests:
-			return fmt.Errorf("verify: %w", s.Damaged(de.Err))
-		case verify.StageDevice:
-			return fmt.Errorf("verify: %w", de.Err)
-		default:
-			return fmt.Errorf("verify %s against %s: %w", o.device, pit.Describe(), s.Damaged(de.Err))
-		}
-	}
 	if err != nil {
-		return fmt.Errorf("verify: %w", err)
+		return verifyDeviceError(s, pit, o.device, err)
 	}
 	took := r.Compared.Sub(start)
 	for _, d := range r.Shown {
@@ -83,4 +74,22 @@ func runVerifyDevice(ctx context.Context, e *env, o verifyDeviceOptions) error {
 	}
 	verdict(e, o.quiet, true, fmt.Sprintf("%s is %s", o.device, pit.Describe()), r.Size, took, "")
 	return nil
+}
+
+// verifyDeviceError words an error of verify.Device after the stage it
+// failed in: one of the store's files says what to do about it
+// (Damaged), one while comparing names the device and the snapshot.
+func verifyDeviceError(s *readStore, pit *pointintime.PointInTime, device string, err error) error {
+	var de *verify.DeviceError
+	if !errors.As(err, &de) {
+		return fmt.Errorf("verify: %w", err)
+	}
+	switch de.Stage {
+	case verify.StageDigests:
+		return fmt.Errorf("verify: %w", s.Damaged(de.Err))
+	case verify.StageDevice:
+		return fmt.Errorf("verify: %w", de.Err)
+	default:
+		return fmt.Errorf("verify %s against %s: %w", device, pit.Describe(), s.Damaged(de.Err))
+	}
 }

@@ -124,14 +124,34 @@ func Device(ctx context.Context, pit *pointintime.PointInTime, path string, opts
 		return fail(StageDevice, err)
 	}
 	defer ds.Close()
+	if err := r.collect(ds); err != nil {
+		return fail(StageCompare, err)
+	}
+	prog.Done()
+	r.Compared = time.Now()
+
+	// Find the exact bytes that differ at the ends of the ranges shown,
+	// from the snapshot's data: the digests say which blocks differ.
+	if len(r.Shown) > 0 {
+		if err := refineDiffs(ctx, pit, dev, r.Size, r.Shown, cd.BlockSize()); err != nil {
+			return fail(StageCompare, err)
+		}
+	}
+	return r, nil
+}
+
+// collect reads the runs of differing blocks ds finds into r: it counts
+// them and keeps the first MaxShownDiffs, adjacent runs joined into one
+// range.
+func (r *DeviceResult) collect(ds *archive.DigestSource) error {
 	var lastEnd int64 = -1
 	for {
 		x, err := ds.Next()
 		if err == io.EOF {
-			break
+			return nil
 		}
 		if err != nil {
-			return fail(StageCompare, err)
+			return err
 		}
 		r.Differ += x.Length
 		zero := x.Kind == archive.KindZero
@@ -150,17 +170,6 @@ func Device(ctx context.Context, pit *pointintime.PointInTime, path string, opts
 		}
 		lastEnd = x.End()
 	}
-	prog.Done()
-	r.Compared = time.Now()
-
-	// Find the exact bytes that differ at the ends of the ranges shown,
-	// from the snapshot's data: the digests say which blocks differ.
-	if len(r.Shown) > 0 {
-		if err := refineDiffs(ctx, pit, dev, r.Size, r.Shown, cd.BlockSize()); err != nil {
-			return fail(StageCompare, err)
-		}
-	}
-	return r, nil
 }
 
 type noProgress struct{}
