@@ -1,7 +1,9 @@
 // Package verify checks a store: every delta file read to its verified
 // END record, every record against its file's header, and the catalog
 // against the files (chains unbroken, no file missing, altered or
-// unknown). It returns what it finds; the command prints it.
+// unknown). Device compares a device or file with a point in time from
+// the digests of its chain. It returns what it finds; the command prints
+// it.
 package verify
 
 import (
