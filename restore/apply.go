@@ -65,6 +65,13 @@ type Options struct {
 	// bytes were overwritten and, when the same apply cannot finish it,
 	// why it stopped.
 	Stopped func(State) error
+	// Key reads files encrypted under it, and encrypts the snapback file
+	// under it: an undo file in the clear would give away the data the
+	// apply overwrote. Without it, an encrypted file is refused with
+	// archive.ErrKeyRequired; with it, a file that is not encrypted is
+	// refused (archive.ErrAuth), so a file put in place of an encrypted
+	// one is never written to the target. Both before anything is written.
+	Key *archive.Key
 }
 
 // SnapbackFile is where a snapback file is written (an *os.File).
@@ -124,15 +131,16 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 	names := make([]string, len(inputs))
 	var supersedable, payload int64
 	starts := make([]int64, len(inputs))
+	tags := make([]archive.Digest, len(inputs))
 	inputs = append([]Input(nil), inputs...)
 	for i, in := range inputs {
-		rd, trailer, at, err := prescan(in, seekable[i])
+		rd, trailer, at, err := prescan(in, seekable[i], opts.Key)
 		if err != nil && i == 0 && seekable[0] != nil {
 			// Undoing an apply that a crash interrupted, with the
 			// snapback file the crash tore.
-			if v := recoverUndo(seekable[0], opts.State); v != nil {
+			if v := recoverUndo(seekable[0], opts.State, opts.Key); v != nil {
 				in.R, inputs[0], seekable[0] = v, Input{Name: in.Name, R: v}, v
-				rd, trailer, at, err = prescan(in, v)
+				rd, trailer, at, err = prescan(in, v, opts.Key)
 			}
 		}
 		if err != nil {
@@ -140,7 +148,7 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 		}
 		h, _ := rd.Header()
 		files[i] = File{Name: in.Name, Header: h}
-		rds[i], names[i], starts[i] = rd, in.Name, at
+		rds[i], names[i], starts[i], tags[i] = rd, in.Name, at, trailer.Tag
 		supersedable += trailer.DataBytes + trailer.ZeroBytes
 		payload += trailer.PayloadBytes
 	}
@@ -149,7 +157,7 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 	if payload <= VerifyFirstLimit {
 		for i, in := range inputs {
 			if seekable[i] != nil {
-				if err := verifyPayloads(ctx, in, seekable[i], starts[i]); err != nil {
+				if err := verifyPayloads(ctx, in, seekable[i], starts[i], opts.Key); err != nil {
 					return nil, err
 				}
 			}
@@ -160,6 +168,9 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 		return nil, err
 	}
 	if err := CheckChain(files, t.Path, st, opts.Force); err != nil {
+		return nil, err
+	}
+	if err := checkParentTags(files, tags); err != nil {
 		return nil, err
 	}
 	first, last := files[0].Header, files[len(files)-1].Header
@@ -183,9 +194,9 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 				return nil, fmt.Errorf("snapback file %s already exists, and %s holds no interrupted apply of these files that it belongs to: choose another name (it would be overwritten)",
 					opts.Snapback.Name(), t.Path)
 			}
-			sb, err = resumeSnapback(opts.Snapback, t, prev)
+			sb, err = resumeSnapback(opts.Snapback, t, prev, opts.Key)
 		} else {
-			sb, err = createSnapback(opts.Snapback, t, snapbackHeader(t, files, st, now()))
+			sb, err = createSnapback(opts.Snapback, t, snapbackHeader(t, files, st, now()), opts.Key)
 		}
 		if err != nil {
 			return nil, err
@@ -404,7 +415,7 @@ func (r *applyRun) restamp() error {
 // verifyPayloads reads every payload of a seekable file that starts at
 // byte at and checks its digests, then puts the file offset back where
 // the reader Apply will use left it.
-func verifyPayloads(ctx context.Context, in Input, s seekReaderAt, at int64) error {
+func verifyPayloads(ctx context.Context, in Input, s seekReaderAt, at int64, key *archive.Key) error {
 	cur, err := s.Seek(0, io.SeekCurrent)
 	if err != nil {
 		return fmt.Errorf("%s: %w", in.Name, err)
@@ -412,7 +423,7 @@ func verifyPayloads(ctx context.Context, in Input, s seekReaderAt, at int64) err
 	if _, err := s.Seek(at, io.SeekStart); err != nil {
 		return fmt.Errorf("%s: %w", in.Name, err)
 	}
-	rd := archive.NewReader(in.R)
+	rd := archive.NewReader(in.R, archive.WithKey(key))
 	err = archive.Scan(ctx, rd, archive.ScanOptions{}, func(*archive.Record, []byte) error { return nil })
 	if err != nil {
 		return inputError(in.Name, err)
@@ -432,8 +443,8 @@ func isSeekable(s io.Seeker) bool {
 // metadata up to its verified END (seeking over payloads). It returns the
 // reader to apply the file with (a stream's, positioned after its header,
 // or a new one over the rewound file) and the offset a seekable file
-// starts at.
-func prescan(in Input, s seekReaderAt) (*archive.Reader, archive.Trailer, int64, error) {
+// starts at. Files are read with key (see Options.Key).
+func prescan(in Input, s seekReaderAt, key *archive.Key) (*archive.Reader, archive.Trailer, int64, error) {
 	var tr archive.Trailer
 	var at int64
 	if s != nil {
@@ -441,11 +452,11 @@ func prescan(in Input, s seekReaderAt) (*archive.Reader, archive.Trailer, int64,
 		if at, err = s.Seek(0, io.SeekCurrent); err != nil {
 			return nil, archive.Trailer{}, 0, fmt.Errorf("%s: %w", in.Name, err)
 		}
-		if tr, err = checkFile(in.Name, s); err != nil {
+		if tr, err = checkFile(in.Name, s, key); err != nil {
 			return nil, archive.Trailer{}, 0, err
 		}
 	}
-	rd := archive.NewReader(in.R)
+	rd := archive.NewReader(in.R, archive.WithKey(key))
 	if _, err := rd.Header(); err != nil {
 		return nil, archive.Trailer{}, 0, inputError(in.Name, err)
 	}
@@ -453,13 +464,15 @@ func prescan(in Input, s seekReaderAt) (*archive.Reader, archive.Trailer, int64,
 }
 
 // checkFile reads a seekable file's structure from where it is to its
-// verified END record, seeking over payloads, and rewinds it.
-func checkFile(name string, s seekReaderAt) (archive.Trailer, error) {
+// verified END record, seeking over payloads, and rewinds it. An
+// encrypted file is read with key: without it, it fails here with
+// archive.ErrKeyRequired.
+func checkFile(name string, s seekReaderAt, key *archive.Key) (archive.Trailer, error) {
 	at, err := s.Seek(0, io.SeekCurrent)
 	if err != nil {
 		return archive.Trailer{}, fmt.Errorf("%s: %w", name, err)
 	}
-	rd := archive.NewReader(s)
+	rd := archive.NewReader(s, archive.WithKey(key))
 	for {
 		if _, err := rd.Next(); err == io.EOF {
 			break
@@ -497,8 +510,36 @@ func advise(err error) error {
 		advice = "give each file separately, in chain order"
 	case errors.Is(err, archive.ErrHeader) && fe.Record == 0:
 		advice = "is this a thinback delta file?"
+	case errors.Is(err, archive.ErrKeyRequired), errors.Is(err, archive.ErrWrongKey):
+		advice = "give the key of the store the file was written into"
+	case errors.Is(err, archive.ErrAuth) && fe.Record == 0:
+		advice = "only files encrypted under the key given are read with it: use a copy of the file from the store it was written into"
 	}
 	return fmt.Errorf("%w\n%s", err, advice)
+}
+
+// checkParentTags checks, as archive.OpenChain does, that each encrypted
+// incremental applied after another file carries that file's tag (see
+// FORMAT.md, "Chain binding"): tags are the files' tags from their END
+// records, which prescan read and authenticated. Snapback files are
+// exempt: their parent is a target's state, not a file. A stream is
+// applied alone, so its tag is never needed.
+func checkParentTags(files []File, tags []archive.Digest) error {
+	for i := 1; i < len(files); i++ {
+		prev, cur := files[i-1], files[i]
+		if !cur.Header.IsEncrypted() || cur.Header.IsSnapback() {
+			continue
+		}
+		if !prev.Header.IsEncrypted() {
+			return fmt.Errorf("%s is encrypted, the file before it, %s, is not: %w; give the files of one chain, from one store",
+				cur.Name, prev.Name, archive.ErrParentTag)
+		}
+		if tags[i-1] != cur.Header.ParentTag {
+			return fmt.Errorf("%s is an incremental from a file with tag %x…, but the file given before it, %s, has tag %x…: %w; it is another volume's, store's or key's file, or an older one put in place of the parent: give the files of one chain, from one store",
+				cur.Name, cur.Header.ParentTag[:8], prev.Name, tags[i-1][:8], archive.ErrParentTag)
+		}
+	}
+	return nil
 }
 
 // snapbackHeader describes the undo file: its parent is the state being

@@ -266,12 +266,12 @@ func TestSnapbackZeroRanges(t *testing.T) {
 }
 
 // corruptAt flips a byte in the payload of record n of a copy of file.
-func corruptAt(t *testing.T, file string, n int64) string {
+func corruptAt(t *testing.T, file string, n int64, opts ...archive.Option) string {
 	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rd := archive.NewReader(bytes.NewReader(b))
+	rd := archive.NewReader(bytes.NewReader(b), opts...)
 	for {
 		rec, err := rd.Next()
 		if err != nil {
@@ -293,13 +293,13 @@ func corruptAt(t *testing.T, file string, n int64) string {
 }
 
 // dataRecords returns the numbers of DATA records of a file.
-func dataRecords(t *testing.T, file string) (nums []int64, recs []*archive.Record) {
+func dataRecords(t *testing.T, file string, opts ...archive.Option) (nums []int64, recs []*archive.Record) {
 	f, err := os.Open(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	rd := archive.NewReader(f)
+	rd := archive.NewReader(f, opts...)
 	for {
 		rec, err := rd.Next()
 		if err == io.EOF {

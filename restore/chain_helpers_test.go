@@ -34,19 +34,20 @@ func (w *world) deltaChunk(img, parent *image, chunk int, level archive.Level) s
 		src = archive.NewCompareSource(nf, int64(len(img.data)), bf, int64(len(parent.data)), w.bs, nil)
 		out = img.path + ".from-" + parent.name + ".tbk"
 	}
-	w.writeDelta(out, w.header(img, parent), src, archive.SendOptions{ChunkSize: chunk, Level: level})
+	img.tag = w.writeDelta(out, w.header(img, parent), src, archive.SendOptions{ChunkSize: chunk, Level: level}).Tag
 	return out
 }
 
-// writeDelta writes a delta file of src with header h to path.
-func (w *world) writeDelta(path string, h *archive.Header, src archive.Source, opts archive.SendOptions) {
+// writeDelta writes a delta file of src with header h to path, encrypted
+// under w.key if set, and returns its trailer.
+func (w *world) writeDelta(path string, h *archive.Header, src archive.Source, opts archive.SendOptions) archive.Trailer {
 	w.t.Helper()
 	f, err := os.Create(path)
 	if err != nil {
 		w.t.Fatal(err)
 	}
 	defer f.Close()
-	aw := archive.NewWriter(f)
+	aw := archive.NewWriter(f, archive.WithKey(w.key))
 	if err := aw.WriteHeader(h); err != nil {
 		w.t.Fatal(err)
 	}
@@ -56,6 +57,7 @@ func (w *world) writeDelta(path string, h *archive.Header, src archive.Source, o
 	if err := aw.Close(); err != nil {
 		w.t.Fatal(err)
 	}
+	return aw.Trailer()
 }
 
 func (w *world) randTail() int {
@@ -175,14 +177,14 @@ type fileRecord struct {
 }
 
 // readAll reads a delta file to its verified END, payloads included.
-func readAll(t testing.TB, path string) (*archive.Header, []fileRecord, archive.Trailer) {
+func readAll(t testing.TB, path string, opts ...archive.Option) (*archive.Header, []fileRecord, archive.Trailer) {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	rd := archive.NewReader(f)
+	rd := archive.NewReader(f, opts...)
 	h, err := rd.Header()
 	if err != nil {
 		t.Fatalf("%s: %v", path, err)
@@ -237,13 +239,13 @@ func checkCoverage(t testing.TB, h *archive.Header, recs []fileRecord) {
 
 // flipPayload flips a byte in the payload of the DATA record that covers
 // volume offset off, in a copy of file, and returns the copy.
-func flipPayload(t testing.TB, file string, off int64) string {
+func flipPayload(t testing.TB, file string, off int64, opts ...archive.Option) string {
 	t.Helper()
 	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rd := archive.NewReader(bytes.NewReader(b))
+	rd := archive.NewReader(bytes.NewReader(b), opts...)
 	for {
 		rec, err := rd.Next()
 		if err != nil {

@@ -33,6 +33,14 @@
 // hands it over open (Options.Snapback); how a file gets a durable name is
 // the catalog package's (catalog.CreateExclusive), not restore's.
 //
+// Encrypted files are read with Options.Key (MergeOptions.Key for
+// Merge), and only with it: without it they are refused with
+// archive.ErrKeyRequired, and with it a file that is not encrypted is
+// refused (archive.ErrAuth), before anything is written. An encrypted
+// incremental applied after another file must carry that file's tag
+// (archive.ErrParentTag). Files written from an encrypted apply, the
+// snapback file and a merged file, are encrypted under the same key.
+//
 // Merge (merge.go) writes one delta file equivalent to a chain of them,
 // from the files alone: removing a snapshot from a store merges its file
 // into its successor's. It merges the chain's records as Apply does

@@ -32,6 +32,9 @@ type image struct {
 	data []byte
 	path string
 	snap archive.Snapshot
+	// tag is the file tag of the last delta file written of the image
+	// under a key: the parent tag of an incremental from it.
+	tag archive.Digest
 }
 
 // world makes images of one volume and delta files between them, the way
@@ -42,6 +45,8 @@ type world struct {
 	r   *rand.Rand
 	bs  int64
 	n   int
+	// key, if set, encrypts every delta file written.
+	key *archive.Key
 }
 
 func newWorld(t testing.TB) *world {
@@ -88,6 +93,9 @@ func (w *world) header(img *image, parent *image) *archive.Header {
 		VolumeName: "vol", VolumeUUID: "vol-uuid", VolumeSize: int64(len(img.data)), Snapshot: img.snap, Tool: "test"}
 	if parent != nil {
 		h.Parent, h.ParentSize = parent.snap, int64(len(parent.data))
+		if w.key != nil {
+			h.ParentTag = parent.tag
+		}
 	}
 	return h
 }
@@ -119,7 +127,7 @@ func (w *world) delta(img, parent *image) string {
 		w.t.Fatal(err)
 	}
 	defer f.Close()
-	aw := archive.NewWriter(f)
+	aw := archive.NewWriter(f, archive.WithKey(w.key))
 	if err := aw.WriteHeader(w.header(img, parent)); err != nil {
 		w.t.Fatal(err)
 	}
@@ -129,6 +137,7 @@ func (w *world) delta(img, parent *image) string {
 	if err := aw.Close(); err != nil {
 		w.t.Fatal(err)
 	}
+	img.tag = aw.Trailer().Tag
 	return out
 }
 

@@ -28,6 +28,11 @@ type MergeOptions struct {
 	// held, if set, is told how many records the merge holds each time
 	// that changes, and how many it may hold: tests check the bound.
 	held func(n, slots int64)
+
+	// Key reads inputs encrypted under it and encrypts the merged file
+	// under it, with a salt of its own (see Options.Key for the files
+	// refused with and without it).
+	Key *archive.Key
 }
 
 // Merge writes to out one delta file equivalent to inputs, a chain of delta
@@ -52,6 +57,14 @@ type MergeOptions struct {
 // the size of the files, never to the volume; memory holds one record per
 // file plus the records in the pipeline.
 //
+// With MergeOptions.Key, the inputs are read with the key and the merged
+// file is encrypted under it, with a salt of its own: whole records are
+// opened and sealed again (the digests, keyed by the master key alone,
+// carry over), and its ParentTag is the first file's. Its digest and tag
+// are in the returned Trailer. Being a new file, it has a tag of its own:
+// an encrypted incremental made from the run's last file names that
+// file's tag, and does not follow the merged file in a chain.
+//
 // On error, out holds an incomplete file without its END record, which every
 // reader refuses as truncated: write to a temporary file and keep it only
 // when Merge returns nil. The error names the input file at fault and wraps
@@ -67,17 +80,17 @@ func Merge(ctx context.Context, out io.Writer, inputs []Input, opts MergeOptions
 		if !ok || !isSeekable(s) {
 			return nil, archive.Trailer{}, fmt.Errorf("%s cannot be read twice (a pipe?): files are merged only from regular files", in.Name)
 		}
-		if _, err := checkFile(in.Name, s); err != nil {
+		if _, err := checkFile(in.Name, s, opts.Key); err != nil {
 			return nil, archive.Trailer{}, err
 		}
 		files[i] = archive.ChainInput{Name: in.Name, File: s}
 	}
-	c, err := archive.OpenChain(files)
+	c, err := archive.OpenChain(files, archive.WithKey(opts.Key))
 	if err != nil {
 		return nil, archive.Trailer{}, advise(err)
 	}
 	h := mergedHeader(c.Files(), opts.Tool)
-	w := archive.NewWriter(out)
+	w := archive.NewWriter(out, archive.WithKey(opts.Key))
 	if err := w.WriteHeader(h); err != nil {
 		return nil, archive.Trailer{}, err
 	}
@@ -96,7 +109,9 @@ func mergedHeader(files []archive.ChainFile, tool string) *archive.Header {
 	first, last := files[0].Header, files[len(files)-1].Header
 	h := *last
 	h.Attrs = append([]archive.Attr(nil), last.Attrs...)
-	h.Parent, h.ParentSize = first.Parent, first.ParentSize
+	// An encrypted merge hangs where the first file did: from its parent
+	// file's tag (none for a full).
+	h.Parent, h.ParentSize, h.ParentTag = first.Parent, first.ParentSize, first.ParentTag
 	if tool != "" {
 		h.Tool = tool
 	}
@@ -243,7 +258,7 @@ func mergeRecords(ctx context.Context, w *archive.Writer, c *archive.Chain, h *a
 				return mr.err
 			}
 			if encs[worker] == nil {
-				encs[worker] = archive.NewEncoder(level)
+				encs[worker] = archive.NewEncoder(level, archive.WithKey(opts.Key))
 			}
 			rec := mr.rec
 			data := mr.data[s.seg.Offset-rec.Offset : s.seg.End()-rec.Offset]
@@ -263,7 +278,9 @@ func mergeRecords(ctx context.Context, w *archive.Writer, c *archive.Chain, h *a
 				}
 			case s.whole:
 				rec := *s.mr.rec
-				rec.Payload = s.mr.slot[0][:rec.PayloadLen]
+				// Decode opened an encrypted payload in place: the
+				// writer seals it again under the merged file's salt.
+				rec.Payload = s.mr.slot[0][:rec.EncodedLen()]
 				if err := w.WriteRecord(&rec); err != nil {
 					return err
 				}

@@ -29,9 +29,9 @@ type snapback struct {
 const snapbackChunk = 1 << 20
 
 // createSnapback starts the snapback file in f, which the caller created
-// (see Options.Snapback), and writes h.
-func createSnapback(f SnapbackFile, t *Target, h *archive.Header) (*snapback, error) {
-	s := startSnapback(f, archive.NewWriter(f), t, h, 0)
+// (see Options.Snapback), and writes h; encrypted under key, when set.
+func createSnapback(f SnapbackFile, t *Target, h *archive.Header, key *archive.Key) (*snapback, error) {
+	s := startSnapback(f, archive.NewWriter(f, archive.WithKey(key)), t, h, 0, key)
 	if err := s.w.WriteHeader(h); err != nil {
 		s.abandon()
 		return nil, s.wrap(err)
@@ -44,9 +44,10 @@ func createSnapback(f SnapbackFile, t *Target, h *archive.Header) (*snapback, er
 }
 
 // startSnapback is the state of saving t's ranges into f through w, whose
-// file has header h and covers the target below saved.
-func startSnapback(f SnapbackFile, w *archive.Writer, t *Target, h *archive.Header, saved int64) *snapback {
-	s := &snapback{path: f.Name(), f: f, w: w, enc: archive.NewEncoder(archive.LevelFastest),
+// file has header h and covers the target below saved. The file is
+// encrypted under key when set: its block digests are keyed too.
+func startSnapback(f SnapbackFile, w *archive.Writer, t *Target, h *archive.Header, saved int64, key *archive.Key) *snapback {
+	s := &snapback{path: f.Name(), f: f, w: w, enc: archive.NewEncoder(archive.LevelFastest, archive.WithKey(key)),
 		t: t, bs: h.BlockSize, size: h.VolumeSize, saved: saved}
 	if !t.block {
 		// Saving walks ascending ranges, each saved before it is
@@ -66,8 +67,9 @@ func startSnapback(f SnapbackFile, w *archive.Writer, t *Target, h *archive.Head
 // their new contents, which must not be saved over the old), so saving
 // starts where the file ends. A file that a crash tore during a
 // checkpoint is cut back to its records that verify (see
-// archive.RecoverWriter) and made complete again first.
-func resumeSnapback(f SnapbackFile, t *Target, mark *Mark) (*snapback, error) {
+// archive.RecoverWriter) and made complete again first. An encrypted
+// file is continued under key, the only key it can be read with.
+func resumeSnapback(f SnapbackFile, t *Target, mark *Mark, key *archive.Key) (*snapback, error) {
 	rs, ok := f.(io.ReadSeeker)
 	if !ok {
 		return nil, fmt.Errorf("snapback file %s cannot be read back to continue it", f.Name())
@@ -75,7 +77,7 @@ func resumeSnapback(f SnapbackFile, t *Target, mark *Mark) (*snapback, error) {
 	if _, err := rs.Seek(0, io.SeekStart); err != nil {
 		return nil, fmt.Errorf("snapback file %s: %w", f.Name(), err)
 	}
-	w, torn, err := archive.RecoverWriter(rs, f)
+	w, torn, err := archive.RecoverWriter(rs, f, archive.WithKey(key))
 	if err != nil {
 		return nil, fmt.Errorf("snapback file %s exists but cannot be continued: %w; give the apply a new snapback file name", f.Name(), err)
 	}
@@ -91,7 +93,7 @@ func resumeSnapback(f SnapbackFile, t *Target, mark *Mark) (*snapback, error) {
 	if _, err := rs.Seek(w.Offset(), io.SeekStart); err != nil {
 		return nil, fmt.Errorf("snapback file %s: %w", f.Name(), err)
 	}
-	s := startSnapback(f, w, t, h, w.Covered())
+	s := startSnapback(f, w, t, h, w.Covered(), key)
 	if torn {
 		// A crash tore the last checkpoint (see archive.RecoverWriter):
 		// what verifies is kept, which is everything the interrupted run
@@ -222,8 +224,8 @@ func (s *snapback) wrap(err error) error {
 // it (see archive.RecoverWriter): its records that verify, then the END
 // record that the crash lost. They hold everything the interrupted apply
 // overwrote. It returns nil for any other file, which is then refused as
-// it would have been.
-func recoverUndo(s seekReaderAt, st State) seekReaderAt {
+// it would have been. An encrypted file is read with key.
+func recoverUndo(s seekReaderAt, st State, key *archive.Key) seekReaderAt {
 	m := st.InProgress
 	if m == nil || m.Undo.IsZero() {
 		return nil
@@ -231,7 +233,7 @@ func recoverUndo(s seekReaderAt, st State) seekReaderAt {
 	if _, err := s.Seek(0, io.SeekStart); err != nil {
 		return nil
 	}
-	w, torn, err := archive.RecoverWriter(s, io.Discard)
+	w, torn, err := archive.RecoverWriter(s, io.Discard, archive.WithKey(key))
 	if err != nil || !torn {
 		return nil
 	}

@@ -45,21 +45,26 @@ func (s *syncRecorder) Sync() error {
 // interrupted and both the torn snapback file undoes it and the same apply
 // run again with it finishes it (and the file it continues then undoes
 // it).
-func TestSnapbackTornByCrash(t *testing.T) {
+func TestSnapbackTornByCrash(t *testing.T) { snapbackTornByCrash(t, nil) }
+
+// snapbackTornByCrash is TestSnapbackTornByCrash with files encrypted
+// under key, if set.
+func snapbackTornByCrash(t *testing.T, key *archive.Key) {
 	verifyFirstLimit(t, 0) // exercise the record-by-record path as well
 	w := newWorld(t)
+	w.key = key
 	v1 := w.image(w.random(96 * 4096))
 	v2 := w.image(w.mutate(v1.data, 12))
 	full, incr := w.delta(v1, nil), w.delta(v2, v1)
 	target := filepath.Join(w.dir, "target")
 	st := stateStore{}
-	if _, err := st.apply(t, target, []string{full}, Options{}); err != nil {
+	if _, err := st.apply(t, target, []string{full}, Options{Key: key}); err != nil {
 		t.Fatal(err)
 	}
 	undo := filepath.Join(w.dir, "undo.tbk")
 	rec := &syncRecorder{File: newSnapback(t, undo), target: target}
 	var began State
-	opts := Options{Snapback: rec}
+	opts := Options{Snapback: rec, Key: key}
 	opts.Begin = func(s State) error {
 		began = s
 		st[targetKey(t, target)] = s
@@ -99,7 +104,7 @@ func TestSnapbackTornByCrash(t *testing.T) {
 			tried++
 			// Undo from the interrupted state.
 			runCrashCase(t, name, w, file, cur.target, began, func(t *testing.T, st stateStore, tg, sb string) {
-				if _, err := st.apply(t, tg, []string{sb}, Options{}); err != nil {
+				if _, err := st.apply(t, tg, []string{sb}, Options{Key: key}); err != nil {
 					t.Fatalf("applying the torn snapback file: %v", err)
 				}
 				mustEqual(t, tg, v1.data)
@@ -109,11 +114,11 @@ func TestSnapbackTornByCrash(t *testing.T) {
 			}
 			// Run the apply again, continuing the file.
 			runCrashCase(t, name, w, file, cur.target, began, func(t *testing.T, st stateStore, tg, sb string) {
-				if _, err := st.apply(t, tg, []string{incr}, Options{Snapback: openRW(t, sb), ResumeSnapback: true}); err != nil {
+				if _, err := st.apply(t, tg, []string{incr}, Options{Snapback: openRW(t, sb), ResumeSnapback: true, Key: key}); err != nil {
 					t.Fatalf("running the apply again with the torn snapback file: %v", err)
 				}
 				mustEqual(t, tg, v2.data)
-				if _, err := st.apply(t, tg, []string{sb}, Options{}); err != nil {
+				if _, err := st.apply(t, tg, []string{sb}, Options{Key: key}); err != nil {
 					t.Fatalf("applying the continued snapback file: %v", err)
 				}
 				mustEqual(t, tg, v1.data)
@@ -143,13 +148,13 @@ func TestSnapbackTornByCrash(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = st.apply(t, tg, []string{sb}, Options{Force: true})
+			_, err = st.apply(t, tg, []string{sb}, Options{Force: true, Key: key})
 			if !errors.Is(err, archive.ErrTruncated) {
 				t.Fatalf("a torn snapback file, state %s: %v, want ErrTruncated", name, err)
 			}
 			mustEqual(t, tg, before)
 			// Nor is it continued, or cut.
-			if _, err := st.apply(t, tg, []string{incr}, Options{Snapback: openRW(t, sb), ResumeSnapback: true}); err == nil {
+			if _, err := st.apply(t, tg, []string{incr}, Options{Snapback: openRW(t, sb), ResumeSnapback: true, Key: key}); err == nil {
 				t.Fatalf("a torn snapback file, state %s: continued", name)
 			}
 			mustEqual(t, tg, before)
