@@ -68,6 +68,12 @@ type DeviceOptions struct {
 	// Progress it returns is told of the bytes compared, and Done when
 	// the comparison of digests ends.
 	Progress func(size int64) Progress
+	// Key reads a chain of files encrypted under it: its digests are
+	// keyed, and the device's blocks are hashed under the key to compare
+	// them. Without it an encrypted chain fails with
+	// archive.ErrKeyRequired (in StageCompare: the headers are read
+	// without the key, the first record is not).
+	Key *archive.Key
 }
 
 // DeviceStage is the stage in which Device failed.
@@ -100,7 +106,7 @@ func Device(ctx context.Context, pit *pointintime.PointInTime, path string, opts
 	fail := func(stage DeviceStage, err error) (*DeviceResult, error) {
 		return nil, &DeviceError{Stage: stage, Err: err}
 	}
-	cd, err := archive.OpenChainDigests(pit.Inputs)
+	cd, err := archive.OpenChainDigests(pit.Inputs, archive.WithKey(opts.Key))
 	if err != nil {
 		return fail(StageDigests, err)
 	}
@@ -119,7 +125,7 @@ func Device(ctx context.Context, pit *pointintime.PointInTime, path string, opts
 		prog = opts.Progress(r.Size)
 	}
 	defer prog.Done()
-	ds, err := archive.NewDigestSource(dev, r.Size, cd.BlockSize(), cd, archive.DigestSourceOptions{Progress: prog.Add})
+	ds, err := archive.NewDigestSource(dev, r.Size, cd.BlockSize(), cd, archive.DigestSourceOptions{Progress: prog.Add, Key: opts.Key})
 	if err != nil {
 		return fail(StageDevice, err)
 	}
@@ -133,7 +139,7 @@ func Device(ctx context.Context, pit *pointintime.PointInTime, path string, opts
 	// Find the exact bytes that differ at the ends of the ranges shown,
 	// from the snapshot's data: the digests say which blocks differ.
 	if len(r.Shown) > 0 {
-		if err := refineDiffs(ctx, pit, dev, r.Size, r.Shown, cd.BlockSize()); err != nil {
+		if err := refineDiffs(ctx, pit, dev, r.Size, r.Shown, cd.BlockSize(), opts.Key); err != nil {
 			return fail(StageCompare, err)
 		}
 	}
@@ -182,11 +188,11 @@ func (noProgress) Done()     {}
 // from the snapshot, read through a SnapshotReader of the same files. A
 // block that differs only in length (the device ends inside it) keeps its
 // bounds.
-func refineDiffs(ctx context.Context, pit *pointintime.PointInTime, dev *os.File, size int64, ranges []DiffRange, bs int64) error {
+func refineDiffs(ctx context.Context, pit *pointintime.PointInTime, dev *os.File, size int64, ranges []DiffRange, bs int64, key *archive.Key) error {
 	if err := pit.Rewind(); err != nil {
 		return err
 	}
-	sr, err := archive.OpenSnapshot(ctx, pit.Inputs, archive.SnapshotOptions{ReadAhead: -1})
+	sr, err := archive.OpenSnapshot(ctx, pit.Inputs, archive.SnapshotOptions{ReadAhead: -1, Key: key})
 	if err != nil {
 		return err
 	}

@@ -25,7 +25,12 @@ import (
 // chained, seeking over the payloads. A stream (no io.Seeker) is read
 // front to back, payloads included.
 func File(ctx context.Context, f io.Reader, payloads bool) (*archive.Header, archive.Trailer, error) {
-	rd := archive.NewReader(f)
+	return readFile(ctx, f, payloads, nil)
+}
+
+// readFile is File, reading a file encrypted under key (see Options.Key).
+func readFile(ctx context.Context, f io.Reader, payloads bool, key *archive.Key) (*archive.Header, archive.Trailer, error) {
+	rd := archive.NewReader(f, archive.WithKey(key))
 	h, err := rd.Header()
 	if err == nil && payloads {
 		err = archive.Scan(ctx, rd, archive.ScanOptions{}, func(*archive.Record, []byte) error { return nil })
@@ -42,12 +47,17 @@ func File(ctx context.Context, f io.Reader, payloads bool) (*archive.Header, arc
 // Stored reads a store's delta file to its verified END record,
 // decompressing every record and checking every digest.
 func Stored(ctx context.Context, s catalog.Repository, file string) (*archive.Header, archive.Trailer, error) {
+	return stored(ctx, s, file, nil)
+}
+
+// stored is Stored, reading a file encrypted under key.
+func stored(ctx context.Context, s catalog.Repository, file string, key *archive.Key) (*archive.Header, archive.Trailer, error) {
 	r, err := s.OpenStream(file)
 	if err != nil {
 		return nil, archive.Trailer{}, err
 	}
 	defer r.Close()
-	return File(ctx, r, true)
+	return readFile(ctx, r, true, key)
 }
 
 // FileResult is the verdict on one recorded delta file.
@@ -100,6 +110,13 @@ type Options struct {
 	// File is told the verdict on each recorded file as soon as it is
 	// known, in the order of the records, by one goroutine at a time.
 	File func(FileResult)
+
+	// Key reads files encrypted under it, each payload authenticated and
+	// decrypted and each keyed digest checked. Without it an encrypted
+	// file's verdict is archive.ErrKeyRequired; with it, a file that is
+	// not encrypted is refused (archive.ErrAuth), as every reader given a
+	// key refuses one.
+	Key *archive.Key
 }
 
 // Store checks the store s: each recorded delta file (of o.Volume, or
@@ -159,7 +176,7 @@ func Store(ctx context.Context, s catalog.Repository, o Options) (*Result, error
 			for sn := range next {
 				r := reads[sn.File]
 				start := time.Now()
-				r.h, r.tr, r.err = Stored(ctx, s, sn.File)
+				r.h, r.tr, r.err = stored(ctx, s, sn.File, o.Key)
 				r.took = time.Since(start)
 				close(r.done)
 			}
@@ -189,7 +206,7 @@ func Store(ctx context.Context, s catalog.Repository, o Options) (*Result, error
 		if r == nil { // recorded meanwhile
 			r = &read{}
 			start := time.Now()
-			r.h, r.tr, r.err = Stored(ctx, s, snap.File)
+			r.h, r.tr, r.err = stored(ctx, s, snap.File, o.Key)
 			r.took = time.Since(start)
 		} else {
 			select {

@@ -42,6 +42,14 @@ func (s *image) ReadAt(p []byte, off int64) (int, error) { return copy(p, s.data
 // nil, else an incremental over parent that changes one block.
 func backup(t *testing.T, s *catalog.Store, volume string, parent *catalog.Snapshot, hour int) catalog.Snapshot {
 	t.Helper()
+	rec, _ := backupKey(t, s, volume, parent, archive.Digest{}, hour, nil)
+	return rec
+}
+
+// backupKey is backup writing a file encrypted under key, when set, whose
+// parent file has tag parentTag; it returns the file's tag too.
+func backupKey(t *testing.T, s *catalog.Store, volume string, parent *catalog.Snapshot, parentTag archive.Digest, hour int, key *archive.Key) (catalog.Snapshot, archive.Digest) {
+	t.Helper()
 	data := bytes.Repeat([]byte{byte(hour)}, volSize)
 	ext := []archive.Extent{{Offset: 0, Length: volSize, Kind: archive.KindData}}
 	if parent != nil {
@@ -59,9 +67,13 @@ func backup(t *testing.T, s *catalog.Store, volume string, parent *catalog.Snaps
 			t.Fatal(err)
 		}
 		h.ParentSize = parent.VolumeSize
+		if key != nil {
+			h.ParentTag = parentTag
+		}
 	}
+	var tag archive.Digest
 	rec, err := s.WriteVolumeDelta(record.VolumeOf(h), record.ID(h.Snapshot.ID), func(w io.Writer) (catalog.Snapshot, error) {
-		aw := archive.NewWriter(w)
+		aw := archive.NewWriter(w, archive.WithKey(key))
 		if err := aw.WriteHeader(h); err != nil {
 			return catalog.Snapshot{}, err
 		}
@@ -71,12 +83,13 @@ func backup(t *testing.T, s *catalog.Store, volume string, parent *catalog.Snaps
 		if err := aw.Close(); err != nil {
 			return catalog.Snapshot{}, err
 		}
+		tag = aw.Trailer().Tag
 		return record.OfFile(h, aw.Trailer()), nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return rec
+	return rec, tag
 }
 
 // newStore makes a store with two volumes: "a" with a chain of three,
