@@ -381,7 +381,8 @@ func TestEncryptedCorruptPayload(t *testing.T) {
 // one file encrypted under it with a salt of its own (no payload of the
 // inputs is in it as it was), whose parent tag is the first file's and
 // whose trailer carries its digest and tag; applied after the files
-// before the run, it gives the run's last state.
+// before the run, it gives the run's last state, and the file after the
+// run, which names the tag of the run's last file, does not follow it.
 func TestEncryptedMerge(t *testing.T) {
 	w := newWorld(t)
 	k := testKey(t, 1)
@@ -431,5 +432,16 @@ func TestEncryptedMerge(t *testing.T) {
 			t.Fatalf("files %d to %d: applying the merged file after the files before it: %v", i, j-1, err)
 		}
 		mustEqual(t, target, imgs[j-1].data)
+
+		// The merged file has a tag of its own: the incremental made from
+		// the run's last file does not follow it.
+		if j < len(files) {
+			os.Remove(target)
+			_, err := stateStore{}.apply(t, target, append(chain, files[j]), Options{Key: k})
+			mustFail(t, err, archive.ErrParentTag, files[j])
+			if b := snapshotOf(t, target); b != nil {
+				t.Fatal("a refused apply left a new target")
+			}
+		}
 	}
 }
