@@ -27,8 +27,8 @@ type Store struct {
 // Damaged adds to an error of a damaged delta file what to do about it.
 func (s *Store) Damaged(err error) error {
 	var fe *archive.FormatError
-	if !errors.As(err, &fe) {
-		return err
+	if !errors.As(err, &fe) || errors.Is(err, archive.ErrKeyRequired) || errors.Is(err, archive.ErrWrongKey) {
+		return err // a key error says which key to give, nothing is damaged
 	}
 	return fmt.Errorf("%w\na delta file of the store is damaged or incomplete: thinback verify --store %s checks them all", err, s)
 }

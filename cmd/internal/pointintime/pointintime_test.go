@@ -58,6 +58,13 @@ type chain struct {
 // store's WriteVolumeDelta, under the volume's lock.
 func writeChain(t *testing.T, s catalog.Repository) chain {
 	t.Helper()
+	return writeChainKey(t, s, nil)
+}
+
+// writeChainKey is writeChain with the files encrypted under key, if set,
+// each incremental bound to its parent file's tag.
+func writeChainKey(t *testing.T, s catalog.Repository, key *archive.Key) chain {
+	t.Helper()
 	unlock, err := s.LockVolume(volName)
 	if err != nil {
 		t.Fatal(err)
@@ -74,6 +81,7 @@ func writeChain(t *testing.T, s catalog.Repository) chain {
 		{{Offset: 100 * blockSize, Length: blockSize, Kind: archive.KindData}},
 	}
 	start := time.Date(2026, 11, 20, 1, 0, 0, 0, time.UTC)
+	var tag archive.Digest // the last file's
 	for n, ext := range changes {
 		if n > 0 {
 			data = bytes.Clone(data)
@@ -99,9 +107,12 @@ func writeChain(t *testing.T, s catalog.Repository) chain {
 				t.Fatal(err)
 			}
 			h.ParentSize = prev.VolumeSize
+			if key != nil {
+				h.ParentTag = tag
+			}
 		}
 		rec, err := s.WriteVolumeDelta(record.VolumeOf(h), record.ID(h.Snapshot.ID), func(w io.Writer) (catalog.Snapshot, error) {
-			aw := archive.NewWriter(w)
+			aw := archive.NewWriter(w, archive.WithKey(key))
 			if err := aw.WriteHeader(h); err != nil {
 				return catalog.Snapshot{}, err
 			}
@@ -111,6 +122,7 @@ func writeChain(t *testing.T, s catalog.Repository) chain {
 			if err := aw.Close(); err != nil {
 				return catalog.Snapshot{}, err
 			}
+			tag = aw.Trailer().Tag
 			return record.OfFile(h, aw.Trailer()), nil
 		})
 		if err != nil {
