@@ -259,8 +259,9 @@ type options struct {
 }
 
 // WithKey makes a Writer encrypt the file under k, and a Reader read a
-// file encrypted under k. A Reader given a key still reads files that are
-// not encrypted.
+// file encrypted under k. A Reader given a key refuses a file that is not
+// encrypted (ErrAuth): a file put in place of an encrypted one must not
+// be read just because it carries no key to check.
 func WithKey(k *Key) Option { return func(o *options) { o.key = k } }
 
 func applyOptions(opts []Option) options {
