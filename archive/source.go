@@ -48,3 +48,24 @@ type Source interface {
 	Next() (Extent, error)
 	io.ReaderAt
 }
+
+// ListSource is a Source whose extents are known in advance: it returns
+// Extents in turn and reads their data from R. It suits a volume whose
+// changes were found by other means, and tests.
+type ListSource struct {
+	R       io.ReaderAt
+	Extents []Extent
+}
+
+// Next returns the next of s.Extents, and io.EOF after the last.
+func (s *ListSource) Next() (Extent, error) {
+	if len(s.Extents) == 0 {
+		return Extent{}, io.EOF
+	}
+	x := s.Extents[0]
+	s.Extents = s.Extents[1:]
+	return x, nil
+}
+
+// ReadAt reads from s.R.
+func (s *ListSource) ReadAt(p []byte, off int64) (int, error) { return s.R.ReadAt(p, off) }

@@ -25,23 +25,6 @@ const (
 	blockSize = 4096
 )
 
-// image is an archive.Source: the DATA extents given, read from data.
-type image struct {
-	data    []byte
-	extents []archive.Extent
-}
-
-func (s *image) Next() (archive.Extent, error) {
-	if len(s.extents) == 0 {
-		return archive.Extent{}, io.EOF
-	}
-	x := s.extents[0]
-	s.extents = s.extents[1:]
-	return x, nil
-}
-
-func (s *image) ReadAt(p []byte, off int64) (int, error) { return copy(p, s.data[off:]), nil }
-
 // ambiguousID is the id of the first snapshot of a test chain: "0002"
 // is both a prefix of it and the sequence number of the second.
 const ambiguousID = "00020000-0000-4000-8000-000000000001"
@@ -116,7 +99,7 @@ func writeChainKey(t *testing.T, s catalog.Repository, key *archive.Key) chain {
 			if err := aw.WriteHeader(h); err != nil {
 				return catalog.Snapshot{}, err
 			}
-			if err := archive.Send(context.Background(), aw, &image{data: data, extents: ext}, archive.SendOptions{}); err != nil {
+			if err := archive.Send(context.Background(), aw, &archive.ListSource{R: bytes.NewReader(data), Extents: ext}, archive.SendOptions{}); err != nil {
 				return catalog.Snapshot{}, err
 			}
 			if err := aw.Close(); err != nil {

@@ -22,23 +22,6 @@ const (
 	blockSize = 4096
 )
 
-// image is an archive.Source: the DATA extents given, read from data.
-type image struct {
-	data    []byte
-	extents []archive.Extent
-}
-
-func (s *image) Next() (archive.Extent, error) {
-	if len(s.extents) == 0 {
-		return archive.Extent{}, io.EOF
-	}
-	x := s.extents[0]
-	s.extents = s.extents[1:]
-	return x, nil
-}
-
-func (s *image) ReadAt(p []byte, off int64) (int, error) { return copy(p, s.data[off:]), nil }
-
 // testStore is a store directory and the volume as each snapshot has
 // it, by snapshot id.
 type testStore struct {
@@ -90,7 +73,7 @@ func (ts *testStore) backup(parent *catalog.Snapshot, hour, n int) catalog.Snaps
 		if err := aw.WriteHeader(h); err != nil {
 			return catalog.Snapshot{}, err
 		}
-		if err := archive.Send(context.Background(), aw, &image{data: data, extents: ext}, archive.SendOptions{}); err != nil {
+		if err := archive.Send(context.Background(), aw, &archive.ListSource{R: bytes.NewReader(data), Extents: ext}, archive.SendOptions{}); err != nil {
 			return catalog.Snapshot{}, err
 		}
 		if err := aw.Close(); err != nil {

@@ -21,23 +21,6 @@ const (
 	blockSize = 4096
 )
 
-// image is an archive.Source: the DATA extents given, read from data.
-type image struct {
-	data    []byte
-	extents []archive.Extent
-}
-
-func (s *image) Next() (archive.Extent, error) {
-	if len(s.extents) == 0 {
-		return archive.Extent{}, io.EOF
-	}
-	x := s.extents[0]
-	s.extents = s.extents[1:]
-	return x, nil
-}
-
-func (s *image) ReadAt(p []byte, off int64) (int, error) { return copy(p, s.data[off:]), nil }
-
 // backup stores a snapshot of volume taken at hour: a full if parent is
 // nil, else an incremental over parent that changes one block.
 func backup(t *testing.T, s *catalog.Store, volume string, parent *catalog.Snapshot, hour int) catalog.Snapshot {
@@ -77,7 +60,7 @@ func backupKey(t *testing.T, s *catalog.Store, volume string, parent *catalog.Sn
 		if err := aw.WriteHeader(h); err != nil {
 			return catalog.Snapshot{}, err
 		}
-		if err := archive.Send(context.Background(), aw, &image{data: data, extents: ext}, archive.SendOptions{}); err != nil {
+		if err := archive.Send(context.Background(), aw, &archive.ListSource{R: bytes.NewReader(data), Extents: ext}, archive.SendOptions{}); err != nil {
 			return catalog.Snapshot{}, err
 		}
 		if err := aw.Close(); err != nil {
