@@ -17,6 +17,7 @@ import (
 	"github.com/thinback/thinback/catalog/s3/s3test"
 	"github.com/thinback/thinback/catalog/s3store"
 	"github.com/thinback/thinback/cmd/internal/record"
+	"github.com/thinback/thinback/cmd/internal/storetest"
 )
 
 const (
@@ -94,23 +95,8 @@ func writeChainKey(t *testing.T, s catalog.Repository, key *archive.Key) chain {
 				h.ParentTag = tag
 			}
 		}
-		rec, err := s.WriteVolumeDelta(record.VolumeOf(h), record.ID(h.Snapshot.ID), func(w io.Writer) (catalog.Snapshot, error) {
-			aw := archive.NewWriter(w, archive.WithKey(key))
-			if err := aw.WriteHeader(h); err != nil {
-				return catalog.Snapshot{}, err
-			}
-			if err := archive.Send(context.Background(), aw, &archive.ListSource{R: bytes.NewReader(data), Extents: ext}, archive.SendOptions{}); err != nil {
-				return catalog.Snapshot{}, err
-			}
-			if err := aw.Close(); err != nil {
-				return catalog.Snapshot{}, err
-			}
-			tag = aw.Trailer().Tag
-			return record.OfFile(h, aw.Trailer()), nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		rec, tr := storetest.Write(t, s, h, data, ext, key)
+		tag = tr.Tag
 		c.snaps = append(c.snaps, rec)
 		c.images = append(c.images, data)
 	}

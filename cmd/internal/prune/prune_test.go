@@ -14,6 +14,7 @@ import (
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/record"
+	"github.com/thinback/thinback/cmd/internal/storetest"
 )
 
 const (
@@ -68,22 +69,7 @@ func (ts *testStore) backup(parent *catalog.Snapshot, hour, n int) catalog.Snaps
 		}
 		h.ParentSize = parent.VolumeSize
 	}
-	rec, err := ts.WriteVolumeDelta(record.VolumeOf(h), record.ID(h.Snapshot.ID), func(w io.Writer) (catalog.Snapshot, error) {
-		aw := archive.NewWriter(w)
-		if err := aw.WriteHeader(h); err != nil {
-			return catalog.Snapshot{}, err
-		}
-		if err := archive.Send(context.Background(), aw, &archive.ListSource{R: bytes.NewReader(data), Extents: ext}, archive.SendOptions{}); err != nil {
-			return catalog.Snapshot{}, err
-		}
-		if err := aw.Close(); err != nil {
-			return catalog.Snapshot{}, err
-		}
-		return record.OfFile(h, aw.Trailer()), nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rec, _ := storetest.Write(t, ts, h, data, ext, nil)
 	ts.images[rec.ID] = data
 	return rec
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/record"
+	"github.com/thinback/thinback/cmd/internal/storetest"
 )
 
 const (
@@ -54,25 +55,8 @@ func backupKey(t *testing.T, s *catalog.Store, volume string, parent *catalog.Sn
 			h.ParentTag = parentTag
 		}
 	}
-	var tag archive.Digest
-	rec, err := s.WriteVolumeDelta(record.VolumeOf(h), record.ID(h.Snapshot.ID), func(w io.Writer) (catalog.Snapshot, error) {
-		aw := archive.NewWriter(w, archive.WithKey(key))
-		if err := aw.WriteHeader(h); err != nil {
-			return catalog.Snapshot{}, err
-		}
-		if err := archive.Send(context.Background(), aw, &archive.ListSource{R: bytes.NewReader(data), Extents: ext}, archive.SendOptions{}); err != nil {
-			return catalog.Snapshot{}, err
-		}
-		if err := aw.Close(); err != nil {
-			return catalog.Snapshot{}, err
-		}
-		tag = aw.Trailer().Tag
-		return record.OfFile(h, aw.Trailer()), nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rec, tag
+	rec, tr := storetest.Write(t, s, h, data, ext, key)
+	return rec, tr.Tag
 }
 
 // newStore makes a store with two volumes: "a" with a chain of three,
