@@ -24,7 +24,7 @@ func toolName() string { return "thinback " + version }
 func Main(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	app := newApp(stdinFor(ctx, os.Stdin), os.Stdout, os.Stderr)
+	app := newAppEnv(&env{stdin: stdinFor(ctx, os.Stdin), stdout: os.Stdout, stderr: os.Stderr, tty: "/dev/tty"})
 	err := app.RunContext(ctx, interspersed(app, args))
 	if err != nil {
 		if ctx.Err() != nil && !errors.Is(err, context.Canceled) {
@@ -46,10 +46,17 @@ type env struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	s3             s3Config // the S3 store options of the command running
+	// tty is the terminal a passphrase is asked at ("": never ask).
+	tty string
 }
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
-	e := &env{stdin: stdin, stdout: stdout, stderr: stderr}
+	return newAppEnv(&env{stdin: stdin, stdout: stdout, stderr: stderr})
+}
+
+// newAppEnv is newApp with every part of the environment given.
+func newAppEnv(e *env) *cli.App {
+	stdin, stdout, stderr := e.stdin, e.stdout, e.stderr
 	app := &cli.App{
 		Name:    "thinback",
 		Usage:   "incremental block-level backups of LVM thin volumes, images and block devices",

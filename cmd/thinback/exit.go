@@ -11,6 +11,7 @@ import (
 	"github.com/thinback/thinback/catalog/s3"
 	"github.com/thinback/thinback/catalog/s3store"
 	"github.com/thinback/thinback/cmd/internal/record"
+	"github.com/thinback/thinback/cmd/internal/secret"
 	"github.com/thinback/thinback/lvmthin"
 	"github.com/thinback/thinback/lvmthin/cow"
 	"github.com/thinback/thinback/lvmthin/thinmeta"
@@ -35,6 +36,7 @@ const (
 	exitNoSpace     = 11 // a disk filled up, or an S3 bucket's quota
 	exitStore       = 12 // an S3 store refused us: credentials, access, bucket, clock, certificate, no conditional writes
 	exitUnavailable = 13 // an S3 store could not be reached or kept failing (throttled, dropped connections): try again later
+	exitKey         = 14 // an encrypted store or file: wrong passphrase or key, or none given
 	exitInterrupted = 130
 )
 
@@ -45,7 +47,7 @@ const exitCodesHelp = `EXIT CODES:
    3    a delta file is damaged, truncated or not a delta file, or a
         store's file is not the one its catalog records (another
         snapshot's or volume's), refused before anything is written; or
-        an encrypted delta file, which needs its key (named by its id)
+        an encrypted file or record that does not authenticate (altered)
    4    a delta file needs a newer thinback
    5    the files do not apply to the target: wrong base snapshot, not a
         chain, another volume, an earlier apply was interrupted, or the
@@ -68,6 +70,9 @@ const exitCodesHelp = `EXIT CODES:
         conditional writes (thinback does not write to one)
    13   an S3 store could not be reached, or kept failing through every
         retry (503 SlowDown, 5xx, dropped connections): try again later
+   14   an encrypted store or delta file: the passphrase, key file or
+        recovery identity given opens none of its key slots, or is not
+        the key its files are under, or none was given
    130  interrupted (SIGINT or SIGTERM); nothing is left half-done that
         the next run does not finish or clean up
 `
@@ -102,11 +107,11 @@ var exitCodes = []struct {
 	{archive.ErrHeader, exitCorrupt},
 	{archive.ErrTrailingData, exitCorrupt},
 	{archive.ErrWriteOrder, exitError}, // a bug of the writer's caller, not of any input
-	// Encrypted files: a key missing or not the file's, or contents that
-	// do not authenticate, are input that cannot be used, as a damaged
-	// file is, and nothing was written.
-	{archive.ErrKeyRequired, exitCorrupt},
-	{archive.ErrWrongKey, exitCorrupt},
+	// Encrypted files: a key missing or not the file's is the user's to
+	// fix (exit 14); contents that do not authenticate are input that
+	// cannot be used, as a damaged file is, and nothing was written.
+	{archive.ErrKeyRequired, exitKey},
+	{archive.ErrWrongKey, exitKey},
 	{archive.ErrAuth, exitCorrupt},
 	{archive.ErrParentTag, exitChain}, // as archive.ErrNotChain: not the parent
 	// The store holds another file than its catalog names: damaged as a
@@ -167,10 +172,10 @@ var exitCodes = []struct {
 	{archive.ErrFileKind, exitTarget}, // a source, like a target, is a file or a device
 	{restore.ErrTargetIsInput, exitTarget},
 
-	// Key slots of encrypted stores. No command unlocks a store yet: a
-	// wrong passphrase or key gets a code of its own, documented, with
-	// the commands that take one.
-	{keys.ErrWrongKey, exitError},
+	// Key slots of encrypted stores: a wrong passphrase or key has a code
+	// of its own, so a script can tell it from a damaged store.
+	{keys.ErrWrongKey, exitKey},
+	{secret.ErrNoSecret, exitKey},
 	{keys.ErrCorrupt, exitCorrupt},
 	{keys.ErrVersion, exitVersion},
 	{keys.ErrInvalid, exitUsage}, // an empty passphrase, a label with control characters

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/archive/keys"
+	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/cmd/internal/printable"
+	"github.com/thinback/thinback/cmd/internal/secret"
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+)
+
+// The flags that say where the secret unlocking an encrypted store is.
+// A passphrase itself is never a flag's value (see package secret).
+var (
+	keyFileFlag          = &cli.StringFlag{Name: "key-file", EnvVars: []string{"THINBACK_KEY_FILE"}, Usage: "unlock an encrypted store with this key file (or $THINBACK_KEY_FILE)"}
+	passwordFileFlag     = &cli.StringFlag{Name: "password-file", Usage: "read the passphrase from the first line of this file"}
+	passwordCommandFlag  = &cli.StringFlag{Name: "password-command", Usage: "run this command (sh -c) and take the first line it prints as the passphrase"}
+	recoveryIdentityFlag = &cli.StringFlag{Name: "recovery-identity", Usage: "unlock with a recovery slot: this age identity file holds its private key"}
+)
+
+// keyFlags are the flags of every command that reads or writes an
+// encrypted store. Without any, the passphrase comes from
+// $THINBACK_PASSWORD or is asked for at the terminal.
+var keyFlags = []cli.Flag{keyFileFlag, passwordFileFlag, passwordCommandFlag, recoveryIdentityFlag}
+
+// secretSources collects the secret sources a command was given.
+func secretSources(c *cli.Context, e *env) secret.Sources {
+	s := secret.Sources{
+		KeyFile:         c.String(keyFileFlag.Name),
+		Identity:        c.String(recoveryIdentityFlag.Name),
+		PasswordFile:    c.String(passwordFileFlag.Name),
+		PasswordCommand: c.String(passwordCommandFlag.Name),
+		Password:        os.Getenv(secret.PasswordEnv),
+		Stderr:          e.stderr,
+	}
+	if e.tty != "" {
+		if f, err := os.OpenFile(e.tty, os.O_RDWR, 0); err == nil {
+			f.Close()
+			s.Prompt = func(prompt string) ([]byte, error) { return ttyPrompt(e.tty, prompt) }
+		}
+	}
+	return s
+}
+
+// ttyPrompt asks at the terminal, without echo, as ssh and gpg do: not on
+// standard input, which may carry a stream.
+func ttyPrompt(path, prompt string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if _, err := f.WriteString(prompt); err != nil {
+		return nil, err
+	}
+	p, err := term.ReadPassword(int(f.Fd()))
+	f.WriteString("\n")
+	return p, err
+}
+
+// storeKey returns the key of an encrypted store, unlocking one of its key
+// slots with the secret the command was given; nil for a store without
+// key slots (unencrypted). A secret that opens no slot, or none given, is
+// exit 14.
+func storeKey(ctx context.Context, e *env, c *cli.Context, repo catalog.Repository) (*archive.Key, error) {
+	ring, err := keys.Load(repo)
+	if errors.Is(err, keys.ErrNoSlots) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("key slots of %s: %w", repo, err)
+	}
+	mk, slot, err := secret.Unlock(ctx, ring, secretSources(c, e), repo.String())
+	if err != nil {
+		return nil, err
+	}
+	defer mk.Destroy()
+	if slot.Type == keys.TypeRecovery {
+		// Anyone who can write to the store can add a recovery slot
+		// wrapping a key of their own: the user checks the id.
+		printable.Sayf(e.stderr, "thinback: unlocked %s with recovery slot %s: master key id %s (check that it is the id thinback key list showed for this store)", repo, slot.ID, mk.ID())
+	}
+	return archive.NewKey(mk.Bytes())
+}
