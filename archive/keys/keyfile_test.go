@@ -119,3 +119,35 @@ func TestParseKeyFile(t *testing.T) {
 		wantIs(t, err, ErrKeyFile)
 	}
 }
+
+// TestStreamKey: a key file's own master key is fixed by its secret, and
+// is neither the secret nor a store's master key it opens.
+func TestStreamKey(t *testing.T) {
+	kf, err := NewKeyFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := kf.StreamKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := ParseKeyFile(kf.Marshal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := parsed.StreamKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.ID() != b.ID() || !bytes.Equal(a.Bytes(), b.Bytes()) {
+		t.Error("one key file gave two stream keys")
+	}
+	if bytes.Equal(a.Bytes(), kf.secret[:]) {
+		t.Error("the stream key is the key file's secret itself")
+	}
+	other, _ := NewKeyFile()
+	c, _ := other.StreamKey()
+	if c.ID() == a.ID() {
+		t.Error("two key files gave one stream key")
+	}
+}

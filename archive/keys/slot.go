@@ -51,6 +51,9 @@ const (
 	maxAgeBlob   = 8 << 10
 
 	keyFileInfo = "thinback key slot: key file v1"
+	// streamKeyInfo derives a key file's own master key, for files
+	// written and read without a store (KeyFile.StreamKey).
+	streamKeyInfo = "thinback key file: stream master key v1"
 )
 
 // Type is the kind of secret a slot is opened with.
@@ -533,6 +536,22 @@ func (s *Slot) OpenKeyFile(kf *KeyFile) (*MasterKey, error) {
 	}
 	defer clear(kek)
 	return s.open(kek)
+}
+
+// StreamKey returns the master key a key file is by itself, without a
+// store: what encrypts a stream sent with only a key file (send -o with
+// --key-file) and decrypts it on the receiving side. It is not the master
+// key of any store the same file has a slot in: a stream under it is
+// read with the key file, not with the store's other secrets.
+func (kf *KeyFile) StreamKey() (*MasterKey, error) {
+	b, err := hkdf.Key(sha256.New, kf.secret[:], nil, streamKeyInfo, KeySize)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(b)
+	k := new(MasterKey)
+	copy(k.key[:], b)
+	return k, nil
 }
 
 func (kf *KeyFile) kek(salt []byte) ([]byte, error) {

@@ -88,3 +88,34 @@ func storeKey(ctx context.Context, e *env, c *cli.Context, repo catalog.Reposito
 	}
 	return archive.NewKey(mk.Bytes())
 }
+
+// fileKey returns the key for delta files read or written outside a
+// store (send -o, receive --to, apply): the key of the store named by
+// --store when one is (unlocked as storeKey does), else the key file's
+// own key (keys.KeyFile.StreamKey) when --key-file is given, else nil
+// (plain files; an encrypted one is refused with its key id).
+func fileKey(ctx context.Context, e *env, c *cli.Context) (*archive.Key, error) {
+	if loc := c.String(storeFlag.Name); loc != "" && c.IsSet(storeFlag.Name) {
+		repo, err := openStore(ctx, e, loc, false)
+		if err != nil {
+			return nil, err
+		}
+		defer closeStore(e, repo)
+		return storeKey(ctx, e, c, repo)
+	}
+	path := c.String(keyFileFlag.Name)
+	if path == "" {
+		return nil, nil
+	}
+	kf, err := keys.ReadKeyFile(path)
+	if err != nil {
+		return nil, err
+	}
+	defer kf.Destroy()
+	mk, err := kf.StreamKey()
+	if err != nil {
+		return nil, err
+	}
+	defer mk.Destroy()
+	return archive.NewKey(mk.Bytes())
+}
