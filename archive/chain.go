@@ -225,11 +225,13 @@ type Chain struct {
 // headers is found as the segments are read, naming the file.
 //
 // WithKey reads files encrypted under the key, and then also requires each
-// encrypted incremental (but a snapback file) to carry the tag of the file
-// before it, which is checked, with that file's END record read and
-// authenticated from its tail, before any record is read (ErrParentTag):
-// a file of another volume, store or key, or an older file in place of
-// the parent, is refused before a byte of data is returned.
+// encrypted incremental (but a snapback file) to carry the parent tag of
+// the file before it (CheckParentTags), checked from the authenticated
+// headers before any record is read: a file of another key
+// (ErrWrongKey), of another volume or snapshot, or a snapback file, in
+// the parent's place is refused before a byte of data is returned
+// (ErrParentTag). Any file of the parent's snapshot under the key, a
+// merged one included, is taken.
 func OpenChain(inputs []ChainInput, opts ...Option) (*Chain, error) {
 	if len(inputs) == 0 {
 		return nil, fmt.Errorf("no delta files: %w", ErrNotChain)
@@ -251,7 +253,7 @@ func OpenChain(inputs []ChainInput, opts ...Option) (*Chain, error) {
 	if err := checkBlockSize(c.files); err != nil {
 		return nil, err
 	}
-	if err := checkParentTags(inputs, c.files, rds); err != nil {
+	if err := CheckParentTags(c.files, applyOptions(opts).key); err != nil {
 		return nil, err
 	}
 	c.rds = rds

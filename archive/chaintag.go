@@ -2,86 +2,94 @@ package archive
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"io"
 
 	"github.com/zeebo/blake3"
 )
 
-// checkParentTags checks that each encrypted incremental of a chain read
-// with a key carries the tag of the file before it (see OpenChain).
-// Snapback files are exempt: their parent is the state a target was left
-// in, not a file.
-func checkParentTags(inputs []ChainInput, files []ChainFile, rds []*Reader) error {
-	for i := 1; i < len(files); i++ {
-		prev, cur := files[i-1], files[i]
-		if rds[i].crypt == nil || cur.Header.IsSnapback() {
-			continue
-		}
-		if rds[i-1].crypt == nil {
-			return fmt.Errorf("%s is encrypted, the file before it, %s, is not: %w", cur.Name, prev.Name, ErrParentTag)
-		}
-		d, err := sealedEnd(inputs[i-1].File, rds[i-1].crypt)
-		if err != nil {
-			return fmt.Errorf("%s: %w", prev.Name, err)
-		}
-		if tag := rds[i].crypt.key.FileTag(d); tag != cur.Header.ParentTag {
-			return fmt.Errorf("%s is an incremental from a file with tag %x…, but the file given before it, %s, has tag %x…: %w; it is another volume's, store's or key's file, or an older one put in place of the parent",
-				cur.Name, cur.Header.ParentTag[:8], prev.Name, tag[:8], ErrParentTag)
-		}
+// The parent tag binds an encrypted incremental to its parent's identity
+// (docs/FORMAT.md "Chain binding"), not to the parent file's bytes: a
+// merge or a resend writes another file of the same snapshot, with
+// another salt and so another file tag, and the snapshot's children must
+// still follow it.
+
+// parentTag is the MAC of the identity of a state of a volume: what an
+// incremental from that state carries as its ParentTag. snapback marks
+// the identity of a SNAPBACK file's state, which no incremental is made
+// from, so that such a file never stands for a snapshot's.
+func (k *Key) parentTag(volumeName, volumeUUID string, id ID, size int64, snapback bool) Digest {
+	h, _ := blake3.NewKeyed(k.mac[:])
+	var b []byte
+	b = append(b, macParentTag...)
+	b = appendString(b, volumeName)
+	b = appendString(b, volumeUUID)
+	b = append(b, id[:]...)
+	b = binary.LittleEndian.AppendUint64(b, uint64(size))
+	kind := byte(0)
+	if snapback {
+		kind = 1
 	}
-	return nil
+	b = append(b, kind)
+	_, _ = h.Write(b)
+	var t Digest
+	h.Sum(t[:0])
+	return t
 }
 
-// sealedEnd reads and authenticates the END record of the encrypted file
-// f, whose header was read with crypt, from the file's tail, and returns
-// the file digest it ends the chain with. The records before it are not
-// read: the link before END, which END's sealing covers, commits to them,
-// and the readers check it when they reach END.
-func sealedEnd(f ReadSeekerAt, crypt *fileCrypt) (Digest, error) {
-	cur, err := f.Seek(0, io.SeekCurrent)
-	if err != nil {
-		return Digest{}, err
+// ParentTag returns the tag an encrypted incremental made from the
+// snapshot parent (a file's header read with the key) carries: a MAC
+// under the key of the parent's volume name and UUID, snapshot id and
+// volume size. Every file of that snapshot, the one first written, a
+// merged one or one sent again, gives the same tag. A Writer computes an
+// incremental's tag itself; this is for checking one.
+func (k *Key) ParentTag(parent *Header) Digest {
+	return k.parentTag(parent.VolumeName, parent.VolumeUUID, parent.Snapshot.ID, parent.VolumeSize, parent.IsSnapback())
+}
+
+// ownParentTag is the parent tag of the incremental h, from its own
+// header: its volume and its parent's id and size.
+func (k *Key) ownParentTag(h *Header) Digest {
+	return k.parentTag(h.VolumeName, h.VolumeUUID, h.Parent.ID, h.ParentSize, false)
+}
+
+// CheckParentTags checks, for files of a chain oldest first whose headers
+// were read with k (so authenticated), that each encrypted incremental
+// but a snapback file carries the parent tag of the file before it
+// (Key.ParentTag): that file is of the same volume (name and UUID), is of
+// the snapshot the incremental was made from, with its size, and is not a
+// snapback file. It reads no record, so a chain that fails is refused
+// before a byte of data is returned (ErrParentTag). With a nil k it
+// checks nothing: no encrypted file is read without the key.
+//
+// A file of another key fails earlier, when its header is read
+// (ErrWrongKey); a file of the right snapshot written at another time (a
+// merge, a resend, an older copy) passes, being the same state.
+func CheckParentTags(files []ChainFile, k *Key) error {
+	if k == nil {
+		return nil
 	}
-	size, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		return Digest{}, err
-	}
-	if _, err := f.Seek(cur, io.SeekStart); err != nil {
-		return Digest{}, err
-	}
-	at := size - sealedEndLen
-	bad := func(sentinel error, detail string) error {
-		return fmt.Errorf("the END record at byte %d: %w: %s", max(at, 0), sentinel, detail)
-	}
-	if at < fixedHeaderLen {
-		return Digest{}, bad(ErrTruncated, fmt.Sprintf("a file of %d bytes is too short to end in an END record", size))
-	}
-	var b [sealedEndLen]byte
-	if n, err := f.ReadAt(b[:], at); n < len(b) {
-		if err == nil || errors.Is(err, io.EOF) {
-			return Digest{}, bad(ErrTruncated, "the file shrank while being read")
+	for i := 1; i < len(files); i++ {
+		prev, cur := files[i-1], files[i]
+		if !cur.Header.IsEncrypted() || cur.Header.IsSnapback() {
+			continue
 		}
-		return Digest{}, &ReadError{What: "the END record", Offset: at, Err: err}
+		ph := prev.Header
+		if !ph.IsEncrypted() {
+			return fmt.Errorf("%s is encrypted, the file before it, %s, is not: %w", cur.Name, prev.Name, ErrParentTag)
+		}
+		if k.ParentTag(ph) == cur.Header.ParentTag {
+			continue
+		}
+		why := fmt.Sprintf("it is of volume %q (uuid %q), snapshot %s of %d bytes", ph.VolumeName, ph.VolumeUUID, ph.Snapshot.ID, ph.VolumeSize)
+		switch {
+		case ph.IsSnapback():
+			why = "it is a snapback file, which stands for no snapshot"
+		case ph.VolumeName == cur.Header.VolumeName && ph.VolumeUUID == cur.Header.VolumeUUID &&
+			ph.Snapshot.ID == cur.Header.Parent.ID && ph.VolumeSize == cur.Header.ParentSize:
+			why = "it is, but the incremental's parent tag is not the one the key gives that snapshot (was it written by another version of thinback?)"
+		}
+		return fmt.Errorf("%s is an incremental of volume %q (uuid %q) from snapshot %s of %d bytes, but the file given before it, %s, is not that snapshot: %s: %w",
+			cur.Name, cur.Header.VolumeName, cur.Header.VolumeUUID, cur.Header.Parent.ID, cur.Header.ParentSize, prev.Name, why, ErrParentTag)
 	}
-	rh, meta, tag := b[:rhdrLen], b[rhdrLen:sealedEndLen-DigestSize], Digest(b[sealedEndLen-DigestSize:])
-	le := binary.LittleEndian
-	if rh[0] != typeEnd || rh[1] != 0 || rh[2] != 0 || rh[3] != 0 || le.Uint32(rh[4:]) != uint32(len(meta)) || le.Uint32(rh[8:]) != 0 {
-		return Digest{}, bad(ErrHeader, "the file does not end in an END record")
-	}
-	prev := Digest(meta[:DigestSize])
-	if chainNext(blake3.New(), prev, rh, meta) != tag {
-		return Digest{}, bad(ErrChecksum, "its digest does not match")
-	}
-	records := le.Uint64(meta[DigestSize:])
-	if records >= MaxVolumeSize {
-		return Digest{}, bad(ErrHeader, fmt.Sprintf("%d records", records))
-	}
-	var buf [endMetaLen]byte
-	plain, err := crypt.openMeta(buf[:0], int64(records)+1, true, rh, prev, meta[endClearLen:])
-	if err != nil || le.Uint64(plain) != records {
-		return Digest{}, bad(ErrAuth, fmt.Sprintf("it does not authenticate under key %s", crypt.key.id))
-	}
-	return tag, nil
+	return nil
 }

@@ -58,10 +58,11 @@
 // made from a 32-byte master key (NewKey): record metadata and payloads
 // sealed with AES-256-GCM under keys of the file's own (a random salt),
 // block digests keyed, the header and END authenticated, an incremental
-// bound to its parent by the parent's file tag (Header.ParentTag,
-// Trailer.Tag, Key.FileTag). NewReader, OpenChain, OpenChainDigests,
-// ResumeWriter and RecoverWriter take WithKey, OpenSnapshot and
-// DigestSource a Key field; a Decoder authenticates a payload before any
+// bound to its parent snapshot's identity under the key
+// (Header.ParentTag, Key.ParentTag, CheckParentTags), and each file with
+// a tag only the key gives (Trailer.Tag, Key.FileTag). NewReader,
+// OpenChain, OpenChainDigests, ResumeWriter and RecoverWriter take
+// WithKey, OpenSnapshot and DigestSource a Key field; a Decoder authenticates a payload before any
 // byte of it is decrypted or returned, and OpenPayload opens one for
 // copying into another file. Without the key a Reader gives the header
 // and then ErrKeyRequired, and CheckStructure checks what can be checked

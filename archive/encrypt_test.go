@@ -45,7 +45,7 @@ func buildKey(t testing.TB, k *Key, h *Header, src Source, opts SendOptions) ([]
 }
 
 // encChain is randomChain's states written as files encrypted under k,
-// each incremental carrying its parent's tag.
+// with their file tags.
 type encChain struct {
 	*testChain
 	tags []Digest
@@ -59,7 +59,6 @@ func newEncChain(t testing.TB, r *rand.Rand, k *Key, n int) *encChain {
 		h := *plain.hdrs[i]
 		var src Source = fullSource(plain.states[i])
 		if i > 0 {
-			h.ParentTag = c.tags[i-1]
 			src = diffSource(plain.states[i-1], plain.states[i], 4096)
 		}
 		b, tr := buildKey(t, k, &h, src, SendOptions{ChunkSize: []int{4096, 12288, 64 << 10}[r.Intn(3)]})
@@ -231,11 +230,33 @@ func TestEncryptedKeys(t *testing.T) {
 	if err := NewWriter(io.Discard).WriteHeader(eh); err == nil {
 		t.Fatal("WriteHeader wrote an encrypted header without a key")
 	}
-	// An encrypted incremental must carry its parent's tag.
+	// An encrypted incremental gets the parent tag of its parent's
+	// snapshot from the writer, whatever the caller put there; a full
+	// and a snapback file get none.
 	ih := testHeader(int64(len(vol)))
-	ih.Parent, ih.ParentSize = Snapshot{ID: DeriveID("test", "p")}, ih.VolumeSize
-	if err := NewWriter(io.Discard, WithKey(k)).WriteHeader(ih); err == nil {
-		t.Fatal("WriteHeader wrote an encrypted incremental without its parent's tag")
+	parent := testHeader(int64(len(vol)) - 4096)
+	parent.Snapshot = Snapshot{ID: DeriveID("test", "p"), Name: "p", Time: ih.Snapshot.Time.Add(-3600e9)}
+	ih.Parent, ih.ParentSize, ih.ParentTag = parent.Snapshot, parent.VolumeSize, Digest{1}
+	sb := testHeader(int64(len(vol)))
+	sb.Optional |= FeatureSnapback
+	sb.Parent, sb.ParentSize, sb.ParentTag = parent.Snapshot, parent.VolumeSize, Digest{1}
+	fh := testHeader(int64(len(vol)))
+	fh.ParentTag = Digest{1}
+	for _, tc := range []struct {
+		name string
+		h    *Header
+		want Digest
+	}{{"an incremental", ih, k.ParentTag(parent)}, {"a snapback file", sb, Digest{}}, {"a full", fh, Digest{}}} {
+		w := NewWriter(io.Discard, WithKey(k))
+		if err := w.WriteHeader(tc.h); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := w.Header().ParentTag; got != tc.want || (tc.want == Digest{}) != (got == Digest{}) {
+			t.Fatalf("%s: parent tag %x, want %x", tc.name, got, tc.want)
+		}
+	}
+	if k.ParentTag(parent) == other.ParentTag(parent) {
+		t.Fatal("two keys give one parent tag")
 	}
 }
 
@@ -460,9 +481,12 @@ func TestEncryptedNoPayloadBeforeAuth(t *testing.T) {
 }
 
 // TestEncryptedChainBinding: a chain read with the key takes each
-// incremental only after the file whose tag it carries; another volume's
-// file, an older file of the same volume or a file of another key in
-// the parent's place is refused when the chain is opened.
+// incremental only after a file of the snapshot it was made from, of its
+// volume, under the key: any such file (the one first written, one
+// written again, an older one) gives the same state, and another
+// volume's file, a snapback file, a file of another key, a plain file or
+// a header altered to claim the parent's identity is refused when the
+// chain is opened, before a record is read.
 func TestEncryptedChainBinding(t *testing.T) {
 	r := testRand(t)
 	k := testKey(t, 1)
@@ -471,31 +495,87 @@ func TestEncryptedChainBinding(t *testing.T) {
 	open := func(name string, b []byte) ChainInput {
 		return ChainInput{Name: name, File: openBytes(t, filepath.Join(dir, name), b)}
 	}
-	if _, err := OpenChain([]ChainInput{open("0", c.files[0]), open("1", c.files[1]), open("2", c.files[2])}, WithKey(k)); err != nil {
-		t.Fatal(err)
+	// read opens files as a chain and returns the state it leads to.
+	read := func(files ...ChainInput) ([]byte, error) {
+		ch, err := OpenChain(files, WithKey(k))
+		if err != nil {
+			return nil, err
+		}
+		vol := make([]byte, ch.Header().VolumeSize)
+		err = ch.Scan(context.Background(), ScanOptions{}, func(seg Segment, data []byte) error {
+			if seg.Kind == KindData {
+				copy(vol[seg.Offset:], data)
+			}
+			return nil
+		})
+		return vol, err
+	}
+	if got, err := read(open("0", c.files[0]), open("1", c.files[1]), open("2", c.files[2])); err != nil || !bytes.Equal(got, c.states[2]) {
+		t.Fatalf("the chain as written: %v", err)
 	}
 
-	// The parent replaced by a file of the same snapshot written again
-	// (another salt, so another tag): a replayed or substituted file.
+	// Other files of the same snapshots, under the key: the parent's
+	// written again (another salt, so another file tag), and an older
+	// file of snapshot 1 (the same incremental written earlier). They
+	// hold the same states, so the chain holds and reads the same.
 	h0 := *c.hdrs[0]
-	again, _ := buildKey(t, k, &h0, fullSource(c.states[0]), SendOptions{})
-	// Another volume whose files claim the same snapshot ids.
-	hOther := *c.hdrs[0]
-	hOther.VolumeName = "vg0/other"
-	other, _ := buildKey(t, k, &hOther, fullSource(volume(r, len(c.states[0])/4096, len(c.states[0])%4096)), SendOptions{})
-	// An older file of the parent's snapshot (the same incremental written
-	// earlier, under another salt) in the parent's place: a replay.
+	again, _ := buildKey(t, k, &h0, fullSource(c.states[0]), SendOptions{ChunkSize: 8192})
 	h1 := *c.hdrs[1]
 	older, _ := buildKey(t, k, &h1, diffSource(c.states[0], c.states[1], 4096), SendOptions{})
-	for name, parent := range map[string][]byte{"written again": again, "another volume": other} {
+	if bytes.Equal(again, c.files[0]) || bytes.Equal(older, c.files[1]) {
+		t.Fatal("a file written again is the same file")
+	}
+	for name, files := range map[string][]ChainInput{
+		"the full written again": {open("again", again), open("1", c.files[1]), open("2", c.files[2])},
+		"an older file of 1":     {open("0", c.files[0]), open("older", older), open("2", c.files[2])},
+	} {
+		if got, err := read(files...); err != nil || !bytes.Equal(got, c.states[2]) {
+			t.Fatalf("%s in the chain: %v", name, err)
+		}
+	}
+
+	// Another volume whose files claim the same snapshot ids and sizes:
+	// by its name, or by its UUID (which the chain rules compare only
+	// when both files know it).
+	hName, hUUID := *c.hdrs[0], *c.hdrs[0]
+	hName.VolumeName = "vg0/vm2"
+	hUUID.VolumeUUID = "" // unknown: the chain rules do not compare it
+	otherData := volume(r, len(c.states[0])/4096, len(c.states[0])%4096)
+	otherName, _ := buildKey(t, k, &hName, fullSource(otherData), SendOptions{})
+	otherUUID, _ := buildKey(t, k, &hUUID, fullSource(otherData), SendOptions{})
+	// A snapback file whose state is snapshot 0's (the state a target was
+	// at before an apply): it holds only what that apply overwrote, and
+	// stands for no snapshot.
+	hSnap := *c.hdrs[0]
+	hSnap.Optional |= FeatureSnapback
+	hSnap.Parent, hSnap.ParentSize = Snapshot{ID: DeriveID("test", "post-apply")}, hSnap.VolumeSize
+	snapback, _ := buildKey(t, k, &hSnap, fullSource(c.states[0]), SendOptions{})
+	for name, parent := range map[string][]byte{"another volume's name": otherName, "another volume's uuid": otherUUID, "a snapback file": snapback} {
 		_, err := OpenChain([]ChainInput{open(name, parent), open("1", c.files[1])}, WithKey(k))
 		if !errors.Is(err, ErrParentTag) {
 			t.Fatalf("parent %s: %v, want ErrParentTag", name, err)
 		}
 	}
-	if _, err := OpenChain([]ChainInput{open("0", c.files[0]), open("older", older), open("2", c.files[2])}, WithKey(k)); !errors.Is(err, ErrParentTag) {
-		t.Fatalf("an older file of the snapshot as parent: %v, want ErrParentTag", err)
+
+	// Another volume's file altered without the key to claim the
+	// parent's volume name, its header_tag computed again (anyone can):
+	// its header MAC no longer verifies.
+	crafted := bytes.Clone(otherName)
+	hl := fixedHeaderLen + int(binary.LittleEndian.Uint32(crafted[10:]))
+	at := bytes.Index(crafted[:hl], []byte("vg0/vm2"))
+	if at < 0 {
+		t.Fatal("the volume name is not in the header")
 	}
+	copy(crafted[at:], "vg0/vm1")
+	tag := blake3.Sum256(crafted[:hl])
+	copy(crafted[hl:], tag[:])
+	if _, err := CheckStructure(bytes.NewReader(crafted[:hl+DigestSize])); errors.Is(err, ErrChecksum) {
+		t.Fatalf("the crafted header's tag was not recomputed: %v", err)
+	}
+	if _, err := OpenChain([]ChainInput{open("crafted", crafted), open("1", c.files[1])}, WithKey(k)); !errors.Is(err, ErrWrongKey) {
+		t.Fatalf("a parent header altered to claim the parent's volume: %v, want ErrWrongKey", err)
+	}
+
 	// A file of another key as the parent.
 	k2 := testKey(t, 2)
 	foreign, _ := buildKey(t, k2, &h0, fullSource(c.states[0]), SendOptions{})
@@ -507,17 +587,17 @@ func TestEncryptedChainBinding(t *testing.T) {
 	if _, err := OpenChain([]ChainInput{open("plain", plain), open("1", c.files[1])}, WithKey(k)); !errors.Is(err, ErrAuth) {
 		t.Fatalf("a parent that is not encrypted: %v, want ErrAuth", err)
 	}
-	// A parent whose END was rewritten by a forger to claim the real
-	// parent's digest: its END no longer authenticates.
+	// A parent whose END was replaced with another file's of the same
+	// snapshot: its header is genuine, so the chain opens, and its END
+	// fails to authenticate when it is reached.
 	b := bytes.Clone(again)
 	_, recs := layoutOf(t, b)
 	e := recs[len(recs)-1]
 	_, orecs := layoutOf(t, c.files[0])
 	oe := orecs[len(orecs)-1]
-	copy(b[e.start:], c.files[0][oe.start:oe.end])
-	b = b[:e.start+(oe.end-oe.start)]
-	if _, err := OpenChain([]ChainInput{open("forged end", b), open("1", c.files[1])}, WithKey(k)); !errors.Is(err, ErrAuth) && !errors.Is(err, ErrParentTag) {
-		t.Fatalf("a parent with another file's END: %v, want ErrAuth", err)
+	b = append(b[:e.start], c.files[0][oe.start:oe.end]...)
+	if _, err := read(open("forged end", b), open("1", c.files[1])); !errors.Is(err, ErrAuth) && !errors.Is(err, ErrChecksum) {
+		t.Fatalf("a parent with another file's END: %v, want ErrAuth or ErrChecksum", err)
 	}
 }
 
@@ -694,7 +774,7 @@ func TestEncryptedReencrypt(t *testing.T) {
 	}
 	k2 := testKey(t, 9)
 	mh := *c.hdrs[1]
-	mh.Parent, mh.ParentSize, mh.ParentTag = Snapshot{}, 0, Digest{}
+	mh.Parent, mh.ParentSize = Snapshot{}, 0
 	merged, _ := buildKey(t, k2, &mh, fullSource(final), SendOptions{})
 	if got, _, err := applyKey(t, merged, nil, c.states[1], WithKey(k2)); err != nil || !bytes.Equal(got, c.states[1]) {
 		t.Fatalf("merged file under another key: %v", err)
@@ -783,7 +863,7 @@ func FuzzEncryptedHeader(f *testing.F) {
 		return b[:fixedHeaderLen+int(binary.LittleEndian.Uint32(b[10:]))+DigestSize]
 	}
 	ih := testHeader(int64(len(vol)))
-	ih.Parent, ih.ParentSize, ih.ParentTag = Snapshot{ID: DeriveID("test", "p"), Name: "p"}, ih.VolumeSize, Digest{1}
+	ih.Parent, ih.ParentSize = Snapshot{ID: DeriveID("test", "p"), Name: "p"}, ih.VolumeSize
 	incr, _ := buildKey(f, k, ih, fullSource(vol), SendOptions{})
 	f.Add(headerOf(full))
 	f.Add(full)
@@ -830,10 +910,10 @@ func TestGoldenEncrypted(t *testing.T) {
 	base, next := goldenVolumes()
 	if *update {
 		h := testHeader(int64(len(base)))
-		full, tr := buildKey(t, k, h, fullSource(base), SendOptions{Workers: 1})
+		full, _ := buildKey(t, k, h, fullSource(base), SendOptions{Workers: 1})
 		hi := testHeader(int64(len(next)))
 		hi.Snapshot = Snapshot{ID: DeriveID("test", "snap2"), Name: "vg0/vm1.snap2", Time: h.Snapshot.Time.Add(3600e9)}
-		hi.Parent, hi.ParentSize, hi.ParentTag = h.Snapshot, h.VolumeSize, tr.Tag
+		hi.Parent, hi.ParentSize = h.Snapshot, h.VolumeSize
 		incr, _ := buildKey(t, k, hi, &memSource{data: next, extents: []Extent{{0, 4096, KindZero}, {3 * 4096, 4096, KindData}}}, SendOptions{Workers: 1})
 		for name, b := range map[string][]byte{"encrypted-full.tbk": full, "encrypted-incr.tbk": incr} {
 			if err := os.WriteFile(filepath.Join(goldenDir, name), b, 0o644); err != nil {

@@ -38,10 +38,10 @@ var (
 	// under its key: the file was altered, or records were moved, dropped
 	// or spliced in from another file.
 	ErrAuth = errors.New("authentication failed")
-	// ErrParentTag means an encrypted incremental names a parent file that
-	// is not the one given before it: another volume's, store's or key's,
-	// or an older file put in its place.
-	ErrParentTag = errors.New("parent file tag does not match")
+	// ErrParentTag means that the file given before an encrypted
+	// incremental is not of the snapshot it was made from: another
+	// volume's, another snapshot's, or a snapback file.
+	ErrParentTag = errors.New("parent tag does not match")
 )
 
 // A FormatError says what is wrong with a delta file and where.

@@ -33,12 +33,15 @@ type Header struct {
 	Attrs []Attr // source details, for people and catalog rebuilds
 
 	// Encryption (Required has FeatureEncrypted; see docs/FORMAT.md
-	// "Encryption"). A Writer given a key sets KeyID and AEAD itself.
+	// "Encryption"). A Writer given a key sets KeyID, AEAD and ParentTag
+	// itself.
 	KeyID KeyID
 	AEAD  AEAD
-	// ParentTag is the parent file's tag (Key.FileTag of its digest): an
-	// encrypted incremental must carry it, except a snapback file, whose
-	// parent is the state of a target rather than a file.
+	// ParentTag binds an encrypted incremental to its parent snapshot
+	// (Key.ParentTag: a MAC of the volume and the parent's id and size),
+	// so that any file of that snapshot, a merged one too, is its parent
+	// and no other file is. Zero in a full and in a snapback file, whose
+	// parent is the state of a target rather than a snapshot.
 	ParentTag Digest
 
 	salt [SaltSize]byte

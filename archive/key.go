@@ -37,9 +37,10 @@ const (
 	infoMeta    = "thinback record metadata v1"
 	infoPayload = "thinback payload v1"
 
-	// Domain separation of the two uses of the MAC key.
-	macHeader  = "thinback header\x00"
-	macFileTag = "thinback file tag\x00"
+	// Domain separation of the uses of the MAC key.
+	macHeader    = "thinback header\x00"
+	macFileTag   = "thinback file tag\x00"
+	macParentTag = "thinback parent\x00"
 )
 
 // AEAD is the header's authenticated cipher for records.
@@ -112,8 +113,9 @@ func MasterKeyID(master []byte) KeyID {
 
 // FileTag returns the tag of the file whose digest (Trailer.Digest, the
 // last link of its chain) is d: a MAC under the key, which only a holder
-// of the key can compute. An incremental's header carries its parent's
-// tag, and a catalog may keep it, to know a file is the one it was.
+// of the key can compute. A catalog or a host may keep it, to know a file
+// is the one it was; an incremental is bound to its parent by the
+// parent's identity instead (ParentTag), which survives a merge.
 func (k *Key) FileTag(d Digest) Digest {
 	h, _ := blake3.NewKeyed(k.mac[:])
 	_, _ = h.WriteString(macFileTag)

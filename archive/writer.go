@@ -80,7 +80,10 @@ func (w *Writer) WriteHeader(h *Header) error {
 	hc.Attrs = append([]Attr(nil), h.Attrs...)
 	if w.key != nil {
 		hc.Required |= FeatureEncrypted
-		hc.KeyID, hc.AEAD = w.key.ID(), AEADAES256GCM
+		hc.KeyID, hc.AEAD, hc.ParentTag = w.key.ID(), AEADAES256GCM, Digest{}
+		if !hc.IsFull() && !hc.IsSnapback() {
+			hc.ParentTag = w.key.ownParentTag(&hc)
+		}
 		if _, err := rand.Read(hc.salt[:]); err != nil {
 			return w.fail(fmt.Errorf("archive: the file's salt: %w", err))
 		}

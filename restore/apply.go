@@ -131,7 +131,6 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 	names := make([]string, len(inputs))
 	var supersedable, payload int64
 	starts := make([]int64, len(inputs))
-	tags := make([]archive.Digest, len(inputs))
 	inputs = append([]Input(nil), inputs...)
 	for i, in := range inputs {
 		rd, trailer, at, err := prescan(in, seekable[i], opts.Key)
@@ -148,7 +147,7 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 		}
 		h, _ := rd.Header()
 		files[i] = File{Name: in.Name, Header: h}
-		rds[i], names[i], starts[i], tags[i] = rd, in.Name, at, trailer.Tag
+		rds[i], names[i], starts[i] = rd, in.Name, at
 		supersedable += trailer.DataBytes + trailer.ZeroBytes
 		payload += trailer.PayloadBytes
 	}
@@ -170,7 +169,7 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 	if err := CheckChain(files, t.Path, st, opts.Force); err != nil {
 		return nil, err
 	}
-	if err := checkParentTags(files, tags); err != nil {
+	if err := checkParentTags(files, opts.Key); err != nil {
 		return nil, err
 	}
 	first, last := files[0].Header, files[len(files)-1].Header
@@ -519,25 +518,13 @@ func advise(err error) error {
 }
 
 // checkParentTags checks, as archive.OpenChain does, that each encrypted
-// incremental applied after another file carries that file's tag (see
-// FORMAT.md, "Chain binding"): tags are the files' tags from their END
-// records, which prescan read and authenticated. Snapback files are
-// exempt: their parent is a target's state, not a file. A stream is
-// applied alone, so its tag is never needed.
-func checkParentTags(files []File, tags []archive.Digest) error {
-	for i := 1; i < len(files); i++ {
-		prev, cur := files[i-1], files[i]
-		if !cur.Header.IsEncrypted() || cur.Header.IsSnapback() {
-			continue
-		}
-		if !prev.Header.IsEncrypted() {
-			return fmt.Errorf("%s is encrypted, the file before it, %s, is not: %w; give the files of one chain, from one store",
-				cur.Name, prev.Name, archive.ErrParentTag)
-		}
-		if tags[i-1] != cur.Header.ParentTag {
-			return fmt.Errorf("%s is an incremental from a file with tag %x…, but the file given before it, %s, has tag %x…: %w; it is another volume's, store's or key's file, or an older one put in place of the parent: give the files of one chain, from one store",
-				cur.Name, cur.Header.ParentTag[:8], prev.Name, tags[i-1][:8], archive.ErrParentTag)
-		}
+// incremental applied after another file is from that file's snapshot
+// (archive.CheckParentTags; FORMAT.md, "Chain binding"), from the headers
+// prescan read and authenticated. A stream is applied alone, so it has
+// no file before it.
+func checkParentTags(files []File, k *archive.Key) error {
+	if err := archive.CheckParentTags(files, k); err != nil {
+		return fmt.Errorf("%w; give the files of one chain, from one store", err)
 	}
 	return nil
 }

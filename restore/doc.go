@@ -37,9 +37,9 @@
 // Merge), and only with it: without it they are refused with
 // archive.ErrKeyRequired, and with it a file that is not encrypted is
 // refused (archive.ErrAuth), before anything is written. An encrypted
-// incremental applied after another file must carry that file's tag
-// (archive.ErrParentTag). Files written from an encrypted apply, the
-// snapback file and a merged file, are encrypted under the same key.
+// incremental applied after another file must be bound to that file's
+// snapshot (archive.ErrParentTag). Files written from an encrypted apply,
+// the snapback file and a merged file, are encrypted under the same key.
 //
 // Merge (merge.go) writes one delta file equivalent to a chain of them,
 // from the files alone: removing a snapshot from a store merges its file

@@ -122,22 +122,29 @@ func snapshotOf(t testing.TB, path string) []byte {
 
 // TestEncryptedRefusedBeforeWriting: an encrypted file without its key,
 // under another key, a plain file given with a key (put in place of an
-// encrypted one), and an incremental after a file that is not its parent
-// file are refused with archive's error before anything is written: the
-// target's bytes and its state are as they were, and a new target is not
-// left behind.
+// encrypted one), and an incremental after another volume's file of its
+// parent snapshot are refused with archive's error before anything is
+// written: the target's bytes and its state are as they were, and a new
+// target is not left behind. The same snapshot's file sent again (another
+// salt, another file tag) is the parent as well as the first.
 func TestEncryptedRefusedBeforeWriting(t *testing.T) {
 	w := newWorld(t)
 	k := testKey(t, 1)
 	w.key = k
 	v1 := w.image(w.random(64 * 4096))
 	v2 := w.image(w.mutate(v1.data, 20))
-	// The same snapshot sent twice: files of other tags. w.delta writes
-	// both to one name.
+	// The same snapshot sent twice: files of other file tags, and once
+	// more as another volume's. w.delta writes them all to one name.
 	resent := w.delta(v1, nil) + ".resent"
 	if err := os.Rename(w.delta(v1, nil), resent); err != nil {
 		t.Fatal(err)
 	}
+	w.volume = "other"
+	other := w.delta(v1, nil) + ".other"
+	if err := os.Rename(w.delta(v1, nil), other); err != nil {
+		t.Fatal(err)
+	}
+	w.volume = ""
 	full := w.delta(v1, nil)
 	incr := w.delta(v2, v1) // from full, the last file written of v1
 	w.key = nil
@@ -170,7 +177,7 @@ func TestEncryptedRefusedBeforeWriting(t *testing.T) {
 		{"another key, a stream", []string{incr}, Options{Key: testKey(t, 2)}, true, archive.ErrWrongKey},
 		{"a plain file with a key", []string{plain}, Options{Key: k}, false, archive.ErrAuth},
 		{"a plain file with a key, a stream", []string{plain}, Options{Key: k}, true, archive.ErrAuth},
-		{"another copy of the parent", []string{resent, incr}, Options{Key: k, Force: true}, false, archive.ErrParentTag},
+		{"another volume's file of the parent", []string{other, incr}, Options{Key: k, Force: true}, false, archive.ErrParentTag},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var err error
@@ -205,6 +212,12 @@ func TestEncryptedRefusedBeforeWriting(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustEqual(t, target, v2.data)
+	// After the parent's snapshot sent again, too: the same state.
+	again := filepath.Join(w.dir, "again")
+	if _, err := (stateStore{}).apply(t, again, []string{resent, incr}, Options{Key: k}); err != nil {
+		t.Fatalf("the incremental after its parent sent again: %v", err)
+	}
+	mustEqual(t, again, v2.data)
 }
 
 // applyStream applies file to target as a stream (read once, front to
@@ -380,15 +393,17 @@ func TestEncryptedCorruptPayload(t *testing.T) {
 // TestEncryptedMerge: a run of encrypted files merges, with the key, into
 // one file encrypted under it with a salt of its own (no payload of the
 // inputs is in it as it was), whose parent tag is the first file's and
-// whose trailer carries its digest and tag; applied after the files
-// before the run, it gives the run's last state, and the file after the
-// run, which names the tag of the run's last file, does not follow it.
+// whose trailer carries its digest and tag. Being a file of the run's
+// last snapshot, it takes that snapshot's place in the chain: applied
+// after the files before the run, and followed by the files after it,
+// which were made from the run's last file, it gives each state, and it
+// merges again with the file after it, as a second prune does.
 func TestEncryptedMerge(t *testing.T) {
 	w := newWorld(t)
 	k := testKey(t, 1)
 	w.key = k
 	imgs, files := w.randomChain(5)
-	for _, run := range [][2]int{{0, 5}, {1, 4}, {2, 5}, {3, 4}} {
+	for _, run := range [][2]int{{0, 5}, {1, 4}, {2, 5}, {3, 4}, {0, 2}} {
 		i, j := run[0], run[1]
 		out, h, tr, _, err := mergeFiles(t, w, files[i:j], MergeOptions{Key: k})
 		if err != nil {
@@ -399,8 +414,11 @@ func TestEncryptedMerge(t *testing.T) {
 		if !s.Header.IsEncrypted() || s.Header.KeyID != k.ID() || s.Header.ParentTag != first.ParentTag || h.ParentTag != first.ParentTag {
 			t.Fatalf("files %d to %d: merged header %+v, want encrypted under %s with parent tag %x", i, j-1, s.Header, k.ID(), first.ParentTag)
 		}
-		if i > 0 && s.Header.ParentTag != imgs[i-1].tag {
-			t.Fatalf("files %d to %d: parent tag %x, want the tag of file %d", i, j-1, s.Header.ParentTag, i-1)
+		if i > 0 && s.Header.ParentTag != k.ParentTag(structureOf(t, files[i-1]).Header) {
+			t.Fatalf("files %d to %d: parent tag %x, want that of the snapshot of file %d", i, j-1, s.Header.ParentTag, i-1)
+		}
+		if last := structureOf(t, files[j-1]).Header; k.ParentTag(s.Header) != k.ParentTag(last) {
+			t.Fatalf("files %d to %d: the merged file does not stand for the snapshot of file %d", i, j-1, j-1)
 		}
 		if tr.Digest != s.Digest || tr.Tag != k.FileTag(s.Digest) {
 			t.Fatalf("files %d to %d: trailer digest %x tag %x, the file's digest %x", i, j-1, tr.Digest, tr.Tag, s.Digest)
@@ -424,24 +442,30 @@ func TestEncryptedMerge(t *testing.T) {
 			t.Fatalf("merging under another key: %v, want ErrWrongKey", err)
 		}
 
-		st := stateStore{}
-		target := filepath.Join(w.dir, "target")
-		os.Remove(target)
+		// The chain with the merged file in place of the run: each file
+		// after the run, applied with it, gives its state.
 		chain := append(append([]string(nil), files[:i]...), out)
-		if _, err := st.apply(t, target, chain, Options{Key: k}); err != nil {
-			t.Fatalf("files %d to %d: applying the merged file after the files before it: %v", i, j-1, err)
-		}
-		mustEqual(t, target, imgs[j-1].data)
-
-		// The merged file has a tag of its own: the incremental made from
-		// the run's last file does not follow it.
-		if j < len(files) {
+		target := filepath.Join(w.dir, "target")
+		for n := j - 1; n < len(files); n++ {
 			os.Remove(target)
-			_, err := stateStore{}.apply(t, target, append(chain, files[j]), Options{Key: k})
-			mustFail(t, err, archive.ErrParentTag, files[j])
-			if b := snapshotOf(t, target); b != nil {
-				t.Fatal("a refused apply left a new target")
+			applied := append(append([]string(nil), chain...), files[j:n+1]...)
+			if _, err := (stateStore{}).apply(t, target, applied, Options{Key: k}); err != nil {
+				t.Fatalf("files %d to %d merged, then the files to %d: %v", i, j-1, n, err)
 			}
+			mustEqual(t, target, imgs[n].data)
+		}
+		// A second prune: the merged file with the file after it.
+		if j < len(files) {
+			again, _, _, _, err := mergeFiles(t, w, []string{out, files[j]}, MergeOptions{Key: k})
+			if err != nil {
+				t.Fatalf("merging the merged files %d to %d with file %d: %v", i, j-1, j, err)
+			}
+			os.Remove(target)
+			applied := append(append(append([]string(nil), files[:i]...), again), files[j+1:]...)
+			if _, err := (stateStore{}).apply(t, target, applied, Options{Key: k}); err != nil {
+				t.Fatalf("files %d to %d merged twice, then the rest: %v", i, j, err)
+			}
+			mustEqual(t, target, imgs[len(imgs)-1].data)
 		}
 	}
 }

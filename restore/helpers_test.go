@@ -2,6 +2,7 @@ package restore
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"flag"
 	"math/rand"
@@ -33,7 +34,7 @@ type image struct {
 	path string
 	snap archive.Snapshot
 	// tag is the file tag of the last delta file written of the image
-	// under a key: the parent tag of an incremental from it.
+	// under a key.
 	tag archive.Digest
 }
 
@@ -47,6 +48,8 @@ type world struct {
 	n   int
 	// key, if set, encrypts every delta file written.
 	key *archive.Key
+	// volume, if set, is the volume name of the files written ("vol").
+	volume string
 }
 
 func newWorld(t testing.TB) *world {
@@ -90,12 +93,9 @@ func (w *world) random(n int) []byte {
 
 func (w *world) header(img *image, parent *image) *archive.Header {
 	h := &archive.Header{BlockSize: w.bs, Codec: archive.CodecZstd, Hash: archive.HashBLAKE3,
-		VolumeName: "vol", VolumeUUID: "vol-uuid", VolumeSize: int64(len(img.data)), Snapshot: img.snap, Tool: "test"}
+		VolumeName: cmp.Or(w.volume, "vol"), VolumeUUID: "vol-uuid", VolumeSize: int64(len(img.data)), Snapshot: img.snap, Tool: "test"}
 	if parent != nil {
 		h.Parent, h.ParentSize = parent.snap, int64(len(parent.data))
-		if w.key != nil {
-			h.ParentTag = parent.tag
-		}
 	}
 	return h
 }

@@ -61,9 +61,10 @@ type MergeOptions struct {
 // file is encrypted under it, with a salt of its own: whole records are
 // opened and sealed again (the digests, keyed by the master key alone,
 // carry over), and its ParentTag is the first file's. Its digest and tag
-// are in the returned Trailer. Being a new file, it has a tag of its own:
-// an encrypted incremental made from the run's last file names that
-// file's tag, and does not follow the merged file in a chain.
+// are in the returned Trailer. It is a file of the run's last snapshot,
+// and an incremental binds its parent's snapshot, not its parent's file
+// (archive.CheckParentTags): the encrypted incrementals made from the
+// run's last file follow the merged file as they followed that file.
 //
 // On error, out holds an incomplete file without its END record, which every
 // reader refuses as truncated: write to a temporary file and keep it only
@@ -110,7 +111,7 @@ func mergedHeader(files []archive.ChainFile, tool string) *archive.Header {
 	h := *last
 	h.Attrs = append([]archive.Attr(nil), last.Attrs...)
 	// An encrypted merge hangs where the first file did: from its parent
-	// file's tag (none for a full).
+	// snapshot (the writer computes the tag again from these fields).
 	h.Parent, h.ParentSize, h.ParentTag = first.Parent, first.ParentSize, first.ParentTag
 	if tool != "" {
 		h.Tool = tool
