@@ -23,6 +23,12 @@ type Options struct {
 	DryRun bool          // only say what would be done
 	Level  archive.Level // the compression of merged files
 	Tool   string        // the tool named in merged files' headers
+	// Key is the store's key, nil for a store that is not encrypted. The
+	// files of an encrypted store are merged with it, and the merged file
+	// is encrypted under it with a salt of its own; without it, the first
+	// merge fails (archive.ErrKeyRequired, naming the key id) before the
+	// store is changed.
+	Key *archive.Key
 }
 
 // Result says what a prune of one volume did (or would do).
@@ -41,6 +47,11 @@ type Result struct {
 // snapshots that no kept snapshot descends from are removed newest
 // first (catalog.Retention.Plan). Periods are calendar fields in the
 // local time zone. On an error, Result says what was done before it.
+//
+// The merges come before the removals, so a prune of an encrypted store
+// without its key (or with another) that has anything to merge changes
+// nothing. Removing a chain that no kept snapshot descends from reads no
+// file, and needs no key.
 func Volume(ctx context.Context, s catalog.Repository, name string, policy catalog.Retention, o Options) (*Result, error) {
 	var snaps []catalog.Snapshot
 	var vol catalog.Volume
@@ -100,7 +111,7 @@ func mergeInto(ctx context.Context, s catalog.Repository, vol catalog.Volume, ke
 	_, err = s.ReplaceDelta(kept.Volume, kept.ID, ids, func(w io.Writer) (catalog.Snapshot, error) {
 		// Two workers at most: prune runs beside backups, and memory grows
 		// with workers times the files merged.
-		h, tr, err := restore.Merge(ctx, w, inputs, restore.MergeOptions{Tool: o.Tool, Workers: 2, Level: o.Level})
+		h, tr, err := restore.Merge(ctx, w, inputs, restore.MergeOptions{Tool: o.Tool, Workers: 2, Level: o.Level, Key: o.Key})
 		if err != nil {
 			return catalog.Snapshot{}, err
 		}

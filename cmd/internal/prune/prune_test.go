@@ -3,11 +3,15 @@ package prune
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -29,6 +33,8 @@ type testStore struct {
 	*catalog.Store
 	t      *testing.T
 	images map[string][]byte
+	// key, if set, encrypts the files backup writes, and reads them.
+	key *archive.Key
 }
 
 func newStore(t *testing.T) *testStore {
@@ -69,7 +75,7 @@ func (ts *testStore) backup(parent *catalog.Snapshot, hour, n int) catalog.Snaps
 		}
 		h.ParentSize = parent.VolumeSize
 	}
-	rec, _ := storetest.Write(t, ts, h, data, ext, nil)
+	rec, _ := storetest.Write(t, ts, h, data, ext, ts.key)
 	ts.images[rec.ID] = data
 	return rec
 }
@@ -110,7 +116,7 @@ func (ts *testStore) restores() {
 		for _, f := range files {
 			inputs = append(inputs, archive.ChainInput{Name: f.Name(), File: f})
 		}
-		sr, err := archive.OpenSnapshot(context.Background(), inputs, archive.SnapshotOptions{ReadAhead: -1})
+		sr, err := archive.OpenSnapshot(context.Background(), inputs, archive.SnapshotOptions{ReadAhead: -1, Key: ts.key})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -140,12 +146,18 @@ func seqs(snaps []catalog.Snapshot) []uint64 {
 
 func prune(t *testing.T, ts *testStore, policy catalog.Retention, dryRun bool) (*Result, error) {
 	t.Helper()
+	return pruneKey(t, ts, policy, dryRun, ts.key)
+}
+
+// pruneKey prunes with key, whatever the store's files are under.
+func pruneKey(t *testing.T, ts *testStore, policy catalog.Retention, dryRun bool, key *archive.Key) (*Result, error) {
+	t.Helper()
 	unlock, err := ts.LockVolume(volName)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer unlock()
-	return Volume(context.Background(), ts, volName, policy, Options{DryRun: dryRun, Level: archive.LevelFastest, Tool: "thinback test"})
+	return Volume(context.Background(), ts, volName, policy, Options{DryRun: dryRun, Level: archive.LevelFastest, Tool: "thinback test", Key: key})
 }
 
 // TestVolume: keeping the last two of a chain of four merges the first
@@ -251,4 +263,139 @@ func TestVolumeNotRecorded(t *testing.T) {
 	if got, err := os.ReadFile(ts.Path(b.File)); err != nil || !bytes.Equal(got, other) {
 		t.Errorf("the swapped file changed: %v", err)
 	}
+}
+
+func testKey(t *testing.T, seed byte) *archive.Key {
+	t.Helper()
+	k, err := archive.NewKey(bytes.Repeat([]byte{seed}, archive.MasterKeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// header reads a stored file's header without the key.
+func (ts *testStore) header(sn catalog.Snapshot) *archive.Header {
+	ts.t.Helper()
+	f, err := os.Open(ts.Path(sn.File))
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	defer f.Close()
+	h, err := archive.NewReader(f).Header()
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	return h
+}
+
+// TestVolumeEncrypted: an encrypted store prunes with its key. Merging
+// the oldest snapshots into the third writes a new full encrypted under
+// the key, with a salt of its own, and the fourth snapshot, whose file
+// was made from the third's old file, restores through it; a second
+// prune merges the merged file again. Every kept snapshot restores, with
+// the key, as the volume it was taken of.
+func TestVolumeEncrypted(t *testing.T) {
+	ts := newStore(t)
+	ts.key = testKey(t, 1)
+	a := ts.backup(nil, 1, 0)
+	b := ts.backup(&a, 2, 1)
+	c := ts.backup(&b, 3, 2)
+	d := ts.backup(&c, 4, 3)
+
+	res, err := prune(t, ts, catalog.Retention{KeepLast: 2}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := seqs(res.Removed); !reflect.DeepEqual(got, []uint64{1, 2}) || !reflect.DeepEqual(res.Rewritten, []string{"#3"}) {
+		t.Fatalf("removed %v, rewritten %v", got, res.Rewritten)
+	}
+	after := ts.snapshots()
+	if got := seqs(after); !reflect.DeepEqual(got, []uint64{3, 4}) {
+		t.Fatalf("left %v, want #3 and #4", got)
+	}
+	h := ts.header(after[0])
+	if !h.IsEncrypted() || h.KeyID != ts.key.ID() || !h.IsFull() || after[0].File == c.File || after[0].FileDigest == c.FileDigest {
+		t.Fatalf("#3 after the prune: header %+v, record %+v; want a new full encrypted under %s", h, after[0], ts.key.ID())
+	}
+	if after[1].File != d.File || after[1].FileDigest != d.FileDigest {
+		t.Fatalf("#4 was rewritten: %+v", after[1])
+	}
+	ts.restores()
+
+	res, err = prune(t, ts, catalog.Retention{KeepLast: 1}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(res.Rewritten, []string{"#4"}) {
+		t.Fatalf("the second prune rewrote %v, want #4", res.Rewritten)
+	}
+	if h := ts.header(ts.snapshots()[0]); !h.IsEncrypted() || h.KeyID != ts.key.ID() || !h.IsFull() {
+		t.Fatalf("#4 after the second prune: header %+v", h)
+	}
+	ts.restores()
+}
+
+// TestVolumeEncryptedWithoutKey: a prune of an encrypted store without
+// its key fails with archive.ErrKeyRequired naming the key, and with
+// another key with archive.ErrWrongKey, and either leaves the store as it
+// was: the same records, the same files, nothing left being written. A
+// dry run needs no key.
+func TestVolumeEncryptedWithoutKey(t *testing.T) {
+	ts := newStore(t)
+	ts.key = testKey(t, 1)
+	a := ts.backup(nil, 1, 0)
+	b := ts.backup(&a, 2, 1)
+	ts.backup(&b, 3, 2)
+	before := ts.snapshots()
+	files := ts.files()
+	policy := catalog.Retention{KeepLast: 1}
+
+	if res, err := pruneKey(t, ts, policy, true, nil); err != nil || !reflect.DeepEqual(res.Rewritten, []string{"#3"}) {
+		t.Fatalf("a dry run without the key: %+v, %v", res, err)
+	}
+	for _, tc := range []struct {
+		name string
+		key  *archive.Key
+		want error
+	}{{"without the key", nil, archive.ErrKeyRequired}, {"with another key", testKey(t, 2), archive.ErrWrongKey}} {
+		res, err := pruneKey(t, ts, policy, false, tc.key)
+		if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), ts.key.ID().String()) {
+			t.Fatalf("%s: %v, want %v naming key %s", tc.name, err, tc.want, ts.key.ID())
+		}
+		if res == nil || res.Rewritten != nil {
+			t.Errorf("%s: result %+v, nothing was rewritten", tc.name, res)
+		}
+		if !reflect.DeepEqual(ts.snapshots(), before) {
+			t.Fatalf("%s: the records changed", tc.name)
+		}
+		if got := ts.files(); !reflect.DeepEqual(got, files) {
+			t.Fatalf("%s: the store's files changed:\n%v\nwere\n%v", tc.name, got, files)
+		}
+	}
+	ts.restores()
+}
+
+// files returns the store's delta files and files being written, with
+// their contents' SHA-256.
+func (ts *testStore) files() map[string]string {
+	ts.t.Helper()
+	out := map[string]string{}
+	for _, sub := range []string{"volumes", "tmp"} {
+		err := filepath.WalkDir(ts.Path(sub), func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			out[path] = fmt.Sprintf("%x", sha256.Sum256(b))
+			return nil
+		})
+		if err != nil {
+			ts.t.Fatal(err)
+		}
+	}
+	return out
 }
