@@ -1,14 +1,20 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/minio/minio-go/v7"
 	"github.com/thinback/thinback/archive/keys"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/catalog/s3"
+	"github.com/thinback/thinback/catalog/s3/s3test"
+	"github.com/thinback/thinback/catalog/s3store"
 )
 
 // encryptedStore makes a directory store with a key-file slot, and sets
@@ -20,12 +26,20 @@ func encryptedStore(t *testing.T, dir string) (store string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	addKeyFileSlot(t, s, filepath.Join(dir, "store.key"))
+	return store
+}
+
+// addKeyFileSlot gives a store without key slots a new master key, in a
+// key-file slot whose key file it makes at kfPath, and sets
+// $THINBACK_KEY_FILE to it for the commands the test runs.
+func addKeyFileSlot(t *testing.T, s keys.Storage, kfPath string) {
+	t.Helper()
 	mk, err := keys.NewMasterKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer mk.Destroy()
-	kfPath := filepath.Join(dir, "store.key")
 	kf, err := keys.CreateKeyFile(kfPath)
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +52,6 @@ func encryptedStore(t *testing.T, dir string) (store string) {
 		t.Fatal(err)
 	}
 	t.Setenv("THINBACK_KEY_FILE", kfPath)
-	return store
 }
 
 // writeImage writes a 1 MiB image whose blocks carry mark.
@@ -199,4 +212,59 @@ func TestRollbackKeySlotsGone(t *testing.T) {
 		}
 	}
 	thinback(t, dir, "", "backup", "--file", img, "--store", store).want(t, 0, "backup with the slots back")
+}
+
+// On S3 too: the newest snapshot's record and file deleted from the
+// bucket (the real versitygw) are noticed by the next backup, from the
+// state file outside the bucket and the cache.
+func TestRollbackS3(t *testing.T) {
+	srv := s3test.Start(t)
+	dir := t.TempDir()
+	setS3Env(t, srv, filepath.Join(dir, "cache"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	repo, err := s3store.Open(ctx, s3.Location{Insecure: true, Host: srv.Addr, Bucket: srv.Bucket, Prefix: "rb"},
+		&s3store.Options{
+			S3:     s3.Options{AccessKey: s3test.AccessKey, SecretKey: s3test.SecretKey, Region: "us-east-1", Lookup: s3.LookupPath},
+			Cache:  t.TempDir(),
+			Create: true,
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addKeyFileSlot(t, repo, filepath.Join(dir, "store.key"))
+	if err := repo.Close(); err != nil {
+		t.Fatal(err)
+	}
+	store := srv.Location("rb")
+	img := filepath.Join(dir, "disk.img")
+	writeImage(t, img, "first")
+	thinback(t, dir, "", "backup", "--file", img, "--store", store).want(t, 0, "first backup")
+	writeImage(t, img, "second")
+	r := thinback(t, dir, "", "backup", "--file", img, "--store", store, "--json")
+	r.want(t, 0, "second backup")
+	var res struct{ Snapshot string }
+	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || res.Snapshot == "" {
+		t.Fatalf("backup --json: %v\n%s", err, r.stdout)
+	}
+	cl := srv.Client()
+	removed := 0
+	for oi := range cl.ListObjects(ctx, srv.Bucket, minio.ListObjectsOptions{Prefix: "rb/", Recursive: true}) {
+		if oi.Err != nil {
+			t.Fatal(oi.Err)
+		}
+		if strings.Contains(oi.Key, res.Snapshot) {
+			if err := cl.RemoveObject(ctx, srv.Bucket, oi.Key, minio.RemoveObjectOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			removed++
+		}
+	}
+	if removed != 2 {
+		t.Fatalf("removed %d objects of snapshot %s, want its record and its file", removed, res.Snapshot)
+	}
+	r = thinback(t, dir, "", "backup", "--file", img, "--store", store)
+	r.want(t, exitChain, "backup into a bucket rolled back")
+	wantIn(t, "backup's message", r.stderr, "store "+store+" was rolled back", "this host last saw #2 "+res.Snapshot, "the store's newest is #1")
+	wantIn(t, "list's warning", thinback(t, dir, "", "list", "--store", store).stderr, "warning: store "+store+" was rolled back")
 }
