@@ -124,11 +124,6 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 		return err
 	}
 	defer closeStore(e, s)
-	if removed, err := s.RemoveOrphans(); err != nil {
-		printable.Sayf(e.stderr, "thinback: removing files of %s left by an interrupted run: %v", o.store, err)
-	} else if len(removed) > 0 {
-		printable.Sayf(e.stderr, "thinback: removed %d file(s) left by an interrupted run: %s", len(removed), strings.Join(removed, ", "))
-	}
 	var src backup.Source = fileSrc
 	var commands func() lvmthin.CommandStats
 	if o.file == "" {
@@ -141,8 +136,9 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 		}
 	}
 	// An encrypted store older than this host saw it is not backed up
-	// into (unless --allow-rollback); what it holds after the backup is
-	// remembered.
+	// into (unless --allow-rollback), and its files are left as they are
+	// (a newer file whose record was deleted is no orphan to remove);
+	// what it holds after the backup is remembered.
 	name := o.volume
 	if name == "" {
 		name = src.Identify().Name
@@ -150,6 +146,11 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 	guard, err := guardBackup(e, s, o.state, name, o.allowRollback)
 	if err != nil {
 		return fmt.Errorf("backup: %w", err)
+	}
+	if removed, err := s.RemoveOrphans(); err != nil {
+		printable.Sayf(e.stderr, "thinback: removing files of %s left by an interrupted run: %v", o.store, err)
+	} else if len(removed) > 0 {
+		printable.Sayf(e.stderr, "thinback: removed %d file(s) left by an interrupted run: %s", len(removed), strings.Join(removed, ", "))
 	}
 	var reportErr error
 	res, err := backup.Run(ctx, s, src, backup.Options{

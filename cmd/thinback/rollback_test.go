@@ -129,14 +129,22 @@ func TestRollbackOlderCopy(t *testing.T) {
 }
 
 // The newest file and its record deleted from an encrypted store: the
-// next backup is refused; an unencrypted store is not checked.
+// next backup is refused. The record alone deleted: refused too, and the
+// file is kept (no orphan to remove), for catalog rebuild to record it
+// again. An unencrypted store is not checked.
 func TestRollbackDeletedNewest(t *testing.T) {
-	for _, encrypted := range []bool{true, false} {
-		name := map[bool]string{true: "encrypted", false: "unencrypted"}[encrypted]
-		t.Run(name, func(t *testing.T) {
+	for _, tc := range []struct {
+		name                string
+		encrypted, keepFile bool
+	}{
+		{"encrypted", true, false},
+		{"encrypted, record only", true, true},
+		{"unencrypted", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			store := filepath.Join(dir, "store")
-			if encrypted {
+			if tc.encrypted {
 				store = encryptedStore(t, dir)
 			}
 			img := filepath.Join(dir, "disk.img")
@@ -155,11 +163,16 @@ func TestRollbackDeletedNewest(t *testing.T) {
 			}); err != nil {
 				t.Fatal(err)
 			}
-			if err := s.Remove("disk.img", newest.ID); err != nil {
+			if tc.keepFile {
+				err = s.Update(func(tx *catalog.Tx) error { return tx.DeleteSnapshot(newest.ID) })
+			} else {
+				err = s.Remove("disk.img", newest.ID)
+			}
+			if err != nil {
 				t.Fatal(err)
 			}
 			r := thinback(t, dir, "", "backup", "--file", img, "--store", store)
-			if !encrypted {
+			if !tc.encrypted {
 				r.want(t, 0, "backup into an unencrypted store")
 				if _, err := os.Stat(filepath.Join(dir, "state.db")); err == nil {
 					t.Error("backups into an unencrypted store made a state file")
@@ -168,6 +181,14 @@ func TestRollbackDeletedNewest(t *testing.T) {
 			}
 			r.want(t, exitChain, "backup after the newest was deleted")
 			wantIn(t, "backup's message", r.stderr, "this host last saw #2 "+newest.ID, "the store's newest is #1", "--allow-rollback")
+			if !tc.keepFile {
+				return
+			}
+			if _, err := os.Stat(s.Path(newest.File)); err != nil {
+				t.Fatalf("the refused backup removed the newest file: %v", err)
+			}
+			thinback(t, dir, "", "catalog", "rebuild", "--store", store).want(t, 0, "catalog rebuild")
+			thinback(t, dir, "", "backup", "--file", img, "--store", store).want(t, 0, "backup after the rebuild")
 		})
 	}
 }

@@ -87,6 +87,7 @@ func (e *Error) Error() string {
 		now = "the store's newest is " + describe(e.Newest.Seq, e.Newest.ID, e.Newest.Name, e.Newest.Time)
 	}
 	return fmt.Sprintf("store %s was rolled back: volume %s: this host last saw %s there, %s (%s); "+
+		"if the newer delta files are still in the store, thinback catalog rebuild records them again; "+
 		"if you restored the store from an older copy on purpose, run the backup with --allow-rollback: the host then forgets the newer snapshot",
 		e.Store, printable.String(w.Volume), describe(w.Seq, w.Snapshot, w.Name, w.Time), now, e.Why)
 }
