@@ -46,6 +46,8 @@
 //   - Watermarks are kept per master key: a copy of the store elsewhere
 //     (a second disk) shares them, and a store made anew with another key
 //     starts with none.
+//   - A host with no memory of a store (a new machine, a lost state file)
+//     takes it as it finds it, on first use.
 //   - Remember moves a watermark forward on whatever the store shows, so
 //     two hosts writing one volume each see the other's newer snapshots;
 //     a host whose clock runs behind another's makes snapshots that look
