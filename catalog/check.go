@@ -222,6 +222,24 @@ func (tx *Tx) loadCheckState() *checkState {
 			return nil
 		})
 	}
+	// The host's watermarks and store keys (a state file's): each must
+	// decode; they name no record of the same file.
+	if b := tx.bucket(bucketMarks); b != nil {
+		_ = b.ForEach(func(k, data []byte) error {
+			if _, err := decode[Watermark](bucketMarks, k, data); err != nil {
+				st.add(&CheckError{Problem: ErrCorrupt, Detail: fmt.Sprintf("watermark %q", k), Err: err})
+			}
+			return nil
+		})
+	}
+	if b := tx.bucket(bucketStoreKeys); b != nil {
+		_ = b.ForEach(func(k, data []byte) error {
+			if _, err := decode[StoreKey](bucketStoreKeys, k, data); err != nil {
+				st.add(&CheckError{Problem: ErrCorrupt, Detail: fmt.Sprintf("store key %q", k), Err: err})
+			}
+			return nil
+		})
+	}
 	st.checkIndex(tx, corrupt)
 	return st
 }

@@ -29,17 +29,20 @@ const DefaultTimeout = 10 * time.Second
 // Bucket and key names. Changing any of them needs a new SchemaVersion.
 var (
 	bucketMeta      = []byte("meta")
-	bucketVolumes   = []byte("volumes")   // volume name -> Volume JSON
-	bucketSnapshots = []byte("snapshots") // snapshot id -> Snapshot JSON
-	bucketSeqs      = []byte("seqs")      // volume name -> bucket(seq uint64 BE -> snapshot id)
-	bucketLastSeq   = []byte("lastseq")   // volume name -> highest seq ever assigned (uint64 BE)
-	bucketTargets   = []byte("targets")   // target key -> Target JSON
+	bucketVolumes   = []byte("volumes")    // volume name -> Volume JSON
+	bucketSnapshots = []byte("snapshots")  // snapshot id -> Snapshot JSON
+	bucketSeqs      = []byte("seqs")       // volume name -> bucket(seq uint64 BE -> snapshot id)
+	bucketLastSeq   = []byte("lastseq")    // volume name -> highest seq ever assigned (uint64 BE)
+	bucketTargets   = []byte("targets")    // target key -> Target JSON
+	bucketMarks     = []byte("watermarks") // key id "/" volume name -> Watermark JSON
+	bucketStoreKeys = []byte("storekeys")  // store location -> StoreKey JSON
 
 	keyVersion = []byte("version") // uint32 BE
 )
 
 // allBuckets are created when a file is initialised.
-var allBuckets = [][]byte{bucketMeta, bucketVolumes, bucketSnapshots, bucketSeqs, bucketLastSeq, bucketTargets}
+var allBuckets = [][]byte{bucketMeta, bucketVolumes, bucketSnapshots, bucketSeqs, bucketLastSeq, bucketTargets,
+	bucketMarks, bucketStoreKeys}
 
 // Options configure Open.
 type Options struct {

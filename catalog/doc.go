@@ -93,6 +93,13 @@
 // Retention.Select chooses what a prune keeps, with the semantics of
 // Proxmox Backup Server.
 //
+// A host's state file also keeps what the host has seen of encrypted
+// stores: a Watermark per master key and volume (the newest snapshot
+// seen) and a StoreKey per store location (the key its slots wrapped), so
+// that a store rolled back behind the host's back can be noticed. The
+// catalog stores them as given; whether a watermark moves is the
+// caller's decision.
+//
 // # Caveats
 //
 //   - A Tx must not be used outside its closure or from another goroutine.

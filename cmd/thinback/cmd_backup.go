@@ -52,6 +52,7 @@ func backupCommand(e *env) *cli.Command {
 			&cli.BoolFlag{Name: "release-stale-metadata-snap", Usage: releaseStaleUsage},
 			discoveryFlag,
 			jsonFlag, quietFlag,
+			stateFlag, allowRollbackFlag,
 		}, keepFlags()...),
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 0, 1, "give VG/LV or --file IMAGE")
@@ -67,6 +68,7 @@ func backupCommand(e *env) *cli.Command {
 				blockSize: c.Int64("block-size"), level: lvl, snapshotSize: c.String("snapshot-size"),
 				pre: c.String("pre"), post: c.String("post"), releaseStale: c.Bool("release-stale-metadata-snap"),
 				json: c.Bool("json"), quiet: c.Bool("quiet"),
+				state: stateFilePath(c.String("state")), allowRollback: c.Bool("allow-rollback"),
 			}
 			if o.discovery, err = discoveryOf(c, "backup"); err != nil {
 				return err
@@ -102,6 +104,8 @@ type backupOptions struct {
 	discovery               lvmthin.Discovery
 	retention               catalog.Retention
 	json, quiet             bool
+	state                   string // the host's state file, which remembers what it saw in encrypted stores
+	allowRollback           bool
 }
 
 func runBackup(ctx context.Context, e *env, o backupOptions) error {
@@ -120,11 +124,6 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 		return err
 	}
 	defer closeStore(e, s)
-	if removed, err := s.RemoveOrphans(); err != nil {
-		printable.Sayf(e.stderr, "thinback: removing files of %s left by an interrupted run: %v", o.store, err)
-	} else if len(removed) > 0 {
-		printable.Sayf(e.stderr, "thinback: removed %d file(s) left by an interrupted run: %s", len(removed), strings.Join(removed, ", "))
-	}
 	var src backup.Source = fileSrc
 	var commands func() lvmthin.CommandStats
 	if o.file == "" {
@@ -136,8 +135,25 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 			return usageOf(fmt.Errorf("backup: %w", err))
 		}
 	}
+	// An encrypted store older than this host saw it is not backed up
+	// into (unless --allow-rollback), and its files are left as they are
+	// (a newer file whose record was deleted is no orphan to remove);
+	// what it holds after the backup is remembered.
+	name := o.volume
+	if name == "" {
+		name = src.Identify().Name
+	}
+	guard, err := guardBackup(e, s, o.state, name, o.allowRollback)
+	if err != nil {
+		return fmt.Errorf("backup: %w", err)
+	}
+	if removed, err := s.RemoveOrphans(); err != nil {
+		printable.Sayf(e.stderr, "thinback: removing files of %s left by an interrupted run: %v", o.store, err)
+	} else if len(removed) > 0 {
+		printable.Sayf(e.stderr, "thinback: removed %d file(s) left by an interrupted run: %s", len(removed), strings.Join(removed, ", "))
+	}
 	var reportErr error
-	_, err = backup.Run(ctx, s, src, backup.Options{
+	res, err := backup.Run(ctx, s, src, backup.Options{
 		Volume: o.volume, Level: o.level,
 		Pre: o.pre, Post: o.post, HookOutput: e.stderr,
 		Retention: o.retention,
@@ -159,6 +175,9 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 		},
 		Warn: func(msg string) { warn(e, "%s", msg) },
 	})
+	if res != nil {
+		remember(e, guard, s, res.Volume)
+	}
 	if err != nil && err != reportErr {
 		return usageOf(fmt.Errorf("backup: %w", err))
 	}

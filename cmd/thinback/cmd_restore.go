@@ -65,6 +65,9 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 		return err
 	}
 	defer closeStore(e, s)
+	// The user chose the point in time: a store older than this host
+	// saw it is said, not refused.
+	warnRollback(e, s, o.apply.state, o.volume)
 	var chain []catalog.Snapshot
 	var vol catalog.Volume
 	err = s.View(func(tx *catalog.Tx) error {

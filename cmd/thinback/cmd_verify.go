@@ -34,7 +34,7 @@ func verifyCommand(e *env) *cli.Command {
 			"ranges that differ (exact byte offsets) and a count, or that DEV is shorter or longer;\n" +
 			"exits 10 on a difference. DEV is only read. A block device larger than the volume\n" +
 			"(a restore onto a larger LV) is compared over the volume's size.",
-		Flags: []cli.Flag{storeFlag, quietFlag,
+		Flags: []cli.Flag{storeFlag, quietFlag, stateFlag,
 			&cli.StringFlag{Name: "device", Usage: "compare this block device or file with a snapshot (with --snapshot or --at)"},
 			&cli.StringFlag{Name: "snapshot", Usage: "with --device: the snapshot id (or a unique prefix, or its sequence number)"},
 			&cli.StringFlag{Name: "at", Usage: "with --device: the newest snapshot at or before this time"},
@@ -74,7 +74,7 @@ func verifyCommand(e *env) *cli.Command {
 			if len(a) == 1 {
 				vol = a[0]
 			}
-			return runVerifyStore(c.Context, e, c.String("store"), vol, c.Bool("quiet"))
+			return runVerifyStore(c.Context, e, c.String("store"), vol, c.Bool("quiet"), stateFilePath(c.String("state")))
 		},
 	}
 }
@@ -119,7 +119,7 @@ func runVerifyFiles(ctx context.Context, e *env, files []string, quiet bool) err
 	return nil
 }
 
-func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool) error {
+func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool, state string) error {
 	s, err := openStore(ctx, e, dir, false)
 	if err != nil {
 		return err
@@ -154,9 +154,15 @@ func runVerifyStore(ctx context.Context, e *env, dir, volume string, quiet bool)
 		}
 		printable.Sayf(e.stdout, "BAD  %v", p)
 	}
-	if res.Bad() > 0 {
-		return fmt.Errorf("%d problem(s) in store %s: %w", res.Bad(), dir, errVerify)
+	// An encrypted store older than this host saw it is a problem.
+	guard, rolledBack := rollbackProblems(e, s, state, volume)
+	for _, p := range rolledBack {
+		printable.Sayf(e.stdout, "BAD  %v", p)
 	}
+	if bad := res.Bad() + len(rolledBack); bad > 0 {
+		return fmt.Errorf("%d problem(s) in store %s: %w", bad, dir, errVerify)
+	}
+	remember(e, guard, s, volume)
 	if !quiet {
 		printable.Sayf(e.stderr, "verified %d file(s) of store %s: no problems", res.Files, dir)
 	}

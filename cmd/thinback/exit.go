@@ -11,6 +11,7 @@ import (
 	"github.com/thinback/thinback/catalog/s3"
 	"github.com/thinback/thinback/catalog/s3store"
 	"github.com/thinback/thinback/cmd/internal/record"
+	"github.com/thinback/thinback/cmd/internal/rollback"
 	"github.com/thinback/thinback/cmd/internal/secret"
 	"github.com/thinback/thinback/lvmthin"
 	"github.com/thinback/thinback/lvmthin/cow"
@@ -51,7 +52,9 @@ const exitCodesHelp = `EXIT CODES:
    4    a delta file needs a newer thinback
    5    the files do not apply to the target: wrong base snapshot, not a
         chain, another volume, an earlier apply was interrupted, or the
-        target was replaced or written to since its last apply
+        target was replaced or written to since its last apply; or backup
+        into an encrypted store rolled back (older than this host last
+        saw it) or whose key slots are gone (see --allow-rollback)
    6    the target is too small, read-only, in use, not a file or device,
         or one of the command's own files (or holds one), as may be the
         standard output of cat or send -o -; or a source is not a regular
@@ -165,6 +168,7 @@ var exitCodes = []struct {
 	{catalog.ErrParentVolume, exitChain},
 	{catalog.ErrParentOrder, exitChain},
 	{catalog.ErrParentSize, exitChain}, // restoring it would leave stale data
+	{rollback.ErrRollback, exitChain},  // the store's chain is older than this host saw it
 	{restore.ErrTargetTooSmall, exitTarget},
 	{restore.ErrTargetReadOnly, exitTarget},
 	{restore.ErrTargetBusy, exitTarget},
