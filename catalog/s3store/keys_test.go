@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io/fs"
 	"maps"
+	"strings"
 	"testing"
 
 	"github.com/minio/minio-go/v7"
@@ -79,5 +80,42 @@ func TestKeySlots(t *testing.T) {
 	put("big", make([]byte, catalog.MaxKeySlotSize+1))
 	if _, err := st.KeySlots(); !errors.Is(err, s3.ErrTooLarge) {
 		t.Fatalf("slots with a big object: %v", err)
+	}
+}
+
+// The key slots' lock object: one holder at a time, across hosts, and
+// apart from every volume's lock.
+func TestLockKeySlots(t *testing.T) {
+	srv := s3test.Start(t)
+	st := newHost(t, srv).open()
+	other := newHost(t, srv).open()
+	unlock, err := st.LockKeySlots()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = other.LockKeySlots()
+	var le *LockedError
+	if !errors.Is(err, catalog.ErrLocked) || !errors.As(err, &le) || le.Volume != "" || le.Object != "locks/.keys.lock" {
+		t.Fatalf("second LockKeySlots: %v, want a LockedError of the key slots", err)
+	}
+	if !strings.Contains(err.Error(), "key slots") {
+		t.Errorf("message %q does not say the key slots", err)
+	}
+	u, err := other.LockVolume(".keys")
+	if err != nil {
+		t.Fatalf("a volume named .keys while the key slots are locked: %v", err)
+	}
+	if err := u(); err != nil {
+		t.Fatal(err)
+	}
+	if err := unlock(); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err = other.LockKeySlots()
+	if err != nil {
+		t.Fatalf("lock after release: %v", err)
+	}
+	if err := unlock(); err != nil {
+		t.Fatal(err)
 	}
 }
