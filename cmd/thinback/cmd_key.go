@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -10,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/archive/keys"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/printable"
@@ -188,6 +190,9 @@ type keySession struct {
 	mk     *keys.MasterKey
 	slot   *keys.Slot // the slot that opened it
 	unlock func() error
+	// foreign are the slots, by id, that wrap another master key than
+	// the one the secret opened (see unlockMixed), with that key's id.
+	foreign map[string]keys.KeyID
 }
 
 // openKeySession opens the store, takes its key slots' lock (exit 9 when
@@ -210,11 +215,79 @@ func openKeySession(ctx context.Context, e *env, c *cli.Context) (*keySession, e
 	if ks.ring, err = keys.Load(repo); err != nil {
 		return nil, fmt.Errorf("key %s: %w: the store is not encrypted", c.Command.Name, err)
 	}
-	if ks.mk, ks.slot, err = unlockRing(ctx, e, c, repo, ks.ring); err != nil {
+	ks.mk, ks.slot, err = unlockRing(ctx, e, c, repo, ks.ring)
+	var mixed *keys.MixedKeysError
+	if errors.As(err, &mixed) && c.Command.Name == "remove" {
+		err = ks.unlockMixed(ctx, e, c, mixed)
+	}
+	if err != nil {
 		return nil, err
 	}
 	ok = true
 	return ks, nil
+}
+
+// keyGroup is the key slots of a store that wrap one master key, as a
+// keys.Storage of their own.
+type keyGroup struct {
+	catalog.Repository
+	ids map[string]bool
+}
+
+func (g keyGroup) KeySlots() (map[string][]byte, error) {
+	all, err := g.Repository.KeySlots()
+	for id := range all {
+		if !g.ids[id] {
+			delete(all, id)
+		}
+	}
+	return all, err
+}
+
+// unlockMixed opens a store whose slots wrap different master keys (a
+// slot copied from another store, or planted to have thinback use
+// someone else's key), so that key remove can take away the slots that
+// are not the store's: the store's key is the one the secret given
+// opens, its ring the slots that wrap it; the others are foreign.
+func (ks *keySession) unlockMixed(ctx context.Context, e *env, c *cli.Context, mixed *keys.MixedKeysError) error {
+	var rings []*keys.Ring
+	var keyIDs []keys.KeyID
+	for id, slots := range mixed.Keys {
+		g := keyGroup{Repository: ks.repo, ids: map[string]bool{}}
+		for _, s := range slots {
+			g.ids[s] = true
+		}
+		r, err := keys.Load(g)
+		if err != nil {
+			return err
+		}
+		rings, keyIDs = append(rings, r), append(keyIDs, id)
+	}
+	i, mk, slot, err := secret.UnlockAny(ctx, rings, secretSources(c, e), ks.repo.String())
+	if err != nil {
+		return err
+	}
+	// A secret of another store (a slot copied from it) would take the
+	// slots of this one's key for the foreign ones: its backups say
+	// which key they are under.
+	if id, file, ok := dataKeyID(ks.repo); ok && id != mk.ID() {
+		mk.Destroy()
+		return fmt.Errorf("key %s: the key slots of %s wrap %d master keys, and the secret given opens key %s, but the store's backups are under key %s (%s): "+
+			"open it with a secret of key %s to remove the others' slots; nothing was changed: %w",
+			c.Command.Name, ks.repo, len(mixed.Keys), mk.ID(), id, file, id, keys.ErrWrongKey)
+	}
+	ks.ring, ks.mk, ks.slot = rings[i], mk, slot
+	ks.foreign = map[string]keys.KeyID{}
+	for id, slots := range mixed.Keys {
+		if id != keyIDs[i] {
+			for _, s := range slots {
+				ks.foreign[s] = id
+			}
+		}
+	}
+	printable.Sayf(e.stderr, "thinback: the key slots of %s wrap %d master keys; %s opened slot %s of key %s, so the slots of the others are not this store's",
+		ks.repo, len(mixed.Keys), slot.Type, slot.ID, mk.ID())
+	return nil
 }
 
 func (ks *keySession) close(e *env) {
@@ -326,6 +399,15 @@ func runKeyRemove(ctx context.Context, e *env, c *cli.Context, id string) error 
 		return err
 	}
 	defer ks.close(e)
+	if other, ok := ks.foreign[id]; ok {
+		// Not a slot of the store's key: removing it cannot lock anyone
+		// out of the backups.
+		if err := ks.repo.RemoveKeySlot(id); err != nil {
+			return fmt.Errorf("key remove: %w", err)
+		}
+		printable.Sayf(e.stderr, "removed key slot %s from %s: it wrapped master key %s, not %s, the key the store was opened with", id, ks.repo, other, ks.mk.ID())
+		return nil
+	}
 	if err := ks.ring.Remove(id); err != nil {
 		return fmt.Errorf("key remove: %w", err)
 	}
@@ -387,4 +469,25 @@ func passwdSlot(ks *keySession) (string, error) {
 		return "", usageError{msg: fmt.Sprintf("key passwd: %s has no passphrase slot: add one with thinback key add --new-passphrase", ks.repo)}
 	}
 	return "", usageError{msg: fmt.Sprintf("key passwd: %s has %d passphrase slots (%s): name the one to change", ks.repo, len(ids), strings.Join(ids, ", "))}
+}
+
+// dataKeyID returns the key id of the first encrypted delta file of the
+// store whose header reads, and the file; false when there is none.
+func dataKeyID(repo catalog.Repository) (archive.KeyID, string, bool) {
+	files, err := repo.Files()
+	if err != nil {
+		return archive.KeyID{}, "", false
+	}
+	for _, f := range files {
+		rc, err := repo.OpenStream(f.Path)
+		if err != nil {
+			continue
+		}
+		h, err := archive.NewReader(rc).Header()
+		rc.Close()
+		if err == nil && h.IsEncrypted() {
+			return h.KeyID, f.Path, true
+		}
+	}
+	return archive.KeyID{}, "", false
 }

@@ -13,11 +13,15 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"filippo.io/age"
 	"github.com/minio/minio-go/v7"
+	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/archive/keys"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3/s3test"
+	"github.com/thinback/thinback/cmd/internal/storetest"
 )
 
 // cheap makes passphrase slots with Argon2id's least cost, so the tests
@@ -429,4 +433,76 @@ func TestKeyRecovery(t *testing.T) {
 			t.Errorf("slot %s wraps key %s, not the store's %s", s.ID, s.KeyID, rec.KeyID)
 		}
 	}
+}
+
+// TestKeyRemoveForeign: a slot of another store's key copied into a
+// store makes it refuse its slots (they wrap two keys); key remove, opened
+// with the store's own passphrase, takes the foreign slot away, and the
+// store opens again.
+func TestKeyRemoveForeign(t *testing.T) {
+	dir := t.TempDir()
+	ours := writeFile(t, filepath.Join(dir, "ours"), "our passphrase\n", 0o600)
+	theirs := writeFile(t, filepath.Join(dir, "theirs"), "their passphrase\n", 0o600)
+	for name, pass := range map[string]string{"store": ours, "other": theirs} {
+		noTTY(t, dir, nil, argv("init", "--store", filepath.Join(dir, name), "--encrypt", "--password-file", pass, cheap)...).want(t, 0, "init "+name)
+	}
+	store := filepath.Join(dir, "store")
+	own := keyList(t, dir, nil, store)[0]
+	planted := keyList(t, dir, nil, filepath.Join(dir, "other"))[0]
+	b, err := os.ReadFile(filepath.Join(dir, "other", "keys", planted.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(store, "keys", planted.ID), string(b), 0o600)
+
+	r := noTTY(t, dir, nil, argv("key", "add", "--store", store, "--password-file", ours, "--new-passphrase", "--new-password-file", theirs, cheap)...)
+	r.want(t, 3, "key add in a store whose slots wrap two keys")
+	if !strings.Contains(r.stderr, "thinback key remove") {
+		t.Errorf("the message does not say what to do: %s", r.stderr)
+	}
+
+	// A backup under our key: their passphrase, which opens their slot,
+	// is not taken for the store's, so it cannot remove ours.
+	st, err := catalog.OpenStore(store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring, err := keys.Load(keyGroup{Repository: st, ids: map[string]bool{own.ID: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk, _, err := ring.UnlockPassphrase([]byte("our passphrase"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := archive.NewKey(mk.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("our data"), 512)
+	storetest.Write(t, st, &archive.Header{
+		BlockSize: archive.MinBlockSize, Codec: archive.CodecZstd, Hash: archive.HashBLAKE3,
+		VolumeName: "vm1", VolumeSize: int64(len(data)),
+		Snapshot: archive.Snapshot{ID: archive.NewID(), Name: "vm1-snap", Time: time.Now().UTC()}, Tool: "thinback test",
+	}, data, []archive.Extent{{Offset: 0, Length: int64(len(data)), Kind: archive.KindData}}, key)
+	r = noTTY(t, dir, nil, "key", "remove", "--store", store, "--password-file", theirs, own.ID)
+	r.want(t, 14, "key remove of our slot with their passphrase")
+	if !strings.Contains(r.stderr, own.KeyID) {
+		t.Errorf("the message does not name the backups' key: %s", r.stderr)
+	}
+	if n := len(keyList(t, dir, nil, store)); n != 2 {
+		t.Fatalf("%d slots left, want both", n)
+	}
+
+	// Ours removes theirs, saying whose key it wrapped.
+	r = noTTY(t, dir, nil, "key", "remove", "--store", store, "--password-file", ours, planted.ID)
+	r.want(t, 0, "key remove of the planted slot")
+	if !strings.Contains(r.stderr, planted.KeyID) {
+		t.Errorf("the message does not name the planted slot's key: %s", r.stderr)
+	}
+	if s := keyList(t, dir, nil, store); len(s) != 1 || s[0].ID != own.ID {
+		t.Fatalf("slots %+v", s)
+	}
+	noTTY(t, dir, nil, argv("key", "add", "--store", store, "--password-file", ours, "--new-passphrase", "--new-password-file", theirs, cheap)...).
+		want(t, 0, "key add once the planted slot is gone")
 }
