@@ -3,9 +3,11 @@ package s3store
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"maps"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -118,4 +120,42 @@ func TestLockKeySlots(t *testing.T) {
 	if err := unlock(); err != nil {
 		t.Fatal(err)
 	}
+
+	// The lock of a run of this host that was killed is broken by the
+	// next, as a volume's is, saying whose it was.
+	ctx := testCtx(t)
+	h := newHost(t, srv)
+	sh := h.open()
+	unlock, err = sh.LockKeySlots()
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner, _, err := sh.s3.ReadLock(ctx, keySlotsLock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	owner.PID, owner.Token = dead.Process.Pid, "a killed run"
+	data, err := json.Marshal(owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sh.s3.Put(ctx, keySlotsLock, data); err != nil {
+		t.Fatal(err)
+	}
+	h.takeNotes()
+	u, err = h.open().LockKeySlots()
+	if err != nil {
+		t.Fatalf("the lock of a killed run: %v", err)
+	}
+	if notes := strings.Join(h.takeNotes(), "\n"); !strings.Contains(notes, "broke the lock of the key slots") {
+		t.Errorf("notes do not say the key slots' lock was broken:\n%s", notes)
+	}
+	if err := u(); err != nil {
+		t.Fatal(err)
+	}
+	_ = unlock() // lost to the break: its release fails, as it should
 }
