@@ -210,10 +210,10 @@ func openKeySession(ctx context.Context, e *env, c *cli.Context) (*keySession, e
 		}
 	}()
 	if ks.unlock, err = repo.LockKeySlots(); err != nil {
-		return nil, fmt.Errorf("key %s: %w", c.Command.Name, err)
+		return nil, fmt.Errorf("%s: %w", cmdName(c), err)
 	}
 	if ks.ring, err = keys.Load(repo); err != nil {
-		return nil, fmt.Errorf("key %s: %w: the store is not encrypted", c.Command.Name, err)
+		return nil, fmt.Errorf("%s: %w: the store is not encrypted", cmdName(c), err)
 	}
 	ks.mk, ks.slot, err = unlockRing(ctx, e, c, repo, ks.ring)
 	var mixed *keys.MixedKeysError
@@ -272,9 +272,9 @@ func (ks *keySession) unlockMixed(ctx context.Context, e *env, c *cli.Context, m
 	// which key they are under.
 	if id, file, ok := dataKeyID(ks.repo); ok && id != mk.ID() {
 		mk.Destroy()
-		return fmt.Errorf("key %s: the key slots of %s wrap %d master keys, and the secret given opens key %s, but the store's backups are under key %s (%s): "+
+		return fmt.Errorf("%s: the key slots of %s wrap %d master keys, and the secret given opens key %s, but the store's backups are under key %s (%s): "+
 			"open it with a secret of key %s to remove the others' slots; nothing was changed: %w",
-			c.Command.Name, ks.repo, len(mixed.Keys), mk.ID(), id, file, id, keys.ErrWrongKey)
+			cmdName(c), ks.repo, len(mixed.Keys), mk.ID(), id, file, id, keys.ErrWrongKey)
 	}
 	ks.ring, ks.mk, ks.slot = rings[i], mk, slot
 	ks.foreign = map[string]keys.KeyID{}
@@ -313,8 +313,8 @@ func newPassphraseSources(c *cli.Context, e *env) (secret.Sources, error) {
 		Stderr:          e.stderr,
 	}
 	if src.PasswordFile == "" && src.PasswordCommand == "" && src.Prompt == nil {
-		return src, usageError{msg: fmt.Sprintf("key %s: give the new passphrase with --%s or --%s (or run on a terminal to type it twice)",
-			c.Command.Name, newPasswordFileFlag.Name, newPasswordCommandFlag.Name), hint: c.Command.HelpName}
+		return src, usageError{msg: fmt.Sprintf("%s: give the new passphrase with --%s or --%s (or run on a terminal to type it twice)",
+			cmdName(c), newPasswordFileFlag.Name, newPasswordCommandFlag.Name), hint: c.Command.HelpName}
 	}
 	return src, nil
 }

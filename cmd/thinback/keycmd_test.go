@@ -50,6 +50,33 @@ func noTTY(t *testing.T, dir string, env []string, args ...string) result {
 	return r
 }
 
+// noTTYIn is noTTY with standard input from the file stdin.
+func noTTYIn(t *testing.T, dir, stdin string, env []string, args ...string) result {
+	t.Helper()
+	cmd := thinbackCmd(t, dir, args...)
+	cmd.Env = append(cmd.Env, env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	f, err := os.Open(stdin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd.Stdin = f
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	case err != nil:
+		t.Fatal(err)
+	}
+	t.Logf("thinback %s < %s: exit %d\n%s", strings.Join(args, " "), stdin, r.code, r.stdout+r.stderr)
+	return r
+}
+
 func argv(parts ...any) []string {
 	var a []string
 	for _, p := range parts {
@@ -227,11 +254,14 @@ func TestNewStoreOffMachine(t *testing.T) {
 		return names
 	}
 
+	stream := filepath.Join(dir, "full.tbk")
+	noTTY(t, dir, env, "send", "--file", img, "-o", stream).want(t, 0, "send")
 	for _, cmd := range [][]string{
 		{"init", "--store", srv.Location("a")},
 		{"backup", "--file", img, "--store", srv.Location("a")},
+		{"receive", "--store", srv.Location("a")},
 	} {
-		r := noTTY(t, dir, env, cmd...)
+		r := noTTYIn(t, dir, stream, env, cmd...)
 		r.want(t, 2, cmd[0]+" into a new S3 store without --encrypt or --no-encrypt")
 		if !strings.Contains(r.stderr, "--encrypt") || !strings.Contains(r.stderr, "--no-encrypt") {
 			t.Errorf("message does not name the flags: %s", r.stderr)
@@ -249,6 +279,11 @@ func TestNewStoreOffMachine(t *testing.T) {
 	}
 	r := noTTY(t, dir, env, argv("backup", "--file", img, "--store", srv.Location("plain"), "--encrypt", "--password-file", pass, cheap)...)
 	r.want(t, 2, "backup --encrypt into an S3 store of plain backups")
+
+	noTTYIn(t, dir, stream, env, "receive", "--store", srv.Location("received"), "--no-encrypt").want(t, 0, "receive --no-encrypt into a new S3 store")
+	if o := objects("received/volumes"); len(o) != 1 {
+		t.Fatalf("received %q", o)
+	}
 
 	// init --encrypt.
 	r = noTTY(t, dir, env, argv("init", "--store", srv.Location("enc"), "--encrypt", "--password-file", pass, cheap)...)
@@ -316,6 +351,23 @@ func TestKeyCommands(t *testing.T) {
 	// The new passphrase never comes from the unlocking sources.
 	r = noTTY(t, dir, nil, argv("key", "add", "--store", store, "--password-file", p1, "--new-passphrase", cheap)...)
 	r.want(t, 2, "key add --new-passphrase without its source")
+	// One new secret at a time, at a cost within the bounds of a slot.
+	for _, bad := range [][]string{
+		argv("--new-passphrase", "--new-password-file", p2, "--new-key-file", filepath.Join(dir, "k"), cheap),
+		argv(cheap),
+		argv("--new-passphrase", "--new-password-file", p2, "--pbkdf-memory", "4", "--pbkdf-time", "1"),
+		argv("--new-passphrase", "--new-password-file", p2, "--pbkdf-memory", "8", "--pbkdf-time", "65"),
+		argv("--recovery-recipient", "age1notarecipient"),
+	} {
+		r = noTTY(t, dir, nil, argv("key", "add", "--store", store, "--password-file", p1, bad)...)
+		r.want(t, 2, "key add "+strings.Join(bad, " "))
+	}
+	if _, err := os.Stat(filepath.Join(dir, "k")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a refused key add made a key file: %v", err)
+	}
+	if r := noTTY(t, dir, nil, "key"); r.code != 2 || !strings.Contains(r.stderr, "list, add, remove, passwd") {
+		t.Errorf("key without a subcommand: exit %d, %s", r.code, r.stderr)
+	}
 
 	// add: a second passphrase, with a label.
 	noTTY(t, dir, nil, argv("key", "add", "--store", store, "--password-file", p1, "--new-passphrase", "--new-password-file", p2, "--label", "laptop", cheap)...).

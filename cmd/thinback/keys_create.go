@@ -95,11 +95,11 @@ func argon2Params(c *cli.Context) (keys.Argon2Params, error) {
 	p := keys.DefaultArgon2
 	mib, t := c.Uint(pbkdfMemoryFlag.Name), c.Uint(pbkdfTimeFlag.Name)
 	if mib < keys.MinArgon2MemoryKiB>>10 || mib > keys.MaxArgon2MemoryKiB>>10 {
-		return p, usageError{msg: fmt.Sprintf("%s: --%s %d is outside %d to %d MiB", c.Command.Name, pbkdfMemoryFlag.Name, mib,
+		return p, usageError{msg: fmt.Sprintf("%s: --%s %d is outside %d to %d MiB", cmdName(c), pbkdfMemoryFlag.Name, mib,
 			keys.MinArgon2MemoryKiB>>10, keys.MaxArgon2MemoryKiB>>10), hint: c.Command.HelpName}
 	}
 	if t < 1 || t > keys.MaxArgon2Time {
-		return p, usageError{msg: fmt.Sprintf("%s: --%s %d is outside 1 to %d", c.Command.Name, pbkdfTimeFlag.Name, t, keys.MaxArgon2Time),
+		return p, usageError{msg: fmt.Sprintf("%s: --%s %d is outside 1 to %d", cmdName(c), pbkdfTimeFlag.Name, t, keys.MaxArgon2Time),
 			hint: c.Command.HelpName}
 	}
 	p.MemoryKiB, p.Time = uint32(mib<<10), uint32(t)
@@ -123,13 +123,13 @@ func recipients(c *cli.Context) ([]keys.Recipient, error) {
 	for _, t := range text {
 		rs, err := age.ParseRecipients(strings.NewReader(t))
 		if err != nil {
-			return nil, usageError{msg: fmt.Sprintf("%s: recovery recipient: %v: give an age recipient (age1...), as age-keygen -y prints it", c.Command.Name, err),
+			return nil, usageError{msg: fmt.Sprintf("%s: recovery recipient: %v: give an age recipient (age1...), as age-keygen -y prints it", cmdName(c), err),
 				hint: c.Command.HelpName}
 		}
 		for _, r := range rs {
 			kr, ok := r.(keys.Recipient)
 			if !ok {
-				return nil, usageError{msg: fmt.Sprintf("%s: recovery recipient of type %T cannot be written into a key slot: give an age1 recipient", c.Command.Name, r),
+				return nil, usageError{msg: fmt.Sprintf("%s: recovery recipient of type %T cannot be written into a key slot: give an age1 recipient", cmdName(c), r),
 					hint: c.Command.HelpName}
 			}
 			out = append(out, kr)
@@ -171,7 +171,7 @@ func gatherNewKey(ctx context.Context, e *env, c *cli.Context, store string) (*n
 	src := secretSources(c, e)
 	if src.KeyFile != "" || src.Identity != "" {
 		return nil, usageError{msg: fmt.Sprintf("%s: --encrypt makes a new master key, which --%s or --%s cannot open: its first slot is a passphrase (--password-file, --password-command, $%s or typed twice); add --%s for a key file",
-			c.Command.Name, keyFileFlag.Name, recoveryIdentityFlag.Name, secret.PasswordEnv, newKeyFileFlag.Name), hint: c.Command.HelpName}
+			cmdName(c), keyFileFlag.Name, recoveryIdentityFlag.Name, secret.PasswordEnv, newKeyFileFlag.Name), hint: c.Command.HelpName}
 	}
 	if nk.passphrase, err = src.NewPassphrase(ctx, "New passphrase for "+store+": "); err != nil {
 		return nil, fmt.Errorf("the passphrase of the new store %s: %w", store, err)
@@ -187,7 +187,7 @@ func gatherNewKey(ctx context.Context, e *env, c *cli.Context, store string) (*n
 func (n *newStore) open(ctx context.Context, e *env, dir string) (catalog.Repository, error) {
 	c := n.c
 	if n.encrypt && n.noEncrypt {
-		return nil, usageError{msg: fmt.Sprintf("%s: give --%s or --%s, not both", c.Command.Name, encryptFlag.Name, noEncryptFlag.Name)}
+		return nil, usageError{msg: fmt.Sprintf("%s: give --%s or --%s, not both", cmdName(c), encryptFlag.Name, noEncryptFlag.Name)}
 	}
 	repo, err := openStoreAt(ctx, e, dir, false)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, s3store.ErrNotStore) {
@@ -204,7 +204,7 @@ func (n *newStore) open(ctx context.Context, e *env, dir string) (catalog.Reposi
 			return nil, usageError{msg: fmt.Sprintf("%s: %s holds no store yet, and a store off this machine is made only when asked how: "+
 				"give --%s (its backups encrypted under a key slot's passphrase, key file or recovery identity) "+
 				"or --%s (in the clear: whoever reads the bucket reads every volume, and whoever writes to it can change what restore writes)",
-				c.Command.Name, dir, encryptFlag.Name, noEncryptFlag.Name)}
+				cmdName(c), dir, encryptFlag.Name, noEncryptFlag.Name)}
 		}
 		if n.encrypt {
 			if nk, err = gatherNewKey(ctx, e, c, dir); err != nil {
@@ -233,7 +233,7 @@ func (n *newStore) apply(ctx context.Context, e *env, repo catalog.Repository, n
 	switch {
 	case len(slots) > 0 && n.noEncrypt:
 		return usageError{msg: fmt.Sprintf("%s: store %s is encrypted (it has %d key slots): --%s cannot make it plain; leave the flag out",
-			c.Command.Name, repo, len(slots), noEncryptFlag.Name)}
+			cmdName(c), repo, len(slots), noEncryptFlag.Name)}
 	case len(slots) > 0 && n.encrypt && n.init:
 		return fmt.Errorf("init --%s: store %s: %w (%d): nothing was changed; add a slot with thinback key add", encryptFlag.Name, repo, keys.ErrExist, len(slots))
 	case len(slots) > 0 || !n.encrypt:
@@ -278,7 +278,7 @@ func refuseBackups(c *cli.Context, repo catalog.Repository) error {
 	}
 	if n > 0 {
 		return usageError{msg: fmt.Sprintf("%s: store %s already holds %d unencrypted backups, and a chain is all plain or all encrypted: "+
-			"make a new store for encrypted backups (thinback init --store NEW --%s); nothing was changed", c.Command.Name, repo, n, encryptFlag.Name)}
+			"make a new store for encrypted backups (thinback init --store NEW --%s); nothing was changed", cmdName(c), repo, n, encryptFlag.Name)}
 	}
 	return nil
 }
@@ -376,3 +376,6 @@ func sayKey(e *env, repo catalog.Repository, id keys.KeyID, made []*keys.Slot, k
 	}
 	printable.Sayf(e.stderr, "keep the passphrase, and any recovery identity, offline and away from the store: lose every slot's secret and the backups are lost")
 }
+
+// cmdName names the command running in messages: "init", "key add".
+func cmdName(c *cli.Context) string { return strings.TrimPrefix(c.Command.HelpName, "thinback ") }
