@@ -51,6 +51,8 @@ type env struct {
 	// create says how the command running makes a new store (nil: a
 	// command without --encrypt and --no-encrypt).
 	create *newStore
+	// made is the key of the store the command made encrypted, if any.
+	made *madeKey
 }
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -22,6 +23,7 @@ import (
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3/s3test"
 	"github.com/thinback/thinback/cmd/internal/storetest"
+	"github.com/urfave/cli/v2"
 )
 
 // cheap makes passphrase slots with Argon2id's least cost, so the tests
@@ -557,4 +559,42 @@ func TestKeyRemoveForeign(t *testing.T) {
 	}
 	noTTY(t, dir, nil, argv("key", "add", "--store", store, "--password-file", ours, "--new-passphrase", "--new-password-file", theirs, cheap)...).
 		want(t, 0, "key add once the planted slot is gone")
+}
+
+// TestFirstBackupKey: a command that makes a store encrypted (a first
+// backup with --encrypt) writes with the key it made: storeKey does not
+// ask for the passphrase again (here it would get a wrong one).
+func TestFirstBackupKey(t *testing.T) {
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	t.Setenv("THINBACK_PASSWORD", "the new store's")
+	var stderr bytes.Buffer
+	e := &env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: &stderr}
+	var got *archive.Key
+	cmd := &cli.Command{Name: "backup", Flags: []cli.Flag{storeFlag}, Action: func(c *cli.Context) error {
+		repo, err := openStore(c.Context, e, c.String(storeFlag.Name), true)
+		if err != nil {
+			return err
+		}
+		defer closeStore(e, repo)
+		t.Setenv("THINBACK_PASSWORD", "wrong")
+		got, err = storeKey(c.Context, e, c, repo)
+		return err
+	}}
+	addCreateFlags(e, cmd)
+	app := &cli.App{Commands: []*cli.Command{cmd}, ExitErrHandler: func(*cli.Context, error) {}}
+	if err := app.Run(argv("thinback", "backup", "--store", store, "--encrypt", cheap)); err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	st, err := catalog.OpenStore(store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring, err := keys.Load(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got == nil || len(ring.Slots()) != 1 || got.ID() != ring.Slots()[0].KeyID {
+		t.Fatalf("storeKey gave key %v, the store's slots %+v", got, ring.Slots())
+	}
 }

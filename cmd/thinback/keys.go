@@ -69,6 +69,9 @@ func ttyPrompt(path, prompt string) ([]byte, error) {
 // key slots (unencrypted). A secret that opens no slot, or none given, is
 // exit 14.
 func storeKey(ctx context.Context, e *env, c *cli.Context, repo catalog.Repository) (*archive.Key, error) {
+	if e.made != nil && e.made.store == repo.String() {
+		return e.made.key, nil // made by this command (--encrypt)
+	}
 	ring, err := keys.Load(repo)
 	if errors.Is(err, keys.ErrNoSlots) {
 		return nil, nil

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"filippo.io/age"
+	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/archive/keys"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3"
@@ -343,7 +344,19 @@ func initStoreKey(e *env, repo catalog.Repository, nk *newKey) error {
 		made = append(made, s)
 	}
 	sayKey(e, repo, mk.ID(), made, nk.keyFile)
+	// The command goes on to write with the key (a first backup or
+	// receive): storeKey gives it this one rather than ask for the
+	// passphrase a third time.
+	if k, err := archive.NewKey(mk.Bytes()); err == nil {
+		e.made = &madeKey{store: repo.String(), key: k}
+	}
 	return nil
+}
+
+// madeKey is the key of a store this command made encrypted.
+type madeKey struct {
+	store string
+	key   *archive.Key
 }
 
 func recoverySlots(mk *keys.MasterKey, rs []keys.Recipient) ([]*keys.Slot, error) {
