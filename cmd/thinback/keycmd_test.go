@@ -226,6 +226,27 @@ func TestInitEncrypt(t *testing.T) {
 	if !strings.Contains(r.stderr, store) || !strings.Contains(r.stderr, "is encrypted") {
 		t.Errorf("message: %s", r.stderr)
 	}
+	// --encrypt on an encrypted store is what it is already; a new
+	// slot's option there adds nothing, and says so.
+	r = noTTY(t, dir, nil, "backup", "--file", img, "--store", store, "--encrypt", "--password-file", pass, "--new-key-file", "late.key")
+	r.want(t, 0, "backup --encrypt into an encrypted store")
+	if !strings.Contains(r.stderr, "nothing was added") {
+		t.Errorf("backup --new-key-file into an encrypted store did not warn: %s", r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "late.key")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a key file was made: %v", err)
+	}
+	// The options of a new key without --encrypt: refused, not ignored.
+	for _, opt := range [][]string{{"--new-key-file", "k2"}, {"--recovery-recipient", "age1x"}, {"--pbkdf-memory", "8"}} {
+		r = noTTY(t, dir, nil, argv("init", "--store", "forgot", "--password-file", pass, opt)...)
+		r.want(t, 2, "init "+opt[0]+" without --encrypt")
+		if !strings.Contains(r.stderr, "--encrypt") {
+			t.Errorf("message: %s", r.stderr)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "forgot")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a store was made: %v", err)
+	}
 	// A local directory stays plain without --encrypt.
 	noTTY(t, dir, nil, "init", "--store", "local").want(t, 0, "init of a local store")
 	if _, err := os.Stat(filepath.Join(dir, "local", "keys")); !errors.Is(err, fs.ErrNotExist) {

@@ -190,6 +190,15 @@ func (n *newStore) open(ctx context.Context, e *env, dir string) (catalog.Reposi
 	if n.encrypt && n.noEncrypt {
 		return nil, usageError{msg: fmt.Sprintf("%s: give --%s or --%s, not both", cmdName(c), encryptFlag.Name, noEncryptFlag.Name)}
 	}
+	// Without --encrypt they would be ignored, and the store made plain
+	// by someone who believes it encrypted.
+	if !n.encrypt {
+		for _, f := range []cli.Flag{newKeyFileFlag, recoveryRecipientFlag, recoveryRecipientFileFlag, pbkdfMemoryFlag, pbkdfTimeFlag, labelFlag} {
+			if name := f.Names()[0]; c.IsSet(name) {
+				return nil, usageError{msg: fmt.Sprintf("%s: --%s is for a store made encrypted: add --%s (or, for a store that is, thinback key add)", cmdName(c), name, encryptFlag.Name)}
+			}
+		}
+	}
 	repo, err := openStoreAt(ctx, e, dir, false)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, s3store.ErrNotStore) {
 		return nil, err
@@ -237,7 +246,14 @@ func (n *newStore) apply(ctx context.Context, e *env, repo catalog.Repository, n
 			cmdName(c), repo, len(slots), noEncryptFlag.Name)}
 	case len(slots) > 0 && n.encrypt && n.init:
 		return fmt.Errorf("init --%s: store %s: %w (%d): nothing was changed; add a slot with thinback key add", encryptFlag.Name, repo, keys.ErrExist, len(slots))
-	case len(slots) > 0 || !n.encrypt:
+	case len(slots) > 0 && n.encrypt:
+		for _, f := range []cli.Flag{newKeyFileFlag, recoveryRecipientFlag, recoveryRecipientFileFlag} {
+			if name := f.Names()[0]; c.IsSet(name) {
+				warn(e, "--%s makes a slot of a new store, and %s is encrypted already: nothing was added (thinback key add adds a slot)", name, repo)
+			}
+		}
+		return nil
+	case !n.encrypt:
 		return nil
 	}
 	if err := refuseBackups(c, repo); err != nil {
