@@ -441,6 +441,24 @@ func TestKeyCommands(t *testing.T) {
 		t.Fatalf("slots %+v", s)
 	}
 
+	// A damaged slot is listed with what is wrong, and can be removed.
+	writeFile(t, filepath.Join(store, "keys", "00112233445566ff"), `{"slot":{},"wrapped":"","sha256":""}`, 0o600)
+	var damaged *listedSlot
+	for _, s := range keyList(t, dir, nil, store) {
+		if s.ID == "00112233445566ff" {
+			damaged = &s
+		}
+	}
+	if damaged == nil || !strings.Contains(damaged.Error, "damaged") {
+		t.Fatalf("key list --json: the damaged slot %+v", damaged)
+	}
+	r = noTTY(t, dir, nil, "key", "list", "--store", store)
+	r.want(t, 0, "key list")
+	if !strings.Contains(r.stdout, "00112233445566ff  damaged") || !strings.Contains(r.stdout, first.ID+"  passphrase") {
+		t.Errorf("key list:\n%s", r.stdout)
+	}
+	noTTY(t, dir, nil, "key", "remove", "--store", store, "--password-file", p1, "00112233445566ff").want(t, 0, "key remove of the damaged slot")
+
 	// Another thinback changing the slots: exit 9, nothing changed.
 	st, err := catalog.OpenStore(store)
 	if err != nil {
