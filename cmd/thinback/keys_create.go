@@ -109,10 +109,7 @@ func argon2Params(c *cli.Context) (keys.Argon2Params, error) {
 
 // recipients reads --recovery-recipient and --recovery-recipient-file.
 func recipients(c *cli.Context) ([]keys.Recipient, error) {
-	var text []string
-	for _, r := range c.StringSlice(recoveryRecipientFlag.Name) {
-		text = append(text, r)
-	}
+	text := c.StringSlice(recoveryRecipientFlag.Name)
 	if path := c.String(recoveryRecipientFileFlag.Name); path != "" {
 		b, err := os.ReadFile(path)
 		if err != nil {
