@@ -21,7 +21,9 @@ import (
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/archive/keys"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/catalog/s3"
 	"github.com/thinback/thinback/catalog/s3/s3test"
+	"github.com/thinback/thinback/catalog/s3store"
 	"github.com/thinback/thinback/cmd/internal/storetest"
 	"github.com/urfave/cli/v2"
 )
@@ -333,6 +335,31 @@ func TestNewStoreOffMachine(t *testing.T) {
 	r.want(t, 14, "key add with a wrong passphrase")
 	r = noTTY(t, dir, append(env, "THINBACK_PASSWORD=from the environment"), "key", "add", "--store", srv.Location("first"), "--new-key-file", filepath.Join(dir, "k"))
 	r.want(t, 0, "key add with the passphrase the first backup was given")
+
+	// The key slots' lock object: held by another, exit 9, nothing
+	// changed.
+	other, err := s3store.Open(context.Background(), s3.Location{Insecure: true, Host: srv.Addr, Bucket: srv.Bucket, Prefix: "first"},
+		&s3store.Options{S3: s3.Options{AccessKey: s3test.AccessKey, SecretKey: s3test.SecretKey, Region: "us-east-1", Lookup: s3.LookupPath},
+			Cache: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	unlock, err := other.LockKeySlots()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = noTTY(t, dir, env, "key", "remove", "--store", srv.Location("first"), "--key-file", filepath.Join(dir, "k"), s[0].ID)
+	r.want(t, 9, "key remove while another holds the key slots' lock")
+	if !strings.Contains(r.stderr, "key slots") {
+		t.Errorf("message: %s", r.stderr)
+	}
+	if err := unlock(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(keyList(t, dir, env, srv.Location("first"))); n != 2 {
+		t.Fatalf("%d slots, want 2", n)
+	}
 }
 
 // TestKeyCommands: key add, list, passwd and remove round trips on a
@@ -517,8 +544,18 @@ func TestKeyRecovery(t *testing.T) {
 	}
 	// The new passphrase opens the store.
 	noTTY(t, dir, nil, "key", "add", "--store", store, "--password-file", fresh, "--new-key-file", filepath.Join(dir, "cron.key")).want(t, 0, "key add with the new passphrase")
+	// passwd opened by another kind of slot changes the only passphrase
+	// slot.
+	again := writeFile(t, filepath.Join(dir, "again"), "changed once more\n", 0o600)
+	noTTY(t, dir, nil, argv("key", "passwd", "--store", store, "--key-file", filepath.Join(dir, "cron.key"), "--new-password-file", again, cheap)...).
+		want(t, 0, "key passwd with the key file")
+	noTTY(t, dir, nil, "key", "add", "--store", store, "--password-file", fresh, "--new-key-file", filepath.Join(dir, "x.key")).want(t, 14, "the passphrase passwd replaced")
+	if _, err := os.Stat(filepath.Join(dir, "x.key")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a refused key add left its key file: %v", err)
+	}
+	noTTY(t, dir, nil, "key", "add", "--store", store, "--password-file", again, "--new-key-file", filepath.Join(dir, "x.key")).want(t, 0, "the passphrase passwd set")
 	slots := keyList(t, dir, nil, store)
-	if len(slots) != 3 {
+	if len(slots) != 4 {
 		t.Fatalf("slots %+v", slots)
 	}
 	for _, s := range slots {
