@@ -185,7 +185,7 @@ func singular(bucket string) string { return strings.TrimSuffix(bucket, "s") }
 // LockedError reports a volume whose lock is held elsewhere. A cron job
 // that finds the previous run still going should exit with a distinct code.
 type LockedError struct {
-	Volume string
+	Volume string // "" for the lock of the store's key slots (LockKeySlots)
 	Path   string // the lock file
 	PID    int    // the holder's pid as written in the lock file; 0 if unknown
 }
@@ -194,6 +194,9 @@ func (e *LockedError) Error() string {
 	holder := ""
 	if e.PID > 0 {
 		holder = fmt.Sprintf("pid %d, ", e.PID)
+	}
+	if e.Volume == "" {
+		return fmt.Sprintf("the key slots of the store are being changed by another thinback process (%slock file %s): try again when it is done", holder, e.Path)
 	}
 	return fmt.Sprintf("volume %q is locked by another thinback process (%slock file %s)", e.Volume, holder, e.Path)
 }

@@ -27,6 +27,9 @@ type KeySlots interface {
 	PutKeySlot(id string, data []byte) error
 	// RemoveKeySlot deletes a slot object (ErrNotFound if there is none).
 	RemoveKeySlot(id string) error
+	// LockKeySlots takes the lock of the store's key slots, held by a
+	// command while it changes them (ErrLocked when another holds it).
+	LockKeySlots() (unlock func() error, err error)
 }
 
 // MaxKeySlotSize bounds a key slot object: a larger one is refused when

@@ -56,9 +56,27 @@ func (s *Store) LockVolume(volume string) (unlock func() error, err error) {
 	if err := ValidVolumeName(volume); err != nil {
 		return nil, err
 	}
-	path := s.lockPath(volume)
+	return lockFile(s.lockPath(volume), volume, fmt.Sprintf("lock volume %q", volume))
+}
+
+// keySlotsLock is the lock file of the key slots in locks/. DirName
+// escapes a leading dot, so no volume's lock file has this name.
+const keySlotsLock = ".keys.lock"
+
+// LockKeySlots takes the lock of the store's key slots without waiting,
+// as LockVolume takes a volume's (the same flock, on locks/.keys.lock):
+// commands that change the slots hold it, so two of them never each
+// remove a slot the other counted on, or make two master keys. When it is
+// held the error is a LockedError with no Volume (errors.Is ErrLocked).
+func (s *Store) LockKeySlots() (unlock func() error, err error) {
+	return lockFile(filepath.Join(s.dir, "locks", keySlotsLock), "", "lock the key slots")
+}
+
+// lockFile takes the flock of the lock file path for volume ("" for the
+// key slots); what says what for the messages.
+func lockFile(path, volume, what string) (unlock func() error, err error) {
 	if _, err := OwnDir(filepath.Dir(path), true); err != nil {
-		return nil, fmt.Errorf("catalog: lock volume %q: %w", volume, noSpace(path, err))
+		return nil, fmt.Errorf("catalog: %s: %w", what, noSpace(path, err))
 	}
 	held.Lock()
 	defer held.Unlock()
@@ -69,7 +87,7 @@ func (s *Store) LockVolume(volume string) (unlock func() error, err error) {
 	for {
 		f, err = OpenOwn(path, os.O_RDWR|os.O_CREATE, 0o600)
 		if err != nil {
-			return nil, fmt.Errorf("catalog: lock volume %q: %w", volume, noSpace(path, err))
+			return nil, fmt.Errorf("catalog: %s: %w", what, noSpace(path, err))
 		}
 		at("lock:opened")
 		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
@@ -78,12 +96,12 @@ func (s *Store) LockVolume(volume string) (unlock func() error, err error) {
 			if errors.Is(err, unix.EWOULDBLOCK) {
 				return nil, &LockedError{Volume: volume, Path: path, PID: pid}
 			}
-			return nil, fmt.Errorf("catalog: lock volume %q: flock %s: %w", volume, path, err)
+			return nil, fmt.Errorf("catalog: %s: flock %s: %w", what, path, err)
 		}
 		same, err := stillNamed(f, path)
 		if err != nil {
 			_ = f.Close()
-			return nil, fmt.Errorf("catalog: lock volume %q: %w", volume, err)
+			return nil, fmt.Errorf("catalog: %s: %w", what, err)
 		}
 		if same {
 			break

@@ -109,3 +109,45 @@ func TestLockVolumeSameProcess(t *testing.T) {
 		t.Error("empty volume name locked")
 	}
 }
+
+// The key slots have a lock of their own, which no volume's lock is,
+// even that of a volume named like its file.
+func TestLockKeySlots(t *testing.T) {
+	ts := newTestStore(t)
+	unlock, err := ts.LockKeySlots()
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := OpenStore(ts.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = again.LockKeySlots()
+	var le *LockedError
+	if !errors.Is(err, ErrLocked) || !errors.As(err, &le) {
+		t.Fatalf("second LockKeySlots: %v, want a LockedError", err)
+	}
+	lockFile := filepath.Join(ts.Dir(), "locks", ".keys.lock")
+	if le.Volume != "" || le.Path != lockFile || !strings.Contains(err.Error(), "key slots") {
+		t.Errorf("LockedError = %+v (%v), want the key slots' lock file %s", le, err, lockFile)
+	}
+	for _, volume := range []string{".keys", "keys"} {
+		u, err := ts.LockVolume(volume)
+		if err != nil {
+			t.Fatalf("volume %q while the key slots are locked: %v", volume, err)
+		}
+		if err := u(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unlock(); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err = again.LockKeySlots()
+	if err != nil {
+		t.Fatalf("relock: %v", err)
+	}
+	if err := unlock(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -113,3 +113,8 @@ func (r *ReadOnly) PutKeySlot(string, []byte) error { return r.readOnly("store a
 
 // RemoveKeySlot is refused (ErrReadOnly).
 func (r *ReadOnly) RemoveKeySlot(string) error { return r.readOnly("remove a key slot") }
+
+// LockKeySlots is refused (ErrReadOnly): the lock is for writers.
+func (r *ReadOnly) LockKeySlots() (func() error, error) {
+	return nil, r.readOnly("lock the key slots")
+}

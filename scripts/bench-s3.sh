@@ -70,9 +70,9 @@ echo "image $size ($bytes bytes): 1/2 random, 1/4 text, 1/4 zeroes; $(nproc) CPU
 # Each backup goes into a new store, so each is a full of the same image.
 # ($$ is each run's own shell: a new store each time.)
 read -r t_bl m_bl < <(best sh -c "'$TB' backup --quiet --file '$img' --volume vol --store '$W'/dir\$\$")
-read -r t_bs m_bs < <(best sh -c "'$TB' backup --quiet --file '$img' --volume vol --store '$S3'/b\$\$")
+read -r t_bs m_bs < <(best sh -c "'$TB' backup --quiet --file '$img' --volume vol --store '$S3'/b\$\$ --no-encrypt")
 "$TB" backup --quiet --file "$img" --volume vol --store "$W/dir"
-"$TB" backup --quiet --file "$img" --volume vol --store "$S3/main"
+"$TB" backup --quiet --file "$img" --volume vol --store "$S3/main" --no-encrypt
 stored=$(du -cb "$W"/dir/volumes/*/*.tbk | tail -1 | cut -f1)
 rm -rf "$W"/dir[0-9]*
 
@@ -100,7 +100,7 @@ small="$W/small.img"
 head -c 1M /dev/urandom >"$small"
 for i in $(seq "$snaps"); do
 	printf '%08d' "$i" | dd of="$small" bs=1 seek=$((i % 1000 * 8)) conv=notrunc status=none
-	"$TB" backup --quiet --file "$small" --volume many --store "$S3/many"
+	"$TB" backup --quiet --file "$small" --volume many --store "$S3/many" --no-encrypt
 done
 read -r t_cold m_cold < <(PREP='rm -rf "$THINBACK_CACHE"' best "$TB" list --store "$S3/many")
 read -r t_warm m_warm < <(best "$TB" list --store "$S3/many")

@@ -48,7 +48,7 @@ func (e *NotStoreError) Is(target error) bool { return target == ErrNotStore }
 // request (Options.BreakStaleLocks); that of a process of this host that
 // provably no longer runs (Gone) is broken by LockVolume itself.
 type LockedError struct {
-	Volume string
+	Volume string // "" for the lock of the key slots (LockKeySlots)
 	Store  string
 	Object string
 	Owner  s3.Owner
@@ -62,7 +62,11 @@ type LockedError struct {
 
 func (e *LockedError) Error() string {
 	msg := fmt.Sprintf("volume %q of store %s is locked by %s (lock object %s)", e.Volume, e.Store, e.Owner, e.Object)
-	const breakIt = ": if no thinback of that host still works on the volume, break it (thinback --break-stale-lock)"
+	breakIt := ": if no thinback of that host still works on the volume, break it (thinback --break-stale-lock)"
+	if e.Volume == "" {
+		msg = fmt.Sprintf("the key slots of store %s are being changed by %s (lock object %s)", e.Store, e.Owner, e.Object)
+		breakIt = ": if no thinback of that host still changes them, break it (thinback --break-stale-lock)"
+	}
 	switch {
 	case e.Gone:
 		msg += "; " + e.Why + ": the lock is stale, left by a run that was killed"

@@ -2,6 +2,7 @@ package s3store
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -81,4 +82,33 @@ func (s *Store) RemoveKeySlot(id string) error {
 		return err
 	}
 	return s.s3.Delete(s.ctx, keysDir+id)
+}
+
+// keySlotsLock is the lock object of the key slots. DirName escapes a
+// leading dot, so no volume's lock object has this name.
+const keySlotsLock = locksDir + ".keys.lock"
+
+// LockKeySlots takes the lock object of the store's key slots, as
+// LockVolume takes a volume's (renewed while held; a lock of this host's
+// killed run is broken, a stale one only with Options.BreakStaleLocks).
+// Commands that change the slots hold it. When it is held the error is a
+// *LockedError with no Volume (catalog.ErrLocked).
+func (s *Store) LockKeySlots() (unlock func() error, err error) {
+	l, err := s.s3.Lock(s.ctx, keySlotsLock, s.opts.LockTTL)
+	var le *s3.LockedError
+	if errors.As(err, &le) {
+		e := s.lockedError("", le)
+		if !e.Gone && !((e.Stale || e.Dead) && s.opts.BreakStaleLocks) {
+			return nil, e
+		}
+		l, err = s.breakLock(e)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return func() error {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), releaseTimeout)
+		defer cancel()
+		return l.Release(ctx)
+	}, nil
 }

@@ -3,9 +3,12 @@ package s3store
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"maps"
+	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/minio/minio-go/v7"
@@ -80,4 +83,79 @@ func TestKeySlots(t *testing.T) {
 	if _, err := st.KeySlots(); !errors.Is(err, s3.ErrTooLarge) {
 		t.Fatalf("slots with a big object: %v", err)
 	}
+}
+
+// The key slots' lock object: one holder at a time, across hosts, and
+// apart from every volume's lock.
+func TestLockKeySlots(t *testing.T) {
+	srv := s3test.Start(t)
+	st := newHost(t, srv).open()
+	other := newHost(t, srv).open()
+	unlock, err := st.LockKeySlots()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = other.LockKeySlots()
+	var le *LockedError
+	if !errors.Is(err, catalog.ErrLocked) || !errors.As(err, &le) || le.Volume != "" || le.Object != "locks/.keys.lock" {
+		t.Fatalf("second LockKeySlots: %v, want a LockedError of the key slots", err)
+	}
+	if !strings.Contains(err.Error(), "key slots") {
+		t.Errorf("message %q does not say the key slots", err)
+	}
+	u, err := other.LockVolume(".keys")
+	if err != nil {
+		t.Fatalf("a volume named .keys while the key slots are locked: %v", err)
+	}
+	if err := u(); err != nil {
+		t.Fatal(err)
+	}
+	if err := unlock(); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err = other.LockKeySlots()
+	if err != nil {
+		t.Fatalf("lock after release: %v", err)
+	}
+	if err := unlock(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The lock of a run of this host that was killed is broken by the
+	// next, as a volume's is, saying whose it was.
+	ctx := testCtx(t)
+	h := newHost(t, srv)
+	sh := h.open()
+	unlock, err = sh.LockKeySlots()
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner, _, err := sh.s3.ReadLock(ctx, keySlotsLock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	owner.PID, owner.Token = dead.Process.Pid, "a killed run"
+	data, err := json.Marshal(owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sh.s3.Put(ctx, keySlotsLock, data); err != nil {
+		t.Fatal(err)
+	}
+	h.takeNotes()
+	u, err = h.open().LockKeySlots()
+	if err != nil {
+		t.Fatalf("the lock of a killed run: %v", err)
+	}
+	if notes := strings.Join(h.takeNotes(), "\n"); !strings.Contains(notes, "broke the lock of the key slots") {
+		t.Errorf("notes do not say the key slots' lock was broken:\n%s", notes)
+	}
+	if err := u(); err != nil {
+		t.Fatal(err)
+	}
+	_ = unlock() // lost to the break: its release fails, as it should
 }

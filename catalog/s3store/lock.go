@@ -137,10 +137,14 @@ func (s *Store) breakLock(e *LockedError) (*s3.Lock, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w; breaking it failed: %w", e, err)
 	}
+	what := "volume " + e.Volume
+	if e.Volume == "" {
+		what = "the key slots"
+	}
 	if e.Gone {
-		s.notify("warning: broke the lock of volume %s held by %s: %s on this host, so the run that held it was killed", e.Volume, owner, e.Why)
+		s.notify("warning: broke the lock of %s held by %s: %s on this host, so the run that held it was killed", what, owner, e.Why)
 	} else {
-		s.notify("broke the stale lock of volume %s held by %s", e.Volume, owner)
+		s.notify("broke the stale lock of %s held by %s", what, owner)
 	}
 	l, err := s.s3.Lock(s.ctx, e.Object, s.opts.LockTTL)
 	var le *s3.LockedError

@@ -48,6 +48,11 @@ type env struct {
 	s3             s3Config // the S3 store options of the command running
 	// tty is the terminal a passphrase is asked at ("": never ask).
 	tty string
+	// create says how the command running makes a new store (nil: a
+	// command without --encrypt and --no-encrypt).
+	create *newStore
+	// made is the key of the store the command made encrypted, if any.
+	made *madeKey
 }
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
@@ -104,10 +109,12 @@ func newAppEnv(e *env) *cli.App {
 			verifyCommand(e),
 			catalogCommand(e),
 			inspectCommand(e),
+			keyCommand(e),
 		},
 	}
 	for _, cmd := range app.Commands {
 		addStoreFlags(e, cmd)
+		addCreateFlags(e, cmd)
 		usageErrors(cmd, "thinback "+cmd.Name)
 	}
 	return app

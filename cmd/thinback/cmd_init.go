@@ -10,7 +10,19 @@ func initCommand(e *env) *cli.Command {
 		Name:  "init",
 		Usage: "create a backup store (optional: the first backup or receive creates it)",
 		Description: "Creates DIR/catalog.db, DIR/volumes/, DIR/tmp/ and DIR/locks/. An existing store is\n" +
-			"left as it is.",
+			"left as it is.\n\n" +
+			"With --encrypt, the store's backups are encrypted: a new random master key, kept only\n" +
+			"wrapped in key slots, the first opened by a passphrase (from --password-file,\n" +
+			"--password-command or $THINBACK_PASSWORD, or typed twice); --new-key-file also makes a\n" +
+			"key file for cron (--key-file), --recovery-recipient a slot an age identity kept offline\n" +
+			"opens. The master key id is printed: thinback key list shows it again. Refused for a store\n" +
+			"that has key slots already (thinback key add) or holds unencrypted backups (make a new\n" +
+			"store). A store on S3 is made only with --encrypt or --no-encrypt; a directory is plain\n" +
+			"unless --encrypt is given. The first backup or receive into a new store takes the same flags.\n\n" +
+			"Exit codes: 0 made (or there already), 1 the store has key slots already or the key file\n" +
+			"exists, 2 bad command line (a new S3 store without --encrypt or --no-encrypt, --encrypt on\n" +
+			"a store with plain backups), 9 another thinback is changing the key slots, 14 no passphrase\n" +
+			"given and no terminal to type it at.",
 		Flags: []cli.Flag{storeFlag},
 		Action: func(c *cli.Context) error {
 			if _, err := args(c, 0, 0, "takes no arguments: give the store with --store DIR"); err != nil {

@@ -44,7 +44,8 @@ const (
 const exitCodesHelp = `EXIT CODES:
    0    success
    1    error not listed below (I/O error, missing file...)
-   2    bad command line
+   2    bad command line; a new store on S3 without --encrypt or
+        --no-encrypt
    3    a delta file is damaged, truncated or not a delta file, or a
         store's file is not the one its catalog records (another
         snapshot's or volume's), refused before anything is written; or
@@ -63,7 +64,8 @@ const exitCodesHelp = `EXIT CODES:
         damaged pool metadata
    8    the thin pool's metadata snapshot is held by another program or a
         killed run (see --release-stale-metadata-snap)
-   9    another thinback is working on the same volume or catalog
+   9    another thinback is working on the same volume or catalog, or
+        changing the same store's key slots
    10   verify found problems
    11   no space left on a device, or a file larger than its filesystem
         allows (FAT's 4 GiB), or an S3 bucket's quota is exhausted

@@ -69,6 +69,9 @@ func ttyPrompt(path, prompt string) ([]byte, error) {
 // key slots (unencrypted). A secret that opens no slot, or none given, is
 // exit 14.
 func storeKey(ctx context.Context, e *env, c *cli.Context, repo catalog.Repository) (*archive.Key, error) {
+	if e.made != nil && e.made.store == repo.String() {
+		return e.made.key, nil // made by this command (--encrypt)
+	}
 	ring, err := keys.Load(repo)
 	if errors.Is(err, keys.ErrNoSlots) {
 		return nil, nil
@@ -76,17 +79,28 @@ func storeKey(ctx context.Context, e *env, c *cli.Context, repo catalog.Reposito
 	if err != nil {
 		return nil, fmt.Errorf("key slots of %s: %w", repo, err)
 	}
-	mk, slot, err := secret.Unlock(ctx, ring, secretSources(c, e), repo.String())
+	mk, _, err := unlockRing(ctx, e, c, repo, ring)
 	if err != nil {
 		return nil, err
 	}
 	defer mk.Destroy()
+	return archive.NewKey(mk.Bytes())
+}
+
+// unlockRing opens the master key of repo's key slots with the secret
+// the command was given, as storeKey does; the key commands need the
+// slot it came from too. The caller destroys the key.
+func unlockRing(ctx context.Context, e *env, c *cli.Context, repo catalog.Repository, ring *keys.Ring) (*keys.MasterKey, *keys.Slot, error) {
+	mk, slot, err := secret.Unlock(ctx, ring, secretSources(c, e), repo.String())
+	if err != nil {
+		return nil, nil, err
+	}
 	if slot.Type == keys.TypeRecovery {
 		// Anyone who can write to the store can add a recovery slot
 		// wrapping a key of their own: the user checks the id.
 		printable.Sayf(e.stderr, "thinback: unlocked %s with recovery slot %s: master key id %s (check that it is the id thinback key list showed for this store)", repo, slot.ID, mk.ID())
 	}
-	return archive.NewKey(mk.Bytes())
+	return mk, slot, nil
 }
 
 // fileKey returns the key for delta files read or written outside a

@@ -179,6 +179,7 @@ func TestKillAnywhereS3(t *testing.T) {
 	srv := s3test.Start(t)
 	dir := t.TempDir()
 	setS3Env(t, srv, filepath.Join(dir, "cache"))
+	run(t, dir, "init", "--store", srv.Location("kill"), "--no-encrypt")
 	killAnywhere(t, dir, srv.Location("kill"), "--break-stale-lock")
 	if ups := srv.Uploads(srv.Bucket); len(ups) > 0 {
 		t.Errorf("unfinished uploads left after the last backup: %q", ups)
@@ -249,14 +250,16 @@ func TestS3ConcurrentBackups(t *testing.T) {
 	storeB := srv.Location("two")
 
 	a := make(chan result, 1)
-	go func() { a <- thinbackEnv(t, dir, hostA, "backup", "--store", storeA, "--file", "disk.img") }()
+	go func() {
+		a <- thinbackEnv(t, dir, hostA, "backup", "--store", storeA, "--file", "disk.img", "--no-encrypt")
+	}()
 	select {
 	case <-reached:
 	case r := <-a:
 		close(gate)
 		t.Fatalf("the first backup ended before its commit: exit %d\n%s", r.code, r.stderr)
 	}
-	b := thinbackEnv(t, dir, hostB, "backup", "--store", storeB, "--file", "disk.img")
+	b := thinbackEnv(t, dir, hostB, "backup", "--store", storeB, "--file", "disk.img", "--no-encrypt")
 	b.want(t, exitLocked, "second backup of one volume")
 	if !strings.Contains(b.stderr, "locked by") || !strings.Contains(b.stderr, "locks/disk.img.lock") {
 		t.Errorf("the lock error names neither the holder nor the lock object:\n%s", b.stderr)
@@ -290,7 +293,7 @@ func TestS3Errors(t *testing.T) {
 	}
 	env := s3Env(t, srv, filepath.Join(dir, "cache"))
 	store := srv.Location("err")
-	thinbackEnv(t, dir, env, "init", "--store", store).want(t, 0, "init")
+	thinbackEnv(t, dir, env, "init", "--store", store, "--no-encrypt").want(t, 0, "init")
 
 	// answer makes a proxy in front of the server answer the requests that
 	// match with an S3 error, n times (n < 0: always).
@@ -372,7 +375,7 @@ func TestS3Faults(t *testing.T) {
 	store := "s3:http://" + proxy.Addr() + "/" + srv.Bucket + "/faults"
 
 	proxy.Arm(s3test.Fault{Dir: s3test.Up, After: 3 << 20, Count: 2, Action: s3test.Reset})
-	thinbackEnv(t, dir, env, "backup", "--store", store, "--file", "disk.img").want(t, 0, "backup through resets")
+	thinbackEnv(t, dir, env, "backup", "--store", store, "--file", "disk.img", "--no-encrypt").want(t, 0, "backup through resets")
 	if proxy.Fired() == 0 {
 		t.Fatal("the reset fault never fired")
 	}

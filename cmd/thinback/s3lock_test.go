@@ -26,7 +26,7 @@ func TestS3KilledBackupNextRun(t *testing.T) {
 	if err := os.WriteFile(img, bytes.Repeat([]byte("thinback"), 128<<10), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	run(t, dir, "backup", "--store", store, "--file", img)
+	run(t, dir, "backup", "--store", store, "--file", img, "--no-encrypt")
 
 	// A backup that holds the lock (--pre runs under it) and is killed,
 	// with its hook, as kill -9 or the OOM killer would.

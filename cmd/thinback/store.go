@@ -24,11 +24,20 @@ var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON"}
 
 // openStore opens (creating if needed) the store named by --store, and
 // cleans up temporary files left by crashed runs, saying so. The caller
-// closes it (closeStore).
+// closes it (closeStore). A command with the flags that say how to make
+// a store (init, backup, receive) makes it so (newStore.open).
 func openStore(ctx context.Context, e *env, dir string, create bool) (catalog.Repository, error) {
 	if dir == "" {
 		return nil, usageError{msg: "give the backup store with --store DIR (or set THINBACK_STORE)"}
 	}
+	if create && e.create != nil {
+		return e.create.open(ctx, e, dir)
+	}
+	return openStoreAt(ctx, e, dir, create)
+}
+
+// openStoreAt is openStore without the rules of new stores.
+func openStoreAt(ctx context.Context, e *env, dir string, create bool) (catalog.Repository, error) {
 	if s3.IsLocation(dir) {
 		return openS3Store(ctx, e, dir, create)
 	}

@@ -157,28 +157,77 @@ func Identities(path string) ([]age.Identity, error) {
 // and there is a terminal). A secret that opens no slot is an error
 // matching keys.ErrWrongKey.
 func Unlock(ctx context.Context, ring *keys.Ring, s Sources, store string) (*keys.MasterKey, *keys.Slot, error) {
+	_, mk, slot, err := UnlockAny(ctx, []*keys.Ring{ring}, s, store)
+	return mk, slot, err
+}
+
+// UnlockAny is Unlock for several rings of one store: the groups of its
+// slots that wrap different master keys (keys.MixedKeysError), one of
+// which the store's owner can open. The secret is read once (a
+// passphrase typed once, a password command run once) and tried on each
+// ring in turn; the index of the ring it opens is returned. A secret that
+// opens none gives the error of the first ring; one that opens more than
+// one is refused (keys.ErrCorrupt): which key is the store's cannot be
+// told from it.
+func UnlockAny(ctx context.Context, rings []*keys.Ring, s Sources, store string) (int, *keys.MasterKey, *keys.Slot, error) {
+	var try func(*keys.Ring) (*keys.MasterKey, *keys.Slot, error)
 	switch {
 	case s.KeyFile != "":
 		kf, err := keys.ReadKeyFile(s.KeyFile)
 		if err != nil {
-			return nil, nil, err
+			return -1, nil, nil, err
 		}
 		defer kf.Destroy()
-		return ring.UnlockKeyFile(kf)
+		try = func(r *keys.Ring) (*keys.MasterKey, *keys.Slot, error) { return r.UnlockKeyFile(kf) }
 	case s.Identity != "":
 		ids, err := Identities(s.Identity)
 		if err != nil {
-			return nil, nil, err
+			return -1, nil, nil, err
 		}
-		return ring.UnlockRecovery(ids...)
+		try = func(r *keys.Ring) (*keys.MasterKey, *keys.Slot, error) { return r.UnlockRecovery(ids...) }
+	default:
+		if !s.passphraseSet() && s.Prompt == nil {
+			return -1, nil, nil, fmt.Errorf("store %s is encrypted: %w: give --key-file (or $THINBACK_KEY_FILE), --password-file, --password-command, $%s or --recovery-identity, or run on a terminal", store, ErrNoSecret, PasswordEnv)
+		}
+		p, err := s.Passphrase(ctx, "Passphrase of "+strings.TrimSpace(store)+": ")
+		if err != nil {
+			return -1, nil, nil, err
+		}
+		defer clear(p)
+		try = func(r *keys.Ring) (*keys.MasterKey, *keys.Slot, error) { return r.UnlockPassphrase(p) }
 	}
-	if !s.passphraseSet() && s.Prompt == nil {
-		return nil, nil, fmt.Errorf("store %s is encrypted: %w: give --key-file (or $THINBACK_KEY_FILE), --password-file, --password-command, $%s or --recovery-identity, or run on a terminal", store, ErrNoSecret, PasswordEnv)
+	var (
+		first  error
+		opened []int
+		mk     *keys.MasterKey
+		slot   *keys.Slot
+		ids    []string
+	)
+	for i, r := range rings {
+		k, s, err := try(r)
+		if err != nil {
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		opened, ids = append(opened, i), append(ids, k.ID().String())
+		if mk == nil {
+			mk, slot = k, s
+		} else {
+			k.Destroy()
+		}
 	}
-	p, err := s.Passphrase(ctx, "Passphrase of "+strings.TrimSpace(store)+": ")
-	if err != nil {
-		return nil, nil, err
+	switch {
+	case len(opened) == 1:
+		return opened[0], mk, slot, nil
+	case len(opened) > 1:
+		mk.Destroy()
+		return -1, nil, nil, fmt.Errorf("%s: the secret given opens slots of %d different master keys (%s), so which is the store's cannot be told from it: "+
+			"check the key ids against the one written down when the store was made (thinback key list), and remove the others' slots with a secret only the store's opens: %w",
+			store, len(opened), strings.Join(ids, ", "), keys.ErrCorrupt)
+	case first == nil:
+		first = fmt.Errorf("%s: %w", store, keys.ErrNoSlots)
 	}
-	defer clear(p)
-	return ring.UnlockPassphrase(p)
+	return -1, nil, nil, first
 }

@@ -149,3 +149,64 @@ func TestUnlock(t *testing.T) {
 		t.Errorf("nothing given: %v, want ErrNoSecret naming the store and the flags", err)
 	}
 }
+
+// UnlockAny reads the secret once and finds the ring it opens among
+// several: the groups of a store whose slots wrap different keys.
+func TestUnlockAny(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	var rings []*keys.Ring
+	var ids []keys.KeyID
+	for _, pass := range []string{"theirs", "ours"} {
+		st, err := catalog.OpenStore(filepath.Join(dir, pass))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mk, err := keys.NewMasterKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps, err := keys.NewPassphraseSlot(mk, []byte(pass), fast, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := keys.Init(st, ps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rings, ids = append(rings, r), append(ids, mk.ID())
+	}
+	asked := 0
+	prompt := func(string) ([]byte, error) { asked++; return []byte("ours"), nil }
+	i, mk, _, err := UnlockAny(ctx, rings, Sources{Prompt: prompt}, "s")
+	if err != nil || i != 1 || mk.ID() != ids[1] {
+		t.Fatalf("UnlockAny = %d, %v; want ring 1", i, err)
+	}
+	if asked != 1 {
+		t.Errorf("the passphrase was asked %d times, want once", asked)
+	}
+	if i, _, _, err := UnlockAny(ctx, rings, Sources{Password: "neither"}, "s"); i != -1 || !errors.Is(err, keys.ErrWrongKey) {
+		t.Errorf("a passphrase of neither: %d, %v; want keys.ErrWrongKey", i, err)
+	}
+	// A secret that opens two keys cannot tell which is the store's.
+	twin, err := catalog.OpenStore(filepath.Join(dir, "twin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := keys.NewMasterKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := keys.NewPassphraseSlot(other, []byte("ours"), fast, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := keys.Init(twin, ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, _, err = UnlockAny(ctx, append(rings, r), Sources{Password: "ours"}, "s")
+	if !errors.Is(err, keys.ErrCorrupt) || !strings.Contains(err.Error(), other.ID().String()) || !strings.Contains(err.Error(), ids[1].String()) {
+		t.Errorf("a passphrase of two keys: %v, want keys.ErrCorrupt naming both", err)
+	}
+}
