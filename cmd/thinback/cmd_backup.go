@@ -39,7 +39,13 @@ func backupCommand(e *env) *cli.Command {
 			"differ from the previous backup's, derived from the store's files; no old image is\n" +
 			"needed. The image is only read.\n\n" +
 			"With --keep-* options, the volume's snapshots are then pruned (see thinback prune) and\n" +
-			"the policy is remembered. One run per volume at a time: a second exits with code 9.",
+			"the policy is remembered. One run per volume at a time: a second exits with code 9.\n\n" +
+			"Into an encrypted store, the key is unlocked first (--key-file, --password-file,\n" +
+			"--password-command, $THINBACK_PASSWORD or a prompt), before any snapshot is taken: a\n" +
+			"wrong or missing one exits with code 14 having done nothing. The delta file is\n" +
+			"encrypted under the store's key, and the base of an incremental must be a file that\n" +
+			"key wrote: one that is not (put into the store in the clear, under another key, or\n" +
+			"altered) stops the backup before anything is taken or written.",
 		Flags: append([]cli.Flag{
 			storeFlag,
 			&cli.StringFlag{Name: "file", Usage: "back up this image or block device instead of a thin LV"},
@@ -52,7 +58,7 @@ func backupCommand(e *env) *cli.Command {
 			&cli.BoolFlag{Name: "release-stale-metadata-snap", Usage: releaseStaleUsage},
 			discoveryFlag,
 			jsonFlag, quietFlag,
-		}, keepFlags()...),
+		}, append(keepFlags(), keyFlags...)...),
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 0, 1, "give VG/LV or --file IMAGE")
 			if err != nil {
@@ -67,6 +73,7 @@ func backupCommand(e *env) *cli.Command {
 				blockSize: c.Int64("block-size"), level: lvl, snapshotSize: c.String("snapshot-size"),
 				pre: c.String("pre"), post: c.String("post"), releaseStale: c.Bool("release-stale-metadata-snap"),
 				json: c.Bool("json"), quiet: c.Bool("quiet"),
+				key: func(ctx context.Context, s catalog.Repository) (*archive.Key, error) { return storeKey(ctx, e, c, s) },
 			}
 			if o.discovery, err = discoveryOf(c, "backup"); err != nil {
 				return err
@@ -102,6 +109,9 @@ type backupOptions struct {
 	discovery               lvmthin.Discovery
 	retention               catalog.Retention
 	json, quiet             bool
+	// key unlocks the store's key (storeKey): nil for a store in the
+	// clear.
+	key func(context.Context, catalog.Repository) (*archive.Key, error)
 }
 
 func runBackup(ctx context.Context, e *env, o backupOptions) error {
@@ -120,6 +130,14 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 		return err
 	}
 	defer closeStore(e, s)
+	// Before anything is taken or written: a wrong passphrase leaves
+	// nothing behind.
+	var key *archive.Key
+	if o.key != nil {
+		if key, err = o.key(ctx, s); err != nil {
+			return fmt.Errorf("backup: %w", err)
+		}
+	}
 	if removed, err := s.RemoveOrphans(); err != nil {
 		printable.Sayf(e.stderr, "thinback: removing files of %s left by an interrupted run: %v", o.store, err)
 	} else if len(removed) > 0 {
@@ -138,7 +156,7 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 	}
 	var reportErr error
 	_, err = backup.Run(ctx, s, src, backup.Options{
-		Volume: o.volume, Level: o.level,
+		Volume: o.volume, Level: o.level, Key: key,
 		Pre: o.pre, Post: o.post, HookOutput: e.stderr,
 		Retention: o.retention,
 		Prune:     pruneAfterBackup(s, o.level),

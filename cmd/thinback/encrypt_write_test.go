@@ -1,0 +1,561 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/thinback/thinback/archive"
+	"github.com/thinback/thinback/archive/keys"
+	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/catalog/s3"
+	"github.com/thinback/thinback/catalog/s3/s3test"
+	"github.com/thinback/thinback/catalog/s3store"
+	"github.com/thinback/thinback/cmd/internal/backup"
+	"github.com/thinback/thinback/lvmthin"
+	"github.com/thinback/thinback/restore"
+)
+
+// The commands that write into an encrypted store or stream: backup,
+// send, receive and catalog rebuild, run as the real binary against real
+// stores (a directory, and a bucket of the real S3 server).
+
+var encSeed = flag.Int64("enc-seed", 0, "seed of the images of the encryption tests (0: from the clock)")
+
+// encImageSeed returns the seed of the test's images, printed so that a
+// failure can be replayed with -enc-seed or $THINBACK_SEED.
+func encImageSeed(t *testing.T) int64 {
+	seed := *encSeed
+	if s := os.Getenv("THINBACK_SEED"); seed == 0 && s != "" {
+		var err error
+		if seed, err = strconv.ParseInt(s, 10, 64); err != nil {
+			t.Fatalf("THINBACK_SEED: %v", err)
+		}
+	}
+	if seed == 0 {
+		seed = time.Now().UnixNano()
+	}
+	t.Logf("images from seed %d (replay with -enc-seed %d)", seed, seed)
+	return seed
+}
+
+// encPassphrase is the passphrase of the stores these tests encrypt.
+const encPassphrase = "correct horse battery staple"
+
+// withPassphraseSlot makes repo an encrypted store of the master key mk
+// (a new one when nil), with one passphrase slot of pass, as thinback init
+// --encrypt would; it returns the key its files are written under.
+func withPassphraseSlot(t *testing.T, repo catalog.Repository, mk *keys.MasterKey, pass string) (*keys.MasterKey, *archive.Key) {
+	t.Helper()
+	if mk == nil {
+		var err error
+		if mk, err = keys.NewMasterKey(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slot, err := keys.NewPassphraseSlot(mk, []byte(pass), keys.Argon2Params{Time: 1, MemoryKiB: keys.MinArgon2MemoryKiB, Threads: 1}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := keys.Init(repo, slot); err != nil {
+		t.Fatal(err)
+	}
+	k, err := archive.NewKey(mk.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mk, k
+}
+
+// encStore is a store these tests write into with the binary and read
+// back with the library.
+type encStore struct {
+	loc string   // as the commands are given it
+	env []string // the environment the commands need for it
+	// open opens it with the library (a fresh cache for an S3 store).
+	open func(t *testing.T) catalog.Repository
+	// raw are the files that hold the store's bytes: a directory's, or
+	// the S3 server's back end's of the store's prefix.
+	raw string
+}
+
+// newDirStore is an empty store in a directory.
+func newDirStore(t *testing.T) *encStore {
+	dir := filepath.Join(t.TempDir(), "store")
+	st := &encStore{loc: dir, raw: dir}
+	st.open = func(t *testing.T) catalog.Repository {
+		t.Helper()
+		s, err := catalog.OpenStore(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	return st
+}
+
+// newS3Store is an empty store under prefix of srv's bucket.
+func newS3Store(t *testing.T, srv *s3test.Server, prefix string) *encStore {
+	st := &encStore{loc: srv.Location(prefix), env: s3Env(t, srv, t.TempDir()), raw: filepath.Join(srv.Dir, srv.Bucket, prefix)}
+	st.open = func(t *testing.T) catalog.Repository {
+		t.Helper()
+		loc, err := s3.ParseLocation(st.loc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := s3store.Open(context.Background(), loc, &s3store.Options{
+			S3:    s3.Options{AccessKey: s3test.AccessKey, SecretKey: s3test.SecretKey, Region: "us-east-1", Lookup: s3.LookupPath},
+			Cache: t.TempDir(), Create: true,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	return st
+}
+
+// run runs thinback in dir with the store's environment, the extra
+// variables env, and standard input from the file stdin ("" for none),
+// in a session of its own: with no terminal to ask a passphrase at.
+func (st *encStore) run(t *testing.T, dir, stdin string, env []string, args ...string) result {
+	t.Helper()
+	return runNoTTY(t, dir, stdin, append(slices.Clone(st.env), env...), args...)
+}
+
+// runNoTTY runs thinback with no controlling terminal.
+func runNoTTY(t *testing.T, dir, stdin string, env []string, args ...string) result {
+	t.Helper()
+	cmd := thinbackCmd(t, dir, args...)
+	cmd.Env = append(cmd.Env, env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if stdin != "" {
+		f, err := os.Open(filepath.Join(dir, stdin))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		cmd.Stdin = f
+	}
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	default:
+		t.Fatal(err)
+	}
+	t.Logf("thinback %s: exit %d\n%s", strings.Join(args, " "), r.code, r.stdout+r.stderr)
+	return r
+}
+
+// passEnv is the environment that unlocks a store with pass.
+func passEnv(pass string) []string { return []string{"THINBACK_PASSWORD=" + pass} }
+
+// marked is an image whose distinctive 4 KiB patterns (random, so that
+// compression keeps them as they are) are what must never be found in
+// a store in the clear.
+type marked struct {
+	rnd      *rand.Rand
+	data     []byte
+	patterns [][]byte
+}
+
+func newMarked(seed int64, size int) *marked {
+	m := &marked{rnd: rand.New(rand.NewSource(seed)), data: make([]byte, size)}
+	// Text that compresses, with zero runs between.
+	for off := 0; off < size; off += 64 << 10 {
+		if m.rnd.Intn(3) > 0 {
+			copy(m.data[off:min(off+64<<10, size)], bytes.Repeat([]byte(fmt.Sprintf("block %d of a disk image\n", off)), 64<<10/20))
+		}
+	}
+	return m
+}
+
+// mark writes a new pattern at off.
+func (m *marked) mark(off int) {
+	p := make([]byte, 4096)
+	m.rnd.Read(p)
+	copy(m.data[off:], p)
+	m.patterns = append(m.patterns, p)
+}
+
+// leaks returns the files under root that hold one of the patterns (in
+// full, or its first 64 bytes).
+func (m *marked) leaks(t *testing.T, root string) []string {
+	t.Helper()
+	var found []string
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for i, p := range m.patterns {
+			if bytes.Contains(b, p[:64]) {
+				found = append(found, fmt.Sprintf("%s (pattern %d)", path, i))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
+}
+
+// restoreWithKey restores every snapshot of volume from the store with the
+// library, under key, and returns the images.
+func restoreWithKey(t *testing.T, repo catalog.Repository, volume string, key *archive.Key) [][]byte {
+	t.Helper()
+	var snaps []catalog.Snapshot
+	if err := repo.View(func(tx *catalog.Tx) error {
+		var err error
+		snaps, err = tx.Snapshots(volume)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var images [][]byte
+	for i := range snaps {
+		var inputs []restore.Input
+		for _, rec := range snaps[:i+1] {
+			f, err := repo.OpenDelta(rec.File)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			h, err := archive.NewReader(f, archive.WithKey(key)).Header()
+			if err != nil {
+				t.Fatalf("%s: %v", rec.File, err)
+			}
+			if !h.IsEncrypted() || h.KeyID != key.ID() || h.IsFull() == (h.ParentTag != archive.Digest{}) {
+				t.Fatalf("%s: encrypted %v under %s, parent tag %x: want encrypted under %s, a parent tag on incrementals only",
+					rec.File, h.IsEncrypted(), h.KeyID, h.ParentTag[:4], key.ID())
+			}
+			if _, err := f.Seek(0, io.SeekStart); err != nil {
+				t.Fatal(err)
+			}
+			inputs = append(inputs, restore.Input{Name: rec.File, R: f})
+		}
+		target := filepath.Join(t.TempDir(), "restored.img")
+		tg, err := restore.OpenTarget(target, restore.TargetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = restore.Apply(context.Background(), tg, inputs, restore.Options{Key: key})
+		if cerr := tg.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			t.Fatalf("restoring #%d with the key: %v", snaps[i].Seq, err)
+		}
+		b, err := os.ReadFile(target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		images = append(images, b)
+	}
+	return images
+}
+
+// An image is backed up into an encrypted store (a directory, and a
+// bucket of the real S3 server): a full and two incrementals, each
+// restored byte for byte with the library under the store's key. No file
+// of the store, and no object of the bucket, holds a byte of the image's
+// distinctive blocks; the same backups into a store in the clear do
+// (which shows the search finds them).
+func TestEncryptedBackupRoundTrip(t *testing.T) {
+	seed := encImageSeed(t)
+	srv := s3test.Start(t)
+	for _, tc := range []struct {
+		name      string
+		store     func(t *testing.T) *encStore
+		encrypted bool
+	}{
+		{"dir", newDirStore, true},
+		{"s3", func(t *testing.T) *encStore { return newS3Store(t, srv, "enc") }, true},
+		{"dir in the clear", newDirStore, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			st := tc.store(t)
+			var key *archive.Key
+			if tc.encrypted {
+				_, key = withPassphraseSlot(t, st.open(t), nil, encPassphrase)
+			}
+			img := filepath.Join(dir, "disk.img")
+			m := newMarked(seed, 2<<20)
+			var states [][]byte
+			backup := func(kind string) {
+				t.Helper()
+				if err := os.WriteFile(img, m.data, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				states = append(states, slices.Clone(m.data))
+				r := st.run(t, dir, "", passEnv(encPassphrase), "backup", "--store", st.loc, "--file", img)
+				r.want(t, 0, "backup")
+				if !strings.Contains(r.stderr, kind) {
+					t.Fatalf("backup made no %s: %s", kind, r.stderr)
+				}
+			}
+			m.mark(128 << 10)
+			m.mark(1 << 20)
+			backup("full")
+			m.mark(640 << 10)
+			backup("incremental")
+			m.mark(1<<20 + 64<<10)
+			copy(m.data[0:], make([]byte, 64<<10)) // and a block zeroed
+			backup("incremental")
+
+			leaks := m.leaks(t, st.raw)
+			if !tc.encrypted {
+				if len(leaks) == 0 {
+					t.Fatal("the patterns are not found in a store in the clear: the search finds nothing")
+				}
+				return
+			}
+			if len(leaks) > 0 {
+				t.Errorf("the encrypted store holds the image's blocks in the clear: %s", strings.Join(leaks, ", "))
+			}
+			got := restoreWithKey(t, st.open(t), "disk.img", key)
+			if len(got) != len(states) {
+				t.Fatalf("%d snapshots restored, want %d", len(got), len(states))
+			}
+			for i := range got {
+				if !bytes.Equal(got[i], states[i]) {
+					t.Errorf("snapshot #%d does not restore byte for byte under the key", i+1)
+				}
+			}
+		})
+	}
+}
+
+// storeState is every file of a directory store and its bytes' digest,
+// and its catalog's records (catalog.db's bytes change as bbolt opens it),
+// to tell whether a command changed anything.
+func storeState(t *testing.T, root string) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		if filepath.Base(path) == "catalog.db" {
+			files["catalog records"] = catalogRecords(t, root)
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		files[strings.TrimPrefix(path, root)] = fmt.Sprintf("%x", sha256.Sum256(b))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+// catalogRecords are the volumes and snapshots of the directory store
+// root's catalog, as text.
+func catalogRecords(t *testing.T, root string) string {
+	t.Helper()
+	repo, err := catalog.OpenStore(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer repo.Close()
+	var out string
+	if err := repo.View(func(tx *catalog.Tx) error {
+		vols, err := tx.Volumes()
+		if err != nil {
+			return err
+		}
+		snaps, err := tx.AllSnapshots()
+		out = fmt.Sprintf("%+v\n%+v", vols, snaps)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// unchanged fails unless root is as before.
+func unchanged(t *testing.T, what, root string, before map[string]string) {
+	t.Helper()
+	after := storeState(t, root)
+	for f, d := range after {
+		if before[f] != d {
+			t.Errorf("%s: the store's %s was written", what, f)
+		}
+	}
+	for f := range before {
+		if _, ok := after[f]; !ok {
+			t.Errorf("%s: the store's %s was removed", what, f)
+		}
+	}
+}
+
+// plantBase replaces the delta file of rec in the directory store repo
+// with one of the same snapshot whose data is someone else's, encrypted
+// under key (in the clear when nil), and records its digest as the
+// store's owner of the bucket could: the catalog is in the store too.
+func plantBase(t *testing.T, repo *catalog.Store, rec catalog.Snapshot, key *archive.Key) {
+	t.Helper()
+	f, err := repo.OpenDelta(rec.File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := archive.NewReader(f).Header()
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	planted := &archive.Header{
+		BlockSize: h.BlockSize, Codec: h.Codec, Hash: h.Hash,
+		VolumeName: h.VolumeName, VolumeUUID: h.VolumeUUID, VolumeSize: h.VolumeSize,
+		Snapshot: h.Snapshot, Parent: h.Parent, ParentSize: h.ParentSize, Tool: "planted", Attrs: h.Attrs,
+	}
+	data := bytes.Repeat([]byte("someone else's data\n"), int(h.VolumeSize)/20+1)[:h.VolumeSize]
+	var b bytes.Buffer
+	w := archive.NewWriter(&b, archive.WithKey(key))
+	if err := w.WriteHeader(planted); err != nil {
+		t.Fatal(err)
+	}
+	if err := archive.Send(context.Background(), w, &archive.ListSource{R: bytes.NewReader(data),
+		Extents: []archive.Extent{{Offset: 0, Length: h.VolumeSize, Kind: archive.KindData}}}, archive.SendOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(repo.Dir(), rec.File)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b.Bytes(), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.Update(func(tx *catalog.Tx) error {
+		r, err := tx.Snapshot(rec.ID)
+		if err != nil {
+			return err
+		}
+		r.FileDigest, r.FileSize = fmt.Sprintf("%x", w.Trailer().Digest), int64(b.Len())
+		r.LVUUID = "lv-uuid-planted" // for NewestBase below
+		return tx.PutSnapshot(&r)
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A backup into an encrypted store unlocks the key before anything else:
+// a wrong passphrase, or none, exits with 14 having run no --pre command
+// (which comes just before the snapshot) and written nothing. The base
+// of an incremental must be a file of the store's key: one planted in
+// its place, in the clear or under another key, with the catalog made
+// to agree, stops the backup the same way, with the file's error, for
+// an image and for an LV's base (NewestBase).
+func TestEncryptedBackupRefused(t *testing.T) {
+	seed := encImageSeed(t)
+	dir := t.TempDir()
+	st := newDirStore(t)
+	_, key := withPassphraseSlot(t, st.open(t), nil, encPassphrase)
+	m := newMarked(seed, 1<<20)
+	m.mark(0)
+	img := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(img, m.data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st.run(t, dir, "", passEnv(encPassphrase), "backup", "--store", st.loc, "--file", img).want(t, 0, "the first backup")
+	m.mark(512 << 10)
+	if err := os.WriteFile(img, m.data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	marker := filepath.Join(dir, "pre-ran")
+	refused := func(t *testing.T, env []string, code int, says ...string) {
+		t.Helper()
+		before := storeState(t, st.raw)
+		r := st.run(t, dir, "", env, "backup", "--store", st.loc, "--file", img, "--pre", "touch "+marker)
+		r.want(t, code, "backup")
+		for _, s := range says {
+			if !strings.Contains(r.stderr, s) {
+				t.Errorf("the error does not say %q: %s", s, r.stderr)
+			}
+		}
+		if _, err := os.Stat(marker); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("the --pre command ran (%v): a snapshot would have been taken", err)
+		}
+		unchanged(t, "a refused backup", st.raw, before)
+	}
+	t.Run("wrong passphrase", func(t *testing.T) {
+		refused(t, passEnv("not the passphrase"), exitKey, "passphrase")
+	})
+	t.Run("no secret", func(t *testing.T) {
+		refused(t, nil, exitKey, "is encrypted", "THINBACK_PASSWORD")
+	})
+
+	other, err := archive.NewKey(bytes.Repeat([]byte{7}, archive.MasterKeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		key  *archive.Key
+		code int
+		says []string
+	}{
+		{"planted in the clear", nil, exitCorrupt, []string{"not a file this store's key wrote", "is not encrypted"}},
+		{"planted under another key", other, exitKey, []string{"not a file this store's key wrote", other.ID().String(), key.ID().String()}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			repo, err := catalog.OpenStore(st.loc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rec catalog.Snapshot
+			if err := repo.View(func(tx *catalog.Tx) error {
+				rec, err = tx.Latest("disk.img")
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			plantBase(t, repo, rec, tc.key)
+			// An LV's backup checks its base the same way.
+			lv := []*lvmthin.LV{{VG: "vg0", Name: "disk.thinback.1", UUID: "lv-uuid-planted"}}
+			base, _, _, _, err := backup.NewestBase(repo, key, "disk.img", lv, "the pool")
+			if base != nil || err == nil || exitCode(err) != tc.code {
+				t.Errorf("NewestBase of a planted base: %v, %v (exit %d), want exit %d", base, err, exitCode(err), tc.code)
+			}
+			if err := repo.Close(); err != nil {
+				t.Fatal(err)
+			}
+			refused(t, passEnv(encPassphrase), tc.code, tc.says...)
+		})
+	}
+}
