@@ -27,6 +27,7 @@ import (
 	"github.com/thinback/thinback/catalog/s3/s3test"
 	"github.com/thinback/thinback/catalog/s3store"
 	"github.com/thinback/thinback/cmd/internal/backup"
+	"github.com/thinback/thinback/cmd/internal/storetest"
 	"github.com/thinback/thinback/lvmthin"
 	"github.com/thinback/thinback/restore"
 )
@@ -557,5 +558,263 @@ func TestEncryptedBackupRefused(t *testing.T) {
 			}
 			refused(t, passEnv(encPassphrase), tc.code, tc.says...)
 		})
+	}
+}
+
+// writeStdout writes a run's standard output to path.
+func writeStdout(t *testing.T, r result, path string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(r.stdout), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// headerOf reads the header of the delta file at path, without a key.
+func headerOf(t *testing.T, path string) *archive.Header {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h, err := archive.NewReader(f).Header()
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return h
+}
+
+// send -o FILE and -o - with --key-file write a stream encrypted under
+// the key file's own key, which receive --to decrypts with the same key
+// file, byte for byte; with another key file, or none, receive exits
+// with 14 naming the stream's key and creates no target. A send with
+// --store is encrypted under that store's key, and receive --store keeps
+// it as it is in another store of the same key (a directory, and a
+// bucket of the real S3 server): it restores under the key. A stream
+// under another key, or in the clear, is refused with nothing recorded.
+func TestEncryptedStreams(t *testing.T) {
+	seed := encImageSeed(t)
+	dir := t.TempDir()
+	m := newMarked(seed, 1<<20)
+	m.mark(64 << 10)
+	m.mark(700 << 10)
+	if err := os.WriteFile(filepath.Join(dir, "disk.img"), m.data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	kf, other := filepath.Join(dir, "stream.key"), filepath.Join(dir, "other.key")
+	var streamID archive.KeyID
+	for _, p := range []string{kf, other} {
+		f, err := keys.CreateKeyFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p == kf {
+			mk, err := f.StreamKey()
+			if err != nil {
+				t.Fatal(err)
+			}
+			streamID = mk.ID()
+		}
+		f.Destroy()
+	}
+
+	runNoTTY(t, dir, "", nil, "send", "--file", "disk.img", "-o", "file.tbk", "--key-file", kf).want(t, 0, "send -o FILE")
+	r := runNoTTY(t, dir, "", nil, "send", "--file", "disk.img", "-o", "-", "--key-file", kf)
+	r.want(t, 0, "send -o -")
+	writeStdout(t, r, filepath.Join(dir, "pipe.tbk"))
+	runNoTTY(t, dir, "", nil, "send", "--file", "disk.img", "-o", "plain.tbk").want(t, 0, "send in the clear")
+	for _, name := range []string{"file.tbk", "pipe.tbk"} {
+		if h := headerOf(t, filepath.Join(dir, name)); !h.IsEncrypted() || h.KeyID != streamID {
+			t.Errorf("%s: encrypted %v under %s, want under the key file's %s", name, h.IsEncrypted(), h.KeyID, streamID)
+		}
+	}
+	if h := headerOf(t, filepath.Join(dir, "plain.tbk")); h.IsEncrypted() {
+		t.Error("send without a key encrypted its file")
+	}
+	if leaks := m.leaks(t, filepath.Join(dir, "file.tbk")); len(leaks) > 0 {
+		t.Errorf("an encrypted stream holds the image's blocks: %s", leaks)
+	}
+	if leaks := m.leaks(t, filepath.Join(dir, "pipe.tbk")); len(leaks) > 0 {
+		t.Errorf("an encrypted stream holds the image's blocks: %s", leaks)
+	}
+
+	t.Run("receive --to", func(t *testing.T) {
+		for _, name := range []string{"file.tbk", "pipe.tbk"} {
+			target := filepath.Join(dir, "to-"+name+".img")
+			runNoTTY(t, dir, name, nil, "receive", "--to", target, "--key-file", kf).want(t, 0, "receive --to with the key file")
+			if got, err := os.ReadFile(target); err != nil || !bytes.Equal(got, m.data) {
+				t.Errorf("%s does not receive byte for byte (%v)", name, err)
+			}
+		}
+		for _, tc := range []struct {
+			name string
+			args []string
+			says []string
+		}{
+			{"another key file", []string{"--key-file", other}, []string{streamID.String(), "wrong key"}},
+			{"no key", nil, []string{streamID.String(), "no key was given"}},
+		} {
+			target := filepath.Join(dir, "refused.img")
+			r := runNoTTY(t, dir, "file.tbk", nil, append([]string{"receive", "--to", target}, tc.args...)...)
+			r.want(t, exitKey, "receive --to with "+tc.name)
+			for _, s := range tc.says {
+				if !strings.Contains(r.stderr, s) {
+					t.Errorf("%s: the error does not say %q", tc.name, s)
+				}
+			}
+			if _, err := os.Stat(target); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("%s: the target was created (%v)", tc.name, err)
+			}
+		}
+	})
+
+	srv := s3test.Start(t)
+	src := newDirStore(t)
+	mk, key := withPassphraseSlot(t, src.open(t), nil, encPassphrase)
+	// A first backup makes the source store's catalog.
+	src.run(t, dir, "", passEnv(encPassphrase), "backup", "--store", src.loc, "--file", "disk.img").want(t, 0, "backup")
+	src.run(t, dir, "", passEnv(encPassphrase), "send", "--file", "disk.img", "-o", "store.tbk", "--store", src.loc).want(t, 0, "send --store")
+	if h := headerOf(t, filepath.Join(dir, "store.tbk")); !h.IsEncrypted() || h.KeyID != key.ID() {
+		t.Fatalf("send --store: encrypted %v under %s, want under the store's %s", h.IsEncrypted(), h.KeyID, key.ID())
+	}
+	sent, err := os.ReadFile(filepath.Join(dir, "store.tbk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		store func(t *testing.T) *encStore
+	}{
+		{"dir", newDirStore},
+		{"s3", func(t *testing.T) *encStore { return newS3Store(t, srv, "received") }},
+	} {
+		t.Run("receive --store "+tc.name, func(t *testing.T) {
+			dst := tc.store(t)
+			withPassphraseSlot(t, dst.open(t), mk, "another passphrase, the same key")
+			env := passEnv("another passphrase, the same key")
+			before := storeState(t, dst.raw)
+			for _, bad := range []struct {
+				stream string
+				code   int
+				says   []string
+			}{
+				{"file.tbk", exitKey, []string{streamID.String(), key.ID().String()}},
+				{"plain.tbk", exitCorrupt, []string{"not encrypted", key.ID().String()}},
+			} {
+				r := dst.run(t, dir, bad.stream, env, "receive", "--store", dst.loc)
+				r.want(t, bad.code, "receive --store of "+bad.stream)
+				for _, s := range bad.says {
+					if !strings.Contains(r.stderr, s) {
+						t.Errorf("%s: the error does not say %q", bad.stream, s)
+					}
+				}
+			}
+			if tc.name == "dir" {
+				unchanged(t, "a refused receive", dst.raw, before)
+			}
+			dst.run(t, dir, "store.tbk", env, "receive", "--store", dst.loc).want(t, 0, "receive --store")
+			repo := dst.open(t)
+			var snaps []catalog.Snapshot
+			if err := repo.View(func(tx *catalog.Tx) error {
+				snaps, err = tx.Snapshots("disk.img")
+				return err
+			}); err != nil || len(snaps) != 1 {
+				t.Fatalf("the store records %d snapshots (%v), want the one received", len(snaps), err)
+			}
+			f, err := repo.OpenDelta(snaps[0].File)
+			if err != nil {
+				t.Fatal(err)
+			}
+			kept, err := io.ReadAll(f)
+			f.Close()
+			if err != nil || !bytes.Equal(kept, sent) {
+				t.Errorf("the store did not keep the stream as it was sent (%v)", err)
+			}
+			if got := restoreWithKey(t, repo, "disk.img", key); len(got) != 1 || !bytes.Equal(got[0], m.data) {
+				t.Error("the received stream does not restore under the key")
+			}
+		})
+	}
+}
+
+// An encrypted incremental is received into an encrypted store only when
+// it is bound to the file the store holds of its parent: one bound to
+// another file exits with 5 and is not recorded. send cannot bind an
+// encrypted incremental of two images (it has no parent file): it says
+// so and writes nothing.
+func TestEncryptedReceiveIncremental(t *testing.T) {
+	dir := t.TempDir()
+	dst := newDirStore(t)
+	_, key := withPassphraseSlot(t, dst.open(t), nil, encPassphrase)
+	size := int64(256 << 10)
+	full := bytes.Repeat([]byte("the full's blocks\n"), int(size)/18+1)[:size]
+	next := slices.Clone(full)
+	copy(next[64<<10:], bytes.Repeat([]byte("changed\n"), 1024))
+	vol := &archive.Header{BlockSize: 64 << 10, Codec: archive.CodecZstd, Hash: archive.HashBLAKE3, VolumeName: "disk.img", VolumeSize: size,
+		Snapshot: archive.Snapshot{ID: archive.NewID(), Name: "full", Time: time.Now().UTC()}, Tool: "test"}
+	repo := dst.open(t)
+	_, tr := storetest.Write(t, repo, vol, full, []archive.Extent{{Offset: 0, Length: size, Kind: archive.KindData}}, key)
+	fullHeader := *vol
+	repo.Close()
+
+	inc := func(name string, tamper bool) {
+		t.Helper()
+		h := *vol
+		h.Parent, h.ParentSize = vol.Snapshot, size
+		h.Snapshot = archive.Snapshot{ID: archive.NewID(), Name: "incremental", Time: time.Now().UTC()}
+		if err := backup.BindParent(key, &h, &backup.Base{Header: &fullHeader, Digest: tr.Digest}); err != nil {
+			t.Fatal(err)
+		}
+		if tamper {
+			h.ParentTag[0] ^= 1
+		}
+		var b bytes.Buffer
+		w := archive.NewWriter(&b, archive.WithKey(key))
+		if err := w.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		if err := archive.Send(context.Background(), w, &archive.ListSource{R: bytes.NewReader(next),
+			Extents: []archive.Extent{{Offset: 64 << 10, Length: 64 << 10, Kind: archive.KindData}}}, archive.SendOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b.Bytes(), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inc("bound.tbk", false)
+	inc("misbound.tbk", true)
+
+	before := storeState(t, dst.raw)
+	r := dst.run(t, dir, "misbound.tbk", passEnv(encPassphrase), "receive", "--store", dst.loc)
+	r.want(t, exitChain, "receive of an incremental bound to another file")
+	if !strings.Contains(r.stderr, "not from the file the store holds of it") {
+		t.Errorf("the error does not say what is wrong: %s", r.stderr)
+	}
+	unchanged(t, "a refused receive", dst.raw, before)
+	dst.run(t, dir, "bound.tbk", passEnv(encPassphrase), "receive", "--store", dst.loc).want(t, 0, "receive of a bound incremental")
+	if got := restoreWithKey(t, dst.open(t), "disk.img", key); len(got) != 2 || !bytes.Equal(got[0], full) || !bytes.Equal(got[1], next) {
+		t.Error("the chain with the received incremental does not restore under the key")
+	}
+
+	for name, data := range map[string][]byte{"old.img": full, "new.img": next} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kf := filepath.Join(dir, "stream.key")
+	f, err := keys.CreateKeyFile(kf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Destroy()
+	r = runNoTTY(t, dir, "", nil, "send", "--file", "new.img", "--base-file", "old.img", "--key-file", kf, "-o", "inc.tbk")
+	if r.code == 0 || !strings.Contains(r.stderr, "bound to its parent's delta file") {
+		t.Errorf("send of an encrypted incremental without its parent's file: exit %d", r.code)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "inc.tbk")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("send left an output behind (%v)", err)
 	}
 }
