@@ -818,3 +818,95 @@ func TestEncryptedReceiveIncremental(t *testing.T) {
 		t.Errorf("send left an output behind (%v)", err)
 	}
 }
+
+// catalog rebuild of an encrypted store needs its key (exit 14 without,
+// or with a wrong passphrase, recording nothing): with it, every file is
+// authenticated, and files planted in the store (one in the clear, one
+// under another key) are left out and named, while the store's own
+// files are recorded again and restore.
+func TestEncryptedRebuild(t *testing.T) {
+	seed := encImageSeed(t)
+	dir := t.TempDir()
+	st := newDirStore(t)
+	_, key := withPassphraseSlot(t, st.open(t), nil, encPassphrase)
+	m := newMarked(seed, 512<<10)
+	img := filepath.Join(dir, "disk.img")
+	var states [][]byte
+	for _, off := range []int{0, 256 << 10} {
+		m.mark(off)
+		if err := os.WriteFile(img, m.data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		states = append(states, slices.Clone(m.data))
+		st.run(t, dir, "", passEnv(encPassphrase), "backup", "--store", st.loc, "--file", img).want(t, 0, "backup")
+	}
+	other, err := archive.NewKey(bytes.Repeat([]byte{9}, archive.MasterKeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var planted []string
+	for i, k := range []*archive.Key{nil, other} {
+		h := &archive.Header{BlockSize: 64 << 10, Codec: archive.CodecZstd, Hash: archive.HashBLAKE3, VolumeName: "disk.img", VolumeSize: 512 << 10,
+			Snapshot: archive.Snapshot{ID: archive.NewID(), Name: "planted", Time: time.Now().UTC()}, Tool: "planted"}
+		name := fmt.Sprintf("volumes/disk.img/%08d-%s.tbk", 8+i, h.Snapshot.ID)
+		f, err := os.Create(filepath.Join(st.raw, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := archive.NewWriter(f, archive.WithKey(k))
+		if err := w.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		data := bytes.Repeat([]byte("planted "), 64<<10)
+		if err := archive.Send(context.Background(), w, &archive.ListSource{R: bytes.NewReader(data),
+			Extents: []archive.Extent{{Offset: 0, Length: 512 << 10, Kind: archive.KindData}}}, archive.SendOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		planted = append(planted, name)
+	}
+	recorded := func() []catalog.Snapshot {
+		t.Helper()
+		repo := st.open(t)
+		defer repo.Close()
+		var snaps []catalog.Snapshot
+		if err := repo.View(func(tx *catalog.Tx) error {
+			var err error
+			snaps, err = tx.AllSnapshots()
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return snaps
+	}
+	if err := os.Remove(filepath.Join(st.raw, "catalog.db")); err != nil {
+		t.Fatal(err)
+	}
+	for _, env := range [][]string{nil, passEnv("not the passphrase")} {
+		st.run(t, dir, "", env, "catalog", "rebuild", "--store", st.loc).want(t, exitKey, "rebuild without the key")
+		if snaps := recorded(); len(snaps) != 0 {
+			t.Errorf("a rebuild without the key recorded %d snapshots", len(snaps))
+		}
+	}
+	r := st.run(t, dir, "", passEnv(encPassphrase), "catalog", "rebuild", "--store", st.loc)
+	r.want(t, exitError, "rebuild with planted files")
+	for _, p := range append(planted, "not encrypted", "wrong key", "2 file(s) could not be read") {
+		if !strings.Contains(r.stderr, p) {
+			t.Errorf("the rebuild does not say %q", p)
+		}
+	}
+	if snaps := recorded(); len(snaps) != 2 {
+		t.Fatalf("the rebuild recorded %d snapshots, want the store's own 2", len(snaps))
+	}
+	got := restoreWithKey(t, st.open(t), "disk.img", key)
+	for i := range states {
+		if i >= len(got) || !bytes.Equal(got[i], states[i]) {
+			t.Errorf("snapshot #%d does not restore after the rebuild", i+1)
+		}
+	}
+}
