@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rogpeppe/go-internal/testscript"
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/archive/keys"
 	"github.com/thinback/thinback/catalog"
@@ -909,4 +910,75 @@ func TestEncryptedRebuild(t *testing.T) {
 			t.Errorf("snapshot #%d does not restore after the rebuild", i+1)
 		}
 	}
+}
+
+// encstore DIR PASSPHRASE: makes DIR an encrypted store (a new master key,
+// one passphrase slot), as thinback init --encrypt does.
+func cmdEncstore(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 2 {
+		ts.Fatalf("usage: encstore DIR PASSPHRASE")
+	}
+	repo, err := catalog.OpenStore(ts.MkAbs(args[0]))
+	ts.Check(err)
+	defer repo.Close()
+	mk, err := keys.NewMasterKey()
+	ts.Check(err)
+	slot, err := keys.NewPassphraseSlot(mk, []byte(args[1]), keys.Argon2Params{Time: 1, MemoryKiB: keys.MinArgon2MemoryKiB, Threads: 1}, "")
+	ts.Check(err)
+	_, err = keys.Init(repo, slot)
+	ts.Check(err)
+}
+
+// keyrestore STORE VOLUME SEQ PASSPHRASE OUT: restores snapshot #SEQ of
+// VOLUME from the encrypted directory store STORE into the new file OUT
+// with the library, under the key PASSPHRASE unlocks; every file of the
+// chain must be encrypted under it.
+func cmdKeyrestore(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 5 {
+		ts.Fatalf("usage: keyrestore STORE VOLUME SEQ PASSPHRASE OUT")
+	}
+	repo, err := catalog.OpenStore(ts.MkAbs(args[0]))
+	ts.Check(err)
+	defer repo.Close()
+	ring, err := keys.Load(repo)
+	ts.Check(err)
+	mk, _, err := ring.UnlockPassphrase([]byte(args[3]))
+	ts.Check(err)
+	key, err := archive.NewKey(mk.Bytes())
+	ts.Check(err)
+	var chain []catalog.Snapshot
+	ts.Check(repo.View(func(tx *catalog.Tx) error {
+		snaps, err := tx.Snapshots(args[1])
+		if err != nil {
+			return err
+		}
+		for _, s := range snaps {
+			if strconv.FormatUint(s.Seq, 10) == args[2] {
+				chain, err = tx.Chain(s.ID)
+				return err
+			}
+		}
+		return fmt.Errorf("no snapshot #%s of %s", args[2], args[1])
+	}))
+	var inputs []restore.Input
+	for _, rec := range chain {
+		f, err := repo.OpenDelta(rec.File)
+		ts.Check(err)
+		defer f.Close()
+		h, err := archive.NewReader(f, archive.WithKey(key)).Header()
+		ts.Check(err)
+		if !h.IsEncrypted() {
+			ts.Fatalf("%s is not encrypted", rec.File)
+		}
+		_, err = f.Seek(0, io.SeekStart)
+		ts.Check(err)
+		inputs = append(inputs, restore.Input{Name: rec.File, R: f})
+	}
+	tg, err := restore.OpenTarget(ts.MkAbs(args[4]), restore.TargetOptions{})
+	ts.Check(err)
+	_, err = restore.Apply(context.Background(), tg, inputs, restore.Options{Key: key})
+	if cerr := tg.Close(); err == nil {
+		err = cerr
+	}
+	ts.Check(err)
 }
