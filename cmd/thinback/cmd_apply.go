@@ -64,6 +64,7 @@ type applyOptions struct {
 	force    bool
 	state    string
 	quiet    bool
+	key      *archive.Key // of encrypted files; nil: in the clear
 }
 
 func runApply(ctx context.Context, e *env, o applyOptions) (err error) {
@@ -165,6 +166,7 @@ func applyTo(ctx context.Context, e *env, t *restore.Target, inputs []restore.In
 	prog := newProgress(e.stderr, o.quiet, "applied", 0)
 	opts := restore.Options{
 		Force: o.force,
+		Key:   o.key,
 		State: st,
 		Begin: func(s restore.State) error {
 			began = true

@@ -39,7 +39,13 @@ func backupCommand(e *env) *cli.Command {
 			"differ from the previous backup's, derived from the store's files; no old image is\n" +
 			"needed. The image is only read.\n\n" +
 			"With --keep-* options, the volume's snapshots are then pruned (see thinback prune) and\n" +
-			"the policy is remembered. One run per volume at a time: a second exits with code 9.",
+			"the policy is remembered. One run per volume at a time: a second exits with code 9.\n\n" +
+			"Into an encrypted store, the key is unlocked first (--key-file, --password-file,\n" +
+			"--password-command, $THINBACK_PASSWORD or a prompt), before any snapshot is taken: a\n" +
+			"wrong or missing one exits with code 14 having done nothing. The delta file is\n" +
+			"encrypted under the store's key, and the base of an incremental must be a file that\n" +
+			"key wrote: one that is not (put into the store in the clear, under another key, or\n" +
+			"altered) stops the backup before anything is taken or written.",
 		Flags: append([]cli.Flag{
 			storeFlag,
 			&cli.StringFlag{Name: "file", Usage: "back up this image or block device instead of a thin LV"},
@@ -53,7 +59,7 @@ func backupCommand(e *env) *cli.Command {
 			discoveryFlag,
 			jsonFlag, quietFlag,
 			stateFlag, allowRollbackFlag,
-		}, keepFlags()...),
+		}, append(keepFlags(), keyFlags...)...),
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 0, 1, "give VG/LV or --file IMAGE")
 			if err != nil {
@@ -69,6 +75,7 @@ func backupCommand(e *env) *cli.Command {
 				pre: c.String("pre"), post: c.String("post"), releaseStale: c.Bool("release-stale-metadata-snap"),
 				json: c.Bool("json"), quiet: c.Bool("quiet"),
 				state: stateFilePath(c.String("state")), allowRollback: c.Bool("allow-rollback"),
+				key: func(ctx context.Context, s catalog.Repository) (*archive.Key, error) { return storeKey(ctx, e, c, s) },
 			}
 			if o.discovery, err = discoveryOf(c, "backup"); err != nil {
 				return err
@@ -106,6 +113,9 @@ type backupOptions struct {
 	json, quiet             bool
 	state                   string // the host's state file, which remembers what it saw in encrypted stores
 	allowRollback           bool
+	// key unlocks the store's key (storeKey): nil for a store in the
+	// clear.
+	key func(context.Context, catalog.Repository) (*archive.Key, error)
 }
 
 func runBackup(ctx context.Context, e *env, o backupOptions) error {
@@ -124,6 +134,14 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 		return err
 	}
 	defer closeStore(e, s)
+	// Before anything is taken or written: a wrong passphrase leaves
+	// nothing behind.
+	var key *archive.Key
+	if o.key != nil {
+		if key, err = o.key(ctx, s); err != nil {
+			return fmt.Errorf("backup: %w", err)
+		}
+	}
 	var src backup.Source = fileSrc
 	var commands func() lvmthin.CommandStats
 	if o.file == "" {
@@ -154,7 +172,7 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 	}
 	var reportErr error
 	res, err := backup.Run(ctx, s, src, backup.Options{
-		Volume: o.volume, Level: o.level,
+		Volume: o.volume, Level: o.level, Key: key,
 		Pre: o.pre, Post: o.post, HookOutput: e.stderr,
 		Retention: o.retention,
 		Prune:     pruneAfterBackup(s, o.level),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/thinback/thinback/cmd/internal/record"
@@ -19,24 +20,38 @@ func catalogCommand(e *env) *cli.Command {
 			Usage: "recreate the catalog from the delta files' own headers",
 			Description: "The catalog is a cache of what the files say: after losing or damaging catalog.db,\n" +
 				"rebuild recreates the volumes and snapshots from the files in volumes/. Retention\n" +
-				"settings of volumes whose records were lost must be given again.",
-			Flags: []cli.Flag{storeFlag, quietFlag},
+				"settings of volumes whose records were lost must be given again.\n\n" +
+				"An encrypted store's catalog is rebuilt only with its key (exit 14 without): every\n" +
+				"file's header and records are authenticated under it, and a file that does not\n" +
+				"authenticate (put into the store by someone without the key, or altered) is left out\n" +
+				"and reported, as a damaged file is.",
+			Flags: append([]cli.Flag{storeFlag, quietFlag}, keyFlags...),
 			Action: func(c *cli.Context) error {
 				if _, err := args(c, 0, 0, "takes no arguments"); err != nil {
 					return err
 				}
-				return runRebuild(c.Context, e, c.String("store"), c.Bool("quiet"))
+				return runRebuild(c.Context, e, c.String("store"), c.Bool("quiet"), func(ctx context.Context, s catalog.Repository) (*archive.Key, error) {
+					return storeKey(ctx, e, c, s)
+				})
 			},
 		}},
 	}
 }
 
-func runRebuild(ctx context.Context, e *env, dir string, quiet bool) error {
+// runRebuild rebuilds the catalog of the store dir; unlock returns its
+// key (storeKey), nil when it is in the clear.
+func runRebuild(ctx context.Context, e *env, dir string, quiet bool, unlock func(context.Context, catalog.Repository) (*archive.Key, error)) error {
 	s, err := openStore(ctx, e, dir, true)
 	if err != nil {
 		return err
 	}
 	defer closeStore(e, s)
+	// Without the key, whoever can write to the store could have any
+	// file of theirs recorded: an encrypted store is not rebuilt without.
+	key, err := unlock(ctx, s)
+	if err != nil {
+		return fmt.Errorf("catalog rebuild: %w", err)
+	}
 	files, err := s.Files()
 	if err != nil {
 		return fmt.Errorf("catalog rebuild: %w", err)
@@ -49,7 +64,7 @@ func runRebuild(ctx context.Context, e *env, dir string, quiet bool) error {
 	var good []found
 	bad := 0
 	for _, f := range files {
-		h, tr, err := readStoredMeta(ctx, s, f.Path)
+		h, tr, err := readStoredMeta(ctx, s, f.Path, key)
 		if err == nil && record.ID(h.Snapshot.ID) != f.ID {
 			err = fmt.Errorf("its name says snapshot %s, its header %s", f.ID, h.Snapshot.ID)
 		}
@@ -75,6 +90,9 @@ func runRebuild(ctx context.Context, e *env, dir string, quiet bool) error {
 	}
 	if !quiet {
 		printable.Sayf(e.stderr, "rebuilt the catalog of %s from %d delta file(s)", dir, len(good))
+	}
+	if bad > 0 && key != nil {
+		return fmt.Errorf("catalog rebuild: %d file(s) could not be read, or are not files of the store's key %s, and were left out (run thinback verify --store %s)", bad, key.ID(), dir)
 	}
 	if bad > 0 {
 		return fmt.Errorf("catalog rebuild: %d file(s) could not be read and were left out (run thinback verify --store %s)", bad, dir)

@@ -24,14 +24,20 @@ func receiveCommand(e *env) *cli.Command {
 			"With --store, the stream is verified completely while it is written to a temporary\n" +
 			"file; only a complete, verified file whose parent is in the store is recorded, so an\n" +
 			"interrupted stream leaves nothing behind. With --to, it is applied as by\n" +
-			"'thinback apply - --to TARGET'.",
-		Flags: []cli.Flag{
+			"'thinback apply - --to TARGET'.\n\n" +
+			"Into an encrypted store, the stream must be encrypted under the store's key (sent with\n" +
+			"send --store and a store of the same key): it is kept as it is, every record\n" +
+			"authenticated while it is written, and an incremental must be bound to its parent's\n" +
+			"file in the store. A stream in the clear, or under another key, is refused and nothing\n" +
+			"is recorded. With --to, an encrypted stream is decrypted with --key-file (the key file\n" +
+			"send was given); without the right key nothing is written (exit 14).",
+		Flags: append([]cli.Flag{
 			storeFlag,
 			&cli.StringFlag{Name: "to", Usage: "apply the stream to this file or block device instead"},
 			&cli.StringFlag{Name: "snapback", Usage: "with --to: save the data the apply overwrites in this new delta file"},
 			&cli.BoolFlag{Name: "force", Usage: "with --to: apply even if the target is not known to hold the base snapshot"},
 			stateFlag, quietFlag,
-		},
+		}, keyFlags...),
 		Action: func(c *cli.Context) error {
 			if _, err := args(c, 0, 0, "takes no arguments: the delta file comes on standard input"); err != nil {
 				return err
@@ -41,12 +47,20 @@ func receiveCommand(e *env) *cli.Command {
 			case to != "" && c.IsSet("store"):
 				return usageError{msg: "receive: give --store DIR or --to TARGET, not both"}
 			case to != "":
+				// Before the target is opened: without the right key
+				// nothing is written.
+				key, err := fileKey(c.Context, e, c)
+				if err != nil {
+					return fmt.Errorf("receive: %w", err)
+				}
 				return runApply(c.Context, e, applyOptions{files: []string{"-"}, target: to, snapback: c.String("snapback"),
-					force: c.Bool("force"), state: stateFilePath(c.String("state")), quiet: c.Bool("quiet")})
+					force: c.Bool("force"), state: stateFilePath(c.String("state")), quiet: c.Bool("quiet"), key: key})
 			case store == "":
 				return usageError{msg: "receive: give --store DIR or --to TARGET"}
 			}
-			return runReceive(c.Context, e, store, c.Bool("quiet"))
+			return runReceive(c.Context, e, store, c.Bool("quiet"), func(ctx context.Context, s catalog.Repository) (*archive.Key, error) {
+				return storeKey(ctx, e, c, s)
+			})
 		},
 	}
 }
@@ -72,26 +86,38 @@ func (l *laterWriter) setTarget(w io.Writer) error {
 	return err
 }
 
-func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
+// runReceive records the stream on standard input in the store dir;
+// unlock returns the store's key (storeKey), nil when it is in the clear.
+func runReceive(ctx context.Context, e *env, dir string, quiet bool, unlock func(context.Context, catalog.Repository) (*archive.Key, error)) error {
 	s, err := openStore(ctx, e, dir, true)
 	if err != nil {
 		return err
 	}
 	defer closeStore(e, s)
+	key, err := unlock(ctx, s)
+	if err != nil {
+		return fmt.Errorf("receive: %w", err)
+	}
 	sink := &laterWriter{}
-	rd := archive.NewReader(io.TeeReader(e.stdin, sink))
+	// Under the store's key, a stream in the clear or under another key
+	// fails here, naming both.
+	rd := archive.NewReader(io.TeeReader(e.stdin, sink), archive.WithKey(key))
 	h, err := rd.Header()
+	if err != nil && key != nil && (errors.Is(err, archive.ErrAuth) || errors.Is(err, archive.ErrWrongKey)) {
+		return fmt.Errorf("receive: standard input: %w\nstore %s is encrypted under key %s and takes only streams under it: "+
+			"send with --store naming this store, or a store of the same key", err, dir, key.ID())
+	}
 	if err != nil {
 		return fmt.Errorf("receive: standard input: %w", err)
 	}
 	if err := catalog.ValidVolumeName(h.VolumeName); err != nil {
 		return fmt.Errorf("receive: the stream names its volume %+q, which thinback does not record as a volume name (%v): send it again with --volume NAME", h.VolumeName, err)
 	}
-	unlock, err := s.LockVolume(h.VolumeName)
+	unlockVolume, err := s.LockVolume(h.VolumeName)
 	if err != nil {
 		return fmt.Errorf("receive: %w", err)
 	}
-	defer unlockWarn(e, unlock, h.VolumeName)
+	defer unlockWarn(e, unlockVolume, h.VolumeName)
 	// Refuse before reading the stream what could not be recorded: a
 	// snapshot already there, another volume under the same name, an
 	// incremental whose parent is not in the store, belongs to another
@@ -110,6 +136,9 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool) error {
 		}
 		return err
 	})
+	if err == nil && key != nil && !h.IsFull() {
+		err = backup.CheckParent(s, key, h)
+	}
 	if err != nil {
 		return fmt.Errorf("receive: %w", receiveAdvice(h, err))
 	}

@@ -33,8 +33,12 @@ func sendCommand(e *env) *cli.Command {
 			"With --file, reads a regular file or block device (read-only) and writes a full of it,\n" +
 			"or with --base-file, the blocks that differ from an older image of the same volume.\n" +
 			"Holes of sparse files are not read. Nothing is written to the sources.\n\n" +
-			"The output is written under a temporary name and renamed when complete.",
-		Flags: []cli.Flag{
+			"The output is written under a temporary name and renamed when complete.\n\n" +
+			"With --store S (an encrypted store: its key is unlocked as every command does) or\n" +
+			"--key-file F (the key file's own key, without a store), the delta file is encrypted:\n" +
+			"receive --store S, or receive --to / apply with the same --key-file, read it. Without\n" +
+			"them it is written in the clear.",
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "base", Usage: "send only what changed since this older snapshot (thin, or classic) of the same volume (VG/SNAP)"},
 			&cli.BoolFlag{Name: "release-stale-metadata-snap", Usage: releaseStaleUsage},
 			discoveryFlag,
@@ -47,7 +51,8 @@ func sendCommand(e *env) *cli.Command {
 			&cli.Int64Flag{Name: "block-size", Value: archive.DefaultBlockSize, Usage: "block size in bytes for images (a multiple of 4096)"},
 			levelFlag,
 			quietFlag,
-		},
+			sendStoreFlag,
+		}, keyFlags...),
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 0, 1, "give VG/SNAP or --file IMAGE")
 			if err != nil {
@@ -82,6 +87,7 @@ func sendCommand(e *env) *cli.Command {
 				o.snap = a[0]
 			}
 			o.base = c.String("base")
+			o.key = func(ctx context.Context) (*archive.Key, error) { return fileKey(ctx, e, c) }
 			return runSend(c.Context, e, o)
 		},
 	}
@@ -97,12 +103,28 @@ type sendOptions struct {
 	quiet                  bool
 	releaseStale           bool
 	discovery              lvmthin.Discovery
+	// key returns the key to encrypt under (fileKey): nil for a file in
+	// the clear.
+	key func(context.Context) (*archive.Key, error)
 }
+
+// sendStoreFlag is send's --store: only where the key comes from. Unlike
+// storeFlag it has no $THINBACK_STORE, so that a store set for backups
+// does not turn every send into an encrypted one.
+var sendStoreFlag = &cli.StringFlag{Name: storeFlag.Name, Usage: "encrypt the delta file under this encrypted store's key"}
 
 func runSend(ctx context.Context, e *env, o sendOptions) error {
 	newProg := func(total int64) backup.Progress { return newProgress(e.stderr, o.quiet, "sent", total) }
 	var out *backup.Outgoing
+	// The key first: a wrong passphrase must not leave a metadata
+	// snapshot reserved or an output begun.
+	var key *archive.Key
 	var err error
+	if o.key != nil {
+		if key, err = o.key(ctx); err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+	}
 	if o.file != "" {
 		out, err = backup.OpenFileSend(backup.FileSendOptions{
 			File: o.file, BaseFile: o.baseFile, BaseID: o.baseID,
@@ -119,8 +141,11 @@ func runSend(ctx context.Context, e *env, o sendOptions) error {
 		return usageOf(fmt.Errorf("send: %w", err))
 	}
 	defer out.Close()
+	if err := backup.BindParent(key, out.Header, nil); err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
 	st, err := sendTo(ctx, e, sendToOptions{
-		out: o.out, header: out.Header, src: out.Source, level: o.level,
+		out: o.out, header: out.Header, src: out.Source, level: o.level, key: key,
 		progress: out.Progress, countWrites: out.CountWrites, guards: out.Guards,
 	})
 	out.Progress.Done()
@@ -155,6 +180,7 @@ type sendToOptions struct {
 	header      *archive.Header
 	src         archive.Source
 	level       archive.Level
+	key         *archive.Key // encrypts the file; nil: in the clear
 	progress    progress
 	countWrites bool // add the bytes written to progress
 	// guards are what the delta is read from, which standard output must
@@ -179,7 +205,7 @@ func sendTo(ctx context.Context, e *env, so sendToOptions) (st sendStats, err er
 	if o.pending == nil {
 		dst = newCtxWriter(ctx, o.w) // a pipe nobody reads must not outlast a signal
 	}
-	w := archive.NewWriter(dst)
+	w := archive.NewWriter(dst, archive.WithKey(so.key))
 	if err := w.WriteHeader(h); err != nil {
 		return sendStats{}, sendError(out, err)
 	}

@@ -54,6 +54,8 @@ func scriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []st
 		"mbr":         cmdMbr,
 		"fsround":     cmdFsround,
 		"blocksof":    cmdBlocksof,
+		"encstore":    cmdEncstore,
+		"keyrestore":  cmdKeyrestore,
 	}
 }
 

@@ -259,13 +259,13 @@ func TestNewestBaseChecksRecord(t *testing.T) {
 	existing := []*lvmthin.LV{{VG: "vg0", Name: "disk.thinback.3", UUID: "lv-uuid-3"}}
 
 	setRecord("3", 1<<20)
-	base, rec, notes, err := backup.NewestBase(s, "disk.img", existing, "the pool")
+	base, rec, _, notes, err := backup.NewestBase(s, nil, "disk.img", existing, "the pool")
 	if err != nil || base == nil || rec.Seq != 3 || len(notes) != 0 {
 		t.Fatalf("newestBase with #3 as recorded: %v, #%d, %q, %v; want #3's LV", base, rec.Seq, notes, err)
 	}
 
 	setRecord("3", 2<<20)
-	base, _, notes, err = backup.NewestBase(s, "disk.img", existing, "the pool")
+	base, _, _, notes, err = backup.NewestBase(s, nil, "disk.img", existing, "the pool")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,7 +40,9 @@ type Source interface {
 	// ChooseBase picks the base of the next incremental among the
 	// volume's recorded snapshots (none: a full); notes say why the
 	// newest was not used.
-	ChooseBase(ctx context.Context, s catalog.Repository, v catalog.Volume) (notes []string, err error)
+	// key is an encrypted store's key (nil: in the clear), under which
+	// the base's file must have been written.
+	ChooseBase(ctx context.Context, s catalog.Repository, key *archive.Key, v catalog.Volume) (notes []string, err error)
 	// NextSnapshot names the snapshot TakeSnapshot will take, as
 	// THINBACK_SNAPSHOT gives it to the hooks ("" when the source is
 	// read as it is); Origin names the source for THINBACK_SOURCE.
@@ -109,6 +111,9 @@ type Options struct {
 	// Volume is the volume's name in the store; "" for the source's.
 	Volume string
 	Level  archive.Level
+	// Key is the key of an encrypted store: the delta file is written
+	// under it, and the base of an incremental must have been.
+	Key *archive.Key
 	// Pre and Post are the shell commands run before and after the
 	// snapshot; their output goes to HookOutput.
 	Pre, Post  string
@@ -224,7 +229,7 @@ func run(ctx context.Context, s catalog.Repository, src Source, want catalog.Vol
 		return nil, err
 	}
 	res.Notes = append(res.Notes, notes...)
-	notes, err = src.ChooseBase(ctx, s, v)
+	notes, err = src.ChooseBase(ctx, s, o.Key, v)
 	defer src.Release()
 	if err != nil {
 		return nil, err
@@ -271,7 +276,7 @@ func run(ctx context.Context, s catalog.Repository, src Source, want catalog.Vol
 	if d.CountWrites {
 		writes = d.Progress
 	}
-	rec, err := StoreDelta(ctx, s, StoreOptions{Header: d.Header, Source: d.Source, Level: o.Level, Progress: writes, Record: d.Record, NewVolume: newVol})
+	rec, err := StoreDelta(ctx, s, StoreOptions{Header: d.Header, Source: d.Source, Level: o.Level, Progress: writes, Record: d.Record, NewVolume: newVol, Key: o.Key})
 	d.Progress.Done()
 	if postPending {
 		postPending = false

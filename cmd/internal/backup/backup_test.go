@@ -167,7 +167,7 @@ func (f *fakeSource) CheckVolume(v catalog.Volume) ([]string, error) {
 	return nil, f.step("check volume")
 }
 
-func (f *fakeSource) ChooseBase(_ context.Context, s catalog.Repository, v catalog.Volume) ([]string, error) {
+func (f *fakeSource) ChooseBase(_ context.Context, s catalog.Repository, _ *archive.Key, v catalog.Volume) ([]string, error) {
 	f.v = v
 	return []string{"a note of the base"}, f.step("choose base")
 }
@@ -429,8 +429,19 @@ func TestRunLocked(t *testing.T) {
 
 // An image is backed up into a real store, changed and backed up again
 // (an incremental of the changed blocks, the --post command after it was
-// read), and both points restore byte for byte.
+// read), and both points restore byte for byte. With a key, both files
+// are encrypted under it, the incremental bound to the full, and they
+// restore under the key.
 func TestFileRoundTrip(t *testing.T) {
+	key, err := archive.NewKey(bytes.Repeat([]byte{3}, archive.MasterKeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("in the clear", func(t *testing.T) { fileRoundTrip(t, nil) })
+	t.Run("encrypted", func(t *testing.T) { fileRoundTrip(t, key) })
+}
+
+func fileRoundTrip(t *testing.T, key *archive.Key) {
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.img")
 	state1 := bytes.Repeat([]byte("the first state of the image\n"), 1<<20/29+1)[:1<<20]
@@ -446,7 +457,7 @@ func TestFileRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer src.Close()
-		o := Options{Pre: "echo pre hook", Post: "echo post hook", HookOutput: st}
+		o := Options{Pre: "echo pre hook", Post: "echo post hook", HookOutput: st, Key: key}
 		res, err := Run(context.Background(), s, src, o)
 		if err != nil {
 			t.Fatal(err)
@@ -486,6 +497,12 @@ func TestFileRoundTrip(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
+			if h, err := archive.NewReader(f).Header(); err != nil || h.IsEncrypted() != (key != nil) {
+				t.Fatalf("%s: encrypted %v (%v) with key %v", rec.File, h != nil && h.IsEncrypted(), err, key != nil)
+			}
+			if _, err := f.Seek(0, io.SeekStart); err != nil {
+				t.Fatal(err)
+			}
 			inputs = append(inputs, restore.Input{Name: rec.File, R: f})
 		}
 		target := filepath.Join(dir, fmt.Sprintf("restored%d.img", i+1))
@@ -493,7 +510,7 @@ func TestFileRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = restore.Apply(context.Background(), tg, inputs, restore.Options{})
+		_, err = restore.Apply(context.Background(), tg, inputs, restore.Options{Key: key})
 		if cerr := tg.Close(); err == nil {
 			err = cerr
 		}

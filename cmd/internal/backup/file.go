@@ -26,9 +26,11 @@ type FileSource struct {
 
 	// Set by ChooseBase and Discover.
 	s          catalog.Repository
+	key        *archive.Key // of an encrypted store
 	v          catalog.Volume
 	latest     catalog.Snapshot
 	prev       *archive.ChainDigests
+	base       *Base
 	closeChain func()
 	ds         *archive.DigestSource
 }
@@ -73,9 +75,11 @@ func (fs *FileSource) CheckVolume(v catalog.Volume) ([]string, error) {
 }
 
 // ChooseBase implements Source: the base is the newest backup, whose
-// chain's block digests are opened.
-func (fs *FileSource) ChooseBase(_ context.Context, s catalog.Repository, v catalog.Volume) ([]string, error) {
-	fs.s, fs.v = s, v
+// chain's block digests are opened. A chain that cannot be read makes a
+// full, but in an encrypted store one with a file its key did not write
+// fails the run.
+func (fs *FileSource) ChooseBase(_ context.Context, s catalog.Repository, key *archive.Key, v catalog.Volume) ([]string, error) {
+	fs.s, fs.key, fs.v = s, key, v
 	err := s.View(func(tx *catalog.Tx) error {
 		var err error
 		if fs.latest, err = tx.Latest(v.Name); errors.Is(err, catalog.ErrNotFound) {
@@ -86,7 +90,10 @@ func (fs *FileSource) ChooseBase(_ context.Context, s catalog.Repository, v cata
 	if err != nil || fs.latest.ID == "" {
 		return nil, err
 	}
-	fs.prev, fs.closeChain, err = chainDigests(s, fs.latest, v.BlockSize)
+	fs.prev, fs.base, fs.closeChain, err = chainDigests(s, key, fs.latest, v.BlockSize)
+	if err != nil && key != nil && IsKeyError(err) {
+		return nil, baseKeyError(s, fs.latest, err)
+	}
 	if err != nil {
 		return []string{fmt.Sprintf("cannot read the chain of the newest backup (%v): making a full; run thinback verify", err)}, nil
 	}
@@ -133,7 +140,10 @@ func (fs *FileSource) Discover(_ context.Context, res *Result, newProgress func(
 	// The parent's size as its file says (OpenChain checked the record
 	// against it).
 	h.ParentSize = fs.prev.Header().VolumeSize
-	fs.ds, err = archive.NewDigestSource(fs.f, fs.size, fs.v.BlockSize, fs.prev, archive.DigestSourceOptions{Progress: prog.Add})
+	if err := BindParent(fs.key, h, fs.base); err != nil {
+		return nil, err
+	}
+	fs.ds, err = archive.NewDigestSource(fs.f, fs.size, fs.v.BlockSize, fs.prev, archive.DigestSourceOptions{Progress: prog.Add, Key: fs.key})
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/lvmthin"
 )
@@ -46,8 +47,11 @@ func snapshotName(origin *lvmthin.LV, existing []*lvmthin.LV, now time.Time) str
 // snapshots live ("the pool", "the volume group"). The base's record must
 // describe its file (baseFile): an incremental is made from the sizes
 // the record gives, and one made from a record out of step with its file
-// could never be restored.
-func NewestBase(s catalog.Repository, name string, existing []*lvmthin.LV, where string) (*lvmthin.LV, catalog.Snapshot, []string, error) {
+// could never be restored. In an encrypted store (key not nil) the
+// base's file must also be one the key wrote: one that is not
+// (IsKeyError) fails the run, before any snapshot is taken. The Base
+// returned is what the incremental binds to (BindParent).
+func NewestBase(s catalog.Repository, key *archive.Key, name string, existing []*lvmthin.LV, where string) (*lvmthin.LV, catalog.Snapshot, *Base, []string, error) {
 	byUUID := map[string]*lvmthin.LV{}
 	for _, lv := range existing {
 		byUUID[lv.UUID] = lv
@@ -74,13 +78,26 @@ func NewestBase(s catalog.Repository, name string, existing []*lvmthin.LV, where
 		}
 		return nil
 	})
+	var bf *Base
 	if err == nil && base != nil {
-		if ferr := baseFile(s, baseRec); ferr != nil {
+		var ferr error
+		if bf, ferr = baseFile(s, key, baseRec); ferr != nil {
+			if key != nil && IsKeyError(ferr) {
+				return nil, catalog.Snapshot{}, nil, notes, baseKeyError(s, baseRec, ferr)
+			}
 			notes = append(notes, fmt.Sprintf("backup #%d cannot be the base (%v): making a full; run thinback verify", baseRec.Seq, ferr))
-			base, baseRec = nil, catalog.Snapshot{}
+			base, baseRec, bf = nil, catalog.Snapshot{}, nil
 		}
 	}
-	return base, baseRec, notes, err
+	return base, baseRec, bf, notes, err
+}
+
+// baseKeyError is the error of a backup whose base, snapshot rec of an
+// encrypted store, is not a file the store's key wrote.
+func baseKeyError(s catalog.Repository, rec catalog.Snapshot, err error) error {
+	return fmt.Errorf("the base of this backup, snapshot #%d %s of %s, is not a file this store's key wrote: %w; "+
+		"nothing was written. Someone with access to store %s put it there, or altered it: see thinback verify --store %s",
+		rec.Seq, rec.ID, rec.Volume, err, s, s)
 }
 
 // removeOlderSnapshots removes thinback's snapshots of origin other than
@@ -120,10 +137,12 @@ type lvSource struct {
 
 	// Set by ChooseBase, NextSnapshot and TakeSnapshot.
 	s        catalog.Repository
+	key      *archive.Key // of an encrypted store
 	v        catalog.Volume
 	existing []*lvmthin.LV
 	base     *lvmthin.LV
 	baseRec  catalog.Snapshot
+	baseFile *Base
 	lvName   string
 	snap     *lvmthin.LV
 }
@@ -138,11 +157,11 @@ func (l *lvSource) CheckVolume(v catalog.Volume) ([]string, error) {
 }
 
 // chooseBase picks the newest recorded snapshot among existing.
-func (l *lvSource) chooseBase(s catalog.Repository, v catalog.Volume, existing []*lvmthin.LV, where string) ([]string, error) {
-	l.s, l.v, l.existing = s, v, existing
+func (l *lvSource) chooseBase(s catalog.Repository, key *archive.Key, v catalog.Volume, existing []*lvmthin.LV, where string) ([]string, error) {
+	l.s, l.key, l.v, l.existing = s, key, v, existing
 	var notes []string
 	var err error
-	l.base, l.baseRec, notes, err = NewestBase(s, v.Name, existing, where)
+	l.base, l.baseRec, l.baseFile, notes, err = NewestBase(s, key, v.Name, existing, where)
 	return notes, err
 }
 

@@ -23,6 +23,9 @@ type StoreOptions struct {
 	// NewVolume, when not nil, is recorded with the snapshot (the
 	// volume's first: it is recorded with it or not at all).
 	NewVolume *catalog.Volume
+	// Key, the key of an encrypted store, encrypts the file; nil writes
+	// it in the clear.
+	Key *archive.Key
 }
 
 // StoreDelta writes a delta file of o.Source into the store and records
@@ -34,7 +37,7 @@ func StoreDelta(ctx context.Context, s catalog.Repository, o StoreOptions) (cata
 		prog = o.Progress.Add
 	}
 	write := func(out io.Writer) (catalog.Snapshot, error) {
-		w := archive.NewWriter(out)
+		w := archive.NewWriter(out, archive.WithKey(o.Key))
 		if err := w.WriteHeader(h); err != nil {
 			return catalog.Snapshot{}, err
 		}
@@ -73,7 +76,12 @@ func StoreWriteError(dir string, err error) error {
 // the store's files (each checked against its record: OpenChain), for a
 // backup that compares a volume's blocks with them. The returned function
 // closes the files.
-func chainDigests(s catalog.Repository, rec catalog.Snapshot, blockSize int64) (*archive.ChainDigests, func(), error) {
+//
+// With the key of an encrypted store, every file must be encrypted
+// under it: headers and the links between the files are authenticated
+// here, the records as they are read. The returned Base is what an
+// incremental from rec binds to (BindParent).
+func chainDigests(s catalog.Repository, key *archive.Key, rec catalog.Snapshot, blockSize int64) (*archive.ChainDigests, *Base, func(), error) {
 	var chain []catalog.Snapshot
 	var vol catalog.Volume
 	err := s.View(func(tx *catalog.Tx) error {
@@ -85,42 +93,54 @@ func chainDigests(s catalog.Repository, rec catalog.Snapshot, blockSize int64) (
 		return err
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	files, err := record.OpenChain(s.OpenDelta, s.String(), vol, chain)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	closeAll := func() { record.CloseAll(files) }
+	last := files[len(files)-1]
+	base := &Base{}
+	base.Digest, err = endDigest(last)
 	var inputs []archive.ChainInput
 	for _, f := range files {
 		inputs = append(inputs, archive.ChainInput{Name: f.Name(), File: f})
 	}
-	prev, err := archive.OpenChainDigests(inputs)
+	var prev *archive.ChainDigests
+	if err == nil {
+		prev, err = archive.OpenChainDigests(inputs, archive.WithKey(key))
+	}
 	if err == nil && prev.BlockSize() != blockSize {
 		err = fmt.Errorf("its block size is %d, the volume's %d", prev.BlockSize(), blockSize)
 	}
 	if err != nil {
 		closeAll()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return prev, closeAll, nil
+	base.Header = prev.Header()
+	return prev, base, closeAll, nil
 }
 
 // baseFile opens the delta file of rec, the base of an incremental,
-// through OpenChain, which checks that rec describes it.
-func baseFile(s catalog.Repository, rec catalog.Snapshot) error {
+// through OpenChain, which checks that rec describes it, and with the key
+// of an encrypted store authenticates its header (checkBase).
+func baseFile(s catalog.Repository, key *archive.Key, rec catalog.Snapshot) (*Base, error) {
 	var vol catalog.Volume
 	if err := s.View(func(tx *catalog.Tx) error {
 		var err error
 		vol, err = tx.Volume(rec.Volume)
 		return err
 	}); err != nil {
-		return err
+		return nil, err
 	}
 	files, err := record.OpenChain(s.OpenDelta, s.String(), vol, []catalog.Snapshot{rec})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return record.CloseAll(files)
+	base, err := checkBase(files[0], key)
+	if cerr := record.CloseAll(files); err == nil {
+		err = cerr
+	}
+	return base, err
 }

@@ -110,7 +110,7 @@ func (t *ThickSource) Identify() catalog.Volume {
 // ChooseBase implements Source: the copy-on-write store of the new
 // snapshot is sized now, in the VG, while the base's still exists; the
 // base is the newest recorded snapshot still in the volume group.
-func (t *ThickSource) ChooseBase(ctx context.Context, s catalog.Repository, v catalog.Volume) ([]string, error) {
+func (t *ThickSource) ChooseBase(ctx context.Context, s catalog.Repository, key *archive.Key, v catalog.Volume) ([]string, error) {
 	origin := t.origin
 	want, err := parseSnapshotSize(t.o.SnapshotSize, origin.Size)
 	if err != nil {
@@ -130,7 +130,7 @@ func (t *ThickSource) ChooseBase(ctx context.Context, s catalog.Repository, v ca
 	if err != nil {
 		return nil, err
 	}
-	notes, err := t.chooseBase(s, v, existing, "the volume group")
+	notes, err := t.chooseBase(s, key, v, existing, "the volume group")
 	if err != nil {
 		return nil, err
 	}
@@ -203,14 +203,18 @@ func (t *ThickSource) Discover(ctx context.Context, res *Result, newProgress fun
 	var h *archive.Header
 	if base != nil {
 		h = ClassicHeader(snap, base, t.origin, d.Size())
+		h.ParentSize = baseRec.VolumeSize
 		if h.Parent.ID, err = record.ParseID(baseRec.ID); err != nil {
 			err = fmt.Errorf("snapshot #%d of %s: %w", baseRec.Seq, t.v.Name, err)
+		} else {
+			err = BindParent(t.key, h, t.baseFile)
+		}
+		if err != nil {
 			if cerr := closeDelta(); cerr != nil {
 				err = fmt.Errorf("%w (and closing %s failed: %v)", err, snap.FullName(), cerr)
 			}
 			return nil, err
 		}
-		h.ParentSize = baseRec.VolumeSize
 		res.Kind, res.Parent, res.Method = "incremental", fmt.Sprintf("#%d", baseRec.Seq), "cow"
 		if ds != nil {
 			res.Method = "digests"
@@ -256,7 +260,10 @@ func (t *ThickSource) digests(ctx context.Context, res *Result) (d *lvmthin.Clas
 	res.Fallback = fmt.Sprintf("base snapshot %s was invalidated (its %s copy-on-write store overflowed, or an I/O error)", base.FullName(), BytesHuman(base.Size))
 	res.Notes = append(res.Notes, res.Fallback+": compared every block with the backup's digests instead of reading its exception table; "+
 		"give a larger --snapshot-size or back up more often")
-	prev, closeChain, cerr := chainDigests(t.s, baseRec, t.v.BlockSize)
+	prev, _, closeChain, cerr := chainDigests(t.s, t.key, baseRec, t.v.BlockSize)
+	if cerr != nil && t.key != nil && IsKeyError(cerr) {
+		return nil, nil, nil, baseKeyError(t.s, baseRec, cerr)
+	}
 	if cerr != nil {
 		res.Notes = append(res.Notes, fmt.Sprintf("cannot read the chain of backup #%d (%v): making a full; run thinback verify", baseRec.Seq, cerr))
 	} else {
@@ -276,7 +283,7 @@ func (t *ThickSource) digests(ctx context.Context, res *Result) (d *lvmthin.Clas
 		return nil, nil, nil, fmt.Errorf("open snapshot %s: %w", snap.FullName(), err)
 	}
 	closers = append(closers, func() { f.Close() })
-	if ds, err = archive.NewDigestSource(f, d.Size(), t.v.BlockSize, prev, archive.DigestSourceOptions{}); err != nil {
+	if ds, err = archive.NewDigestSource(f, d.Size(), t.v.BlockSize, prev, archive.DigestSourceOptions{Key: t.key}); err != nil {
 		d.Close()
 		closeDigests()
 		return nil, nil, nil, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/lvmthin"
@@ -24,12 +25,12 @@ func (t *ThinSource) Identify() catalog.Volume {
 
 // ChooseBase implements Source: the newest recorded snapshot still on the
 // pool.
-func (t *ThinSource) ChooseBase(_ context.Context, s catalog.Repository, v catalog.Volume) ([]string, error) {
+func (t *ThinSource) ChooseBase(_ context.Context, s catalog.Repository, key *archive.Key, v catalog.Volume) ([]string, error) {
 	existing, err := t.rep.Snapshots(t.origin.FullName())
 	if err != nil {
 		return nil, err
 	}
-	return t.chooseBase(s, v, existing, "the pool")
+	return t.chooseBase(s, key, v, existing, "the pool")
 }
 
 // TakeSnapshot implements Source: read-only, and created active, for the
@@ -56,6 +57,10 @@ func (t *ThinSource) Discover(ctx context.Context, res *Result, newProgress func
 	if base != nil {
 		if h.Parent.ID, err = record.ParseID(t.baseRec.ID); err != nil {
 			err = fmt.Errorf("snapshot #%d of %s: %w", t.baseRec.Seq, t.v.Name, err)
+		} else {
+			err = BindParent(t.key, h, t.baseFile)
+		}
+		if err != nil {
 			if cerr := d.Close(); cerr != nil {
 				err = fmt.Errorf("%w (and closing %s failed: %v)", err, snap.FullName(), cerr)
 			}
