@@ -175,7 +175,7 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 		Volume: o.volume, Level: o.level, Key: key,
 		Pre: o.pre, Post: o.post, HookOutput: e.stderr,
 		Retention: o.retention,
-		Prune:     pruneAfterBackup(s, o.level),
+		Prune:     pruneAfterBackup(s, o.level, key),
 		Progress: func(total int64) backup.Progress {
 			return newProgress(e.stderr, o.quiet || o.json, "backed up", total)
 		},
@@ -204,9 +204,9 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 
 // pruneAfterBackup is backup's retention: thinback prune of the volume,
 // which returns the sequence numbers it removed.
-func pruneAfterBackup(s catalog.Repository, level archive.Level) func(context.Context, string, catalog.Retention) ([]uint64, error) {
+func pruneAfterBackup(s catalog.Repository, level archive.Level, key *archive.Key) func(context.Context, string, catalog.Retention) ([]uint64, error) {
 	return func(ctx context.Context, name string, r catalog.Retention) ([]uint64, error) {
-		pr, err := prune.Volume(ctx, s, name, r, prune.Options{Level: level, Tool: toolName()})
+		pr, err := prune.Volume(ctx, s, name, r, prune.Options{Level: level, Tool: toolName(), Key: key})
 		var removed []uint64
 		if pr != nil {
 			for _, r := range pr.Removed {

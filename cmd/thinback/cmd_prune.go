@@ -29,7 +29,7 @@ func pruneCommand(e *env) *cli.Command {
 			storeFlag,
 			&cli.BoolFlag{Name: "dry-run", Aliases: []string{"n"}, Usage: "only say what would be removed"},
 			jsonFlag, quietFlag,
-		}, keepFlags()...),
+		}, append(keepFlags(), keyFlags...)...),
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 0, 1, "give at most one volume")
 			if err != nil {
@@ -44,7 +44,8 @@ func pruneCommand(e *env) *cli.Command {
 				vol = a[0]
 			}
 			return runPrune(c.Context, e, pruneOptions{store: c.String("store"), volume: vol, retention: r,
-				dryRun: c.Bool("dry-run"), json: c.Bool("json"), quiet: c.Bool("quiet")})
+				dryRun: c.Bool("dry-run"), json: c.Bool("json"), quiet: c.Bool("quiet"),
+				key: func(ctx context.Context, s catalog.Repository) (*archive.Key, error) { return storeKey(ctx, e, c, s) }})
 		},
 	}
 }
@@ -53,6 +54,9 @@ type pruneOptions struct {
 	store, volume       string // volume "": every volume with a policy
 	retention           catalog.Retention
 	dryRun, json, quiet bool
+	// key unlocks an encrypted store's key (storeKey), which merging
+	// needs; a dry run merges nothing and asks for none.
+	key func(context.Context, catalog.Repository) (*archive.Key, error)
 }
 
 func runPrune(ctx context.Context, e *env, o pruneOptions) error {
@@ -61,6 +65,12 @@ func runPrune(ctx context.Context, e *env, o pruneOptions) error {
 		return err
 	}
 	defer closeStore(e, s)
+	var key *archive.Key
+	if !o.dryRun && o.key != nil {
+		if key, err = o.key(ctx, s); err != nil {
+			return fmt.Errorf("prune: %w", err)
+		}
+	}
 	var vols []catalog.Volume
 	if err := s.View(func(tx *catalog.Tx) error {
 		all, err := tx.Volumes()
@@ -92,7 +102,7 @@ func runPrune(ctx context.Context, e *env, o pruneOptions) error {
 		if err != nil {
 			return fmt.Errorf("prune: %w", err)
 		}
-		res, err := prune.Volume(ctx, s, v.Name, policy, prune.Options{DryRun: o.dryRun, Level: archive.LevelFastest, Tool: toolName()})
+		res, err := prune.Volume(ctx, s, v.Name, policy, prune.Options{DryRun: o.dryRun, Level: archive.LevelFastest, Tool: toolName(), Key: key})
 		unlockWarn(e, unlock, v.Name)
 		if err != nil {
 			return fmt.Errorf("prune: %w", err)

@@ -141,9 +141,6 @@ func runSend(ctx context.Context, e *env, o sendOptions) error {
 		return usageOf(fmt.Errorf("send: %w", err))
 	}
 	defer out.Close()
-	if err := backup.BindParent(key, out.Header, nil); err != nil {
-		return fmt.Errorf("send: %w", err)
-	}
 	st, err := sendTo(ctx, e, sendToOptions{
 		out: o.out, header: out.Header, src: out.Source, level: o.level, key: key,
 		progress: out.Progress, countWrites: out.CountWrites, guards: out.Guards,

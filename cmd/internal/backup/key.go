@@ -17,26 +17,29 @@ import (
 // the base of a backup.
 
 // Base is what an incremental is bound to: the header of its parent's
-// file and that file's digest, as read from the store.
+// file, as read from the store under the key.
 type Base struct {
 	Header *archive.Header
-	Digest archive.Digest
 }
 
-// BindParent sets the parent binding of an encrypted incremental h made
-// from base (docs/FORMAT.md "Encryption", "Chain binding"). It is the
-// one place a backup or a send computes it. base is nil when the
-// parent's file is not at hand (a send from two snapshots): the binding
-// then cannot be made, and the error says so. Nothing is done for a
-// full or without a key.
+// BindParent checks that the encrypted incremental h, made from base,
+// follows it: the Writer binds h to its parent's identity as h names it
+// (volume name and UUID, parent id and size: docs/FORMAT.md "Chain
+// binding"), and every restore checks that binding against the file
+// before it (archive.CheckParentTags), so an incremental whose header
+// does not name base's snapshot exactly would be stored and never
+// restore. It is the one place a backup checks the binding. Nothing is
+// checked for a full, without a key, or without a base at hand (a send
+// from two snapshots: the receiving store checks, CheckParent).
 func BindParent(key *archive.Key, h *archive.Header, base *Base) error {
-	if key == nil || h.IsFull() {
+	if key == nil || h.IsFull() || base == nil {
 		return nil
 	}
-	if base == nil {
-		return fmt.Errorf("an encrypted incremental is bound to its parent's delta file, and the file of %s is not at hand: send a full, or back up into the store with thinback backup", h.Parent.Describe())
+	b := base.Header
+	if b.VolumeName != h.VolumeName || b.VolumeUUID != h.VolumeUUID || b.Snapshot.ID != h.Parent.ID || b.VolumeSize != h.ParentSize {
+		return fmt.Errorf("the incremental from %s of volume %q (uuid %q, %d bytes) would not follow its base file, of snapshot %s of volume %q (uuid %q, %d bytes): %w",
+			h.Parent.Describe(), h.VolumeName, h.VolumeUUID, h.ParentSize, b.Snapshot.ID, b.VolumeName, b.VolumeUUID, b.VolumeSize, archive.ErrParentTag)
 	}
-	h.ParentTag = key.FileTag(base.Digest)
 	return nil
 }
 
@@ -51,35 +54,16 @@ func IsKeyError(err error) bool {
 
 // checkBase reads the header of f, a store's file, under key (when the
 // store is encrypted: a file in the clear or under another key fails,
-// as does one whose header was altered), and its digest, and puts f
-// back at its start.
+// as does one whose header was altered), and puts f back at its start.
 func checkBase(f catalog.DeltaReader, key *archive.Key) (*Base, error) {
 	h, err := archive.NewReader(f, archive.WithKey(key)).Header()
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", f.Name(), err)
-	}
-	d, err := endDigest(f)
-	if err != nil {
-		return nil, err
-	}
-	return &Base{Header: h, Digest: d}, nil
-}
-
-// endDigest returns the file digest f's END record claims (record.OpenChain
-// compared it with the catalog's), and puts f back at its start.
-func endDigest(f catalog.DeltaReader) (archive.Digest, error) {
-	size, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		return archive.Digest{}, fmt.Errorf("%s: %w", f.Name(), err)
-	}
-	d, err := archive.EndDigest(f, size)
 	if err == nil {
 		_, err = f.Seek(0, io.SeekStart)
 	}
 	if err != nil {
-		return archive.Digest{}, fmt.Errorf("%s: %w", f.Name(), err)
+		return nil, fmt.Errorf("%s: %w", f.Name(), err)
 	}
-	return d, nil
+	return &Base{Header: h}, nil
 }
 
 // CheckParent checks that h, the header of an encrypted incremental to be
@@ -100,11 +84,7 @@ func CheckParent(s catalog.Repository, key *archive.Key, h *archive.Header) erro
 	if err != nil {
 		return fmt.Errorf("the parent of the stream, snapshot #%d %s of %s: %w", rec.Seq, rec.ID, rec.Volume, err)
 	}
-	want := *h
-	if err := BindParent(key, &want, base); err != nil {
-		return err
-	}
-	if want.ParentTag != h.ParentTag {
+	if key.ParentTag(base.Header) != h.ParentTag {
 		return fmt.Errorf("the stream is an incremental from %s, but not from the file the store holds of it (%s): %w; "+
 			"it was made from another store's or volume's file: send it from a base this store holds",
 			h.Parent.Describe(), rec.File, archive.ErrParentTag)

@@ -50,7 +50,7 @@ func snapshotName(origin *lvmthin.LV, existing []*lvmthin.LV, now time.Time) str
 // could never be restored. In an encrypted store (key not nil) the
 // base's file must also be one the key wrote: one that is not
 // (IsKeyError) fails the run, before any snapshot is taken. The Base
-// returned is what the incremental binds to (BindParent).
+// returned is what the incremental must follow (BindParent).
 func NewestBase(s catalog.Repository, key *archive.Key, name string, existing []*lvmthin.LV, where string) (*lvmthin.LV, catalog.Snapshot, *Base, []string, error) {
 	byUUID := map[string]*lvmthin.LV{}
 	for _, lv := range existing {

@@ -80,7 +80,7 @@ func StoreWriteError(dir string, err error) error {
 // With the key of an encrypted store, every file must be encrypted
 // under it: headers and the links between the files are authenticated
 // here, the records as they are read. The returned Base is what an
-// incremental from rec binds to (BindParent).
+// incremental from rec must follow (BindParent).
 func chainDigests(s catalog.Repository, key *archive.Key, rec catalog.Snapshot, blockSize int64) (*archive.ChainDigests, *Base, func(), error) {
 	var chain []catalog.Snapshot
 	var vol catalog.Volume
@@ -100,17 +100,11 @@ func chainDigests(s catalog.Repository, key *archive.Key, rec catalog.Snapshot, 
 		return nil, nil, nil, err
 	}
 	closeAll := func() { record.CloseAll(files) }
-	last := files[len(files)-1]
-	base := &Base{}
-	base.Digest, err = endDigest(last)
 	var inputs []archive.ChainInput
 	for _, f := range files {
 		inputs = append(inputs, archive.ChainInput{Name: f.Name(), File: f})
 	}
-	var prev *archive.ChainDigests
-	if err == nil {
-		prev, err = archive.OpenChainDigests(inputs, archive.WithKey(key))
-	}
+	prev, err := archive.OpenChainDigests(inputs, archive.WithKey(key))
 	if err == nil && prev.BlockSize() != blockSize {
 		err = fmt.Errorf("its block size is %d, the volume's %d", prev.BlockSize(), blockSize)
 	}
@@ -118,8 +112,7 @@ func chainDigests(s catalog.Repository, key *archive.Key, rec catalog.Snapshot, 
 		closeAll()
 		return nil, nil, nil, err
 	}
-	base.Header = prev.Header()
-	return prev, base, closeAll, nil
+	return prev, &Base{Header: prev.Header()}, closeAll, nil
 }
 
 // baseFile opens the delta file of rec, the base of an incremental,
