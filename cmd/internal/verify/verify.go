@@ -28,6 +28,11 @@ func File(ctx context.Context, f io.Reader, payloads bool) (*archive.Header, arc
 	return readFile(ctx, f, payloads, nil)
 }
 
+// FileKey is File reading a file encrypted under key (see Options.Key).
+func FileKey(ctx context.Context, f io.Reader, payloads bool, key *archive.Key) (*archive.Header, archive.Trailer, error) {
+	return readFile(ctx, f, payloads, key)
+}
+
 // readFile is File, reading a file encrypted under key (see Options.Key).
 func readFile(ctx context.Context, f io.Reader, payloads bool, key *archive.Key) (*archive.Header, archive.Trailer, error) {
 	rd := archive.NewReader(f, archive.WithKey(key))
