@@ -233,7 +233,16 @@ func TestRestoreEncryptedTamper(t *testing.T) {
 		}, archive.ErrChecksum, exitCorrupt}, // the header's digest: never "wrong key"
 		{"splice another store's file under the same key, catalog rewritten", func(t *testing.T, store string, c *encChain, key *archive.Key) {
 			spliceOther(t, store, c, key)
-		}, archive.ErrParentTag, exitChain},
+		}, archive.ErrNotChain, exitChain},
+		{"splice another volume's file under the same key name", func(t *testing.T, store string, c *encChain, key *archive.Key) {
+			s, err := catalog.OpenStore(store)
+			if err != nil {
+				t.Fatal(err)
+			}
+			vm2 := writeEncChain(t, s, key, "vm2", 3, 7)
+			s.Close()
+			writeAll(t, storedPath(store, c.snaps[2]), readAll(t, storedPath(store, vm2.snaps[2])))
+		}, record.ErrNotRecorded, exitCorrupt},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -263,10 +272,10 @@ func TestRestoreEncryptedTamper(t *testing.T) {
 
 // spliceOther puts into store, as the newest snapshot of vm1 after #2,
 // an incremental written under the same key into another store, from a
-// full that has #2's identity there but other contents; the catalog
-// record is rewritten to match the file, as whoever can write to the
-// store can. Only the parent's file tag tells the file is not of this
-// chain.
+// full that has #2's snapshot id there but was a block longer; the
+// catalog record is rewritten to match the file, as whoever can write to
+// the store can. Every record check passes; the chain's sizes do not
+// (and the parent binding under the key would not either).
 func spliceOther(t *testing.T, store string, c *encChain, key *archive.Key) {
 	t.Helper()
 	other, err := catalog.OpenStore(filepath.Join(filepath.Dir(store), "other"))
@@ -274,14 +283,16 @@ func spliceOther(t *testing.T, store string, c *encChain, key *archive.Key) {
 		t.Fatal(err)
 	}
 	defer other.Close()
-	// other's chain: #1 with the identity of this store's #2, then an
-	// incremental bound to it.
+	// other's chain: #1 with the snapshot id of this store's #2 and a
+	// block more, then an incremental bound to it that shrinks back.
 	oc := &encChain{}
 	h := encHeader(t, "vm1", oc, 0, key)
 	if h.Snapshot, err = record.ParentOf(c.snaps[1]); err != nil {
 		t.Fatal(err)
 	}
-	data, ext := encData(nil, 0, 9)
+	data := append(bytes.Clone(c.images[1]), bytes.Repeat([]byte{9}, encBlockSize)...)
+	h.VolumeSize = int64(len(data))
+	ext := []archive.Extent{{Offset: 0, Length: h.VolumeSize, Kind: archive.KindData}}
 	unlock, err := other.LockVolume("vm1")
 	if err != nil {
 		t.Fatal(err)
@@ -290,7 +301,7 @@ func spliceOther(t *testing.T, store string, c *encChain, key *archive.Key) {
 	unlock()
 	oc.snaps, oc.trailers, oc.images = append(oc.snaps, rec), append(oc.trailers, tr), append(oc.images, data)
 	ih := encHeader(t, "vm1", oc, 1, key)
-	data2, ext2 := encData(data, 1, 9)
+	data2, ext2 := encData(data[:encVolSize], 1, 9)
 	unlock, err = other.LockVolume("vm1")
 	if err != nil {
 		t.Fatal(err)
