@@ -47,7 +47,7 @@ func applyCommand(e *env) *cli.Command {
 			&cli.BoolFlag{Name: "force", Usage: "apply even if TARGET is not known to hold the base snapshot"},
 			&cli.StringFlag{Name: "state", Usage: "state file recording what each target holds (default $THINBACK_STATE or " + defaultStateFile + ")"},
 			quietFlag,
-			&cli.StringFlag{Name: storeFlag.Name, Usage: "read encrypted files with this store's key"},
+			storeFlag, // its key reads encrypted files
 		}, keyFlags...),
 		Action: func(c *cli.Context) error {
 			files, err := args(c, 1, -1, "give the delta files to apply, or - for standard input")

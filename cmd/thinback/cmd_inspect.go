@@ -30,7 +30,7 @@ func inspectCommand(e *env) *cli.Command {
 		Flags: append([]cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 			&cli.BoolFlag{Name: "records", Usage: "list every record"},
-			&cli.StringFlag{Name: storeFlag.Name, Usage: "read an encrypted file with this store's key"},
+			storeFlag, // its key reads encrypted files
 		}, keyFlags...),
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 1, 1, "give one delta file, or - for standard input")
