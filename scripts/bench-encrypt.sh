@@ -24,7 +24,7 @@ mkdir -p "$W"
 
 go build -o "$W/thinback" ./cmd/thinback
 TB="$W/thinback"
-if ! "$TB" init --help | grep -q -- --encrypt; then
+if ! "$TB" init --help | grep -- --encrypt >/dev/null; then # not -q: init must not die of SIGPIPE under pipefail
 	echo "this thinback has no init --encrypt: it cannot make an encrypted store" >&2
 	exit 1
 fi
@@ -59,7 +59,7 @@ echo "image $(numfmt --to=iec "$size"), stores: plain $(du -sh "$W/store-plain" 
 # time of each, the encrypted one's speed against the plain one's (best
 # to best, median to median), the median CPU time (user + system) of each
 # and the peak RSS of each (the largest seen). A run removes the output
-# and state file first.
+# and state file first, and waits for their writeback (untimed).
 stats() { sort -n | awk '{a[NR]=$1} END{printf "%s %s %s", a[1], a[int((NR+1)/2)], a[NR]}'; }
 run() {
 	local name=$1 t u k m v
@@ -67,6 +67,7 @@ run() {
 	for _ in $(seq "$RUNS"); do
 		for v in plain enc; do
 			rm -rf "$W/out" "$W/state-r.db"
+			sync # the last run's writeback is not this run's
 			THINBACK_STATE="$W/state-r.db" /usr/bin/time -o "$W/time.out" -f '%e %U %S %M' sh -c "${cmd[$v]}" >/dev/null 2>"$W/err.out" ||
 				{ echo "$name ($v) failed:" >&2; cat "$W/err.out" >&2; exit 1; }
 			read -r t u k m < "$W/time.out"
