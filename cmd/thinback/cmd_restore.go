@@ -53,7 +53,7 @@ func restoreCommand(e *env) *cli.Command {
 			}
 			return runRestore(c.Context, e, restoreOptions{
 				store: c.String("store"), volume: a[0], at: c.String("at"), snapshot: c.String("snapshot"),
-				unlock: func(ctx context.Context, r catalog.Repository) (*archive.Key, error) { return storeKey(ctx, e, c, r) },
+				unlock: unlocker(e, c),
 				apply: applyOptions{target: c.String("to"), snapback: c.String("snapback"), force: c.Bool("force"),
 					state: stateFilePath(c.String("state")), quiet: c.Bool("quiet")},
 			})

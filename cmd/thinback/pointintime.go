@@ -47,8 +47,8 @@ func openReadStore(ctx context.Context, dir string, unlock func(context.Context,
 	return &readStore{&pointintime.Store{Repository: r, Key: key}}, nil
 }
 
-// unlocker is what the commands that read a store give openReadStore:
-// storeKey with the secrets of c.
+// unlocker is storeKey with the secrets of c, for the commands that
+// open their store themselves (openReadStore, restore, verify).
 func unlocker(e *env, c *cli.Context) func(context.Context, catalog.Repository) (*archive.Key, error) {
 	return func(ctx context.Context, r catalog.Repository) (*archive.Key, error) { return storeKey(ctx, e, c, r) }
 }
