@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"strconv"
@@ -33,14 +36,19 @@ func applyCommand(e *env) *cli.Command {
 			"applying FILE undoes the apply. Run again with the same --snapback FILE, an\n" +
 			"interrupted apply continues that file, which then undoes both runs. A FILE that\n" +
 			"a power cut left ending inside a record still does both, read up to its last\n" +
-			"record that verifies, on a TARGET whose state file says that apply was interrupted.",
-		Flags: []cli.Flag{
+			"record that verifies, on a TARGET whose state file says that apply was interrupted.\n\n" +
+			"Encrypted files are read with the key of the store named by --store (unlocked as\n" +
+			"restore does) or of the key file given with --key-file (as send -o wrote them); an\n" +
+			"encrypted file without its key is refused with exit code 14, naming its key id, and\n" +
+			"nothing is written. A --snapback file is encrypted under the same key.",
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "to", Usage: "the file or block device to write (required)"},
 			&cli.StringFlag{Name: "snapback", Usage: "save the data the apply overwrites in this new delta file (or, running an interrupted apply again, in its snapback file)"},
 			&cli.BoolFlag{Name: "force", Usage: "apply even if TARGET is not known to hold the base snapshot"},
 			&cli.StringFlag{Name: "state", Usage: "state file recording what each target holds (default $THINBACK_STATE or " + defaultStateFile + ")"},
 			quietFlag,
-		},
+			storeFlag, // its key reads encrypted files
+		}, keyFlags...),
 		Action: func(c *cli.Context) error {
 			files, err := args(c, 1, -1, "give the delta files to apply, or - for standard input")
 			if err != nil {
@@ -52,6 +60,7 @@ func applyCommand(e *env) *cli.Command {
 			return runApply(c.Context, e, applyOptions{
 				files: files, target: c.String("to"), snapback: c.String("snapback"),
 				force: c.Bool("force"), state: stateFilePath(c.String("state")), quiet: c.Bool("quiet"),
+				unlock: func(ctx context.Context) (*archive.Key, error) { return fileKey(ctx, e, c) },
 			})
 		},
 	}
@@ -64,18 +73,28 @@ type applyOptions struct {
 	force    bool
 	state    string
 	quiet    bool
-	key      *archive.Key // of encrypted files; nil: in the clear
+	// key reads encrypted files and encrypts the snapback file.
+	key *archive.Key
+	// unlock returns the key of apply's files (fileKey); it is called
+	// only when one of them is encrypted.
+	unlock func(context.Context) (*archive.Key, error)
 }
 
 func runApply(ctx context.Context, e *env, o applyOptions) (err error) {
 	var inputs []restore.Input
 	guards := o.guards()
+	encrypted := false
 	for _, name := range o.files {
 		if name == "-" {
 			if len(o.files) > 1 {
 				return usageError{msg: "apply: - (standard input) must be the only file"}
 			}
-			inputs = append(inputs, restore.Input{Name: "standard input", R: e.stdin})
+			in, enc, err := peekEncrypted(e.stdin)
+			if err != nil {
+				return fmt.Errorf("apply: standard input: %w", err)
+			}
+			encrypted = enc
+			inputs = append(inputs, restore.Input{Name: "standard input", R: in})
 			if f, ok := e.stdin.(*os.File); ok {
 				// A regular file redirected to standard input.
 				guards = append(guards, restore.Guard{What: "standard input", Path: "/proc/self/fd/" + strconv.Itoa(int(f.Fd()))})
@@ -88,7 +107,19 @@ func runApply(ctx context.Context, e *env, o applyOptions) (err error) {
 			return fmt.Errorf("apply: %w", err)
 		}
 		defer f.Close()
+		if _, enc, err := peekEncrypted(f); err != nil {
+			return fmt.Errorf("apply: %s: %w", name, err)
+		} else if enc {
+			encrypted = true
+		}
 		inputs = append(inputs, restore.Input{Name: name, R: f})
+	}
+	// Plain files need no key: none is asked for. Without one, an
+	// encrypted file is refused by restore.Apply with its key id.
+	if encrypted && o.unlock != nil {
+		if o.key, err = o.unlock(ctx); err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
 	}
 	t, err := openTarget(ctx, o.target, guards)
 	if err != nil {
@@ -117,6 +148,33 @@ func runApply(ctx context.Context, e *env, o applyOptions) (err error) {
 		printable.Sayf(e.stderr, "%s", msg)
 	}
 	return nil
+}
+
+// headerPeek is how much of a stream apply looks at to see whether it is
+// encrypted: more than any header thinback writes.
+const headerPeek = 64 << 10
+
+// peekEncrypted reports whether r begins with the header of an encrypted
+// delta file, and returns what reads r from where it was: r itself put
+// back at its place when it can seek (a file, which restore.Apply then
+// checks to its end before writing), else a buffer over it. A header it
+// cannot read (damaged, or longer than headerPeek) says false: the apply
+// then reads it and fails as the file deserves, with the key id when it
+// is encrypted.
+func peekEncrypted(r io.Reader) (io.Reader, bool, error) {
+	if s, ok := r.(io.ReadSeeker); ok {
+		if at, err := s.Seek(0, io.SeekCurrent); err == nil {
+			h, herr := archive.NewReader(s).Header()
+			if _, err := s.Seek(at, io.SeekStart); err != nil {
+				return nil, false, err
+			}
+			return r, herr == nil && h.IsEncrypted(), nil
+		}
+	}
+	in := bufio.NewReaderSize(r, headerPeek)
+	b, _ := in.Peek(headerPeek)
+	h, err := archive.NewReader(bytes.NewReader(b)).Header()
+	return in, err == nil && h.IsEncrypted(), nil
 }
 
 // guards are the files of an apply besides its delta files that the target

@@ -30,14 +30,15 @@ func catCommand(e *env) *cli.Command {
 			"let it read thinback serve's export (nbd+unix:///VOLUME@SEQ?socket=PATH).\n\n" +
 			"Standard output (-o -, the default) must not be a terminal, nor one of the files read,\n" +
 			"the catalog, a file inside the store, or the device holding the store (exit 6, as\n" +
-			"restore --to). The store is only read.",
-		Flags: []cli.Flag{
+			"restore --to). The store is only read. An encrypted store is unlocked as restore\n" +
+			"unlocks it (exit 14 for a wrong or missing key), and every record is authenticated.",
+		Flags: append([]cli.Flag{
 			storeFlag,
 			&cli.StringFlag{Name: "at", Usage: `the newest snapshot at or before this time ("2026-11-20 03:00", local time, or RFC 3339)`},
 			&cli.StringFlag{Name: "snapshot", Usage: "the snapshot id (or a unique prefix, or its sequence number)"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "-", Usage: "write the image to this new file (- for standard output)"},
 			quietFlag,
-		},
+		}, keyFlags...),
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 1, 1, "give the volume to write out")
 			if err != nil {
@@ -47,7 +48,7 @@ func catCommand(e *env) *cli.Command {
 				return usageError{msg: "cat: give --at or --snapshot, not both"}
 			}
 			return runCat(c.Context, e, catOptions{store: c.String("store"), volume: a[0], at: c.String("at"),
-				snapshot: c.String("snapshot"), out: c.String("output"), quiet: c.Bool("quiet")})
+				snapshot: c.String("snapshot"), out: c.String("output"), quiet: c.Bool("quiet"), unlock: unlocker(e, c)})
 		},
 	}
 }
@@ -56,6 +57,7 @@ type catOptions struct {
 	store, volume, at, snapshot string
 	out                         string
 	quiet                       bool
+	unlock                      func(context.Context, catalog.Repository) (*archive.Key, error) // the store's key (storeKey)
 }
 
 // imageOutput is where cat writes: standard output in order (zeroes
@@ -128,7 +130,7 @@ func (o *imageOutput) finish(size int64) error {
 
 func runCat(ctx context.Context, e *env, o catOptions) error {
 	start := time.Now()
-	s, err := openReadStore(o.store)
+	s, err := openReadStore(ctx, o.store, o.unlock)
 	if err != nil {
 		return err
 	}
@@ -140,7 +142,7 @@ func runCat(ctx context.Context, e *env, o catOptions) error {
 		return fmt.Errorf("cat: %w", err)
 	}
 	defer pit.Close()
-	c, err := archive.OpenChain(pit.Inputs)
+	c, err := archive.OpenChain(pit.Inputs, archive.WithKey(s.Key))
 	if err != nil {
 		return fmt.Errorf("cat: %w", err)
 	}

@@ -22,38 +22,47 @@ func inspectCommand(e *env) *cli.Command {
 		Usage:     "show a delta file's header and records and verify every digest",
 		ArgsUsage: "FILE | -",
 		Description: "Reads the whole file, decompresses every record and checks every digest, like\n" +
-			"ZFS's zstream dump. Exits 3 (damaged) or 4 (too new) after printing what it could read.",
-		Flags: []cli.Flag{
+			"ZFS's zstream dump. Exits 3 (damaged) or 4 (too new) after printing what it could read.\n\n" +
+			"An encrypted file's header is in the clear: it is shown, with its key id and AEAD,\n" +
+			"without a key. Its records are shown and checked only with the key (--store's, or\n" +
+			"--key-file's own, as apply takes them); without it only the file's structure and\n" +
+			"digest are checked, and inspect says so.",
+		Flags: append([]cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 			&cli.BoolFlag{Name: "records", Usage: "list every record"},
-		},
+			storeFlag, // its key reads encrypted files
+		}, keyFlags...),
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 1, 1, "give one delta file, or - for standard input")
 			if err != nil {
 				return err
 			}
-			return runInspect(c.Context, e, a[0], c.Bool("json"), c.Bool("records"))
+			return runInspect(c.Context, e, a[0], c.Bool("json"), c.Bool("records"),
+				func(ctx context.Context) (*archive.Key, error) { return fileKey(ctx, e, c) })
 		},
 	}
 }
 
 // inspectReport is inspect's JSON output.
 type inspectReport struct {
-	File         string          `json:"file"`
-	Header       *inspectHeader  `json:"header,omitempty"`
-	DataRecords  int64           `json:"data_records"`
-	ZeroRecords  int64           `json:"zero_records"`
-	Skipped      int64           `json:"skipped_optional_records"`
-	DataBytes    int64           `json:"data_bytes"`
-	ZeroBytes    int64           `json:"zero_bytes"`
-	PayloadBytes int64           `json:"payload_bytes"`
-	FileBytes    int64           `json:"file_bytes"`
-	Compression  float64         `json:"compression_ratio,omitempty"`
-	Digest       string          `json:"digest,omitempty"`
-	Verified     bool            `json:"verified"`
-	Error        string          `json:"error,omitempty"`
-	Records      []inspectRecord `json:"records,omitempty"`
-	Duration     float64         `json:"seconds"`
+	File         string         `json:"file"`
+	Header       *inspectHeader `json:"header,omitempty"`
+	DataRecords  int64          `json:"data_records"`
+	ZeroRecords  int64          `json:"zero_records"`
+	Skipped      int64          `json:"skipped_optional_records"`
+	DataBytes    int64          `json:"data_bytes"`
+	ZeroBytes    int64          `json:"zero_bytes"`
+	PayloadBytes int64          `json:"payload_bytes"`
+	FileBytes    int64          `json:"file_bytes"`
+	Compression  float64        `json:"compression_ratio,omitempty"`
+	Digest       string         `json:"digest,omitempty"`
+	Verified     bool           `json:"verified"`
+	// StructureOnly: an encrypted file read without its key; only its
+	// structure and digest were verified, its records are not known.
+	StructureOnly bool            `json:"structure_only,omitempty"`
+	Error         string          `json:"error,omitempty"`
+	Records       []inspectRecord `json:"records,omitempty"`
+	Duration      float64         `json:"seconds"`
 }
 
 type inspectHeader struct {
@@ -69,6 +78,9 @@ type inspectHeader struct {
 	Tool       string         `json:"tool"`
 	Features   []string       `json:"features,omitempty"`
 	Attrs      []archive.Attr `json:"attributes,omitempty"`
+	Encrypted  bool           `json:"encrypted,omitempty"`
+	KeyID      string         `json:"key_id,omitempty"`
+	AEAD       string         `json:"aead,omitempty"`
 }
 
 type inspectSnap struct {
@@ -87,7 +99,9 @@ type inspectRecord struct {
 	Compressed bool   `json:"compressed,omitempty"`
 }
 
-func runInspect(ctx context.Context, e *env, name string, asJSON, listRecords bool) error {
+// runInspect inspects a file; unlock gives its key (fileKey) and is
+// called only for an encrypted file.
+func runInspect(ctx context.Context, e *env, name string, asJSON, listRecords bool, unlock func(context.Context) (*archive.Key, error)) error {
 	start := time.Now()
 	var r io.Reader = e.stdin
 	rep := &inspectReport{File: name}
@@ -101,7 +115,20 @@ func runInspect(ctx context.Context, e *env, name string, asJSON, listRecords bo
 		defer f.Close()
 		r = f
 	}
-	rd := archive.NewReader(r)
+	r, encrypted, err := peekEncrypted(r)
+	if err != nil {
+		return fmt.Errorf("inspect: %s: %w", rep.File, err)
+	}
+	var key *archive.Key
+	if encrypted && unlock != nil {
+		if key, err = unlock(ctx); err != nil {
+			return fmt.Errorf("inspect: %w", err)
+		}
+	}
+	if encrypted && key == nil {
+		return inspectStructure(e, r, rep, start, asJSON)
+	}
+	rd := archive.NewReader(r, archive.WithKey(key))
 	h, err := rd.Header()
 	if err == nil {
 		rep.Header = headerReport(h)
@@ -137,6 +164,11 @@ func runInspect(ctx context.Context, e *env, name string, asJSON, listRecords bo
 	if errors.Is(err, context.Canceled) {
 		return err
 	}
+	return printReport(e, rep, asJSON, err)
+}
+
+// printReport prints what inspect found, and returns err.
+func printReport(e *env, rep *inspectReport, asJSON bool, err error) error {
 	if asJSON {
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
@@ -147,6 +179,39 @@ func runInspect(ctx context.Context, e *env, name string, asJSON, listRecords bo
 	}
 	printInspect(e.stdout, rep)
 	return err
+}
+
+// inspectStructure is inspect of an encrypted file without its key: the
+// header, which is in the clear, and the structure and digest
+// (archive.CheckStructure); the records are sealed.
+func inspectStructure(e *env, r io.Reader, rep *inspectReport, start time.Time, asJSON bool) error {
+	st, err := archive.CheckStructure(r)
+	if st != nil {
+		rep.Header = headerReport(st.Header)
+		rep.DataRecords, rep.ZeroRecords = st.DataRecords, st.Records-st.DataRecords
+		rep.PayloadBytes = st.PayloadBytes
+		rep.Digest = fmt.Sprintf("%x", st.Digest)
+		rep.Verified, rep.StructureOnly = true, true
+	}
+	if fi, ok := r.(interface{ Stat() (os.FileInfo, error) }); ok {
+		if s, serr := fi.Stat(); serr == nil {
+			rep.FileBytes = s.Size()
+		}
+	}
+	rep.Duration = time.Since(start).Seconds()
+	if err != nil {
+		rep.Error = err.Error()
+		err = fmt.Errorf("inspect: %s: %w", rep.File, err)
+	}
+	return printReport(e, rep, asJSON, err)
+}
+
+// aeadName names an encrypted file's AEAD.
+func aeadName(a archive.AEAD) string {
+	if a == archive.AEADAES256GCM {
+		return "AES-256-GCM"
+	}
+	return fmt.Sprintf("unknown (%d)", a)
 }
 
 func headerReport(h *archive.Header) *inspectHeader {
@@ -161,6 +226,10 @@ func headerReport(h *archive.Header) *inspectHeader {
 	if h.IsSnapback() {
 		ih.Kind = "snapback"
 		ih.Features = append(ih.Features, "snapback")
+	}
+	if h.IsEncrypted() {
+		ih.Encrypted, ih.KeyID, ih.AEAD = true, h.KeyID.String(), aeadName(h.AEAD)
+		ih.Features = append(ih.Features, "encrypted")
 	}
 	return ih
 }
@@ -186,16 +255,27 @@ func printInspect(w io.Writer, rep *inspectReport) {
 			row("parent size", "%d", h.ParentSize)
 		}
 		row("tool", "%s", h.Tool)
+		if h.Encrypted {
+			row("encrypted", "yes: %s, key id %s", h.AEAD, h.KeyID)
+		}
 		for _, a := range h.Attrs {
 			row("  "+a.Key, "%s", a.Value)
 		}
 	}
-	row("records", "%d DATA, %d ZERO, %d optional skipped", rep.DataRecords, rep.ZeroRecords, rep.Skipped)
-	row("data", "%d bytes (%s) stored in %d (%s), ratio %.2f", rep.DataBytes, bytesHuman(rep.DataBytes),
-		rep.PayloadBytes, bytesHuman(rep.PayloadBytes), rep.Compression)
-	row("zero", "%d bytes (%s)", rep.ZeroBytes, bytesHuman(rep.ZeroBytes))
-	row("file size", "%d bytes read", rep.FileBytes)
-	if rep.Verified {
+	if rep.StructureOnly {
+		row("records", "%d, %d of them DATA: sealed, give the key to show them", rep.DataRecords+rep.ZeroRecords, rep.DataRecords)
+		row("stored", "%d bytes (%s) of payload", rep.PayloadBytes, bytesHuman(rep.PayloadBytes))
+	} else {
+		row("records", "%d DATA, %d ZERO, %d optional skipped", rep.DataRecords, rep.ZeroRecords, rep.Skipped)
+		row("data", "%d bytes (%s) stored in %d (%s), ratio %.2f", rep.DataBytes, bytesHuman(rep.DataBytes),
+			rep.PayloadBytes, bytesHuman(rep.PayloadBytes), rep.Compression)
+		row("zero", "%d bytes (%s)", rep.ZeroBytes, bytesHuman(rep.ZeroBytes))
+		row("file size", "%d bytes read", rep.FileBytes)
+	}
+	if rep.StructureOnly && rep.Verified {
+		row("digest", "%s", rep.Digest)
+		row("verified", "structure only: contents not checked, the file is encrypted and no key was given (%.2fs)", rep.Duration)
+	} else if rep.Verified {
 		row("digest", "%s", rep.Digest)
 		row("verified", "yes, every record and block (%.2fs)", rep.Duration)
 	} else {

@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
 	"time"
 
+	"github.com/thinback/thinback/archive/keys"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/urfave/cli/v2"
@@ -18,7 +20,9 @@ func listCommand(e *env) *cli.Command {
 		Name:      "list",
 		Usage:     "list the volumes of a store and the snapshots you can restore",
 		ArgsUsage: "[VOLUME]",
-		Flags:     []cli.Flag{storeFlag, stateFlag, jsonFlag},
+		Description: "Needs no key: an encrypted store's catalog holds no secret. Such a store is\n" +
+			"marked, with the id of its master key (and \"encrypted\", \"key_id\" in each --json volume).",
+		Flags: []cli.Flag{storeFlag, stateFlag, jsonFlag},
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 0, 1, "give at most one volume")
 			if err != nil {
@@ -35,7 +39,29 @@ func listCommand(e *env) *cli.Command {
 
 type listVolume struct {
 	catalog.Volume
+	Encrypted bool           `json:"encrypted,omitempty"`
+	KeyID     string         `json:"key_id,omitempty"` // the master key's, of an encrypted store
 	Snapshots []listSnapshot `json:"snapshots"`
+}
+
+// storeEncryption says whether s is encrypted, from its key slots (no
+// key needed): the master key id and the number of slots, or "" for a
+// store that is not encrypted.
+func storeEncryption(s catalog.Repository) (keyID string, slots int, err error) {
+	ring, err := keys.Load(s)
+	if errors.Is(err, keys.ErrNoSlots) {
+		return "", 0, nil
+	}
+	if err != nil {
+		return "", 0, err
+	}
+	for _, sl := range ring.Slots() {
+		keyID = sl.KeyID.String()
+	}
+	if keyID == "" {
+		keyID = "unknown (every key slot is damaged)"
+	}
+	return keyID, len(ring.Slots()), nil
 }
 
 type listSnapshot struct {
@@ -75,6 +101,10 @@ func runList(ctx context.Context, e *env, dir, state, only string, asJSON bool) 
 	if err != nil {
 		printable.Sayf(e.stderr, "thinback: %v (targets not shown)", err)
 	}
+	keyID, slots, err := storeEncryption(s)
+	if err != nil {
+		return fmt.Errorf("list: key slots of %s: %w", s, err)
+	}
 	var out []listVolume
 	err = s.View(func(tx *catalog.Tx) error {
 		vols, err := tx.Volumes()
@@ -89,7 +119,7 @@ func runList(ctx context.Context, e *env, dir, state, only string, asJSON bool) 
 			if err != nil {
 				return err
 			}
-			lv := listVolume{Volume: v, Snapshots: []listSnapshot{}}
+			lv := listVolume{Volume: v, Snapshots: []listSnapshot{}, Encrypted: keyID != "", KeyID: keyID}
 			for _, sn := range snaps {
 				kind := "incr"
 				if sn.IsFull() {
@@ -114,6 +144,9 @@ func runList(ctx context.Context, e *env, dir, state, only string, asJSON bool) 
 			out = []listVolume{}
 		}
 		return enc.Encode(out)
+	}
+	if keyID != "" {
+		printable.Sayf(e.stdout, "encrypted store: master key id %s, %d key slot(s)\n", keyID, slots)
 	}
 	printList(e.stdout, out)
 	return nil

@@ -40,16 +40,17 @@ func mountCommand(e *env) *cli.Command {
 			"interrupted (^C, SIGTERM), which unmounts it; if something still uses it, it says what\n" +
 			"to do and keeps serving. Everything is read-only: the mount, the files, the store.\n" +
 			"The files of a point in time are held open while it is open, so a prune meanwhile\n" +
-			"does not change what it reads (their disk space is freed when they are closed).",
-		Flags: []cli.Flag{storeFlag, quietFlag,
+			"does not change what it reads (their disk space is freed when they are closed).\n" +
+			"An encrypted store is unlocked once, before mounting, as restore unlocks it.",
+		Flags: append([]cli.Flag{storeFlag, quietFlag,
 			&cli.BoolFlag{Name: "debug", Usage: "log every FUSE request (to standard error)"},
-		},
+		}, keyFlags...),
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 1, 1, "give the directory to mount the store on")
 			if err != nil {
 				return err
 			}
-			return runMount(c.Context, e, mountOptions{store: c.String("store"), mountpoint: a[0], quiet: c.Bool("quiet"), debug: c.Bool("debug")})
+			return runMount(c.Context, e, mountOptions{store: c.String("store"), mountpoint: a[0], quiet: c.Bool("quiet"), debug: c.Bool("debug"), unlock: unlocker(e, c)})
 		},
 	}
 }
@@ -57,12 +58,13 @@ func mountCommand(e *env) *cli.Command {
 type mountOptions struct {
 	store, mountpoint string
 	quiet, debug      bool
+	unlock            func(context.Context, catalog.Repository) (*archive.Key, error) // the store's key (storeKey)
 	// ready, if set, is called once the tree is mounted (tests).
 	ready func()
 }
 
 func runMount(ctx context.Context, e *env, o mountOptions) error {
-	s, err := openReadStore(o.store)
+	s, err := openReadStore(ctx, o.store, o.unlock)
 	if err != nil {
 		return fmt.Errorf("mount: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/thinback/thinback/cmd/internal/record"
@@ -24,8 +25,13 @@ func restoreCommand(e *env) *cli.Command {
 			"Without --at or --snapshot, the newest snapshot is restored. TARGET is overwritten\n" +
 			"as with thinback apply. Before TARGET is opened, every delta file is compared with\n" +
 			"its catalog record (header and file digest): one that is not the file recorded\n" +
-			"(another volume's or snapshot's) is refused with exit code 3, nothing written.",
-		Flags: []cli.Flag{
+			"(another volume's or snapshot's) is refused with exit code 3, nothing written.\n\n" +
+			"An encrypted store is unlocked with --key-file, --password-file, --password-command,\n" +
+			"$THINBACK_PASSWORD or --recovery-identity (or a passphrase asked at the terminal)\n" +
+			"before TARGET is opened: a wrong or missing key or passphrase is exit code 14, nothing\n" +
+			"written. Every record is authenticated before it is written, and a --snapback file\n" +
+			"is encrypted under the store's key.",
+		Flags: append([]cli.Flag{
 			storeFlag,
 			&cli.StringFlag{Name: "at", Usage: `the newest snapshot at or before this time ("2026-11-20 03:00", local time, or RFC 3339)`},
 			&cli.StringFlag{Name: "snapshot", Usage: "the snapshot id (or a unique prefix, or its sequence number)"},
@@ -33,7 +39,7 @@ func restoreCommand(e *env) *cli.Command {
 			&cli.StringFlag{Name: "snapback", Usage: "save the data the restore overwrites in this new delta file"},
 			&cli.BoolFlag{Name: "force", Usage: "overwrite a target that holds another volume"},
 			stateFlag, quietFlag,
-		},
+		}, keyFlags...),
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 1, 1, "give the volume to restore")
 			if err != nil {
@@ -47,6 +53,7 @@ func restoreCommand(e *env) *cli.Command {
 			}
 			return runRestore(c.Context, e, restoreOptions{
 				store: c.String("store"), volume: a[0], at: c.String("at"), snapshot: c.String("snapshot"),
+				unlock: unlocker(e, c),
 				apply: applyOptions{target: c.String("to"), snapback: c.String("snapback"), force: c.Bool("force"),
 					state: stateFilePath(c.String("state")), quiet: c.Bool("quiet")},
 			})
@@ -57,6 +64,9 @@ func restoreCommand(e *env) *cli.Command {
 type restoreOptions struct {
 	store, volume, at, snapshot string
 	apply                       applyOptions
+	// unlock returns the store's key (storeKey): nil for a store that is
+	// not encrypted.
+	unlock func(context.Context, catalog.Repository) (*archive.Key, error)
 }
 
 func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
@@ -65,6 +75,13 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 		return err
 	}
 	defer closeStore(e, s)
+	// The key first: a passphrase asked for, or refused, before anything
+	// else is read or the target touched.
+	if o.unlock != nil {
+		if o.apply.key, err = o.unlock(ctx, s); err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
+	}
 	// The user chose the point in time: a store older than this host
 	// saw it is said, not refused.
 	warnRollback(e, s, o.apply.state, o.volume)

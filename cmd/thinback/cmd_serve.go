@@ -42,15 +42,17 @@ func serveCommand(e *env) *cli.Command {
 			"A client has --handshake-timeout to choose its export; at most --max-connections are\n" +
 			"served at once (more are closed at once). All clients share one read budget (64 MiB of\n" +
 			"reads in flight) and one cache of decoded records (64 MiB), and each point in time is\n" +
-			"indexed once however many clients read it. Runs until interrupted (^C, SIGTERM).",
-		Flags: []cli.Flag{storeFlag, quietFlag,
+			"indexed once however many clients read it. Runs until interrupted (^C, SIGTERM).\n" +
+			"An encrypted store is unlocked once, before listening, as restore unlocks it; its\n" +
+			"clients then read decrypted volumes, so the transport's protection above matters.",
+		Flags: append([]cli.Flag{storeFlag, quietFlag,
 			&cli.StringFlag{Name: "nbd", Usage: "where to listen: unix:PATH or tcp:HOST:PORT (required)"},
 			&cli.IntFlag{Name: "max-connections", Value: nbd.DefaultConns, Usage: "serve at most `N` connections at once"},
 			&cli.DurationFlag{Name: "handshake-timeout", Value: nbd.DefaultHandshakeTimeout, Usage: "close a connection that has not chosen its export within this `TIME`"},
 			&cli.StringFlag{Name: "tls-cert", Usage: "require TLS, with this server certificate (PEM `FILE`, with --tls-key)"},
 			&cli.StringFlag{Name: "tls-key", Usage: "the private key of --tls-cert (PEM `FILE`)"},
 			&cli.StringFlag{Name: "tls-client-ca", Usage: "require client certificates signed by this CA (PEM `FILE`; needs --tls-cert)"},
-		},
+		}, keyFlags...),
 		Action: func(c *cli.Context) error {
 			if _, err := args(c, 0, 0, "serve takes no arguments"); err != nil {
 				return err
@@ -62,7 +64,7 @@ func serveCommand(e *env) *cli.Command {
 			if err != nil {
 				return err
 			}
-			return runServe(c.Context, e, serveOptions{store: c.String("store"), addr: c.String("nbd"), quiet: c.Bool("quiet"),
+			return runServe(c.Context, e, serveOptions{store: c.String("store"), addr: c.String("nbd"), quiet: c.Bool("quiet"), unlock: unlocker(e, c),
 				nbd: nbd.Options{MaxConns: c.Int("max-connections"), HandshakeTimeout: c.Duration("handshake-timeout"), TLS: tlsConf}})
 		},
 	}
@@ -99,6 +101,7 @@ type serveOptions struct {
 	store, addr string
 	quiet       bool
 	nbd         nbd.Options
+	unlock      func(context.Context, catalog.Repository) (*archive.Key, error) // the store's key (storeKey)
 	// started, if set, is called with the server, its exports and their
 	// cache once it listens (tests).
 	started func(*nbd.Server, *nbd.Shared, *archive.SnapshotCache)
@@ -136,7 +139,7 @@ func runServe(ctx context.Context, e *env, o serveOptions) error {
 	if o.addr == "" {
 		return usageError{msg: "serve: give where to listen with --nbd unix:PATH or --nbd tcp:127.0.0.1:PORT"}
 	}
-	s, err := openReadStore(o.store)
+	s, err := openReadStore(ctx, o.store, o.unlock)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/pointintime"
 	"github.com/thinback/thinback/cmd/internal/verify"
@@ -18,11 +19,12 @@ type verifyDeviceOptions struct {
 	store, volume, at, snapshot string
 	device                      string
 	quiet                       bool
+	unlock                      func(context.Context, catalog.Repository) (*archive.Key, error) // the store's key (storeKey)
 }
 
 func runVerifyDevice(ctx context.Context, e *env, o verifyDeviceOptions) error {
 	start := time.Now()
-	s, err := openReadStore(o.store)
+	s, err := openReadStore(ctx, o.store, o.unlock)
 	if err != nil {
 		return err
 	}
@@ -36,6 +38,7 @@ func runVerifyDevice(ctx context.Context, e *env, o verifyDeviceOptions) error {
 	defer pit.Close()
 	r, err := verify.Device(ctx, pit, o.device, verify.DeviceOptions{
 		Progress: func(size int64) verify.Progress { return newProgress(e.stderr, o.quiet, "verify", size) },
+		Key:      s.Key,
 	})
 	if err != nil {
 		return verifyDeviceError(s, pit, o.device, err)

@@ -40,11 +40,11 @@ func hasMount(dir string) bool {
 	return err == nil && bytes.Contains(b, []byte(" "+dir+" fuse.thinback "))
 }
 
-// startMount runs thinback mount of store on a new directory and waits
+// startMount runs thinback mount of store (with extra arguments) on a new directory and waits
 // until the tree is there; it skips the test where FUSE cannot mount
 // (TestGuest runs the mount tests again in the guest, where they can and
 // where a skip fails the run).
-func startMount(t *testing.T, work, store string) *mounted {
+func startMount(t *testing.T, work, store string, extra ...string) *mounted {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("mounting needs root")
@@ -56,7 +56,7 @@ func startMount(t *testing.T, work, store string) *mounted {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	m := &mounted{cmd: thinbackCmd(t, work, "mount", "--store", store, dir), dir: dir, out: new(syncBuffer), done: make(chan error, 1)}
+	m := &mounted{cmd: thinbackCmd(t, work, append([]string{"mount", "--store", store, dir}, extra...)...), dir: dir, out: new(syncBuffer), done: make(chan error, 1)}
 	pr, pw := io.Pipe()
 	m.cmd.Stderr = pw
 	if err := m.cmd.Start(); err != nil {

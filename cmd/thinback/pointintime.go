@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"time"
 
+	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3"
 	"github.com/thinback/thinback/cmd/internal/pointintime"
+	"github.com/urfave/cli/v2"
 )
 
 // What cat, mount, serve and verify --device share: a store opened only
@@ -18,8 +21,9 @@ type readStore struct{ *pointintime.Store }
 
 // openReadStore opens the store named by --store to read points in time
 // from it. A directory is opened read-only (catalog.OpenReadOnly):
-// nothing is created, cleaned or written in it.
-func openReadStore(dir string) (*readStore, error) {
+// nothing is created, cleaned or written in it. unlock, if set, gives the
+// store's key (storeKey), asked for before anything else is read.
+func openReadStore(ctx context.Context, dir string, unlock func(context.Context, catalog.Repository) (*archive.Key, error)) (*readStore, error) {
 	if dir == "" {
 		return nil, usageError{msg: "give the backup store with --store DIR (or set THINBACK_STORE)"}
 	}
@@ -33,7 +37,20 @@ func openReadStore(dir string) (*readStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &readStore{&pointintime.Store{Repository: r}}, nil
+	var key *archive.Key
+	if unlock != nil {
+		if key, err = unlock(ctx, r); err != nil {
+			r.Close()
+			return nil, err
+		}
+	}
+	return &readStore{&pointintime.Store{Repository: r, Key: key}}, nil
+}
+
+// unlocker is storeKey with the secrets of c, for the commands that
+// open their store themselves (openReadStore, restore, verify).
+func unlocker(e *env, c *cli.Context) func(context.Context, catalog.Repository) (*archive.Key, error) {
+	return func(ctx context.Context, r catalog.Repository) (*archive.Key, error) { return storeKey(ctx, e, c, r) }
 }
 
 // selectSnapshot is pointintime.Select, whose errors in what the user

@@ -66,3 +66,35 @@ func TestEncryptedImage(t *testing.T) {
 		}
 	}
 }
+
+// TestEncryptedImageStoreKey: a Store given its Key opens images with it
+// when the options name none, as mount and serve open them.
+func TestEncryptedImageStoreKey(t *testing.T) {
+	k, err := archive.NewKey(bytes.Repeat([]byte{3}, archive.MasterKeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := catalog.OpenStoreOptions(filepath.Join(t.TempDir(), "store"), &catalog.Options{Timeout: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := writeChainKey(t, w, k)
+	r, err := catalog.OpenReadOnly(w.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Store{Repository: r, Key: k}
+	last := len(c.snaps) - 1
+	img, err := s.OpenImage(context.Background(), c.snaps[last].ID, archive.SnapshotOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	got := make([]byte, volSize)
+	if _, err := img.ReadAt(got, 0); err != nil && err != io.EOF {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, c.images[last]) {
+		t.Error("the volume read differs from the one backed up")
+	}
+}

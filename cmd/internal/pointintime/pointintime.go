@@ -22,6 +22,10 @@ import (
 // days never holds a writer up and the store may be on read-only media.
 type Store struct {
 	catalog.Repository
+	// Key reads the files of an encrypted store (nil: a store that is
+	// not encrypted). OpenImage reads with it; the Inputs of a
+	// PointInTime need it given to archive's readers.
+	Key *archive.Key
 }
 
 // Damaged adds to an error of a damaged delta file what to do about it.
@@ -117,9 +121,12 @@ type Image struct {
 }
 
 // OpenImage opens the chain of the snapshot with id (Open) and indexes it
-// for reads at any offset. An index that cannot be built is a damaged
-// delta file (Damaged).
+// for reads at any offset, with the store's Key unless opts has one. An
+// index that cannot be built is a damaged delta file (Damaged).
 func (s *Store) OpenImage(ctx context.Context, id string, opts archive.SnapshotOptions) (*Image, error) {
+	if opts.Key == nil {
+		opts.Key = s.Key
+	}
 	pit, err := s.Open(func(tx *catalog.Tx) (catalog.Snapshot, error) { return tx.Snapshot(id) })
 	if err != nil {
 		return nil, err

@@ -141,3 +141,73 @@ func TestDeviceEncrypted(t *testing.T) {
 		t.Errorf("without the key: %v, want a DeviceError for ErrKeyRequired", err)
 	}
 }
+
+// TestStoreKeyless: without the key, Keyless checks every file of an
+// encrypted store as far as that goes (structure, file digest, header
+// against record) and says its contents were not checked; a flipped
+// byte, a truncated file and a file replaced by another of the store are
+// still found. A store that is not encrypted is read in full.
+func TestStoreKeyless(t *testing.T) {
+	k := testKey(t, 1)
+	s, snaps := newEncryptedStore(t, k)
+	unchecked := map[string]bool{}
+	o := Options{Keyless: true, File: func(f FileResult) { unchecked[f.Snapshot.ID] = f.Unchecked }}
+	res, err := Store(context.Background(), s, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Files != 4 || res.Bad() != 0 || res.Unchecked != 4 {
+		t.Fatalf("keyless: result %+v, want 4 files, none bad, 4 unchecked", res)
+	}
+	for _, sn := range snaps {
+		if !unchecked[sn.ID] {
+			t.Errorf("#%d of %s is not reported unchecked", sn.Seq, sn.Volume)
+		}
+	}
+	// With the key nothing is left unchecked.
+	if res, _ := verdicts(t, s, Options{Key: k, Keyless: true}); res.Unchecked != 0 || res.Bad() != 0 {
+		t.Errorf("with the key: result %+v", res)
+	}
+
+	flip := func(file string, f func([]byte) []byte) {
+		p := s.Path(file)
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, f(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A byte of the header: a sealed payload's bytes are covered by no
+	// keyless digest (docs/FORMAT.md "Encryption"), only by the key.
+	flip(snaps[1].File, func(b []byte) []byte { b[40] ^= 1; return b })
+	flip(snaps[2].File, func(b []byte) []byte { return b[:len(b)-10] })
+	a1, err := os.ReadFile(s.Path(snaps[0].File))
+	if err != nil {
+		t.Fatal(err)
+	}
+	flip(snaps[3].File, func([]byte) []byte { return a1 })
+	res, got := verdicts(t, s, Options{Keyless: true})
+	if res.Damaged != 2 || res.Bad() != 3 {
+		t.Errorf("keyless after the damage: result %+v, want 2 damaged files and a wrong size", res)
+	}
+	for _, sn := range []catalog.Snapshot{snaps[1], snaps[3]} {
+		if got[sn.ID] == nil {
+			t.Errorf("#%d of %s: damage not found without the key", sn.Seq, sn.Volume)
+		}
+	}
+	// The truncated file is found by its size, before it is read.
+	if len(res.Problems) != 1 || !errors.Is(res.Problems[0], catalog.ErrFileSize) {
+		t.Errorf("the truncated file: problems %v, want its size", res.Problems)
+	}
+	if got[snaps[0].ID] != nil {
+		t.Errorf("#1 of a: %v", got[snaps[0].ID])
+	}
+
+	// A plain store: read in full, nothing unchecked.
+	plain, _ := newEncryptedStore(t, nil)
+	if res, _ := verdicts(t, plain, Options{Keyless: true}); res.Unchecked != 0 || res.Bad() != 0 || res.Files != 4 {
+		t.Errorf("a plain store: result %+v", res)
+	}
+}

@@ -28,6 +28,11 @@ func File(ctx context.Context, f io.Reader, payloads bool) (*archive.Header, arc
 	return readFile(ctx, f, payloads, nil)
 }
 
+// FileKey is File reading a file encrypted under key (see Options.Key).
+func FileKey(ctx context.Context, f io.Reader, payloads bool, key *archive.Key) (*archive.Header, archive.Trailer, error) {
+	return readFile(ctx, f, payloads, key)
+}
+
 // readFile is File, reading a file encrypted under key (see Options.Key).
 func readFile(ctx context.Context, f io.Reader, payloads bool, key *archive.Key) (*archive.Header, archive.Trailer, error) {
 	rd := archive.NewReader(f, archive.WithKey(key))
@@ -47,17 +52,33 @@ func readFile(ctx context.Context, f io.Reader, payloads bool, key *archive.Key)
 // Stored reads a store's delta file to its verified END record,
 // decompressing every record and checking every digest.
 func Stored(ctx context.Context, s catalog.Repository, file string) (*archive.Header, archive.Trailer, error) {
-	return stored(ctx, s, file, nil)
+	h, tr, _, err := stored(ctx, s, file, nil, false)
+	return h, tr, err
 }
 
-// stored is Stored, reading a file encrypted under key.
-func stored(ctx context.Context, s catalog.Repository, file string, key *archive.Key) (*archive.Header, archive.Trailer, error) {
+// stored is Stored, reading a file encrypted under key. With keyless and
+// no key, an encrypted file has only its structure checked
+// (archive.CheckStructure), and unchecked is true: its trailer holds
+// only the file digest.
+func stored(ctx context.Context, s catalog.Repository, file string, key *archive.Key, keyless bool) (h *archive.Header, tr archive.Trailer, unchecked bool, err error) {
 	r, err := s.OpenStream(file)
 	if err != nil {
-		return nil, archive.Trailer{}, err
+		return nil, archive.Trailer{}, false, err
+	}
+	h, tr, err = readFile(ctx, r, true, key)
+	r.Close()
+	if !keyless || key != nil || !errors.Is(err, archive.ErrKeyRequired) {
+		return h, tr, false, err
+	}
+	if r, err = s.OpenStream(file); err != nil {
+		return nil, archive.Trailer{}, false, err
 	}
 	defer r.Close()
-	return readFile(ctx, r, true, key)
+	st, err := archive.CheckStructure(r)
+	if err != nil {
+		return h, archive.Trailer{}, true, err
+	}
+	return st.Header, archive.Trailer{Digest: st.Digest}, true, nil
 }
 
 // FileResult is the verdict on one recorded delta file.
@@ -65,12 +86,19 @@ type FileResult struct {
 	Snapshot catalog.Snapshot
 	Took     time.Duration // reading it
 	Err      error         // nil: the file is sound and is the one its record describes
+	// Unchecked: the file is encrypted and Options.Keyless checked it
+	// without its key: its structure, its digest and its header against
+	// its record, not its contents.
+	Unchecked bool
 }
 
 // Result is what Store found besides the verdicts on files.
 type Result struct {
 	Files   int // recorded files read and checked
 	Damaged int // of them, the ones with a problem (each reported through Options.File)
+	// Unchecked counts the files whose contents were not checked: files
+	// of an encrypted store checked without its key (Options.Keyless).
+	Unchecked int
 
 	// Problems are the inconsistencies of the records and files other
 	// than a file's own (a broken chain, a missing file, an unknown
@@ -117,6 +145,15 @@ type Options struct {
 	// not encrypted is refused (archive.ErrAuth), as every reader given a
 	// key refuses one.
 	Key *archive.Key
+
+	// Keyless, without a Key, checks an encrypted file as far as that
+	// can be done without its key instead of reporting ErrKeyRequired:
+	// its structure and file digest (archive.CheckStructure), its
+	// header against its record, and the store's checks of the records
+	// and files (present, sizes, chains). FileResult.Unchecked and
+	// Result.Unchecked say its contents were not checked. Files that are
+	// not encrypted are read in full as always.
+	Keyless bool
 }
 
 // Store checks the store s: each recorded delta file (of o.Volume, or
@@ -155,11 +192,12 @@ func Store(ctx context.Context, s catalog.Repository, o Options) (*Result, error
 		return nil, err
 	}
 	type read struct {
-		h    *archive.Header
-		tr   archive.Trailer
-		err  error
-		took time.Duration
-		done chan struct{}
+		h         *archive.Header
+		tr        archive.Trailer
+		unchecked bool
+		err       error
+		took      time.Duration
+		done      chan struct{}
 	}
 	reads := make(map[string]*read, len(snaps)) // by file: a prune may repoint a snapshot meanwhile
 	byID := make(map[string]catalog.Snapshot, len(snaps))
@@ -176,7 +214,7 @@ func Store(ctx context.Context, s catalog.Repository, o Options) (*Result, error
 			for sn := range next {
 				r := reads[sn.File]
 				start := time.Now()
-				r.h, r.tr, r.err = stored(ctx, s, sn.File, o.Key)
+				r.h, r.tr, r.unchecked, r.err = stored(ctx, s, sn.File, o.Key, o.Keyless)
 				r.took = time.Since(start)
 				close(r.done)
 			}
@@ -206,7 +244,7 @@ func Store(ctx context.Context, s catalog.Repository, o Options) (*Result, error
 		if r == nil { // recorded meanwhile
 			r = &read{}
 			start := time.Now()
-			r.h, r.tr, r.err = stored(ctx, s, snap.File, o.Key)
+			r.h, r.tr, r.unchecked, r.err = stored(ctx, s, snap.File, o.Key, o.Keyless)
 			r.took = time.Since(start)
 		} else {
 			select {
@@ -232,8 +270,11 @@ func Store(ctx context.Context, s catalog.Repository, o Options) (*Result, error
 					"restoring it would leave stale data", h.ParentSize, p.ID, p.Seq, p.VolumeSize, catalog.ErrParentSize)
 			}
 		}
+		if r.unchecked {
+			res.Unchecked++
+		}
 		if o.File != nil {
-			o.File(FileResult{Snapshot: snap, Took: r.took, Err: err})
+			o.File(FileResult{Snapshot: snap, Took: r.took, Err: err, Unchecked: r.unchecked})
 		}
 		return err
 	}})
