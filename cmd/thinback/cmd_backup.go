@@ -75,7 +75,7 @@ func backupCommand(e *env) *cli.Command {
 				pre: c.String("pre"), post: c.String("post"), releaseStale: c.Bool("release-stale-metadata-snap"),
 				json: c.Bool("json"), quiet: c.Bool("quiet"),
 				state: stateFilePath(c.String("state")), allowRollback: c.Bool("allow-rollback"),
-				key: func(ctx context.Context, s catalog.Repository) (*archive.Key, error) { return storeKey(ctx, e, c, s) },
+				key: unlocker(e, c),
 			}
 			if o.discovery, err = discoveryOf(c, "backup"); err != nil {
 				return err

@@ -30,9 +30,7 @@ func catalogCommand(e *env) *cli.Command {
 				if _, err := args(c, 0, 0, "takes no arguments"); err != nil {
 					return err
 				}
-				return runRebuild(c.Context, e, c.String("store"), c.Bool("quiet"), func(ctx context.Context, s catalog.Repository) (*archive.Key, error) {
-					return storeKey(ctx, e, c, s)
-				})
+				return runRebuild(c.Context, e, c.String("store"), c.Bool("quiet"), unlocker(e, c))
 			},
 		}},
 	}

@@ -45,7 +45,7 @@ func pruneCommand(e *env) *cli.Command {
 			}
 			return runPrune(c.Context, e, pruneOptions{store: c.String("store"), volume: vol, retention: r,
 				dryRun: c.Bool("dry-run"), json: c.Bool("json"), quiet: c.Bool("quiet"),
-				key: func(ctx context.Context, s catalog.Repository) (*archive.Key, error) { return storeKey(ctx, e, c, s) }})
+				key: unlocker(e, c)})
 		},
 	}
 }

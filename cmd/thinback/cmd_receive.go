@@ -58,9 +58,7 @@ func receiveCommand(e *env) *cli.Command {
 			case store == "":
 				return usageError{msg: "receive: give --store DIR or --to TARGET"}
 			}
-			return runReceive(c.Context, e, store, c.Bool("quiet"), func(ctx context.Context, s catalog.Repository) (*archive.Key, error) {
-				return storeKey(ctx, e, c, s)
-			})
+			return runReceive(c.Context, e, store, c.Bool("quiet"), unlocker(e, c))
 		},
 	}
 }
