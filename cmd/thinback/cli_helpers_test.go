@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/thinback/thinback/archive"
@@ -128,4 +129,39 @@ func noRawControls(t *testing.T, what, out string) {
 			return
 		}
 	}
+}
+
+// runNoTTY runs thinback in dir in a session of its own, with no
+// controlling terminal to ask a passphrase at, with env added and
+// standard input from the file stdin (relative to dir) if given.
+func runNoTTY(t *testing.T, dir, stdin string, env []string, args ...string) result {
+	t.Helper()
+	cmd := thinbackCmd(t, dir, args...)
+	cmd.Env = append(cmd.Env, env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if stdin != "" {
+		if !filepath.IsAbs(stdin) {
+			stdin = filepath.Join(dir, stdin)
+		}
+		f, err := os.Open(stdin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		cmd.Stdin = f
+	}
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	default:
+		t.Fatal(err)
+	}
+	t.Logf("thinback %s: exit %d\n%s", strings.Join(args, " "), r.code, r.stdout+r.stderr)
+	return r
 }

@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -164,28 +162,7 @@ func writePass(t *testing.T, dir, name, pass string) {
 // terminal finds none, wherever the tests run.
 func thinbackNoTTY(t *testing.T, dir string, env []string, stdin string, args ...string) result {
 	t.Helper()
-	cmd := thinbackCmd(t, dir, args...)
-	cmd.Env = append(cmd.Env, env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if stdin != "" {
-		f, err := os.Open(filepath.Join(dir, stdin))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		cmd.Stdin = f
-	}
-	err := cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String()}
-	if ee, ok := err.(*exec.ExitError); ok {
-		r.code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("thinback %s: exit %d\n%s", strings.Join(args, " "), r.code, r.stdout+r.stderr)
-	return r
+	return runNoTTY(t, dir, stdin, env, args...)
 }
 
 // wantFile fails unless path holds want.

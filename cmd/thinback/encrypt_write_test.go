@@ -11,12 +11,10 @@ import (
 	"io/fs"
 	"math/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -140,36 +138,6 @@ func newS3Store(t *testing.T, srv *s3test.Server, prefix string) *encStore {
 func (st *encStore) run(t *testing.T, dir, stdin string, env []string, args ...string) result {
 	t.Helper()
 	return runNoTTY(t, dir, stdin, append(slices.Clone(st.env), env...), args...)
-}
-
-// runNoTTY runs thinback with no controlling terminal.
-func runNoTTY(t *testing.T, dir, stdin string, env []string, args ...string) result {
-	t.Helper()
-	cmd := thinbackCmd(t, dir, args...)
-	cmd.Env = append(cmd.Env, env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if stdin != "" {
-		f, err := os.Open(filepath.Join(dir, stdin))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		cmd.Stdin = f
-	}
-	err := cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String()}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	default:
-		t.Fatal(err)
-	}
-	t.Logf("thinback %s: exit %d\n%s", strings.Join(args, " "), r.code, r.stdout+r.stderr)
-	return r
 }
 
 // passEnv is the environment that unlocks a store with pass.

@@ -8,11 +8,9 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -36,49 +34,13 @@ var cheap = []string{"--pbkdf-memory", "8", "--pbkdf-time", "1"}
 // controlling terminal to ask a passphrase at, with env added.
 func noTTY(t *testing.T, dir string, env []string, args ...string) result {
 	t.Helper()
-	cmd := thinbackCmd(t, dir, args...)
-	cmd.Env = append(cmd.Env, env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String()}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	case err != nil:
-		t.Fatal(err)
-	}
-	t.Logf("thinback %s: exit %d\n%s", strings.Join(args, " "), r.code, r.stdout+r.stderr)
-	return r
+	return runNoTTY(t, dir, "", env, args...)
 }
 
 // noTTYIn is noTTY with standard input from the file stdin.
 func noTTYIn(t *testing.T, dir, stdin string, env []string, args ...string) result {
 	t.Helper()
-	cmd := thinbackCmd(t, dir, args...)
-	cmd.Env = append(cmd.Env, env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	f, err := os.Open(stdin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	cmd.Stdin = f
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err = cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String()}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	case err != nil:
-		t.Fatal(err)
-	}
-	t.Logf("thinback %s < %s: exit %d\n%s", strings.Join(args, " "), stdin, r.code, r.stdout+r.stderr)
-	return r
+	return runNoTTY(t, dir, stdin, env, args...)
 }
 
 func argv(parts ...any) []string {
