@@ -366,7 +366,7 @@ func runKeyAdd(ctx context.Context, e *env, c *cli.Context) error {
 			return fmt.Errorf("key add: %w", err)
 		}
 	case keyFile != "":
-		kf, err := keys.CreateKeyFile(keyFile)
+		kf, err := createKeyFile(keyFile)
 		if err != nil {
 			return fmt.Errorf("key add: %w", err)
 		}
