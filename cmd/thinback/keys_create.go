@@ -30,7 +30,7 @@ var (
 	noEncryptFlag = &cli.BoolFlag{Name: "no-encrypt",
 		Usage: "a new store on S3 is not encrypted: whoever reads the bucket reads every backed-up volume, and whoever writes to it can change what restore writes"}
 	newKeyFileFlag = &cli.StringFlag{Name: "new-key-file",
-		Usage: "also create this key file (mode 0600, never over an existing file) and a key slot it opens, for cron (--key-file)"}
+		Usage: "also create this key file (mode 0600, never over an existing file; its directory 0700 if missing) and a key slot it opens, for cron (--key-file)"}
 	recoveryRecipientFlag = &cli.StringSliceFlag{Name: "recovery-recipient",
 		Usage: "also add a recovery slot wrapped to this age recipient (age1...): its identity, kept offline, opens the store when every other secret is lost"}
 	recoveryRecipientFileFlag = &cli.StringFlag{Name: "recovery-recipient-file",
