@@ -29,7 +29,10 @@ func catalogCommand(e *env) *cli.Command {
 				"An encrypted store's catalog is rebuilt only with its key (exit 14 without): every\n" +
 				"file's header and records are authenticated under it, and a file that does not\n" +
 				"authenticate (put into the store by someone without the key, or altered) is left out\n" +
-				"and reported, as a damaged file is.",
+				"and reported, as a damaged file is.\n\n" +
+				"Where there is no store (a directory without catalog.db, volumes/ or keys/, an S3\n" +
+				"address without a store), rebuild makes none and exits 1: check --store, or make\n" +
+				"the store with thinback init.",
 			Flags: append([]cli.Flag{storeFlag, quietFlag}, keyFlags...),
 			Action: func(c *cli.Context) error {
 				if _, err := args(c, 0, 0, "takes no arguments"); err != nil {
