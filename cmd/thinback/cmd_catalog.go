@@ -2,10 +2,15 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
+	"github.com/thinback/thinback/catalog/s3"
+	"github.com/thinback/thinback/catalog/s3store"
 	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/urfave/cli/v2"
@@ -24,7 +29,10 @@ func catalogCommand(e *env) *cli.Command {
 				"An encrypted store's catalog is rebuilt only with its key (exit 14 without): every\n" +
 				"file's header and records are authenticated under it, and a file that does not\n" +
 				"authenticate (put into the store by someone without the key, or altered) is left out\n" +
-				"and reported, as a damaged file is.",
+				"and reported, as a damaged file is.\n\n" +
+				"Where there is no store (a directory without catalog.db, volumes/ or keys/, an S3\n" +
+				"address without a store), rebuild makes none and exits 1: check --store, or make\n" +
+				"the store with thinback init.",
 			Flags: append([]cli.Flag{storeFlag, quietFlag}, keyFlags...),
 			Action: func(c *cli.Context) error {
 				if _, err := args(c, 0, 0, "takes no arguments"); err != nil {
@@ -39,7 +47,7 @@ func catalogCommand(e *env) *cli.Command {
 // runRebuild rebuilds the catalog of the store dir; unlock returns its
 // key (storeKey), nil when it is in the clear.
 func runRebuild(ctx context.Context, e *env, dir string, quiet bool, unlock func(context.Context, catalog.Repository) (*archive.Key, error)) error {
-	s, err := openStore(ctx, e, dir, true)
+	s, err := openRebuilt(ctx, e, dir)
 	if err != nil {
 		return err
 	}
@@ -96,4 +104,29 @@ func runRebuild(ctx context.Context, e *env, dir string, quiet bool, unlock func
 		return fmt.Errorf("catalog rebuild: %d file(s) could not be read and were left out (run thinback verify --store %s)", bad, dir)
 	}
 	return nil
+}
+
+// openRebuilt opens the store dir for a rebuild. A directory that lost
+// its catalog.db but keeps delta files or key slots is still a store,
+// and gets a new catalog.db. Where there is no store at all, there is
+// nothing to rebuild: the store is not made, since making it would
+// decide, unasked, whether it is encrypted (init decides that).
+func openRebuilt(ctx context.Context, e *env, dir string) (catalog.Repository, error) {
+	create := false
+	if dir != "" && !s3.IsLocation(dir) {
+		for _, name := range []string{"catalog.db", "volumes", "keys"} {
+			if _, err := os.Lstat(filepath.Join(dir, name)); err == nil {
+				create = true
+			}
+		}
+		if !create {
+			return nil, fmt.Errorf("catalog rebuild: no store at %s (no catalog.db, volumes or keys in it), so nothing to rebuild; "+
+				"check --store, or make a store with thinback init --store %s", dir, dir)
+		}
+	}
+	s, err := openStore(ctx, e, dir, create)
+	if errors.Is(err, s3store.ErrNotStore) {
+		return nil, fmt.Errorf("catalog rebuild: no store at %s, so nothing to rebuild; check --store, or make a store with thinback init --store %s --encrypt (or --no-encrypt): %w", dir, dir, err)
+	}
+	return s, err
 }

@@ -62,7 +62,7 @@ func keyCommand(e *env) *cli.Command {
 				ArgsUsage: "(--new-passphrase | --new-key-file PATH | --recovery-recipient R | --recovery-recipient-file F)",
 				Description: "Unlocks the store, then wraps its master key once more under the new secret. The new\n" +
 					"passphrase comes from --new-password-file or --new-password-command, or is typed twice;\n" +
-					"a new key file is created (mode 0600, never over an existing file).\n\n" + keyExitCodes,
+					"a new key file is created (mode 0600, never over an existing file; its directory 0700 if missing).\n\n" + keyExitCodes,
 				Flags: append(append([]cli.Flag{}, unlockFlags...),
 					&cli.BoolFlag{Name: "new-passphrase", Usage: "add a passphrase slot"},
 					newKeyFileFlag, recoveryRecipientFlag, recoveryRecipientFileFlag, labelFlag,
@@ -366,7 +366,7 @@ func runKeyAdd(ctx context.Context, e *env, c *cli.Context) error {
 			return fmt.Errorf("key add: %w", err)
 		}
 	case keyFile != "":
-		kf, err := keys.CreateKeyFile(keyFile)
+		kf, err := createKeyFile(keyFile)
 		if err != nil {
 			return fmt.Errorf("key add: %w", err)
 		}

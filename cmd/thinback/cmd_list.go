@@ -146,7 +146,7 @@ func runList(ctx context.Context, e *env, dir, state, only string, asJSON bool) 
 		return enc.Encode(out)
 	}
 	if keyID != "" {
-		printable.Sayf(e.stdout, "encrypted store: master key id %s, %d key slot(s)\n", keyID, slots)
+		printable.Sayf(e.stdout, "encrypted store: master key id %s, %d key slot(s)", keyID, slots)
 	}
 	printList(e.stdout, out)
 	return nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -29,7 +30,7 @@ var (
 	noEncryptFlag = &cli.BoolFlag{Name: "no-encrypt",
 		Usage: "a new store on S3 is not encrypted: whoever reads the bucket reads every backed-up volume, and whoever writes to it can change what restore writes"}
 	newKeyFileFlag = &cli.StringFlag{Name: "new-key-file",
-		Usage: "also create this key file (mode 0600, never over an existing file) and a key slot it opens, for cron (--key-file)"}
+		Usage: "also create this key file (mode 0600, never over an existing file; its directory 0700 if missing) and a key slot it opens, for cron (--key-file)"}
 	recoveryRecipientFlag = &cli.StringSliceFlag{Name: "recovery-recipient",
 		Usage: "also add a recovery slot wrapped to this age recipient (age1...): its identity, kept offline, opens the store when every other secret is lost"}
 	recoveryRecipientFileFlag = &cli.StringFlag{Name: "recovery-recipient-file",
@@ -149,6 +150,16 @@ func checkNewKeyFile(path string) error {
 		return fmt.Errorf("--%s: %w", newKeyFileFlag.Name, err)
 	}
 	return nil
+}
+
+// createKeyFile makes the key file at path (keys.CreateKeyFile), and
+// first its directory if that is missing, as /etc/thinback is on a new
+// machine: mode 0700, since it holds secrets.
+func createKeyFile(path string) (*keys.KeyFile, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("the directory of key file %s: %w", path, err)
+	}
+	return keys.CreateKeyFile(path)
 }
 
 // gatherNewKey reads what makes the first slots of a new master key:
@@ -330,7 +341,7 @@ func initStoreKey(e *env, repo catalog.Repository, nk *newKey) error {
 	}
 	var kf *keys.KeyFile
 	if nk.keyFile != "" {
-		if kf, err = keys.CreateKeyFile(nk.keyFile); err != nil {
+		if kf, err = createKeyFile(nk.keyFile); err != nil {
 			return err
 		}
 		defer kf.Destroy()

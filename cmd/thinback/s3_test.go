@@ -149,14 +149,18 @@ func runStoreScripts(t *testing.T, srv *s3test.Server) {
 		Dir: "../../testdata/store-script",
 		Setup: func(e *testscript.Env) error {
 			e.Setenv("THINBACK_STATE", e.WorkDir+"/state.db")
+			// $STOREBYTES is where the store's bytes lie on this
+			// machine's disk, for scripts that look at them raw.
 			if srv == nil {
 				e.Setenv("STORE", e.WorkDir+"/store")
+				e.Setenv("STOREBYTES", e.WorkDir+"/store")
 				return nil
 			}
 			prefix := "s-" + filepath.Base(filepath.Dir(e.WorkDir)) + "-" + filepath.Base(e.WorkDir)
 			prefix = strings.ToLower(strings.NewReplacer("_", "-", ".", "-").Replace(prefix))
 			e.Setenv("S3PREFIX", prefix)
 			e.Setenv("STORE", srv.Location(prefix))
+			e.Setenv("STOREBYTES", filepath.Join(srv.Dir, srv.Bucket, prefix))
 			for _, kv := range s3Env(t, srv, e.WorkDir+"/cache") {
 				k, v, _ := strings.Cut(kv, "=")
 				e.Setenv(k, v)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
@@ -55,6 +56,11 @@ func Check(file string, rec catalog.Snapshot, vol catalog.Volume, h *archive.Hea
 	if got := ID(h.Parent.ID); got != rec.Parent {
 		differ("its parent is %s, the record's is %s", none(got), none(rec.Parent))
 	}
+	// The rollback check (catalog watermarks) orders snapshots by the
+	// times their records give, so a record must not move its file's.
+	if !h.Snapshot.Time.Equal(rec.Time) {
+		differ("it was taken at %s, the record says %s", stamp(h.Snapshot.Time), stamp(rec.Time))
+	}
 	if h.VolumeName != rec.Volume {
 		differ("it is a backup of volume %q, the record of %q", printable.String(h.VolumeName), rec.Volume)
 	}
@@ -75,6 +81,15 @@ func Check(file string, rec catalog.Snapshot, vol catalog.Volume, h *archive.Hea
 		return nil
 	}
 	return &Mismatch{file: file, rec: rec, diffs: diffs}
+}
+
+// stamp formats t for a Mismatch: UTC to the nanosecond, as a header
+// keeps it, so two times that differ never print the same.
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return "no time"
+	}
+	return t.UTC().Format(time.RFC3339Nano)
 }
 
 // OpenChain opens the delta files of chain, the records of one

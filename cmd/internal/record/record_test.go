@@ -95,6 +95,8 @@ func TestCheck(t *testing.T) {
 		{"uuid", func(_ *catalog.Snapshot, v *catalog.Volume) string { v.UUID = "other"; return "" }, "its volume's uuid is uuid-vg0/vm1, the catalog's other"},
 		{"size", func(r *catalog.Snapshot, _ *catalog.Volume) string { r.VolumeSize = 1; return "" }, "it holds a volume of 2097152 bytes, the record says 1"},
 		{"parent size", func(r *catalog.Snapshot, _ *catalog.Volume) string { r.ParentSize = 7; return "" }, "made from a parent of 1048576 bytes, the record says 7"},
+		{"time", func(r *catalog.Snapshot, _ *catalog.Volume) string { r.Time = r.Time.Add(time.Nanosecond); return "" },
+			"it was taken at 2023-11-14T22:13:22Z, the record says 2023-11-14T22:13:22.000000001Z"},
 		{"digest", func(r *catalog.Snapshot, _ *catalog.Volume) string {
 			r.FileDigest = hex.EncodeToString(make([]byte, 32))
 			return ""
