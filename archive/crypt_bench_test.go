@@ -76,14 +76,17 @@ func BenchmarkSendKey(b *testing.B) {
 
 // BenchmarkScanKey is BenchmarkScan of the same volume's file, in the
 // clear and encrypted: what encryption costs reading, verifying and
-// decoding (a restore's or a verify's work).
+// decoding (a restore's work), and encrypted with SkipSealedDigests (a
+// verify's).
 func BenchmarkScanKey(b *testing.B) {
 	vol := benchVolume()
 	k := testKey(b, 1)
 	for _, c := range []struct {
 		name string
 		opts []Option
-	}{{"plain", nil}, {"encrypted", []Option{WithKey(k)}}} {
+		scan ScanOptions
+	}{{"plain", nil, ScanOptions{}}, {"encrypted", []Option{WithKey(k)}, ScanOptions{}},
+		{"encrypted-skip-sealed-digests", []Option{WithKey(k)}, ScanOptions{SkipSealedDigests: true}}} {
 		b.Run(c.name, func(b *testing.B) {
 			h := testHeader(int64(len(vol)))
 			h.BlockSize = DefaultBlockSize
@@ -103,7 +106,7 @@ func BenchmarkScanKey(b *testing.B) {
 			b.ResetTimer()
 			for range b.N {
 				rd := NewReader(bytes.NewReader(file), c.opts...)
-				if err := Scan(context.Background(), rd, ScanOptions{}, func(*Record, []byte) error { return nil }); err != nil {
+				if err := Scan(context.Background(), rd, c.scan, func(*Record, []byte) error { return nil }); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -191,6 +191,15 @@ func (w *Writer) writeData(r *Record) error {
 	}
 	payload := r.Payload
 	if w.crypt != nil {
+		// The AEAD allocates exactly what a payload needs when the buffer
+		// is short, and payloads grow unevenly until a raw one comes:
+		// grow the buffer once to what the record can hold (a payload
+		// never exceeds its record's length), so that a send leaves one
+		// buffer behind, not a trail of ever larger garbage that raises
+		// its peak memory.
+		if need := len(payload) + aeadOverhead; cap(w.sealed) < need {
+			w.sealed = make([]byte, 0, max(need, int(r.Length)+aeadOverhead, min(2*cap(w.sealed), MaxDataLen+aeadOverhead)))
+		}
 		w.sealed = w.crypt.sealPayload(w.sealed[:0], w.trailer.Records+1, flags, r.Offset, r.Length, payload)
 		payload = w.sealed
 	}
