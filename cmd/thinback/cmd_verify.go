@@ -24,7 +24,8 @@ func verifyCommand(e *env) *cli.Command {
 		Usage:     "check every delta file's digests and the chains of a store (or given files)",
 		ArgsUsage: "[VOLUME] | FILE... | VOLUME --snapshot ID --device DEV",
 		Description: "With --store, reads every delta file of the store (or of VOLUME), decompresses it and\n" +
-			"checks every digest and that it is the file the catalog says (its header against\n" +
+			"checks every digest (an encrypted file's: authenticates every record, the digests\n" +
+			"sealed with it included) and that it is the file the catalog says (its header against\n" +
 			"every field of the record: snapshot, parent, volume name, uuid and size, parent\n" +
 			"size, digest), then checks the catalog: chains unbroken, no file missing, altered\n" +
 			"or unknown (catalog rebuild repairs records out of step with their files).\n" +
