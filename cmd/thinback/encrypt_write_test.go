@@ -286,7 +286,11 @@ func TestEncryptedBackupRoundTrip(t *testing.T) {
 					t.Fatal(err)
 				}
 				states = append(states, slices.Clone(m.data))
-				r := st.run(t, dir, "", passEnv(encPassphrase), "backup", "--store", st.loc, "--file", img)
+				var env []string
+				if tc.encrypted {
+					env = passEnv(encPassphrase)
+				}
+				r := st.run(t, dir, "", env, "backup", "--store", st.loc, "--file", img)
 				r.want(t, 0, "backup")
 				if !strings.Contains(r.stderr, kind) {
 					t.Fatalf("backup made no %s: %s", kind, r.stderr)
@@ -1009,4 +1013,42 @@ func TestEncryptedPrune(t *testing.T) {
 			t.Errorf("kept snapshot %d does not restore byte for byte under the key", i+1)
 		}
 	}
+}
+
+// A key given for a store without key slots is refused (exit 14), before
+// anything is read or written: an encrypted store whose slots someone
+// removed would otherwise be read, or backed up into, in the clear.
+func TestKeyGivenStoreWithoutSlots(t *testing.T) {
+	dir := t.TempDir()
+	st := newDirStore(t)
+	withPassphraseSlot(t, st.open(t), nil, encPassphrase)
+	img := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(img, bytes.Repeat([]byte("a block of the volume\n"), 50000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st.run(t, dir, "", passEnv(encPassphrase), "backup", "--store", st.loc, "--file", img).want(t, 0, "backup")
+	if err := os.RemoveAll(filepath.Join(st.raw, "keys")); err != nil {
+		t.Fatal(err)
+	}
+	before := storeState(t, st.raw)
+	out := filepath.Join(dir, "out.img")
+	for _, args := range [][]string{
+		{"restore", "disk.img", "--store", st.loc, "--to", out},
+		{"backup", "--store", st.loc, "--file", img},
+		{"verify", "--store", st.loc},
+	} {
+		r := st.run(t, dir, "", passEnv(encPassphrase), args...)
+		r.want(t, exitKey, args[0]+" of a store whose slots were removed, with a passphrase")
+		if !strings.Contains(r.stderr, "has no key slots") || !strings.Contains(r.stderr, "$THINBACK_PASSWORD") {
+			t.Errorf("%s: the message does not say what is wrong: %s", args[0], r.stderr)
+		}
+	}
+	unchanged(t, "commands refused", st.raw, before)
+	if _, err := os.Stat(out); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("restore made its target (%v)", err)
+	}
+	// Without a key, a store in the clear is read as before.
+	plain := newDirStore(t)
+	runNoTTY(t, dir, "", nil, "backup", "--store", plain.loc, "--file", img).want(t, 0, "backup into a plain store")
+	runNoTTY(t, dir, "", nil, "restore", "disk.img", "--store", plain.loc, "--to", out).want(t, 0, "restore from a plain store")
 }

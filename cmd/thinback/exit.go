@@ -77,7 +77,8 @@ const exitCodesHelp = `EXIT CODES:
         retry (503 SlowDown, 5xx, dropped connections): try again later
    14   an encrypted store or delta file: the passphrase, key file or
         recovery identity given opens none of its key slots, or is not
-        the key its files are under, or none was given
+        the key its files are under, or none was given; or a key was
+        given for a store that has no key slots
    130  interrupted (SIGINT or SIGTERM); nothing is left half-done that
         the next run does not finish or clean up
 `
@@ -182,6 +183,7 @@ var exitCodes = []struct {
 	// of its own, so a script can tell it from a damaged store.
 	{keys.ErrWrongKey, exitKey},
 	{secret.ErrNoSecret, exitKey},
+	{secret.ErrNotEncrypted, exitKey}, // a key given, not the key of what the store holds
 	{keys.ErrCorrupt, exitCorrupt},
 	{keys.ErrVersion, exitVersion},
 	{keys.ErrInvalid, exitUsage}, // an empty passphrase, a label with control characters

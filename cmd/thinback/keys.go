@@ -74,6 +74,14 @@ func storeKey(ctx context.Context, e *env, c *cli.Context, repo catalog.Reposito
 	}
 	ring, err := keys.Load(repo)
 	if errors.Is(err, keys.ErrNoSlots) {
+		// A key given for a store in the clear: either a mistake, or
+		// its slots were removed so that this command would read
+		// planted files, or write, in the clear. Neither goes on.
+		if given := secretSources(c, e).Given(); given != "" {
+			return nil, fmt.Errorf("store %s has no key slots, so it is not encrypted, yet %s was given: %w; "+
+				"if it was encrypted, someone who can write to it removed its slots, and what it holds now was not written under your key; "+
+				"if it never was, run without a key", repo, given, secret.ErrNotEncrypted)
+		}
 		return nil, nil
 	}
 	if err != nil {

@@ -221,11 +221,19 @@ func TestRollbackKeySlotsGone(t *testing.T) {
 		}
 	}
 	writeImage(t, img, "second")
+	// With its key file, the command itself sees that the store has no
+	// slots for it (exit 14); without, this host's memory (exit 5).
 	r := thinback(t, dir, "", "backup", "--file", img, "--store", store)
+	r.want(t, exitKey, "backup with a key into a store whose key slots are gone")
+	wantIn(t, "backup's message", r.stderr, "has no key slots, so it is not encrypted, yet a key file")
+	keyFile := os.Getenv("THINBACK_KEY_FILE")
+	t.Setenv("THINBACK_KEY_FILE", "")
+	r = thinback(t, dir, "", "backup", "--file", img, "--store", store)
 	r.want(t, exitChain, "backup into a store whose key slots are gone")
 	wantIn(t, "backup's message", r.stderr, "store "+store+" was encrypted under key "+keyID+" when this host last used it",
 		"its key slots are missing", "--allow-rollback")
 	wantIn(t, "list's warning", thinback(t, dir, "", "list", "--store", store).stderr, "warning: store "+store+" was encrypted under key "+keyID)
+	t.Setenv("THINBACK_KEY_FILE", keyFile)
 
 	for id, data := range slots {
 		if err := s.PutKeySlot(id, data); err != nil {

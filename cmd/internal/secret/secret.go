@@ -26,6 +26,12 @@ const PasswordEnv = "THINBACK_PASSWORD"
 // unlock it (and there is no terminal to ask at).
 var ErrNoSecret = errors.New("no key or passphrase given")
 
+// ErrNotEncrypted: a secret was given for a store that has no key slots.
+// Either the store was never encrypted, or someone who can write to it
+// removed its slots, and what it holds was not written under the key:
+// a command given a key does not read or write such a store in the clear.
+var ErrNotEncrypted = errors.New("a key was given, but the store has no key slots")
+
 // maxSecret bounds what is read from a password file or command.
 const maxSecret = 4096
 
@@ -43,6 +49,25 @@ type Sources struct {
 	Prompt func(prompt string) ([]byte, error)
 	// Stderr receives a password command's standard error.
 	Stderr io.Writer
+}
+
+// Given names the secret given explicitly (a flag, $THINBACK_KEY_FILE or
+// $THINBACK_PASSWORD), or returns "" when none was: the terminal is
+// asked only when a store needs a secret.
+func (s Sources) Given() string {
+	switch {
+	case s.KeyFile != "":
+		return "a key file (--key-file or $THINBACK_KEY_FILE)"
+	case s.Identity != "":
+		return "a recovery identity (--recovery-identity)"
+	case s.PasswordFile != "":
+		return "a password file (--password-file)"
+	case s.PasswordCommand != "":
+		return "a password command (--password-command)"
+	case s.Password != "":
+		return "a passphrase ($" + PasswordEnv + ")"
+	}
+	return ""
 }
 
 // passphraseSet reports whether a passphrase source other than the

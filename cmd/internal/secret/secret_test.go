@@ -210,3 +210,15 @@ func TestUnlockAny(t *testing.T) {
 		t.Errorf("a passphrase of two keys: %v, want keys.ErrCorrupt naming both", err)
 	}
 }
+
+func TestGiven(t *testing.T) {
+	prompt := func(string) ([]byte, error) { return nil, nil }
+	if g := (Sources{Prompt: prompt, Stderr: &bytes.Buffer{}}).Given(); g != "" {
+		t.Errorf("only a terminal: Given = %q, want none", g)
+	}
+	for _, s := range []Sources{{KeyFile: "k"}, {Identity: "i"}, {PasswordFile: "f"}, {PasswordCommand: "c"}, {Password: "p"}} {
+		if s.Given() == "" {
+			t.Errorf("%+v: Given says none", s)
+		}
+	}
+}
