@@ -111,3 +111,25 @@ func warnRollback(e *env, s catalog.Repository, state, volume string) {
 		remember(e, g, s, volume)
 	}
 }
+
+// guardRestore is warnRollback for restore, but for a store whose key
+// slots are gone, or wrap another key, since this host last used it: its
+// files are then not the ones this host's key wrote (whoever removed the
+// slots may have put files in the clear in their place), and restore
+// refuses it rather than write them onto a device.
+func guardRestore(e *env, s catalog.Repository, state, volume string) error {
+	g, problems := rollbackProblems(e, s, state, volume)
+	for _, p := range problems {
+		var ke *rollback.KeyError
+		if errors.As(p, &ke) {
+			return p
+		}
+	}
+	for _, p := range problems {
+		warn(e, "%v", p)
+	}
+	if len(problems) == 0 {
+		remember(e, g, s, volume)
+	}
+	return nil
+}

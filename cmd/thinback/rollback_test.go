@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -233,6 +235,15 @@ func TestRollbackKeySlotsGone(t *testing.T) {
 	wantIn(t, "backup's message", r.stderr, "store "+store+" was encrypted under key "+keyID+" when this host last used it",
 		"its key slots are missing", "--allow-rollback")
 	wantIn(t, "list's warning", thinback(t, dir, "", "list", "--store", store).stderr, "warning: store "+store+" was encrypted under key "+keyID)
+	// restore, given no key, does not read what may have been planted
+	// in the clear in the slots' absence.
+	out := filepath.Join(dir, "restored.img")
+	r = thinback(t, dir, "", "restore", "disk.img", "--store", store, "--to", out)
+	r.want(t, exitChain, "restore from a store whose key slots are gone")
+	wantIn(t, "restore's message", r.stderr, "its key slots are missing")
+	if _, err := os.Stat(out); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the refused restore made its target (%v)", err)
+	}
 	t.Setenv("THINBACK_KEY_FILE", keyFile)
 
 	for id, data := range slots {
