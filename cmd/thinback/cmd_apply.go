@@ -60,7 +60,7 @@ func applyCommand(e *env) *cli.Command {
 			return runApply(c.Context, e, applyOptions{
 				files: files, target: c.String("to"), snapback: c.String("snapback"),
 				force: c.Bool("force"), state: stateFilePath(c.String("state")), quiet: c.Bool("quiet"),
-				unlock: func(ctx context.Context) (*archive.Key, error) { return fileKey(ctx, e, c) },
+				unlock: fileUnlocker(e, c),
 			})
 		},
 	}

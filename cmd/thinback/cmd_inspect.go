@@ -38,7 +38,7 @@ func inspectCommand(e *env) *cli.Command {
 				return err
 			}
 			return runInspect(c.Context, e, a[0], c.Bool("json"), c.Bool("records"),
-				func(ctx context.Context) (*archive.Key, error) { return fileKey(ctx, e, c) })
+				fileUnlocker(e, c))
 		},
 	}
 }

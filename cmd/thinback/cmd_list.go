@@ -76,7 +76,7 @@ func runList(ctx context.Context, e *env, dir, state, only string, asJSON bool) 
 		return err
 	}
 	defer closeStore(e, s)
-	warnRollback(e, s, state, only) // an encrypted store older than this host saw it
+	_ = warnRollback(e, s, state, only, false) // an encrypted store older than this host saw it: said
 	// Which targets on this machine hold which snapshot.
 	held := map[string][]string{}
 	err = stateDir(state, false)

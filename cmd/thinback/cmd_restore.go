@@ -84,7 +84,7 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 	}
 	// The user chose the point in time: a store older than this host
 	// saw it is said, not refused; one whose key slots are gone is.
-	if err := guardRestore(e, s, o.apply.state, o.volume); err != nil {
+	if err := warnRollback(e, s, o.apply.state, o.volume, true); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
 	var chain []catalog.Snapshot

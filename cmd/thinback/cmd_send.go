@@ -87,7 +87,7 @@ func sendCommand(e *env) *cli.Command {
 				o.snap = a[0]
 			}
 			o.base = c.String("base")
-			o.key = func(ctx context.Context) (*archive.Key, error) { return fileKey(ctx, e, c) }
+			o.key = fileUnlocker(e, c)
 			return runSend(c.Context, e, o)
 		},
 	}

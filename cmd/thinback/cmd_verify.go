@@ -82,7 +82,7 @@ func verifyCommand(e *env) *cli.Command {
 				}
 				var unlock func(context.Context) (*archive.Key, error)
 				if !c.Bool("no-key") {
-					unlock = func(ctx context.Context) (*archive.Key, error) { return fileKey(ctx, e, c) }
+					unlock = fileUnlocker(e, c)
 				}
 				return runVerifyFiles(c.Context, e, files, c.Bool("quiet"), unlock)
 			}

@@ -53,6 +53,11 @@ func unlocker(e *env, c *cli.Context) func(context.Context, catalog.Repository) 
 	return func(ctx context.Context, r catalog.Repository) (*archive.Key, error) { return storeKey(ctx, e, c, r) }
 }
 
+// fileUnlocker is unlocker for delta files outside a store (fileKey).
+func fileUnlocker(e *env, c *cli.Context) func(context.Context) (*archive.Key, error) {
+	return func(ctx context.Context) (*archive.Key, error) { return fileKey(ctx, e, c) }
+}
+
 // selectSnapshot is pointintime.Select, whose errors in what the user
 // typed are usage errors (exit 2).
 func selectSnapshot(tx *catalog.Tx, volume, at, snapshot string) (catalog.Snapshot, error) {

@@ -101,27 +101,16 @@ func remember(e *env, g *rollback.Guard, s catalog.Repository, volume string) {
 
 // warnRollback prints, as warnings, what the host finds wrong with store
 // s, and remembers what it holds when nothing is: list and restore go on
-// (the user chose what to read).
-func warnRollback(e *env, s catalog.Repository, state, volume string) {
-	g, problems := rollbackProblems(e, s, state, volume)
-	for _, p := range problems {
-		warn(e, "%v", p)
-	}
-	if len(problems) == 0 {
-		remember(e, g, s, volume)
-	}
-}
-
-// guardRestore is warnRollback for restore, but for a store whose key
-// slots are gone, or wrap another key, since this host last used it: its
-// files are then not the ones this host's key wrote (whoever removed the
-// slots may have put files in the clear in their place), and restore
-// refuses it rather than write them onto a device.
-func guardRestore(e *env, s catalog.Repository, state, volume string) error {
+// (the user chose what to read). With refuseKey (restore) a store whose
+// key slots are gone, or wrap another key, since this host last used it
+// is refused instead: its files are then not the ones this host's key
+// wrote (whoever removed the slots may have put files in the clear in
+// their place), and restore would write them onto a device.
+func warnRollback(e *env, s catalog.Repository, state, volume string, refuseKey bool) error {
 	g, problems := rollbackProblems(e, s, state, volume)
 	for _, p := range problems {
 		var ke *rollback.KeyError
-		if errors.As(p, &ke) {
+		if refuseKey && errors.As(p, &ke) {
 			return p
 		}
 	}
