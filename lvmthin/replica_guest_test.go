@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -145,6 +146,30 @@ func TestKernelReplica(t *testing.T) {
 	}
 	target = lookup(t, tn)
 
+	// A grown target differs by its size alone; the rollback gives the
+	// snapshot's size back.
+	sh(t, "lvextend -q -L +4M tb-rep/tgt")
+	if mod, err = CompareReplica(ctx, lookup(t, tn), s1, ReserveOptions{}); err != nil || !mod.Changed || mod.Ranges != 0 ||
+		mod.TargetSize != 68<<20 || mod.SnapshotSize != 64<<20 {
+		t.Fatalf("compare after lvextend: %+v, %v", mod, err)
+	}
+	if target, err = RollbackReplica(ctx, lookup(t, tn), s1); err != nil || target.Size != 64<<20 {
+		t.Fatalf("rollback of a grown target: %+v, %v", target, err)
+	}
+
+	// A metadata snapshot the pool holds already is refused as stale, and
+	// released only when asked; a compare leaves none behind.
+	sh(t, "dmsetup message tb--rep-pool-tpool 0 reserve_metadata_snap")
+	if _, err := CompareReplica(ctx, target, s1, ReserveOptions{}); !errors.Is(err, ErrStaleMetadataSnap) {
+		t.Fatalf("compare with a stale metadata snapshot held: %v", err)
+	}
+	if mod, err = CompareReplica(ctx, target, s1, ReserveOptions{ReleaseStale: true}); err != nil || mod.Changed {
+		t.Fatalf("compare releasing the stale metadata snapshot: %+v, %v", mod, err)
+	}
+	if heldRoot(t, pool) != 0 {
+		t.Fatal("a metadata snapshot is held after the compare")
+	}
+
 	// A second replica snapshot; both are found though the first one's
 	// origin is gone; removal takes replica snapshots only.
 	src2 := archive.NewID()
@@ -217,5 +242,21 @@ func TestKernelReplica(t *testing.T) {
 	}
 	if _, err := CreateThin(ctx, Name{pool.VG, "pool2"}, "in2", 1<<20); err != nil {
 		t.Fatal(err)
+	}
+
+	// A mounted target is refused a rollback, and left as it was.
+	ns, err := CreateReplicaSnapshot(ctx, nlv, ReplicaSnapshotName("new", report().LVs, time.Now()), src2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh(t, "mkfs.ext4 -q /dev/tb-rep/new && mkdir -p /mnt/new && mount /dev/tb-rep/new /mnt/new")
+	mounted := lookup(t, nlv.FullName())
+	_, err = RollbackReplica(ctx, mounted, ns)
+	sh(t, "umount /mnt/new")
+	if !errors.Is(err, ErrOpen) || !strings.Contains(err.Error(), "tb-rep/new") {
+		t.Fatalf("rollback of a mounted target: %v", err)
+	}
+	if lv := lookup(t, nlv.FullName()); lv.UUID != nlv.UUID {
+		t.Fatalf("a refused rollback replaced the target: %+v", lv)
 	}
 }
