@@ -186,6 +186,11 @@ type Modification struct {
 	Ranges int64
 	// TargetSize and SnapshotSize are the two LVs' sizes.
 	TargetSize, SnapshotSize int64
+	// MetadataBytes is how much of the pool's metadata the diff read,
+	// and MetadataSnapHeld how long the metadata snapshot was held: the
+	// cost of the check.
+	MetadataBytes    int64
+	MetadataSnapHeld time.Duration
 }
 
 // CompareReplica compares the thin target LV with its replica snapshot
@@ -211,8 +216,13 @@ func CompareReplica(ctx context.Context, target, snap *LV, opts ReserveOptions) 
 	if err != nil {
 		return nil, fmt.Errorf("compare %s with %s: %w", tn, sn, err)
 	}
+	var mod *Modification
 	defer func() {
-		if rerr := ms.Release(); rerr != nil {
+		rerr := ms.Release()
+		if mod != nil {
+			mod.MetadataSnapHeld = ms.Held()
+		}
+		if rerr != nil {
 			err = errors.Join(err, rerr)
 		}
 	}()
@@ -226,7 +236,7 @@ func CompareReplica(ctx context.Context, target, snap *LV, opts ReserveOptions) 
 		return nil, fmt.Errorf("compare %s with %s: %w: metadata %s has data block size 0", tn, sn, ErrMetadata, m.Path())
 	}
 	size := max(target.Size, snap.Size)
-	mod := &Modification{TargetSize: target.Size, SnapshotSize: snap.Size, Changed: target.Size != snap.Size}
+	mod = &Modification{TargetSize: target.Size, SnapshotSize: snap.Size, Changed: target.Size != snap.Size}
 	first := true
 	err = m.Diff(ms.Context(), uint64(snap.ThinID), uint64(target.ThinID),
 		thinmeta.DiffOptions{SameFrom: math.MaxUint64, End: uint64((size + unit - 1) / unit)},
@@ -254,6 +264,7 @@ func CompareReplica(ctx context.Context, target, snap *LV, opts ReserveOptions) 
 		return nil, fmt.Errorf("compare %s (thin device %d) with %s (thin device %d) in %s: %w",
 			tn, target.ThinID, sn, snap.ThinID, m.Path(), wrapNative(err))
 	}
+	mod.MetadataBytes = m.Stats().BytesRead
 	return mod, nil
 }
 

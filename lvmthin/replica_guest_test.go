@@ -67,9 +67,10 @@ func TestKernelReplica(t *testing.T) {
 	// Unchanged, then changed by a 4 KiB write inside the second 64 KiB
 	// block of MiB 20 (unmapped before: a new mapping).
 	mod, err := CompareReplica(ctx, target, s1, ReserveOptions{})
-	if err != nil || mod.Changed || mod.Bytes != 0 {
+	if err != nil || mod.Changed || mod.Bytes != 0 || mod.MetadataBytes <= 0 || mod.MetadataSnapHeld <= 0 {
 		t.Fatalf("compare right after the snapshot: %+v, %v", mod, err)
 	}
+	t.Logf("compare of a 64 MiB target: %d bytes of metadata read, metadata snapshot held %v", mod.MetadataBytes, mod.MetadataSnapHeld)
 	if heldRoot(t, pool) != 0 {
 		t.Fatal("CompareReplica left the metadata snapshot held")
 	}
