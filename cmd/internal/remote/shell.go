@@ -76,7 +76,9 @@ func SplitCommand(s string) ([]string, error) {
 	return words, nil
 }
 
-// Quote quotes s for a POSIX shell: '...' with each ' written '\''.
+// Quote quotes s for a POSIX shell: in single quotes, each single quote
+// of s written as a quote ending the quoting, an escaped quote (\') and a
+// quote starting it again.
 func Quote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -14,7 +14,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-
 )
 
 // Sshd is the absolute path sshd is run from (sshd refuses a relative
@@ -31,7 +30,7 @@ type Server struct {
 	Rsh string
 	// RshNoPort is Rsh without -p: the port comes from the destination.
 	RshNoPort string
-	Dir string // the server's files: keys, config, known_hosts
+	Dir       string // the server's files: keys, config, known_hosts
 
 	userKey string
 }
