@@ -254,7 +254,7 @@ func Dial(ctx context.Context, d Dest, o Options, service string, args ...string
 		if h.Version != protocolVersion {
 			err = ErrVersion
 		}
-		return nil, c.failed(fmt.Errorf("%s refused: %s: %w", d.Where(), printable.String(h.Error), err))
+		return nil, c.failed(fmt.Errorf("refused: %s: %w", printable.String(h.Error), err))
 	}
 	if h.Version != protocolVersion {
 		return nil, c.failed(fmt.Errorf("the agent on %s (thinback %s) speaks protocol version %d, this thinback (%s) version %d: install the same thinback on both hosts: %w",
