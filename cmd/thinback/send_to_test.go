@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"errors"
+	"io"
 	"math/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/thinback/thinback/cmd/internal/remote/sshtest"
@@ -157,5 +162,47 @@ func TestSendToLocal(t *testing.T) {
 	}
 	if !strings.Contains(r.stderr, "agent: applied - to t.img") {
 		t.Errorf("stderr:\n%s", r.stderr)
+	}
+}
+
+// TestSendToInterrupted: SIGINT to a send --to waiting on the other host
+// ends it with exit 130, killing its ssh. The "remote thinback" announces
+// itself through a FIFO, then reads its input and never answers.
+func TestSendToInterrupted(t *testing.T) {
+	dir := t.TempDir()
+	h := startSendToHost(t, dir)
+	seededImage(t, filepath.Join(dir, "a.img"), 1<<20, 1)
+	fifo := filepath.Join(dir, "started")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stall := filepath.Join(dir, "stall")
+	if err := os.WriteFile(stall, []byte("#!/bin/sh\necho started > "+fifo+"\nexec cat >/dev/null\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := thinbackCmd(t, dir, "send", "--file", "a.img", "--to", h.s.Dest(filepath.Join(dir, "t.img")),
+		"--rsh", h.s.RshNoPort, "--remote-thinback", stall)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(fifo) // returns once the remote side runs
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(f)
+	f.Close()
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitInterrupted {
+		t.Fatalf("send --to interrupted: %v, want exit 130\n%s", err, stderr.String())
+	}
+	t.Logf("stderr: %s", stderr.String())
+	if !strings.Contains(stderr.String(), "interrupted") {
+		t.Errorf("stderr:\n%s", stderr.String())
 	}
 }
