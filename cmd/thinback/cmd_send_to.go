@@ -40,7 +40,7 @@ func sendToArgs(e *env, c *cli.Context, o *sendOptions) error {
 	case o.out != "":
 		return usageError{msg: "send: give -o or --to, not both"}
 	case c.IsSet(sendStoreFlag.Name) || c.IsSet(keyFileFlag.Name):
-		return usageError{msg: "send: --to sends in the clear through ssh, which encrypts the connection, to a receiver that applies it: drop --store and --key-file"}
+		return usageError{msg: "send: --to sends in the clear through ssh, which encrypts the connection, to a receiver that applies it: drop --store and --key-file (or unset $THINBACK_KEY_FILE)"}
 	}
 	if _, err := remote.ParseDest(o.to); err != nil {
 		return usageError{msg: fmt.Sprintf("send: --to: %v", err)}
