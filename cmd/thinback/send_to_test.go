@@ -206,3 +206,68 @@ func TestSendToInterrupted(t *testing.T) {
 		t.Errorf("stderr:\n%s", stderr.String())
 	}
 }
+
+// TestSendToInterruptedTransfer: SIGINT to send --to in the middle of the
+// transfer ends it with exit 130; the receiver, cut off, stops with what
+// it verified, and running the send again finishes the target. The remote
+// thinback passes the agent at most a MiB of its input (256 reads; dd,
+// since head's buffered output would hold back the handshake), says so
+// through a FIFO and swallows the rest, so the receiver waits for data
+// that never comes until the sender is gone.
+func TestSendToInterruptedTransfer(t *testing.T) {
+	dir := t.TempDir()
+	h := startSendToHost(t, dir)
+	a := seededImage(t, filepath.Join(dir, "a.img"), 8<<20, 4)
+	started, done := filepath.Join(dir, "started"), filepath.Join(dir, "done")
+	for _, f := range []string{started, done} {
+		if err := syscall.Mkfifo(f, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cut := filepath.Join(dir, "cut")
+	script := "#!/bin/sh\nexec 3<&0\n" +
+		"{ dd bs=4096 count=256 <&3 2>/dev/null; echo started > " + started + "; cat <&3 >/dev/null; } | " + h.thinback + ` "$@"` + "\n" +
+		"echo done > " + done + "\n"
+	if err := os.WriteFile(cut, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(dir, "t.img")
+	cmd := thinbackCmd(t, dir, "send", "--file", "a.img", "--to", h.s.Dest(target), "--rsh", h.s.RshNoPort, "--remote-thinback", cut)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	readFIFO(t, started)
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitInterrupted {
+		t.Fatalf("send --to interrupted: %v, want exit 130\n%s", err, stderr.String())
+	}
+	t.Logf("interrupted send --to:\n%s", stderr.String())
+	readFIFO(t, done) // the receiver has ended
+	if b, err := os.ReadFile(target); err == nil && bytes.Equal(b, a) {
+		t.Fatal("the interrupted transfer completed the target: it tested nothing")
+	}
+	r := thinback(t, dir, "", "send", "--file", "a.img", "--to", h.s.Dest(target), "--rsh", h.s.RshNoPort, "--remote-thinback", h.thinback)
+	r.want(t, 0, "send --to again")
+	if sumFile(t, target) != sha256.Sum256(a) {
+		t.Fatal("the target is not the image after the send ran again")
+	}
+}
+
+// readFIFO waits until the other end of the FIFO writes and closes it.
+func readFIFO(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := io.ReadAll(f); err != nil {
+		t.Fatal(err)
+	}
+}
