@@ -90,10 +90,8 @@ func sendRemote(ctx context.Context, e *env, o sendOptions, so sendToOptions) (s
 	cerr := c.Close()
 	var re *remoteError
 	switch {
-	case ctx.Err() != nil && serr != nil:
-		return st, serr
 	case ctx.Err() != nil:
-		return st, ctx.Err()
+		return st, fmt.Errorf("send --to %s: the receiver stops at the last record it verified; the same send, run again, finishes the target: %w", d, ctx.Err())
 	case errors.As(rerr, &re):
 		return st, fmt.Errorf("send: %w", rerr)
 	case serr != nil && cerr != nil:

@@ -247,7 +247,9 @@ func TestSendToInterruptedTransfer(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != exitInterrupted {
 		t.Fatalf("send --to interrupted: %v, want exit 130\n%s", err, stderr.String())
 	}
-	t.Logf("interrupted send --to:\n%s", stderr.String())
+	if !strings.Contains(stderr.String(), "interrupted: send --to "+h.s.Dest(target)[:len("ssh://")]) || !strings.Contains(stderr.String(), "run again, finishes") {
+		t.Errorf("interrupted send --to:\n%s", stderr.String())
+	}
 	readFIFO(t, done) // the receiver has ended
 	if b, err := os.ReadFile(target); err == nil && bytes.Equal(b, a) {
 		t.Fatal("the interrupted transfer completed the target: it tested nothing")
