@@ -1,6 +1,13 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"errors"
+
+	"github.com/thinback/thinback/cmd/internal/remote"
+	"github.com/thinback/thinback/cmd/internal/remote/sshtest"
+
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,4 +45,24 @@ func TestAgentHidden(t *testing.T) {
 	}
 	r = thinback(t, dir, "", "agent")
 	r.want(t, exitUsage, "agent without a service")
+}
+
+// TestAgentNoService: a client asking for a service this thinback does
+// not have is told so, once, with what to do, and the agent exits 15.
+func TestAgentNoService(t *testing.T) {
+	dir := t.TempDir()
+	rt := sshtest.RemoteThinback(t, os.Args[0], "THINBACK_TEST_AS_MAIN=1", "THINBACK_STATE="+filepath.Join(dir, "state.db"))
+	var stderr bytes.Buffer
+	_, err := remote.Dial(context.Background(), remote.Dest{Path: "x"}, remote.Options{RemoteThinback: rt, Stderr: &stderr}, "frobnicate", "a")
+	if !errors.Is(err, remote.ErrProtocol) || exitCode(err) != exitRemote {
+		t.Fatalf("got %v, want ErrProtocol (exit 15)", err)
+	}
+	for _, want := range []string{`has no service "frobnicate" (it has receive)`, "install the same thinback on both hosts"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if stderr.Len() != 0 {
+		t.Errorf("the agent also printed its refusal: %q", stderr.String())
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -66,16 +67,23 @@ func runAgent(ctx context.Context, e *env, service string, args []string) error 
 	if !ok {
 		msg := fmt.Sprintf("this thinback (%s) has no service %q (it has %s): install the same thinback on both hosts",
 			version, printable.String(service), strings.Join(agentServiceNames(), ", "))
-		if err := remote.Refuse(e.stdin, e.stdout, service, msg); err != nil {
-			return fmt.Errorf("agent: %w", err)
-		}
-		return nil
+		return agentError(remote.Refuse(e.stdin, e.stdout, service, msg))
 	}
 	c, err := remote.AcceptArgs(e.stdin, e.stdout, service, args)
 	if err != nil {
-		return fmt.Errorf("agent: %w", err)
+		return agentError(err)
 	}
 	return serve(ctx, e, c, args)
+}
+
+// agentError is the agent's error of a failed handshake: not printed
+// again when the client has been told (a refusal), since it prints it.
+func agentError(err error) error {
+	err = fmt.Errorf("agent: %w", err)
+	if errors.As(err, new(*remote.RefusedError)) {
+		return reportedError{err}
+	}
+	return err
 }
 
 // agentReceive is `thinback receive ARGS` with the stream on c: send --to

@@ -41,7 +41,7 @@ func sendCommand(e *env) *cli.Command {
 			"receive --store S, or receive --to / apply with the same --key-file, read it. Without\n" +
 			"them it is written in the clear.\n\n" +
 			sendToHelp,
-		Flags: append([]cli.Flag{
+		Flags: append(append([]cli.Flag{
 			&cli.StringFlag{Name: "base", Usage: "send only what changed since this older snapshot (thin, or classic) of the same volume (VG/SNAP)"},
 			&cli.BoolFlag{Name: "release-stale-metadata-snap", Usage: releaseStaleUsage},
 			discoveryFlag,
@@ -55,8 +55,8 @@ func sendCommand(e *env) *cli.Command {
 			levelFlag,
 			quietFlag,
 			sendStoreFlag,
-			sendToFlag, sendSnapbackFlag, sendForceFlag, rshFlag, remoteThinbackFlag,
-		}, keyFlags...),
+			sendToFlag, sendSnapbackFlag, sendForceFlag,
+		}, remoteFlags...), keyFlags...),
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 0, 1, "give VG/SNAP or --file IMAGE")
 			if err != nil {

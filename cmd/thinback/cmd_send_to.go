@@ -40,7 +40,7 @@ func sendToArgs(e *env, c *cli.Context, o *sendOptions) error {
 	case o.out != "":
 		return usageError{msg: "send: give -o or --to, not both"}
 	case c.IsSet(sendStoreFlag.Name) || c.IsSet(keyFileFlag.Name):
-		return usageError{msg: "send: --to sends in the clear through ssh, which encrypts the connection, to a receiver that applies it: drop --store and --key-file"}
+		return usageError{msg: "send: --to sends in the clear through ssh, which encrypts the connection, to a receiver that applies it: drop --store and --key-file (or unset $THINBACK_KEY_FILE)"}
 	}
 	if _, err := remote.ParseDest(o.to); err != nil {
 		return usageError{msg: fmt.Sprintf("send: --to: %v", err)}
@@ -90,10 +90,8 @@ func sendRemote(ctx context.Context, e *env, o sendOptions, so sendToOptions) (s
 	cerr := c.Close()
 	var re *remoteError
 	switch {
-	case ctx.Err() != nil && serr != nil:
-		return st, serr
 	case ctx.Err() != nil:
-		return st, ctx.Err()
+		return st, fmt.Errorf("send --to %s: the receiver stops at the last record it verified; the same send, run again, finishes the target: %w", d, ctx.Err())
 	case errors.As(rerr, &re):
 		return st, fmt.Errorf("send: %w", rerr)
 	case serr != nil && cerr != nil:

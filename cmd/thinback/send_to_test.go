@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"errors"
+	"io"
 	"math/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/thinback/thinback/cmd/internal/remote/sshtest"
@@ -157,5 +162,114 @@ func TestSendToLocal(t *testing.T) {
 	}
 	if !strings.Contains(r.stderr, "agent: applied - to t.img") {
 		t.Errorf("stderr:\n%s", r.stderr)
+	}
+}
+
+// TestSendToInterrupted: SIGINT to a send --to waiting on the other host
+// ends it with exit 130, killing its ssh. The "remote thinback" announces
+// itself through a FIFO, then reads its input and never answers.
+func TestSendToInterrupted(t *testing.T) {
+	dir := t.TempDir()
+	h := startSendToHost(t, dir)
+	seededImage(t, filepath.Join(dir, "a.img"), 1<<20, 1)
+	fifo := filepath.Join(dir, "started")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stall := filepath.Join(dir, "stall")
+	if err := os.WriteFile(stall, []byte("#!/bin/sh\necho started > "+fifo+"\nexec cat >/dev/null\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := thinbackCmd(t, dir, "send", "--file", "a.img", "--to", h.s.Dest(filepath.Join(dir, "t.img")),
+		"--rsh", h.s.RshNoPort, "--remote-thinback", stall)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(fifo) // returns once the remote side runs
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(f)
+	f.Close()
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitInterrupted {
+		t.Fatalf("send --to interrupted: %v, want exit 130\n%s", err, stderr.String())
+	}
+	t.Logf("stderr: %s", stderr.String())
+	if !strings.Contains(stderr.String(), "interrupted") {
+		t.Errorf("stderr:\n%s", stderr.String())
+	}
+}
+
+// TestSendToInterruptedTransfer: SIGINT to send --to in the middle of the
+// transfer ends it with exit 130; the receiver, cut off, stops with what
+// it verified, and running the send again finishes the target. The remote
+// thinback passes the agent at most a MiB of its input (256 reads; dd,
+// since head's buffered output would hold back the handshake), says so
+// through a FIFO and swallows the rest, so the receiver waits for data
+// that never comes until the sender is gone.
+func TestSendToInterruptedTransfer(t *testing.T) {
+	dir := t.TempDir()
+	h := startSendToHost(t, dir)
+	a := seededImage(t, filepath.Join(dir, "a.img"), 8<<20, 4)
+	started, done := filepath.Join(dir, "started"), filepath.Join(dir, "done")
+	for _, f := range []string{started, done} {
+		if err := syscall.Mkfifo(f, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cut := filepath.Join(dir, "cut")
+	script := "#!/bin/sh\nexec 3<&0\n" +
+		"{ dd bs=4096 count=256 <&3 2>/dev/null; echo started > " + started + "; cat <&3 >/dev/null; } | " + h.thinback + ` "$@"` + "\n" +
+		"echo done > " + done + "\n"
+	if err := os.WriteFile(cut, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(dir, "t.img")
+	cmd := thinbackCmd(t, dir, "send", "--file", "a.img", "--to", h.s.Dest(target), "--rsh", h.s.RshNoPort, "--remote-thinback", cut)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	readFIFO(t, started)
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitInterrupted {
+		t.Fatalf("send --to interrupted: %v, want exit 130\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "interrupted: send --to "+h.s.Dest(target)[:len("ssh://")]) || !strings.Contains(stderr.String(), "run again, finishes") {
+		t.Errorf("interrupted send --to:\n%s", stderr.String())
+	}
+	readFIFO(t, done) // the receiver has ended
+	if b, err := os.ReadFile(target); err == nil && bytes.Equal(b, a) {
+		t.Fatal("the interrupted transfer completed the target: it tested nothing")
+	}
+	r := thinback(t, dir, "", "send", "--file", "a.img", "--to", h.s.Dest(target), "--rsh", h.s.RshNoPort, "--remote-thinback", h.thinback)
+	r.want(t, 0, "send --to again")
+	if sumFile(t, target) != sha256.Sum256(a) {
+		t.Fatal("the target is not the image after the send ran again")
+	}
+}
+
+// readFIFO waits until the other end of the FIFO writes and closes it.
+func readFIFO(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := io.ReadAll(f); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -62,6 +63,7 @@ type Conn struct {
 	group   bool // the process leads a process group of its own
 	once    sync.Once
 	waitErr error
+	waited  atomic.Bool // Wait returned
 }
 
 // Peer is the other end's Hello: on the client's side the agent's, on the
@@ -103,8 +105,8 @@ func (c *Conn) CloseWrite() error {
 // in a process group of its own), for an interruption. Close still
 // collects it.
 func (c *Conn) Kill() error {
-	if c.cmd == nil || c.cmd.Process == nil {
-		return nil
+	if c.cmd == nil || c.cmd.Process == nil || c.waited.Load() {
+		return nil // collected: its pid, and group, may be another's now
 	}
 	if c.group {
 		if err := syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -130,7 +132,9 @@ func (c *Conn) Close() error {
 		c.stdin.Close()
 		io.Copy(io.Discard, c.r)
 		c.stderrs.Wait()
-		c.waitErr = c.exitError(c.cmd.Wait(), true)
+		werr := c.cmd.Wait()
+		c.waited.Store(true)
+		c.waitErr = c.exitError(werr, true)
 	})
 	return c.waitErr
 }
@@ -275,6 +279,7 @@ func (c *Conn) failed(herr error) error {
 	io.Copy(io.Discard, c.r)
 	c.stderrs.Wait()
 	werr := c.cmd.Wait()
+	c.waited.Store(true)
 	if c.ctx.Err() != nil {
 		return c.ctx.Err()
 	}

@@ -301,3 +301,51 @@ func closedPort(t *testing.T) int {
 	l.Close()
 	return port
 }
+
+// TestAcceptRefuses: an agent refuses, telling the client why, a client of
+// another service, or whose arguments are not those the agent was started
+// with (a login shell that read the quoting otherwise).
+func TestAcceptRefuses(t *testing.T) {
+	for _, c := range []struct {
+		service string
+		args    []string
+		want    string
+	}{
+		{"store", []string{"--to", "x"}, `asks for service "store"`},
+		{"receive", []string{"--to", "x y"}, "POSIX shell"},
+	} {
+		cr, aw := io.Pipe()
+		ar, cw := io.Pipe()
+		go writeHello(cw, clientGreeting, ourHello(c.service, c.args))
+		reply := make(chan Hello, 1)
+		go func() {
+			h, _ := readHello(bufio.NewReader(cr), agentGreeting)
+			reply <- h
+		}()
+		_, err := AcceptArgs(ar, aw, "receive", []string{"--to", "x", "y"})
+		if !errors.Is(err, ErrProtocol) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s %q: %v, want ErrProtocol saying %q", c.service, c.args, err, c.want)
+		}
+		if h := <-reply; !strings.Contains(h.Error, c.want) {
+			t.Errorf("%s %q: the client was told %q", c.service, c.args, h.Error)
+		}
+	}
+}
+
+// TestKillAfterClose: Kill after Close signals nothing (the pid may be
+// another process's by then).
+func TestKillAfterClose(t *testing.T) {
+	c, err := Dial(context.Background(), Dest{Path: "x"}, Options{RemoteThinback: agent(t, "1")}, "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !c.waited.Load() {
+		t.Fatal("Close did not record that the process was collected")
+	}
+	if err := c.Kill(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -55,6 +55,13 @@ var (
 	ErrProtocol = errors.New("the other end did not answer as a thinback agent")
 )
 
+// RefusedError is an agent's refusal of a client, which the client has
+// been told.
+type RefusedError struct{ Err error }
+
+func (e *RefusedError) Error() string { return e.Err.Error() }
+func (e *RefusedError) Unwrap() error { return e.Err }
+
 // Hello is what each end says of itself in the handshake.
 type Hello struct {
 	Protocol string   `json:"protocol"` // ProtocolName
@@ -173,7 +180,7 @@ func accept(r io.Reader, w io.Writer, service string, args []string, checkArgs b
 		if werr := writeHello(w, agentGreeting, reply); werr != nil {
 			return nil, fmt.Errorf("%s: %w (and telling the client failed: %v)", msg, e, werr)
 		}
-		return nil, fmt.Errorf("%s: %w", msg, e)
+		return nil, &RefusedError{fmt.Errorf("%s: %w", msg, e)}
 	}
 	switch {
 	case h.Version != protocolVersion:
