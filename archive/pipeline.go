@@ -65,6 +65,9 @@ func Send(ctx context.Context, w *Writer, src Source, opts SendOptions) error {
 	// while its pages are still cached, not after it has walked a whole
 	// changed volume.
 	if h.ResumeFrom > 0 {
+		if s, ok := src.(interface{ skipTo(int64) }); ok {
+			s.skipTo(h.ResumeFrom) // a source that reads to find extents
+		}
 		src = &clipSource{Source: src, from: h.ResumeFrom}
 	}
 	al := &aligner{src: src, bs: bs, size: h.VolumeSize, maxData: chunk * int64(inflight)}

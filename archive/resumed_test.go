@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 )
@@ -185,5 +187,43 @@ func TestResumedErrors(t *testing.T) {
 		if _, err := OpenChain(in); !errors.Is(err, ErrNotChain) {
 			t.Errorf("OpenChain of %d files with a resumed one: %v, want ErrNotChain", len(in), err)
 		}
+	}
+}
+
+// TestResumedCompareSource: a resumed file of an image compared with its
+// base reads neither image below the offset.
+func TestResumedCompareSource(t *testing.T) {
+	r := testRand(t)
+	dir := t.TempDir()
+	base := volume(r, 64, 0)
+	next := append([]byte(nil), base...)
+	r.Read(next[3*4096 : 5*4096])
+	r.Read(next[40*4096 : 50*4096])
+	bp, np := filepath.Join(dir, "base"), filepath.Join(dir, "next")
+	for p, b := range map[string][]byte{bp: base, np: next} {
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bf, _ := os.Open(bp)
+	defer bf.Close()
+	nf, _ := os.Open(np)
+	defer nf.Close()
+	var compared int64
+	from := int64(32 * 4096)
+	src := NewCompareSource(nf, int64(len(next)), bf, int64(len(base)), 4096, func(n int64) { compared += n })
+	h := testHeader(int64(len(next)))
+	h.Snapshot.ID = DeriveID("test", "next")
+	h.Parent, h.ParentSize = Snapshot{ID: DeriveID("test", "base")}, int64(len(base))
+	h.ResumeFrom = from
+	file := buildWith(t, h, src, nil)
+	if want := int64(len(next)) - from; compared != want {
+		t.Fatalf("compared %d bytes of the image, want only the %d from the offset", compared, want)
+	}
+	vol := append([]byte(nil), base...)
+	copy(vol, next[:from])
+	got, _, err := applyResumed(file, vol, nil)
+	if err != nil || !bytes.Equal(got, next) {
+		t.Fatalf("the resumed file does not give the image: %v", err)
 	}
 }
