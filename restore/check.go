@@ -206,8 +206,12 @@ func checkResumed(files []File, target string, st State) error {
 	case m == nil:
 		return fmt.Errorf("%s, but %s holds no interrupted transfer: %w; send the whole stream again (without --resume)", what, target, ErrResume)
 	case m.Snapshot != h.Snapshot.ID || m.Parent != h.Parent.ID:
-		return fmt.Errorf("%s, but the transfer interrupted on %s was of %s from %s: %w; get its token with thinback receive --to %s --resume-token, or send the whole stream again",
-			what, target, describe(archive.Snapshot{ID: m.Snapshot}), describe(archive.Snapshot{ID: m.Parent}), ErrResume, target)
+		was := describe(archive.Snapshot{ID: m.Snapshot})
+		if !m.Parent.IsZero() {
+			was += " from " + describe(archive.Snapshot{ID: m.Parent})
+		}
+		return fmt.Errorf("%s, but the transfer interrupted on %s was of %s: %w; get its token with thinback receive --to %s --resume-token, or send the whole stream again",
+			what, target, was, ErrResume, target)
 	case m.Done < h.ResumeFrom:
 		return fmt.Errorf("%s, but the transfer interrupted on %s made only bytes below %d durable: %w; get its token with thinback receive --to %s --resume-token, and send again from there",
 			what, target, m.Done, ErrResume, target)
