@@ -260,7 +260,7 @@ func sendSummary(h *archive.Header, st sendStats) string {
 	if !h.IsFull() {
 		kind = "incremental from " + h.Parent.Name
 	}
-	if h.IsResumed() {
+	if h.ResumeFrom > 0 { // the header given to the Writer, which sets the feature bit
 		kind += fmt.Sprintf(", resumed from byte %d", h.ResumeFrom)
 	}
 	t := st.trailer
