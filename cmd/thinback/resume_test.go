@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rogpeppe/go-internal/testscript"
 	"github.com/thinback/thinback/archive"
 )
 
@@ -310,4 +311,27 @@ func TestResumeTokenRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	thinback(t, dir, "", "receive", "--to", "t.img", "--resume-token").want(t, exitChain, "a token of a target with no interrupted transfer")
+}
+
+// resumecut FILE SEED: truncate FILE at a random byte between a quarter
+// and three quarters of it, the same for the same seed (a stream cut).
+func cmdResumecut(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 2 {
+		ts.Fatalf("usage: resumecut FILE SEED")
+	}
+	p := ts.MkAbs(args[0])
+	st, err := os.Stat(p)
+	ts.Check(err)
+	n := st.Size()/4 + rand.New(rand.NewSource(atoi(ts, args[1]))).Int63n(st.Size()/2)
+	ts.Logf("cut %s after %d of its %d bytes", args[0], n, st.Size())
+	ts.Check(os.Truncate(p, n))
+}
+
+// tokenenv NAME FILE: set $NAME to FILE's contents without the newline
+// (a token printed by thinback, given to the next command).
+func cmdTokenenv(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 2 {
+		ts.Fatalf("usage: tokenenv NAME FILE")
+	}
+	ts.Setenv(args[0], strings.TrimSpace(ts.ReadFile(args[1])))
 }
