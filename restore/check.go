@@ -205,6 +205,8 @@ func checkResumed(files []File, target string, st State) error {
 	switch {
 	case m == nil:
 		return fmt.Errorf("%s, but %s holds no interrupted transfer: %w; send the whole stream again (without --resume)", what, target, ErrResume)
+	case st.Modified != "":
+		return fmt.Errorf("%s, but %s is not the target that transfer was interrupted on, or was written to since (%s): %w; send the whole stream again (without --resume)", what, target, st.Modified, ErrResume)
 	case m.Snapshot != h.Snapshot.ID || m.Parent != h.Parent.ID:
 		was := describe(archive.Snapshot{ID: m.Snapshot})
 		if !m.Parent.IsZero() {

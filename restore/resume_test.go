@@ -175,11 +175,15 @@ func TestResumeRefused(t *testing.T) {
 		{"no interrupted transfer", nil, "holds no interrupted transfer"},
 		{"another snapshot", &Mark{Snapshot: other.snap.ID, Done: 1 << 20, Size: 1 << 20}, "the transfer interrupted on"},
 		{"too little durable", &Mark{Snapshot: base.snap.ID, Done: 128 << 10, Size: 1 << 20}, "made only bytes below 131072 durable"},
+		{"target replaced", &Mark{Snapshot: base.snap.ID, Done: 1 << 20, Size: 1 << 20}, "is not the target that transfer was interrupted on"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := stateStore{}
 			if tc.mark != nil {
 				st[id.Key] = State{InProgress: tc.mark}
+			}
+			if tc.name == "target replaced" {
+				st[id.Key] = State{InProgress: tc.mark, Modified: "it was replaced"}
 			}
 			_, err := st.apply(t, target, []string{rest}, Options{Force: true})
 			if !errors.Is(err, ErrResume) {
