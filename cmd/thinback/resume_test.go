@@ -96,6 +96,38 @@ func transfer(t *testing.T, dir string, sendArgs, recvArgs []string, limit int64
 	return r, n
 }
 
+// killReceive runs thinback args with the delta file whole on standard
+// input and SIGKILLs it at a random moment within the time a run takes
+// (k's bound: the first call measures a complete run into a scratch
+// file). It reports whether the kill landed before the run finished.
+func killReceive(t *testing.T, dir, whole string, args []string, k *killer) bool {
+	t.Helper()
+	start := func(args []string) *exec.Cmd {
+		cmd := thinbackCmd(t, dir, args...)
+		f, err := os.Open(whole)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		cmd.Stdin = f
+		return cmd
+	}
+	if k.bound == 0 {
+		scratch := filepath.Join(t.TempDir(), "scratch.img")
+		cmd := start([]string{"receive", "--to", scratch, "--state", filepath.Join(t.TempDir(), "state.db")})
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		begun := time.Now()
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("receive of the whole stream: %v\n%s", err, out.String())
+		}
+		k.bound = time.Since(begun)
+	}
+	landed := k.kill(t, start(args))
+	t.Logf("receive killed within %v: landed %v", k.bound, landed)
+	return landed
+}
+
 var tokenLine = regexp.MustCompile(`thinback send \.\.\. -o - --resume ([A-Za-z0-9_-]+)`)
 
 func sha(t *testing.T, path string) [32]byte {
@@ -148,9 +180,11 @@ func restFrom(t *testing.T, path string, key *archive.Key, from int64) int64 {
 func TestResumeCutStream(t *testing.T) {
 	r := resumeRand(t)
 	const mib = 1 << 20
+	k := &killer{r: r}
 	for _, enc := range []bool{false, true} {
-		for _, kill := range []bool{false, true} {
-			name := map[bool]string{false: "pipe closed", true: "receiver killed"}[kill]
+		for _, mode := range []string{"pipe closed", "receiver killed", "receiver killed reading a file"} {
+			kill, fromFile := mode != "pipe closed", mode == "receiver killed reading a file"
+			name := mode
 			if enc {
 				name += ", encrypted"
 			}
@@ -201,15 +235,37 @@ func TestResumeCutStream(t *testing.T) {
 						extra = append(extra, "--snapback", "undo.tbk")
 					}
 					recvArgs := append([]string{"--to", target, "--resumable", "--checkpoint-mib", "1"}, extra...)
-					res, n := transfer(t, dir, sendArgs, recvArgs, cut, kill)
-					if res.code == 0 {
-						t.Fatalf("the transfer cut after %d of %d bytes succeeded", n, size)
+					var res result
+					var n int64
+					if fromFile {
+						// The whole stream in a file, the receiver killed
+						// at a random moment of a run as long as one that
+						// finished.
+						if !killReceive(t, dir, whole, append([]string{"receive"}, recvArgs...), k) {
+							if sha(t, target) != sha(t, filepath.Join(dir, round.want)) {
+								t.Fatalf("receive finished before its kill, and the target differs from %s", round.want)
+							}
+							continue
+						}
+						n = -1
+					} else {
+						res, n = transfer(t, dir, sendArgs, recvArgs, cut, kill)
+						if res.code == 0 {
+							t.Fatalf("the transfer cut after %d of %d bytes succeeded", n, size)
+						}
 					}
 					var token string
-					if kill {
+					if _, err := os.Stat(target); kill && errors.Is(err, os.ErrNotExist) {
+						t.Logf("killed before it created the target")
+					} else if kill {
 						tr := thinback(t, dir, "", append([]string{"receive", "--resume-token", "--to", target}, keyArgs...)...)
 						if tr.code == exitChain {
 							t.Logf("killed before its first checkpoint: %s", tr.stderr)
+							if strings.Contains(tr.stderr, "no transfer to it was interrupted") && round.snapback {
+								// Killed before the apply began: its new
+								// snapback file holds nothing yet.
+								os.Remove(filepath.Join(dir, "undo.tbk"))
+							}
 						} else {
 							tr.want(t, 0, "receive --resume-token")
 							token = strings.TrimSpace(tr.stdout)
@@ -242,7 +298,7 @@ func TestResumeCutStream(t *testing.T) {
 						// per worker and as many waiting), besides what
 						// the pipe held.
 						workers := int64(archive.WorkerCount(0))
-						if again := rest - (size - n); again > mib+(2*workers+2)*(mib+64<<10)+64<<10 {
+						if again := rest - (size - n); n >= 0 && again > mib+(2*workers+2)*(mib+64<<10)+64<<10 {
 							t.Errorf("the resumed stream sent %d bytes again (%d of %d had been passed on, the rest is %d)", again, n, size, rest)
 						}
 						t.Logf("cut after %d of %d bytes; resumed from volume byte %d with %d bytes", n, size, tok.From, rest)
