@@ -348,6 +348,9 @@ func TestResumeTokenRefused(t *testing.T) {
 	}
 	tok := resumeToken{Snapshot: h.Snapshot.ID, From: 1 << 20, VolumeSize: h.VolumeSize}.String()
 	run(t, dir, "send", "--file", "a.img", "-o", "rest.tbk", "--resume", tok, "--quiet")
+	if out := run(t, dir, "inspect", "rest.tbk"); !strings.Contains(out, "full, the rest of a transfer from byte 1048576") {
+		t.Errorf("inspect does not say the file is the rest of a transfer:\n%s", out)
+	}
 	res = thinback(t, dir, "rest.tbk", "receive", "--to", "t.img")
 	res.want(t, exitChain, "the rest of a transfer to a target without it")
 	if !strings.Contains(res.stderr, "holds no interrupted transfer") {
