@@ -281,15 +281,15 @@ func TestResumeCutStream(t *testing.T) {
 							token = m[1]
 						}
 					}
-					var rest int64
 					if token == "" {
 						// Nothing durable: the whole stream again.
-						res, rest = transfer(t, dir, sendArgs, append([]string{"--to", target}, extra...), -1, false)
+						res, _ = transfer(t, dir, sendArgs, append([]string{"--to", target}, extra...), -1, false)
 					} else {
 						tok, err := parseResumeToken(token)
 						if err != nil {
 							t.Fatal(err)
 						}
+						var rest int64
 						res, rest = transfer(t, dir, append(sendArgs, "--resume", token), append([]string{"--to", target}, extra...), -1, false)
 						// The rest is the whole file's records from the
 						// token's offset (one of them split there), with
