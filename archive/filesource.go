@@ -147,6 +147,14 @@ func (s *CompareSource) Next() (Extent, error) {
 	return e, nil
 }
 
+// skipTo starts the comparison at off, a block boundary, before the first
+// Next: a resumed file (see Send) compares nothing below it.
+func (s *CompareSource) skipTo(off int64) {
+	if s.pos < off && len(s.pending) == 0 {
+		s.pos = min(off, s.newSize)
+	}
+}
+
 // ReadAt reads from NEW.
 func (s *CompareSource) ReadAt(p []byte, off int64) (int, error) { return s.newF.ReadAt(p, off) }
 

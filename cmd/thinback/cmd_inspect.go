@@ -81,6 +81,8 @@ type inspectHeader struct {
 	Encrypted  bool           `json:"encrypted,omitempty"`
 	KeyID      string         `json:"key_id,omitempty"`
 	AEAD       string         `json:"aead,omitempty"`
+	// ResumeFrom is a resumed file's offset (the rest of a transfer).
+	ResumeFrom int64 `json:"resume_from,omitempty"`
 }
 
 type inspectSnap struct {
@@ -231,6 +233,10 @@ func headerReport(h *archive.Header) *inspectHeader {
 		ih.Encrypted, ih.KeyID, ih.AEAD = true, h.KeyID.String(), aeadName(h.AEAD)
 		ih.Features = append(ih.Features, "encrypted")
 	}
+	if h.IsResumed() {
+		ih.ResumeFrom = h.ResumeFrom
+		ih.Features = append(ih.Features, "resumed")
+	}
 	return ih
 }
 
@@ -242,7 +248,11 @@ func printInspect(w io.Writer, rep *inspectReport) {
 	}
 	row("file", "%s", rep.File)
 	if h := rep.Header; h != nil {
-		row("format", "version %d, %s", h.Version, h.Kind)
+		if h.ResumeFrom > 0 {
+			row("format", "version %d, %s, the rest of a transfer from byte %d", h.Version, h.Kind, h.ResumeFrom)
+		} else {
+			row("format", "version %d, %s", h.Version, h.Kind)
+		}
 		vol := h.Volume
 		if h.VolumeUUID != "" {
 			vol += " (" + h.VolumeUUID + ")"

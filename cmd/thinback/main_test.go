@@ -57,6 +57,8 @@ func scriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []st
 		"blocksof":    cmdBlocksof,
 		"encstore":    cmdEncstore,
 		"keyrestore":  cmdKeyrestore,
+		"resumecut":   cmdResumecut,
+		"tokenenv":    cmdTokenenv,
 	}
 }
 
