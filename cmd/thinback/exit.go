@@ -174,12 +174,14 @@ var exitCodes = []struct {
 	{restore.ErrVolumeMismatch, exitChain},
 	{restore.ErrInterrupted, exitChain},
 	{restore.ErrModified, exitChain},
+	{lvmthin.ErrModified, exitChain},      // a replica written to since its snapshot
 	{catalog.ErrMissingParent, exitChain}, // an incremental whose parent is not in the store
 	{catalog.ErrParentVolume, exitChain},
 	{catalog.ErrParentOrder, exitChain},
 	{catalog.ErrParentSize, exitChain}, // restoring it would leave stale data
 	{rollback.ErrRollback, exitChain},  // the store's chain is older than this host saw it
 	{restore.ErrTargetTooSmall, exitTarget},
+	{lvmthin.ErrOpen, exitTarget}, // a replica target in use, refused a rollback
 	{restore.ErrTargetReadOnly, exitTarget},
 	{restore.ErrTargetBusy, exitTarget},
 	{restore.ErrTargetKind, exitTarget},

@@ -50,6 +50,7 @@ func scriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []st
 		"flipbyte":    cmdFlipbyte,
 		"cut":         cmdCut,
 		"lvsha":       cmdLvsha,
+		"startsshd":   cmdStartsshd,
 		"scribbledev": cmdScribbledev,
 		"mbr":         cmdMbr,
 		"fsround":     cmdFsround,
