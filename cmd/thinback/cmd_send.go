@@ -40,7 +40,12 @@ func sendCommand(e *env) *cli.Command {
 			"--key-file F (the key file's own key, without a store), the delta file is encrypted:\n" +
 			"receive --store S, or receive --to / apply with the same --key-file, read it. Without\n" +
 			"them it is written in the clear.\n\n" +
-			sendToHelp,
+			sendToHelp + "\n\n" +
+			"With --resume TOKEN (printed by receive --resumable when a stream was cut, or by\n" +
+			"receive --to TARGET --resume-token), writes only the rest of that transfer: the records\n" +
+			"from the byte the receiver had made durable, read from there on. The token must name\n" +
+			"the snapshot and base this send writes; the receiving target takes the rest only\n" +
+			"where its state says that transfer was interrupted.",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "base", Usage: "send only what changed since this older snapshot (thin, or classic) of the same volume (VG/SNAP)"},
 			&cli.BoolFlag{Name: "release-stale-metadata-snap", Usage: releaseStaleUsage},
@@ -52,6 +57,7 @@ func sendCommand(e *env) *cli.Command {
 			&cli.StringFlag{Name: "volume", Usage: "volume name recorded in the file (default: the image's file name)"},
 			&cli.StringFlag{Name: "volume-uuid", Usage: "volume identity recorded in the file, checked by apply"},
 			&cli.Int64Flag{Name: "block-size", Value: archive.DefaultBlockSize, Usage: "block size in bytes for images (a multiple of 4096)"},
+			&cli.StringFlag{Name: "resume", Usage: "write only the rest of the interrupted transfer this token names (see receive --resumable)"},
 			levelFlag,
 			quietFlag,
 			sendStoreFlag,
@@ -90,6 +96,13 @@ func sendCommand(e *env) *cli.Command {
 			if len(a) == 1 {
 				o.snap = a[0]
 			}
+			if tok := c.String("resume"); tok != "" {
+				t, err := parseResumeToken(tok)
+				if err != nil {
+					return err
+				}
+				o.resume = &t
+			}
 			o.base = c.String("base")
 			o.key = fileUnlocker(e, c)
 			if err := sendToArgs(e, c, &o); err != nil {
@@ -110,6 +123,8 @@ type sendOptions struct {
 	quiet                  bool
 	releaseStale           bool
 	discovery              lvmthin.Discovery
+	// resume, if set, makes the file the rest of the transfer it names.
+	resume *resumeToken
 	// key returns the key to encrypt under (fileKey): nil for a file in
 	// the clear.
 	key func(context.Context) (*archive.Key, error)
@@ -154,6 +169,11 @@ func runSend(ctx context.Context, e *env, o sendOptions) error {
 		return usageOf(fmt.Errorf("send: %w", err))
 	}
 	defer out.Close()
+	if o.resume != nil {
+		if err := resumeHeader(out.Header, *o.resume); err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+	}
 	so := sendToOptions{
 		out: o.out, header: out.Header, src: out.Source, level: o.level, key: key,
 		progress: out.Progress, countWrites: out.CountWrites, guards: out.Guards,
@@ -264,6 +284,9 @@ func sendSummary(h *archive.Header, st sendStats) string {
 	kind := "full"
 	if !h.IsFull() {
 		kind = "incremental from " + h.Parent.Name
+	}
+	if h.IsResumed() {
+		kind += fmt.Sprintf(", resumed from byte %d", h.ResumeFrom)
 	}
 	t := st.trailer
 	ratio := "-"

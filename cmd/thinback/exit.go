@@ -55,7 +55,9 @@ const exitCodesHelp = `EXIT CODES:
    4    a delta file needs a newer thinback
    5    the files do not apply to the target: wrong base snapshot, not a
         chain, another volume, an earlier apply was interrupted, or the
-        target was replaced or written to since its last apply; or backup
+        target was replaced or written to since its last apply; the rest
+        of a transfer (send --resume) for a target that holds no such
+        interrupted transfer, or a token of another snapshot; or backup
         into an encrypted store rolled back (older than this host last
         saw it) or whose key slots are gone (see --allow-rollback)
    6    the target is too small, read-only, in use, not a file or device,
@@ -173,6 +175,8 @@ var exitCodes = []struct {
 	{restore.ErrBlockSize, exitChain},
 	{restore.ErrVolumeMismatch, exitChain},
 	{restore.ErrInterrupted, exitChain},
+	{restore.ErrResume, exitChain}, // a resumed stream for a target that holds no such transfer
+	{errResumeToken, exitChain},    // send --resume with the token of another transfer
 	{restore.ErrModified, exitChain},
 	{lvmthin.ErrModified, exitChain},      // a replica written to since its snapshot
 	{catalog.ErrMissingParent, exitChain}, // an incremental whose parent is not in the store
