@@ -1,4 +1,4 @@
-package replica
+package replica_test
 
 import (
 	"bytes"
@@ -7,7 +7,6 @@ import (
 	"encoding/gob"
 	"errors"
 	"flag"
-	"fmt"
 	"io"
 	"math/rand"
 	"os"
@@ -17,7 +16,8 @@ import (
 	"time"
 
 	"github.com/thinback/thinback/archive"
-	"github.com/thinback/thinback/cmd/internal/backup"
+	"github.com/thinback/thinback/cmd/internal/replica"
+	"github.com/thinback/thinback/cmd/internal/replica/replicatest"
 	"github.com/thinback/thinback/restore"
 )
 
@@ -43,100 +43,6 @@ func seed(t *testing.T) *rand.Rand {
 	return rand.New(rand.NewSource(s))
 }
 
-const block = 64 << 10
-
-// imageSource is a volume kept as an image whose snapshots are copies of
-// it: a real source of deltas (backup.OpenFileSend) without LVM.
-type imageSource struct {
-	dir, live string
-	n         int
-	snaps     []Local
-	paths     map[archive.ID]string
-	removed   []string
-}
-
-func newImageSource(t *testing.T, size int64) *imageSource {
-	dir := t.TempDir()
-	s := &imageSource{dir: dir, live: filepath.Join(dir, "live.img"), paths: map[archive.ID]string{}}
-	if err := os.WriteFile(s.live, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(s.live, size); err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-func (s *imageSource) Snapshots(context.Context) ([]Local, error) {
-	return append([]Local(nil), s.snaps...), nil
-}
-
-func (s *imageSource) Take(context.Context) (Local, error) {
-	s.n++
-	path := filepath.Join(s.dir, fmt.Sprintf("snap%d.img", s.n))
-	b, err := os.ReadFile(s.live)
-	if err != nil {
-		return Local{}, err
-	}
-	if err := os.WriteFile(path, b, 0o400); err != nil {
-		return Local{}, err
-	}
-	out, err := backup.OpenFileSend(backup.FileSendOptions{File: path, BlockSize: block, Volume: "vol", Progress: noProgress})
-	if err != nil {
-		return Local{}, err
-	}
-	out.Close()
-	l := Local{ID: out.Header.Snapshot.ID, Name: filepath.Base(path), Time: out.Header.Snapshot.Time}
-	s.snaps = append(s.snaps, l)
-	s.paths[l.ID] = path
-	return l, nil
-}
-
-func (s *imageSource) Open(_ context.Context, snap Local, base *Local, from int64) (*backup.Outgoing, error) {
-	if from != 0 {
-		return nil, errors.New("an image source sends no resumed delta")
-	}
-	o := backup.FileSendOptions{File: s.paths[snap.ID], BlockSize: block, Volume: "vol", Progress: noProgress}
-	if base != nil {
-		o.BaseFile = s.paths[base.ID]
-	}
-	return backup.OpenFileSend(o)
-}
-
-func (s *imageSource) Resumable() bool { return false }
-
-func (s *imageSource) Remove(_ context.Context, l Local) error {
-	if err := os.Remove(s.paths[l.ID]); err != nil {
-		return err
-	}
-	for i, x := range s.snaps {
-		if x.ID == l.ID {
-			s.snaps = append(s.snaps[:i], s.snaps[i+1:]...)
-			break
-		}
-	}
-	s.removed = append(s.removed, l.Name)
-	return nil
-}
-
-func (s *imageSource) write(t *testing.T, r *rand.Rand, n int) {
-	f, err := os.OpenFile(s.live, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	fi, _ := f.Stat()
-	for range n {
-		p := make([]byte, 1+r.Intn(3*block))
-		r.Read(p)
-		if _, err := f.WriteAt(p, r.Int63n(fi.Size()-int64(len(p)))); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-func noProgress(int64) backup.Progress { return backup.NoProgress{} }
-
 // fileTarget is a replica in a regular file, its state kept in memory as
 // the state file would keep it: the apply path of receive --to.
 type fileTarget struct {
@@ -144,8 +50,8 @@ type fileTarget struct {
 	st   restore.State
 }
 
-func (f *fileTarget) Holding(context.Context) (Holding, error) {
-	h := Holding{Kind: KindFile, Target: f.path}
+func (f *fileTarget) Holding(context.Context) (replica.Holding, error) {
+	h := replica.Holding{Kind: replica.KindFile, Target: f.path}
 	t, err := restore.OpenTarget(f.path, restore.TargetOptions{})
 	if err != nil {
 		return h, err
@@ -161,12 +67,12 @@ func (f *fileTarget) Holding(context.Context) (Holding, error) {
 	}
 	h.Size = t.Size()
 	if m := st.InProgress; m != nil {
-		h.Partial = &Partial{Snapshot: archive.Snapshot{ID: m.Snapshot}, Parent: m.Parent}
+		h.Partial = &replica.Partial{Snapshot: archive.Snapshot{ID: m.Snapshot}, Parent: m.Parent}
 		return h, nil
 	}
 	h.Snapshot = st.Snapshot
 	if st.Modified != "" {
-		h.Modified = &Change{Reason: st.Modified}
+		h.Modified = &replica.Change{Reason: st.Modified}
 	}
 	return h, nil
 }
@@ -179,15 +85,15 @@ func (f *fileTarget) Create(context.Context, int64) error {
 	return errors.New("a file is created by the apply")
 }
 
-func (f *fileTarget) Apply(ctx context.Context, r io.Reader, _ Transfer, overwrite bool) (Applied, error) {
+func (f *fileTarget) Apply(ctx context.Context, r io.Reader, _ replica.Transfer, overwrite bool) (replica.Applied, error) {
 	t, err := restore.OpenTarget(f.path, restore.TargetOptions{})
 	if err != nil {
-		return Applied{}, err
+		return replica.Applied{}, err
 	}
 	defer t.Close()
 	st, err := t.Verify(f.st)
 	if err != nil {
-		return Applied{}, err
+		return replica.Applied{}, err
 	}
 	prev := f.st
 	save := func(s restore.State) error { f.st = s; return nil }
@@ -196,12 +102,12 @@ func (f *fileTarget) Apply(ctx context.Context, r io.Reader, _ Transfer, overwri
 		Revert: func() error { f.st = prev; return nil },
 	})
 	if err != nil {
-		return Applied{}, err
+		return replica.Applied{}, err
 	}
-	return Applied{DataBytes: res.DataBytes, ZeroBytes: res.ZeroBytes}, nil
+	return replica.Applied{DataBytes: res.DataBytes, ZeroBytes: res.ZeroBytes}, nil
 }
 
-func (f *fileTarget) Commit(context.Context, Transfer) ([]string, []string, error) {
+func (f *fileTarget) Commit(context.Context, replica.Transfer) ([]string, []string, error) {
 	return nil, nil, nil
 }
 
@@ -240,7 +146,7 @@ func (c *cutWriter) Write(p []byte) (int, error) {
 
 // run replicates src to tgt over an in-process connection, the sender's
 // writes cut after cut bytes when cut > 0.
-func run(t *testing.T, src Source, tgt Target, o Options, cut int64) (*Result, error, error) {
+func run(t *testing.T, src replica.Source, tgt replica.Target, o replica.Options, cut int64) (*replica.Result, error, error) {
 	t.Helper()
 	ctx := context.Background()
 	r1, w1 := io.Pipe() // sender → receiver
@@ -251,7 +157,7 @@ func run(t *testing.T, src Source, tgt Target, o Options, cut int64) (*Result, e
 	}
 	served := make(chan error, 1)
 	go func() {
-		err := Serve(ctx, conn{r1, w2}, tgt, ServeOptions{Code: func(error) int { return 5 }})
+		err := replica.Serve(ctx, conn{r1, w2}, tgt, replica.ServeOptions{Code: func(error) int { return 5 }})
 		// The receiver's process ends: both its ends close.
 		r1.CloseWithError(io.ErrClosedPipe)
 		w2.Close()
@@ -260,7 +166,7 @@ func run(t *testing.T, src Source, tgt Target, o Options, cut int64) (*Result, e
 	if o.Dest == "" {
 		o.Dest = "replica"
 	}
-	res, err := Send(ctx, conn{r2, sw}, src, o)
+	res, err := replica.Send(ctx, conn{r2, sw}, src, o)
 	w1.CloseWithError(io.EOF) // the sender's process ends
 	r2.Close()
 	return res, err, <-served
@@ -276,30 +182,30 @@ func digest(t *testing.T, path string) [32]byte {
 
 func TestReplicateRounds(t *testing.T) {
 	r := seed(t)
-	src := newImageSource(t, 64*block)
+	src := replicatest.NewImageSource(t, 64*replicatest.Block)
 	tgt := &fileTarget{path: filepath.Join(t.TempDir(), "replica.img")}
 	for round := range 4 {
-		src.write(t, r, 1+r.Intn(8))
-		res, err, serr := run(t, src, tgt, Options{Keep: 1}, 0)
+		src.Write(t, r, 1+r.Intn(8))
+		res, err, serr := run(t, src, tgt, replica.Options{Keep: 1}, 0)
 		if err != nil || serr != nil {
 			t.Fatalf("round %d: %v; receiver: %v", round, err, serr)
 		}
-		want := Incremental
+		want := replica.Incremental
 		if round == 0 {
-			want = Full
+			want = replica.Full
 		}
 		if res.Kind != want {
 			t.Errorf("round %d sent a %s, want %s", round, res.Kind, want)
 		}
-		last := src.snaps[len(src.snaps)-1]
+		last := src.Snaps[len(src.Snaps)-1]
 		if res.SnapshotID != last.ID || tgt.st.Snapshot.ID != last.ID {
 			t.Errorf("round %d: the replica holds %s (result %s), the newest snapshot is %s", round, tgt.st.Snapshot.ID, res.SnapshotID, last.ID)
 		}
-		if digest(t, tgt.path) != digest(t, src.paths[last.ID]) {
+		if digest(t, tgt.path) != digest(t, src.Paths[last.ID]) {
 			t.Fatalf("round %d: the replica differs from %s", round, last.Name)
 		}
 		// The snapshot the replica holds and one older one stay.
-		if n := len(src.snaps); n != min(round+1, 2) {
+		if n := len(src.Snaps); n != min(round+1, 2) {
 			t.Errorf("round %d: %d snapshots on the source, want %d", round, n, min(round+1, 2))
 		}
 		if res.WireSent < res.DeltaBytes || res.DeltaBytes == 0 {
@@ -310,10 +216,10 @@ func TestReplicateRounds(t *testing.T) {
 
 func TestReplicateModifiedRefused(t *testing.T) {
 	r := seed(t)
-	src := newImageSource(t, 32*block)
+	src := replicatest.NewImageSource(t, 32*replicatest.Block)
 	tgt := &fileTarget{path: filepath.Join(t.TempDir(), "replica.img")}
-	src.write(t, r, 4)
-	if _, err, serr := run(t, src, tgt, Options{}, 0); err != nil || serr != nil {
+	src.Write(t, r, 4)
+	if _, err, serr := run(t, src, tgt, replica.Options{}, 0); err != nil || serr != nil {
 		t.Fatalf("%v; receiver: %v", err, serr)
 	}
 	// Someone writes to the replica.
@@ -321,51 +227,51 @@ func TestReplicateModifiedRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.WriteAt([]byte("written on the replica"), 3*block); err != nil {
+	if _, err := f.WriteAt([]byte("written on the replica"), 3*replicatest.Block); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
 	mtime := time.Now().Add(time.Hour) // the file's times are its fingerprint
 	os.Chtimes(tgt.path, mtime, mtime)
-	src.write(t, r, 2)
-	before := len(src.snaps)
-	_, err, _ = run(t, src, tgt, Options{Dest: "h:/dev/vg1/lv"}, 0)
-	var me *ModifiedError
+	src.Write(t, r, 2)
+	before := len(src.Snaps)
+	_, err, _ = run(t, src, tgt, replica.Options{Dest: "h:/dev/vg1/lv"}, 0)
+	var me *replica.ModifiedError
 	if !errors.As(err, &me) || !errors.Is(err, restore.ErrModified) {
-		t.Fatalf("replicate to a modified target: %v, want a ModifiedError", err)
+		t.Fatalf("replicate to a modified target: %v, want a replica.ModifiedError", err)
 	}
 	if want := "destination h:/dev/vg1/lv has been modified since most recent snapshot"; !bytes.Contains([]byte(err.Error()), []byte(want)) {
 		t.Errorf("error %q does not say %q", err, want)
 	}
-	if len(src.snaps) != before {
-		t.Errorf("a refused run left %d snapshots on the source, want %d", len(src.snaps), before)
+	if len(src.Snaps) != before {
+		t.Errorf("a refused run left %d snapshots on the source, want %d", len(src.Snaps), before)
 	}
-	res, err, serr := run(t, src, tgt, Options{Rollback: true}, 0)
+	res, err, serr := run(t, src, tgt, replica.Options{Rollback: true}, 0)
 	if err != nil || serr != nil {
 		t.Fatalf("--rollback: %v; receiver: %v", err, serr)
 	}
-	if res.Kind != Full {
+	if res.Kind != replica.Full {
 		t.Errorf("--rollback on a file sent a %s, want a full", res.Kind)
 	}
-	last := src.snaps[len(src.snaps)-1]
-	if digest(t, tgt.path) != digest(t, src.paths[last.ID]) {
+	last := src.Snaps[len(src.Snaps)-1]
+	if digest(t, tgt.path) != digest(t, src.Paths[last.ID]) {
 		t.Fatal("after --rollback the replica differs from the source")
 	}
 }
 
 func TestReplicateInterrupted(t *testing.T) {
 	r := seed(t)
-	src := newImageSource(t, 256*block)
+	src := replicatest.NewImageSource(t, 256*replicatest.Block)
 	tgt := &fileTarget{path: filepath.Join(t.TempDir(), "replica.img")}
-	src.write(t, r, 6)
-	if _, err, serr := run(t, src, tgt, Options{}, 0); err != nil || serr != nil {
+	src.Write(t, r, 6)
+	if _, err, serr := run(t, src, tgt, replica.Options{}, 0); err != nil || serr != nil {
 		t.Fatalf("%v; receiver: %v", err, serr)
 	}
-	src.write(t, r, 40)
+	src.Write(t, r, 40)
 	// Cut the connection somewhere in the delta of the incremental,
 	// after its first chunk reached the receiver.
-	cut := int64(ChunkSize + 4<<10 + r.Intn(1<<20))
-	_, err, serr := run(t, src, tgt, Options{}, cut)
+	cut := int64(replica.ChunkSize + 4<<10 + r.Intn(1<<20))
+	_, err, serr := run(t, src, tgt, replica.Options{}, cut)
 	if err == nil {
 		t.Fatalf("a transfer cut after %d bytes succeeded", cut)
 	}
@@ -373,62 +279,62 @@ func TestReplicateInterrupted(t *testing.T) {
 	if tgt.st.InProgress == nil {
 		t.Fatalf("after the cut the replica's state has no interrupted apply: %+v", tgt.st)
 	}
-	if len(src.snaps) != 2 {
-		t.Fatalf("after the cut the source has %d snapshots, want the base and the one being sent", len(src.snaps))
+	if len(src.Snaps) != 2 {
+		t.Fatalf("after the cut the source has %d snapshots, want the base and the one being sent", len(src.Snaps))
 	}
-	sent := src.snaps[1]
-	src.write(t, r, 3) // the next run sends the interrupted one, not a new one
-	res, err, serr := run(t, src, tgt, Options{}, 0)
+	sent := src.Snaps[1]
+	src.Write(t, r, 3) // the next run sends the interrupted one, not a new one
+	res, err, serr := run(t, src, tgt, replica.Options{}, 0)
 	if err != nil || serr != nil {
 		t.Fatalf("the run after the cut: %v; receiver: %v", err, serr)
 	}
 	if res.SnapshotID != sent.ID {
 		t.Errorf("the run after the cut sent %s, want the interrupted %s again", res.Snapshot, sent.Name)
 	}
-	if digest(t, tgt.path) != digest(t, src.paths[sent.ID]) {
+	if digest(t, tgt.path) != digest(t, src.Paths[sent.ID]) {
 		t.Fatal("after the cut and the next run the replica differs from the snapshot")
 	}
-	if len(src.snaps) != 1 || src.snaps[0].ID != sent.ID {
-		t.Errorf("the source keeps %v, want only %s", src.snaps, sent.Name)
+	if len(src.Snaps) != 1 || src.Snaps[0].ID != sent.ID {
+		t.Errorf("the source keeps %v, want only %s", src.Snaps, sent.Name)
 	}
 }
 
 func TestServeRefuses(t *testing.T) {
-	src := newImageSource(t, 16*block)
+	src := replicatest.NewImageSource(t, 16*replicatest.Block)
 	tgt := &fileTarget{path: filepath.Join(t.TempDir(), "replica.img")}
-	if _, err, serr := run(t, src, tgt, Options{}, 0); err != nil || serr != nil {
+	if _, err, serr := run(t, src, tgt, replica.Options{}, 0); err != nil || serr != nil {
 		t.Fatalf("%v; receiver: %v", err, serr)
 	}
 	for _, c := range []struct {
 		name string
-		q    Query
-		tr   *Transfer
+		q    replica.Query
+		tr   *replica.Transfer
 		want error
 	}{
-		{"a newer protocol", Query{Version: Version + 1}, nil, ErrProtocol},
-		{"an incremental from another base", Query{Version: Version},
-			&Transfer{Mode: Incremental, Snapshot: archive.Snapshot{ID: archive.NewID()}, Parent: archive.NewID()}, restore.ErrMismatch},
+		{"a newer protocol", replica.Query{Version: replica.Version + 1}, nil, replica.ErrProtocol},
+		{"an incremental from another base", replica.Query{Version: replica.Version},
+			&replica.Transfer{Mode: replica.Incremental, Snapshot: archive.Snapshot{ID: archive.NewID()}, Parent: archive.NewID()}, restore.ErrMismatch},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r1, w1 := io.Pipe()
 			r2, w2 := io.Pipe()
 			served := make(chan error, 1)
 			go func() {
-				served <- Serve(context.Background(), conn{r1, w2}, tgt, ServeOptions{Code: func(error) int { return 42 }})
+				served <- replica.Serve(context.Background(), conn{r1, w2}, tgt, replica.ServeOptions{Code: func(error) int { return 42 }})
 				w2.Close()
 			}()
 			enc, dec := gob.NewEncoder(w1), gob.NewDecoder(r2)
 			enc.Encode(c.q)
-			var st Status
+			var st replica.Status
 			if err := dec.Decode(&st); err != nil {
 				t.Fatal(err)
 			}
-			var f *Failure
+			var f *replica.Failure
 			if c.tr == nil {
 				f = st.Err
 			} else {
 				enc.Encode(*c.tr)
-				var rep Reply
+				var rep replica.Reply
 				if err := dec.Decode(&rep); err != nil {
 					t.Fatal(err)
 				}

@@ -202,6 +202,12 @@ func transfer(ctx context.Context, conn io.ReadWriter, enc *gob.Encoder, dec *go
 	}
 	defer out.Close()
 	hd := out.Header
+	if p.Mode == Incremental && hd.Parent.ID.IsZero() {
+		// The source could not make the incremental (a thick LV's base
+		// snapshot overflowed): it sends a full.
+		p.Mode, res.Kind, res.Base = Full, Full, ""
+		res.Notes = append(res.Notes, fmt.Sprintf("%s cannot be the base: sending a full", p.Base.Name))
+	}
 	tr := Transfer{
 		Mode: p.Mode, Snapshot: hd.Snapshot, Parent: hd.Parent.ID, Size: hd.VolumeSize, From: p.From,
 		Rollback: p.Rollback, Overwrite: p.Overwrite, Create: o.Create, Keep: o.Keep,
