@@ -158,6 +158,8 @@ func Send(ctx context.Context, conn io.ReadWriter, src Source, o Options) (*Resu
 			if rerr := src.Remove(context.WithoutCancel(ctx), *snap); rerr != nil {
 				err = fmt.Errorf("%w\nand the snapshot %s could not be removed: %v; remove it with lvremove", err, snap.Name, rerr)
 			}
+		} else if sent > 0 {
+			err = fmt.Errorf("%w\n%s is kept: the next replicate continues this transfer from where %s got", err, snap.Name, o.Dest)
 		}
 		return nil, err
 	}

@@ -3,7 +3,6 @@ package replicatest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand"
 	"os"
@@ -71,17 +70,18 @@ func (s *ImageSource) Take(context.Context) (replica.Local, error) {
 }
 
 func (s *ImageSource) Open(_ context.Context, snap replica.Local, base *replica.Local, from int64) (*backup.Outgoing, error) {
-	if from != 0 {
-		return nil, errors.New("an image source sends no resumed delta")
-	}
 	o := backup.FileSendOptions{File: s.Paths[snap.ID], BlockSize: Block, Volume: "vol", Progress: noProgress}
 	if base != nil {
 		o.BaseFile = s.Paths[base.ID]
 	}
-	return backup.OpenFileSend(o)
+	out, err := backup.OpenFileSend(o)
+	if err == nil && from > 0 {
+		out.Header.ResumeFrom = from
+	}
+	return out, err
 }
 
-func (s *ImageSource) Resumable() bool { return false }
+func (s *ImageSource) Resumable() bool { return true }
 
 func (s *ImageSource) Remove(_ context.Context, l replica.Local) error {
 	if err := os.Remove(s.Paths[l.ID]); err != nil {
