@@ -48,12 +48,15 @@ func agentReplicate(ctx context.Context, e *env, c *remote.Conn, args []string) 
 			return usageError{msg: fmt.Sprintf("agent replicate: unknown option %q", a[0])}
 		}
 	}
+	so := replica.ServeOptions{Code: exitCode}
 	t, err := replicaTarget(ctx, e, ro)
 	if err == nil {
-		err = replica.Serve(ctx, c, t, replica.ServeOptions{Code: exitCode})
-		if err != nil {
-			err = reportedError{err} // the sender prints it
-		}
+		err = replica.Serve(ctx, c, t, so)
+	} else {
+		err = replica.Refuse(c, err, so)
+	}
+	if err != nil {
+		err = reportedError{err} // the sender prints it
 	}
 	if cerr := c.Close(); err == nil && cerr != nil {
 		err = cerr
@@ -85,7 +88,8 @@ func replicaTarget(ctx context.Context, e *env, o receiverOptions) (replica.Targ
 		return &thinTarget{e: e, o: o, name: n}, nil
 	case err != nil:
 		return nil, err
-	case lv.Kind() == lvmthin.KindThin:
+	case lv.Kind() == lvmthin.KindThin, lv.Kind() == lvmthin.KindThinSnapshot:
+		// A rolled-back target is a snapshot of its replica snapshot.
 		return &thinTarget{e: e, o: o, name: n}, nil
 	case lv.Kind() == lvmthin.KindThick:
 		return &stateTarget{e: e, o: o, path: "/dev/" + n.VG + "/" + n.LV, kind: replica.KindThick}, nil

@@ -79,6 +79,19 @@ func Serve(ctx context.Context, conn io.ReadWriter, t Target, o ServeOptions) er
 	return enc.Encode(Reply{Holding: now, Applied: a})
 }
 
+// Refuse answers the sender at the other end of conn with err, a
+// receiver that cannot serve it (its target cannot be found or opened),
+// and returns err.
+func Refuse(conn io.ReadWriter, err error, o ServeOptions) error {
+	enc, dec := gob.NewEncoder(conn), gob.NewDecoder(conn)
+	var q Query
+	if derr := dec.Decode(&q); derr != nil {
+		return err
+	}
+	_ = enc.Encode(Status{Version: Version, Err: &Failure{Code: o.Code(err), Msg: err.Error()}})
+	return err
+}
+
 // receive checks transfer tr against what the target holds, h, prepares
 // the target and applies the delta.
 func receive(ctx context.Context, dec *gob.Decoder, t Target, h Holding, tr Transfer) (Applied, error) {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -348,5 +349,22 @@ func TestServeRefuses(t *testing.T) {
 			}
 			w1.Close()
 		})
+	}
+}
+
+// TestRefuse: a receiver that cannot find its target answers the query
+// with its error and exit code, which Send returns as a RemoteError.
+func TestRefuse(t *testing.T) {
+	r1, w1 := io.Pipe()
+	r2, w2 := io.Pipe()
+	go func() {
+		replica.Refuse(conn{r1, w2}, errors.New("no such target"), replica.ServeOptions{Code: func(error) int { return 7 }})
+		w2.Close()
+		r1.Close()
+	}()
+	_, err := replica.Send(context.Background(), conn{r2, w1}, replicatest.NewImageSource(t, 4*replicatest.Block), replica.Options{Dest: "h:/dev/vg/lv", Host: "h"})
+	var re *replica.RemoteError
+	if !errors.As(err, &re) || re.Code != 7 || re.Host != "h" || !strings.Contains(err.Error(), "no such target") {
+		t.Fatalf("Send to a refusing receiver: %v, want its error with code 7", err)
 	}
 }
