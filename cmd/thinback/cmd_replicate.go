@@ -48,7 +48,12 @@ func replicateCommand(e *env) *cli.Command {
 			"both ends speak the same protocol; exit code 15 when HOST cannot be reached, refuses the\n" +
 			"host key, or has no thinback or an incompatible one. A second replicate of the same\n" +
 			"volume exits with 9. One summary line (--json: an object) with the phases' times and\n" +
-			"the bytes sent on the wire.",
+			"the bytes sent on the wire.\n\n" +
+			"replicate --promote VG/LV, run on the replica's host when its source is lost, makes the\n" +
+			"thin replica VG/LV an ordinary LV: it must be unchanged since its newest replica snapshot\n" +
+			"(else exit 5; --rollback puts it back to that snapshot, the newest complete transfer),\n" +
+			"then the replica snapshots lose their tags (they stay, as ordinary read-only snapshots),\n" +
+			"so that no later replicate writes to it without --rollback.",
 		Flags: append([]cli.Flag{
 			&cli.IntFlag{Name: "keep", Usage: "snapshots older than the common one that each side keeps"},
 			&cli.BoolFlag{Name: "rollback", Usage: "discard the changes made to a modified target since its snapshot (ZFS's recv -F)"},
@@ -60,10 +65,18 @@ func replicateCommand(e *env) *cli.Command {
 			&cli.StringFlag{Name: "post", Usage: "shell command run after the snapshot, even when it failed"},
 			&cli.StringFlag{Name: "snapshot-size", Usage: "a thick LV's snapshot store: SIZE or PERCENT% of the LV"},
 			&cli.BoolFlag{Name: "release-stale-metadata-snap", Usage: releaseStaleUsage},
+			&cli.BoolFlag{Name: "promote", Usage: "on the replica's host: make the replica VG/LV an ordinary LV (failover; see above)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the summary as one JSON object"},
 			levelFlag, stateFlag, quietFlag,
 		}, remoteFlags...),
 		Action: func(c *cli.Context) error {
+			if c.Bool("promote") {
+				a, err := args(c, 1, 1, "--promote takes the replica VG/LV, on its host")
+				if err != nil {
+					return err
+				}
+				return runPromote(c.Context, e, a[0], c.Bool("rollback"), c.Bool("quiet"))
+			}
 			a, err := args(c, 2, 2, "give the volume and the destination: VG/LV DEST")
 			if err != nil {
 				return err
@@ -355,5 +368,59 @@ func (s *replicaSource) Remove(ctx context.Context, l replica.Local) error {
 		return err
 	}
 	delete(s.lvs, l.ID)
+	return nil
+}
+
+// runPromote makes the thin replica named spelling an ordinary LV, for a
+// failover: unchanged since its newest replica snapshot (or rolled back to
+// it), then no replica snapshot tagged any more.
+func runPromote(ctx context.Context, e *env, spelling string, rollback, quiet bool) error {
+	n, err := lvmthin.ParseName(spelling)
+	if err != nil {
+		return usageError{msg: "replicate --promote: " + err.Error()}
+	}
+	rep, err := lvmthin.ListVG(ctx, n.VG)
+	if err != nil {
+		return fmt.Errorf("replicate --promote: %w", err)
+	}
+	snaps, err := rep.ReplicaSnapshots(n)
+	if err != nil {
+		return fmt.Errorf("replicate --promote: %w", err)
+	}
+	if len(snaps) == 0 {
+		return fmt.Errorf("replicate --promote: %s has no replica snapshot: it is no replica (or was promoted already); nothing done: %w", n, lvmthin.ErrNotSnapshot)
+	}
+	target, err := rep.Lookup(n)
+	if err != nil {
+		return fmt.Errorf("replicate --promote: %w", err)
+	}
+	held := snaps[len(snaps)-1]
+	mod, err := lvmthin.CompareReplica(ctx, target, held, lvmthin.ReserveOptions{})
+	if err != nil {
+		return fmt.Errorf("replicate --promote: %w", err)
+	}
+	rolled := false
+	if mod.Changed {
+		if !rollback {
+			return fmt.Errorf("replicate --promote: %w", lvmthin.ModifiedError(target, held, mod))
+		}
+		if _, err := lvmthin.RollbackReplica(ctx, target, held); err != nil {
+			return fmt.Errorf("replicate --promote: %w", err)
+		}
+		rolled = true
+	}
+	unmarked, err := lvmthin.UnmarkReplica(ctx, n)
+	if err != nil {
+		return fmt.Errorf("replicate --promote: %w", err)
+	}
+	if !quiet {
+		src, _ := lvmthin.ReplicaSource(held)
+		how := ""
+		if rolled {
+			how = " (rolled back to it first)"
+		}
+		printable.Sayf(e.stderr, "promoted %s: it holds source snapshot %s, as %s does%s; %d replica snapshots untagged (lvremove them when no longer wanted)",
+			n, src, held.FullName(), how, len(unmarked))
+	}
 	return nil
 }

@@ -169,3 +169,25 @@ func TestReplicateAgentResume(t *testing.T) {
 	}
 	t.Logf("resumed from byte %d: %d delta bytes sent", res.ResumedFrom, res.DeltaBytes)
 }
+
+// TestReplicateUsage: replicate's bad command lines are exit code 2,
+// before anything is looked up or reached.
+func TestReplicateUsage(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"replicate", "vg0/vm1"}, "give the volume and the destination"},
+		{[]string{"replicate", "--promote", "vg1/vm1", "host:/dev/vg1/vm1"}, "--promote takes the replica VG/LV"},
+		{[]string{"replicate", "--keep", "-1", "vg0/vm1", "host:/dev/vg1/vm1"}, "--keep -1"},
+		{[]string{"replicate", "--checkpoint-mib", "0", "vg0/vm1", "host:/dev/vg1/vm1"}, "--checkpoint-mib 0"},
+		{[]string{"replicate", "vg0/vm1", "ssh://"}, ""},
+	} {
+		r := thinback(t, dir, "", c.args...)
+		r.want(t, exitUsage, strings.Join(c.args, " "))
+		if !strings.Contains(r.stderr, c.want) {
+			t.Errorf("%s: %q does not say %q", strings.Join(c.args, " "), r.stderr, c.want)
+		}
+	}
+}
