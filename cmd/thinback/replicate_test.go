@@ -191,3 +191,29 @@ func TestReplicateUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestReplicateLock: one replicate of a volume at a time; a second one
+// is exit code 9, as a second backup is, and the lock goes with the run.
+func TestReplicateLock(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "state", "state.db")
+	unlock, err := lockReplicate(state, "vg0/vm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lockReplicate(state, "vg0/vm1"); exitCode(err) != exitLocked {
+		t.Fatalf("a second lock of vg0/vm1: %v (exit %d), want exit %d", err, exitCode(err), exitLocked)
+	}
+	other, err := lockReplicate(state, "vg0/vm2")
+	if err != nil {
+		t.Fatalf("another volume's lock: %v", err)
+	}
+	other()
+	if err := unlock(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := lockReplicate(state, "vg0/vm1")
+	if err != nil {
+		t.Fatalf("the lock after the first run: %v", err)
+	}
+	again()
+}
