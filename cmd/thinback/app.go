@@ -98,6 +98,7 @@ func newAppEnv(e *env) *cli.App {
 			initCommand(e),
 			backupCommand(e),
 			sendCommand(e),
+			replicateCommand(e),
 			receiveCommand(e),
 			applyCommand(e),
 			restoreCommand(e),

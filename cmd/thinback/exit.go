@@ -12,6 +12,7 @@ import (
 	"github.com/thinback/thinback/catalog/s3store"
 	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/cmd/internal/remote"
+	"github.com/thinback/thinback/cmd/internal/replica"
 	"github.com/thinback/thinback/cmd/internal/rollback"
 	"github.com/thinback/thinback/cmd/internal/secret"
 	"github.com/thinback/thinback/lvmthin"
@@ -238,6 +239,10 @@ var exitCodes = []struct {
 	{remote.ErrProtocol, exitRemote},
 	{remote.ErrDest, exitUsage},
 	{remote.ErrArg, exitUsage},
+	// replicate's own protocol, on top of the transport's: an
+	// incompatible thinback on the other host, as for the handshake.
+	{replica.ErrProtocol, exitRemote},
+	{replica.ErrMissing, exitLVM}, // a replica target LV not there, without --create
 
 	// Stores and catalogs.
 	{catalog.ErrLocked, exitLocked},

@@ -17,6 +17,7 @@ func TestMain(m *testing.M) {
 	}
 	testscript.Main(m, map[string]func(){
 		"thinback": func() { os.Exit(Main(os.Args)) },
+		"cutssh":   func() { os.Exit(cutSSH(os.Args[1:])) },
 	})
 }
 
