@@ -38,6 +38,18 @@ const replicaTagPrefix = "thinback_src_"
 // the source snapshot src.
 func ReplicaTag(src archive.ID) string { return replicaTagPrefix + hex.EncodeToString(src[:]) }
 
+// HasReplicaTag reports whether lv carries a replica tag, valid or not:
+// it is a replica's snapshot, which only replicate rotates (backup's
+// rotation of the LV's own snapshots must leave it alone).
+func HasReplicaTag(lv *LV) bool {
+	for _, t := range lv.Tags {
+		if strings.HasPrefix(t, replicaTagPrefix) {
+			return true
+		}
+	}
+	return false
+}
+
 // ReplicaSource returns the source snapshot a replica snapshot holds, from
 // its tag; ok is false if it has no such tag, or more than one (which
 // thinback never makes: such an LV is not trusted as a replica).

@@ -19,9 +19,12 @@ import (
 // LV origin; rotation removes only LVs named so.
 func snapshotPrefix(origin *lvmthin.LV) string { return origin.Name + ".thinback." }
 
-// isOurSnapshot reports whether lv is a snapshot thinback took of origin.
+// isOurSnapshot reports whether lv is a snapshot backup took of origin.
+// A replica's snapshots are named alike on the receiving host
+// (TARGET.thinback.<time>) but carry a replica tag: backing up a replica
+// there must not rotate them away.
 func isOurSnapshot(lv, origin *lvmthin.LV) bool {
-	return lv.Origin == origin.Name && strings.HasPrefix(lv.Name, snapshotPrefix(origin))
+	return lv.Origin == origin.Name && strings.HasPrefix(lv.Name, snapshotPrefix(origin)) && !lvmthin.HasReplicaTag(lv)
 }
 
 // snapshotName names a new snapshot of origin taken at now:
