@@ -11,6 +11,7 @@ import (
 	"github.com/thinback/thinback/catalog/s3"
 	"github.com/thinback/thinback/catalog/s3store"
 	"github.com/thinback/thinback/cmd/internal/record"
+	"github.com/thinback/thinback/cmd/internal/remote"
 	"github.com/thinback/thinback/cmd/internal/rollback"
 	"github.com/thinback/thinback/cmd/internal/secret"
 	"github.com/thinback/thinback/lvmthin"
@@ -38,6 +39,7 @@ const (
 	exitStore       = 12 // an S3 store refused us: credentials, access, bucket, clock, certificate, no conditional writes
 	exitUnavailable = 13 // an S3 store could not be reached or kept failing (throttled, dropped connections): try again later
 	exitKey         = 14 // an encrypted store or file: wrong passphrase or key, or none given
+	exitRemote      = 15 // the other host: not reached, refused by ssh, no thinback there or an incompatible one
 	exitInterrupted = 130
 )
 
@@ -79,6 +81,11 @@ const exitCodesHelp = `EXIT CODES:
         recovery identity given opens none of its key slots, or is not
         the key its files are under, or none was given; or a key was
         given for a store that has no key slots
+   15   the other host (send --to HOST:PATH, and the commands that
+        reach a host over ssh) could not be reached or refused: ssh
+        failed or refused its host key, it has no thinback (see
+        --remote-thinback) or one of another protocol version, or
+        something else answered there
    130  interrupted (SIGINT or SIGTERM); nothing is left half-done that
         the next run does not finish or clean up
 `
@@ -217,6 +224,15 @@ var exitCodes = []struct {
 	{s3.ErrTooLarge, exitError},
 	{s3.ErrInvalidName, exitError},
 
+	// The other host, over ssh.
+	{remote.ErrNoRemote, exitRemote},
+	{remote.ErrVersion, exitRemote},
+	{remote.ErrHostKey, exitRemote},
+	{remote.ErrSSH, exitRemote},
+	{remote.ErrProtocol, exitRemote},
+	{remote.ErrDest, exitUsage},
+	{remote.ErrArg, exitUsage},
+
 	// Stores and catalogs.
 	{catalog.ErrLocked, exitLocked},
 	{catalog.ErrBusy, exitLocked},
@@ -262,9 +278,16 @@ var exitCodes = []struct {
 // decided.
 func exitCode(err error) int {
 	var ue usageError
+	var re *remoteError
 	switch {
 	case err == nil:
 		return exitOK
+	case errors.As(err, &re):
+		// What the command exited with on the other host.
+		if re.code > 0 && re.code < 256 {
+			return re.code
+		}
+		return exitError
 	case errors.As(err, &ue):
 		return exitUsage
 	case errors.Is(err, context.Canceled):
