@@ -48,6 +48,11 @@ func NewClient(conn io.ReadWriteCloser, name string) (*Client, error) {
 	if err == nil && m.Version != Version {
 		err = fmt.Errorf("%w: %s speaks version %d, this thinback %d: use the same thinback on both hosts", ErrVersion, name, m.Version, Version)
 	}
+	if m != nil && m.Err != nil {
+		// The server refused, saying why: its exit says no more.
+		_ = conn.Close()
+		return nil, fmt.Errorf("store %s: %w", name, err)
+	}
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("store %s: %w", name, err), conn.Close())
 	}

@@ -48,6 +48,21 @@ func Serve(ctx context.Context, conn io.ReadWriter, s *catalog.Store) (err error
 	}
 }
 
+// Refuse answers a client's hello with err instead of serving it: the
+// store could not be opened. The client's NewClient returns err, as a
+// RemoteError matching what err matches.
+func Refuse(conn io.ReadWriter, err error) error {
+	c := newCodec(conn)
+	m, rerr := c.recv()
+	if rerr != nil {
+		return fmt.Errorf("sshstore: reading the client's hello: %w", rerr)
+	}
+	if m.Op != opHello || m.Proto != Protocol {
+		return fmt.Errorf("%w: the client did not start with the store protocol's hello", ErrProtocol)
+	}
+	return c.send(&msg{Op: opHello, Proto: Protocol, Version: Version, Err: toWire(err)})
+}
+
 type server struct {
 	ctx    context.Context
 	s      *catalog.Store

@@ -10,6 +10,7 @@ import (
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3"
 	"github.com/thinback/thinback/catalog/s3store"
+	"github.com/thinback/thinback/catalog/sshstore"
 	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/cmd/internal/remote"
 	"github.com/thinback/thinback/cmd/internal/rollback"
@@ -230,6 +231,11 @@ var exitCodes = []struct {
 	{remote.ErrHostKey, exitRemote},
 	{remote.ErrSSH, exitRemote},
 	{remote.ErrProtocol, exitRemote},
+	// A store on another host: its thinback speaks another store
+	// protocol, or broke it, or the connection ended under the command.
+	{sshstore.ErrVersion, exitRemote},
+	{sshstore.ErrProtocol, exitRemote},
+	{sshstore.ErrClosed, exitRemote},
 	{remote.ErrDest, exitUsage},
 	{remote.ErrArg, exitUsage},
 

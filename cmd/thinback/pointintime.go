@@ -33,6 +33,10 @@ func openReadStore(ctx context.Context, dir string, unlock func(context.Context,
 		// of the data, which they do not have yet.
 		return nil, usageError{msg: fmt.Sprintf("%s is an S3 store: cat, mount, serve and verify --device read local stores only; restore the point in time to a file first (thinback restore VOLUME --store %s --to FILE)", dir, dir)}
 	}
+	if isSSHStore(dir) {
+		// The same, over one ssh connection held for as long.
+		return nil, usageError{msg: fmt.Sprintf("%s is a store on another host: cat, mount, serve and verify --device read local stores only; restore the point in time to a file first (thinback restore VOLUME --store %s --to FILE)", dir, dir)}
+	}
 	r, err := catalog.OpenReadOnly(dir)
 	if err != nil {
 		return nil, err

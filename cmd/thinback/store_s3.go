@@ -54,8 +54,16 @@ func addStoreFlags(e *env, cmd *cli.Command) {
 		return
 	}
 	cmd.Flags = append(cmd.Flags, s3Flags...)
+	// A store may be on another host (ssh://): the command reaches it
+	// as send --to reaches one.
+	for _, f := range remoteFlags {
+		if !slices.Contains(cmd.Flags, f) {
+			cmd.Flags = append(cmd.Flags, f)
+		}
+	}
 	before := cmd.Before
 	cmd.Before = func(c *cli.Context) error {
+		e.ssh = remoteOptions(e, c)
 		e.s3 = s3Config{
 			cache: c.String(cacheFlag.Name), region: c.String(s3RegionFlag.Name), lookup: c.String(s3LookupFlag.Name),
 			caFile: c.String(caCertFlag.Name), insecureTLS: c.Bool(insecureTLSFlag.Name), breakStale: c.Bool(breakStaleLockFlag.Name),
