@@ -174,3 +174,22 @@ func TestKillSSHClient(t *testing.T) {
 	sameFile(t, img, got)
 	run(t, dir, "verify", "--store", store)
 }
+
+// TestSSHStorePathAbsolute: a store's path in an ssh:// address is
+// absolute on its host, even when it looks like a VG/LV (one slash),
+// which a destination of send --to keeps relative.
+func TestSSHStorePathAbsolute(t *testing.T) {
+	s := sshtest.Start(t)
+	dir := t.TempDir()
+	sshStoreEnv(t, s, dir, "ssh")
+	top, err := os.MkdirTemp("/tmp", "thinback-store-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(top) })
+	store := s.Dest(strings.TrimPrefix(top, "/")) // ssh://root@127.0.0.1:PORT/tmp/thinback-store-N
+	run(t, dir, "init", "--store", store, "--no-encrypt")
+	if _, err := os.Stat(filepath.Join(top, "catalog.db")); err != nil {
+		t.Fatalf("init --store %s: %v", store, err)
+	}
+}

@@ -41,9 +41,15 @@ func openSSHStoreMode(ctx context.Context, e *env, addr, mode string) (catalog.R
 	if !d.Remote() {
 		return nil, usageError{msg: fmt.Sprintf("%s: an ssh:// store names its host: ssh://[USER@]HOST[:PORT]/PATH", addr)}
 	}
-	args := []string{d.Path}
+	// A store's path is absolute on its host, however many slashes it
+	// has (ParseDest keeps a VG/LV-like one relative, for volumes).
+	path := d.Path
+	if !strings.HasPrefix(path, "/") {
+		path = "/" + path
+	}
+	args := []string{path}
 	if mode != "" {
-		args = []string{mode, d.Path}
+		args = []string{mode, path}
 	}
 	conn, err := remote.Dial(ctx, d, e.ssh, "store", args...)
 	if err != nil {
