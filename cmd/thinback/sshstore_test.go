@@ -193,3 +193,46 @@ func TestSSHStorePathAbsolute(t *testing.T) {
 		t.Fatalf("init --store %s: %v", store, err)
 	}
 }
+
+// TestSSHStorePointInTime: a new ssh:// store is made only when told
+// whether to encrypt; cat and verify --device read a point in time of
+// one through the connection, as of a local store.
+func TestSSHStorePointInTime(t *testing.T) {
+	s := sshtest.Start(t)
+	dir := t.TempDir()
+	sshStoreEnv(t, s, dir, "ssh")
+	store := s.Dest(filepath.Join(dir, "store"))
+	r := rand.New(rand.NewSource(1))
+	img := filepath.Join(dir, "disk.img")
+	data := make([]byte, 5<<20+4096)
+	r.Read(data[:3<<20])
+	if err := os.WriteFile(img, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A store off this machine is made only when told how, as on S3.
+	if res := thinback(t, dir, "", "backup", "--store", store, "--file", img); res.code != exitUsage {
+		t.Fatalf("a first backup into a new ssh:// store without --encrypt or --no-encrypt: exit %d, want %d", res.code, exitUsage)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "store")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the refused backup made the store: %v", err)
+	}
+	run(t, dir, "init", "--store", store, "--no-encrypt")
+	run(t, dir, "backup", "--store", store, "--file", img)
+	want := filepath.Join(dir, "want.img")
+	if err := os.WriteFile(want, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.Read(data[1<<20 : 2<<20])
+	if err := os.WriteFile(img, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run(t, dir, "backup", "--store", store, "--file", img)
+
+	got := filepath.Join(dir, "got.img")
+	run(t, dir, "cat", "disk.img", "--store", store, "--snapshot", "1", "-o", got)
+	sameFile(t, want, got)
+	os.Remove(got)
+	run(t, dir, "cat", "disk.img", "--store", store, "-o", got)
+	sameFile(t, img, got)
+	run(t, dir, "verify", "disk.img", "--store", store, "--snapshot", "1", "--device", want)
+}

@@ -27,13 +27,18 @@ func openSSHStore(ctx context.Context, e *env, addr string, create bool) (catalo
 	if create {
 		mode = "--create"
 	}
-	return openSSHStoreMode(ctx, e, addr, mode)
+	s, err := openSSHStoreMode(ctx, e, addr, mode)
+	if err != nil {
+		return nil, err
+	}
+	reportCleaned(e, addr, s)
+	return s, nil
 }
 
 // openSSHStoreMode connects to the store at an ssh:// address, which the
 // agent opens as mode says: "" an existing store, "--create" making one,
 // "--rebuild" making a catalog where only it was lost (openRebuilt).
-func openSSHStoreMode(ctx context.Context, e *env, addr, mode string) (catalog.Repository, error) {
+func openSSHStoreMode(ctx context.Context, e *env, addr, mode string) (*sshstore.Client, error) {
 	d, err := remote.ParseDest(addr)
 	if err != nil {
 		return nil, err
@@ -55,12 +60,7 @@ func openSSHStoreMode(ctx context.Context, e *env, addr, mode string) (catalog.R
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", addr, err)
 	}
-	cl, err := sshstore.NewClient(conn, addr)
-	if err != nil {
-		return nil, err
-	}
-	reportCleaned(e, addr, cl)
-	return cl, nil
+	return sshstore.NewClient(conn, addr)
 }
 
 func init() { agentServices["store"] = agentStore }
