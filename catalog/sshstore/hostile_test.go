@@ -190,3 +190,40 @@ func FuzzRecv(f *testing.F) {
 		}
 	})
 }
+
+// TestHostileCatalog: a server that sends a catalog larger than any
+// store's is cut off, and the partial copy is removed.
+func TestHostileCatalog(t *testing.T) {
+	defer func(n int64) { maxCatalog = n }(maxCatalog)
+	maxCatalog = 3 * chunkSize
+	cc, p := newPeers(t)
+	go func() {
+		if _, err := p.c.recv(); err != nil {
+			return
+		}
+		if err := p.c.send(&msg{Op: opHello, Proto: Protocol, Version: Version}); err != nil {
+			return
+		}
+		if _, err := p.c.recv(); err != nil { // the View
+			return
+		}
+		chunk := make([]byte, chunkSize)
+		for {
+			if err := p.c.send(&msg{Gen: generation{Tx: 7}, Data: chunk, More: true}); err != nil {
+				return
+			}
+		}
+	}()
+	cl, err := NewClient(cc, "ssh://hostile/store")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	err = cl.View(func(*catalog.Tx) error { return nil })
+	if !errors.Is(err, ErrProtocol) {
+		t.Fatalf("View of an endless catalog: %v, want ErrProtocol", err)
+	}
+	if got := dirEntries(t, cl.dir); len(got) != 0 {
+		t.Errorf("left in the copy's directory: %v", got)
+	}
+}

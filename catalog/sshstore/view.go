@@ -27,6 +27,10 @@ func (cl *Client) View(fn func(*catalog.Tx) error) error {
 	return catalog.View(filepath.Join(cl.dir, "catalog.db"), nil, fn)
 }
 
+// maxCatalog bounds the copy of a server's catalog on this machine's
+// disk: records of millions of snapshots, far more than a store holds.
+var maxCatalog int64 = 1 << 30
+
 // refresh brings the local copy up to date; cl.viewMu is held.
 func (cl *Client) refresh() error {
 	if cl.dir == "" {
@@ -64,7 +68,11 @@ func (cl *Client) refresh() error {
 	}
 	defer os.Remove(tmp.Name())
 	werr := func() error {
+		var size int64
 		for {
+			if size += int64(len(m.Data)); size > maxCatalog {
+				return cl.fail(fmt.Errorf("%w: a catalog of more than %d bytes", ErrProtocol, maxCatalog))
+			}
 			if _, err := tmp.Write(m.Data); err != nil {
 				return fmt.Errorf("store %s: writing the copy of its catalog %s: %w", cl.name, tmp.Name(), err)
 			}
