@@ -76,7 +76,7 @@ func (cl *Client) send(m *msg) error {
 		return cl.err
 	}
 	if err := cl.c.send(m); err != nil {
-		return cl.fail(fmt.Errorf("the connection failed: %w", err))
+		return cl.fail(fmt.Errorf("the connection failed: %w: %v", ErrClosed, err))
 	}
 	return nil
 }
@@ -90,6 +90,9 @@ func (cl *Client) recv() (*msg, error) {
 	m, err := cl.c.recv()
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return nil, cl.fail(fmt.Errorf("the connection closed: %w", ErrClosed))
+	}
+	if err != nil && !errors.Is(err, ErrProtocol) {
+		return nil, cl.fail(fmt.Errorf("the connection failed: %w: %v", ErrClosed, err))
 	}
 	if err != nil {
 		return nil, cl.fail(err)

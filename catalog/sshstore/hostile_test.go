@@ -227,3 +227,18 @@ func TestHostileCatalog(t *testing.T) {
 		t.Errorf("left in the copy's directory: %v", got)
 	}
 }
+
+// TestConnectionFails: a connection that fails under a client, whatever
+// the failure (a broken pipe, a reset), is ErrClosed: what a command
+// tells its user is that the store's host went away.
+func TestConnectionFails(t *testing.T) {
+	dir := t.TempDir()
+	cl := serve(t, dir)
+	cl.conn.Close() // this end: writes fail with io.ErrClosedPipe
+	if _, err := cl.Files(); !errors.Is(err, ErrClosed) {
+		t.Errorf("Files over a closed connection: %v, want ErrClosed", err)
+	}
+	if _, err := cl.LockVolume("v"); !errors.Is(err, ErrClosed) {
+		t.Errorf("LockVolume after the connection failed: %v, want ErrClosed", err)
+	}
+}
