@@ -86,7 +86,8 @@ const exitCodesHelp = `EXIT CODES:
         reach a host over ssh) could not be reached or refused: ssh
         failed or refused its host key, it has no thinback (see
         --remote-thinback) or one of another protocol version, or
-        something else answered there
+        something else answered there; or the connection to it (an
+        ssh:// store's) dropped: nothing was recorded there
    130  interrupted (SIGINT or SIGTERM); nothing is left half-done that
         the next run does not finish or clean up
 `
