@@ -239,3 +239,31 @@ func TestSSHStorePointInTime(t *testing.T) {
 	sameFile(t, img, got)
 	run(t, dir, "verify", "disk.img", "--store", store, "--snapshot", "1", "--device", want)
 }
+
+// TestRollbackSSH: an ssh:// store rolled back behind this host's back
+// (its directory put back to an older copy there) is noticed by the next
+// backup, from this host's state, kept under the store's address.
+func TestRollbackSSH(t *testing.T) {
+	s := sshtest.Start(t)
+	dir := t.TempDir()
+	sshStoreEnv(t, s, dir, "ssh")
+	local := encryptedStore(t, dir)
+	store := s.Dest(local)
+	img := filepath.Join(dir, "disk.img")
+	writeImage(t, img, "first")
+	thinback(t, dir, "", "backup", "--file", img, "--store", store).want(t, 0, "first backup")
+	if out, err := exec.Command("cp", "-a", local, local+".old").CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v\n%s", err, out)
+	}
+	writeImage(t, img, "second")
+	thinback(t, dir, "", "backup", "--file", img, "--store", store).want(t, 0, "second backup")
+	if err := os.RemoveAll(local); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(local+".old", local); err != nil {
+		t.Fatal(err)
+	}
+	r := thinback(t, dir, "", "backup", "--file", img, "--store", store)
+	r.want(t, exitChain, "backup into a rolled-back store")
+	wantIn(t, "backup's message", r.stderr, "store "+store+" was rolled back", "this host last saw #2", "the store's newest is #1")
+}
