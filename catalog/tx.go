@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -81,4 +82,25 @@ func put(b *bolt.Bucket, bucket []byte, key string, r record) error {
 		return fmt.Errorf("catalog: encode %s record %q: %w", singular(string(bucket)), key, err)
 	}
 	return b.Put([]byte(key), data)
+}
+
+// Generation is the id of the catalog's last committed transaction as
+// this one sees it (0 for an empty catalog): it changes with every
+// commit, so a copy of the catalog made at one generation is current as
+// long as the file's generation is the same.
+func (tx *Tx) Generation() uint64 {
+	if tx.btx == nil {
+		return 0
+	}
+	return uint64(tx.btx.ID())
+}
+
+// WriteTo writes a consistent copy of the whole catalog file, as this
+// transaction sees it, to w: a file that Open and View read like the
+// original. An empty catalog writes nothing.
+func (tx *Tx) WriteTo(w io.Writer) (int64, error) {
+	if tx.btx == nil {
+		return 0, nil
+	}
+	return tx.btx.WriteTo(w)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/cmd/internal/printable"
+	"github.com/thinback/thinback/cmd/internal/remote"
 	"github.com/urfave/cli/v2"
 )
 
@@ -45,7 +46,8 @@ func Main(args []string) int {
 type env struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
-	s3             s3Config // the S3 store options of the command running
+	s3             s3Config       // the S3 store options of the command running
+	ssh            remote.Options // how the command running reaches an ssh:// store
 	// tty is the terminal a passphrase is asked at ("": never ask).
 	tty string
 	// create says how the command running makes a new store (nil: a

@@ -130,7 +130,7 @@ func (o *imageOutput) finish(size int64) error {
 
 func runCat(ctx context.Context, e *env, o catOptions) error {
 	start := time.Now()
-	s, err := openReadStore(ctx, o.store, o.unlock)
+	s, err := openReadStore(ctx, e, o.store, o.unlock)
 	if err != nil {
 		return err
 	}

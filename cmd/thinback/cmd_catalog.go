@@ -112,6 +112,9 @@ func runRebuild(ctx context.Context, e *env, dir string, quiet bool, unlock func
 // nothing to rebuild: the store is not made, since making it would
 // decide, unasked, whether it is encrypted (init decides that).
 func openRebuilt(ctx context.Context, e *env, dir string) (catalog.Repository, error) {
+	if isSSHStore(dir) {
+		return openSSHStoreMode(ctx, e, dir, "--rebuild")
+	}
 	create := false
 	if dir != "" && !s3.IsLocation(dir) {
 		for _, name := range []string{"catalog.db", "volumes", "keys"} {

@@ -17,11 +17,12 @@ func initCommand(e *env) *cli.Command {
 			"key file for cron (--key-file), --recovery-recipient a slot an age identity kept offline\n" +
 			"opens. The master key id is printed: thinback key list shows it again. Refused for a store\n" +
 			"that has key slots already (thinback key add) or holds unencrypted backups (make a new\n" +
-			"store). A store on S3 is made only with --encrypt or --no-encrypt; a directory is plain\n" +
-			"unless --encrypt is given. The first backup or receive into a new store takes the same flags.\n\n" +
+			"store). A store on S3 or on another host (ssh://) is made only with --encrypt or\n" +
+			"--no-encrypt; a directory is plain unless --encrypt is given. The first backup or receive\n" +
+			"into a new store takes the same flags.\n\n" +
 			"Exit codes: 0 made (or there already), 1 the store has key slots already or the key file\n" +
-			"exists, 2 bad command line (a new S3 store without --encrypt or --no-encrypt, --encrypt on\n" +
-			"a store with plain backups), 9 another thinback is changing the key slots, 14 no passphrase\n" +
+			"exists, 2 bad command line (a new S3 or ssh:// store without --encrypt or --no-encrypt,\n" +
+			"--encrypt on a store with plain backups), 9 another thinback is changing the key slots, 14 no passphrase\n" +
 			"given and no terminal to type it at.",
 		Flags: []cli.Flag{storeFlag},
 		Action: func(c *cli.Context) error {

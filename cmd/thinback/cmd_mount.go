@@ -64,7 +64,7 @@ type mountOptions struct {
 }
 
 func runMount(ctx context.Context, e *env, o mountOptions) error {
-	s, err := openReadStore(ctx, o.store, o.unlock)
+	s, err := openReadStore(ctx, e, o.store, o.unlock)
 	if err != nil {
 		return fmt.Errorf("mount: %w", err)
 	}

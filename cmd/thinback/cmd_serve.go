@@ -139,7 +139,7 @@ func runServe(ctx context.Context, e *env, o serveOptions) error {
 	if o.addr == "" {
 		return usageError{msg: "serve: give where to listen with --nbd unix:PATH or --nbd tcp:127.0.0.1:PORT"}
 	}
-	s, err := openReadStore(ctx, o.store, o.unlock)
+	s, err := openReadStore(ctx, e, o.store, o.unlock)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}

@@ -24,7 +24,7 @@ type verifyDeviceOptions struct {
 
 func runVerifyDevice(ctx context.Context, e *env, o verifyDeviceOptions) error {
 	start := time.Now()
-	s, err := openReadStore(ctx, o.store, o.unlock)
+	s, err := openReadStore(ctx, e, o.store, o.unlock)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3"
 	"github.com/thinback/thinback/catalog/s3store"
+	"github.com/thinback/thinback/catalog/sshstore"
 	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/cmd/internal/remote"
 	"github.com/thinback/thinback/cmd/internal/replica"
@@ -88,7 +89,8 @@ const exitCodesHelp = `EXIT CODES:
         reach a host over ssh) could not be reached or refused: ssh
         failed or refused its host key, it has no thinback (see
         --remote-thinback) or one of another protocol version, or
-        something else answered there
+        something else answered there; or the connection to it (an
+        ssh:// store's) dropped: nothing was recorded there
    130  interrupted (SIGINT or SIGTERM); nothing is left half-done that
         the next run does not finish or clean up
 `
@@ -237,6 +239,11 @@ var exitCodes = []struct {
 	{remote.ErrHostKey, exitRemote},
 	{remote.ErrSSH, exitRemote},
 	{remote.ErrProtocol, exitRemote},
+	// A store on another host: its thinback speaks another store
+	// protocol, or broke it, or the connection ended under the command.
+	{sshstore.ErrVersion, exitRemote},
+	{sshstore.ErrProtocol, exitRemote},
+	{sshstore.ErrClosed, exitRemote},
 	{remote.ErrDest, exitUsage},
 	{remote.ErrArg, exitUsage},
 	// replicate's own protocol, on top of the transport's: an

@@ -218,11 +218,15 @@ func (n *newStore) open(ctx context.Context, e *env, dir string) (catalog.Reposi
 		}
 	}()
 	if repo == nil {
-		if s3.IsLocation(dir) && !n.encrypt && !n.noEncrypt {
+		if (s3.IsLocation(dir) || isSSHStore(dir)) && !n.encrypt && !n.noEncrypt {
+			where := "the bucket"
+			if isSSHStore(dir) {
+				where = "the store's host"
+			}
 			return nil, usageError{msg: fmt.Sprintf("%s: %s holds no store yet, and a store off this machine is made only when asked how: "+
 				"give --%s (its backups encrypted under a key slot's passphrase, key file or recovery identity) "+
-				"or --%s (in the clear: whoever reads the bucket reads every volume, and whoever writes to it can change what restore writes)",
-				cmdName(c), dir, encryptFlag.Name, noEncryptFlag.Name)}
+				"or --%s (in the clear: whoever reads %s reads every volume, and whoever writes to it can change what restore writes)",
+				cmdName(c), dir, encryptFlag.Name, noEncryptFlag.Name, where)}
 		}
 		if n.encrypt {
 			if nk, err = gatherNewKey(ctx, e, c, dir); err != nil {

@@ -23,7 +23,7 @@ type readStore struct{ *pointintime.Store }
 // from it. A directory is opened read-only (catalog.OpenReadOnly):
 // nothing is created, cleaned or written in it. unlock, if set, gives the
 // store's key (storeKey), asked for before anything else is read.
-func openReadStore(ctx context.Context, dir string, unlock func(context.Context, catalog.Repository) (*archive.Key, error)) (*readStore, error) {
+func openReadStore(ctx context.Context, e *env, dir string, unlock func(context.Context, catalog.Repository) (*archive.Key, error)) (*readStore, error) {
 	if dir == "" {
 		return nil, usageError{msg: "give the backup store with --store DIR (or set THINBACK_STORE)"}
 	}
@@ -31,9 +31,17 @@ func openReadStore(ctx context.Context, dir string, unlock func(context.Context,
 		// These commands read delta files in place, at random, for as
 		// long as they run; over object storage that wants a local cache
 		// of the data, which they do not have yet.
-		return nil, usageError{msg: fmt.Sprintf("%s is an S3 store: cat, mount, serve and verify --device read local stores only; restore the point in time to a file first (thinback restore VOLUME --store %s --to FILE)", dir, dir)}
+		return nil, usageError{msg: fmt.Sprintf("%s is an S3 store: cat, mount, serve and verify --device read local stores and stores on another host (ssh://) only; restore the point in time to a file first (thinback restore VOLUME --store %s --to FILE)", dir, dir)}
 	}
-	r, err := catalog.OpenReadOnly(dir)
+	var r catalog.Repository
+	var err error
+	if isSSHStore(dir) {
+		// Read through one connection for as long as the command runs;
+		// nothing is cleaned or written there.
+		r, err = openSSHStoreMode(ctx, e, dir, "")
+	} else {
+		r, err = catalog.OpenReadOnly(dir)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -133,7 +133,7 @@ func TestNotRecordedFileRefused(t *testing.T) {
 
 			// The reader mount opens for an image (and serve for an
 			// export, through the same pointintime.Store.Open).
-			s, err := openReadStore(context.Background(), rs.store, nil)
+			s, err := openReadStore(context.Background(), &env{}, rs.store, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -20,6 +20,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3/s3test"
+	"github.com/thinback/thinback/cmd/internal/remote/sshtest"
 )
 
 // s3Env points thinback run by this test at srv: the credentials and the
@@ -42,15 +43,25 @@ func TestStoreScripts(t *testing.T) {
 	t.Run("s3", func(t *testing.T) {
 		runStoreScripts(t, s3test.Start(t))
 	})
+	t.Run("ssh", func(t *testing.T) {
+		runSSHStoreScripts(t, sshtest.Start(t))
+	})
 }
 
-func runStoreScripts(t *testing.T, srv *s3test.Server) {
+func runStoreScripts(t *testing.T, srv *s3test.Server) { runStoreScriptsOn(t, srv, nil) }
+
+// runSSHStoreScripts runs the store scripts against a store on "another
+// host": a directory of this machine served by this test binary as the
+// remote thinback, reached through a real sshd on the loopback.
+func runSSHStoreScripts(t *testing.T, s *sshtest.Server) { runStoreScriptsOn(t, nil, s) }
+
+func runStoreScriptsOn(t *testing.T, srv *s3test.Server, sshSrv *sshtest.Server) {
 	cmds := scriptCmds()
 	// dropcatalog: lose the catalog: a local store's catalog.db, or an S3
 	// store's record objects and this machine's cache of them.
 	cmds["dropcatalog"] = func(ts *testscript.TestScript, neg bool, args []string) {
 		if srv == nil {
-			ts.Check(os.Remove(filepath.Join(ts.Getenv("STORE"), "catalog.db")))
+			ts.Check(os.Remove(filepath.Join(ts.Getenv("STOREBYTES"), "catalog.db")))
 			return
 		}
 		prefix := ts.Getenv("S3PREFIX") + "/records/"
@@ -71,7 +82,7 @@ func runStoreScripts(t *testing.T, srv *s3test.Server) {
 		}
 		if srv == nil {
 			find := func(vol, seq string) string {
-				m, err := filepath.Glob(filepath.Join(ts.Getenv("STORE"), "volumes", catalog.DirName(vol), fmt.Sprintf("%08d-*.tbk", atoi(ts, seq))))
+				m, err := filepath.Glob(filepath.Join(ts.Getenv("STOREBYTES"), "volumes", catalog.DirName(vol), fmt.Sprintf("%08d-*.tbk", atoi(ts, seq))))
 				ts.Check(err)
 				if len(m) != 1 {
 					ts.Fatalf("%s #%s: files %q", vol, seq, m)
@@ -109,7 +120,7 @@ func runStoreScripts(t *testing.T, srv *s3test.Server) {
 		}
 		size := atoi(ts, args[2])
 		if srv == nil {
-			s, err := catalog.OpenStore(ts.Getenv("STORE"))
+			s, err := catalog.OpenStore(ts.Getenv("STOREBYTES"))
 			ts.Check(err)
 			ts.Check(s.Update(func(tx *catalog.Tx) error {
 				rec, err := findSnapshot(tx, args[0], args[1])
@@ -151,6 +162,15 @@ func runStoreScripts(t *testing.T, srv *s3test.Server) {
 			e.Setenv("THINBACK_STATE", e.WorkDir+"/state.db")
 			// $STOREBYTES is where the store's bytes lie on this
 			// machine's disk, for scripts that look at them raw.
+			if sshSrv != nil {
+				e.Setenv("STORE", sshSrv.Dest(e.WorkDir+"/store"))
+				e.Setenv("STOREBYTES", e.WorkDir+"/store")
+				e.Setenv("THINBACK_RSH", sshSrv.RshNoPort)
+				// sshd gives the remote command a fresh environment.
+				e.Setenv("THINBACK_REMOTE_THINBACK", sshtest.RemoteThinback(t, os.Args[0], "THINBACK_TEST_AS_MAIN=1",
+					"THINBACK_STATE="+e.WorkDir+"/remote-state.db"))
+				return nil
+			}
 			if srv == nil {
 				e.Setenv("STORE", e.WorkDir+"/store")
 				e.Setenv("STOREBYTES", e.WorkDir+"/store")

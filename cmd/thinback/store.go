@@ -15,7 +15,7 @@ import (
 )
 
 // storeFlag names the backup store; THINBACK_STORE sets a default.
-var storeFlag = &cli.StringFlag{Name: "store", EnvVars: []string{"THINBACK_STORE"}, Usage: "the backup store: a directory, or s3:https://HOST[:PORT]/BUCKET[/PREFIX] (or $THINBACK_STORE)"}
+var storeFlag = &cli.StringFlag{Name: "store", EnvVars: []string{"THINBACK_STORE"}, Usage: "the backup store: a directory, s3:https://HOST[:PORT]/BUCKET[/PREFIX], or ssh://[USER@]HOST[:PORT]/PATH (or $THINBACK_STORE)"}
 
 // stateFlag names the file recording what each target on this machine holds.
 var stateFlag = &cli.StringFlag{Name: "state", Usage: "state file recording what each target holds (default $THINBACK_STATE or " + defaultStateFile + ")"}
@@ -41,6 +41,9 @@ func openStoreAt(ctx context.Context, e *env, dir string, create bool) (catalog.
 	if s3.IsLocation(dir) {
 		return openS3Store(ctx, e, dir, create)
 	}
+	if isSSHStore(dir) {
+		return openSSHStore(ctx, e, dir, create)
+	}
 	if !create {
 		if _, err := os.Stat(dir + "/catalog.db"); err != nil {
 			return nil, fmt.Errorf("%s is not a thinback store (no catalog.db): %w", dir, err)
@@ -50,12 +53,18 @@ func openStoreAt(ctx context.Context, e *env, dir string, create bool) (catalog.
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", dir, err)
 	}
+	reportCleaned(e, dir, s)
+	return s, nil
+}
+
+// reportCleaned cleans up temporary files left by crashed runs in a
+// store, saying so.
+func reportCleaned(e *env, dir string, s interface{ CleanTemp() ([]string, error) }) {
 	if removed, err := s.CleanTemp(); err != nil {
 		printable.Sayf(e.stderr, "thinback: cleaning temporary files of %s: %v", dir, err)
 	} else if len(removed) > 0 {
 		printable.Sayf(e.stderr, "thinback: removed %d temporary file(s) left by an interrupted run: %s", len(removed), strings.Join(removed, ", "))
 	}
-	return s, nil
 }
 
 // closeStore closes a store, warning if that failed: whatever a command

@@ -49,13 +49,30 @@ func addStoreFlags(e *env, cmd *cli.Command) {
 	for _, sub := range cmd.Subcommands {
 		addStoreFlags(e, sub)
 	}
-	// cat, mount and serve read local stores only (see openReadStore).
-	if !slices.Contains(cmd.Flags, cli.Flag(storeFlag)) || cmd.Name == "cat" || cmd.Name == "mount" || cmd.Name == "serve" {
+	if !slices.Contains(cmd.Flags, cli.Flag(storeFlag)) {
 		return
 	}
-	cmd.Flags = append(cmd.Flags, s3Flags...)
+	// A store may be on another host (ssh://): the command reaches it
+	// as send --to reaches one.
+	for _, f := range remoteFlags {
+		if !slices.Contains(cmd.Flags, f) {
+			cmd.Flags = append(cmd.Flags, f)
+		}
+	}
+	// cat, mount and serve read no S3 stores (see openReadStore).
+	pointInTime := cmd.Name == "cat" || cmd.Name == "mount" || cmd.Name == "serve"
+	if !pointInTime {
+		cmd.Flags = append(cmd.Flags, s3Flags...)
+	}
 	before := cmd.Before
 	cmd.Before = func(c *cli.Context) error {
+		e.ssh = remoteOptions(e, c)
+		if pointInTime {
+			if before != nil {
+				return before(c)
+			}
+			return nil
+		}
 		e.s3 = s3Config{
 			cache: c.String(cacheFlag.Name), region: c.String(s3RegionFlag.Name), lookup: c.String(s3LookupFlag.Name),
 			caFile: c.String(caCertFlag.Name), insecureTLS: c.Bool(insecureTLSFlag.Name), breakStale: c.Bool(breakStaleLockFlag.Name),
