@@ -81,8 +81,15 @@ func (c *Conn) Read(p []byte) (int, error) {
 
 func (c *Conn) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
-	if err != nil && c.ctx != nil && c.ctx.Err() != nil {
+	switch {
+	case err == nil:
+	case c.ctx != nil && c.ctx.Err() != nil:
 		err = c.ctx.Err()
+	case c.cmd != nil && (errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrClosed)):
+		// The other end is gone: ssh killed, the network down, the
+		// agent dead. That is the connection failing, as ssh failing
+		// to connect is, not a local write error.
+		err = fmt.Errorf("the connection to %s ended (%w): %w", c.dest.Where(), err, ErrSSH)
 	}
 	return n, err
 }

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/thinback/thinback/cmd/internal/remote/sshtest"
 )
 
@@ -266,6 +268,30 @@ func TestKill(t *testing.T) {
 	if err := syscall.Kill(-pid, 0); !errors.Is(err, syscall.ESRCH) {
 		t.Errorf("process group %d still there: %v", pid, err)
 	}
+}
+
+// TestWriteAfterLoss: writing to an agent that is gone is the connection
+// failing (ErrSSH, exit code 15 in thinback), not a local write error.
+func TestWriteAfterLoss(t *testing.T) {
+	c, err := Dial(context.Background(), Dest{Path: "x"}, Options{RemoteThinback: agent(t, "1")}, "hang")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until it is gone, without collecting it (Close does): its
+	// files are released once it has exited, not when its standard
+	// output ends.
+	var info unix.Siginfo
+	if err := unix.Waitid(unix.P_PID, c.cmd.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Write([]byte("more"))
+	if !errors.Is(err, ErrSSH) || !errors.Is(err, syscall.EPIPE) {
+		t.Fatalf("Write to a dead agent: %v, want ErrSSH and EPIPE", err)
+	}
+	c.Close()
 }
 
 // TestCancel interrupts a connection through its context, as a signal to
