@@ -57,7 +57,7 @@ func TestAgentNoService(t *testing.T) {
 	if !errors.Is(err, remote.ErrProtocol) || exitCode(err) != exitRemote {
 		t.Fatalf("got %v, want ErrProtocol (exit 15)", err)
 	}
-	for _, want := range []string{`has no service "frobnicate" (it has receive)`, "install the same thinback on both hosts"} {
+	for _, want := range []string{`has no service "frobnicate" (it has receive, replicate, store)`, "install the same thinback on both hosts"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
