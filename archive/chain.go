@@ -34,6 +34,11 @@ type ChainFile struct {
 // block device may be larger than the volume, a file target is recorded at
 // its size before the apply), so the size rule is not applied next to one.
 func CheckLinks(files []ChainFile) error {
+	for _, f := range files {
+		if f.Header.IsResumed() && len(files) > 1 {
+			return fmt.Errorf("%s is the rest of an interrupted transfer, from byte %d: %w; apply it on its own, to the target of that transfer", f.Name, f.Header.ResumeFrom, ErrNotChain)
+		}
+	}
 	for i := 1; i < len(files); i++ {
 		prev, cur := files[i-1], files[i]
 		ph, ch := prev.Header, cur.Header
@@ -244,6 +249,9 @@ func OpenChain(inputs []ChainInput, opts ...Option) (*Chain, error) {
 		h, err := rd.Header()
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", in.Name, err)
+		}
+		if h.IsResumed() {
+			return nil, fmt.Errorf("%s is the rest of an interrupted transfer, from byte %d, not a snapshot: %w; apply it to the target of that transfer with thinback receive", in.Name, h.ResumeFrom, ErrNotChain)
 		}
 		c.files[i], c.ras[i], names[i], rds[i] = ChainFile{Name: in.Name, Header: h}, in.File, in.Name, rd
 	}

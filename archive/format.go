@@ -89,11 +89,15 @@ const (
 	// "Encryption"): record metadata and payloads sealed with an AEAD, the
 	// header authenticated, block digests keyed.
 	FeatureEncrypted Feature = 1 << 0
+	// FeatureResumed marks a resumed file (docs/FORMAT.md "Features"):
+	// the records at and after Header.ResumeFrom of the file it
+	// continues, and nothing below.
+	FeatureResumed Feature = 1 << 1
 )
 
 // Required features a reader of this package understands; a file that
 // sets any other required bit is refused with ErrVersion.
-const knownRequired = FeatureEncrypted
+const knownRequired = FeatureEncrypted | FeatureResumed
 
 // Sizes of the encryption section of an encrypted file's header body:
 // aead u8 || kdf u8 || reserved u16 || key_id[8] || salt[32] || parent_tag[32],

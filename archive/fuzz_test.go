@@ -24,6 +24,10 @@ func FuzzReader(f *testing.F) {
 		f.Add(b)
 	}
 	f.Add([]byte(magic))
+	// A resumed file, whose records start at its header's offset.
+	rh := testHeader(8 * 4096)
+	rh.ResumeFrom = 3 * 4096
+	f.Add(build(f, rh, fullSource(bytes.Repeat([]byte("resumed "), 4096)), SendOptions{Workers: 1}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		rd := NewReader(bytes.NewReader(b))
 		h, err := rd.Header()
@@ -34,7 +38,8 @@ func FuzzReader(f *testing.F) {
 			}
 			return
 		}
-		var prevEnd, data, zero int64
+		prevEnd := h.ResumeFrom
+		var data, zero int64
 		err = Scan(context.Background(), rd, ScanOptions{Workers: 2}, func(rec *Record, d []byte) error {
 			if rec.Offset < prevEnd || rec.End() > h.VolumeSize || rec.Offset%h.BlockSize != 0 {
 				t.Fatalf("accepted record [%d, %d) after %d in a volume of %d", rec.Offset, rec.End(), prevEnd, h.VolumeSize)
@@ -55,7 +60,7 @@ func FuzzReader(f *testing.F) {
 			if tr.DataBytes != data || tr.ZeroBytes != zero {
 				t.Fatalf("trailer %+v, read %d data %d zero", tr, data, zero)
 			}
-			if h.IsFull() && data+zero != h.VolumeSize {
+			if h.IsFull() && data+zero != h.VolumeSize-h.ResumeFrom {
 				t.Fatalf("accepted a full covering %d of %d bytes", data+zero, h.VolumeSize)
 			}
 			if _, err := rd.Next(); err != io.EOF {

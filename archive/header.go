@@ -44,6 +44,14 @@ type Header struct {
 	// parent is the state of a target rather than a snapshot.
 	ParentTag Digest
 
+	// ResumeFrom is, in a resumed file (Required has FeatureResumed), the
+	// volume offset its records start at: it continues an interrupted
+	// transfer of the file of the same snapshot and parent, whose records
+	// below it the receiver holds. A Writer given a header with it set
+	// marks the file resumed, and Send reads nothing of the source below
+	// it. Zero in every other file.
+	ResumeFrom int64
+
 	salt [SaltSize]byte
 	mac  Digest // the header MAC read, checked by a Reader with a key
 }
@@ -76,6 +84,9 @@ type Attr struct {
 	Key   string `json:"key"`
 	Value string `json:"value"`
 }
+
+// IsResumed reports whether the file is a resumed file (see ResumeFrom).
+func (h *Header) IsResumed() bool { return h.Required&FeatureResumed != 0 }
 
 // IsFull reports whether the file is a full (has no parent).
 func (h *Header) IsFull() bool { return h.Parent.ID.IsZero() }
@@ -134,6 +145,14 @@ func (h *Header) validate() string {
 		return "a full has a parent tag"
 	case h.IsEncrypted() && !h.IsFull() && !h.IsSnapback() && h.ParentTag == Digest{}:
 		return "an encrypted incremental without its parent's tag"
+	case h.IsResumed() && (h.ResumeFrom <= 0 || h.ResumeFrom%h.BlockSize != 0):
+		return fmt.Sprintf("resume offset %d is not a positive multiple of the block size %d", h.ResumeFrom, h.BlockSize)
+	case h.IsResumed() && h.ResumeFrom > h.VolumeSize:
+		return fmt.Sprintf("resume offset %d is beyond the volume size %d", h.ResumeFrom, h.VolumeSize)
+	case !h.IsResumed() && h.ResumeFrom != 0:
+		return fmt.Sprintf("resume offset %d in a file that is not resumed", h.ResumeFrom)
+	case h.IsResumed() && h.IsSnapback():
+		return "a snapback file cannot be resumed"
 	case len(h.Attrs) > maxAttrs:
 		return fmt.Sprintf("%d attributes, at most %d", len(h.Attrs), maxAttrs)
 	}
@@ -200,6 +219,9 @@ func (h *Header) appendBody(b []byte) []byte {
 		b = append(b, h.KeyID[:]...)
 		b = append(b, h.salt[:]...)
 		b = append(b, h.ParentTag[:]...)
+	}
+	if h.IsResumed() {
+		b = le.AppendUint64(b, uint64(h.ResumeFrom))
 	}
 	return b
 }
@@ -283,6 +305,13 @@ func parseBody(b []byte) (*Header, string) {
 		copy(h.KeyID[:], d.bytes(KeyIDSize))
 		copy(h.salt[:], d.bytes(SaltSize))
 		copy(h.ParentTag[:], d.bytes(DigestSize))
+	}
+	if h.IsResumed() {
+		rf := d.u64()
+		if rf > MaxVolumeSize {
+			return nil, fmt.Sprintf("resume offset %d is beyond the volume size %d", rf, h.VolumeSize)
+		}
+		h.ResumeFrom = int64(rf)
 	}
 	if d.short {
 		return nil, "header body ends inside a field"

@@ -29,6 +29,10 @@ const defaultChunk = 1 << 20
 // blocks as ZERO records and hashes and compresses the rest on all cores.
 // Memory is bounded by the workers and the chunk size, whatever the size of
 // the volume or the number of extents. Send does not close w.
+//
+// Of a resumed file (the header's ResumeFrom set), Send writes only the
+// records at and after ResumeFrom: a source extent that straddles it is
+// cut there, and nothing below it is read from the source.
 func Send(ctx context.Context, w *Writer, src Source, opts SendOptions) error {
 	h := w.Header()
 	if h == nil {
@@ -60,6 +64,9 @@ func Send(ctx context.Context, w *Writer, src Source, opts SendOptions) error {
 	// source that hashes as it goes (DigestSource) is then read again
 	// while its pages are still cached, not after it has walked a whole
 	// changed volume.
+	if h.ResumeFrom > 0 {
+		src = &clipSource{Source: src, from: h.ResumeFrom}
+	}
 	al := &aligner{src: src, bs: bs, size: h.VolumeSize, maxData: chunk * int64(inflight)}
 	var cur Extent // the rest of the current extent, cut into chunks
 	return Ordered[*sendJob]{
@@ -104,6 +111,32 @@ func Send(ctx context.Context, w *Writer, src Source, opts SendOptions) error {
 			return nil
 		},
 	}.Run(ctx)
+}
+
+// clipSource is the part of a Source at and after from, a block boundary
+// (a resumed file's ResumeFrom): extents that end before it are dropped
+// unread, one that straddles it is cut there, so that nothing below it is
+// read from the source.
+type clipSource struct {
+	Source
+	from int64
+}
+
+func (c *clipSource) Next() (Extent, error) {
+	for {
+		e, err := c.Source.Next()
+		if err != nil {
+			return e, err
+		}
+		if e.End() <= c.from {
+			continue
+		}
+		if e.Offset < c.from {
+			e.Length = e.End() - c.from
+			e.Offset = c.from
+		}
+		return e, nil
+	}
 }
 
 // sendJob is one chunk of a Send: an aligned extent, the chunk read and

@@ -51,6 +51,8 @@ type layout struct {
 	// the region a full, or the grown part of an incremental, must cover.
 	// When need >= volumeSize nothing more is required.
 	need int64
+	// resumeFrom is a resumed file's ResumeFrom: no record starts below.
+	resumeFrom int64
 }
 
 func newLayout(h *Header) layout {
@@ -59,6 +61,12 @@ func newLayout(h *Header) layout {
 		l.need = 0
 	} else if h.VolumeSize > h.ParentSize {
 		l.need = h.ParentSize
+	}
+	if h.IsResumed() {
+		// As if a record had ended there: the file it continues defined
+		// everything below.
+		l.resumeFrom, l.prevEnd = h.ResumeFrom, h.ResumeFrom
+		l.need = max(l.need, h.ResumeFrom)
 	}
 	return l
 }
@@ -71,6 +79,8 @@ func (l *layout) add(kind Kind, off, length int64) string {
 		return fmt.Sprintf("%v record at volume offset %d has length %d", kind, off, length)
 	case off < 0 || off > l.volumeSize || length > l.volumeSize-off:
 		return fmt.Sprintf("%v record [%d, %d) extends past the volume size %d", kind, off, end, l.volumeSize)
+	case off < l.resumeFrom:
+		return fmt.Sprintf("%v record at volume offset %d precedes the resume offset %d", kind, off, l.resumeFrom)
 	case off < l.prevEnd:
 		return fmt.Sprintf("%v record at volume offset %d overlaps or precedes the previous record, which ends at %d", kind, off, l.prevEnd)
 	case off%l.blockSize != 0:

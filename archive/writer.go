@@ -78,6 +78,9 @@ func (w *Writer) WriteHeader(h *Header) error {
 	hc := *h
 	hc.Version = Version
 	hc.Attrs = append([]Attr(nil), h.Attrs...)
+	if hc.ResumeFrom != 0 {
+		hc.Required |= FeatureResumed
+	}
 	if w.key != nil {
 		hc.Required |= FeatureEncrypted
 		hc.KeyID, hc.AEAD, hc.ParentTag = w.key.ID(), AEADAES256GCM, Digest{}

@@ -59,6 +59,13 @@ func (s *Store) LockVolume(volume string) (unlock func() error, err error) {
 	return lockFile(s.lockPath(volume), volume, fmt.Sprintf("lock volume %q", volume))
 }
 
+// LockFile takes the lock file at path as LockVolume takes a volume's,
+// for a volume worked on outside any store (a replicated LV): the same
+// flock and LockedError (errors.Is ErrLocked) naming volume.
+func LockFile(path, volume string) (unlock func() error, err error) {
+	return lockFile(path, volume, fmt.Sprintf("lock volume %q", volume))
+}
+
 // keySlotsLock is the lock file of the key slots in locks/. DirName
 // escapes a leading dot, so no volume's lock file has this name.
 const keySlotsLock = ".keys.lock"

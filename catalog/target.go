@@ -68,6 +68,11 @@ type Mark struct {
 	WroteFrom int64  `json:"wrote_from,omitempty"`
 	WroteTo   int64  `json:"wrote_to,omitempty"`
 	Stopped   string `json:"stopped,omitempty"`
+	// Done is the durable prefix of an apply that records its progress:
+	// every byte below it holds Snapshot (a resumed transfer starts
+	// there). VolumeSize is the size being applied.
+	Done       int64 `json:"done,omitempty"`
+	VolumeSize int64 `json:"volume_size,omitempty"`
 }
 
 // Fingerprint is what a target held after an apply: the digests of a few
@@ -158,6 +163,9 @@ func (t *Target) validate(key string) error {
 		}
 		if m.WroteFrom < 0 || m.WroteTo < m.WroteFrom {
 			return fmt.Errorf("in-progress mark says bytes %d to %d were written", m.WroteFrom, m.WroteTo)
+		}
+		if m.Done < 0 || m.VolumeSize < 0 || (m.VolumeSize > 0 && m.Done > m.VolumeSize) {
+			return fmt.Errorf("in-progress mark says bytes below %d of %d are done", m.Done, m.VolumeSize)
 		}
 		fields["in-progress stop reason"] = m.Stopped
 		if len(m.Files) > maxField {

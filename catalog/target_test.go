@@ -23,7 +23,7 @@ func TestStateFileTargets(t *testing.T) {
 		Fingerprint: &Fingerprint{Size: 8192, BlockSize: 4096, Samples: []Sample{{Offset: 4096, Digest: strings.Repeat("ab", 32)}}},
 		FileStat:    &FileStat{Size: 8192, MtimeNs: 1795662245123456789, CtimeNs: 1795662245987654321, Dev: 0xfd01, Ino: 1234},
 		InProgress: &Mark{Snapshot: snap, Files: []string{"full.tbk", "incr1.tbk"}, UndoSnapshot: undo, Started: started,
-			WroteFrom: 4096, WroteTo: 65536, Stopped: "full.tbk is damaged"},
+			WroteFrom: 4096, WroteTo: 65536, Stopped: "full.tbk is damaged", Done: 8192, VolumeSize: 8192},
 	}
 	mustUpdate(t, db, func(tx *Tx) error { return tx.PutTarget(&in) })
 	if in.Updated.IsZero() {
@@ -89,6 +89,7 @@ func TestTargetValidation(t *testing.T) {
 		"bad volume":         {Key: "k", Volume: "a\x00"},
 		"control in files":   {Key: "k", InProgress: &Mark{Snapshot: newID(), Files: make([]string, maxField+1)}},
 		"bad written range":  {Key: "k", InProgress: &Mark{Snapshot: newID(), WroteFrom: 10, WroteTo: 5}},
+		"done past the size": {Key: "k", InProgress: &Mark{Snapshot: newID(), Done: 8192, VolumeSize: 4096}},
 		"huge stop reason":   {Key: "k", InProgress: &Mark{Snapshot: newID(), Stopped: string(make([]byte, maxField+1))}},
 		"bad sample block":   {Key: "k", Fingerprint: &Fingerprint{Size: 4096, BlockSize: 7}},
 		"sample outside":     {Key: "k", Fingerprint: &Fingerprint{Size: 4096, BlockSize: 4096, Samples: []Sample{{Offset: 4096, Digest: strings.Repeat("0", 64)}}}},

@@ -13,9 +13,9 @@
 // program through one runner. A failed command gives a *CommandError with
 // the full command line, exit status and standard error; known failures are
 // also sentinel errors (ErrNotFound, ErrNotThin, ErrMetadataSnapBusy,
-// ErrStaleMetadataSnap, ErrPoolFailed, ErrExists, ErrNoSpace, ...) to test
-// with errors.Is. LV.Kind says what an LV is (thin volume or snapshot, thin
-// pool, thick volume, classic snapshot).
+// ErrStaleMetadataSnap, ErrPoolFailed, ErrExists, ErrNoSpace, ErrOpen,
+// ...) to test with errors.Is. LV.Kind says what an LV is (thin volume or
+// snapshot, thin pool, thick volume, classic snapshot).
 //
 // LVM's commands are most of a small backup's fixed cost, so a caller that
 // needs several LVs of a volume group reads it once (ListVG, a Report) and
@@ -67,6 +67,9 @@
 //     on-disk metadata), tools.go (running thin_delta and thin_dump, with
 //     package thinxml, their XML), extents.go (the extent builder and
 //     spool both feed).
+//   - The receiving side of a replica: replica.go (a target's tagged
+//     read-only replica snapshots, comparing the target with one through
+//     the pool's metadata, rolling it back, creating a new thin target).
 //   - How it reads a classic snapshot: classic.go (creating one),
 //     classicdelta.go (OpenClassic), classicstatus.go (its dmsetup status),
 //     with package cow, the kernel's copy-on-write store. They stay in the

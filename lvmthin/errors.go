@@ -60,6 +60,15 @@ var (
 	// (lvconvert --merge), or its merge failed; its contents and table are
 	// moving.
 	ErrSnapshotMerging = errors.New("lvmthin: snapshot merging")
+
+	// ErrModified: the replica target was written to since its newest replica
+	// snapshot (ZFS: "destination has been modified since most recent
+	// snapshot").
+	ErrModified = errors.New("lvmthin: destination has been modified since most recent snapshot")
+
+	// ErrOpen: the LV is open (mounted, or held by a process or another
+	// device) where thinback must replace it.
+	ErrOpen = errors.New("lvmthin: logical volume is open")
 )
 
 // metadataError is a COW store error from lvmthin/cow that also matches
@@ -155,7 +164,7 @@ func classify(args []string, stderr string) error {
 			has("Couldn't find") || has("unknown device"):
 			return ErrNotFound
 		}
-	default: // lvm tools: lvs, vgs, lvcreate, lvchange, lvremove
+	default: // lvm tools: lvs, vgs, lvcreate, lvchange, lvremove, lvrename
 		switch {
 		case has("Failed to find logical volume") ||
 			(has("Volume group") && has("not found")) ||
@@ -168,6 +177,8 @@ func classify(args []string, stderr string) error {
 			return ErrNoSpace
 		case has("Can't remove merging snapshot"):
 			return ErrSnapshotMerging
+		case has("Can't remove open logical volume") || (has("Logical volume") && has(" in use")):
+			return ErrOpen
 		}
 	}
 	return nil

@@ -18,7 +18,7 @@ import (
 // (see CountCommands) and the time they took, so that a run can say what
 // its fixed cost in LVM is.
 type CommandStats struct {
-	LVM     int           // lvs, lvcreate, lvchange, lvremove
+	LVM     int           // lvs, lvcreate, lvchange, lvremove, lvrename
 	DMSetup int           // dmsetup status and messages
 	Tools   int           // thin_delta, thin_dump
 	LVMTime time.Duration // wall time of the LVM and dmsetup commands
@@ -87,13 +87,14 @@ func filepathBase(prog string) string {
 // programs names the external tools. Tests point them at other binaries
 // (fakes that print crafted output, or the real tools at another path).
 var programs = struct {
-	lvs, vgs, lvcreate, lvchange, lvremove, dmsetup, thinDelta, thinDump string
+	lvs, vgs, lvcreate, lvchange, lvremove, lvrename, dmsetup, thinDelta, thinDump string
 }{
 	lvs:       "lvs",
 	vgs:       "vgs",
 	lvcreate:  "lvcreate",
 	lvchange:  "lvchange",
 	lvremove:  "lvremove",
+	lvrename:  "lvrename",
 	dmsetup:   "dmsetup",
 	thinDelta: "thin_delta",
 	thinDump:  "thin_dump",

@@ -193,6 +193,8 @@ func TestClassify(t *testing.T) {
 		{[]string{"lvcreate", "-s", "-L", "524288000b", "-n", "s1", "tb-y/vol"},
 			`Volume group "tb-y" has insufficient free space (49 extents): 125 required.`, ErrNoSpace},
 		{[]string{"lvremove", "-y", "tb-x/s2"}, `Can't remove merging snapshot logical volume tb-x/s2.`, ErrSnapshotMerging},
+		// Replicas (lvm2 2.03.16 in the UML guest, TestKernelReplica).
+		{[]string{"lvremove", "-y", "--", "tb-rep/tgt"}, `Logical volume tb-rep/tgt in use.`, ErrOpen},
 		{[]string{"lvchange", "-an", "tb-x/s0"},
 			`Change of snapshot tb-x/s0 will also change its origin tb-x/vol and 1 other snapshot(s). Proceed? [y/n]: [n]; Logical volume tb-x/s0 not changed.`, nil},
 	}

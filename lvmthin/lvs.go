@@ -48,6 +48,12 @@ type LV struct {
 	Active         bool     // lv_attr[4] == 'a'
 	Layout         []string // lv_layout, e.g. ["thin", "sparse"]
 	Role           []string // lv_role, e.g. ["public", "snapshot", "thinsnapshot"]
+	// Open is lv_attr[5] == 'o': the device is open (mounted, or held
+	// by a process or another device).
+	Open bool
+	// Tags are the LV's tags (lv_tags), which replicas use to say what
+	// they hold (see ReplicaSource).
+	Tags []string
 }
 
 // FullName returns the LV's vg/lv name.
@@ -72,7 +78,7 @@ func (lv *LV) IsThinPool() bool { return len(lv.Attr) > 0 && lv.Attr[0] == 't' }
 
 // lvsFields are the columns asked of lvs, in the order of reportLV's tags.
 const lvsFields = "vg_name,lv_name,pool_lv,lv_dm_path,thin_id,origin,lv_attr,lv_size," +
-	"chunk_size,lv_uuid,lv_time,lv_layout,lv_role,origin_size,data_percent,snap_percent"
+	"chunk_size,lv_uuid,lv_time,lv_layout,lv_role,origin_size,data_percent,snap_percent,lv_tags"
 
 // lvTimeLayout is lv_time's format under LC_ALL=C ("2026-11-21 12:16:20 +0000").
 const lvTimeLayout = "2006-01-02 15:04:05 -0700"
@@ -99,6 +105,8 @@ type reportLV struct {
 	OriginSize  string `json:"origin_size"`
 	DataPercent string `json:"data_percent"`
 	SnapPercent string `json:"snap_percent"`
+	// Added with replicas.
+	Tags string `json:"lv_tags"`
 }
 
 type report struct {
@@ -159,6 +167,7 @@ func (r *reportLV) parse() (*LV, error) {
 		UUID:   tr(r.UUID),
 		Layout: splitList(r.Layout),
 		Role:   splitList(r.Role),
+		Tags:   splitList(r.Tags),
 	}
 	bad := func(field, v string, err error) error {
 		return fmt.Errorf("lvs report: %s/%s: bad %s %q: %v", lv.VG, lv.Name, field, v, err)
@@ -204,6 +213,7 @@ func (r *reportLV) parse() (*LV, error) {
 		}
 	}
 	lv.Active = lv.Attr[4] == 'a'
+	lv.Open = lv.Attr[5] == 'o'
 	lv.SkipActivation = lv.Attr[9] == 'k'
 	return lv, nil
 }

@@ -65,6 +65,16 @@ type Options struct {
 	// bytes were overwritten and, when the same apply cannot finish it,
 	// why it stopped.
 	Stopped func(State) error
+	// Checkpoint, if set, records the apply's durable prefix as it goes
+	// (Mark.Done): every CheckpointBytes of the target written (in
+	// volume order), the target is fsynced and Checkpoint is called with
+	// the state to record, its mark's Done raised. An error stops the
+	// apply. Once one is recorded, a regular file the apply created is
+	// kept when the apply stops: it holds a transfer to resume.
+	Checkpoint func(State) error
+	// CheckpointBytes is how much is written between checkpoints; 0
+	// means DefaultCheckpointBytes.
+	CheckpointBytes int64
 	// Key reads files encrypted under it, and encrypts the snapback file
 	// under it: an undo file in the clear would give away the data the
 	// apply overwrote. Without it, an encrypted file is refused with
@@ -166,6 +176,9 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 	if err != nil {
 		return nil, err
 	}
+	if err := checkResumed(files, t.Path, st); err != nil {
+		return nil, err
+	}
 	if err := CheckChain(files, t.Path, st, opts.Force); err != nil {
 		return nil, err
 	}
@@ -181,7 +194,12 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 
 	// The snapback file, before anything is marked or written; it
 	// describes the target as it is (its size before any resize).
-	mark := &Mark{Snapshot: last.Snapshot.ID, Parent: first.Parent.ID, Started: now().UTC()}
+	mark := &Mark{Snapshot: last.Snapshot.ID, Parent: first.Parent.ID, Started: now().UTC(), Size: finalSize}
+	if prev := st.InProgress; prev != nil && prev.Snapshot == mark.Snapshot && prev.Parent == mark.Parent && !opts.Force {
+		// The same apply again writes the same bytes: what the
+		// interrupted one made durable stays so.
+		mark.Done = prev.Done
+	}
 	for _, f := range files {
 		mark.Files = append(mark.Files, f.Name)
 	}
@@ -223,7 +241,7 @@ func Apply(ctx context.Context, t *Target, inputs []Input, opts Options) (_ *Res
 
 	t.log = writeLog{s: newSampler(seedOf(last.Snapshot.ID))}
 	res := &Result{Snapshot: last.Snapshot, VolumeName: last.VolumeName, VolumeSize: finalSize}
-	if err := runSegments(ctx, t, rds, names, seekable, finalSize, run.sb, opts, res); err != nil {
+	if err := runSegments(ctx, t, rds, names, seekable, finalSize, run.sb, opts, res, run.checkpointer(last.BlockSize)); err != nil {
 		return nil, err
 	}
 	res.Skipped = max(supersedable-res.DataBytes-res.ZeroBytes, 0)
@@ -303,6 +321,48 @@ type applyRun struct {
 	files   []string
 	last    archive.Snapshot
 	done    bool // the target holds the snapshot
+}
+
+// DefaultCheckpointBytes is how much an apply that records its progress
+// writes between checkpoints (see Options.Checkpoint): an fsync of the
+// target and a state file write per 64 MiB cost little next to writing
+// it, and an interrupted transfer then sends at most that much again.
+const DefaultCheckpointBytes = 64 << 20
+
+// checkpointer returns what runSegments calls after each segment written,
+// with the bytes it wrote and its end: nil without Options.Checkpoint.
+func (r *applyRun) checkpointer(bs int64) func(n, end int64) error {
+	if r.opts.Checkpoint == nil {
+		return nil
+	}
+	every := r.opts.CheckpointBytes
+	if every <= 0 {
+		every = DefaultCheckpointBytes
+	}
+	var since int64
+	return func(n, end int64) error {
+		since += n
+		if since < every {
+			return nil
+		}
+		since = 0
+		done := end / bs * bs
+		m := r.mark.InProgress
+		if done <= m.Done {
+			return nil
+		}
+		// The snapback file saved every range before it was overwritten,
+		// and is fsynced as it saves: the target is what is left.
+		if err := r.t.Sync(); err != nil {
+			return err
+		}
+		m.Done = done
+		if err := r.opts.Checkpoint(r.mark); err != nil {
+			return fmt.Errorf("recording the apply's progress in the state file: %w", err)
+		}
+		r.t.created = false // the file holds a transfer to resume now
+		return nil
+	}
 }
 
 func (r *applyRun) closeSnapback() (*archive.Trailer, error) {
@@ -584,7 +644,7 @@ type applyJob struct {
 // final state: payloads are read and verified by workers in parallel, and
 // written (after their old contents are saved) in order by this goroutine.
 func runSegments(ctx context.Context, t *Target, rds []*archive.Reader, names []string, seekable []seekReaderAt,
-	size int64, sb *snapback, opts Options, res *Result) error {
+	size int64, sb *snapback, opts Options, res *Result, progress func(n, end int64) error) error {
 	workers := archive.WorkerCount(opts.Workers)
 	decs := make([]*archive.Decoder, workers)
 	defer func() {
@@ -654,6 +714,9 @@ func runSegments(ctx context.Context, t *Target, rds []*archive.Reader, names []
 			}
 			if opts.Progress != nil {
 				opts.Progress(seg.Length)
+			}
+			if progress != nil {
+				return progress(seg.Length, seg.End())
 			}
 			return nil
 		},

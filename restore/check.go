@@ -24,6 +24,11 @@ var (
 	ErrVolumeMismatch = errors.New("file belongs to another volume")
 	// ErrInterrupted: an earlier apply to the target did not finish.
 	ErrInterrupted = errors.New("an earlier apply to the target was interrupted")
+	// ErrResume: a resumed file (archive.Header.ResumeFrom) was given for
+	// a target that holds no interrupted apply it continues: none, one of
+	// another snapshot or parent, or one that made less durable than the
+	// file starts at.
+	ErrResume = errors.New("target holds no interrupted transfer that the resumed file continues")
 	// ErrModified: the target no longer holds the snapshot it was left at
 	// (it was replaced, or written to since), so an incremental cannot be
 	// applied to it. The words are ZFS's.
@@ -68,6 +73,15 @@ type Mark struct {
 	// them is damaged).
 	WroteFrom, WroteTo int64
 	Stopped            string
+	// Done is the durable prefix of the apply, kept only when it is
+	// recorded as it goes (Options.Checkpoint): every byte below it holds
+	// the snapshot being applied, written and fsynced (and saved in the
+	// snapback file first). A multiple of the files' block size; 0 when
+	// nothing is known. A resumed file from there on finishes the apply
+	// (see archive.Header.ResumeFrom).
+	Done int64
+	// Size is the volume size being applied (the last file's).
+	Size int64
 }
 
 // File is a delta file's header with the name used in messages.
@@ -168,4 +182,35 @@ func CheckChain(files []File, target string, st State, force bool) error {
 	default:
 		return fmt.Errorf("cannot apply %s to %s: the target holds %s, but the file is an incremental from %s: %w; apply the files that lead from the target's snapshot to it, or use --force", first.Name, target, describe(held), describe(first.Header.Parent), ErrMismatch)
 	}
+}
+
+// checkResumed lets a resumed file (archive.Header.ResumeFrom) be applied
+// only on its own, to a target whose state holds the interrupted apply it
+// continues: the same snapshot from the same parent, durable at least up
+// to where the file starts. Nothing forces it: below its offset the file
+// says nothing, so on any other target it would leave bytes of neither
+// snapshot.
+func checkResumed(files []File, target string, st State) error {
+	if len(files) != 1 || !files[0].Header.IsResumed() {
+		return nil // several files with a resumed one: archive.CheckLinks refuses them
+	}
+	f := files[0]
+	h := f.Header
+	m := st.InProgress
+	what := fmt.Sprintf("%s is the rest of a transfer of %s", f.Name, describe(h.Snapshot))
+	if !h.IsFull() {
+		what += " from " + describe(h.Parent)
+	}
+	what += fmt.Sprintf(", from byte %d", h.ResumeFrom)
+	switch {
+	case m == nil:
+		return fmt.Errorf("%s, but %s holds no interrupted transfer: %w; send the whole stream again (without --resume)", what, target, ErrResume)
+	case m.Snapshot != h.Snapshot.ID || m.Parent != h.Parent.ID:
+		return fmt.Errorf("%s, but the transfer interrupted on %s was of %s from %s: %w; get its token with thinback receive --to %s --resume-token, or send the whole stream again",
+			what, target, describe(archive.Snapshot{ID: m.Snapshot}), describe(archive.Snapshot{ID: m.Parent}), ErrResume, target)
+	case m.Done < h.ResumeFrom:
+		return fmt.Errorf("%s, but the transfer interrupted on %s made only bytes below %d durable: %w; get its token with thinback receive --to %s --resume-token, and send again from there",
+			what, target, m.Done, ErrResume, target)
+	}
+	return nil
 }

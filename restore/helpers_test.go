@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"flag"
+	"fmt"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -50,6 +51,8 @@ type world struct {
 	key *archive.Key
 	// volume, if set, is the volume name of the files written ("vol").
 	volume string
+	// resumeFrom, if set, makes delta write resumed files from there.
+	resumeFrom int64
 }
 
 func newWorld(t testing.TB) *world {
@@ -97,6 +100,7 @@ func (w *world) header(img *image, parent *image) *archive.Header {
 	if parent != nil {
 		h.Parent, h.ParentSize = parent.snap, int64(len(parent.data))
 	}
+	h.ResumeFrom = w.resumeFrom
 	return h
 }
 
@@ -121,6 +125,9 @@ func (w *world) delta(img, parent *image) string {
 	out := img.path + ".tbk"
 	if parent != nil {
 		out = img.path + ".from-" + parent.name + ".tbk"
+	}
+	if w.resumeFrom != 0 {
+		out = fmt.Sprintf("%s.resumed-%d.tbk", out, w.resumeFrom)
 	}
 	f, err := os.Create(out)
 	if err != nil {

@@ -26,7 +26,7 @@ func Main(args []string) int {
 	defer stop()
 	app := newAppEnv(&env{stdin: stdinFor(ctx, os.Stdin), stdout: os.Stdout, stderr: os.Stderr, tty: "/dev/tty"})
 	err := app.RunContext(ctx, interspersed(app, args))
-	if err != nil {
+	if err != nil && !errors.As(err, new(reportedError)) {
 		if ctx.Err() != nil && !errors.Is(err, context.Canceled) {
 			// The signal arrived while the error was being made.
 			err = fmt.Errorf("%w (interrupted: %w)", err, context.Canceled)
@@ -98,6 +98,7 @@ func newAppEnv(e *env) *cli.App {
 			initCommand(e),
 			backupCommand(e),
 			sendCommand(e),
+			replicateCommand(e),
 			receiveCommand(e),
 			applyCommand(e),
 			restoreCommand(e),
@@ -110,6 +111,7 @@ func newAppEnv(e *env) *cli.App {
 			catalogCommand(e),
 			inspectCommand(e),
 			keyCommand(e),
+			agentCommand(e),
 		},
 	}
 	for _, cmd := range app.Commands {

@@ -75,6 +75,9 @@ type applyOptions struct {
 	quiet    bool
 	// key reads encrypted files and encrypts the snapback file.
 	key *archive.Key
+	// checkpoint, if not 0, records the apply's progress every so many
+	// bytes (receive --resumable): a cut stream says how to resume it.
+	checkpoint int64
 	// unlock returns the key of apply's files (fileKey); it is called
 	// only when one of them is encrypted.
 	unlock func(context.Context) (*archive.Key, error)
@@ -241,10 +244,21 @@ func applyTo(ctx context.Context, e *env, t *restore.Target, inputs []restore.In
 	if undo != nil {
 		opts.Snapback, opts.ResumeSnapback = typedFile{undo}, resume
 	}
+	if o.checkpoint > 0 {
+		opts.Checkpoint = func(s restore.State) error { return sf.save(o.target, s) }
+		opts.CheckpointBytes = o.checkpoint
+	}
 	res, err := restore.Apply(ctx, t, inputs, opts)
 	prog.Done()
 	if undo != nil {
 		err = closeSnapback(undo, began, err)
+	}
+	if err != nil && o.checkpoint > 0 {
+		if st, lerr := sf.load(); lerr == nil {
+			if tok, ok := tokenOf(st); ok {
+				err = fmt.Errorf("%w\n%s holds the snapshot up to byte %d; to send only the rest: thinback send ... -o - --resume %s", err, o.target, tok.From, tok)
+			}
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("apply: %w", err)

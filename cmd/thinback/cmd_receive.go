@@ -30,12 +30,22 @@ func receiveCommand(e *env) *cli.Command {
 			"authenticated while it is written, and an incremental must be bound to its parent's\n" +
 			"file in the store. A stream in the clear, or under another key, is refused and nothing\n" +
 			"is recorded. With --to, an encrypted stream is decrypted with --key-file (the key file\n" +
-			"send was given); without the right key nothing is written (exit 14).",
+			"send was given); without the right key nothing is written (exit 14).\n\n" +
+			"With --to and --resumable, the target is fsynced and the progress recorded in the\n" +
+			"state file every --checkpoint-mib MiB written; a stream cut after that (a dropped\n" +
+			"connection, a killed sender) fails as without it, and its error ends with the line\n" +
+			"to continue it, 'thinback send ... --resume TOKEN': send then writes only what the\n" +
+			"target does not hold yet, which receive --to TARGET (--resumable again, if it may be\n" +
+			"cut once more) applies. After a crash or kill -9 of receive itself, --resume-token\n" +
+			"prints the token of TARGET's interrupted transfer from the state file.",
 		Flags: append([]cli.Flag{
 			storeFlag,
 			&cli.StringFlag{Name: "to", Usage: "apply the stream to this file or block device instead"},
 			&cli.StringFlag{Name: "snapback", Usage: "with --to: save the data the apply overwrites in this new delta file"},
 			&cli.BoolFlag{Name: "force", Usage: "with --to: apply even if the target is not known to hold the base snapshot"},
+			&cli.BoolFlag{Name: "resumable", Usage: "with --to: record the progress as it goes, so that a cut stream is resumed from there (send --resume)"},
+			&cli.Int64Flag{Name: "checkpoint-mib", Value: restore.DefaultCheckpointBytes >> 20, Usage: "with --resumable: fsync the target and record the progress every this many MiB written"},
+			&cli.BoolFlag{Name: "resume-token", Usage: "with --to: print the token of the target's interrupted transfer (for send --resume), read nothing"},
 			stateFlag, quietFlag,
 		}, keyFlags...),
 		Action: func(c *cli.Context) error {
@@ -44,6 +54,12 @@ func receiveCommand(e *env) *cli.Command {
 			}
 			to, store := c.String("to"), c.String("store")
 			switch {
+			case (c.Bool("resumable") || c.Bool("resume-token")) && to == "":
+				return usageError{msg: "receive: --resumable and --resume-token go with --to TARGET"}
+			case c.Bool("resume-token"):
+				return runResumeToken(e, to, stateFilePath(c.String("state")))
+			case c.Int64("checkpoint-mib") <= 0 || c.Int64("checkpoint-mib") > 1<<30:
+				return usageError{msg: fmt.Sprintf("receive: --checkpoint-mib %d is not a number of MiB between 1 and %d", c.Int64("checkpoint-mib"), 1<<30)}
 			case to != "" && c.IsSet("store"):
 				return usageError{msg: "receive: give --store DIR or --to TARGET, not both"}
 			case to != "":
@@ -53,14 +69,46 @@ func receiveCommand(e *env) *cli.Command {
 				if err != nil {
 					return fmt.Errorf("receive: %w", err)
 				}
-				return runApply(c.Context, e, applyOptions{files: []string{"-"}, target: to, snapback: c.String("snapback"),
-					force: c.Bool("force"), state: stateFilePath(c.String("state")), quiet: c.Bool("quiet"), key: key})
+				o := applyOptions{files: []string{"-"}, target: to, snapback: c.String("snapback"),
+					force: c.Bool("force"), state: stateFilePath(c.String("state")), quiet: c.Bool("quiet"), key: key}
+				if c.Bool("resumable") {
+					o.checkpoint = c.Int64("checkpoint-mib") << 20
+				}
+				return runApply(c.Context, e, o)
 			case store == "":
 				return usageError{msg: "receive: give --store DIR or --to TARGET"}
 			}
 			return runReceive(c.Context, e, store, c.Bool("quiet"), unlocker(e, c))
 		},
 	}
+}
+
+// runResumeToken prints the token of the interrupted transfer to target
+// that its state records.
+func runResumeToken(e *env, target, state string) error {
+	t, err := restore.OpenTarget(target, restore.TargetOptions{NoCreate: true})
+	if err != nil {
+		return fmt.Errorf("receive: %w", err)
+	}
+	defer t.Close()
+	id, err := t.Identity()
+	if err != nil {
+		return fmt.Errorf("receive: %w", err)
+	}
+	st, err := (&stateFile{path: state, id: id}).load()
+	if err != nil {
+		return fmt.Errorf("receive: %w", err)
+	}
+	tok, ok := tokenOf(st)
+	if !ok {
+		why := "no transfer to it was interrupted"
+		if st.InProgress != nil {
+			why = "the interrupted apply recorded no progress (it was not received with --resumable, or was cut before its first checkpoint): send it whole again"
+		}
+		return fmt.Errorf("receive: %s holds no transfer to resume: %s: %w", target, why, restore.ErrResume)
+	}
+	_, err = fmt.Fprintln(e.stdout, tok)
+	return err
 }
 
 // laterWriter holds what is written to it until it learns where it goes:
@@ -107,6 +155,10 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool, unlock func
 	}
 	if err != nil {
 		return fmt.Errorf("receive: standard input: %w", err)
+	}
+	if h.IsResumed() {
+		return fmt.Errorf("receive: standard input is the rest of an interrupted transfer of %s, from byte %d, not a snapshot: %w; a store keeps whole files: send it again without --resume",
+			h.Snapshot.Describe(), h.ResumeFrom, archive.ErrNotChain)
 	}
 	if err := catalog.ValidVolumeName(h.VolumeName); err != nil {
 		return fmt.Errorf("receive: the stream names its volume %+q, which thinback does not record as a volume name (%v): send it again with --volume NAME", h.VolumeName, err)

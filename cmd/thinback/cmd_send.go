@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"syscall"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/cmd/internal/backup"
 	"github.com/thinback/thinback/cmd/internal/printable"
+	"github.com/thinback/thinback/cmd/internal/remote"
 	"github.com/thinback/thinback/lvmthin"
 	"github.com/thinback/thinback/restore"
 	"github.com/urfave/cli/v2"
@@ -37,7 +39,13 @@ func sendCommand(e *env) *cli.Command {
 			"With --store S (an encrypted store: its key is unlocked as every command does) or\n" +
 			"--key-file F (the key file's own key, without a store), the delta file is encrypted:\n" +
 			"receive --store S, or receive --to / apply with the same --key-file, read it. Without\n" +
-			"them it is written in the clear.",
+			"them it is written in the clear.\n\n" +
+			sendToHelp + "\n\n" +
+			"With --resume TOKEN (printed by receive --resumable when a stream was cut, or by\n" +
+			"receive --to TARGET --resume-token), writes only the rest of that transfer: the records\n" +
+			"from the byte the receiver had made durable, read from there on. The token must name\n" +
+			"the snapshot and base this send writes; the receiving target takes the rest only\n" +
+			"where its state says that transfer was interrupted.",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "base", Usage: "send only what changed since this older snapshot (thin, or classic) of the same volume (VG/SNAP)"},
 			&cli.BoolFlag{Name: "release-stale-metadata-snap", Usage: releaseStaleUsage},
@@ -49,9 +57,11 @@ func sendCommand(e *env) *cli.Command {
 			&cli.StringFlag{Name: "volume", Usage: "volume name recorded in the file (default: the image's file name)"},
 			&cli.StringFlag{Name: "volume-uuid", Usage: "volume identity recorded in the file, checked by apply"},
 			&cli.Int64Flag{Name: "block-size", Value: archive.DefaultBlockSize, Usage: "block size in bytes for images (a multiple of 4096)"},
+			&cli.StringFlag{Name: "resume", Usage: "write only the rest of the interrupted transfer this token names (see receive --resumable)"},
 			levelFlag,
 			quietFlag,
 			sendStoreFlag,
+			sendToFlag, sendSnapbackFlag, sendForceFlag, rshFlag, remoteThinbackFlag,
 		}, keyFlags...),
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 0, 1, "give VG/SNAP or --file IMAGE")
@@ -86,8 +96,18 @@ func sendCommand(e *env) *cli.Command {
 			if len(a) == 1 {
 				o.snap = a[0]
 			}
+			if tok := c.String("resume"); tok != "" {
+				t, err := parseResumeToken(tok)
+				if err != nil {
+					return err
+				}
+				o.resume = &t
+			}
 			o.base = c.String("base")
 			o.key = fileUnlocker(e, c)
+			if err := sendToArgs(e, c, &o); err != nil {
+				return err
+			}
 			return runSend(c.Context, e, o)
 		},
 	}
@@ -103,9 +123,17 @@ type sendOptions struct {
 	quiet                  bool
 	releaseStale           bool
 	discovery              lvmthin.Discovery
+	// resume, if set, makes the file the rest of the transfer it names.
+	resume *resumeToken
 	// key returns the key to encrypt under (fileKey): nil for a file in
 	// the clear.
 	key func(context.Context) (*archive.Key, error)
+	// to, with snapback and force, is send --to: where receive --to runs
+	// with the stream, reached with remote.
+	to       string
+	snapback string
+	force    bool
+	remote   remote.Options
 }
 
 // sendStoreFlag is send's --store: only where the key comes from. Unlike
@@ -141,10 +169,21 @@ func runSend(ctx context.Context, e *env, o sendOptions) error {
 		return usageOf(fmt.Errorf("send: %w", err))
 	}
 	defer out.Close()
-	st, err := sendTo(ctx, e, sendToOptions{
+	if o.resume != nil {
+		if err := resumeHeader(out.Header, *o.resume); err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+	}
+	so := sendToOptions{
 		out: o.out, header: out.Header, src: out.Source, level: o.level, key: key,
 		progress: out.Progress, countWrites: out.CountWrites, guards: out.Guards,
-	})
+	}
+	var st sendStats
+	if o.to != "" {
+		st, err = sendRemote(ctx, e, o, so)
+	} else {
+		st, err = sendTo(ctx, e, so)
+	}
 	out.Progress.Done()
 	if err != nil {
 		return err
@@ -183,14 +222,20 @@ type sendToOptions struct {
 	// guards are what the delta is read from, which standard output must
 	// not be or hold.
 	guards []restore.Guard
+	// to, when set, is where the delta goes instead of out: the agent of
+	// send --to, named toName in messages.
+	to     io.Writer
+	toName string
 }
 
 // sendTo writes a delta file of so.src with header so.header to so.out.
 func sendTo(ctx context.Context, e *env, so sendToOptions) (st sendStats, err error) {
 	start := time.Now()
 	out, h := so.out, so.header
-	o, err := createOutput(e, out, so.guards)
-	if err != nil {
+	var o *output
+	if so.to != nil {
+		out, o = so.toName, &output{w: so.to, name: so.toName}
+	} else if o, err = createOutput(e, out, so.guards); err != nil {
 		return sendStats{}, fmt.Errorf("send: %w", err)
 	}
 	defer func() {
@@ -239,6 +284,9 @@ func sendSummary(h *archive.Header, st sendStats) string {
 	kind := "full"
 	if !h.IsFull() {
 		kind = "incremental from " + h.Parent.Name
+	}
+	if h.IsResumed() {
+		kind += fmt.Sprintf(", resumed from byte %d", h.ResumeFrom)
 	}
 	t := st.trailer
 	ratio := "-"

@@ -11,6 +11,8 @@ import (
 	"github.com/thinback/thinback/catalog/s3"
 	"github.com/thinback/thinback/catalog/s3store"
 	"github.com/thinback/thinback/cmd/internal/record"
+	"github.com/thinback/thinback/cmd/internal/remote"
+	"github.com/thinback/thinback/cmd/internal/replica"
 	"github.com/thinback/thinback/cmd/internal/rollback"
 	"github.com/thinback/thinback/cmd/internal/secret"
 	"github.com/thinback/thinback/lvmthin"
@@ -38,6 +40,7 @@ const (
 	exitStore       = 12 // an S3 store refused us: credentials, access, bucket, clock, certificate, no conditional writes
 	exitUnavailable = 13 // an S3 store could not be reached or kept failing (throttled, dropped connections): try again later
 	exitKey         = 14 // an encrypted store or file: wrong passphrase or key, or none given
+	exitRemote      = 15 // the other host: not reached, refused by ssh, no thinback there or an incompatible one
 	exitInterrupted = 130
 )
 
@@ -53,7 +56,9 @@ const exitCodesHelp = `EXIT CODES:
    4    a delta file needs a newer thinback
    5    the files do not apply to the target: wrong base snapshot, not a
         chain, another volume, an earlier apply was interrupted, or the
-        target was replaced or written to since its last apply; or backup
+        target was replaced or written to since its last apply; the rest
+        of a transfer (send --resume) for a target that holds no such
+        interrupted transfer, or a token of another snapshot; or backup
         into an encrypted store rolled back (older than this host last
         saw it) or whose key slots are gone (see --allow-rollback)
    6    the target is too small, read-only, in use, not a file or device,
@@ -79,6 +84,11 @@ const exitCodesHelp = `EXIT CODES:
         recovery identity given opens none of its key slots, or is not
         the key its files are under, or none was given; or a key was
         given for a store that has no key slots
+   15   the other host (send --to HOST:PATH, and the commands that
+        reach a host over ssh) could not be reached or refused: ssh
+        failed or refused its host key, it has no thinback (see
+        --remote-thinback) or one of another protocol version, or
+        something else answered there
    130  interrupted (SIGINT or SIGTERM); nothing is left half-done that
         the next run does not finish or clean up
 `
@@ -166,13 +176,17 @@ var exitCodes = []struct {
 	{restore.ErrBlockSize, exitChain},
 	{restore.ErrVolumeMismatch, exitChain},
 	{restore.ErrInterrupted, exitChain},
+	{restore.ErrResume, exitChain}, // a resumed stream for a target that holds no such transfer
+	{errResumeToken, exitChain},    // send --resume with the token of another transfer
 	{restore.ErrModified, exitChain},
+	{lvmthin.ErrModified, exitChain},      // a replica written to since its snapshot
 	{catalog.ErrMissingParent, exitChain}, // an incremental whose parent is not in the store
 	{catalog.ErrParentVolume, exitChain},
 	{catalog.ErrParentOrder, exitChain},
 	{catalog.ErrParentSize, exitChain}, // restoring it would leave stale data
 	{rollback.ErrRollback, exitChain},  // the store's chain is older than this host saw it
 	{restore.ErrTargetTooSmall, exitTarget},
+	{lvmthin.ErrOpen, exitTarget}, // a replica target in use, refused a rollback
 	{restore.ErrTargetReadOnly, exitTarget},
 	{restore.ErrTargetBusy, exitTarget},
 	{restore.ErrTargetKind, exitTarget},
@@ -216,6 +230,19 @@ var exitCodes = []struct {
 	{s3.ErrChanged, exitError},
 	{s3.ErrTooLarge, exitError},
 	{s3.ErrInvalidName, exitError},
+
+	// The other host, over ssh.
+	{remote.ErrNoRemote, exitRemote},
+	{remote.ErrVersion, exitRemote},
+	{remote.ErrHostKey, exitRemote},
+	{remote.ErrSSH, exitRemote},
+	{remote.ErrProtocol, exitRemote},
+	{remote.ErrDest, exitUsage},
+	{remote.ErrArg, exitUsage},
+	// replicate's own protocol, on top of the transport's: an
+	// incompatible thinback on the other host, as for the handshake.
+	{replica.ErrProtocol, exitRemote},
+	{replica.ErrMissing, exitLVM}, // a replica target LV not there, without --create
 
 	// Stores and catalogs.
 	{catalog.ErrLocked, exitLocked},
@@ -262,9 +289,16 @@ var exitCodes = []struct {
 // decided.
 func exitCode(err error) int {
 	var ue usageError
+	var re *remoteError
 	switch {
 	case err == nil:
 		return exitOK
+	case errors.As(err, &re):
+		// What the command exited with on the other host.
+		if re.code > 0 && re.code < 256 {
+			return re.code
+		}
+		return exitError
 	case errors.As(err, &ue):
 		return exitUsage
 	case errors.Is(err, context.Canceled):

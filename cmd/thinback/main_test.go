@@ -17,6 +17,7 @@ func TestMain(m *testing.M) {
 	}
 	testscript.Main(m, map[string]func(){
 		"thinback": func() { os.Exit(Main(os.Args)) },
+		"cutssh":   func() { os.Exit(cutSSH(os.Args[1:])) },
 	})
 }
 
@@ -50,6 +51,7 @@ func scriptCmds() map[string]func(ts *testscript.TestScript, neg bool, args []st
 		"flipbyte":    cmdFlipbyte,
 		"cut":         cmdCut,
 		"lvsha":       cmdLvsha,
+		"startsshd":   cmdStartsshd,
 		"scribbledev": cmdScribbledev,
 		"mbr":         cmdMbr,
 		"fsround":     cmdFsround,

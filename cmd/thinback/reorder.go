@@ -25,8 +25,8 @@ func interspersed(app *cli.App, args []string) []string {
 			}
 		}
 	}
-	if cmd == nil {
-		return args
+	if cmd == nil || cmd.SkipFlagParsing {
+		return args // the agent: its arguments are its service's, in order
 	}
 	// Descend into subcommands ("catalog rebuild").
 	for i < len(args) && len(cmd.Subcommands) > 0 && !strings.HasPrefix(args[i], "-") {

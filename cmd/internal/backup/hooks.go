@@ -33,3 +33,14 @@ func (hk hooks) run(ctx context.Context, which, command string) error {
 	}
 	return nil
 }
+
+// RunHook runs the --pre or --post command (which) of a command that takes
+// snapshots itself, as a backup runs them: with sh, its output to out,
+// vars added to its environment.
+func RunHook(ctx context.Context, out io.Writer, which, command string, vars map[string]string) error {
+	v := map[string]string{}
+	for k, x := range vars {
+		v[k] = x
+	}
+	return hooks{out: out, vars: v}.run(ctx, which, command)
+}

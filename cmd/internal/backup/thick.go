@@ -314,3 +314,25 @@ func BytesHuman(n int64) string {
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
+
+// ClassicSnapshotSize is the size of a new classic snapshot's
+// copy-on-write store of origin, from --snapshot-size (spec, "" for the
+// default share of the LV), as backup sizes it: refused with
+// lvmthin.ErrNoSpace when the volume group has not that much free.
+func ClassicSnapshotSize(ctx context.Context, origin *lvmthin.LV, spec string) (int64, error) {
+	want, err := parseSnapshotSize(spec, origin.Size)
+	if err != nil {
+		return 0, err
+	}
+	vg, err := lvmthin.GetVG(ctx, origin.VG)
+	if err != nil {
+		return 0, err
+	}
+	size := classicStoreSize(want, origin.Size, vg.ExtentSize)
+	if size > vg.Free {
+		return 0, fmt.Errorf("%s: the snapshot's copy-on-write store needs %s but volume group %s has %s free: "+
+			"give a smaller --snapshot-size, or extend the VG (vgextend): %w",
+			origin.FullName(), BytesHuman(size), vg.Name, BytesHuman(vg.Free), lvmthin.ErrNoSpace)
+	}
+	return size, nil
+}

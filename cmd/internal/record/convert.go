@@ -115,7 +115,8 @@ func OfTarget(id restore.Identity, path string, st restore.State) catalog.Target
 	if m := st.InProgress; m != nil {
 		t.InProgress = &catalog.Mark{Snapshot: ID(m.Snapshot), Parent: ID(m.Parent),
 			UndoSnapshot: ID(m.Undo), Files: m.Files, Started: m.Started,
-			WroteFrom: m.WroteFrom, WroteTo: m.WroteTo, Stopped: m.Stopped}
+			WroteFrom: m.WroteFrom, WroteTo: m.WroteTo, Stopped: m.Stopped,
+			Done: m.Done, VolumeSize: m.Size}
 	}
 	return t
 }
@@ -142,7 +143,8 @@ func TargetState(t catalog.Target) (restore.State, error) {
 		st.FileStat = &restore.FileStat{Size: fs.Size, Mtime: fs.MtimeNs, Ctime: fs.CtimeNs, Dev: fs.Dev, Ino: fs.Ino}
 	}
 	if m := t.InProgress; m != nil {
-		st.InProgress = &restore.Mark{Files: m.Files, Started: m.Started, WroteFrom: m.WroteFrom, WroteTo: m.WroteTo, Stopped: m.Stopped}
+		st.InProgress = &restore.Mark{Files: m.Files, Started: m.Started, WroteFrom: m.WroteFrom, WroteTo: m.WroteTo, Stopped: m.Stopped,
+			Done: m.Done, Size: m.VolumeSize}
 		for _, p := range []struct {
 			dst *archive.ID
 			s   string

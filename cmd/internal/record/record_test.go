@@ -203,7 +203,7 @@ func TestTargetRoundTrip(t *testing.T) {
 		Snapshot:    archive.Snapshot{ID: archive.NewID(), Name: "s", Time: now},
 		Fingerprint: &restore.Fingerprint{Size: 1 << 20, BlockSize: 4096, Samples: []restore.Sample{{Offset: 8192, Digest: archive.Digest{1, 2, 3}}}},
 		FileStat:    &restore.FileStat{Size: 1 << 20, Mtime: 5, Ctime: 6, Dev: 7, Ino: 8},
-		InProgress:  &restore.Mark{Snapshot: archive.NewID(), Parent: archive.NewID(), Files: []string{"a", "b"}, Started: now, WroteFrom: 1, WroteTo: 2, Stopped: "why"},
+		InProgress:  &restore.Mark{Snapshot: archive.NewID(), Parent: archive.NewID(), Files: []string{"a", "b"}, Started: now, WroteFrom: 1, WroteTo: 2, Stopped: "why", Done: 1 << 19, Size: 1 << 20},
 	}
 	rec := OfTarget(restore.Identity{Key: "/img", Dev: 7, Ino: 8}, "/img", st)
 	back, err := TargetState(rec)
