@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -81,18 +82,20 @@ func ReplicaSource(lv *LV) (src archive.ID, ok bool) {
 func ReplicaPrefix(target string) string { return target + ".thinback." }
 
 // ReplicaSnapshotName names a new replica snapshot of target taken at now:
-// TARGET.thinback.<UTC time>, as backup names its snapshots, with a counter
-// when an LV of that name exists (two within one second). existing are
-// the volume group's LVs (Report.LVs).
+// TARGET.thinback.<UTC time>, as backup names its snapshots (SnapshotName).
+// existing are the volume group's LVs (Report.LVs).
 func ReplicaSnapshotName(target string, existing []*LV, now time.Time) string {
+	return SnapshotName(ReplicaPrefix(target), existing, now)
+}
+
+// SnapshotName names a new snapshot taken at now: prefix and the UTC time
+// (20060102T150405Z), with a counter when one of existing already has that
+// name (two within one second). Every snapshot thinback takes is named so.
+func SnapshotName(prefix string, existing []*LV, now time.Time) string {
 	stamp := now.UTC().Format("20060102T150405Z")
-	name := ReplicaPrefix(target) + stamp
-	taken := map[string]bool{}
-	for _, lv := range existing {
-		taken[lv.Name] = true
-	}
-	for i := 1; taken[name]; i++ {
-		name = ReplicaPrefix(target) + stamp + "." + strconv.Itoa(i)
+	name := prefix + stamp
+	for i := 1; slices.ContainsFunc(existing, func(lv *LV) bool { return lv.Name == name }); i++ {
+		name = prefix + stamp + "." + strconv.Itoa(i)
 	}
 	return name
 }

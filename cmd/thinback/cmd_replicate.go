@@ -252,10 +252,11 @@ type replicaSource struct {
 
 func (s *replicaSource) prefix() string { return s.origin.Name + replicaSnapshotInfix }
 
-// local is the snapshot lv as the replica package knows it: its id is
-// the one backup gives the LV's state (derived from its UUID).
+// local is the snapshot lv as the replica package knows it: the id,
+// name and time backup's delta headers give the LV's state.
 func local(lv *lvmthin.LV) replica.Local {
-	return replica.Local{ID: archive.DeriveID("lvm", lv.UUID), Name: lv.FullName().String(), Time: lv.Time.UTC()}
+	s := backup.LVSnapshot(lv)
+	return replica.Local{ID: s.ID, Name: s.Name, Time: s.Time}
 }
 
 func (s *replicaSource) Snapshots(ctx context.Context) ([]replica.Local, error) {
@@ -290,7 +291,7 @@ func (s *replicaSource) Take(ctx context.Context) (replica.Local, error) {
 	for _, lv := range s.lvs {
 		existing = append(existing, lv)
 	}
-	name := s.snapshotName(existing, time.Now())
+	name := lvmthin.SnapshotName(s.prefix(), existing, time.Now())
 	vars := map[string]string{"THINBACK_VOLUME": s.origin.FullName().String(), "THINBACK_SOURCE": s.origin.FullName().String(),
 		"THINBACK_SNAPSHOT": s.origin.VG + "/" + name}
 	if err := backup.RunHook(ctx, s.e.stderr, "pre", s.o.pre, vars); err != nil {
@@ -318,17 +319,6 @@ func (s *replicaSource) Take(ctx context.Context) (replica.Local, error) {
 	l := local(snap)
 	s.lvs[l.ID] = snap
 	return l, nil
-}
-
-// snapshotName names a new snapshot LV.replica.<UTC time>, with a
-// counter when an LV of that name exists (two runs within one second).
-func (s *replicaSource) snapshotName(existing []*lvmthin.LV, now time.Time) string {
-	stamp := now.UTC().Format("20060102T150405Z")
-	name := s.prefix() + stamp
-	for i := 1; slices.ContainsFunc(existing, func(lv *lvmthin.LV) bool { return lv.Name == name }); i++ {
-		name = s.prefix() + stamp + "." + strconv.Itoa(i)
-	}
-	return name
 }
 
 func (s *replicaSource) Open(ctx context.Context, snap replica.Local, base *replica.Local, from int64) (*backup.Outgoing, error) {

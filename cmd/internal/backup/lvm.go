@@ -53,10 +53,10 @@ func ThinBlockSize(chunk int64) int64 {
 	return archive.DefaultBlockSize
 }
 
-// lvSnapshot names a snapshot LV's state: its ID is derived from the
+// LVSnapshot names a snapshot LV's state: its ID is derived from the
 // LV's UUID, so a full and a later incremental made from the same LV, on
 // any host, agree on it.
-func lvSnapshot(lv *lvmthin.LV) archive.Snapshot {
+func LVSnapshot(lv *lvmthin.LV) archive.Snapshot {
 	return archive.Snapshot{ID: archive.DeriveID("lvm", lv.UUID), Name: lv.FullName().String(), Time: lv.Time.UTC()}
 }
 
@@ -66,7 +66,7 @@ func ThinHeader(snap, base, origin *lvmthin.LV) *archive.Header {
 	h := &archive.Header{
 		BlockSize: ThinBlockSize(snap.ChunkSize), Codec: archive.CodecZstd, Hash: archive.HashBLAKE3,
 		VolumeName: snap.FullName().String(), VolumeSize: snap.Size,
-		Snapshot: lvSnapshot(snap),
+		Snapshot: LVSnapshot(snap),
 	}
 	h.SetAttr(archive.AttrLVMVG, snap.VG)
 	h.SetAttr(archive.AttrLVMKind, archive.LVMKindThin)
@@ -82,7 +82,7 @@ func ThinHeader(snap, base, origin *lvmthin.LV) *archive.Header {
 	h.SetAttr(archive.AttrLVMLVTime, snap.Time.UTC().Format(time.RFC3339))
 	h.SetAttr(archive.AttrLVMChunkSize, strconv.FormatInt(snap.ChunkSize, 10))
 	if base != nil {
-		h.Parent, h.ParentSize = lvSnapshot(base), base.Size
+		h.Parent, h.ParentSize = LVSnapshot(base), base.Size
 		h.SetAttr(archive.AttrLVMParentLV, base.Name)
 		h.SetAttr(archive.AttrLVMParentUUID, base.UUID)
 		h.SetAttr(archive.AttrLVMParentThinID, strconv.FormatUint(uint64(base.ThinID), 10))
@@ -97,7 +97,7 @@ func ClassicHeader(snap, base, origin *lvmthin.LV, size int64) *archive.Header {
 	h := &archive.Header{
 		BlockSize: archive.DefaultBlockSize, Codec: archive.CodecZstd, Hash: archive.HashBLAKE3,
 		VolumeName: snap.VG + "/" + snap.Origin, VolumeSize: size,
-		Snapshot: lvSnapshot(snap),
+		Snapshot: LVSnapshot(snap),
 	}
 	h.SetAttr(archive.AttrLVMVG, snap.VG)
 	h.SetAttr(archive.AttrLVMKind, archive.LVMKindThick)
@@ -111,7 +111,7 @@ func ClassicHeader(snap, base, origin *lvmthin.LV, size int64) *archive.Header {
 	h.SetAttr(archive.AttrLVMLVTime, snap.Time.UTC().Format(time.RFC3339))
 	h.SetAttr(archive.AttrLVMChunkSize, strconv.FormatInt(snap.ChunkSize, 10))
 	if base != nil {
-		h.Parent, h.ParentSize = lvSnapshot(base), size
+		h.Parent, h.ParentSize = LVSnapshot(base), size
 		h.SetAttr(archive.AttrLVMParentLV, base.Name)
 		h.SetAttr(archive.AttrLVMParentUUID, base.UUID)
 	}

@@ -27,22 +27,6 @@ func isOurSnapshot(lv, origin *lvmthin.LV) bool {
 	return lv.Origin == origin.Name && strings.HasPrefix(lv.Name, snapshotPrefix(origin)) && !lvmthin.HasReplicaTag(lv)
 }
 
-// snapshotName names a new snapshot of origin taken at now:
-// LV.thinback.<UTC time>, with a counter when an LV of that name exists
-// (two runs within one second).
-func snapshotName(origin *lvmthin.LV, existing []*lvmthin.LV, now time.Time) string {
-	stamp := now.UTC().Format("20060102T150405Z")
-	name := snapshotPrefix(origin) + stamp
-	taken := map[string]bool{}
-	for _, lv := range existing {
-		taken[lv.Name] = true
-	}
-	for i := 1; taken[name]; i++ {
-		name = fmt.Sprintf("%s%s.%d", snapshotPrefix(origin), stamp, i)
-	}
-	return name
-}
-
 // NewestBase finds the base of the next incremental of volume name: the
 // newest recorded snapshot whose LV is among existing (matched by UUID).
 // It returns nil when there is none (a full), and notes saying why the
@@ -171,7 +155,7 @@ func (l *lvSource) chooseBase(s catalog.Repository, key *archive.Key, v catalog.
 // NextSnapshot implements Source: LV.thinback.<UTC time>.
 func (l *lvSource) NextSnapshot() string {
 	if l.lvName == "" {
-		l.lvName = snapshotName(l.origin, l.existing, time.Now())
+		l.lvName = lvmthin.SnapshotName(snapshotPrefix(l.origin), l.existing, time.Now())
 	}
 	return l.origin.VG + "/" + l.lvName
 }
