@@ -92,10 +92,11 @@ func ParseSnapshotStatus(line string) (*SnapshotStatus, error) {
 	return st, nil
 }
 
-// GetSnapshotStatus runs `dmsetup status <vg>-<snap>` for a classic
-// snapshot. It must be active (ErrNotFound otherwise).
+// GetSnapshotStatus asks device-mapper for the status of <vg>-<snap>, a
+// classic snapshot (`dmsetup status`, through the ioctl unless
+// THINBACK_DM=dmsetup). It must be active (ErrNotFound otherwise).
 func GetSnapshotStatus(ctx context.Context, snap Name) (*SnapshotStatus, error) {
-	out, err := run(ctx, nil, programs.dmsetup, "status", snap.DMName())
+	out, err := dmStatus(ctx, snap.DMName())
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			return nil, fmt.Errorf("status of snapshot %s (it must be active): %w", snap, err)

@@ -18,13 +18,17 @@ import (
 // (see CountCommands) and the time they took, so that a run can say what
 // its fixed cost in LVM is.
 type CommandStats struct {
-	LVM     int           // lvs, lvcreate, lvchange, lvremove, lvrename
-	DMSetup int           // dmsetup status and messages
-	Tools   int           // thin_delta, thin_dump
-	LVMTime time.Duration // wall time of the LVM and dmsetup commands
+	LVM     int // lvs, lvcreate, lvchange, lvremove, lvrename
+	DMSetup int // dmsetup status and messages (with THINBACK_DM=dmsetup)
+	// DMIoctls count the device-mapper ioctls (status, table, messages)
+	// asked in place of dmsetup commands.
+	DMIoctls int
+	Tools    int           // thin_delta, thin_dump
+	LVMTime  time.Duration // wall time of the LVM and dmsetup commands and dm ioctls
 	// ToolsTime is the wall time of the thin tools.
 	ToolsTime time.Duration
-	// ByProgram counts each program, e.g. {"lvs": 2, "dmsetup": 5}.
+	// ByProgram counts each program, e.g. {"lvs": 2, "dmsetup": 5}, and
+	// the ioctls as "dm-ioctl".
 	ByProgram map[string]int
 }
 
@@ -68,6 +72,9 @@ func count(ctx context.Context, prog string, took time.Duration) {
 		c.s.ToolsTime += took
 	case programs.dmsetup:
 		c.s.DMSetup++
+		c.s.LVMTime += took
+	case ioctlName:
+		c.s.DMIoctls++
 		c.s.LVMTime += took
 	default:
 		c.s.LVM++

@@ -116,8 +116,9 @@ func reserveMetadataSnap(ctx context.Context, pool Name, opts ReserveOptions, ow
 	}
 	m.reserved = time.Now()
 	// Never interrupted: dmsetup killed after the ioctl would leave us
-	// not knowing whether we hold a snapshot. It takes milliseconds.
-	if _, err := run(context.WithoutCancel(ctx), nil, programs.dmsetup, "message", poolDMName(pool), "0", "reserve_metadata_snap"); err != nil {
+	// not knowing whether we hold a snapshot. It takes milliseconds, the
+	// ioctl microseconds.
+	if err := dmMessage(context.WithoutCancel(ctx), poolDMName(pool), "reserve_metadata_snap"); err != nil {
 		defer m.finish()
 		switch {
 		case errors.Is(err, ErrMetadataSnapBusy):
@@ -178,8 +179,8 @@ func (m *MetadataSnap) Held() time.Duration {
 	return time.Since(m.reserved)
 }
 
-// Release releases the metadata snapshot and the pool's lock. It runs the
-// dmsetup command on a fresh context with a timeout, so a cancelled caller
+// Release releases the metadata snapshot and the pool's lock. It sends
+// the message on a fresh context with a timeout, so a cancelled caller
 // context (a signal) does not stop it. It is safe to call more than once;
 // later calls return the first result.
 func (m *MetadataSnap) Release() error {
@@ -226,8 +227,7 @@ func (m *MetadataSnap) releaseHeld() error {
 }
 
 func releaseMessage(ctx context.Context, pool Name) error {
-	_, err := run(ctx, nil, programs.dmsetup, "message", poolDMName(pool), "0", "release_metadata_snap")
-	return err
+	return dmMessage(ctx, poolDMName(pool), "release_metadata_snap")
 }
 
 // ReleaseStale releases a metadata snapshot held by the pool that no

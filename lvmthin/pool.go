@@ -147,10 +147,12 @@ func poolDMName(pool Name) string { return DMName(pool.VG, pool.LV, "tpool") }
 // hidden LV <pool>_tmeta, which thin_delta and thin_dump read.
 func MetadataDevice(pool Name) string { return "/dev/mapper/" + DMName(pool.VG, pool.LV+"_tmeta", "") }
 
-// GetPoolStatus runs `dmsetup status <vg>-<pool>-tpool`. The pool must be
-// active (some thin volume of it active); ErrNotFound otherwise.
+// GetPoolStatus asks device-mapper for the status of <vg>-<pool>-tpool
+// (`dmsetup status`, through the ioctl unless THINBACK_DM=dmsetup). The
+// pool must be active (some thin volume of it active); ErrNotFound
+// otherwise.
 func GetPoolStatus(ctx context.Context, pool Name) (*PoolStatus, error) {
-	out, err := run(ctx, nil, programs.dmsetup, "status", poolDMName(pool))
+	out, err := dmStatus(ctx, poolDMName(pool))
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			return nil, fmt.Errorf("status of thin pool %s (it must be active): %w", pool, err)

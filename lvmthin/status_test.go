@@ -6,7 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/thinback/thinback/lvmthin/internal/dmioctl"
 )
 
 // TestStatusSaysActiveOnlyWhenMissing: "it must be active" is said of a
@@ -18,6 +21,7 @@ func TestStatusSaysActiveOnlyWhenMissing(t *testing.T) {
 	if err := os.WriteFile(script, []byte("#!/bin/sh\necho 'Device does not exist.' >&2\nexit 1\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	t.Setenv(DMEnv, "dmsetup")
 	old := programs.dmsetup
 	programs.dmsetup = script
 	t.Cleanup(func() { programs.dmsetup = old })
@@ -42,6 +46,41 @@ func TestStatusSaysActiveOnlyWhenMissing(t *testing.T) {
 		err = query(cancelled)
 		if err == nil || errors.Is(err, ErrNotFound) || strings.Contains(err.Error(), "must be active") {
 			t.Errorf("%s status cut short: %v, want the interruption without 'must be active'", what, err)
+		}
+	}
+}
+
+// TestDMIoctlErrors: an ioctl's errno means what dmsetup's message for
+// it means (see classify), and the error still names the device.
+func TestDMIoctlErrors(t *testing.T) {
+	tests := []struct {
+		msg   string
+		errno syscall.Errno
+		want  error
+	}{
+		{"", syscall.ENXIO, ErrNotFound},
+		{"reserve_metadata_snap", syscall.ENXIO, ErrNotFound},
+		{"reserve_metadata_snap", syscall.EBUSY, ErrMetadataSnapBusy},
+		{"release_metadata_snap", syscall.EINVAL, errNoMetadataSnap},
+		{"reserve_metadata_snap", syscall.EOPNOTSUPP, errMessageRefused},
+		{"release_metadata_snap", syscall.EBUSY, nil},
+		{"reserve_metadata_snap", syscall.EINVAL, nil},
+		{"", syscall.EPERM, nil},
+	}
+	for _, tc := range tests {
+		what := tc.msg
+		if what == "" {
+			what = "status"
+		}
+		op := &dmioctl.Error{Op: "DM_TARGET_MSG", Device: "vg0-pool-tpool", What: what, Err: tc.errno}
+		err := dmIoctlError(op, tc.msg)
+		for _, s := range []error{ErrNotFound, ErrMetadataSnapBusy, errNoMetadataSnap, errMessageRefused} {
+			if errors.Is(err, s) != (s == tc.want) {
+				t.Errorf("%s, %v: errors.Is(%v) = %v", what, tc.errno, s, !(s == tc.want))
+			}
+		}
+		if !errors.Is(err, tc.errno) || !strings.Contains(err.Error(), "on vg0-pool-tpool") {
+			t.Errorf("%s, %v: %v does not name the device or unwrap to the errno", what, tc.errno, err)
 		}
 	}
 }

@@ -186,7 +186,7 @@ func runBackup(ctx context.Context, e *env, o backupOptions) error {
 			res.Seconds = time.Since(start).Seconds()
 			if commands != nil {
 				cs := commands()
-				res.LVMCommands, res.DMSetupCommands, res.LVMSeconds = cs.LVM, cs.DMSetup, cs.LVMTime.Seconds()
+				res.LVMCommands, res.DMSetupCommands, res.DMIoctls, res.LVMSeconds = cs.LVM, cs.DMSetup, cs.DMIoctls, cs.LVMTime.Seconds()
 			}
 			reportErr = printBackup(e, o, res, commands)
 			return reportErr

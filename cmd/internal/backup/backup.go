@@ -161,9 +161,12 @@ type Result struct {
 	MetadataBytes    int64   `json:"metadata_bytes,omitempty"`
 	MetadataSnapHeld float64 `json:"metadata_snap_held_seconds,omitempty"`
 	// A thin LV's fixed cost: the LVM commands (lvs, lvcreate, lvchange,
-	// lvremove) and dmsetup commands the run started, and their time.
+	// lvremove) the run started, the device-mapper ioctls it made (or,
+	// with THINBACK_DM=dmsetup, the dmsetup commands it ran in their
+	// place), and their time.
 	LVMCommands     int      `json:"lvm_commands,omitempty"`
 	DMSetupCommands int      `json:"dmsetup_commands,omitempty"`
+	DMIoctls        int      `json:"dm_ioctls,omitempty"`
 	LVMSeconds      float64  `json:"lvm_seconds,omitempty"`
 	Pruned          []string `json:"pruned,omitempty"`
 	Notes           []string `json:"notes,omitempty"`

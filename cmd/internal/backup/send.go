@@ -113,10 +113,11 @@ func discoverySummary(ds lvmthin.DeltaStats) string {
 	return fmt.Sprintf("%s, metadata snapshot held %s", how, ds.MetadataSnapHeld.Round(time.Millisecond))
 }
 
-// LVMCost says what a run spent in LVM and device-mapper commands, for
-// the summary lines.
+// LVMCost says what a run spent in LVM commands and device-mapper
+// questions (dmsetup commands or ioctls), for the summary lines.
 func LVMCost(cs lvmthin.CommandStats) string {
-	return fmt.Sprintf("%d LVM and %d dmsetup commands in %s", cs.LVM, cs.DMSetup, cs.LVMTime.Round(time.Millisecond))
+	return fmt.Sprintf("%d LVM and %d dmsetup commands, %d dm ioctls in %s",
+		cs.LVM, cs.DMSetup, cs.DMIoctls, cs.LVMTime.Round(time.Millisecond))
 }
 
 // lvGuards are the LVs a send reads, or whose data it reads (the

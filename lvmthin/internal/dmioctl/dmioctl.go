@@ -334,6 +334,9 @@ func cString(b []byte) string {
 func ioctl(req uint, buf []byte) error {
 	fd, err := unix.Open(ControlPath, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
+		if err == unix.ENOENT {
+			return fmt.Errorf("open %s: %w (no device-mapper: load it with modprobe dm-mod)", ControlPath, err)
+		}
 		return fmt.Errorf("open %s: %w", ControlPath, err)
 	}
 	defer unix.Close(fd)
