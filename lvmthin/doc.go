@@ -9,8 +9,9 @@
 //
 // Every LVM and device-mapper operation is one function (Lookup,
 // CreateSnapshot, Activate, GetPoolStatus, ReserveMetadataSnap, ...) that
-// runs the LVM command line tool, dmsetup or a thin-provisioning-tools
-// program through one runner. A failed command gives a *CommandError with
+// runs the LVM command line tool or a thin-provisioning-tools program
+// through one runner, or asks device-mapper through its ioctls (dm.go,
+// package internal/dmioctl; dmsetup with THINBACK_DM=dmsetup). A failed command gives a *CommandError with
 // the full command line, exit status and standard error; known failures are
 // also sentinel errors (ErrNotFound, ErrNotThin, ErrMetadataSnapBusy,
 // ErrStaleMetadataSnap, ErrPoolFailed, ErrExists, ErrNoSpace, ErrOpen,
@@ -21,7 +22,8 @@
 // needs several LVs of a volume group reads it once (ListVG, a Report) and
 // passes the records on: CreateSnapshotOf, RemoveSnapshotLV and OpenDelta
 // (which trusts an active Snap) run no lvs of their own. CountCommands
-// counts the commands run under a context, and their time.
+// counts the commands and device-mapper ioctls run under a context, and
+// their time.
 //
 // OpenDelta ties it together: given a thin snapshot (and an older one as the
 // base of an incremental) it returns an archive.Source whose extents come
@@ -59,7 +61,8 @@
 // The root is the control plane, and the two ways of reading a delta:
 //
 //   - Running LVM and device-mapper: exec.go (the runner, command counts),
-//     pipe.go, name.go, lvs.go, lv.go, kind.go, vg.go, pool.go, errors.go;
+//     dm.go (device-mapper status, table and messages, by ioctl or
+//     dmsetup), pipe.go, name.go, lvs.go, lv.go, kind.go, vg.go, pool.go, errors.go;
 //     a pool's metadata snapshot and its lock: metasnap.go, poollock.go.
 //   - How thinback reads a thin pool: delta.go (OpenDelta: a thin
 //     snapshot as an archive.Source), discover.go (Discover, and the

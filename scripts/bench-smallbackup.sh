@@ -10,6 +10,8 @@
 #   thinback   thinback backup VG/LV --store DIR --json (snapshot, metadata
 #              snapshot, native discovery, send, fsync, catalog, rotation of
 #              the old snapshot, deactivation)
+#              (THINBACK_DM=dmsetup in the environment: its device-mapper
+#              questions through dmsetup processes instead of ioctls)
 #   tsr        lvcreate -s (the new snapshot), then
 #              thin_send OLD NEW | zstd -1 -T0 > FILE
 #              (the old snapshot's lvremove follows, untimed)
@@ -67,7 +69,7 @@ thinback_round() {
 	t0=$(now)
 	"$tb" backup vgsb/vol --store "$store" --json >"$dir/tb.json"
 	t1=$(now)
-	echo "thinback $(ms "$t0" "$t1") ms (its LVM commands $(field lvm_commands), dmsetup $(field dmsetup_commands), in $(field lvm_seconds) s; metadata snapshot held $(field metadata_snap_held_seconds) s; data $(field data_bytes) bytes)"
+	echo "thinback $(ms "$t0" "$t1") ms (its LVM commands $(field lvm_commands), dmsetup $(field dmsetup_commands), dm ioctls $(field dm_ioctls), in $(field lvm_seconds) s; metadata snapshot held $(field metadata_snap_held_seconds) s; data $(field data_bytes) bytes)"
 }
 tsr_round() {
 	local t0 t1
