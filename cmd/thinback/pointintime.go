@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/thinback/thinback/archive"
@@ -21,25 +20,28 @@ type readStore struct{ *pointintime.Store }
 
 // openReadStore opens the store named by --store to read points in time
 // from it. A directory is opened read-only (catalog.OpenReadOnly):
-// nothing is created, cleaned or written in it. unlock, if set, gives the
+// nothing is created, cleaned or written in it; an S3 store is opened
+// without creating it and without locks. unlock, if set, gives the
 // store's key (storeKey), asked for before anything else is read.
 func openReadStore(ctx context.Context, e *env, dir string, unlock func(context.Context, catalog.Repository) (*archive.Key, error)) (*readStore, error) {
 	if dir == "" {
 		return nil, usageError{msg: "give the backup store with --store DIR (or set THINBACK_STORE)"}
 	}
-	if s3.IsLocation(dir) {
-		// These commands read delta files in place, at random, for as
-		// long as they run; over object storage that wants a local cache
-		// of the data, which they do not have yet.
-		return nil, usageError{msg: fmt.Sprintf("%s is an S3 store: cat, mount, serve and verify --device read local stores and stores on another host (ssh://) only; restore the point in time to a file first (thinback restore VOLUME --store %s --to FILE)", dir, dir)}
-	}
 	var r catalog.Repository
 	var err error
-	if isSSHStore(dir) {
+	switch {
+	case s3.IsLocation(dir):
+		// Opened as list and restore open it, never to create: nothing
+		// is written to the bucket and no volume is locked, so a backup
+		// or prune goes on meanwhile; the local cache of the catalog is
+		// brought up to date as every reader does. The files are read by
+		// ranged GETs of the records a read needs (OpenDelta).
+		r, err = openS3Store(ctx, e, dir, false)
+	case isSSHStore(dir):
 		// Read through one connection for as long as the command runs;
 		// nothing is cleaned or written there.
 		r, err = openSSHStoreMode(ctx, e, dir, "")
-	} else {
+	default:
 		r, err = catalog.OpenReadOnly(dir)
 	}
 	if err != nil {
