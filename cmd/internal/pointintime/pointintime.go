@@ -90,6 +90,20 @@ func (s *Store) Open(pick func(*catalog.Tx) (catalog.Snapshot, error)) (*PointIn
 	return p, nil
 }
 
+// ReadAhead readies every file for one pass front to back that reads
+// most of each payload (cat): a file of a store that can fetch ahead
+// (an S3 store: several ranged GETs in flight instead of one per record)
+// does so from now on; the others read as before. Not for a reader at
+// random offsets, nor for one that reads only the records' metadata
+// (verify --device): those would fetch payloads they never use.
+func (p *PointInTime) ReadAhead() {
+	for _, f := range p.Files {
+		if ra, ok := f.(interface{ ReadAhead() }); ok {
+			ra.ReadAhead()
+		}
+	}
+}
+
 // Rewind puts every file back at its start, to read the chain again.
 func (p *PointInTime) Rewind() error {
 	for _, f := range p.Files {
