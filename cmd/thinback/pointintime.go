@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/thinback/thinback/archive"
@@ -55,6 +56,22 @@ func openReadStore(ctx context.Context, e *env, dir string, unlock func(context.
 		}
 	}
 	return &readStore{&pointintime.Store{Repository: r, Key: key}}, nil
+}
+
+// recordCacheFlag is --record-cache of mount and serve, whose cache of
+// decoded records is "of each open image" or "shared by every client".
+func recordCacheFlag(whose string) cli.Flag {
+	return &cli.Int64Flag{Name: "record-cache", Value: archive.DefaultSnapshotCache >> 20,
+		Usage: "keep up to `MIB` MiB of decoded records in memory, " + whose + " (reads of a record cached fetch nothing from the store)"}
+}
+
+// recordCache is --record-cache in bytes.
+func recordCache(c *cli.Context) (int64, error) {
+	n := c.Int64("record-cache")
+	if n < 1 || n > 1<<20 {
+		return 0, usageError{msg: fmt.Sprintf("--record-cache %d: give the MiB of decoded records to keep in memory, from 1 to 1048576 (default %d)", n, archive.DefaultSnapshotCache>>20)}
+	}
+	return n << 20, nil
 }
 
 // unlocker is storeKey with the secrets of c, for the commands that

@@ -164,3 +164,19 @@ func TestServeS3(t *testing.T) {
 		t.Logf("serve said:\n%s", s)
 	}
 }
+
+// TestRecordCacheFlag: --record-cache outside 1 MiB to 1 TiB is a usage
+// error (exit 2) naming the flag, before any store is opened.
+func TestRecordCacheFlag(t *testing.T) {
+	work := t.TempDir()
+	for _, args := range [][]string{
+		{"serve", "--store", "nosuch", "--nbd", "unix:" + filepath.Join(work, "s"), "--record-cache", "0"},
+		{"mount", "--store", "nosuch", "--record-cache", "-5", work},
+		{"mount", "--store", "nosuch", "--record-cache", "2000000", work},
+	} {
+		r := thinbackEnv(t, work, nil, args...)
+		if r.code != 2 || !strings.Contains(r.stderr, "--record-cache") {
+			t.Errorf("thinback %s: exit %d, %q; want exit 2 naming --record-cache", strings.Join(args, " "), r.code, r.stderr)
+		}
+	}
+}
