@@ -46,6 +46,11 @@ func (s *Store) OpenStream(file string) (io.ReadCloser, error) {
 	return &stream{ps: ps}, nil
 }
 
+// Refresh brings the local cache of the catalog up to date with the
+// record objects, as Open does: for a reader that lasts (mount, serve),
+// to see the backups and prunes made since it opened the store.
+func (s *Store) Refresh() error { return s.sync("") }
+
 // pieceSet is the objects of one delta file, in order.
 type pieceSet struct {
 	rs   []*s3.Reader

@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/thinback/thinback/archive"
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3"
+	"github.com/thinback/thinback/catalog/s3store"
 	"github.com/thinback/thinback/cmd/internal/pointintime"
 	"github.com/urfave/cli/v2"
 )
@@ -37,7 +39,10 @@ func openReadStore(ctx context.Context, e *env, dir string, unlock func(context.
 		// or prune goes on meanwhile; the local cache of the catalog is
 		// brought up to date as every reader does. The files are read by
 		// ranged GETs of the records a read needs (OpenDelta).
-		r, err = openS3Store(ctx, e, dir, false)
+		var st catalog.Repository
+		if st, err = openS3Store(ctx, e, dir, false); err == nil {
+			r = &refreshing{Store: st.(*s3store.Store), last: time.Now(), warn: func(err error) { warn(e, "%v (reading the catalog as it was)", err) }}
+		}
 	case isSSHStore(dir):
 		// Read through one connection for as long as the command runs;
 		// nothing is cleaned or written there.
@@ -56,6 +61,37 @@ func openReadStore(ctx context.Context, e *env, dir string, unlock func(context.
 		}
 	}
 	return &readStore{&pointintime.Store{Repository: r, Key: key}}, nil
+}
+
+// refreshEvery is how often a lasting reader of an S3 store (mount,
+// serve) brings its cache of the catalog up to date, at most: once per
+// look at the catalog, and no more often than this.
+const refreshEvery = 5 * time.Second
+
+// refreshing is an S3 store whose View first brings the local cache of
+// the catalog up to date (Refresh) if that was done more than
+// refreshEvery ago, so a mount or serve that runs for days shows the
+// backups made since and no longer offers the points pruned away. A
+// refresh that fails (the network is down) is told and the catalog read
+// as it was.
+type refreshing struct {
+	*s3store.Store
+	warn func(error)
+
+	mu   sync.Mutex
+	last time.Time
+}
+
+func (r *refreshing) View(fn func(*catalog.Tx) error) error {
+	r.mu.Lock()
+	if time.Since(r.last) >= refreshEvery {
+		if err := r.Store.Refresh(); err != nil {
+			r.warn(err)
+		}
+		r.last = time.Now()
+	}
+	r.mu.Unlock()
+	return r.Store.View(fn)
 }
 
 // recordCacheFlag is --record-cache of mount and serve, whose cache of
