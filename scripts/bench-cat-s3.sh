@@ -66,16 +66,28 @@ cmp "$img" "$W/l.img"
 cmp "$img" "$W/s.img"
 rm -f "$W/l.img" "$W/s.img"
 
-timeit() { /usr/bin/time -o "$W/time.out" -f '%e' "$@" >/dev/null 2>&1; cat "$W/time.out"; }
-tl=() ts=()
+# timeit CMD...: "WALL CPU SERVER": wall seconds, thinback's CPU seconds
+# (user + system), and versitygw's CPU seconds meanwhile (from /proc).
+gwcpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$gwpid/stat"; }
+timeit() {
+	local a b
+	a=$(gwcpu)
+	/usr/bin/time -o "$W/time.out" -f '%e %U %S' "$@" >/dev/null 2>&1
+	b=$(gwcpu)
+	awk -v a="$a" -v b="$b" '{ printf "%s %.2f %.2f\n", $1, $2 + $3, b - a }' "$W/time.out"
+}
+tl=() ts=() cl=() cs=() gs=()
 for _ in $(seq "$reps"); do
-	tl+=("$(timeit sh -c "'$TB' cat vol --quiet --store '$W/dir' -o - >/dev/null")")
-	ts+=("$(timeit sh -c "'$TB' cat vol --quiet --store '$S3' -o - >/dev/null")")
+	read -r w c _ < <(timeit "$TB" cat vol --quiet --store "$W/dir" -o -)
+	tl+=("$w") cl+=("$c")
+	read -r w c g < <(timeit "$TB" cat vol --quiet --store "$S3" -o -)
+	ts+=("$w") cs+=("$c") gs+=("$g")
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 ml=$(median "${tl[@]}")
 ms=$(median "${ts[@]}")
 rate() { awk -v b="$bytes" -v s="$1" 'BEGIN{ if (s<=0) s=0.001; printf "%.0f", b/s/1048576 }'; }
-echo "cat from a local store: ${tl[*]} s, median $ml s, $(rate "$ml") MiB/s"
-echo "cat from S3:            ${ts[*]} s, median $ms s, $(rate "$ms") MiB/s"
+echo "cat from a local store: wall ${tl[*]} s, median $ml s, $(rate "$ml") MiB/s; thinback CPU ${cl[*]} s"
+echo "cat from S3:            wall ${ts[*]} s, median $ms s, $(rate "$ms") MiB/s; thinback CPU ${cs[*]} s, versitygw CPU ${gs[*]} s"
 awk -v a="$ml" -v b="$ms" 'BEGIN{ printf "S3 / local: %.0f %%\n", 100*a/b }'
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
