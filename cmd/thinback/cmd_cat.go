@@ -142,6 +142,7 @@ func runCat(ctx context.Context, e *env, o catOptions) error {
 		return fmt.Errorf("cat: %w", err)
 	}
 	defer pit.Close()
+	pit.ReadAhead() // one pass through every file, most of each payload read
 	c, err := archive.OpenChain(pit.Inputs, archive.WithKey(s.Key))
 	if err != nil {
 		return fmt.Errorf("cat: %w", err)

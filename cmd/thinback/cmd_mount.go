@@ -40,17 +40,27 @@ func mountCommand(e *env) *cli.Command {
 			"interrupted (^C, SIGTERM), which unmounts it; if something still uses it, it says what\n" +
 			"to do and keeps serving. Everything is read-only: the mount, the files, the store.\n" +
 			"The files of a point in time are held open while it is open, so a prune meanwhile\n" +
-			"does not change what it reads (their disk space is freed when they are closed).\n" +
+			"does not change what it reads (their disk space is freed when they are closed). On an\n" +
+			"S3 store a prune deletes the objects: an image open across it reads what it has cached\n" +
+			"and gets I/O errors for the rest, never other data; open it again to read the merged\n" +
+			"file (a new mount sees the store as it is then). Each open image keeps up to\n" +
+			"--record-cache MiB of decoded records in memory (default 64), and records are\n" +
+			"fetched as reads need them (ranged GETs on S3), decoding ahead of sequential reads.\n" +
 			"An encrypted store is unlocked once, before mounting, as restore unlocks it.",
 		Flags: append([]cli.Flag{storeFlag, quietFlag,
 			&cli.BoolFlag{Name: "debug", Usage: "log every FUSE request (to standard error)"},
+			recordCacheFlag("of each open image"),
 		}, keyFlags...),
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 1, 1, "give the directory to mount the store on")
 			if err != nil {
 				return err
 			}
-			return runMount(c.Context, e, mountOptions{store: c.String("store"), mountpoint: a[0], quiet: c.Bool("quiet"), debug: c.Bool("debug"), unlock: unlocker(e, c)})
+			cache, err := recordCache(c)
+			if err != nil {
+				return err
+			}
+			return runMount(c.Context, e, mountOptions{store: c.String("store"), mountpoint: a[0], quiet: c.Bool("quiet"), debug: c.Bool("debug"), cache: cache, unlock: unlocker(e, c)})
 		},
 	}
 }
@@ -58,6 +68,7 @@ func mountCommand(e *env) *cli.Command {
 type mountOptions struct {
 	store, mountpoint string
 	quiet, debug      bool
+	cache             int64                                                           // bytes of decoded records of each open image (0: the default)
 	unlock            func(context.Context, catalog.Repository) (*archive.Key, error) // the store's key (storeKey)
 	// ready, if set, is called once the tree is mounted (tests).
 	ready func()
@@ -81,7 +92,7 @@ func runMount(ctx context.Context, e *env, o mountOptions) error {
 		defer logMu.Unlock()
 		fmt.Fprintf(e.stderr, "thinback: mount: "+format+"\n", args...)
 	}
-	m := fusefs.New(ctx, storeImages{store: s, log: logf}, logf)
+	m := fusefs.New(ctx, storeImages{store: s, log: logf, cache: o.cache}, logf)
 	var debug *log.Logger
 	if o.debug {
 		debug = newStderrLogger(e)
@@ -264,6 +275,7 @@ func mountAdvice(err error, euid int) string {
 type storeImages struct {
 	store *readStore
 	log   func(format string, args ...any)
+	cache int64 // SnapshotOptions.CacheSize
 }
 
 func (si storeImages) Volumes() ([]string, error) {
@@ -295,7 +307,7 @@ func (si storeImages) Snapshots(volume string) ([]catalog.Snapshot, error) {
 
 // Open opens the snapshot's chain, looked up again by id, and indexes it.
 func (si storeImages) Open(ctx context.Context, snap catalog.Snapshot) (fusefs.Image, error) {
-	return si.store.OpenImage(ctx, snap.ID, archive.SnapshotOptions{Log: func(msg string) { si.log("%s", msg) }})
+	return si.store.OpenImage(ctx, snap.ID, archive.SnapshotOptions{CacheSize: si.cache, Log: func(msg string) { si.log("%s", msg) }})
 }
 
 func newStderrLogger(e *env) *log.Logger {

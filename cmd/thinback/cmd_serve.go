@@ -41,7 +41,7 @@ func serveCommand(e *env) *cli.Command {
 			"and with --tls-client-ca it must show a certificate that CA signed.\n\n" +
 			"A client has --handshake-timeout to choose its export; at most --max-connections are\n" +
 			"served at once (more are closed at once). All clients share one read budget (64 MiB of\n" +
-			"reads in flight) and one cache of decoded records (64 MiB), and each point in time is\n" +
+			"reads in flight) and one cache of decoded records (--record-cache, 64 MiB), and each point in time is\n" +
 			"indexed once however many clients read it. Runs until interrupted (^C, SIGTERM).\n" +
 			"An encrypted store is unlocked once, before listening, as restore unlocks it; its\n" +
 			"clients then read decrypted volumes, so the transport's protection above matters.",
@@ -52,6 +52,7 @@ func serveCommand(e *env) *cli.Command {
 			&cli.StringFlag{Name: "tls-cert", Usage: "require TLS, with this server certificate (PEM `FILE`, with --tls-key)"},
 			&cli.StringFlag{Name: "tls-key", Usage: "the private key of --tls-cert (PEM `FILE`)"},
 			&cli.StringFlag{Name: "tls-client-ca", Usage: "require client certificates signed by this CA (PEM `FILE`; needs --tls-cert)"},
+			recordCacheFlag("shared by every client"),
 		}, keyFlags...),
 		Action: func(c *cli.Context) error {
 			if _, err := args(c, 0, 0, "serve takes no arguments"); err != nil {
@@ -64,7 +65,11 @@ func serveCommand(e *env) *cli.Command {
 			if err != nil {
 				return err
 			}
-			return runServe(c.Context, e, serveOptions{store: c.String("store"), addr: c.String("nbd"), quiet: c.Bool("quiet"), unlock: unlocker(e, c),
+			cache, err := recordCache(c)
+			if err != nil {
+				return err
+			}
+			return runServe(c.Context, e, serveOptions{store: c.String("store"), addr: c.String("nbd"), quiet: c.Bool("quiet"), cache: cache, unlock: unlocker(e, c),
 				nbd: nbd.Options{MaxConns: c.Int("max-connections"), HandshakeTimeout: c.Duration("handshake-timeout"), TLS: tlsConf}})
 		},
 	}
@@ -100,6 +105,7 @@ func serveTLS(cert, key, clientCA string) (*tls.Config, error) {
 type serveOptions struct {
 	store, addr string
 	quiet       bool
+	cache       int64 // bytes of the cache of decoded records (0: the default)
 	nbd         nbd.Options
 	unlock      func(context.Context, catalog.Repository) (*archive.Key, error) // the store's key (storeKey)
 	// started, if set, is called with the server, its exports and their
@@ -167,7 +173,7 @@ func runServe(ctx context.Context, e *env, o serveOptions) error {
 		defer logMu.Unlock()
 		fmt.Fprintf(e.stderr, "thinback: serve: "+format+"\n", args...)
 	}
-	cache := archive.NewSnapshotCache(archive.DefaultSnapshotCache)
+	cache := archive.NewSnapshotCache(o.cache)
 	defer cache.Close()
 	exports := nbd.NewShared(&storePoints{s: s, logf: logf, cache: cache}, logf)
 	defer exports.Close()

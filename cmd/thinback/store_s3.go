@@ -59,20 +59,16 @@ func addStoreFlags(e *env, cmd *cli.Command) {
 			cmd.Flags = append(cmd.Flags, f)
 		}
 	}
-	// cat, mount and serve read no S3 stores (see openReadStore).
-	pointInTime := cmd.Name == "cat" || cmd.Name == "mount" || cmd.Name == "serve"
-	if !pointInTime {
-		cmd.Flags = append(cmd.Flags, s3Flags...)
+	// cat, mount and serve only read: no lock of theirs is ever stale.
+	readOnly := cmd.Name == "cat" || cmd.Name == "mount" || cmd.Name == "serve"
+	for _, f := range s3Flags {
+		if !(readOnly && f == cli.Flag(breakStaleLockFlag)) {
+			cmd.Flags = append(cmd.Flags, f)
+		}
 	}
 	before := cmd.Before
 	cmd.Before = func(c *cli.Context) error {
 		e.ssh = remoteOptions(e, c)
-		if pointInTime {
-			if before != nil {
-				return before(c)
-			}
-			return nil
-		}
 		e.s3 = s3Config{
 			cache: c.String(cacheFlag.Name), region: c.String(s3RegionFlag.Name), lookup: c.String(s3LookupFlag.Name),
 			caFile: c.String(caCertFlag.Name), insecureTLS: c.Bool(insecureTLSFlag.Name), breakStale: c.Bool(breakStaleLockFlag.Name),
