@@ -52,6 +52,10 @@ type Options struct {
 	Warn func(msg string)
 	// Progress, if set, is called with the file bytes read as they are.
 	Progress func(n int64)
+	// After, if set, runs when a volume's copy ends without an error,
+	// with the destination volume's lock still held: retention applied
+	// to the destination (a prune needs the lock). Not in a dry run.
+	After func(ctx context.Context, volume string) error
 }
 
 // Result says what Copy did to one volume (or would do).
@@ -214,6 +218,11 @@ func Volume(ctx context.Context, src, dst catalog.Repository, name string, o Opt
 		res.Unchecked = res.Unchecked || unchecked
 	}
 	res.Seconds = time.Since(start).Seconds()
+	if o.After != nil {
+		if err := o.After(ctx, name); err != nil {
+			return res, fmt.Errorf("copy %s: %s: %w", name, dst, err)
+		}
+	}
 	return res, nil
 }
 
