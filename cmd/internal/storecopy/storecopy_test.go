@@ -193,7 +193,7 @@ func localStore(t *testing.T) *catalog.Store {
 	return s
 }
 
-func s3Store(t *testing.T, srv *s3test.Server, prefix string) catalog.Repository {
+func s3Store(t testing.TB, srv *s3test.Server, prefix string) catalog.Repository {
 	t.Helper()
 	r, err := s3store.Open(context.Background(), s3.Location{Insecure: true, Host: srv.Addr, Bucket: srv.Bucket, Prefix: prefix},
 		&s3store.Options{
