@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -447,5 +448,49 @@ func TestCopyDiverged(t *testing.T) {
 	storetest.Write(t, dst, h, make([]byte, volSize), []archive.Extent{{Offset: 0, Length: volSize, Kind: archive.KindZero}}, nil)
 	if _, err := Copy(context.Background(), src, dst, Options{}); !errors.Is(err, ErrDiverged) {
 		t.Fatalf("copy into another volume of the same name: %v, want ErrDiverged", err)
+	}
+}
+
+// A prune of the source while the copy reads it: the snapshots whose
+// files went away are left, with a warning, and the next copy takes the
+// source's new chain; the destination's chains are valid throughout.
+func TestCopyPrunedMidCopy(t *testing.T) {
+	w := newWorld(t)
+	src, dst := localStore(t), localStore(t)
+	const name = "vg0/vm1"
+	var last *catalog.Snapshot
+	for range 4 {
+		sn := w.backup(src, name, last, nil)
+		last = &sn
+	}
+	pruned := false
+	var warned []string
+	o := Options{
+		Warn: func(msg string) { warned = append(warned, msg) },
+		Progress: func(int64) {
+			if !pruned {
+				pruned = true
+				pruneSrc(t, src, name, 1, nil)
+			}
+		},
+	}
+	res, err := Volume(context.Background(), src, dst, name, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Copied) != 1 || len(res.Left) != 3 || len(warned) != 1 || !strings.Contains(warned[0], "left for the next copy") {
+		t.Fatalf("copied %d, left %d, warnings %q; want 1, 3 and one warning", len(res.Copied), len(res.Left), warned)
+	}
+	w.restores(dst, name, nil)
+	res, err = Volume(context.Background(), src, dst, name, Options{})
+	if err != nil || len(res.Copied) != 1 || len(res.Left) != 0 {
+		t.Fatalf("next copy: %+v, %v", res, err)
+	}
+	w.restores(dst, name, nil)
+	have := ids(snapshots(t, dst, name))
+	for _, sn := range snapshots(t, src, name) {
+		if !have[sn.ID] {
+			t.Errorf("%s is not in the destination", sn.ID)
+		}
 	}
 }
