@@ -276,9 +276,9 @@ func printCopy(e *env, o copyOptions, l copyLine) error {
 	n := len(l.Copied)
 	var line string
 	if l.DryRun {
-		line = fmt.Sprintf("copy %s: would copy %d snapshot(s), %s (%s)", l.Volume, n, bytesHuman(l.Bytes), l.Mode)
+		line = fmt.Sprintf("copy %s: would copy %s, %s (%s)", l.Volume, snapshotsN(n), bytesHuman(l.Bytes), l.Mode)
 	} else {
-		line = fmt.Sprintf("copy %s: %d snapshot(s), %s, in %s (%s", l.Volume, n, bytesHuman(l.Bytes),
+		line = fmt.Sprintf("copy %s: %s, %s, in %s (%s", l.Volume, snapshotsN(n), bytesHuman(l.Bytes),
 			time.Duration(l.Seconds*float64(time.Second)).Round(time.Millisecond), l.Mode)
 		if l.Unchecked {
 			line += ", contents not checked"
@@ -297,6 +297,13 @@ func printCopy(e *env, o copyOptions, l copyLine) error {
 	}
 	printable.Sayf(e.stdout, "%s", line)
 	return nil
+}
+
+func snapshotsN(n int) string {
+	if n == 1 {
+		return "1 snapshot"
+	}
+	return fmt.Sprintf("%d snapshots", n)
 }
 
 // printCopyDry says what a dry run into a store that does not exist yet

@@ -175,12 +175,12 @@ func TestCopyS3BothWays(t *testing.T) {
 	r.want(t, exitUsage, "a new bucket store without --no-encrypt")
 	r = thinbackEnv(t, w.dir, env, "copy", "--from", src, "--to", bucket, "--no-encrypt", "--dry-run")
 	r.want(t, 0, "dry run")
-	if !strings.Contains(r.stdout, "copy disk.img: would copy 3 snapshot(s)") {
+	if !strings.Contains(r.stdout, "copy disk.img: would copy 3 snapshots") {
 		t.Errorf("dry run printed %q", r.stdout)
 	}
 	r = thinbackEnv(t, w.dir, env, "copy", "--from", src, "--to", bucket, "--no-encrypt")
 	r.want(t, 0, "copy into the bucket")
-	if !strings.HasPrefix(r.stdout, "copy disk.img: 3 snapshot(s), ") || !strings.Contains(r.stdout, "(as stored)") {
+	if !strings.HasPrefix(r.stdout, "copy disk.img: 3 snapshots, ") || !strings.Contains(r.stdout, "(as stored)") {
 		t.Errorf("copy printed %q", r.stdout)
 	}
 	r = thinbackEnv(t, w.dir, env, "copy", "--from", bucket, "--to", back, "--json")
@@ -212,7 +212,7 @@ func TestCopyS3BothWays(t *testing.T) {
 	// The next copy does not bring back what the bucket's retention removed.
 	r = thinbackEnv(t, w.dir, env, "copy", "--from", src, "--to", bucket)
 	r.want(t, 0, "copy again")
-	if !strings.HasPrefix(r.stdout, "copy disk.img: 0 snapshot(s)") {
+	if !strings.HasPrefix(r.stdout, "copy disk.img: 0 snapshots") {
 		t.Errorf("copy again printed %q", r.stdout)
 	}
 }
