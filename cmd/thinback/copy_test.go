@@ -291,3 +291,36 @@ func TestCopyEncrypted(t *testing.T) {
 	noTTY(t, dir, nil, "verify", "--store", raw, "--key-file", "src.key").want(t, exitVerify, "verify of a copy behind the source on the source's host")
 	noTTY(t, dir, nil, "verify", "--store", raw, "--key-file", "src.key", "--state", filepath.Join(dir, "other-host.db")).want(t, 0, "verify after a refused copy")
 }
+
+// TestCopyLocked: a destination volume whose lock another process holds
+// (a backup or prune there) is exit 9, and nothing is copied.
+func TestCopyLocked(t *testing.T) {
+	w := newCopyWorld(t)
+	src, dst := filepath.Join(w.dir, "src"), filepath.Join(w.dir, "dst")
+	thinback(t, w.dir, "", "backup", "--store", src, "--file", w.img).want(t, 0, "backup")
+	thinback(t, w.dir, "", "copy", "--from", src, "--to", dst).want(t, 0, "copy")
+	w.scribble()
+	thinback(t, w.dir, "", "backup", "--store", src, "--file", w.img).want(t, 0, "backup")
+	s, err := catalog.OpenStore(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := s.LockVolume("disk.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := thinback(t, w.dir, "", "copy", "--from", src, "--to", dst)
+	r.want(t, exitLocked, "copy into a locked volume")
+	if !strings.Contains(r.stderr, "disk.img") {
+		t.Errorf("the error does not name the volume: %s", r.stderr)
+	}
+	unlock()
+	if n := len(w.ids(dst, nil)); n != 1 {
+		t.Errorf("the destination holds %d snapshots after a refused copy", n)
+	}
+	thinback(t, w.dir, "", "copy", "--from", src, "--to", dst).want(t, 0, "copy once the lock is released")
+	w.same(src, dst, nil, nil, nil)
+	thinback(t, w.dir, "", "copy", "--from", src, "--to", src).want(t, exitUsage, "copy into itself")
+	thinback(t, w.dir, "", "copy", "--from", filepath.Join(w.dir, "nothing"), "--to", dst).want(t, exitError, "copy from no store")
+	thinback(t, w.dir, "", "copy", "--from", src, "--to", dst, "vg0/none").want(t, exitError, "copy of a volume the source does not have")
+}

@@ -127,12 +127,6 @@ func Copy(ctx context.Context, src, dst catalog.Repository, o Options) ([]*Resul
 func Volume(ctx context.Context, src, dst catalog.Repository, name string, o Options) (*Result, error) {
 	start := time.Now()
 	res := &Result{Volume: name, DryRun: o.DryRun, Rewritten: o.Rewrite}
-	unlock, err := dst.LockVolume(name)
-	if err != nil {
-		return nil, fmt.Errorf("copy %s: %s: %w", name, dst, err)
-	}
-	defer unlock()
-
 	var vol catalog.Volume
 	var snaps []catalog.Snapshot
 	if err := src.View(func(tx *catalog.Tx) error {
@@ -145,6 +139,13 @@ func Volume(ctx context.Context, src, dst catalog.Repository, name string, o Opt
 	}); err != nil {
 		return nil, fmt.Errorf("copy %s: %s: %w", name, src, err)
 	}
+	// The destination's records are read under its lock: a writer holds
+	// it from before it reads them until after its last commit.
+	unlock, err := dst.LockVolume(name)
+	if err != nil {
+		return nil, fmt.Errorf("copy %s: %s: %w", name, dst, err)
+	}
+	defer unlock()
 	have := map[string]catalog.Snapshot{}
 	var newest time.Time
 	if err := dst.View(func(tx *catalog.Tx) error {
