@@ -136,6 +136,13 @@ func runCopy(ctx context.Context, e *env, o copyOptions) error {
 	if err != nil {
 		return err
 	}
+	if given := o.srcSecrets.Given(); given != "" && srcKeyID == (keys.KeyID{}) {
+		// As storeKey refuses it: its slots may have been removed so
+		// that planted files in the clear are taken.
+		return fmt.Errorf("copy: store %s has no key slots, so it is not encrypted, yet %s was given: %w; "+
+			"if it was encrypted, someone who can write to it removed its slots, and what it holds now was not written under your key; "+
+			"if it never was, run without a key", src, given, secret.ErrNotEncrypted)
+	}
 	dst, made, err := openCopyDest(ctx, e, o, src, srcKeyID)
 	if err != nil {
 		return err

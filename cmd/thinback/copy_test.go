@@ -321,6 +321,8 @@ func TestCopyLocked(t *testing.T) {
 	thinback(t, w.dir, "", "copy", "--from", src, "--to", dst).want(t, 0, "copy once the lock is released")
 	w.same(src, dst, nil, nil, nil)
 	thinback(t, w.dir, "", "copy", "--from", src, "--to", src).want(t, exitUsage, "copy into itself")
+	writeFile(t, filepath.Join(w.dir, "some.key"), "not read\n", 0o600)
+	thinback(t, w.dir, "", "copy", "--from", src, "--to", dst, "--key-file", "some.key").want(t, exitKey, "a key for a source in the clear")
 	thinback(t, w.dir, "", "copy", "--from", filepath.Join(w.dir, "nothing"), "--to", dst).want(t, exitError, "copy from no store")
 	thinback(t, w.dir, "", "copy", "--from", src, "--to", dst, "vg0/none").want(t, exitError, "copy of a volume the source does not have")
 }
