@@ -12,6 +12,7 @@ import (
 
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3/s3test"
+	"github.com/thinback/thinback/cmd/internal/remote/sshtest"
 )
 
 // copyWorld is a disk image backed up into a store, and helpers to
@@ -325,4 +326,23 @@ func TestCopyLocked(t *testing.T) {
 	thinback(t, w.dir, "", "copy", "--from", src, "--to", dst, "--key-file", "some.key").want(t, exitKey, "a key for a source in the clear")
 	thinback(t, w.dir, "", "copy", "--from", filepath.Join(w.dir, "nothing"), "--to", dst).want(t, exitError, "copy from no store")
 	thinback(t, w.dir, "", "copy", "--from", src, "--to", dst, "vg0/none").want(t, exitError, "copy of a volume the source does not have")
+}
+
+// TestCopySSH copies a store to another host over ssh (a real sshd) and
+// back.
+func TestCopySSH(t *testing.T) {
+	w := newCopyWorld(t)
+	s := sshtest.Start(t)
+	sshStoreEnv(t, s, w.dir, "ssh")
+	src, back := filepath.Join(w.dir, "src"), filepath.Join(w.dir, "back")
+	remote := s.Dest(filepath.Join(w.dir, "remote"))
+	for range 3 {
+		w.scribble()
+		thinback(t, w.dir, "", "backup", "--store", src, "--file", w.img).want(t, 0, "backup")
+	}
+	thinback(t, w.dir, "", "copy", "--from", src, "--to", remote).want(t, exitUsage, "a new ssh store without --no-encrypt")
+	thinback(t, w.dir, "", "copy", "--from", src, "--to", remote, "--no-encrypt").want(t, 0, "copy to the other host")
+	thinback(t, w.dir, "", "copy", "--from", remote, "--to", back).want(t, 0, "copy back")
+	w.same(src, remote, nil, nil, nil)
+	w.same(remote, back, nil, nil, nil)
 }
