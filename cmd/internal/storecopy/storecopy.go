@@ -294,11 +294,10 @@ func check(ctx context.Context, r io.Reader, key *archive.Key) (*archive.Header,
 		h, tr, err := verify.FileKey(ctx, r, true, key)
 		return h, hex.EncodeToString(tr.Digest[:]), false, err
 	}
-	// A file in the clear is read whole by CheckStructure's reader
-	// (records' metadata) and checked by Scan below; one way for both:
-	// verify.File refuses an encrypted file with ErrKeyRequired, and
-	// the bytes it read are gone, so the kind is learned from the header
-	// first.
+	// The file is read once, as a stream: verify.File would refuse an
+	// encrypted file (ErrKeyRequired) after consuming bytes that cannot
+	// be read again, so its header says first which check it gets, and
+	// the bytes read for it are given again to that check.
 	pr := &peekReader{r: r}
 	hb, err := pr.peekHeader()
 	if err != nil {
