@@ -114,6 +114,7 @@ func newAppEnv(e *env) *cli.App {
 			inspectCommand(e),
 			keyCommand(e),
 			agentCommand(e),
+			copyCommand(e),
 		},
 	}
 	for _, cmd := range app.Commands {
