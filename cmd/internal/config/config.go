@@ -87,8 +87,8 @@ type Store struct {
 	Location string // a directory, s3:https://HOST/BUCKET/PREFIX or ssh://HOST/PATH
 	// S3 stores.
 	Region, BucketLookup, CACert, Cache string
-	CredentialsFile, Profile           string
-	AccessKeyEnv, SecretKeyEnv         string // names of environment variables
+	CredentialsFile, Profile            string
+	AccessKeyEnv, SecretKeyEnv          string // names of environment variables
 	// Encrypted stores: one of these unlocks the key.
 	KeyFile, PasswordFile, PasswordCommand string
 }
@@ -180,7 +180,7 @@ func (c *Config) Job(name string) *Job {
 // The file's shape. Pointers tell "not given" from a zero, for what a
 // job inherits from [defaults].
 type fileShape struct {
-	Defaults *jobShape            `toml:"defaults"`
+	Defaults *jobShape             `toml:"defaults"`
 	Store    map[string]storeShape `toml:"store"`
 	Job      map[string]jobShape   `toml:"job"`
 }
@@ -210,11 +210,11 @@ type copyKeep struct {
 }
 
 type jobShape struct {
-	Volumes      []string `toml:"volumes"`
-	All          string   `toml:"all"`
-	Exclude      []string `toml:"exclude"`
-	Files        []string `toml:"files"`
-	Store        *string  `toml:"store"`
+	Volumes []string `toml:"volumes"`
+	All     string   `toml:"all"`
+	Exclude []string `toml:"exclude"`
+	Files   []string `toml:"files"`
+	Store   *string  `toml:"store"`
 	Retention
 	copyKeep
 	Pre          *string  `toml:"pre"`
