@@ -46,11 +46,8 @@ func Main(args []string) int {
 type env struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
-	s3             s3Config // the S3 store options of the command running
-	// s3Creds are the credentials of S3 stores that a config file
-	// names, by store address (see run).
-	s3Creds map[string]s3Credentials
-	ssh     remote.Options // how the command running reaches an ssh:// store
+	s3             s3Config       // the S3 store options of the command running
+	ssh            remote.Options // how the command running reaches an ssh:// store
 	// tty is the terminal a passphrase is asked at ("": never ask).
 	tty string
 	// create says how the command running makes a new store (nil: a
@@ -58,6 +55,9 @@ type env struct {
 	create *newStore
 	// made is the key of the store the command made encrypted, if any.
 	made *madeKey
+	// s3Creds are the credentials of S3 stores that a config file
+	// names, by store address (see run).
+	s3Creds map[string]s3Credentials
 }
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
