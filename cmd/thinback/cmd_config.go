@@ -43,7 +43,7 @@ func configCommand(e *env) *cli.Command {
 func runConfigCheck(e *env, path string, c *cli.Context) error {
 	cfg, err := config.Load(path)
 	if err != nil {
-		return configError(c, err)
+		return configError(e, c, err)
 	}
 	var bad []error
 	for _, j := range cfg.Jobs {
@@ -93,7 +93,7 @@ func installUnitsCommand(e *env) *cli.Command {
 			if len(jobs) > 0 {
 				cfg, err := config.Load(c.String(configFlag.Name))
 				if err != nil {
-					return configError(c, err)
+					return configError(e, c, err)
 				}
 				if _, err := pickJobs(cfg, jobs, false); err != nil {
 					return err

@@ -51,7 +51,7 @@ func runCommand(e *env) *cli.Command {
 			}
 			cfg, err := config.Load(c.String(configFlag.Name))
 			if err != nil {
-				return configError(c, err)
+				return configError(e, c, err)
 			}
 			jobs, err := pickJobs(cfg, names, c.Bool("all"))
 			if err != nil {
@@ -66,10 +66,18 @@ func runCommand(e *env) *cli.Command {
 	}
 }
 
-// configError says how to get at a configuration file that is not there.
-func configError(c *cli.Context, err error) error {
+// configError says how to get at a configuration file that is not
+// there, and prints each problem of a bad one on a line of its own.
+func configError(e *env, c *cli.Context, err error) error {
 	if errors.Is(err, os.ErrNotExist) && !c.IsSet(configFlag.Name) {
-		return fmt.Errorf("%w: write one (see thinback %s --help) or give --config FILE", err, c.Command.Name)
+		return fmt.Errorf("%w: write one (see thinback run --help) or give --config FILE", err)
+	}
+	var errs interface{ Unwrap() []error }
+	if errors.As(err, &errs) {
+		for _, err := range errs.Unwrap() {
+			printable.Sayf(e.stderr, "thinback: %v", err)
+		}
+		return reportedError{err}
 	}
 	return err
 }
