@@ -226,7 +226,7 @@ type jobShape struct {
 }
 
 func (c copyKeep) retention() Retention {
-	return Retention{c.Last, c.Hourly, c.Daily, c.Weekly, c.Monthly, c.Yearly}
+	return Retention(c)
 }
 
 // Load reads and checks the configuration file at path. A bad file
