@@ -228,3 +228,38 @@ files = ["` + img + `", "` + dir + `/gone.img"]
 		t.Errorf("a host with everything in place: %v", errs)
 	}
 }
+
+// FuzzParse: any file gives a Config or errors that are all *Error with
+// a line inside the file, never a panic.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(good))
+	f.Add([]byte("[store.a]\nlocation = \"/b\"\n[job.x]\nstore = \"a\"\nvolumes = [\"v/l\", 3]\n"))
+	f.Add([]byte("job.x.store = 'a'\n[store.a]\nlocation='/b'\n[job.x]\nfiles=['/i']"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse("f", data)
+		if err == nil {
+			if len(c.Jobs) == 0 {
+				t.Fatal("a configuration without jobs")
+			}
+			for _, j := range c.Jobs {
+				if j.Store == nil {
+					t.Fatalf("job %q without a store", j.Name)
+				}
+			}
+			return
+		}
+		lines := strings.Count(string(data), "\n") + 1
+		var errs []error
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			errs = j.Unwrap()
+		} else {
+			errs = []error{err}
+		}
+		for _, e := range errs {
+			var ce *Error
+			if !errors.As(e, &ce) || ce.Line < 0 || ce.Line > lines {
+				t.Fatalf("%v: not an *Error with a line of the file's %d", e, lines)
+			}
+		}
+	})
+}
