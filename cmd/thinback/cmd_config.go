@@ -47,7 +47,7 @@ func runConfigCheck(e *env, path string, c *cli.Context) error {
 	}
 	var bad []error
 	for _, j := range cfg.Jobs {
-		steps, err := jobSteps(j, overrides{})
+		steps, err := jobSteps(j, overrides{}, false)
 		if err != nil {
 			bad = append(bad, &config.Error{File: cfg.Path, Line: j.Line, Msg: err.Error()})
 			continue

@@ -135,8 +135,10 @@ type step struct {
 	creds map[string]s3Credentials
 }
 
-// jobSteps turns a job into the command lines that run it.
-func jobSteps(j *config.Job, o overrides) ([]step, error) {
+// jobSteps turns a job into the command lines that run it. Only with
+// creds are the credentials read from the environment variables a store
+// names (config check reports those missing itself).
+func jobSteps(j *config.Job, o overrides, creds bool) ([]step, error) {
 	st := j.Store
 	if o.store != nil {
 		st = o.store
@@ -157,8 +159,8 @@ func jobSteps(j *config.Job, o overrides) ([]step, error) {
 		}
 		return a
 	}
-	creds := map[string]s3Credentials{}
-	s3args, err := s3Args(creds, st)
+	sc := map[string]s3Credentials{}
+	s3args, err := s3Args(sc, st, creds)
 	if err != nil {
 		return nil, fmt.Errorf("job %q: %w", j.Name, err)
 	}
@@ -181,7 +183,7 @@ func jobSteps(j *config.Job, o overrides) ([]step, error) {
 	case len(j.Files) > 0:
 		// backup takes one image at a time.
 		for _, f := range j.Files {
-			steps = append(steps, step{args: append(append([]string{}, backup...), "--file", f), creds: creds})
+			steps = append(steps, step{args: append(append([]string{}, backup...), "--file", f), creds: sc})
 			volumes = append(volumes, filepath.Base(f))
 		}
 	case j.All != "":
@@ -189,20 +191,20 @@ func jobSteps(j *config.Job, o overrides) ([]step, error) {
 		for _, x := range j.Exclude {
 			a = append(a, "--exclude", x)
 		}
-		steps = append(steps, step{args: a, creds: creds})
+		steps = append(steps, step{args: a, creds: sc})
 		// Copy everything the store holds: which LVs --all found is
 		// known only once it ran.
 	default:
-		steps = append(steps, step{args: append(append([]string{}, backup...), j.Volumes...), creds: creds})
+		steps = append(steps, step{args: append(append([]string{}, backup...), j.Volumes...), creds: sc})
 		volumes = j.Volumes
 	}
 	for _, to := range j.CopyTo {
 		cc := map[string]s3Credentials{}
-		from, err := s3Args(cc, st)
+		from, err := s3Args(cc, st, creds)
 		if err != nil {
 			return nil, fmt.Errorf("job %q: %w", j.Name, err)
 		}
-		dst, err := s3Args(cc, to)
+		dst, err := s3Args(cc, to, creds)
 		if err != nil {
 			return nil, fmt.Errorf("job %q: %w", j.Name, err)
 		}
@@ -224,9 +226,9 @@ func jobSteps(j *config.Job, o overrides) ([]step, error) {
 	return steps, nil
 }
 
-// s3Args are the options of an S3 store, and its credentials put into
-// creds.
-func s3Args(creds map[string]s3Credentials, st *config.Store) ([]string, error) {
+// s3Args are the options of an S3 store; with read, its credentials are
+// put into creds.
+func s3Args(creds map[string]s3Credentials, st *config.Store, read bool) ([]string, error) {
 	if !st.IsS3() {
 		return nil, nil
 	}
@@ -237,6 +239,9 @@ func s3Args(creds map[string]s3Credentials, st *config.Store) ([]string, error) 
 		if f.v != "" {
 			a = append(a, "--"+f.flag, f.v)
 		}
+	}
+	if !read {
+		return a, nil
 	}
 	cr := s3Credentials{file: st.CredentialsFile, profile: st.Profile}
 	if st.AccessKeyEnv != "" {
@@ -290,7 +295,7 @@ func runJobs(ctx context.Context, e *env, jobs []*config.Job, o overrides, dryRu
 	var codes []int
 	var failed []string
 	for _, j := range jobs {
-		steps, err := jobSteps(j, o)
+		steps, err := jobSteps(j, o, !dryRun)
 		if err != nil {
 			if !dryRun {
 				printable.Sayf(e.stderr, "thinback: run %s: %v", j.Name, err)

@@ -46,7 +46,17 @@ func TestRunS3Credentials(t *testing.T) {
 		thinbackEnv(t, dir, withAWS, "init", "--store", loc, "--no-encrypt").want(t, 0, "init "+loc)
 	}
 
-	r := thinbackEnv(t, dir, noAWS, "run", "env")
+	// config check says which variables are missing, once each, with
+	// the lines that name them; run --dry-run needs none of them.
+	r := thinbackEnv(t, dir, noAWS, "config", "check")
+	r.want(t, 2, "config check without the variables")
+	if strings.Count(r.stderr, "\n") != 2 || !strings.Contains(r.stderr, `tb.conf:6: store "env": access_key_env: $TB_S3_KEY is not set`) ||
+		!strings.Contains(r.stderr, `tb.conf:7: store "env": secret_key_env: $TB_S3_SECRET is not set`) {
+		t.Errorf("config check without the variables:\n%s", r.stderr)
+	}
+	thinbackEnv(t, dir, noAWS, "run", "env", "--dry-run").want(t, 0, "run env --dry-run without the variables")
+
+	r = thinbackEnv(t, dir, noAWS, "run", "env")
 	r.want(t, 2, "run env without its variables")
 	if !strings.Contains(r.stderr, `run env: job "env": store "env": $TB_S3_KEY and $TB_S3_SECRET must both be set`) {
 		t.Errorf("run env without its variables:\n%s", r.stderr)
