@@ -117,7 +117,7 @@ func TestInstallUnits(t *testing.T) {
 	}
 }
 
-func TestWorstExit(t *testing.T) {
+func TestRunExitStatus(t *testing.T) {
 	for _, tc := range []struct {
 		codes []int
 		want  int
