@@ -58,6 +58,9 @@ type env struct {
 	// s3Creds are the credentials of S3 stores that a config file
 	// names, by store address (see run).
 	s3Creds map[string]s3Credentials
+	// job is the config job a command runs for (run), "" outside one:
+	// the job label of its metrics.
+	job string
 }
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {

@@ -131,6 +131,7 @@ func runOverrides(c *cli.Context, cfg *config.Config) (overrides, error) {
 // step is one command line of a job, with the credentials of the S3
 // stores it names (never on the command line).
 type step struct {
+	job   string
 	args  []string
 	creds map[string]s3Credentials
 }
@@ -317,6 +318,7 @@ func runJobs(ctx context.Context, e *env, jobs []*config.Job, o overrides, dryRu
 				jc = append(jc, exitInterrupted)
 				break
 			}
+			s.job = j.Name
 			jc = append(jc, runStep(ctx, e, s))
 		}
 		code := worstExit(jc)
@@ -339,7 +341,7 @@ func runJobs(ctx context.Context, e *env, jobs []*config.Job, o overrides, dryRu
 // runStep runs one command line in this process, as Main runs thinback's,
 // printing its error as Main does, and returns its exit status.
 func runStep(ctx context.Context, parent *env, s step) int {
-	e := &env{stdin: parent.stdin, stdout: parent.stdout, stderr: parent.stderr, tty: parent.tty, s3Creds: s.creds}
+	e := &env{stdin: parent.stdin, stdout: parent.stdout, stderr: parent.stderr, tty: parent.tty, s3Creds: s.creds, job: s.job}
 	app := newAppEnv(e)
 	err := app.RunContext(ctx, append([]string{"thinback"}, s.args...))
 	if err != nil && !errors.As(err, new(reportedError)) {
