@@ -149,7 +149,8 @@ func jobSteps(j *config.Job, o overrides, creds bool) ([]step, error) {
 		metrics = o.metricsFile
 	}
 	common := func(a []string) []string {
-		if metrics != "" {
+		// copy writes no metrics yet: only backup takes --metrics-file.
+		if metrics != "" && a[0] == "backup" {
 			a = append(a, "--metrics-file", metrics)
 		}
 		if o.json {
