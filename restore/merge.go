@@ -33,6 +33,22 @@ type MergeOptions struct {
 	// under it, with a salt of its own (see Options.Key for the files
 	// refused with and without it).
 	Key *archive.Key
+
+	// Rekey: the merged file is written under WriteKey instead (nil: in
+	// the clear), the inputs still read with Key: how a file moves
+	// between stores that do not share a key (thinback copy). Every
+	// DATA record is then encoded again, so that its digests are those
+	// of the new key (or unkeyed, in the clear).
+	Rekey    bool
+	WriteKey *archive.Key
+}
+
+// writeKey is the key the merged file is written under.
+func (o *MergeOptions) writeKey() *archive.Key {
+	if o.Rekey {
+		return o.WriteKey
+	}
+	return o.Key
 }
 
 // Merge writes to out one delta file equivalent to inputs, a chain of delta
@@ -91,7 +107,13 @@ func Merge(ctx context.Context, out io.Writer, inputs []Input, opts MergeOptions
 		return nil, archive.Trailer{}, advise(err)
 	}
 	h := mergedHeader(c.Files(), opts.Tool)
-	w := archive.NewWriter(out, archive.WithKey(opts.Key))
+	if opts.writeKey() == nil && h.IsEncrypted() {
+		// Decrypted: a header in the clear (a writer with a key sets
+		// these fields itself).
+		h.Required &^= archive.FeatureEncrypted
+		h.KeyID, h.AEAD, h.ParentTag = archive.KeyID{}, 0, archive.Digest{}
+	}
+	w := archive.NewWriter(out, archive.WithKey(opts.writeKey()))
 	if err := w.WriteHeader(h); err != nil {
 		return nil, archive.Trailer{}, err
 	}
@@ -243,7 +265,9 @@ func mergeRecords(ctx context.Context, w *archive.Writer, c *archive.Chain, h *a
 			}
 			mr.refs.Add(1)
 			s.mr = mr
-			s.whole = seg.Offset == seg.Record.Offset && seg.End() == seg.Record.End()
+			// A record keeps its payload only under the key its digests
+			// were made with.
+			s.whole = seg.Offset == seg.Record.Offset && seg.End() == seg.Record.End() && !opts.Rekey
 			return nil
 		},
 		Work: func(worker int, s *mergeSeg) error {
@@ -259,7 +283,7 @@ func mergeRecords(ctx context.Context, w *archive.Writer, c *archive.Chain, h *a
 				return mr.err
 			}
 			if encs[worker] == nil {
-				encs[worker] = archive.NewEncoder(level, archive.WithKey(opts.Key))
+				encs[worker] = archive.NewEncoder(level, archive.WithKey(opts.writeKey()))
 			}
 			rec := mr.rec
 			data := mr.data[s.seg.Offset-rec.Offset : s.seg.End()-rec.Offset]

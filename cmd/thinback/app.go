@@ -120,6 +120,7 @@ func newAppEnv(e *env) *cli.App {
 			inspectCommand(e),
 			keyCommand(e),
 			agentCommand(e),
+			copyCommand(e),
 			runCommand(e), configCommand(e), installUnitsCommand(e),
 		},
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/thinback/thinback/cmd/internal/replica"
 	"github.com/thinback/thinback/cmd/internal/rollback"
 	"github.com/thinback/thinback/cmd/internal/secret"
+	"github.com/thinback/thinback/cmd/internal/storecopy"
 	"github.com/thinback/thinback/lvmthin"
 	"github.com/thinback/thinback/lvmthin/cow"
 	"github.com/thinback/thinback/lvmthin/thinmeta"
@@ -63,7 +64,8 @@ const exitCodesHelp = `EXIT CODES:
         of a transfer (send --resume) for a target that holds no such
         interrupted transfer, or a token of another snapshot; or backup
         into an encrypted store rolled back (older than this host last
-        saw it) or whose key slots are gone (see --allow-rollback)
+        saw it) or whose key slots are gone (see --allow-rollback); or
+        copy into a store whose volume of that name is not the source's
    6    the target is too small, read-only, in use, not a file or device,
         or one of the command's own files (or holds one), as may be the
         standard output of cat or send -o -; or a source is not a regular
@@ -190,6 +192,7 @@ var exitCodes = []struct {
 	{catalog.ErrParentOrder, exitChain},
 	{catalog.ErrParentSize, exitChain}, // restoring it would leave stale data
 	{rollback.ErrRollback, exitChain},  // the store's chain is older than this host saw it
+	{storecopy.ErrDiverged, exitChain}, // copy into a store whose volume of that name is another
 	{restore.ErrTargetTooSmall, exitTarget},
 	{lvmthin.ErrOpen, exitTarget}, // a replica target in use, refused a rollback
 	{restore.ErrTargetReadOnly, exitTarget},

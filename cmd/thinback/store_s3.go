@@ -57,7 +57,8 @@ func addStoreFlags(e *env, cmd *cli.Command) {
 	for _, sub := range cmd.Subcommands {
 		addStoreFlags(e, sub)
 	}
-	if !slices.Contains(cmd.Flags, cli.Flag(storeFlag)) {
+	// copy names two stores (--from, --to), which take the same options.
+	if !slices.Contains(cmd.Flags, cli.Flag(storeFlag)) && cmd.Name != "copy" {
 		return
 	}
 	// A store may be on another host (ssh://): the command reaches it
