@@ -55,6 +55,12 @@ type env struct {
 	create *newStore
 	// made is the key of the store the command made encrypted, if any.
 	made *madeKey
+	// s3Creds are the credentials of S3 stores that a config file
+	// names, by store address (see run).
+	s3Creds map[string]s3Credentials
+	// job is the config job a command runs for (run), "" outside one:
+	// the job label of its metrics.
+	job string
 }
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
@@ -115,6 +121,7 @@ func newAppEnv(e *env) *cli.App {
 			keyCommand(e),
 			agentCommand(e),
 			copyCommand(e),
+			runCommand(e), configCommand(e), installUnitsCommand(e),
 		},
 	}
 	for _, cmd := range app.Commands {

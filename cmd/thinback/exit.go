@@ -11,6 +11,7 @@ import (
 	"github.com/thinback/thinback/catalog/s3"
 	"github.com/thinback/thinback/catalog/s3store"
 	"github.com/thinback/thinback/catalog/sshstore"
+	"github.com/thinback/thinback/cmd/internal/config"
 	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/cmd/internal/remote"
 	"github.com/thinback/thinback/cmd/internal/replica"
@@ -50,7 +51,8 @@ const exitCodesHelp = `EXIT CODES:
    0    success
    1    error not listed below (I/O error, missing file...)
    2    bad command line; a new store on S3 without --encrypt or
-        --no-encrypt
+        --no-encrypt; a config file (run, config check) that is not
+        valid
    3    a delta file is damaged, truncated or not a delta file, or a
         store's file is not the one its catalog records (another
         snapshot's or volume's), refused before anything is written; or
@@ -119,6 +121,7 @@ var exitCodes = []struct {
 	code int
 }{
 	{errVerify, exitVerify},
+	{config.ErrInvalid, exitUsage}, // a config file thinback cannot use: fix it, as a command line
 
 	// Delta files.
 	{archive.ErrVersion, exitVersion},
@@ -300,9 +303,12 @@ var exitCodes = []struct {
 func exitCode(err error) int {
 	var ue usageError
 	var re *remoteError
+	var me multiError
 	switch {
 	case err == nil:
 		return exitOK
+	case errors.As(err, &me):
+		return me.code
 	case errors.As(err, &re):
 		// What the command exited with on the other host.
 		if re.code > 0 && re.code < 256 {

@@ -42,6 +42,14 @@ type s3Config struct {
 	insecureTLS, breakStale       bool
 }
 
+// s3Credentials are an S3 store's credentials when a config file says
+// where they come from (run): keys read from the environment variables it
+// names, or a shared credentials file and profile.
+type s3Credentials struct {
+	accessKey, secretKey string
+	file, profile        string
+}
+
 // addStoreFlags gives cmd and its subcommands that take --store the
 // options of S3 stores, read into e before the command runs: every
 // command that opens a store opens an S3 one the same way.
@@ -106,6 +114,10 @@ func openS3Store(ctx context.Context, e *env, addr string, create bool) (catalog
 		Create:          create,
 		BreakStaleLocks: e.s3.breakStale,
 		Notify:          func(msg string) { printable.Sayf(e.stderr, "thinback: %s", msg) },
+	}
+	if cr, ok := e.s3Creds[addr]; ok {
+		opts.S3.AccessKey, opts.S3.SecretKey = cr.accessKey, cr.secretKey
+		opts.S3.CredentialsFile, opts.S3.Profile = cr.file, cr.profile
 	}
 	st, err := s3store.Open(ctx, loc, opts)
 	if err != nil {
