@@ -42,10 +42,10 @@ func applyCommand(e *env) *cli.Command {
 			"encrypted file without its key is refused with exit code 14, naming its key id, and\n" +
 			"nothing is written. A --snapback file is encrypted under the same key.",
 		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "to", Usage: "the file or block device to write (required)"},
+			&cli.StringFlag{Name: "to", TakesFile: true, Usage: "the file or block device to write (required)"},
 			&cli.StringFlag{Name: "snapback", Usage: "save the data the apply overwrites in this new delta file (or, running an interrupted apply again, in its snapback file)"},
 			&cli.BoolFlag{Name: "force", Usage: "apply even if TARGET is not known to hold the base snapshot"},
-			&cli.StringFlag{Name: "state", Usage: "state file recording what each target holds (default $THINBACK_STATE or " + defaultStateFile + ")"},
+			&cli.StringFlag{Name: "state", TakesFile: true, Usage: "state file recording what each target holds (default $THINBACK_STATE or " + defaultStateFile + ")"},
 			quietFlag,
 			storeFlag, // its key reads encrypted files
 		}, keyFlags...),

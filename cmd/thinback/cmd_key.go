@@ -23,7 +23,7 @@ import (
 // passwd): never those that unlock the store, so that the old passphrase
 // is not taken for the new one.
 var (
-	newPasswordFileFlag = &cli.StringFlag{Name: "new-password-file",
+	newPasswordFileFlag = &cli.StringFlag{Name: "new-password-file", TakesFile: true,
 		Usage: "read the new passphrase from the first line of this file (else it is typed twice at the terminal)"}
 	newPasswordCommandFlag = &cli.StringFlag{Name: "new-password-command",
 		Usage: "run this command (sh -c) and take the first line it prints as the new passphrase"}

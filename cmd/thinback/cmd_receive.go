@@ -40,7 +40,7 @@ func receiveCommand(e *env) *cli.Command {
 			"prints the token of TARGET's interrupted transfer from the state file.",
 		Flags: append([]cli.Flag{
 			storeFlag,
-			&cli.StringFlag{Name: "to", Usage: "apply the stream to this file or block device instead"},
+			&cli.StringFlag{Name: "to", TakesFile: true, Usage: "apply the stream to this file or block device instead"},
 			&cli.StringFlag{Name: "snapback", Usage: "with --to: save the data the apply overwrites in this new delta file"},
 			&cli.BoolFlag{Name: "force", Usage: "with --to: apply even if the target is not known to hold the base snapshot"},
 			&cli.BoolFlag{Name: "resumable", Usage: "with --to: record the progress as it goes, so that a cut stream is resumed from there (send --resume)"},

@@ -35,7 +35,7 @@ func restoreCommand(e *env) *cli.Command {
 			storeFlag,
 			&cli.StringFlag{Name: "at", Usage: `the newest snapshot at or before this time ("2026-11-20 03:00", local time, or RFC 3339)`},
 			&cli.StringFlag{Name: "snapshot", Usage: "the snapshot id (or a unique prefix, or its sequence number)"},
-			&cli.StringFlag{Name: "to", Usage: "the file or block device to write (required)"},
+			&cli.StringFlag{Name: "to", TakesFile: true, Usage: "the file or block device to write (required)"},
 			&cli.StringFlag{Name: "snapback", Usage: "save the data the restore overwrites in this new delta file"},
 			&cli.BoolFlag{Name: "force", Usage: "overwrite a target that holds another volume"},
 			stateFlag, quietFlag,

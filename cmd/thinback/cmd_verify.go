@@ -47,7 +47,7 @@ func verifyCommand(e *env) *cli.Command {
 			"--key-file's own key, or checked the same weaker way without one; a store's files\n" +
 			"are verified with --store.",
 		Flags: append([]cli.Flag{storeFlag, quietFlag, stateFlag,
-			&cli.StringFlag{Name: "device", Usage: "compare this block device or file with a snapshot (with --snapshot or --at)"},
+			&cli.StringFlag{Name: "device", TakesFile: true, Usage: "compare this block device or file with a snapshot (with --snapshot or --at)"},
 			&cli.StringFlag{Name: "snapshot", Usage: "with --device: the snapshot id (or a unique prefix, or its sequence number)"},
 			&cli.StringFlag{Name: "at", Usage: "with --device: the newest snapshot at or before this time"},
 			&cli.BoolFlag{Name: "no-key", Usage: "verify an encrypted store without its key: structure, sizes and file digests only (weaker); never asks for a passphrase"},
