@@ -239,7 +239,7 @@ func applyTo(ctx context.Context, e *env, t *restore.Target, inputs []restore.In
 			began = false // nothing of the apply stays: neither does its undo file
 			return sf.revert()
 		},
-		Progress: prog.Add,
+		Position: prog.At,
 	}
 	if undo != nil {
 		opts.Snapback, opts.ResumeSnapback = typedFile{undo}, resume

@@ -217,7 +217,7 @@ type sendToOptions struct {
 	src         archive.Source
 	level       archive.Level
 	key         *archive.Key // encrypts the file; nil: in the clear
-	progress    progress
+	progress    backup.Progress
 	countWrites bool // add the bytes written to progress
 	// guards are what the delta is read from, which standard output must
 	// not be or hold.
