@@ -1,0 +1,88 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// decodeJSON runs thinback and decodes its standard output as one object
+// of T, refusing fields T does not have.
+func decodeJSON[T any](t *testing.T, dir string, args ...string) T {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := thinbackCmd(t, dir, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("thinback %q: %v\n%s", args, err, stderr.String())
+	}
+	var v T
+	dec := json.NewDecoder(bytes.NewReader(stdout.Bytes()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		t.Fatalf("thinback %q: %v\n%s", args, err, stdout.String())
+	}
+	if dec.More() {
+		t.Fatalf("thinback %q printed more than one object:\n%s", args, stdout.String())
+	}
+	return v
+}
+
+// TestApplyRestoreJSON: apply --json and restore --json print what the
+// target holds now and what was written; a restore with nothing to do
+// says so.
+func TestApplyRestoreJSON(t *testing.T) {
+	work := t.TempDir()
+	img := bytes.Repeat([]byte("restored as JSON\n"), 60000)
+	if err := os.WriteFile(filepath.Join(work, "disk.img"), img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run(t, work, "backup", "--file", "disk.img", "--store", "store")
+	run(t, work, "send", "--file", "disk.img", "-o", "full.tbk")
+
+	a := decodeJSON[applyJSON](t, work, "apply", "full.tbk", "--to", "a.img", "--json")
+	if a.Target != "a.img" || a.Volume != "disk.img" || a.Snapshot == "" || a.DataBytes == 0 ||
+		len(a.Files) != 1 || a.Files[0] != "full.tbk" || a.NothingToDo {
+		t.Errorf("apply --json: %+v", a)
+	}
+	sameFile(t, filepath.Join(work, "disk.img"), filepath.Join(work, "a.img"))
+
+	r := decodeJSON[applyJSON](t, work, "restore", "disk.img", "--store", "store", "--to", "r.img", "--json")
+	if r.Target != "r.img" || r.Volume != "disk.img" || r.Seq != 1 || len(r.Files) != 1 || r.Files[0] != r.Snapshot ||
+		r.DataBytes+r.ZeroBytes != int64(len(img)) || r.NothingToDo {
+		t.Errorf("restore --json: %+v", r)
+	}
+	sameFile(t, filepath.Join(work, "disk.img"), filepath.Join(work, "r.img"))
+
+	again := decodeJSON[applyJSON](t, work, "restore", "disk.img", "--store", "store", "--to", "r.img", "--json")
+	if !again.NothingToDo || again.Snapshot != r.Snapshot || again.DataBytes != 0 {
+		t.Errorf("restore --json again: %+v", again)
+	}
+}
+
+// TestSendJSON: send --json prints the summary of the file it wrote; with
+// -o - (the delta on standard output) it is refused.
+func TestSendJSON(t *testing.T) {
+	work := t.TempDir()
+	img := bytes.Repeat([]byte("sent as JSON\n"), 60000)
+	if err := os.WriteFile(filepath.Join(work, "disk.img"), img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := decodeJSON[sendJSON](t, work, "send", "--file", "disk.img", "-o", "full.tbk", "--json")
+	fi, err := os.Stat(filepath.Join(work, "full.tbk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Volume != "disk.img" || s.Snapshot == "" || s.Parent != "" || s.Output != "full.tbk" || s.FileSize != fi.Size() ||
+		s.VolumeSize != int64(len(img)) || s.DataBytes+s.ZeroBytes != int64(len(img)) || len(s.Digest) != 64 {
+		t.Errorf("send --json: %+v (file of %d bytes)", s, fi.Size())
+	}
+	var stderr bytes.Buffer
+	cmd := thinbackCmd(t, work, "send", "--file", "disk.img", "-o", "-", "--json")
+	cmd.Stdout, cmd.Stderr = &bytes.Buffer{}, &stderr
+	if err := cmd.Run(); exitOf(err) != 2 || !bytes.Contains(stderr.Bytes(), []byte("--json")) {
+		t.Errorf("send -o - --json: %v, %q; want exit 2 naming --json", err, stderr.String())
+	}
+}
