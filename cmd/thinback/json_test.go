@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/thinback/thinback/catalog"
 )
 
 // decodeJSON runs thinback and decodes its standard output as one object
@@ -85,4 +87,49 @@ func TestSendJSON(t *testing.T) {
 	if err := cmd.Run(); exitOf(err) != 2 || !bytes.Contains(stderr.Bytes(), []byte("--json")) {
 		t.Errorf("send -o - --json: %v, %q; want exit 2 naming --json", err, stderr.String())
 	}
+}
+
+// TestReceiveJSON: receive --json into a store prints the snapshot's
+// record; receive --to --json what the target holds, as apply does.
+func TestReceiveJSON(t *testing.T) {
+	work := t.TempDir()
+	img := bytes.Repeat([]byte("received as JSON\n"), 60000)
+	if err := os.WriteFile(filepath.Join(work, "disk.img"), img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := decodeJSON[sendJSON](t, work, "send", "--file", "disk.img", "-o", "full.tbk", "--json")
+	receive := func(args ...string) *bytes.Buffer {
+		t.Helper()
+		in, err := os.Open(filepath.Join(work, "full.tbk"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer in.Close()
+		var stdout, stderr bytes.Buffer
+		cmd := thinbackCmd(t, work, append([]string{"receive", "--json"}, args...)...)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = in, &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("receive %q: %v\n%s", args, err, stderr.String())
+		}
+		return &stdout
+	}
+	var snap catalog.Snapshot
+	dec := json.NewDecoder(receive("--store", "store"))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&snap); err != nil {
+		t.Fatal(err)
+	}
+	if snap.ID != s.Snapshot || snap.Volume != "disk.img" || snap.Seq != 1 || snap.FileSize != s.FileSize || snap.File == "" {
+		t.Errorf("receive --store --json: %+v, sent %+v", snap, s)
+	}
+	var a applyJSON
+	dec = json.NewDecoder(receive("--to", "r.img"))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&a); err != nil {
+		t.Fatal(err)
+	}
+	if a.Target != "r.img" || a.Snapshot != s.Snapshot || a.DataBytes == 0 {
+		t.Errorf("receive --to --json: %+v", a)
+	}
+	sameFile(t, filepath.Join(work, "disk.img"), filepath.Join(work, "r.img"))
 }
