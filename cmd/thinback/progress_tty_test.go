@@ -194,3 +194,31 @@ func TestVerifyJSON(t *testing.T) {
 		t.Errorf("a damaged file: exit %d, %+v", code, v)
 	}
 }
+
+// TestPruneProgressOnTerminal: a prune that merges draws its line on a
+// terminal, and not with --json.
+func TestPruneProgressOnTerminal(t *testing.T) {
+	for _, extra := range [][]string{nil, {"--json"}} {
+		work := t.TempDir()
+		img := bytes.Repeat([]byte("pruned under a progress line\n"), 100000)
+		for i := 0; i < 3; i++ {
+			copy(img[i*100000:], bytes.Repeat([]byte{byte('A' + i)}, 5000))
+			if err := os.WriteFile(filepath.Join(work, "disk.img"), img, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			run(t, work, "backup", "--file", "disk.img", "--store", "store")
+		}
+		got := onTerminal(t, work, append([]string{"prune", "--store", "store", "--keep-last", "1"}, extra...)...)
+		if extra == nil && !strings.Contains(got, "\r\033[K") {
+			t.Errorf("prune on a terminal: %q, want a progress line, erased", got)
+		}
+		if extra != nil && strings.Contains(got, "\033[") {
+			t.Errorf("prune --json on a terminal: %q", got)
+		}
+		run(t, work, "verify", "--store", "store")
+		r := run(t, work, "list", "--store", "store")
+		if strings.Count(r, "disk.img") < 1 {
+			t.Errorf("list after prune: %s", r)
+		}
+	}
+}
