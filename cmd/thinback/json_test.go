@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/thinback/thinback/catalog"
@@ -132,4 +133,98 @@ func TestReceiveJSON(t *testing.T) {
 		t.Errorf("receive --to --json: %+v", a)
 	}
 	sameFile(t, filepath.Join(work, "disk.img"), filepath.Join(work, "r.img"))
+}
+
+// strictJSON decodes s as one T, refusing fields T does not have.
+func strictJSON[T any](t *testing.T, what, s string) T {
+	t.Helper()
+	var v T
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		t.Fatalf("%s: %v\n%s", what, err, s)
+	}
+	return v
+}
+
+// TestKeyChangeJSON: init --json prints the store and its master key's
+// id; key add, passwd and remove --json the slots added and removed,
+// which key list then shows (or no longer shows).
+func TestKeyChangeJSON(t *testing.T) {
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	p1 := writeFile(t, filepath.Join(dir, "p1"), "first passphrase\n", 0o600)
+	p2 := writeFile(t, filepath.Join(dir, "p2"), "second passphrase\n", 0o600)
+	r := noTTY(t, dir, nil, argv("init", "--store", store, "--encrypt", "--password-file", p1, "--json", cheap)...)
+	r.want(t, 0, "init --encrypt --json")
+	first := keyList(t, dir, nil, store)[0]
+	if in := strictJSON[initJSON](t, "init --json", r.stdout); in.Store != store || !in.Encrypted || in.KeyID != first.KeyID {
+		t.Errorf("init --encrypt --json: %+v, key list shows key %s", in, first.KeyID)
+	}
+	r = noTTY(t, dir, nil, "init", "--store", filepath.Join(dir, "plain"), "--json")
+	r.want(t, 0, "init --json")
+	if in := strictJSON[initJSON](t, "init --json", r.stdout); in.Store != filepath.Join(dir, "plain") || in.Encrypted || in.KeyID != "" {
+		t.Errorf("init --json: %+v", in)
+	}
+
+	r = noTTY(t, dir, nil, argv("key", "add", "--store", store, "--password-file", p1, "--new-key-file", filepath.Join(dir, "k"), "--json", cheap)...)
+	r.want(t, 0, "key add --json")
+	add := strictJSON[keyChangeJSON](t, "key add --json", r.stdout)
+	if add.Added == "" || add.Type != "keyfile" || add.KeyID != first.KeyID || add.KeyFile != filepath.Join(dir, "k") || add.Store == "" {
+		t.Errorf("key add --json: %+v", add)
+	}
+	r = noTTY(t, dir, nil, argv("key", "passwd", "--store", store, "--password-file", p1, "--new-password-file", p2, "--json", cheap)...)
+	r.want(t, 0, "key passwd --json")
+	pw := strictJSON[keyChangeJSON](t, "key passwd --json", r.stdout)
+	if pw.Removed != first.ID || pw.Added == "" || pw.KeyID != first.KeyID {
+		t.Errorf("key passwd --json: %+v", pw)
+	}
+	r = noTTY(t, dir, nil, argv("key", "remove", "--store", store, "--key-file", filepath.Join(dir, "k"), pw.Added, "--json")...)
+	r.want(t, 0, "key remove --json")
+	rm := strictJSON[keyChangeJSON](t, "key remove --json", r.stdout)
+	if rm.Removed != pw.Added || rm.Added != "" || rm.Unlocked {
+		t.Errorf("key remove --json: %+v", rm)
+	}
+	slots := keyList(t, dir, nil, store)
+	if len(slots) != 1 || slots[0].ID != add.Added {
+		t.Errorf("slots left: %+v, want only %s", slots, add.Added)
+	}
+}
+
+// TestRebuildJSON: catalog rebuild --json counts what it recorded and
+// names each file it left out (exit 1 then, as without --json).
+func TestRebuildJSON(t *testing.T) {
+	work := t.TempDir()
+	img := bytes.Repeat([]byte("rebuilt as JSON\n"), 60000)
+	if err := os.WriteFile(filepath.Join(work, "disk.img"), img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run(t, work, "backup", "--file", "disk.img", "--store", "store")
+	copy(img, "changed")
+	if err := os.WriteFile(filepath.Join(work, "disk.img"), img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run(t, work, "backup", "--file", "disk.img", "--store", "store")
+	files := storeFiles(t, filepath.Join(work, "store"))
+	if err := os.Remove(filepath.Join(work, "store", "catalog.db")); err != nil {
+		t.Fatal(err)
+	}
+	rb := decodeJSON[rebuildJSON](t, work, "catalog", "rebuild", "--store", "store", "--json")
+	if rb.Store != "store" || rb.Volumes != 1 || rb.Files != 2 || len(rb.Skipped) != 0 {
+		t.Errorf("catalog rebuild --json: %+v", rb)
+	}
+
+	if err := os.WriteFile(files[1], []byte("not a delta file"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := thinbackCmd(t, work, "catalog", "rebuild", "--store", "store", "--json")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); exitOf(err) != 1 {
+		t.Fatalf("rebuild with a damaged file: %v, want exit 1\n%s", err, stderr.String())
+	}
+	rb = strictJSON[rebuildJSON](t, "catalog rebuild --json", stdout.String())
+	if rb.Files != 1 || len(rb.Skipped) != 1 || rb.Skipped[0].Error == "" || !strings.HasSuffix(files[1], rb.Skipped[0].File) {
+		t.Errorf("catalog rebuild --json with a damaged file: %+v (damaged %s)", rb, files[1])
+	}
 }
