@@ -26,7 +26,7 @@ func Main(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	app := newAppEnv(&env{stdin: stdinFor(ctx, os.Stdin), stdout: os.Stdout, stderr: os.Stderr, tty: "/dev/tty"})
-	if words, ok := completionRequest(args[1:]); ok {
+	if words, ok := completionRequest(args); ok {
 		printCompletions(app, words, os.Stdout)
 		return 0
 	}

@@ -56,13 +56,13 @@ func completionCommand(e *env) *cli.Command {
 	}
 }
 
-// completionRequest reports whether args (without the program name) ask
-// for completions, and the words to complete then.
+// completionRequest reports whether args (the program's name first) ask
+// for completions, and the words to complete then, without the name.
 func completionRequest(args []string) ([]string, bool) {
-	if len(args) == 0 || args[len(args)-1] != completeFlag {
+	if len(args) < 2 || args[len(args)-1] != completeFlag {
 		return nil, false
 	}
-	return args[:len(args)-1], true
+	return args[1 : len(args)-1], true
 }
 
 // completions returns the candidates for the last of words, the word
