@@ -26,7 +26,7 @@ func manPages(app *cli.App) (map[string]string, error) {
 	root := &cli.App{
 		Name:        app.Name,
 		Usage:       app.Usage,
-		Description: manText(app.Description),
+		Description: manText(app.Description) + "\n\n# EXIT STATUS\n\n" + manBlock(strings.TrimPrefix(exitCodesHelp, "EXIT CODES:\n")),
 		Flags:       app.VisibleFlags(),
 		Commands:    app.VisibleCommands(),
 		HideHelp:    true,
@@ -63,6 +63,15 @@ func manPages(app *cli.App) (map[string]string, error) {
 // pages are rendered from Markdown.
 func manText(s string) string {
 	return strings.NewReplacer(`\`, `\\`, "`", "\\`", "*", `\*`, "_", `\_`, "<", `\<`, ">", `\>`, "[", `\[`, "]", `\]`).Replace(s)
+}
+
+// manBlock makes text a preformatted block of the page, kept as written.
+func manBlock(text string) string {
+	lines := strings.Split(strings.TrimRight(text, "\n"), "\n")
+	for i, l := range lines {
+		lines[i] = "    " + l
+	}
+	return strings.Join(lines, "\n")
 }
 
 // writeManPages replaces the pages in dir with those of app (thinback help
