@@ -55,16 +55,23 @@ type ttyProgress struct {
 	verb  string
 	total atomic.Int64
 	done  atomic.Int64
-	start time.Time
-	stop  chan struct{}
-	wg    sync.WaitGroup
-	once  sync.Once
-	mu    sync.Mutex // a draw, or a line printed above the progress line
+	// from is where the first At found the work (an apply resumed at a
+	// checkpoint): the rate counts only what this run did.
+	from    atomic.Int64
+	fromSet atomic.Bool
+	start   time.Time
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	once    sync.Once
+	mu      sync.Mutex // a draw, or a line printed above the progress line
 }
 
 func (p *ttyProgress) Add(n int64) { p.done.Add(n) }
 
 func (p *ttyProgress) At(done, total int64) {
+	if p.fromSet.CompareAndSwap(false, true) {
+		p.from.Store(done)
+	}
 	if total > 0 {
 		p.total.Store(total)
 	}
@@ -88,22 +95,22 @@ func (p *ttyProgress) run() {
 func (p *ttyProgress) draw() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	fmt.Fprintf(p.w, "\r\033[K%s", progressLine(p.verb, p.done.Load(), p.total.Load(), time.Since(p.start)))
+	fmt.Fprintf(p.w, "\r\033[K%s", progressLine(p.verb, p.done.Load(), p.total.Load(), p.from.Load(), time.Since(p.start)))
 }
 
-// progressLine is what the line says: done of total, the rate so far and,
-// with a total, the time left at that rate ("sent 1.5 GiB of 4.0 GiB
-// (37%), 120 MiB/s, 21s left").
-func progressLine(verb string, done, total int64, elapsed time.Duration) string {
+// progressLine is what the line says: done of total, the rate so far (of
+// what was done since from, in elapsed) and, with a total, the time left
+// at that rate ("sent 1.5 GiB of 4.0 GiB (37%), 120 MiB/s, 21s left").
+func progressLine(verb string, done, total, from int64, elapsed time.Duration) string {
 	line := fmt.Sprintf("%s %s", verb, bytesHuman(done))
 	if total > 0 {
 		line += fmt.Sprintf(" of %s (%.0f%%)", bytesHuman(total), 100*float64(done)/float64(total))
 	}
 	el := elapsed.Seconds()
-	if el <= 0 || done <= 0 {
+	if el <= 0 || done <= from {
 		return line
 	}
-	rate := float64(done) / el
+	rate := float64(done-from) / el
 	line += fmt.Sprintf(", %s/s", bytesHuman(int64(rate)))
 	if total > done {
 		left := time.Duration(float64(total-done) / rate * float64(time.Second))

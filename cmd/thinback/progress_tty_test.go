@@ -15,16 +15,20 @@ import (
 
 // TestProgressLine: done of total, the rate and the time left.
 func TestProgressLine(t *testing.T) {
-	got := progressLine("restored", 1<<30, 4<<30, 10*time.Second)
+	got := progressLine("restored", 1<<30, 4<<30, 0, 10*time.Second)
 	for _, want := range []string{"restored 1.0 GiB of 4.0 GiB (25%)", "102.4 MiB/s", "30s left"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("%q lacks %q", got, want)
 		}
 	}
-	if got := progressLine("cat", 1<<20, 0, time.Second); strings.Contains(got, "left") || strings.Contains(got, "%") {
+	// An apply resumed at 3 GiB that wrote 512 MiB more in 4s.
+	if got := progressLine("applied", 3<<30+512<<20, 4<<30, 3<<30, 4*time.Second); !strings.Contains(got, "128.0 MiB/s, 4s left") {
+		t.Errorf("resumed: %q", got)
+	}
+	if got := progressLine("cat", 1<<20, 0, 0, time.Second); strings.Contains(got, "left") || strings.Contains(got, "%") {
 		t.Errorf("without a total: %q", got)
 	}
-	if got := progressLine("cat", 0, 1<<20, 0); got != "cat 0 B of 1.0 MiB (0%)" {
+	if got := progressLine("cat", 0, 1<<20, 0, 0); got != "cat 0 B of 1.0 MiB (0%)" {
 		t.Errorf("at the start: %q", got)
 	}
 }
@@ -33,7 +37,8 @@ func TestProgressLine(t *testing.T) {
 func TestProgressAt(t *testing.T) {
 	var buf bytes.Buffer
 	p := &ttyProgress{w: &buf, verb: "applied", start: time.Now().Add(-time.Second), stop: make(chan struct{})}
-	p.At(512<<20, 1<<30)
+	p.At(256<<20, 1<<30) // where it starts: the rate counts from here
+	p.At(512<<20, 0)
 	p.draw()
 	if !strings.Contains(buf.String(), "applied 512.0 MiB of 1.0 GiB (50%)") || !strings.Contains(buf.String(), "left") {
 		t.Errorf("drew %q", buf.String())
