@@ -53,6 +53,10 @@ type Options struct {
 	Workers int
 	// Progress, if set, is called with the volume bytes each step wrote.
 	Progress func(n int64)
+	// Position, if set, is called after each step with the end of what it
+	// wrote and the volume's size: the volume is written in order, so this
+	// is how far through it the apply is (a progress line's ETA).
+	Position func(end, size int64)
 	// Now returns the time (tests set it); nil means time.Now.
 	Now func() time.Time
 	// Revert is called when an apply that called Begin fails having left
@@ -714,6 +718,9 @@ func runSegments(ctx context.Context, t *Target, rds []*archive.Reader, names []
 			}
 			if opts.Progress != nil {
 				opts.Progress(seg.Length)
+			}
+			if opts.Position != nil {
+				opts.Position(seg.End(), size)
 			}
 			if progress != nil {
 				return progress(seg.Length, seg.End())

@@ -24,6 +24,10 @@ type MergeOptions struct {
 	Level archive.Level
 	// Progress, if set, is called with the volume bytes each step wrote.
 	Progress func(n int64)
+	// Position, if set, is called after each step with the end of what it
+	// wrote and the volume's size: the merge goes through the volume in
+	// order, so this is how far it is (a progress line's ETA).
+	Position func(end, size int64)
 
 	// held, if set, is told how many records the merge holds each time
 	// that changes, and how many it may hold: tests check the bound.
@@ -318,6 +322,9 @@ func mergeRecords(ctx context.Context, w *archive.Writer, c *archive.Chain, h *a
 			}
 			if s.mr != nil {
 				release(s.mr)
+			}
+			if opts.Position != nil {
+				opts.Position(seg.End(), h.VolumeSize)
 			}
 			if opts.Progress != nil {
 				opts.Progress(seg.Length)

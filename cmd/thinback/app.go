@@ -26,6 +26,10 @@ func Main(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	app := newAppEnv(&env{stdin: stdinFor(ctx, os.Stdin), stdout: os.Stdout, stderr: os.Stderr, tty: "/dev/tty"})
+	if words, ok := completionRequest(args); ok {
+		printCompletions(app, words, os.Stdout)
+		return 0
+	}
 	err := app.RunContext(ctx, interspersed(app, args))
 	if err != nil && !errors.As(err, new(reportedError)) {
 		if ctx.Err() != nil && !errors.Is(err, context.Canceled) {
@@ -93,6 +97,12 @@ func newAppEnv(e *env) *cli.App {
 		// and fails with its own exit code.
 		Action: func(c *cli.Context) error {
 			switch a := c.Args(); {
+			case a.First() == "help" && a.Get(1) == "--man":
+				// Hidden: go generate writes docs/man with it.
+				if a.Len() != 3 {
+					return usageError{msg: "help --man: give the directory to write the manual pages in", hint: "thinback"}
+				}
+				return writeManPages(c.App, a.Get(2))
 			case a.First() == "help" && a.Len() == 2 && c.App.Command(a.Get(1)) != nil:
 				return cli.ShowCommandHelp(c, a.Get(1))
 			case a.First() == "help" && a.Len() == 1:
@@ -122,12 +132,14 @@ func newAppEnv(e *env) *cli.App {
 			agentCommand(e),
 			copyCommand(e),
 			runCommand(e), configCommand(e), installUnitsCommand(e),
+			completionCommand(e),
 		},
 	}
 	for _, cmd := range app.Commands {
 		addStoreFlags(e, cmd)
 		addCreateFlags(e, cmd)
 		usageErrors(cmd, "thinback "+cmd.Name)
+		completeFiles(cmd)
 	}
 	return app
 }
@@ -196,4 +208,16 @@ func level(c *cli.Context) (archive.Level, error) {
 			c.Command.Name, n, archive.LevelBetter), hint: c.Command.HelpName}
 	}
 	return archive.Level(n), nil
+}
+
+// completeFiles marks a command's --file as naming a file, for fish's
+// completion (ToFishCompletion). Each command makes its own --file, so
+// this changes no flag another app shares; shared flags are marked where
+// they are defined.
+func completeFiles(cmd *cli.Command) {
+	for _, f := range cmd.Flags {
+		if sf, ok := f.(*cli.StringFlag); ok && sf.Name == "file" {
+			sf.TakesFile = true
+		}
+	}
 }

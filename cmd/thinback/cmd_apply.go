@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -42,11 +43,11 @@ func applyCommand(e *env) *cli.Command {
 			"encrypted file without its key is refused with exit code 14, naming its key id, and\n" +
 			"nothing is written. A --snapback file is encrypted under the same key.",
 		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "to", Usage: "the file or block device to write (required)"},
+			&cli.StringFlag{Name: "to", TakesFile: true, Usage: "the file or block device to write (required)"},
 			&cli.StringFlag{Name: "snapback", Usage: "save the data the apply overwrites in this new delta file (or, running an interrupted apply again, in its snapback file)"},
 			&cli.BoolFlag{Name: "force", Usage: "apply even if TARGET is not known to hold the base snapshot"},
-			&cli.StringFlag{Name: "state", Usage: "state file recording what each target holds (default $THINBACK_STATE or " + defaultStateFile + ")"},
-			quietFlag,
+			&cli.StringFlag{Name: "state", TakesFile: true, Usage: "state file recording what each target holds (default $THINBACK_STATE or " + defaultStateFile + ")"},
+			quietFlag, jsonFlag,
 			storeFlag, // its key reads encrypted files
 		}, keyFlags...),
 		Action: func(c *cli.Context) error {
@@ -60,7 +61,7 @@ func applyCommand(e *env) *cli.Command {
 			return runApply(c.Context, e, applyOptions{
 				files: files, target: c.String("to"), snapback: c.String("snapback"),
 				force: c.Bool("force"), state: stateFilePath(c.String("state")), quiet: c.Bool("quiet"),
-				unlock: fileUnlocker(e, c),
+				json: c.Bool("json"), unlock: fileUnlocker(e, c),
 			})
 		},
 	}
@@ -73,6 +74,7 @@ type applyOptions struct {
 	force    bool
 	state    string
 	quiet    bool
+	json     bool // print the result as a JSON object (applyJSON)
 	// key reads encrypted files and encrypts the snapback file.
 	key *archive.Key
 	// checkpoint, if not 0, records the apply's progress every so many
@@ -138,6 +140,9 @@ func runApply(ctx context.Context, e *env, o applyOptions) (err error) {
 	if err != nil {
 		return err
 	}
+	if o.json {
+		return printJSON(e, newApplyJSON(o, res, o.files))
+	}
 	if !o.quiet {
 		msg := fmt.Sprintf("applied %s to %s: it holds %s now (%s written, %s zeroed", strings.Join(o.files, " "), o.target,
 			res.Snapshot.Name, bytesHuman(res.DataBytes), bytesHuman(res.ZeroBytes))
@@ -151,6 +156,44 @@ func runApply(ctx context.Context, e *env, o applyOptions) (err error) {
 		printable.Sayf(e.stderr, "%s", msg)
 	}
 	return nil
+}
+
+// applyJSON is the result of apply --json and restore --json.
+type applyJSON struct {
+	Target string `json:"target"`
+	Volume string `json:"volume"`
+	// Snapshot is the id of the snapshot the target holds now; Seq its
+	// number in the store (restore).
+	Snapshot     string `json:"snapshot"`
+	SnapshotName string `json:"snapshot_name,omitempty"`
+	Seq          uint64 `json:"seq,omitempty"`
+	// Files are the delta files applied (restore: their snapshots' ids).
+	Files           []string `json:"files"`
+	DataBytes       int64    `json:"data_bytes"`
+	ZeroBytes       int64    `json:"zero_bytes"`
+	SupersededBytes int64    `json:"superseded_bytes"`
+	Seconds         float64  `json:"seconds"`
+	// Snapback is the file that undoes the apply (thinback apply FILE).
+	Snapback string `json:"snapback,omitempty"`
+	// NothingToDo: the target held the snapshot already (restore).
+	NothingToDo bool `json:"nothing_to_do,omitempty"`
+}
+
+func newApplyJSON(o applyOptions, res *restore.Result, files []string) applyJSON {
+	j := applyJSON{Target: o.target, Volume: res.VolumeName, Snapshot: res.Snapshot.ID.String(), SnapshotName: res.Snapshot.Name,
+		Files: files, DataBytes: res.DataBytes, ZeroBytes: res.ZeroBytes, SupersededBytes: res.Skipped, Seconds: res.Duration.Seconds()}
+	if res.Snapback != nil {
+		j.Snapback = o.snapback
+	}
+	return j
+}
+
+// printJSON prints v on standard output as indented JSON, as list, prune
+// and the other --json outputs are.
+func printJSON(e *env, v any) error {
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 // headerPeek is how much of a stream apply looks at to see whether it is
@@ -224,7 +267,7 @@ func applyTo(ctx context.Context, e *env, t *restore.Target, inputs []restore.In
 	// snapback file covers something and is kept. A snapback file being
 	// continued was there before: it is always kept.
 	began := resume
-	prog := newProgress(e.stderr, o.quiet, "applied", 0)
+	prog := newProgress(e.stderr, o.quiet || o.json, "applied", 0)
 	opts := restore.Options{
 		Force: o.force,
 		Key:   o.key,
@@ -239,7 +282,7 @@ func applyTo(ctx context.Context, e *env, t *restore.Target, inputs []restore.In
 			began = false // nothing of the apply stays: neither does its undo file
 			return sf.revert()
 		},
-		Progress: prog.Add,
+		Position: prog.At,
 	}
 	if undo != nil {
 		opts.Snapback, opts.ResumeSnapback = typedFile{undo}, resume

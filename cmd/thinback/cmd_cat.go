@@ -36,7 +36,7 @@ func catCommand(e *env) *cli.Command {
 			storeFlag,
 			&cli.StringFlag{Name: "at", Usage: `the newest snapshot at or before this time ("2026-11-20 03:00", local time, or RFC 3339)`},
 			&cli.StringFlag{Name: "snapshot", Usage: "the snapshot id (or a unique prefix, or its sequence number)"},
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "-", Usage: "write the image to this new file (- for standard output)"},
+			&cli.StringFlag{Name: "output", TakesFile: true, Aliases: []string{"o"}, Value: "-", Usage: "write the image to this new file (- for standard output)"},
 			quietFlag,
 		}, keyFlags...),
 		Action: func(c *cli.Context) error {

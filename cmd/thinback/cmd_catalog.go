@@ -33,12 +33,12 @@ func catalogCommand(e *env) *cli.Command {
 				"Where there is no store (a directory without catalog.db, volumes/ or keys/, an S3\n" +
 				"address without a store), rebuild makes none and exits 1: check --store, or make\n" +
 				"the store with thinback init.",
-			Flags: append([]cli.Flag{storeFlag, quietFlag}, keyFlags...),
+			Flags: append([]cli.Flag{storeFlag, quietFlag, jsonFlag}, keyFlags...),
 			Action: func(c *cli.Context) error {
 				if _, err := args(c, 0, 0, "takes no arguments"); err != nil {
 					return err
 				}
-				return runRebuild(c.Context, e, c.String("store"), c.Bool("quiet"), unlocker(e, c))
+				return runRebuild(c.Context, e, c.String("store"), c.Bool("quiet"), c.Bool("json"), unlocker(e, c))
 			},
 		}},
 	}
@@ -46,7 +46,7 @@ func catalogCommand(e *env) *cli.Command {
 
 // runRebuild rebuilds the catalog of the store dir; unlock returns its
 // key (storeKey), nil when it is in the clear.
-func runRebuild(ctx context.Context, e *env, dir string, quiet bool, unlock func(context.Context, catalog.Repository) (*archive.Key, error)) error {
+func runRebuild(ctx context.Context, e *env, dir string, quiet, asJSON bool, unlock func(context.Context, catalog.Repository) (*archive.Key, error)) error {
 	s, err := openRebuilt(ctx, e, dir)
 	if err != nil {
 		return err
@@ -69,6 +69,7 @@ func runRebuild(ctx context.Context, e *env, dir string, quiet bool, unlock func
 	}
 	var good []found
 	bad := 0
+	out := rebuildJSON{Store: dir, Skipped: []rebuildSkipped{}}
 	for _, f := range files {
 		h, tr, err := readStoredMeta(ctx, s, f.Path, key)
 		if err == nil && record.ID(h.Snapshot.ID) != f.ID {
@@ -79,7 +80,10 @@ func runRebuild(ctx context.Context, e *env, dir string, quiet bool, unlock func
 		}
 		if err != nil {
 			bad++
-			printable.Sayf(e.stderr, "thinback: skipping %s: %v", f.Path, err)
+			out.Skipped = append(out.Skipped, rebuildSkipped{File: f.Path, Error: err.Error()})
+			if !asJSON {
+				printable.Sayf(e.stderr, "thinback: skipping %s: %v", f.Path, err)
+			}
 			continue
 		}
 		sn := record.OfFile(h, tr)
@@ -94,7 +98,17 @@ func runRebuild(ctx context.Context, e *env, dir string, quiet bool, unlock func
 	if err := s.Rebuild(vols, snaps); err != nil {
 		return fmt.Errorf("catalog rebuild: %w", err)
 	}
-	if !quiet {
+	if asJSON {
+		out.Files = len(good)
+		names := map[string]bool{}
+		for _, v := range vols {
+			names[v.Name] = true
+		}
+		out.Volumes = len(names)
+		if err := printJSON(e, out); err != nil {
+			return err
+		}
+	} else if !quiet {
 		printable.Sayf(e.stderr, "rebuilt the catalog of %s from %d delta file(s)", dir, len(good))
 	}
 	if bad > 0 && key != nil {
@@ -104,6 +118,20 @@ func runRebuild(ctx context.Context, e *env, dir string, quiet bool, unlock func
 		return fmt.Errorf("catalog rebuild: %d file(s) could not be read and were left out (run thinback verify --store %s)", bad, dir)
 	}
 	return nil
+}
+
+// rebuildJSON is catalog rebuild --json's result: the files recorded and
+// those left out (the exit code is then 1, as without --json).
+type rebuildJSON struct {
+	Store   string           `json:"store"`
+	Volumes int              `json:"volumes"`
+	Files   int              `json:"files"`
+	Skipped []rebuildSkipped `json:"skipped"`
+}
+
+type rebuildSkipped struct {
+	File  string `json:"file"`
+	Error string `json:"error"`
 }
 
 // openRebuilt opens the store dir for a rebuild. A directory that lost

@@ -24,7 +24,7 @@ func initCommand(e *env) *cli.Command {
 			"exists, 2 bad command line (a new S3 or ssh:// store without --encrypt or --no-encrypt,\n" +
 			"--encrypt on a store with plain backups), 9 another thinback is changing the key slots, 14 no passphrase\n" +
 			"given and no terminal to type it at.",
-		Flags: []cli.Flag{storeFlag},
+		Flags: []cli.Flag{storeFlag, jsonFlag},
 		Action: func(c *cli.Context) error {
 			if _, err := args(c, 0, 0, "takes no arguments: give the store with --store DIR"); err != nil {
 				return err
@@ -34,8 +34,23 @@ func initCommand(e *env) *cli.Command {
 				return err
 			}
 			defer closeStore(e, s)
+			if c.Bool("json") {
+				j := initJSON{Store: s.String()}
+				if e.made != nil && e.made.store == s.String() {
+					j.Encrypted, j.KeyID = true, e.made.key.ID().String()
+				}
+				return printJSON(e, j)
+			}
 			printable.Sayf(e.stderr, "store %s is ready: back up into it with thinback backup VG/LV --store %s", s, s)
 			return nil
 		},
 	}
+}
+
+// initJSON is init --json's result: the store, and the id of the master
+// key when this run made it encrypted.
+type initJSON struct {
+	Store     string `json:"store"`
+	Encrypted bool   `json:"encrypted,omitempty"`
+	KeyID     string `json:"key_id,omitempty"`
 }

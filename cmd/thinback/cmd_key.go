@@ -23,7 +23,7 @@ import (
 // passwd): never those that unlock the store, so that the old passphrase
 // is not taken for the new one.
 var (
-	newPasswordFileFlag = &cli.StringFlag{Name: "new-password-file",
+	newPasswordFileFlag = &cli.StringFlag{Name: "new-password-file", TakesFile: true,
 		Usage: "read the new passphrase from the first line of this file (else it is typed twice at the terminal)"}
 	newPasswordCommandFlag = &cli.StringFlag{Name: "new-password-command",
 		Usage: "run this command (sh -c) and take the first line it prints as the new passphrase"}
@@ -66,7 +66,7 @@ func keyCommand(e *env) *cli.Command {
 				Flags: append(append([]cli.Flag{}, unlockFlags...),
 					&cli.BoolFlag{Name: "new-passphrase", Usage: "add a passphrase slot"},
 					newKeyFileFlag, recoveryRecipientFlag, recoveryRecipientFileFlag, labelFlag,
-					newPasswordFileFlag, newPasswordCommandFlag, pbkdfMemoryFlag, pbkdfTimeFlag),
+					newPasswordFileFlag, newPasswordCommandFlag, pbkdfMemoryFlag, pbkdfTimeFlag, jsonFlag),
 				Action: func(c *cli.Context) error {
 					if _, err := args(c, 0, 0, "give what to add with --new-passphrase, --new-key-file PATH or --recovery-recipient R"); err != nil {
 						return err
@@ -80,7 +80,7 @@ func keyCommand(e *env) *cli.Command {
 				ArgsUsage: "SLOT-ID",
 				Description: "Unlocks the store first: only someone who can open it removes a slot. The last intact\n" +
 					"slot is never removed; the one the store was unlocked with may be, if another remains.\n\n" + keyExitCodes,
-				Flags: unlockFlags,
+				Flags: append(append([]cli.Flag{}, unlockFlags...), jsonFlag),
 				Action: func(c *cli.Context) error {
 					a, err := args(c, 1, 1, "give the id of the slot to remove (thinback key list shows them)")
 					if err != nil {
@@ -97,7 +97,7 @@ func keyCommand(e *env) *cli.Command {
 					"when the passphrase is lost), then replaces the slot by one under the new passphrase,\n" +
 					"from --new-password-file or --new-password-command, or typed twice. Without SLOT-ID: the\n" +
 					"passphrase slot the store was unlocked with, or its only one.\n\n" + keyExitCodes,
-				Flags: append(append([]cli.Flag{}, unlockFlags...), newPasswordFileFlag, newPasswordCommandFlag, pbkdfMemoryFlag, pbkdfTimeFlag),
+				Flags: append(append([]cli.Flag{}, unlockFlags...), newPasswordFileFlag, newPasswordCommandFlag, pbkdfMemoryFlag, pbkdfTimeFlag, jsonFlag),
 				Action: func(c *cli.Context) error {
 					a, err := args(c, 0, 1, "give at most one slot id")
 					if err != nil {
@@ -386,6 +386,9 @@ func runKeyAdd(ctx context.Context, e *env, c *cli.Context) error {
 		}
 		return fmt.Errorf("key add: %w", err)
 	}
+	if c.Bool(jsonFlag.Name) {
+		return printJSON(e, keyChangeJSON{Store: ks.repo.String(), Added: s.ID, Type: s.Type, KeyID: ks.mk.ID().String(), KeyFile: keyFile})
+	}
 	printable.Sayf(e.stderr, "added key slot %s (%s) to %s, master key %s", s.ID, s.Type, ks.repo, ks.mk.ID())
 	if keyFile != "" {
 		printable.Sayf(e.stderr, "keep the key file %s on this host only (cron backs up with --key-file %s)", keyFile, keyFile)
@@ -405,11 +408,17 @@ func runKeyRemove(ctx context.Context, e *env, c *cli.Context, id string) error 
 		if err := ks.repo.RemoveKeySlot(id); err != nil {
 			return fmt.Errorf("key remove: %w", err)
 		}
+		if c.Bool(jsonFlag.Name) {
+			return printJSON(e, keyChangeJSON{Store: ks.repo.String(), Removed: id, KeyID: other.String()})
+		}
 		printable.Sayf(e.stderr, "removed key slot %s from %s: it wrapped master key %s, not %s, the key the store was opened with", id, ks.repo, other, ks.mk.ID())
 		return nil
 	}
 	if err := ks.ring.Remove(id); err != nil {
 		return fmt.Errorf("key remove: %w", err)
+	}
+	if c.Bool(jsonFlag.Name) {
+		return printJSON(e, keyChangeJSON{Store: ks.repo.String(), Removed: id, KeyID: ks.mk.ID().String(), Unlocked: id == ks.slot.ID})
 	}
 	printable.Sayf(e.stderr, "removed key slot %s from %s", id, ks.repo)
 	if id == ks.slot.ID {
@@ -446,8 +455,24 @@ func runKeyPasswd(ctx context.Context, e *env, c *cli.Context, id string) error 
 	if err != nil {
 		return fmt.Errorf("key passwd: %w", err)
 	}
+	if c.Bool(jsonFlag.Name) {
+		return printJSON(e, keyChangeJSON{Store: ks.repo.String(), Added: s.ID, Removed: id, Type: s.Type, KeyID: ks.mk.ID().String()})
+	}
 	printable.Sayf(e.stderr, "changed the passphrase of %s: key slot %s replaces %s (same master key %s, no backup touched)", ks.repo, s.ID, id, ks.mk.ID())
 	return nil
+}
+
+// keyChangeJSON is what key add, remove and passwd --json print: the slot
+// added and the one removed (passwd: both), and the master key's id.
+type keyChangeJSON struct {
+	Store   string    `json:"store"`
+	Added   string    `json:"added,omitempty"`
+	Removed string    `json:"removed,omitempty"`
+	Type    keys.Type `json:"type,omitempty"` // of the slot added
+	KeyID   string    `json:"key_id"`
+	KeyFile string    `json:"key_file,omitempty"` // the key file key add made
+	// Unlocked: the slot removed is the one this run opened the store with.
+	Unlocked bool `json:"unlocked_with_removed,omitempty"`
 }
 
 // passwdSlot picks the slot key passwd changes when none is named: the

@@ -102,7 +102,11 @@ func runPrune(ctx context.Context, e *env, o pruneOptions) error {
 		if err != nil {
 			return fmt.Errorf("prune: %w", err)
 		}
-		res, err := prune.Volume(ctx, s, v.Name, policy, prune.Options{DryRun: o.dryRun, Level: archive.LevelFastest, Tool: toolName(), Key: key})
+		// Merging rewrites files: a line per volume on a terminal.
+		prog := newProgress(e.stderr, o.quiet || o.json, "merging "+v.Name+":", 0)
+		res, err := prune.Volume(ctx, s, v.Name, policy, prune.Options{DryRun: o.dryRun, Level: archive.LevelFastest, Tool: toolName(), Key: key,
+			Position: prog.At})
+		prog.Done()
 		unlockWarn(e, unlock, v.Name)
 		if err != nil {
 			return fmt.Errorf("prune: %w", err)

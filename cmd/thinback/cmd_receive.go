@@ -40,13 +40,13 @@ func receiveCommand(e *env) *cli.Command {
 			"prints the token of TARGET's interrupted transfer from the state file.",
 		Flags: append([]cli.Flag{
 			storeFlag,
-			&cli.StringFlag{Name: "to", Usage: "apply the stream to this file or block device instead"},
+			&cli.StringFlag{Name: "to", TakesFile: true, Usage: "apply the stream to this file or block device instead"},
 			&cli.StringFlag{Name: "snapback", Usage: "with --to: save the data the apply overwrites in this new delta file"},
 			&cli.BoolFlag{Name: "force", Usage: "with --to: apply even if the target is not known to hold the base snapshot"},
 			&cli.BoolFlag{Name: "resumable", Usage: "with --to: record the progress as it goes, so that a cut stream is resumed from there (send --resume)"},
 			&cli.Int64Flag{Name: "checkpoint-mib", Value: restore.DefaultCheckpointBytes >> 20, Usage: "with --resumable: fsync the target and record the progress every this many MiB written"},
 			&cli.BoolFlag{Name: "resume-token", Usage: "with --to: print the token of the target's interrupted transfer (for send --resume), read nothing"},
-			stateFlag, quietFlag,
+			stateFlag, quietFlag, jsonFlag,
 		}, keyFlags...),
 		Action: func(c *cli.Context) error {
 			if _, err := args(c, 0, 0, "takes no arguments: the delta file comes on standard input"); err != nil {
@@ -70,7 +70,7 @@ func receiveCommand(e *env) *cli.Command {
 					return fmt.Errorf("receive: %w", err)
 				}
 				o := applyOptions{files: []string{"-"}, target: to, snapback: c.String("snapback"),
-					force: c.Bool("force"), state: stateFilePath(c.String("state")), quiet: c.Bool("quiet"), key: key}
+					force: c.Bool("force"), state: stateFilePath(c.String("state")), quiet: c.Bool("quiet"), json: c.Bool("json"), key: key}
 				if c.Bool("resumable") {
 					o.checkpoint = c.Int64("checkpoint-mib") << 20
 				}
@@ -78,7 +78,7 @@ func receiveCommand(e *env) *cli.Command {
 			case store == "":
 				return usageError{msg: "receive: give --store DIR or --to TARGET"}
 			}
-			return runReceive(c.Context, e, store, c.Bool("quiet"), unlocker(e, c))
+			return runReceive(c.Context, e, store, c.Bool("quiet"), c.Bool("json"), unlocker(e, c))
 		},
 	}
 }
@@ -134,7 +134,7 @@ func (l *laterWriter) setTarget(w io.Writer) error {
 
 // runReceive records the stream on standard input in the store dir;
 // unlock returns the store's key (storeKey), nil when it is in the clear.
-func runReceive(ctx context.Context, e *env, dir string, quiet bool, unlock func(context.Context, catalog.Repository) (*archive.Key, error)) error {
+func runReceive(ctx context.Context, e *env, dir string, quiet, asJSON bool, unlock func(context.Context, catalog.Repository) (*archive.Key, error)) error {
 	s, err := openStore(ctx, e, dir, true)
 	if err != nil {
 		return err
@@ -192,7 +192,7 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool, unlock func
 	if err != nil {
 		return fmt.Errorf("receive: %w", receiveAdvice(h, err))
 	}
-	prog := newProgress(e.stderr, quiet, "received", h.VolumeSize)
+	prog := newProgress(e.stderr, quiet || asJSON, "received", h.VolumeSize)
 	// A new volume is recorded with its first snapshot, so a stream that
 	// fails, or a commit that does, leaves no volume behind.
 	snap, err := s.WriteVolumeDelta(record.VolumeOf(h), record.ID(h.Snapshot.ID), func(w io.Writer) (catalog.Snapshot, error) {
@@ -211,6 +211,9 @@ func runReceive(ctx context.Context, e *env, dir string, quiet bool, unlock func
 	prog.Done()
 	if err != nil {
 		return fmt.Errorf("receive: %w\nnothing was recorded in the store", backup.StoreWriteError(dir, err))
+	}
+	if asJSON {
+		return printJSON(e, snap) // the record, as list --json shows records
 	}
 	if !quiet {
 		kind := "full"

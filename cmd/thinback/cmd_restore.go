@@ -35,10 +35,10 @@ func restoreCommand(e *env) *cli.Command {
 			storeFlag,
 			&cli.StringFlag{Name: "at", Usage: `the newest snapshot at or before this time ("2026-11-20 03:00", local time, or RFC 3339)`},
 			&cli.StringFlag{Name: "snapshot", Usage: "the snapshot id (or a unique prefix, or its sequence number)"},
-			&cli.StringFlag{Name: "to", Usage: "the file or block device to write (required)"},
+			&cli.StringFlag{Name: "to", TakesFile: true, Usage: "the file or block device to write (required)"},
 			&cli.StringFlag{Name: "snapback", Usage: "save the data the restore overwrites in this new delta file"},
 			&cli.BoolFlag{Name: "force", Usage: "overwrite a target that holds another volume"},
-			stateFlag, quietFlag,
+			stateFlag, quietFlag, jsonFlag,
 		}, keyFlags...),
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 1, 1, "give the volume to restore")
@@ -55,7 +55,7 @@ func restoreCommand(e *env) *cli.Command {
 				store: c.String("store"), volume: a[0], at: c.String("at"), snapshot: c.String("snapshot"),
 				unlock: unlocker(e, c),
 				apply: applyOptions{target: c.String("to"), snapback: c.String("snapback"), force: c.Bool("force"),
-					state: stateFilePath(c.String("state")), quiet: c.Bool("quiet")},
+					state: stateFilePath(c.String("state")), quiet: c.Bool("quiet"), json: c.Bool("json")},
 			})
 		},
 	}
@@ -161,6 +161,11 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 		}
 	}
 	if from == len(chain) {
+		if o.apply.json {
+			last := chain[len(chain)-1]
+			return printJSON(e, applyJSON{Target: o.apply.target, Volume: o.volume, Snapshot: last.ID, SnapshotName: last.Name,
+				Seq: last.Seq, Files: []string{}, NothingToDo: true})
+		}
 		if !o.apply.quiet {
 			printable.Sayf(e.stderr, "%s already holds %s of %s: nothing to do", o.apply.target, chain[len(chain)-1].ID, o.volume)
 		}
@@ -176,6 +181,16 @@ func runRestore(ctx context.Context, e *env, o restoreOptions) (err error) {
 	res, err := applyTo(ctx, e, t, inputs, o.apply)
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
+	}
+	if o.apply.json {
+		last := chain[len(chain)-1]
+		ids := make([]string, 0, len(inputs))
+		for _, sn := range chain[from:] {
+			ids = append(ids, sn.ID)
+		}
+		j := newApplyJSON(o.apply, res, ids)
+		j.Volume, j.Seq = o.volume, last.Seq
+		return printJSON(e, j)
 	}
 	if !o.apply.quiet {
 		last := chain[len(chain)-1]

@@ -50,16 +50,16 @@ func sendCommand(e *env) *cli.Command {
 			&cli.StringFlag{Name: "base", Usage: "send only what changed since this older snapshot (thin, or classic) of the same volume (VG/SNAP)"},
 			&cli.BoolFlag{Name: "release-stale-metadata-snap", Usage: releaseStaleUsage},
 			discoveryFlag,
-			&cli.StringFlag{Name: "file", Usage: "send this image or block device"},
+			&cli.StringFlag{Name: "file", TakesFile: true, Usage: "send this image or block device"},
 			&cli.StringFlag{Name: "base-file", Usage: "send only the blocks of --file that differ from this older image"},
 			&cli.StringFlag{Name: "base-id", Usage: "snapshot id of the base (for a block device base, whose id cannot be derived)"},
-			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "write the delta file here (- for standard output)"},
+			&cli.StringFlag{Name: "output", TakesFile: true, Aliases: []string{"o"}, Usage: "write the delta file here (- for standard output)"},
 			&cli.StringFlag{Name: "volume", Usage: "volume name recorded in the file (default: the image's file name)"},
 			&cli.StringFlag{Name: "volume-uuid", Usage: "volume identity recorded in the file, checked by apply"},
 			&cli.Int64Flag{Name: "block-size", Value: archive.DefaultBlockSize, Usage: "block size in bytes for images (a multiple of 4096)"},
 			&cli.StringFlag{Name: "resume", Usage: "write only the rest of the interrupted transfer this token names (see receive --resumable)"},
 			levelFlag,
-			quietFlag,
+			quietFlag, jsonFlag,
 			sendStoreFlag,
 			sendToFlag, sendSnapbackFlag, sendForceFlag,
 		}, remoteFlags...), keyFlags...),
@@ -75,7 +75,7 @@ func sendCommand(e *env) *cli.Command {
 			o := sendOptions{
 				file: c.String("file"), baseFile: c.String("base-file"), baseID: c.String("base-id"),
 				out: c.String("output"), volume: c.String("volume"), volumeUUID: c.String("volume-uuid"),
-				blockSize: c.Int64("block-size"), level: lvl, quiet: c.Bool("quiet"),
+				blockSize: c.Int64("block-size"), level: lvl, quiet: c.Bool("quiet"), json: c.Bool("json"),
 				releaseStale: c.Bool("release-stale-metadata-snap"),
 			}
 			if o.discovery, err = discoveryOf(c, "send"); err != nil {
@@ -121,6 +121,7 @@ type sendOptions struct {
 	blockSize              int64
 	level                  archive.Level
 	quiet                  bool
+	json                   bool // the summary as a JSON object (sendJSON)
 	releaseStale           bool
 	discovery              lvmthin.Discovery
 	// resume, if set, makes the file the rest of the transfer it names.
@@ -142,7 +143,10 @@ type sendOptions struct {
 var sendStoreFlag = &cli.StringFlag{Name: storeFlag.Name, Usage: "encrypt the delta file under this encrypted store's key"}
 
 func runSend(ctx context.Context, e *env, o sendOptions) error {
-	newProg := func(total int64) backup.Progress { return newProgress(e.stderr, o.quiet, "sent", total) }
+	if o.json && o.out == "-" && o.to == "" {
+		return usageError{msg: "send: --json prints on standard output, where -o - writes the delta file: give -o FILE, or drop --json"}
+	}
+	newProg := func(total int64) backup.Progress { return newProgress(e.stderr, o.quiet || o.json, "sent", total) }
 	var out *backup.Outgoing
 	// The key first: a wrong passphrase must not leave a metadata
 	// snapshot reserved or an output begun.
@@ -192,6 +196,9 @@ func runSend(ctx context.Context, e *env, o sendOptions) error {
 		return fmt.Errorf("send: %w", err)
 	}
 	st.read = out.Read(st.trailer)
+	if o.json {
+		return printJSON(e, newSendJSON(out.Header, st, o))
+	}
 	if !o.quiet {
 		line := sendSummary(out.Header, st)
 		if out.Detail != nil {
@@ -200,6 +207,40 @@ func runSend(ctx context.Context, e *env, o sendOptions) error {
 		printable.Sayf(e.stderr, "%s", line)
 	}
 	return nil
+}
+
+// sendJSON is send --json's summary.
+type sendJSON struct {
+	Volume     string `json:"volume"`
+	Snapshot   string `json:"snapshot"`
+	Name       string `json:"name,omitempty"`
+	Parent     string `json:"parent,omitempty"` // "" for a full
+	ResumeFrom int64  `json:"resume_from,omitempty"`
+	Output     string `json:"output,omitempty"` // the file written (-o)
+	To         string `json:"to,omitempty"`     // where it was applied (--to)
+	VolumeSize int64  `json:"volume_size"`
+	DataBytes  int64  `json:"data_bytes"`
+	ZeroBytes  int64  `json:"zero_bytes"`
+	ReadBytes  int64  `json:"read_bytes"`
+	FileSize   int64  `json:"file_size"`
+	Digest     string `json:"file_digest"`
+	// Seconds the send took.
+	Seconds float64 `json:"seconds"`
+}
+
+func newSendJSON(h *archive.Header, st sendStats, o sendOptions) sendJSON {
+	j := sendJSON{Volume: h.VolumeName, Snapshot: h.Snapshot.ID.String(), Name: h.Snapshot.Name, ResumeFrom: h.ResumeFrom,
+		VolumeSize: h.VolumeSize, DataBytes: st.trailer.DataBytes, ZeroBytes: st.trailer.ZeroBytes,
+		ReadBytes: st.read, FileSize: st.fileSize, Digest: fmt.Sprintf("%x", st.trailer.Digest), Seconds: st.took.Seconds()}
+	if !h.IsFull() {
+		j.Parent = h.Parent.ID.String()
+	}
+	if o.to != "" {
+		j.To = o.to
+	} else {
+		j.Output = o.out
+	}
+	return j
 }
 
 // sendStats is what a send did.
@@ -217,7 +258,7 @@ type sendToOptions struct {
 	src         archive.Source
 	level       archive.Level
 	key         *archive.Key // encrypts the file; nil: in the clear
-	progress    progress
+	progress    backup.Progress
 	countWrites bool // add the bytes written to progress
 	// guards are what the delta is read from, which standard output must
 	// not be or hold.

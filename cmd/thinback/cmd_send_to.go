@@ -13,9 +13,9 @@ import (
 // send --to: lvmsync's one-liner, the same transfer as
 // `send -o - | ssh HOST thinback receive --to PATH`.
 var (
-	sendToFlag = &cli.StringFlag{Name: "to",
+	sendToFlag = &cli.StringFlag{Name: "to", TakesFile: true,
 		Usage: "apply the delta on another host as receive --to does there: HOST:/dev/VG/LV, ssh://[USER@]HOST[:PORT]/PATH, or a file or device on this host"}
-	sendSnapbackFlag = &cli.StringFlag{Name: "snapback", Usage: "with --to: save the data the apply overwrites in this new delta file, on the receiving host"}
+	sendSnapbackFlag = &cli.StringFlag{Name: "snapback", TakesFile: true, Usage: "with --to: save the data the apply overwrites in this new delta file, on the receiving host"}
 	sendForceFlag    = &cli.BoolFlag{Name: "force", Usage: "with --to: apply even if the target is not known to hold the base snapshot"}
 )
 

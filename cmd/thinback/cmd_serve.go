@@ -49,9 +49,9 @@ func serveCommand(e *env) *cli.Command {
 			&cli.StringFlag{Name: "nbd", Usage: "where to listen: unix:PATH or tcp:HOST:PORT (required)"},
 			&cli.IntFlag{Name: "max-connections", Value: nbd.DefaultConns, Usage: "serve at most `N` connections at once"},
 			&cli.DurationFlag{Name: "handshake-timeout", Value: nbd.DefaultHandshakeTimeout, Usage: "close a connection that has not chosen its export within this `TIME`"},
-			&cli.StringFlag{Name: "tls-cert", Usage: "require TLS, with this server certificate (PEM `FILE`, with --tls-key)"},
-			&cli.StringFlag{Name: "tls-key", Usage: "the private key of --tls-cert (PEM `FILE`)"},
-			&cli.StringFlag{Name: "tls-client-ca", Usage: "require client certificates signed by this CA (PEM `FILE`; needs --tls-cert)"},
+			&cli.StringFlag{Name: "tls-cert", TakesFile: true, Usage: "require TLS, with this server certificate (PEM `FILE`, with --tls-key)"},
+			&cli.StringFlag{Name: "tls-key", TakesFile: true, Usage: "the private key of --tls-cert (PEM `FILE`)"},
+			&cli.StringFlag{Name: "tls-client-ca", TakesFile: true, Usage: "require client certificates signed by this CA (PEM `FILE`; needs --tls-cert)"},
 			recordCacheFlag("shared by every client"),
 		}, keyFlags...),
 		Action: func(c *cli.Context) error {

@@ -18,10 +18,10 @@ import (
 // The flags that say where the secret unlocking an encrypted store is.
 // A passphrase itself is never a flag's value (see package secret).
 var (
-	keyFileFlag          = &cli.StringFlag{Name: "key-file", EnvVars: []string{"THINBACK_KEY_FILE"}, Usage: "unlock an encrypted store with this key file (or $THINBACK_KEY_FILE)"}
-	passwordFileFlag     = &cli.StringFlag{Name: "password-file", Usage: "read the passphrase from the first line of this file"}
+	keyFileFlag          = &cli.StringFlag{Name: "key-file", TakesFile: true, EnvVars: []string{"THINBACK_KEY_FILE"}, Usage: "unlock an encrypted store with this key file (or $THINBACK_KEY_FILE)"}
+	passwordFileFlag     = &cli.StringFlag{Name: "password-file", TakesFile: true, Usage: "read the passphrase from the first line of this file"}
 	passwordCommandFlag  = &cli.StringFlag{Name: "password-command", Usage: "run this command (sh -c) and take the first line it prints as the passphrase"}
-	recoveryIdentityFlag = &cli.StringFlag{Name: "recovery-identity", Usage: "unlock with a recovery slot: this age identity file holds its private key"}
+	recoveryIdentityFlag = &cli.StringFlag{Name: "recovery-identity", TakesFile: true, Usage: "unlock with a recovery slot: this age identity file holds its private key"}
 )
 
 // keyFlags are the flags of every command that reads or writes an

@@ -29,11 +29,11 @@ var (
 		Usage: "a new store is encrypted: make its master key and a passphrase slot (the passphrase from --password-file, --password-command, $THINBACK_PASSWORD, or typed twice)"}
 	noEncryptFlag = &cli.BoolFlag{Name: "no-encrypt",
 		Usage: "a new store on S3 is not encrypted: whoever reads the bucket reads every backed-up volume, and whoever writes to it can change what restore writes"}
-	newKeyFileFlag = &cli.StringFlag{Name: "new-key-file",
+	newKeyFileFlag = &cli.StringFlag{Name: "new-key-file", TakesFile: true,
 		Usage: "also create this key file (mode 0600, never over an existing file; its directory 0700 if missing) and a key slot it opens, for cron (--key-file)"}
 	recoveryRecipientFlag = &cli.StringSliceFlag{Name: "recovery-recipient",
 		Usage: "also add a recovery slot wrapped to this age recipient (age1...): its identity, kept offline, opens the store when every other secret is lost"}
-	recoveryRecipientFileFlag = &cli.StringFlag{Name: "recovery-recipient-file",
+	recoveryRecipientFileFlag = &cli.StringFlag{Name: "recovery-recipient-file", TakesFile: true,
 		Usage: "also add a recovery slot for each age recipient in this file (one a line, as age -R reads them)"}
 	pbkdfMemoryFlag = &cli.UintFlag{Name: "pbkdf-memory", Value: uint(keys.DefaultArgon2.MemoryKiB >> 10),
 		Usage: fmt.Sprintf("MiB of memory Argon2id takes to stretch a new passphrase (%d to %d)", keys.MinArgon2MemoryKiB>>10, keys.MaxArgon2MemoryKiB>>10)}

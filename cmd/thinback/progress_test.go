@@ -10,7 +10,8 @@ import (
 // deferred call) neither panics nor draws again.
 func TestProgressDoneTwice(t *testing.T) {
 	var buf bytes.Buffer
-	p := &ttyProgress{w: &buf, verb: "sent", total: 100, start: time.Now(), stop: make(chan struct{})}
+	p := &ttyProgress{w: &buf, verb: "sent", start: time.Now(), stop: make(chan struct{})}
+	p.total.Store(100)
 	p.wg.Add(1)
 	go p.run()
 	p.Add(50)

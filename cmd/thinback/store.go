@@ -15,10 +15,10 @@ import (
 )
 
 // storeFlag names the backup store; THINBACK_STORE sets a default.
-var storeFlag = &cli.StringFlag{Name: "store", EnvVars: []string{"THINBACK_STORE"}, Usage: "the backup store: a directory, s3:https://HOST[:PORT]/BUCKET[/PREFIX], or ssh://[USER@]HOST[:PORT]/PATH (or $THINBACK_STORE)"}
+var storeFlag = &cli.StringFlag{Name: "store", TakesFile: true, EnvVars: []string{"THINBACK_STORE"}, Usage: "the backup store: a directory, s3:https://HOST[:PORT]/BUCKET[/PREFIX], or ssh://[USER@]HOST[:PORT]/PATH (or $THINBACK_STORE)"}
 
 // stateFlag names the file recording what each target on this machine holds.
-var stateFlag = &cli.StringFlag{Name: "state", Usage: "state file recording what each target holds (default $THINBACK_STATE or " + defaultStateFile + ")"}
+var stateFlag = &cli.StringFlag{Name: "state", TakesFile: true, Usage: "state file recording what each target holds (default $THINBACK_STATE or " + defaultStateFile + ")"}
 
 var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON"}
 

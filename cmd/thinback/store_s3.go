@@ -18,13 +18,13 @@ import (
 // or the shared credentials file (AWS_PROFILE), as for every S3 tool, and
 // never from a command line that ps shows.
 var (
-	cacheFlag = &cli.StringFlag{Name: "cache", EnvVars: []string{"THINBACK_CACHE"},
+	cacheFlag = &cli.StringFlag{Name: "cache", TakesFile: true, EnvVars: []string{"THINBACK_CACHE"},
 		Usage: "S3 stores: directory of the local caches of their catalogs (default $XDG_CACHE_HOME/thinback, or /var/cache/thinback for root)"}
 	s3RegionFlag = &cli.StringFlag{Name: "s3-region", EnvVars: []string{"THINBACK_S3_REGION"},
 		Usage: "S3 stores: the region (default $AWS_DEFAULT_REGION or $AWS_REGION, else asked of the server)"}
 	s3LookupFlag = &cli.StringFlag{Name: "s3-bucket-lookup", EnvVars: []string{"THINBACK_S3_BUCKET_LOOKUP"}, Value: "auto",
 		Usage: "S3 stores: how requests name the bucket: auto, dns (virtual-host style) or path"}
-	caCertFlag = &cli.StringFlag{Name: "cacert", EnvVars: []string{"THINBACK_CACERT"},
+	caCertFlag = &cli.StringFlag{Name: "cacert", TakesFile: true, EnvVars: []string{"THINBACK_CACERT"},
 		Usage: "S3 stores: a PEM file of certificates to trust besides the system's"}
 	insecureTLSFlag = &cli.BoolFlag{Name: "insecure-tls",
 		Usage: "S3 stores: do not verify the server's TLS certificate (only for tests: anyone in between can read and change the backups)"}

@@ -29,6 +29,9 @@ type Options struct {
 	// merge fails (archive.ErrKeyRequired, naming the key id) before the
 	// store is changed.
 	Key *archive.Key
+	// Position, if set, is told how far through the volume each merge is
+	// (restore.MergeOptions.Position); each merge starts again from 0.
+	Position func(end, size int64)
 }
 
 // Result says what a prune of one volume did (or would do).
@@ -111,7 +114,7 @@ func mergeInto(ctx context.Context, s catalog.Repository, vol catalog.Volume, ke
 	_, err = s.ReplaceDelta(kept.Volume, kept.ID, ids, func(w io.Writer) (catalog.Snapshot, error) {
 		// Two workers at most: prune runs beside backups, and memory grows
 		// with workers times the files merged.
-		h, tr, err := restore.Merge(ctx, w, inputs, restore.MergeOptions{Tool: o.Tool, Workers: 2, Level: o.Level, Key: o.Key})
+		h, tr, err := restore.Merge(ctx, w, inputs, restore.MergeOptions{Tool: o.Tool, Workers: 2, Level: o.Level, Key: o.Key, Position: o.Position})
 		if err != nil {
 			return catalog.Snapshot{}, err
 		}

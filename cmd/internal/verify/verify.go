@@ -57,7 +57,7 @@ func readFile(ctx context.Context, f io.Reader, payloads bool, key *archive.Key)
 // Stored reads a store's delta file to its verified END record,
 // decompressing every record and checking every digest.
 func Stored(ctx context.Context, s catalog.Repository, file string) (*archive.Header, archive.Trailer, error) {
-	h, tr, _, err := stored(ctx, s, file, nil, false)
+	h, tr, _, err := stored(ctx, s, file, nil, false, noProgress{}.Add)
 	return h, tr, err
 }
 
@@ -65,12 +65,12 @@ func Stored(ctx context.Context, s catalog.Repository, file string) (*archive.He
 // no key, an encrypted file has only its structure checked
 // (archive.CheckStructure), and unchecked is true: its trailer holds
 // only the file digest.
-func stored(ctx context.Context, s catalog.Repository, file string, key *archive.Key, keyless bool) (h *archive.Header, tr archive.Trailer, unchecked bool, err error) {
+func stored(ctx context.Context, s catalog.Repository, file string, key *archive.Key, keyless bool, read func(int64)) (h *archive.Header, tr archive.Trailer, unchecked bool, err error) {
 	r, err := s.OpenStream(file)
 	if err != nil {
 		return nil, archive.Trailer{}, false, err
 	}
-	h, tr, err = readFile(ctx, r, true, key)
+	h, tr, err = readFile(ctx, countingReader{r, read}, true, key)
 	r.Close()
 	if !keyless || key != nil || !errors.Is(err, archive.ErrKeyRequired) {
 		return h, tr, false, err
@@ -84,6 +84,18 @@ func stored(ctx context.Context, s catalog.Repository, file string, key *archive
 		return h, archive.Trailer{}, true, err
 	}
 	return st.Header, archive.Trailer{Digest: st.Digest}, true, nil
+}
+
+// countingReader tells read how many bytes each Read returned.
+type countingReader struct {
+	r    io.Reader
+	read func(int64)
+}
+
+func (c countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.read(int64(n))
+	return n, err
 }
 
 // FileResult is the verdict on one recorded delta file.
@@ -159,6 +171,11 @@ type Options struct {
 	// Result.Unchecked say its contents were not checked. Files that are
 	// not encrypted are read in full as always.
 	Keyless bool
+
+	// Progress, if set, is called with the bytes of the files to read;
+	// the Progress it returns is told of the bytes read (from two
+	// goroutines at once), and Done when the reading ends.
+	Progress func(total int64) Progress
 }
 
 // Store checks the store s: each recorded delta file (of o.Volume, or
@@ -204,6 +221,15 @@ func Store(ctx context.Context, s catalog.Repository, o Options) (*Result, error
 		took      time.Duration
 		done      chan struct{}
 	}
+	var prog Progress = noProgress{}
+	if o.Progress != nil {
+		var total int64
+		for _, sn := range snaps {
+			total += sn.FileSize
+		}
+		prog = o.Progress(total)
+	}
+	defer prog.Done()
 	reads := make(map[string]*read, len(snaps)) // by file: a prune may repoint a snapshot meanwhile
 	byID := make(map[string]catalog.Snapshot, len(snaps))
 	for _, sn := range snaps {
@@ -219,7 +245,7 @@ func Store(ctx context.Context, s catalog.Repository, o Options) (*Result, error
 			for sn := range next {
 				r := reads[sn.File]
 				start := time.Now()
-				r.h, r.tr, r.unchecked, r.err = stored(ctx, s, sn.File, o.Key, o.Keyless)
+				r.h, r.tr, r.unchecked, r.err = stored(ctx, s, sn.File, o.Key, o.Keyless, prog.Add)
 				r.took = time.Since(start)
 				close(r.done)
 			}
@@ -249,7 +275,7 @@ func Store(ctx context.Context, s catalog.Repository, o Options) (*Result, error
 		if r == nil { // recorded meanwhile
 			r = &read{}
 			start := time.Now()
-			r.h, r.tr, r.unchecked, r.err = stored(ctx, s, snap.File, o.Key, o.Keyless)
+			r.h, r.tr, r.unchecked, r.err = stored(ctx, s, snap.File, o.Key, o.Keyless, prog.Add)
 			r.took = time.Since(start)
 		} else {
 			select {
