@@ -42,12 +42,12 @@ func backupCommand(e *env) *cli.Command {
 			"With --keep-* options, the volume's snapshots are then pruned (see thinback prune) and\n" +
 			"the policy is remembered. One run per volume at a time: a second exits with code 9.\n\n" +
 			"Several volumes (VG/LV VG/LV ..., or --all VG: its thin and ordinary LVs, not pools,\n" +
-			"classic snapshots, thinback's own snapshots or replicas; --exclude LV or glob, repeatable)\n" +
-			"are backed up one after the other, each as it would be alone; a volume that fails is\n" +
-			"named on its own line and the others go on. A last line names those that failed, and\n" +
-			"the exit code is the worst of theirs (130 if interrupted, which stops the run after the\n" +
-			"volume being backed up has cleaned up).\n\n" +
-			"With --metrics-file, each volume's run is recorded in that file in node_exporter's\n" +
+			"snapshots or replicas; --exclude LV or glob, repeatable) are backed up one after the\n" +
+			"other into the store, each as it would be alone (--snapshot-size then applies to the\n" +
+			"thick ones); a volume that fails is named on its own line and the others go on. A\n" +
+			"last line names those that failed, and the exit code is the worst of theirs (130 if\n" +
+			"interrupted, which stops the run after the volume being backed up has cleaned up).\n\n" +
+						"With --metrics-file, each volume's run is recorded in that file in node_exporter's\n" +
 			"textfile format (last success and run times, exit code, bytes, durations, chain length,\n" +
 			"store usage), failed runs too.\n\n" +
 			"Into an encrypted store, the key is unlocked first (--key-file, --password-file,\n" +
@@ -157,6 +157,8 @@ type backupOptions struct {
 	// metricsFile is the node_exporter textfile the run is recorded in
 	// ("": none), with metricsJob as the series' job label.
 	metricsFile, metricsJob string
+	// several: one of a backup of several volumes.
+	several bool
 	// lvmBefore are LVM commands run for this volume before runBackup (the
 	// lvs of backup --all), counted in its LVM cost.
 	lvmBefore lvmthin.CommandStats
@@ -244,7 +246,7 @@ func runBackup(ctx context.Context, e *env, o backupOptions) (done backupDone, _
 		commands = func() lvmthin.CommandStats { return plusStats(o.lvmBefore, counted()) }
 		defer func() { done.lvmSeconds = commands().LVMTime.Seconds() }()
 		src, err = backup.OpenLV(ctx, o.lv, backup.LVOptions{
-			SnapshotSize: o.snapshotSize, ReleaseStale: o.releaseStale, Discovery: o.discovery, Waiting: waitingLine(e), Tool: toolName(),
+			SnapshotSize: o.snapshotSize, ThickOnly: o.several, ReleaseStale: o.releaseStale, Discovery: o.discovery, Waiting: waitingLine(e), Tool: toolName(),
 		})
 		if err != nil {
 			return done, usageOf(fmt.Errorf("backup: %w", err))

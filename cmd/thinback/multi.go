@@ -74,9 +74,9 @@ func errorLine(ctx context.Context, err error) string {
 }
 
 // allVolumes lists the LVs of the volume group vg that backup --all backs
-// up, sorted by name: thin volumes (snapshots of another thin volume too,
-// as VMs cloned from a template are) and ordinary LVs. Never pools or
-// their hidden sub-LVs, classic snapshots, thinback's own snapshots
+// up, sorted by name: thin volumes and ordinary LVs, as backup of one
+// takes them. Never pools or their hidden sub-LVs, thin or classic
+// snapshots (backup refuses them), thinback's own snapshots
 // (LV.thinback.<time>), replica snapshots (tagged) or the replica targets
 // replicate writes to (backing them up is the source host's job; name one
 // to back it up anyway); nor those matching an exclude pattern (an LV
@@ -91,7 +91,7 @@ func allVolumes(ctx context.Context, vg string, exclude []string) ([]lvmthin.Nam
 	var names []lvmthin.Name
 	for _, lv := range r.LVs {
 		switch lv.Kind() {
-		case lvmthin.KindThin, lvmthin.KindThinSnapshot, lvmthin.KindThick:
+		case lvmthin.KindThin, lvmthin.KindThick:
 		default:
 			continue
 		}
@@ -168,6 +168,7 @@ func runBackups(ctx context.Context, e *env, o backupOptions, lvs []lvmthin.Name
 		}
 		vo := o
 		vo.lv = lv.String()
+		vo.several = true
 		if i == 0 {
 			vo.lvmBefore = listed
 		}
