@@ -11,7 +11,6 @@ import (
 	"syscall"
 
 	"github.com/thinback/thinback/archive"
-	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/thinback/thinback/cmd/internal/remote"
 	"github.com/urfave/cli/v2"
 )
@@ -32,16 +31,11 @@ func Main(args []string) int {
 	}
 	err := app.RunContext(ctx, interspersed(app, args))
 	if err != nil && !errors.As(err, new(reportedError)) {
+		fmt.Fprintf(os.Stderr, "thinback: %s\n", errorLine(ctx, err))
 		if ctx.Err() != nil && !errors.Is(err, context.Canceled) {
 			// The signal arrived while the error was being made.
 			err = fmt.Errorf("%w (interrupted: %w)", err, context.Canceled)
 		}
-		msg := err.Error()
-		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
-			msg = "interrupted: " + strings.TrimSuffix(msg, ": context canceled")
-		}
-		// Messages quote names from files, streams and catalogs.
-		fmt.Fprintf(os.Stderr, "thinback: %s\n", printable.Message(msg))
 	}
 	return exitCode(err)
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/thinback/thinback/catalog/s3store"
 	"github.com/thinback/thinback/catalog/sshstore"
 	"github.com/thinback/thinback/cmd/internal/config"
+	"github.com/thinback/thinback/cmd/internal/metrics"
 	"github.com/thinback/thinback/cmd/internal/record"
 	"github.com/thinback/thinback/cmd/internal/remote"
 	"github.com/thinback/thinback/cmd/internal/replica"
@@ -296,6 +297,10 @@ var exitCodes = []struct {
 	{catalog.ErrInUse, exitError},
 	{catalog.ErrReadOnly, exitError},
 	{catalog.ErrLeftover, exitError},
+
+	// A metrics file of another program, replaced: a warning, never a
+	// command's error.
+	{metrics.ErrReplaced, exitError},
 }
 
 // exitCode maps an error to its exit code: the one place where that is
@@ -308,6 +313,7 @@ func exitCode(err error) int {
 	case err == nil:
 		return exitOK
 	case errors.As(err, &me):
+		// Several volumes or jobs: the worst of their codes.
 		return me.code
 	case errors.As(err, &re):
 		// What the command exited with on the other host.

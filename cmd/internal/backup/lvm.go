@@ -122,6 +122,9 @@ func ClassicHeader(snap, base, origin *lvmthin.LV, size int64) *archive.Header {
 type LVOptions struct {
 	// SnapshotSize is --snapshot-size: a thick LV's snapshot store.
 	SnapshotSize string
+	// ThickOnly: a backup of several volumes, whose --snapshot-size is
+	// for those of them that are thick, not an error for the thin ones.
+	ThickOnly bool
 	// ReleaseStale, Discovery and Waiting are lvmthin.DeltaOptions' for
 	// a thin LV.
 	ReleaseStale bool
@@ -147,7 +150,7 @@ func OpenLV(ctx context.Context, spelling string, o LVOptions) (Source, error) {
 	default:
 		return nil, fmt.Errorf("%s is a %s (lv_attr %s): thinback backs up thin and ordinary (thick) volumes: %w", origin.FullName(), k, origin.Attr, lvmthin.ErrNotThin)
 	}
-	if o.SnapshotSize != "" && origin.Kind() != lvmthin.KindThick {
+	if o.SnapshotSize != "" && origin.Kind() != lvmthin.KindThick && !o.ThickOnly {
 		return nil, &UsageError{Msg: fmt.Sprintf("--snapshot-size is for thick LVs; %s is a thin volume, whose snapshots take space from its pool as it is written", origin.FullName())}
 	}
 	lv := lvSource{origin: origin, rep: rep, o: o}
