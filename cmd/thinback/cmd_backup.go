@@ -47,7 +47,7 @@ func backupCommand(e *env) *cli.Command {
 			"thick ones); a volume that fails is named on its own line and the others go on. A\n" +
 			"last line names those that failed, and the exit code is the worst of theirs (130 if\n" +
 			"interrupted, which stops the run after the volume being backed up has cleaned up).\n\n" +
-						"With --metrics-file, each volume's run is recorded in that file in node_exporter's\n" +
+			"With --metrics-file, each volume's run is recorded in that file in node_exporter's\n" +
 			"textfile format (last success and run times, exit code, bytes, durations, chain length,\n" +
 			"store usage), failed runs too.\n\n" +
 			"Into an encrypted store, the key is unlocked first (--key-file, --password-file,\n" +

@@ -274,7 +274,7 @@ func format(series map[key]values) []byte {
 				}
 				b.WriteString(sep + l + "=" + quote(k[i]))
 			}
-			b.WriteString("} " + strconv.FormatFloat(v, 'g', -1, 64) + "\n")
+			b.WriteString("} " + strconv.FormatFloat(v, 'f', -1, 64) + "\n")
 		}
 	}
 	return b.Bytes()

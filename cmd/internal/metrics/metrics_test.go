@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -85,6 +86,16 @@ func TestUpdateSuccessThenFailure(t *testing.T) {
 	} {
 		if v := value(t, got, name, id); v != want {
 			t.Errorf("after success: %s = %v, want %v", name, v, want)
+		}
+	}
+	// Plain numbers, as grep in a shell script and a person read them.
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`volume="vg0/vm1"} 1048576` + "\n", `volume="vg0/vm1"} ` + strconv.FormatInt(t0.Unix()+90, 10) + "\n"} {
+		if !strings.Contains(string(raw), want) {
+			t.Errorf("the file holds no %q:\n%s", want, raw)
 		}
 	}
 	if v := value(t, got, "thinback_chain_length", `backup nightly s3://b/p vg0/odd"name\`); v != 1 {
