@@ -15,6 +15,9 @@
 # spool), and thin_dump -m --dev-id 1 against the native full, each in a
 # child process: wall time, peak RSS, block input; the native side also
 # reports the metadata it read. Both read the loop device with O_DIRECT.
+# Each case is measured warm (the loop device reads the file through the
+# host's page cache, which holds it after the first run) and cold (the
+# loop device attached with direct I/O: every read reaches the disk).
 #
 # Cases (the fraction of device 1's blocks written after the snapshot):
 #   a  0.01 % at random (one 4 KiB write into each chosen block)
@@ -28,7 +31,7 @@
 #
 # Usage: scripts/bench-thinmeta.sh [CASE...]      (default: a b c d send)
 #   env: MAPPINGS=33554432 (32 Mi: a 2 TiB volume at 64 KiB blocks)
-#        BLOCK_SECTORS=128 REPS=3 SEED=1
+#        BLOCK_SECTORS=128 REPS=3 SEED=1 CACHE="warm cold"
 #        WORK=DIR (keeps the images there for reruns; default a temporary
 #        directory under /var/tmp, removed at the end)
 # Needs root (loop devices, the guest), user-mode-linux, thin-provisioning-
@@ -40,6 +43,7 @@ sectors=${BLOCK_SECTORS:-128}
 reps=${REPS:-3}
 seed=${SEED:-1}
 cases=${*:-a b c d send}
+caches=${CACHE:-warm cold}
 cd "$(dirname "$0")/.."
 for p in thin_restore thin_delta thin_dump losetup linux.uml; do
 	command -v "$p" >/dev/null || { echo "bench-thinmeta: $p not found" >&2; exit 1; }
@@ -155,6 +159,9 @@ for c in $cases; do
 		echo "case $c: guest $(echo "$(date +%s.%N) - $start" | bc) s"
 		mv "$img.tmp" "$img"
 	fi
-	echo "== case $c: $args"
-	"$work/discbench" shared -meta "$img" -blocks "$mappings" -block-bytes "$bytes" -reps "$reps"
+	for cache in $caches; do
+		echo "== case $c ($cache): $args"
+		"$work/discbench" shared -meta "$img" -blocks "$mappings" -block-bytes "$bytes" -reps "$reps" \
+			$([ "$cache" = cold ] && echo -cold)
+	done
 done

@@ -46,10 +46,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// TestBoundedMemory: reading whole trees of 250 000 mappings, or diffing
-// them, allocates what it allocates for trees of 40 000 of the same depth
-// (three levels): a few blocks per level and a node's worth of children
-// read ahead per level, not memory that grows with the pool.
+// TestBoundedMemory: reading whole trees of 40 000 or 250 000 mappings of
+// the same depth (three levels), or diffing them, allocates a few blocks
+// per level and at most one batch read ahead per level, not memory that
+// grows with the pool.
 func TestBoundedMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds a large pool")
@@ -91,8 +91,10 @@ func TestBoundedMemory(t *testing.T) {
 	} {
 		a := measure(small, tc.what+" of 40 000 mappings", tc.f)
 		b := measure(big, tc.what+" of 250 000 mappings", tc.f)
-		// Two cursors of two levels below the root, 1 MiB each.
-		if b > a+128<<10 || b > 5<<20 {
+		// Two cursors of two levels below the root, each level's
+		// read-ahead buffer at most maxBatch blocks (and a couple for
+		// alignment), whatever the size of the pool, plus 1 MiB.
+		if bound := uint64(2*2*(maxBatch+2)*BlockSize + 1<<20); a > bound || b > bound {
 			t.Errorf("%s: %d bytes allocated for 40 000 mappings, %d for 250 000", tc.what, a, b)
 		}
 	}

@@ -150,7 +150,7 @@ func (m *Metadata) Diff(ctx context.Context, left, right uint64, opts DiffOption
 	what := fmt.Sprintf("diff of thin devices %d and %d", left, right)
 	a := newCursor(ctx, m, lroot, mappingValueSize, limit, "mapping tree of thin device "+strconv.FormatUint(left, 10))
 	b := newCursor(ctx, m, rroot, mappingValueSize, limit, "mapping tree of thin device "+strconv.FormatUint(right, 10))
-	a.readAhead, b.readAhead = true, true
+	a.readAhead, b.readAhead = m.readAhead > 0, m.readAhead > 0
 	a.other, b.other = b, a
 	e := &emitter{m: m, what: what, fn: fn}
 	sameFrom := opts.SameFrom
@@ -319,7 +319,7 @@ func (m *Metadata) walk(ctx context.Context, dev, end uint64, leaf func(n *node,
 		limit = end - 1
 	}
 	c := newCursor(ctx, m, root, mappingValueSize, limit, "mapping tree of thin device "+strconv.FormatUint(dev, 10))
-	c.readAhead = true
+	c.readAhead = m.readAhead > 0
 	for {
 		it := c.front()
 		switch it.kind {

@@ -22,6 +22,12 @@ type Options struct {
 	// reserved (the pool's status reports it); a superblock holding
 	// another is ErrNoSnapshot, so a reader never reads someone else's.
 	HeldRoot uint64
+	// ReadAhead is the most metadata reads a walk (Diff, MappedRanges,
+	// Mappings) keeps in flight: 0 is DefaultReadAhead, 1 reads one
+	// block, or one run of consecutive blocks, at a time; less than 0
+	// reads no node ahead, each only when the walk comes to it. Nodes
+	// read ahead wait in a buffer per tree level of at most 4 MiB.
+	ReadAhead int
 }
 
 // Metadata is an open thin pool metadata device or file. It reads blocks
@@ -39,6 +45,7 @@ type Metadata struct {
 	stats      Stats
 	scratch    []byte // one aligned block for superblocks
 	lookupBufs []byte // the path of a lookup
+	readAhead  int    // reads in flight; 0: no read-ahead
 }
 
 // Stats count a reader's metadata reads.
@@ -89,7 +96,13 @@ func NewReader(r io.ReaderAt, size int64, name string, opts Options) (*Metadata,
 }
 
 func newMetadata(r io.ReaderAt, f *os.File, size int64, path string, opts Options) (_ *Metadata, err error) {
-	m := &Metadata{r: r, f: f, path: path}
+	m := &Metadata{r: r, f: f, path: path, readAhead: opts.ReadAhead}
+	switch {
+	case m.readAhead == 0:
+		m.readAhead = DefaultReadAhead
+	case m.readAhead < 0:
+		m.readAhead = 0
+	}
 	if size < 0 {
 		size = 0
 	}

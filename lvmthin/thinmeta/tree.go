@@ -68,9 +68,9 @@ type cursor struct {
 	leafDepth int // -1 until a leaf is read
 	reads     uint64
 	cacheAll  bool // cache leaves too (small trees read by lookups)
-	// readAhead reads a parent's children ahead, many at once, into a
-	// buffer per level (prefetch.go); other is the cursor of the other
-	// tree of a diff.
+	// readAhead reads the nodes the walk reads next at a level ahead,
+	// many at once, into a buffer per level (prefetch.go); other is the
+	// cursor of the other tree of a diff.
 	readAhead bool
 	pfs       [maxDepth]*prefetch
 	other     *cursor

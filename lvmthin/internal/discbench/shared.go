@@ -213,14 +213,29 @@ func sharedBench(args []string) error {
 	blocks := fs.Int64("blocks", 0, "blocks of the volume")
 	bb := fs.Int64("block-bytes", blockSectors*512, "data block size in bytes")
 	reps := fs.Int("reps", 3, "measured runs of each")
+	cold := fs.Bool("cold", false, "attach the loop device with direct I/O, so that every read reaches the disk (the metadata is never in the host's page cache)")
 	_ = fs.Parse(args)
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	out, err := exec.Command("losetup", "-r", "-f", "--show", *meta).Output()
+	losetup := []string{"-r", "-f", "--show", *meta}
+	if *cold {
+		losetup = append([]string{"--direct-io=on"}, losetup...)
+	}
+	out, err := exec.Command("losetup", losetup...).Output()
 	if err != nil {
-		return fmt.Errorf("losetup -r -f --show %s: %w", *meta, err)
+		return fmt.Errorf("losetup %s: %w", strings.Join(losetup, " "), err)
+	}
+	if *cold {
+		// losetup falls back to buffered I/O where the file system
+		// refuses direct I/O: then the run would not be cold.
+		name := strings.TrimPrefix(strings.TrimSpace(string(out)), "/dev/")
+		dio, err := os.ReadFile("/sys/block/" + name + "/loop/dio")
+		if err != nil || strings.TrimSpace(string(dio)) != "1" {
+			exec.Command("losetup", "-d", "/dev/"+name).Run()
+			return fmt.Errorf("losetup --direct-io=on %s: the loop device does not use direct I/O (%q, %v)", *meta, dio, err)
+		}
 	}
 	dev := strings.TrimSpace(string(out))
 	defer exec.Command("losetup", "-d", dev).Run()
@@ -268,11 +283,18 @@ func sharedBench(args []string) error {
 			return s[len(s)/2]
 		}
 		mt, mn := med(tr), med(nr)
+		spread := func(rs []run) string {
+			lo, hi := rs[0].wall, rs[0].wall
+			for _, r := range rs {
+				lo, hi = min(lo, r.wall), max(hi, r.wall)
+			}
+			return fmt.Sprintf("%.3f-%.3fs", lo.Seconds(), hi.Seconds())
+		}
 		fmt.Printf("%s (%s): %s\n", kind, strings.Join(tool[:len(tool)-1], " "), native.output)
-		fmt.Printf("  %-10s median %8.3fs  peak RSS %7.1f MiB  block input %9.1f MiB\n", tool[0], mt.wall.Seconds(),
-			float64(mt.rss)/1024, float64(mt.inblk)/(1<<20))
-		fmt.Printf("  %-10s median %8.3fs  peak RSS %7.1f MiB  block input %9.1f MiB  metadata read %9.1f MiB\n", "native",
-			mn.wall.Seconds(), float64(mn.rss)/1024, float64(mn.inblk)/(1<<20), float64(stat(mn.output, "metadata_bytes"))/(1<<20))
+		fmt.Printf("  %-10s median %8.3fs (%s)  peak RSS %7.1f MiB  block input %9.1f MiB\n", tool[0], mt.wall.Seconds(),
+			spread(tr), float64(mt.rss)/1024, float64(mt.inblk)/(1<<20))
+		fmt.Printf("  %-10s median %8.3fs (%s)  peak RSS %7.1f MiB  block input %9.1f MiB  metadata read %9.1f MiB\n", "native",
+			mn.wall.Seconds(), spread(nr), float64(mn.rss)/1024, float64(mn.inblk)/(1<<20), float64(stat(mn.output, "metadata_bytes"))/(1<<20))
 		fmt.Printf("  native is %.1fx faster (median of %d runs each, alternating)\n", mt.wall.Seconds()/mn.wall.Seconds(), *reps)
 	}
 	return nil
