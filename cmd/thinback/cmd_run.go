@@ -151,7 +151,7 @@ func jobSteps(j *config.Job, o overrides, creds bool) ([]step, error) {
 	common := func(a []string) []string {
 		// copy writes no metrics yet: only backup takes --metrics-file.
 		if metrics != "" && a[0] == "backup" {
-			a = append(a, "--metrics-file", metrics)
+			a = append(a, "--metrics-file", metrics, "--metrics-job", j.Name)
 		}
 		if o.json {
 			a = append(a, "--json")
