@@ -174,6 +174,9 @@ func runBackups(ctx context.Context, e *env, o backupOptions, lvs []lvmthin.Name
 		}
 		done, err := runBackup(ctx, e, vo)
 		code := exitCode(err)
+		if err != nil && ctx.Err() != nil {
+			code = exitInterrupted // as Main says of an error made while a signal arrived
+		}
 		codes = append(codes, code)
 		if o.metricsFile != "" {
 			outcomes = append(outcomes, done.outcome(vo, code))
