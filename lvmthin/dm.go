@@ -19,6 +19,12 @@ import (
 // way out should a kernel answer an ioctl in a way we misread).
 const DMEnv = "THINBACK_DM"
 
+// ErrDMReply: device-mapper answered an ioctl with a reply this package
+// cannot read (a malformed buffer, or one larger than it accepts). The
+// error names the ioctl and the device; setting THINBACK_DM=dmsetup asks
+// the same question through dmsetup instead.
+var ErrDMReply = dmioctl.ErrBadReply
+
 // useDMSetup reports whether device-mapper is asked through dmsetup.
 func useDMSetup() bool { return os.Getenv(DMEnv) == "dmsetup" }
 

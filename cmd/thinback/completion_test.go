@@ -116,13 +116,15 @@ printf '%s\n' "${COMPREPLY[@]}"`
 
 // zshDriver types a command line and TAB into an interactive zsh on a
 // pseudo-terminal (zsh/zpty), with the real completion system (compinit)
-// and the script, then Ctrl-E and END: zle reads keys in order, so END
+// and the script; once the prompt after READY shows (zle has put the
+// terminal in raw mode, so keys are not echoed by the line discipline),
+// types the line, TAB, then Ctrl-E and END: zle reads keys in order, so END
 // shows only once the completion is done, and what precedes it on the
 // line is what TAB made of it.
 const zshDriver = `zmodload zsh/zpty
 zpty z 'PS1="> " TERM=dumb zsh -f -i'
 zpty -w z 'autoload -Uz compinit && compinit -u -D && source <(thinback completion zsh) && print -r READ""Y'
-zpty -r z out '*READY*'
+zpty -r z out '*READY*> '
 zpty -w -n z "$1"$'\t'$'\005'' END'$'\n'
 zpty -r z out '*END*'
 print -r -- "${${out##*> }%% END*}"

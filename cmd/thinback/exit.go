@@ -147,6 +147,7 @@ var exitCodes = []struct {
 	{lvmthin.ErrStaleMetadataSnap, exitMetaSnap},
 	{lvmthin.ErrLocked, exitLocked},
 	{lvmthin.ErrNotFound, exitLVM},
+	{lvmthin.ErrDMReply, exitLVM},
 	{lvmthin.ErrNotThin, exitLVM},
 	{lvmthin.ErrBadBase, exitLVM},
 	{lvmthin.ErrPoolFailed, exitLVM},
