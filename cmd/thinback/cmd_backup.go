@@ -62,7 +62,7 @@ func backupCommand(e *env) *cli.Command {
 			&cli.StringFlag{Name: "all", Usage: "back up every thin and ordinary LV of this volume group", Value: ""},
 			&cli.StringSliceFlag{Name: "exclude", Usage: "with --all, not this LV (a name or a shell glob; repeat for more)"},
 			metricsFileFlag,
-			&cli.StringFlag{Name: "metrics-job", Usage: "the job label of the metrics file's series (thinback run sets it)"},
+			metricsJobFlag,
 			&cli.StringFlag{Name: "volume", Usage: "the volume's name in the store (default: VG/LV, or the image's file name)"},
 			&cli.Int64Flag{Name: "block-size", Value: archive.DefaultBlockSize, Usage: "with --file, the block size of a new volume"},
 			&cli.StringFlag{Name: "snapshot-size", Usage: backup.SnapshotSizeUsage},
@@ -168,6 +168,9 @@ type backupOptions struct {
 // runs for node_exporter's textfile collector.
 var metricsFileFlag = &cli.StringFlag{Name: "metrics-file", EnvVars: []string{"THINBACK_METRICS_FILE"},
 	Usage: "record each volume's run in this node_exporter textfile (e.g. /var/lib/node_exporter/textfile/thinback.prom)"}
+
+// metricsJobFlag is the job label of the series a command records.
+var metricsJobFlag = &cli.StringFlag{Name: "metrics-job", Usage: "the job label of the metrics file's series (thinback run sets it)"}
 
 // volumeArgs parses the VG/LV arguments of a backup of several volumes,
 // refusing one given twice (its second backup would find nothing to do

@@ -15,6 +15,7 @@ import (
 	"github.com/thinback/thinback/catalog"
 	"github.com/thinback/thinback/catalog/s3"
 	"github.com/thinback/thinback/catalog/s3store"
+	"github.com/thinback/thinback/cmd/internal/metrics"
 	"github.com/thinback/thinback/cmd/internal/printable"
 	"github.com/thinback/thinback/cmd/internal/secret"
 	"github.com/thinback/thinback/cmd/internal/storecopy"
@@ -66,9 +67,13 @@ func copyCommand(e *env) *cli.Command {
 			"first with thinback init --store TO --encrypt).\n\n" +
 			"--keep-* applies retention to --to's volumes after their copy, as backup's does.\n" +
 			"Both stores take the same S3 options (--cache, --s3-region, ... and AWS_*).\n" +
-			"Prints one line per volume (or one JSON object per volume with --json). A volume's\n" +
-			"error stops the copy: the volumes before it are copied, and the next run goes on.",
+			"Prints one line per volume (or one JSON object per volume with --json). A volume\n" +
+			"that fails is named on its own line and the others go on; a last line names those\n" +
+			"that failed, and the exit code is the worst of theirs. With --metrics-file, each\n" +
+			"volume's copy is recorded in that node_exporter textfile (command=\"copy\", the\n" +
+			"destination as its store).",
 		Flags: append(append([]cli.Flag{fromFlag, toFlag, jsonFlag, quietFlag, dryRunCopyFlag, decryptFlag, noEncryptFlag,
+			metricsFileFlag, metricsJobFlag,
 			toKeyFileFlag, toPasswordFileFlag, toPasswordCommandFlag}, keepFlags()...), keyFlags...),
 		Action: func(c *cli.Context) error {
 			r, err := retentionFrom(c)
@@ -80,6 +85,7 @@ func copyCommand(e *env) *cli.Command {
 				retention: r, json: c.Bool(jsonFlag.Name), quiet: c.Bool(quietFlag.Name), dryRun: c.Bool(dryRunCopyFlag.Name),
 				decrypt: c.Bool(decryptFlag.Name), noEncrypt: c.Bool(noEncryptFlag.Name),
 				srcSecrets: secretSources(c, e), dstSecrets: toSecretSources(c, e),
+				metricsFile: c.String(metricsFileFlag.Name), metricsJob: c.String(metricsJobFlag.Name),
 			}
 			return runCopy(c.Context, e, o)
 		},
@@ -88,19 +94,12 @@ func copyCommand(e *env) *cli.Command {
 
 // toSecretSources are the secret sources of copy's destination.
 func toSecretSources(c *cli.Context, e *env) secret.Sources {
-	s := secret.Sources{
+	return withPrompt(e, secret.Sources{
 		KeyFile:         c.String(toKeyFileFlag.Name),
 		PasswordFile:    c.String(toPasswordFileFlag.Name),
 		PasswordCommand: c.String(toPasswordCommandFlag.Name),
 		Stderr:          e.stderr,
-	}
-	if e.tty != "" {
-		if f, err := os.OpenFile(e.tty, os.O_RDWR, 0); err == nil {
-			f.Close()
-			s.Prompt = func(prompt string) ([]byte, error) { return ttyPrompt(e.tty, prompt) }
-		}
-	}
-	return s
+	})
 }
 
 type copyOptions struct {
@@ -110,6 +109,9 @@ type copyOptions struct {
 	json, quiet, dryRun    bool
 	decrypt, noEncrypt     bool
 	srcSecrets, dstSecrets secret.Sources
+	// metricsFile records each volume's copy ("": none), with metricsJob
+	// as the series' job label.
+	metricsFile, metricsJob string
 }
 
 // copyLine is the JSON of a volume's copy: storecopy's result and what
@@ -236,13 +238,8 @@ func runCopy(ctx context.Context, e *env, o copyOptions) error {
 func runCopyVolumes(ctx context.Context, e *env, o copyOptions, src, dst catalog.Repository, so storecopy.Options, mode string, pruned map[string][]uint64) error {
 	names := o.volumes
 	if len(names) == 0 {
-		if err := src.View(func(tx *catalog.Tx) error {
-			vols, err := tx.Volumes()
-			for _, v := range vols {
-				names = append(names, v.Name)
-			}
-			return err
-		}); err != nil {
+		var err error
+		if names, err = storecopy.VolumeNames(src); err != nil {
 			return fmt.Errorf("copy: %s: %w", src, err)
 		}
 	}
@@ -250,26 +247,97 @@ func runCopyVolumes(ctx context.Context, e *env, o copyOptions, src, dst catalog
 		if err := catalog.ValidVolumeName(name); err != nil {
 			return usageError{msg: fmt.Sprintf("copy: volume %q: %v", name, err)}
 		}
-		var p progress = noProgress{}
-		if !o.dryRun {
-			p = newProgress(e.stderr, o.quiet || o.json, "copied "+name, 0)
-			so.Progress = p.Add
-		}
-		res, err := storecopy.Volume(ctx, src, dst, name, so)
-		p.Done()
-		if errors.Is(err, catalog.ErrNotFound) && res == nil {
-			return fmt.Errorf("%w (thinback list --store %s lists its volumes)", err, src)
-		}
-		if res != nil {
-			if perr := printCopy(e, o, copyLine{Result: res, Mode: mode, Pruned: pruned[name]}); perr != nil && err == nil {
-				err = perr
+	}
+	var codes []int
+	var failed []string
+	var outcomes []metrics.Outcome
+	for i, name := range names {
+		if ctx.Err() != nil {
+			for _, rest := range names[i:] {
+				failed = append(failed, rest+" (not started)")
+				codes = append(codes, exitInterrupted)
 			}
+			break
 		}
-		if err != nil {
+		start := time.Now()
+		res, err := copyVolume(ctx, e, o, src, dst, so, name, mode, pruned)
+		if len(names) == 1 && o.metricsFile == "" {
+			return err // one volume: its error as it is
+		}
+		code := exitCode(err)
+		if err != nil && ctx.Err() != nil {
+			code = exitInterrupted
+		}
+		codes = append(codes, code)
+		if o.metricsFile != "" && !o.dryRun {
+			outcomes = append(outcomes, copyOutcome(o, dst, name, res, start, code))
+		}
+		if err == nil {
+			continue
+		}
+		if len(names) == 1 {
+			// One volume: its error as it is, once the metrics say so.
+			if merr := writeMetrics(e, o.metricsFile, outcomes); merr != nil {
+				printable.Sayf(e.stderr, "thinback: %s", errorLine(ctx, merr))
+			}
 			return err
 		}
+		failed = append(failed, fmt.Sprintf("%s (exit %d)", name, code))
+		msg := errorLine(ctx, err)
+		printable.Sayf(e.stderr, "thinback: %s: %s", name, msg)
+		if o.json {
+			if jerr := json.NewEncoder(e.stdout).Encode(volumeFailure{Volume: name, Error: msg, ExitCode: code}); jerr != nil {
+				return fmt.Errorf("copy: %w", jerr)
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		codes = append(codes, exitInterrupted)
+	}
+	if len(failed) > 0 {
+		printable.Sayf(e.stderr, "copy: %d of %d volumes failed: %s", len(failed), len(names), strings.Join(failed, ", "))
+	}
+	if err := writeMetrics(e, o.metricsFile, outcomes); err != nil {
+		printable.Sayf(e.stderr, "thinback: %s", errorLine(ctx, err))
+		codes = append(codes, exitCode(err))
+	}
+	if code := worstExit(codes); code != exitOK {
+		return multiError{code: code, failed: len(failed), total: len(names)}
 	}
 	return nil
+}
+
+// copyVolume copies one volume and prints its line.
+func copyVolume(ctx context.Context, e *env, o copyOptions, src, dst catalog.Repository, so storecopy.Options, name, mode string, pruned map[string][]uint64) (*storecopy.Result, error) {
+	var p progress = noProgress{}
+	if !o.dryRun {
+		p = newProgress(e.stderr, o.quiet || o.json, "copied "+name, 0)
+		so.Progress = p.Add
+	}
+	res, err := storecopy.Volume(ctx, src, dst, name, so)
+	p.Done()
+	if errors.Is(err, catalog.ErrNotFound) && res == nil {
+		return nil, fmt.Errorf("%w (thinback list --store %s lists its volumes)", err, src)
+	}
+	if res != nil {
+		if perr := printCopy(e, o, copyLine{Result: res, Mode: mode, Pruned: pruned[name]}); perr != nil && err == nil {
+			err = perr
+		}
+	}
+	return res, err
+}
+
+// copyOutcome is a volume's copy in the metrics file: what it wrote, and
+// what the destination then holds of the volume.
+func copyOutcome(o copyOptions, dst catalog.Repository, name string, res *storecopy.Result, start time.Time, code int) metrics.Outcome {
+	out := metrics.Outcome{Job: o.metricsJob, Volume: name, Store: o.to, Command: "copy", Start: start, End: time.Now(), ExitCode: code}
+	if res != nil {
+		out.BytesRead, out.BytesStored = res.Bytes, res.Bytes // read from --from, written to --to as they are
+	}
+	// The chain and its bytes, as backup records them (unknown, and kept
+	// from the last run, if the catalog cannot be read).
+	out.ChainLength, out.StoreBytes = storeUsage(dst, name)
+	return out
 }
 
 // printCopy prints a volume's copy: one JSON object, or one line.

@@ -149,8 +149,7 @@ func jobSteps(j *config.Job, o overrides, creds bool) ([]step, error) {
 		metrics = o.metricsFile
 	}
 	common := func(a []string) []string {
-		// copy writes no metrics yet: only backup takes --metrics-file.
-		if metrics != "" && a[0] == "backup" {
+		if metrics != "" {
 			a = append(a, "--metrics-file", metrics, "--metrics-job", j.Name)
 		}
 		if o.json {

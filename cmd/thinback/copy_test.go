@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math/rand"
@@ -345,4 +346,55 @@ func TestCopySSH(t *testing.T) {
 	thinback(t, w.dir, "", "copy", "--from", remote, "--to", back).want(t, 0, "copy back")
 	w.same(src, remote, nil, nil, nil)
 	w.same(remote, back, nil, nil, nil)
+}
+
+// TestCopySeveralFailing: a copy of several volumes where one cannot be
+// copied (the destination holds another volume of its name) copies the
+// others, names the failing one on its own line and in a last line,
+// exits with its code, and records both in the metrics file.
+func TestCopySeveralFailing(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
+	for i, name := range []string{"a.img", "b.img", "other.img"} {
+		img := filepath.Join(dir, name)
+		if err := os.WriteFile(img, bytes.Repeat([]byte{byte('a' + i)}, 1<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	thinback(t, dir, "", "backup", "--file", filepath.Join(dir, "a.img"), "--store", src).want(t, 0, "backup a")
+	thinback(t, dir, "", "backup", "--file", filepath.Join(dir, "b.img"), "--store", src).want(t, 0, "backup b")
+	// Another volume named b.img in the destination: not a copy of the source's.
+	thinback(t, dir, "", "backup", "--file", filepath.Join(dir, "other.img"), "--volume", "b.img", "--store", dst).want(t, 0, "backup other")
+
+	prom := filepath.Join(dir, "copy.prom")
+	r := thinback(t, dir, "", "copy", "--from", src, "--to", dst, "--metrics-file", prom, "--metrics-job", "offsite", "b.img", "a.img")
+	r.want(t, exitChain, "copy with a diverged volume")
+	for _, want := range []string{"thinback: b.img: ", "copy a.img: 1 snapshot", "copy: 1 of 2 volumes failed: b.img (exit 5)"} {
+		if !strings.Contains(r.stdout+r.stderr, want) {
+			t.Errorf("output lacks %q:\n%s%s", want, r.stdout, r.stderr)
+		}
+	}
+	m := readMetrics(t, prom)
+	if got, ok := m["thinback_last_run_exit_code"]["a.img"]; !ok || got != 0 {
+		t.Errorf("a.img exit code %v (%v), want 0", got, ok)
+	}
+	if got := m["thinback_last_run_exit_code"]["b.img"]; got != exitChain {
+		t.Errorf("b.img exit code %v, want %d", got, exitChain)
+	}
+	if m["thinback_last_success_timestamp_seconds"]["a.img"] == 0 || m["thinback_chain_length"]["a.img"] != 1 || m["thinback_store_bytes"]["a.img"] <= 0 {
+		t.Errorf("a.img: last success %v, chain %v, store bytes %v", m["thinback_last_success_timestamp_seconds"]["a.img"],
+			m["thinback_chain_length"]["a.img"], m["thinback_store_bytes"]["a.img"])
+	}
+	if _, ok := m["thinback_last_success_timestamp_seconds"]["b.img"]; ok {
+		t.Errorf("b.img has a last success time, never having been copied")
+	}
+	data, err := os.ReadFile(prom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), `command="copy",job="offsite",store="`+dst+`"`) {
+		t.Errorf("metrics do not label the copy's series:\n%s", data)
+	}
+	// The volume that could be copied is in the destination.
+	thinback(t, dir, "", "verify", "--store", dst).want(t, 0, "verify the destination")
 }

@@ -31,14 +31,19 @@ var keyFlags = []cli.Flag{keyFileFlag, passwordFileFlag, passwordCommandFlag, re
 
 // secretSources collects the secret sources a command was given.
 func secretSources(c *cli.Context, e *env) secret.Sources {
-	s := secret.Sources{
+	return withPrompt(e, secret.Sources{
 		KeyFile:         c.String(keyFileFlag.Name),
 		Identity:        c.String(recoveryIdentityFlag.Name),
 		PasswordFile:    c.String(passwordFileFlag.Name),
 		PasswordCommand: c.String(passwordCommandFlag.Name),
 		Password:        os.Getenv(secret.PasswordEnv),
 		Stderr:          e.stderr,
-	}
+	})
+}
+
+// withPrompt adds to s the prompt at the command's terminal, if it has
+// one that opens.
+func withPrompt(e *env, s secret.Sources) secret.Sources {
 	if e.tty != "" {
 		if f, err := os.OpenFile(e.tty, os.O_RDWR, 0); err == nil {
 			f.Close()

@@ -81,6 +81,20 @@ type Result struct {
 // snapshots whose parents the destination lacks.
 var ErrDiverged = errors.New("the destination's volume is not a copy of the source's")
 
+// VolumeNames lists the names of the volumes src records, which a copy
+// with no volumes named copies.
+func VolumeNames(src catalog.Repository) ([]string, error) {
+	var names []string
+	err := src.View(func(tx *catalog.Tx) error {
+		vols, err := tx.Volumes()
+		for _, v := range vols {
+			names = append(names, v.Name)
+		}
+		return err
+	})
+	return names, err
+}
+
 // Copy copies every volume of o.Volumes (all of src's when empty) from
 // src into dst, one after the other. It stops at the first error; the
 // results of the volumes done (and of the failing one, as far as it got)
@@ -88,13 +102,8 @@ var ErrDiverged = errors.New("the destination's volume is not a copy of the sour
 func Copy(ctx context.Context, src, dst catalog.Repository, o Options) ([]*Result, error) {
 	names := o.Volumes
 	if len(names) == 0 {
-		if err := src.View(func(tx *catalog.Tx) error {
-			vols, err := tx.Volumes()
-			for _, v := range vols {
-				names = append(names, v.Name)
-			}
-			return err
-		}); err != nil {
+		var err error
+		if names, err = VolumeNames(src); err != nil {
 			return nil, err
 		}
 	}
