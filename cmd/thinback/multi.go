@@ -259,7 +259,7 @@ func (d backupDone) outcome(o backupOptions, code int) metrics.Outcome {
 // plusStats adds the commands of b to those of a: a volume's own and
 // those run for it before (backup --all's lvs of the volume group).
 func plusStats(a, b lvmthin.CommandStats) lvmthin.CommandStats {
-	s := lvmthin.CommandStats{LVM: a.LVM + b.LVM, DMSetup: a.DMSetup + b.DMSetup, Tools: a.Tools + b.Tools,
+	s := lvmthin.CommandStats{LVM: a.LVM + b.LVM, DMSetup: a.DMSetup + b.DMSetup, DMIoctls: a.DMIoctls + b.DMIoctls, Tools: a.Tools + b.Tools,
 		LVMTime: a.LVMTime + b.LVMTime, ToolsTime: a.ToolsTime + b.ToolsTime, ByProgram: map[string]int{}}
 	for _, m := range []map[string]int{a.ByProgram, b.ByProgram} {
 		for k, v := range m {

@@ -70,7 +70,13 @@ func stored(ctx context.Context, s catalog.Repository, file string, key *archive
 	if err != nil {
 		return nil, archive.Trailer{}, false, err
 	}
-	h, tr, err = readFile(ctx, countingReader{r, read}, true, key)
+	var counted io.Reader = countingReader{r, read}
+	if f, ok := r.(seekerAt); ok {
+		// Keep what makes archive's reader read payloads in parallel at
+		// their offsets (and name them so in its errors).
+		counted = countingFile{countingReader{r, read}, f}
+	}
+	h, tr, err = readFile(ctx, counted, true, key)
 	r.Close()
 	if !keyless || key != nil || !errors.Is(err, archive.ErrKeyRequired) {
 		return h, tr, false, err
@@ -94,6 +100,28 @@ type countingReader struct {
 
 func (c countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
+	c.read(int64(n))
+	return n, err
+}
+
+// seekerAt is a file read at offsets as well as in order (a local
+// store's delta file).
+type seekerAt interface {
+	io.Seeker
+	io.ReaderAt
+}
+
+// countingFile is countingReader over a seekerAt, counting the bytes of
+// ReadAt too.
+type countingFile struct {
+	countingReader
+	f seekerAt
+}
+
+func (c countingFile) Seek(offset int64, whence int) (int64, error) { return c.f.Seek(offset, whence) }
+
+func (c countingFile) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.f.ReadAt(p, off)
 	c.read(int64(n))
 	return n, err
 }
