@@ -274,37 +274,27 @@ func (r *readAhead) readAt(p []byte, off int64) (int, error) {
 	got := 0
 	for got < len(p) && off < r.size {
 		i := off / aheadChunk
-		c := r.chunk(i)
 		k := int(min(int64(len(p)-got), min(r.size, (i+1)*aheadChunk)-off))
-		if c == nil { // behind the chunks kept: read it on its own
-			n, err := r.ps.ReadAt(p[got:got+k], off)
-			got += n
-			off += int64(n)
-			if err != nil && !(errors.Is(err, io.EOF) && n == k) {
-				return got, err
-			}
-			continue
-		}
-		<-c.ready
-		if c.err != nil {
-			return got, c.err
-		}
-		// Copied under the lock: a chunk dropped meanwhile has given its
-		// buffer to another (data nil), and is read on its own instead.
-		r.mu.Lock()
 		n := 0
-		if c.data != nil {
-			n = copy(p[got:got+k], c.data[off-i*aheadChunk:])
-		}
-		r.mu.Unlock()
-		if n == 0 {
-			n, err := r.ps.ReadAt(p[got:got+k], off)
-			got += n
-			off += int64(n)
-			if err != nil && !(errors.Is(err, io.EOF) && n == k) {
-				return got, err
+		if c := r.chunk(i); c != nil {
+			<-c.ready
+			if c.err != nil {
+				return got, c.err
 			}
-			continue
+			// Copied under the lock: a chunk dropped meanwhile has given
+			// its buffer to another (data nil).
+			r.mu.Lock()
+			if c.data != nil {
+				n = copy(p[got:got+k], c.data[off-i*aheadChunk:])
+			}
+			r.mu.Unlock()
+		}
+		if n == 0 { // behind the chunks kept, or dropped meanwhile: read it on its own
+			var err error
+			n, err = r.ps.ReadAt(p[got:got+k], off)
+			if err != nil && !(errors.Is(err, io.EOF) && n == k) {
+				return got + n, err
+			}
 		}
 		got += n
 		off += int64(n)
